@@ -1,0 +1,373 @@
+//! Wire types shared by the nprot eBPF programs and the user-space daemon.
+//!
+//! Everything here is `repr(C)`, plain old data, and compiled into both sides, so that
+//! the kernel and the daemon agree on map keys, map values and ring-buffer records
+//! byte for byte. Changing a layout here changes both sides at once.
+#![no_std]
+
+/// Address family of a flow: IPv4.
+pub const FAMILY_V4: u8 = 4;
+/// Address family of a flow: IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// Largest number of payload bytes copied from one segment into the ring buffer.
+///
+/// A power of two so that the eBPF side can bound the copy length with a mask. An
+/// egress skb can be a GSO super-packet far larger than the MTU; its first
+/// `CAPTURE_SEG_MAX` bytes are captured and the record is marked truncated.
+pub const CAPTURE_SEG_MAX: usize = 4096;
+
+/// Default bound on the client payload bytes captured per flow.
+pub const CAPTURE_FLOW_MAX_DEFAULT: u32 = 16 * 1024;
+
+/// Maximum number of flows the kernel tracks at once (LRU map).
+pub const MAX_FLOWS: u32 = 262_144;
+
+/// Maximum number of verdicts waiting to be picked up by the kernel.
+pub const MAX_PENDING_VERDICTS: u32 = 65_536;
+
+/// An IP address as read off the wire: network byte order, IPv4 in the first word.
+pub type RawAddr = [u32; 4];
+
+/// A TCP flow oriented client → server, as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowTuple {
+    /// Address of the side that sent the SYN.
+    pub client_addr: RawAddr,
+    /// Address of the side that answered the SYN.
+    pub server_addr: RawAddr,
+    /// Client port, host byte order.
+    pub client_port: u16,
+    /// Server port, host byte order.
+    pub server_port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the kernel flow map: the two endpoints of a flow in a canonical order.
+///
+/// Both directions of a flow map to the same key, so that the kernel finds a flow with
+/// a single lookup whichever way a packet travels. `lo` is the endpoint that compares
+/// lower as (address words, port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub lo_addr: RawAddr,
+    pub hi_addr: RawAddr,
+    pub lo_port: u16,
+    pub hi_port: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// Canonical key of the flow between `(a_addr, a_port)` and `(b_addr, b_port)`, and
+    /// whether `a` is the `lo` side.
+    #[inline(always)]
+    pub fn canonical(
+        family: u8,
+        a_addr: &RawAddr,
+        a_port: u16,
+        b_addr: &RawAddr,
+        b_port: u16,
+    ) -> (FlowKey, bool) {
+        let a_is_lo = endpoint_le(a_addr, a_port, b_addr, b_port);
+        let key = if a_is_lo {
+            FlowKey {
+                lo_addr: *a_addr,
+                hi_addr: *b_addr,
+                lo_port: a_port,
+                hi_port: b_port,
+                family,
+                _pad: [0; 3],
+            }
+        } else {
+            FlowKey {
+                lo_addr: *b_addr,
+                hi_addr: *a_addr,
+                lo_port: b_port,
+                hi_port: a_port,
+                family,
+                _pad: [0; 3],
+            }
+        };
+        (key, a_is_lo)
+    }
+}
+
+impl FlowTuple {
+    /// The kernel map key of this flow.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey::canonical(
+            self.family,
+            &self.client_addr,
+            self.client_port,
+            &self.server_addr,
+            self.server_port,
+        )
+        .0
+    }
+}
+
+/// Deterministic order on endpoints; only needs to agree between kernel and user space.
+#[inline(always)]
+fn endpoint_le(a: &RawAddr, a_port: u16, b: &RawAddr, b_port: u16) -> bool {
+    // Unrolled on purpose: the verifier prefers straight-line code to loops here.
+    if a[0] != b[0] {
+        return a[0] < b[0];
+    }
+    if a[1] != b[1] {
+        return a[1] < b[1];
+    }
+    if a[2] != b[2] {
+        return a[2] < b[2];
+    }
+    if a[3] != b[3] {
+        return a[3] < b[3];
+    }
+    a_port <= b_port
+}
+
+/// TCP handshake progress of a flow, as tracked by the kernel.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpPhase {
+    /// SYN seen, no answer yet.
+    SynSent = 0,
+    /// SYN-ACK seen from the server.
+    SynAckSeen = 1,
+    /// Client acknowledged the SYN-ACK (or sent data): the connection succeeded.
+    Established = 2,
+    /// The server answered the SYN with a reset.
+    Failed = 3,
+    /// FIN or RST after the connection was established.
+    Closed = 4,
+}
+
+/// What the kernel does with a flow's client payload.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inspect {
+    /// Client→server payload is copied to the ring buffer, up to the per-flow budget.
+    Capturing = 0,
+    /// Inspection ended: one map lookup per packet, nothing copied.
+    Done = 1,
+}
+
+/// A decision user space hands to the kernel for one flow.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No decision yet.
+    Pending = 0,
+    /// Let the flow through and stop inspecting it.
+    Allow = 1,
+    /// Reset the flow in both directions.
+    Block = 2,
+}
+
+impl Verdict {
+    /// Decodes a raw map byte; unknown values read as `Pending`.
+    pub fn from_raw(raw: u8) -> Verdict {
+        match raw {
+            1 => Verdict::Allow,
+            2 => Verdict::Block,
+            _ => Verdict::Pending,
+        }
+    }
+}
+
+/// `FlowState::flags`: the client is the `lo` endpoint of the key.
+pub const FLOW_CLIENT_IS_LO: u8 = 1 << 0;
+/// `FlowState::flags`: the SYN left through an egress hook (the initiator is on this side).
+pub const FLOW_SYN_EGRESS: u8 = 1 << 1;
+/// `FlowState::flags`: the close of this flow was reported.
+pub const FLOW_CLOSE_REPORTED: u8 = 1 << 2;
+
+/// Per-flow state in the kernel LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowState {
+    /// Monotonic ns of the SYN.
+    pub first_ns: u64,
+    /// Monotonic ns of the last packet.
+    pub last_ns: u64,
+    pub c2s_packets: u64,
+    pub c2s_bytes: u64,
+    pub s2c_packets: u64,
+    pub s2c_bytes: u64,
+    /// Socket cookie of a local socket, 0 where the skb has none.
+    pub socket_cookie: u64,
+    /// Sequence number of the client's first payload byte (ISN + 1).
+    pub client_data_seq: u32,
+    /// Client payload bytes copied to user space so far.
+    pub captured: u32,
+    /// Interface on which the SYN was seen.
+    pub ifindex: u32,
+    /// [`TcpPhase`] as u8.
+    pub phase: u8,
+    /// [`Inspect`] as u8.
+    pub inspect: u8,
+    /// [`Verdict`] as u8.
+    pub verdict: u8,
+    /// `FLOW_*` bits.
+    pub flags: u8,
+}
+
+/// Kind of a ring-buffer record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// The handshake completed.
+    Established = 1,
+    /// The server refused the connection (RST in answer to the SYN).
+    Failed = 2,
+    /// A client→server payload segment; `len` bytes of it follow the header.
+    Payload = 3,
+    /// The flow was closed by FIN or RST.
+    Closed = 4,
+}
+
+impl RecordKind {
+    /// Decodes a raw record byte.
+    pub fn from_raw(raw: u8) -> Option<RecordKind> {
+        match raw {
+            1 => Some(RecordKind::Established),
+            2 => Some(RecordKind::Failed),
+            3 => Some(RecordKind::Payload),
+            4 => Some(RecordKind::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// `RecordHeader::flags`: the SYN of this flow left through an egress hook.
+pub const RECORD_EGRESS: u8 = 1 << 0;
+/// `RecordHeader::flags`: the segment was longer than what was copied.
+pub const RECORD_TRUNCATED: u8 = 1 << 1;
+/// `RecordHeader::flags`: the flow's capture budget is spent; no more payload follows.
+pub const RECORD_BUDGET_SPENT: u8 = 1 << 2;
+
+/// Header of every ring-buffer record; payload records are followed by `len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordHeader {
+    /// The flow, oriented client → server.
+    pub tuple: FlowTuple,
+    /// Monotonic ns (`bpf_ktime_get_ns`) when the kernel saw the packet.
+    pub ts_ns: u64,
+    /// Socket cookie, 0 if unknown.
+    pub socket_cookie: u64,
+    /// TCP sequence number of the first payload byte (payload records).
+    pub seq: u32,
+    /// Bytes of payload that follow this header.
+    pub len: u32,
+    /// Payload length of the segment on the wire.
+    pub seg_len: u32,
+    /// Interface index the packet was seen on.
+    pub ifindex: u32,
+    /// Sequence number of the client's first payload byte (ISN + 1).
+    pub client_data_seq: u32,
+    /// [`RecordKind`] as u8.
+    pub kind: u8,
+    /// `RECORD_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A payload record as the kernel assembles it in per-CPU scratch memory before
+/// copying `size_of::<RecordHeader>() + header.len` bytes of it into the ring buffer.
+#[repr(C)]
+pub struct PayloadRecord {
+    pub header: RecordHeader,
+    pub data: [u8; CAPTURE_SEG_MAX],
+}
+
+/// Sensor-wide settings the daemon writes into the `CONFIG` array (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SensorConfig {
+    /// 0: track flows only, capture nothing; 1: capture client payload.
+    pub capture: u8,
+    pub _pad: [u8; 3],
+    /// Client payload bytes captured per flow at most.
+    pub capture_flow_max: u32,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        SensorConfig {
+            capture: 1,
+            _pad: [0; 3],
+            capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Indexes of the per-CPU `STATS` counters.
+pub mod stat {
+    /// Flows created on a SYN.
+    pub const FLOWS_NEW: u32 = 0;
+    /// Payload segments copied to the ring buffer.
+    pub const SEGMENTS_CAPTURED: u32 = 1;
+    /// Records lost because the ring buffer was full.
+    pub const RINGBUF_DROPS: u32 = 2;
+    /// Segments longer than the per-segment capture bound.
+    pub const SEGMENTS_TRUNCATED: u32 = 3;
+    /// Flows whose capture budget ran out before user space decided.
+    pub const FLOW_BUDGET_SPENT: u32 = 4;
+    /// Flow map inserts that failed.
+    pub const FLOW_INSERT_FAILED: u32 = 5;
+    /// Verdicts picked up from the verdict map.
+    pub const VERDICTS_APPLIED: u32 = 6;
+    /// Number of counters.
+    pub const COUNT: u32 = 7;
+    /// Counter names, in index order, for reports.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "flows_new",
+        "segments_captured",
+        "ringbuf_drops",
+        "segments_truncated",
+        "flow_budget_spent",
+        "flow_insert_failed",
+        "verdicts_applied",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain data without padding holes that matter
+    // to the kernel (explicit `_pad` fields), valid for any bit pattern.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowTuple {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for RecordHeader {}
+    unsafe impl aya::Pod for SensorConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_key_is_direction_independent() {
+        let a = [0x0100_12c6, 0, 0, 0];
+        let b = [0x0200_12c6, 0, 0, 0];
+        let (k1, a_lo) = FlowKey::canonical(FAMILY_V4, &a, 40000, &b, 443);
+        let (k2, b_lo) = FlowKey::canonical(FAMILY_V4, &b, 443, &a, 40000);
+        assert_eq!(k1, k2);
+        assert_ne!(a_lo, b_lo);
+    }
+
+    #[test]
+    fn same_address_orders_by_port() {
+        let a = [7, 0, 0, 0];
+        let (k, a_lo) = FlowKey::canonical(FAMILY_V4, &a, 9000, &a, 80);
+        assert!(!a_lo);
+        assert_eq!((k.lo_port, k.hi_port), (80, 9000));
+    }
+}

@@ -1,0 +1,460 @@
+//! nprot's TC programs.
+//!
+//! One classifier per (link type, direction) so that the L2 header length is a constant:
+//! `nprot_eth_*` for Ethernet-like devices, `nprot_l3_*` for devices whose packets start
+//! at the IP header (tunnels, WireGuard, tun). Each tracks TCP flows in `FLOWS`, reports
+//! handshake outcomes and the client's first payload bytes through `RECORDS`, and picks up
+//! the daemon's decisions from `VERDICTS`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use core::mem::{offset_of, size_of};
+
+    use aya_ebpf::{
+        bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+        helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
+        macros::{classifier, map},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        programs::TcContext,
+    };
+    use nprot_common::{
+        CAPTURE_SEG_MAX, FAMILY_V4, FAMILY_V6, FLOW_CLIENT_IS_LO, FLOW_CLOSE_REPORTED,
+        FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple, Inspect, MAX_FLOWS, MAX_PENDING_VERDICTS,
+        PayloadRecord, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr, RecordHeader,
+        RecordKind, SensorConfig, TcpPhase, Verdict, stat,
+    };
+
+    /// Every TCP flow seen since its SYN.
+    #[map]
+    static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+    /// Decisions written by the daemon, consumed (and removed) by the next packet of the flow.
+    #[map]
+    static VERDICTS: HashMap<FlowKey, u8> = HashMap::with_max_entries(MAX_PENDING_VERDICTS, 0);
+
+    /// Handshake outcomes and captured client payload for the daemon.
+    #[map]
+    static RECORDS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+    /// Sensor settings (index 0), written by the daemon before attaching.
+    #[map]
+    static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
+
+    /// Per-CPU counters, indexed by `nprot_common::stat`.
+    #[map]
+    static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+    /// Per-CPU scratch space where a payload record is assembled before it is copied out.
+    #[map]
+    static SCRATCH: PerCpuArray<PayloadRecord> = PerCpuArray::with_max_entries(1, 0);
+
+    const ETH_P_IP: u32 = 0x0800;
+    const ETH_P_IPV6: u32 = 0x86DD;
+    const IPPROTO_TCP: u8 = 6;
+
+    const TCP_FIN: u8 = 0x01;
+    const TCP_SYN: u8 = 0x02;
+    const TCP_RST: u8 = 0x04;
+    const TCP_ACK: u8 = 0x10;
+
+    /// Let the packet continue: the next TCX program or the stack decides.
+    const PASS: i32 = TC_ACT_UNSPEC;
+
+    const ETH_HLEN: usize = 14;
+
+    #[classifier]
+    pub fn nprot_eth_egress(ctx: TcContext) -> i32 {
+        handle::<ETH_HLEN>(&ctx, true)
+    }
+
+    #[classifier]
+    pub fn nprot_eth_ingress(ctx: TcContext) -> i32 {
+        handle::<ETH_HLEN>(&ctx, false)
+    }
+
+    #[classifier]
+    pub fn nprot_l3_egress(ctx: TcContext) -> i32 {
+        handle::<0>(&ctx, true)
+    }
+
+    #[classifier]
+    pub fn nprot_l3_ingress(ctx: TcContext) -> i32 {
+        handle::<0>(&ctx, false)
+    }
+
+    /// The parts of a TCP/IP packet the programs act on.
+    struct Packet {
+        family: u8,
+        src: RawAddr,
+        dst: RawAddr,
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        flags: u8,
+        payload_off: u32,
+        payload_len: u32,
+    }
+
+    #[inline(always)]
+    fn handle<const L2: usize>(ctx: &TcContext, egress: bool) -> i32 {
+        // Whatever happens while looking, the packet passes: tracking must never drop.
+        if let Some(pkt) = parse::<L2>(ctx) {
+            track(ctx, &pkt, egress);
+        }
+        PASS
+    }
+
+    #[inline(always)]
+    fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
+        let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
+        let (family, src, dst, l4_off, ip_payload_len) = if proto == ETH_P_IP {
+            let ver_ihl: u8 = ctx.load(L2).ok()?;
+            let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+            if ihl < 20 || ctx.load::<u8>(L2 + 9).ok()? != IPPROTO_TCP {
+                return None;
+            }
+            // Only the first fragment carries the TCP header.
+            let frag: u16 = u16::from_be(ctx.load(L2 + 6).ok()?);
+            if frag & 0x1fff != 0 {
+                return None;
+            }
+            let tot_len = u16::from_be(ctx.load(L2 + 2).ok()?) as u32;
+            let src: u32 = ctx.load(L2 + 12).ok()?;
+            let dst: u32 = ctx.load(L2 + 16).ok()?;
+            // tot_len is 0 on BIG TCP super-packets; fall back to the skb length then.
+            let ip_len = if tot_len != 0 {
+                tot_len
+            } else {
+                ctx.len().saturating_sub(L2 as u32)
+            };
+            (
+                FAMILY_V4,
+                [src, 0, 0, 0],
+                [dst, 0, 0, 0],
+                L2 + ihl,
+                ip_len.saturating_sub(ihl as u32),
+            )
+        } else if proto == ETH_P_IPV6 {
+            // Extension headers are not walked: TCP must be the first next-header.
+            if ctx.load::<u8>(L2 + 6).ok()? != IPPROTO_TCP {
+                return None;
+            }
+            let plen = u16::from_be(ctx.load(L2 + 4).ok()?) as u32;
+            let src: RawAddr = ctx.load(L2 + 8).ok()?;
+            let dst: RawAddr = ctx.load(L2 + 24).ok()?;
+            let plen = if plen != 0 {
+                plen
+            } else {
+                ctx.len().saturating_sub(L2 as u32 + 40)
+            };
+            (FAMILY_V6, src, dst, L2 + 40, plen)
+        } else {
+            return None;
+        };
+
+        let ports: [u16; 2] = ctx.load(l4_off).ok()?;
+        let seq = u32::from_be(ctx.load(l4_off + 4).ok()?);
+        let doff_flags: [u8; 2] = ctx.load(l4_off + 12).ok()?;
+        let doff = ((doff_flags[0] >> 4) as u32) * 4;
+        if doff < 20 {
+            return None;
+        }
+        Some(Packet {
+            family,
+            src,
+            dst,
+            sport: u16::from_be(ports[0]),
+            dport: u16::from_be(ports[1]),
+            seq,
+            flags: doff_flags[1],
+            payload_off: l4_off as u32 + doff,
+            payload_len: ip_payload_len.saturating_sub(doff),
+        })
+    }
+
+    #[inline(always)]
+    fn bump(index: u32) {
+        if let Some(counter) = STATS.get_ptr_mut(index) {
+            // Per-CPU slot: no other writer.
+            unsafe { *counter += 1 };
+        }
+    }
+
+    /// Flow counters are statistics: the bpfel target has no 64-bit atomics in `core`, and a
+    /// lost increment when egress and ingress race on two CPUs costs nothing that matters.
+    #[inline(always)]
+    fn add(counter: &mut u64, n: u64) {
+        *counter = counter.wrapping_add(n);
+    }
+
+    #[inline(always)]
+    fn track(ctx: &TcContext, pkt: &Packet, egress: bool) {
+        let (key, src_is_lo) =
+            FlowKey::canonical(pkt.family, &pkt.src, pkt.sport, &pkt.dst, pkt.dport);
+        let now = unsafe { bpf_ktime_get_ns() };
+
+        if pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            new_flow(ctx, pkt, &key, src_is_lo, egress, now);
+            return;
+        }
+
+        let Some(flow) = FLOWS.get_ptr_mut(key) else {
+            return;
+        };
+        let flow = unsafe { &mut *flow };
+        let from_client = src_is_lo == (flow.flags & FLOW_CLIENT_IS_LO != 0);
+        flow.last_ns = now;
+        if from_client {
+            add(&mut flow.c2s_packets, 1);
+            add(&mut flow.c2s_bytes, pkt.payload_len as u64);
+        } else {
+            add(&mut flow.s2c_packets, 1);
+            add(&mut flow.s2c_bytes, pkt.payload_len as u64);
+        }
+
+        // Fast path: a flow whose inspection ended and whose handshake is settled.
+        if flow.inspect == Inspect::Done as u8 && flow.phase >= TcpPhase::Established as u8 {
+            if pkt.flags & (TCP_FIN | TCP_RST) != 0 {
+                report_close(pkt, flow, from_client, now);
+            }
+            return;
+        }
+
+        handshake(pkt, flow, from_client, now);
+
+        if flow.inspect == Inspect::Capturing as u8 {
+            if let Some(verdict) = unsafe { VERDICTS.get(key) } {
+                flow.verdict = *verdict;
+                flow.inspect = Inspect::Done as u8;
+                let _ = VERDICTS.remove(key);
+                bump(stat::VERDICTS_APPLIED);
+            } else if from_client && pkt.payload_len > 0 {
+                capture(ctx, pkt, flow, now);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn new_flow(
+        ctx: &TcContext,
+        pkt: &Packet,
+        key: &FlowKey,
+        src_is_lo: bool,
+        egress: bool,
+        now: u64,
+    ) {
+        let capture = match CONFIG.get(0) {
+            Some(cfg) => cfg.capture != 0,
+            None => false,
+        };
+        let mut flags = if src_is_lo { FLOW_CLIENT_IS_LO } else { 0 };
+        if egress {
+            flags |= FLOW_SYN_EGRESS;
+        }
+        let state = FlowState {
+            first_ns: now,
+            last_ns: now,
+            c2s_packets: 1,
+            // Only egress skbs carry the local socket.
+            socket_cookie: if egress {
+                unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) }
+            } else {
+                0
+            },
+            client_data_seq: pkt.seq.wrapping_add(1),
+            ifindex: unsafe { (*ctx.skb.skb).ifindex },
+            phase: TcpPhase::SynSent as u8,
+            inspect: if capture {
+                Inspect::Capturing as u8
+            } else {
+                Inspect::Done as u8
+            },
+            verdict: Verdict::Pending as u8,
+            flags,
+            ..FlowState::default()
+        };
+        // A retransmitted SYN finds its flow already there and leaves it alone; a SYN
+        // that reuses the ports of a finished flow starts it afresh.
+        if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_ok() {
+            bump(stat::FLOWS_NEW);
+            return;
+        }
+        if let Some(old) = FLOWS.get_ptr_mut(key) {
+            let phase = unsafe { (*old).phase };
+            if phase == TcpPhase::Closed as u8 || phase == TcpPhase::Failed as u8 {
+                if FLOWS.insert(key, state, 0).is_ok() {
+                    let _ = VERDICTS.remove(key);
+                    bump(stat::FLOWS_NEW);
+                } else {
+                    bump(stat::FLOW_INSERT_FAILED);
+                }
+            }
+        } else {
+            bump(stat::FLOW_INSERT_FAILED);
+        }
+    }
+
+    #[inline(always)]
+    fn handshake(pkt: &Packet, flow: &mut FlowState, from_client: bool, now: u64) {
+        let phase = flow.phase;
+        if phase == TcpPhase::SynSent as u8 && !from_client {
+            if pkt.flags & TCP_RST != 0 {
+                flow.phase = TcpPhase::Failed as u8;
+                flow.inspect = Inspect::Done as u8;
+                emit(pkt, flow, from_client, RecordKind::Failed, now);
+            } else if pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                flow.phase = TcpPhase::SynAckSeen as u8;
+            }
+        } else if phase == TcpPhase::SynAckSeen as u8
+            && from_client
+            && pkt.flags & (TCP_ACK | TCP_RST) == TCP_ACK
+        {
+            flow.phase = TcpPhase::Established as u8;
+            emit(pkt, flow, from_client, RecordKind::Established, now);
+        } else if phase >= TcpPhase::Established as u8 && pkt.flags & (TCP_FIN | TCP_RST) != 0 {
+            report_close(pkt, flow, from_client, now);
+        }
+    }
+
+    #[inline(always)]
+    fn report_close(pkt: &Packet, flow: &mut FlowState, from_client: bool, now: u64) {
+        if flow.flags & FLOW_CLOSE_REPORTED != 0 {
+            return;
+        }
+        flow.flags |= FLOW_CLOSE_REPORTED;
+        flow.phase = TcpPhase::Closed as u8;
+        emit(pkt, flow, from_client, RecordKind::Closed, now);
+    }
+
+    /// The flow's tuple oriented client → server, from a packet travelling either way.
+    #[inline(always)]
+    fn tuple(pkt: &Packet, from_client: bool) -> FlowTuple {
+        let (client_addr, client_port, server_addr, server_port) = if from_client {
+            (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        } else {
+            (pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        };
+        FlowTuple {
+            client_addr,
+            server_addr,
+            client_port,
+            server_port,
+            family: pkt.family,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    fn header(
+        pkt: &Packet,
+        flow: &FlowState,
+        from_client: bool,
+        kind: RecordKind,
+        now: u64,
+    ) -> RecordHeader {
+        RecordHeader {
+            tuple: tuple(pkt, from_client),
+            ts_ns: now,
+            socket_cookie: flow.socket_cookie,
+            seq: pkt.seq,
+            len: 0,
+            seg_len: pkt.payload_len,
+            ifindex: flow.ifindex,
+            client_data_seq: flow.client_data_seq,
+            kind: kind as u8,
+            flags: if flow.flags & FLOW_SYN_EGRESS != 0 {
+                RECORD_EGRESS
+            } else {
+                0
+            },
+            _pad: [0; 2],
+        }
+    }
+
+    #[inline(always)]
+    fn emit(pkt: &Packet, flow: &FlowState, from_client: bool, kind: RecordKind, now: u64) {
+        let hdr = header(pkt, flow, from_client, kind, now);
+        if RECORDS.output::<RecordHeader>(&hdr, 0).is_err() {
+            bump(stat::RINGBUF_DROPS);
+        }
+    }
+
+    #[inline(always)]
+    fn capture(ctx: &TcContext, pkt: &Packet, flow: &mut FlowState, now: u64) {
+        let flow_max = match CONFIG.get(0) {
+            Some(cfg) => cfg.capture_flow_max,
+            None => return,
+        };
+        let budget = flow_max.saturating_sub(flow.captured);
+        if budget == 0 {
+            return;
+        }
+        let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        let rec = unsafe { &mut *rec };
+
+        let mut len = pkt.payload_len;
+        let mut flags = 0;
+        if len > CAPTURE_SEG_MAX as u32 {
+            len = CAPTURE_SEG_MAX as u32;
+            flags |= RECORD_TRUNCATED;
+            bump(stat::SEGMENTS_TRUNCATED);
+        }
+        if len >= budget {
+            len = budget;
+            flags |= RECORD_BUDGET_SPENT;
+            bump(stat::FLOW_BUDGET_SPENT);
+        }
+        // LLVM knows `len` is within bounds and would drop a plain re-check, but the
+        // verifier loses track of it across the arithmetic above. A volatile read hides the
+        // value from LLVM so that the check below stays, on the register the helper gets.
+        let len = unsafe { core::ptr::read_volatile(&len) };
+        if len == 0 || len > CAPTURE_SEG_MAX as u32 {
+            return;
+        }
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                pkt.payload_off,
+                rec.data.as_mut_ptr().cast(),
+                len,
+            )
+        };
+        if ret != 0 {
+            return;
+        }
+        rec.header = header(pkt, flow, true, RecordKind::Payload, now);
+        rec.header.len = len;
+        rec.header.flags |= flags;
+
+        let total = offset_of!(PayloadRecord, data) + len as usize;
+        if total > size_of::<PayloadRecord>() {
+            return;
+        }
+        let bytes = unsafe {
+            core::slice::from_raw_parts((rec as *const PayloadRecord).cast::<u8>(), total)
+        };
+        if RECORDS.output::<[u8]>(bytes, 0).is_ok() {
+            flow.captured += len;
+            bump(stat::SEGMENTS_CAPTURED);
+        } else {
+            bump(stat::RINGBUF_DROPS);
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+}
+
+/// Host builds (clippy, `cargo check --workspace`) see an empty binary.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

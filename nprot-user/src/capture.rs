@@ -1,0 +1,473 @@
+//! Capture: loads the eBPF programs, attaches them to the guarded interfaces and decodes
+//! what the kernel reports through the ring buffer.
+//!
+//! Attachment uses TCX links on kernels that have them (≥ 6.6) and the clsact qdisc
+//! otherwise. TCX links belong to this process, so they vanish with it even on a crash;
+//! a clsact qdisc that nprot added itself is removed again when the sensor stops.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, TcAttachType, tc},
+    util::KernelVersion,
+};
+use log::{debug, info, warn};
+use nprot_common::{
+    FAMILY_V4, FlowKey, FlowTuple, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr,
+    RecordHeader, RecordKind, SensorConfig, Verdict, stat,
+};
+use thiserror::Error;
+
+/// The compiled eBPF object, built by `build.rs` with aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nprot"));
+
+/// Why the sensor could not start capturing.
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    #[error("interface '{0}' does not exist")]
+    NoSuchInterface(String),
+    #[error("interface '{0}' is given twice")]
+    DuplicateInterface(String),
+    #[error("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {0}")]
+    Privileges(String),
+    #[error("the kernel rejected eBPF program {program}: {reason}")]
+    Rejected { program: String, reason: String },
+    #[error("cannot attach {program} to {interface} ({direction}): {reason}")]
+    Attach {
+        program: String,
+        interface: String,
+        direction: &'static str,
+        reason: String,
+    },
+    #[error("eBPF object is missing {0}; the build is inconsistent")]
+    Missing(&'static str),
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(String),
+}
+
+/// How packets on an interface begin, which decides the program variant attached to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// Ethernet, loopback, veth, Wi-Fi: a 14-byte L2 header precedes IP.
+    Ethernet,
+    /// Tunnels, WireGuard, tun: packets start at the IP header.
+    L3,
+}
+
+impl LinkKind {
+    /// Reads the ARPHRD type of `interface` from sysfs.
+    pub fn of(interface: &str) -> Result<LinkKind, CaptureError> {
+        let path = Path::new("/sys/class/net").join(interface).join("type");
+        let raw = fs::read_to_string(&path)
+            .map_err(|_| CaptureError::NoSuchInterface(interface.to_owned()))?;
+        // ARPHRD_ETHER = 1, ARPHRD_LOOPBACK = 772: both carry an Ethernet header at TC.
+        Ok(match raw.trim() {
+            "1" | "772" => LinkKind::Ethernet,
+            _ => LinkKind::L3,
+        })
+    }
+
+    fn programs(self) -> [(&'static str, TcAttachType); 2] {
+        match self {
+            LinkKind::Ethernet => [
+                ("nprot_eth_egress", TcAttachType::Egress),
+                ("nprot_eth_ingress", TcAttachType::Ingress),
+            ],
+            LinkKind::L3 => [
+                ("nprot_l3_egress", TcAttachType::Egress),
+                ("nprot_l3_ingress", TcAttachType::Ingress),
+            ],
+        }
+    }
+}
+
+/// The loaded and attached programs; dropping it detaches everything.
+pub struct Sensor {
+    // Field order matters for drop: maps first, then the object that owns the links.
+    records: Option<RingBuf<MapData>>,
+    verdicts: HashMap<MapData, FlowKey, u8>,
+    stats: PerCpuArray<MapData, u64>,
+    ebpf: Ebpf,
+    added_qdiscs: Vec<String>,
+    /// `(interface, mechanism)` for each guarded interface.
+    pub attached: Vec<(String, &'static str)>,
+}
+
+impl Sensor {
+    /// Loads the programs, writes `config`, and attaches to every interface in `interfaces`.
+    pub fn start(interfaces: &[String], config: SensorConfig) -> Result<Sensor, CaptureError> {
+        let mut kinds = Vec::with_capacity(interfaces.len());
+        for (i, name) in interfaces.iter().enumerate() {
+            if interfaces[..i].contains(name) {
+                return Err(CaptureError::DuplicateInterface(name.clone()));
+            }
+            kinds.push((name.clone(), LinkKind::of(name)?));
+        }
+        raise_memlock_limit();
+
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| {
+            let text = e.to_string();
+            if is_permission_error(&text) {
+                CaptureError::Privileges(text)
+            } else {
+                CaptureError::Load(text)
+            }
+        })?;
+
+        {
+            let map = ebpf
+                .map_mut("CONFIG")
+                .ok_or(CaptureError::Missing("CONFIG"))?;
+            let mut cfg: Array<_, SensorConfig> =
+                Array::try_from(map).map_err(|source| CaptureError::Map {
+                    map: "CONFIG",
+                    source,
+                })?;
+            cfg.set(0, config, 0).map_err(|source| CaptureError::Map {
+                map: "CONFIG",
+                source,
+            })?;
+        }
+
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let mut sensor = Sensor {
+            records: Some(take_map(&mut ebpf, "RECORDS")?),
+            verdicts: take_map(&mut ebpf, "VERDICTS")?,
+            stats: take_map(&mut ebpf, "STATS")?,
+            ebpf,
+            added_qdiscs: Vec::new(),
+            attached: Vec::new(),
+        };
+        for (interface, kind) in kinds {
+            sensor.attach(&interface, kind, tcx)?;
+        }
+        Ok(sensor)
+    }
+
+    fn attach(&mut self, interface: &str, kind: LinkKind, tcx: bool) -> Result<(), CaptureError> {
+        if !tcx {
+            match tc::qdisc_add_clsact(interface) {
+                Ok(()) => self.added_qdiscs.push(interface.to_owned()),
+                // An existing clsact qdisc belongs to someone else: share it, leave it.
+                Err(e) if e.to_string().contains("exists") => {}
+                Err(e) => {
+                    return Err(CaptureError::Attach {
+                        program: "clsact qdisc".into(),
+                        interface: interface.into(),
+                        direction: "both",
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        for (name, attach_type) in kind.programs() {
+            let direction = match attach_type {
+                TcAttachType::Ingress => "ingress",
+                _ => "egress",
+            };
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::Missing("a TC program"))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
+            if program.fd().is_err() {
+                program.load().map_err(|e| {
+                    let text = e.to_string();
+                    if is_permission_error(&text) {
+                        CaptureError::Privileges(text)
+                    } else {
+                        debug!("verifier output for {name}: {text}");
+                        CaptureError::Rejected {
+                            program: name.to_owned(),
+                            reason: first_line(&text),
+                        }
+                    }
+                })?;
+            }
+            program
+                .attach(interface, attach_type)
+                .map_err(|e| CaptureError::Attach {
+                    program: name.to_owned(),
+                    interface: interface.to_owned(),
+                    direction,
+                    reason: format!("{e:#}"),
+                })?;
+        }
+        let mechanism = if tcx { "tcx" } else { "clsact" };
+        info!("guarding {interface} ({kind:?}, {mechanism})");
+        self.attached.push((interface.to_owned(), mechanism));
+        Ok(())
+    }
+
+    /// Hands the ring buffer of records to the reader; callable once.
+    pub fn take_records(&mut self) -> Option<RingBuf<MapData>> {
+        self.records.take()
+    }
+
+    /// Tells the kernel the decision for a flow; it takes effect on the flow's next packet.
+    pub fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> Result<(), CaptureError> {
+        self.verdicts
+            .insert(key, verdict as u8, 0)
+            .map_err(|source| CaptureError::Map {
+                map: "VERDICTS",
+                source,
+            })
+    }
+
+    /// Sums the kernel's per-CPU counters, in `nprot_common::stat` order.
+    pub fn kernel_stats(&self) -> Result<[u64; stat::COUNT as usize], CaptureError> {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self
+                .stats
+                .get(&(i as u32), 0)
+                .map_err(|source| CaptureError::Map {
+                    map: "STATS",
+                    source,
+                })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        // Links of the programs are released with `self.ebpf`; the qdisc we added goes here.
+        for interface in self.added_qdiscs.drain(..) {
+            if let Err(e) = remove_clsact(&interface) {
+                warn!("could not remove the clsact qdisc nprot added to {interface}: {e}");
+            }
+        }
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(CaptureError::Missing(name))?;
+    T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+}
+
+fn remove_clsact(interface: &str) -> std::io::Result<()> {
+    let status = std::process::Command::new("tc")
+        .args(["qdisc", "del", "dev", interface, "clsact"])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("tc exited with {status}")))
+    }
+}
+
+/// EPERM means missing capabilities; EACCES from BPF_PROG_LOAD is the verifier saying no.
+fn is_permission_error(text: &str) -> bool {
+    text.contains("Operation not permitted")
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK; fine on kernels ≥ 5.11");
+    }
+}
+
+/// One thing the kernel reported about a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// What happened.
+    pub kind: RecordKind,
+    /// The flow, oriented client → server.
+    pub tuple: FlowTuple,
+    /// Monotonic ns when the kernel saw the packet.
+    pub ts_ns: u64,
+    /// The SYN left through an egress hook: the initiator is on this side.
+    pub outbound: bool,
+    /// TCP sequence number of `payload[0]`.
+    pub seq: u32,
+    /// Sequence number of the client's first payload byte.
+    pub client_data_seq: u32,
+    /// Captured client payload (payload records only).
+    pub payload: &'a [u8],
+    /// The segment was longer than what was captured.
+    pub truncated: bool,
+    /// The kernel will capture nothing more of this flow.
+    pub budget_spent: bool,
+    /// Socket cookie of the local socket, 0 if unknown.
+    pub socket_cookie: u64,
+    /// Interface the flow was first seen on.
+    pub ifindex: u32,
+}
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("record kind {0} is unknown")]
+    Kind(u8),
+    #[error("record announces {announced} payload bytes but carries {carried}")]
+    Length { announced: u32, carried: usize },
+}
+
+impl<'a> Record<'a> {
+    /// Decodes one ring-buffer record.
+    pub fn decode(bytes: &'a [u8]) -> Result<Record<'a>, RecordError> {
+        let hdr_len = size_of::<RecordHeader>();
+        if bytes.len() < hdr_len {
+            return Err(RecordError::Short(bytes.len()));
+        }
+        // SAFETY: RecordHeader is plain data valid for any bits; the length is checked.
+        let hdr: RecordHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let kind = RecordKind::from_raw(hdr.kind).ok_or(RecordError::Kind(hdr.kind))?;
+        let payload = &bytes[hdr_len..];
+        if payload.len() < hdr.len as usize {
+            return Err(RecordError::Length {
+                announced: hdr.len,
+                carried: payload.len(),
+            });
+        }
+        Ok(Record {
+            kind,
+            tuple: hdr.tuple,
+            ts_ns: hdr.ts_ns,
+            outbound: hdr.flags & RECORD_EGRESS != 0,
+            seq: hdr.seq,
+            client_data_seq: hdr.client_data_seq,
+            payload: &payload[..hdr.len as usize],
+            truncated: hdr.flags & RECORD_TRUNCATED != 0,
+            budget_spent: hdr.flags & RECORD_BUDGET_SPENT != 0,
+            socket_cookie: hdr.socket_cookie,
+            ifindex: hdr.ifindex,
+        })
+    }
+}
+
+/// Converts an address as the kernel read it off the wire.
+pub fn ip_addr(family: u8, raw: &RawAddr) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::from(raw[0].to_ne_bytes()))
+    } else {
+        let mut bytes = [0u8; 16];
+        for (chunk, word) in bytes.chunks_exact_mut(4).zip(raw) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+/// The inverse of [`ip_addr`], for tests and offline tools.
+pub fn raw_addr(addr: IpAddr) -> (u8, RawAddr) {
+    match addr {
+        IpAddr::V4(v4) => (FAMILY_V4, [u32::from_ne_bytes(v4.octets()), 0, 0, 0]),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let mut raw = [0u32; 4];
+            for (word, chunk) in raw.iter_mut().zip(o.chunks_exact(4)) {
+                *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+            (nprot_common::FAMILY_V6, raw)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_bytes(hdr: &RecordHeader) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-data struct.
+        unsafe {
+            std::slice::from_raw_parts(
+                (hdr as *const RecordHeader).cast::<u8>(),
+                size_of::<RecordHeader>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_payload_record() {
+        let (family, client) = raw_addr("198.18.0.1".parse().unwrap());
+        let (_, server) = raw_addr("198.18.0.2".parse().unwrap());
+        let hdr = RecordHeader {
+            tuple: FlowTuple {
+                client_addr: client,
+                server_addr: server,
+                client_port: 40000,
+                server_port: 443,
+                family,
+                _pad: [0; 3],
+            },
+            len: 3,
+            kind: RecordKind::Payload as u8,
+            flags: RECORD_EGRESS | RECORD_TRUNCATED,
+            seq: 1001,
+            ..Default::default()
+        };
+        let mut bytes = header_bytes(&hdr);
+        bytes.extend_from_slice(b"abc");
+        let rec = Record::decode(&bytes).unwrap();
+        assert_eq!(rec.payload, b"abc");
+        assert!(rec.outbound && rec.truncated && !rec.budget_spent);
+        assert_eq!(
+            ip_addr(rec.tuple.family, &rec.tuple.server_addr).to_string(),
+            "198.18.0.2"
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_inconsistent_records() {
+        assert_eq!(Record::decode(&[0u8; 7]), Err(RecordError::Short(7)));
+        let hdr = RecordHeader {
+            len: 10,
+            kind: RecordKind::Payload as u8,
+            ..Default::default()
+        };
+        assert!(matches!(
+            Record::decode(&header_bytes(&hdr)),
+            Err(RecordError::Length {
+                announced: 10,
+                carried: 0
+            })
+        ));
+        let hdr = RecordHeader {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            Record::decode(&header_bytes(&hdr)),
+            Err(RecordError::Kind(99))
+        );
+    }
+
+    #[test]
+    fn ipv6_round_trip() {
+        let addr: IpAddr = "2001:db8:1::2".parse().unwrap();
+        let (family, raw) = raw_addr(addr);
+        assert_eq!(ip_addr(family, &raw), addr);
+    }
+}

@@ -1,0 +1,157 @@
+//! The sensor daemon: capture → reassembly/parse → events, driven by one tokio task.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use log::{info, warn};
+use nprot_common::{CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, Verdict, stat};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::interval,
+};
+
+use crate::{
+    capture::{Record, Sensor},
+    events::{
+        EventFactory, monotonic_ns,
+        sink::{Fanout, FileSink, Sink, StdoutSink},
+    },
+    pipeline::{Pipeline, VerdictTarget},
+};
+
+/// Reassembly state of a flow that sent nothing for this long is dropped.
+const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// How often counters are checked and idle streams expired.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// What `nprot run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Interfaces to guard.
+    pub interfaces: Vec<String>,
+    /// Event file; stdout when `None`.
+    pub events: Option<PathBuf>,
+    /// Capture client payload (false: track connections only).
+    pub inspect: bool,
+}
+
+impl VerdictTarget for Sensor {
+    fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()> {
+        Sensor::set_verdict(self, key, verdict).map_err(Into::into)
+    }
+}
+
+/// Runs the sensor until SIGINT or SIGTERM; everything is detached when it returns.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let sink: Box<dyn Sink> = match &opts.events {
+        Some(path) => Box::new(
+            FileSink::open(path)
+                .with_context(|| format!("cannot open event file {}", path.display()))?,
+        ),
+        None => Box::new(StdoutSink),
+    };
+    let mut fanout = Fanout::new(vec![sink]);
+
+    let config = SensorConfig {
+        capture: u8::from(opts.inspect),
+        capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
+        ..SensorConfig::default()
+    };
+    // Signals first: a SIGTERM during start-up must still detach cleanly.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    let mut sensor = Sensor::start(&opts.interfaces, config)?;
+    let ring = sensor.take_records().context("ring buffer already taken")?;
+    // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
+    let mut ring: AsyncFd<RingBuf<MapData>> =
+        unsafe { AsyncFd::register(ring) }.context("registering the ring buffer with tokio")?;
+    let mut pipeline = Pipeline::new(
+        EventFactory::for_this_host(),
+        CAPTURE_FLOW_MAX_DEFAULT as usize,
+    );
+    let guarded: Vec<String> = sensor
+        .attached
+        .iter()
+        .map(|(i, m)| format!("{i} ({m})"))
+        .collect();
+    info!("nprot ready: guarding {}", guarded.join(", "));
+
+    let mut tick = interval(HOUSEKEEPING);
+    let mut reported_drops = 0u64;
+    let mut decode_errors = 0u64;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                decode_errors += drain(guard.get_inner_mut(), &mut pipeline, &mut sensor);
+                guard.clear_ready();
+                fanout.publish(&mut pipeline.events);
+            }
+            _ = tick.tick() => {
+                pipeline.expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
+                if let Ok(k) = sensor.kernel_stats() {
+                    let drops = k[stat::RINGBUF_DROPS as usize];
+                    if drops > reported_drops {
+                        warn!("ring buffer full: {} records lost ({drops} in all)", drops - reported_drops);
+                        reported_drops = drops;
+                    }
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    // What is already in the ring still gets reported.
+    decode_errors += drain(ring.get_mut(), &mut pipeline, &mut sensor);
+    fanout.publish(&mut pipeline.events);
+    report_totals(&sensor, &pipeline, &fanout, decode_errors);
+    drop(ring);
+    drop(sensor);
+    info!("nprot stopped: programs detached");
+    Ok(())
+}
+
+/// Feeds every record in the ring through the pipeline; returns the undecodable ones.
+fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, sensor: &mut Sensor) -> u64 {
+    let mut errors = 0;
+    while let Some(item) = ring.next() {
+        match Record::decode(&item) {
+            Ok(rec) => pipeline.on_record(&rec, sensor),
+            Err(e) => {
+                errors += 1;
+                warn!("undecodable ring-buffer record: {e}");
+            }
+        }
+    }
+    errors
+}
+
+fn report_totals(sensor: &Sensor, pipeline: &Pipeline, fanout: &Fanout, decode_errors: u64) {
+    let p = pipeline.stats();
+    info!(
+        "pipeline: records={} tls={} http={} not_recognised={} gave_up={} reassembly_overflows={} verdict_errors={} decode_errors={decode_errors}",
+        p.records,
+        p.tls_inspected,
+        p.http_inspected,
+        p.not_recognised,
+        p.gave_up,
+        p.reassembly_overflows,
+        p.verdict_errors
+    );
+    info!(
+        "events: written={} dropped={}",
+        fanout.written, fanout.dropped
+    );
+    if let Ok(k) = sensor.kernel_stats() {
+        let parts: Vec<String> = stat::NAMES
+            .iter()
+            .zip(k)
+            .map(|(name, v)| format!("{name}={v}"))
+            .collect();
+        info!("kernel: {}", parts.join(" "));
+    }
+}

@@ -1,0 +1,344 @@
+//! Events: what the sensor reports, in the shape of Microsoft Defender's advanced-hunting
+//! tables (DESIGN §4), one JSON object per line.
+
+pub mod sink;
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::parse::{http::HttpRequest, tls::ClientHelloInfo};
+
+/// The advanced-hunting table an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Table {
+    DeviceNetworkEvents,
+    DeviceEvents,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ActionType {
+    /// The TCP handshake completed.
+    ConnectionSuccess,
+    /// The server refused the connection.
+    ConnectionFailed,
+    /// A TLS ClientHello was parsed.
+    SslConnectionInspected,
+    /// An HTTP/1.x request was parsed.
+    HttpConnectionInspected,
+}
+
+impl ActionType {
+    fn table(self) -> Table {
+        Table::DeviceNetworkEvents
+    }
+}
+
+/// Which side of the guarded interface opened the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Direction {
+    /// The client is on this side (its SYN left through an egress hook).
+    Outbound,
+    /// The client is on the far side.
+    Inbound,
+}
+
+/// Per-action details, the `AdditionalFields` column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum AdditionalFields {
+    /// TCP-level events.
+    Connection { direction: Direction },
+    /// `SslConnectionInspected`.
+    Ssl {
+        server_name: Option<String>,
+        alpn: Vec<String>,
+        tls_version: &'static str,
+        ech: bool,
+        direction: Direction,
+    },
+    /// `HttpConnectionInspected`.
+    Http {
+        method: String,
+        host: Option<String>,
+        uri: String,
+        user_agent: Option<String>,
+        direction: Direction,
+        proxy: bool,
+    },
+}
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Event {
+    pub timestamp: String,
+    pub table: Table,
+    pub action_type: ActionType,
+    pub device_name: Arc<str>,
+    pub device_id: Arc<str>,
+    #[serde(rename = "LocalIP")]
+    pub local_ip: IpAddr,
+    pub local_port: u16,
+    #[serde(rename = "RemoteIP")]
+    pub remote_ip: IpAddr,
+    pub remote_port: u16,
+    pub protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_url: Option<String>,
+    pub additional_fields: AdditionalFields,
+    pub report_id: u64,
+}
+
+/// A flow as events describe it: both ends, and which one is local.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEnds {
+    pub client: (IpAddr, u16),
+    pub server: (IpAddr, u16),
+    pub direction: Direction,
+}
+
+impl FlowEnds {
+    fn local_remote(&self) -> ((IpAddr, u16), (IpAddr, u16)) {
+        match self.direction {
+            Direction::Outbound => (self.client, self.server),
+            Direction::Inbound => (self.server, self.client),
+        }
+    }
+}
+
+/// Stamps events with this sensor's identity, wall-clock time and report ids.
+#[derive(Debug)]
+pub struct EventFactory {
+    device_name: Arc<str>,
+    device_id: Arc<str>,
+    next_report_id: u64,
+    clock: Clock,
+}
+
+impl EventFactory {
+    /// A factory for this host (hostname, /etc/machine-id).
+    pub fn for_this_host() -> EventFactory {
+        EventFactory::new(&host_name(), &machine_id(), Clock::now())
+    }
+
+    /// A factory with a given identity and clock.
+    pub fn new(device_name: &str, device_id: &str, clock: Clock) -> EventFactory {
+        EventFactory {
+            device_name: device_name.into(),
+            device_id: device_id.into(),
+            next_report_id: 1,
+            clock,
+        }
+    }
+
+    /// Builds an event for `flow` seen at monotonic time `ts_ns`.
+    pub fn event(
+        &mut self,
+        action_type: ActionType,
+        ts_ns: u64,
+        flow: &FlowEnds,
+        remote_url: Option<String>,
+        additional_fields: AdditionalFields,
+    ) -> Event {
+        let ((local_ip, local_port), (remote_ip, remote_port)) = flow.local_remote();
+        let report_id = self.next_report_id;
+        self.next_report_id += 1;
+        Event {
+            timestamp: rfc3339_micros(self.clock.wall(ts_ns)),
+            table: action_type.table(),
+            action_type,
+            device_name: self.device_name.clone(),
+            device_id: self.device_id.clone(),
+            local_ip,
+            local_port,
+            remote_ip,
+            remote_port,
+            protocol: "Tcp",
+            remote_url,
+            additional_fields,
+            report_id,
+        }
+    }
+
+    /// `ConnectionSuccess` / `ConnectionFailed`.
+    pub fn connection(&mut self, action_type: ActionType, ts_ns: u64, flow: &FlowEnds) -> Event {
+        let fields = AdditionalFields::Connection {
+            direction: flow.direction,
+        };
+        self.event(action_type, ts_ns, flow, None, fields)
+    }
+
+    /// `SslConnectionInspected`; `RemoteUrl` is the SNI.
+    pub fn tls(&mut self, ts_ns: u64, flow: &FlowEnds, hello: &ClientHelloInfo) -> Event {
+        let fields = AdditionalFields::Ssl {
+            server_name: hello.server_name.clone(),
+            alpn: hello.alpn.clone(),
+            tls_version: hello.tls_version,
+            ech: hello.ech,
+            direction: flow.direction,
+        };
+        let url = hello.server_name.clone();
+        self.event(ActionType::SslConnectionInspected, ts_ns, flow, url, fields)
+    }
+
+    /// `HttpConnectionInspected`; `RemoteUrl` is the full URL (or CONNECT authority).
+    pub fn http(&mut self, ts_ns: u64, flow: &FlowEnds, req: &HttpRequest) -> Event {
+        let fields = AdditionalFields::Http {
+            method: req.method.clone(),
+            host: req.host.clone(),
+            uri: req.uri.clone(),
+            user_agent: req.user_agent.clone(),
+            direction: flow.direction,
+            proxy: req.absolute || req.connect,
+        };
+        let url = req.host.as_ref().map(|_| req.url());
+        self.event(
+            ActionType::HttpConnectionInspected,
+            ts_ns,
+            flow,
+            url,
+            fields,
+        )
+    }
+}
+
+/// Maps the kernel's monotonic timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Wall-clock time at monotonic 0.
+    epoch: SystemTime,
+}
+
+impl Clock {
+    /// Anchors the monotonic clock to the wall clock now.
+    pub fn now() -> Clock {
+        let mono = monotonic_ns();
+        Clock {
+            epoch: SystemTime::now() - Duration::from_nanos(mono),
+        }
+    }
+
+    /// A clock for which monotonic 0 is `epoch` (tests, replay).
+    pub fn anchored(epoch: SystemTime) -> Clock {
+        Clock { epoch }
+    }
+
+    /// Wall-clock time of monotonic `ts_ns`.
+    pub fn wall(&self, ts_ns: u64) -> SystemTime {
+        self.epoch + Duration::from_nanos(ts_ns)
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `2026-11-23T10:00:00.123456Z`.
+pub fn rfc3339_micros(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buffer and length agree.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_micros() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456);
+        assert_eq!(rfc3339_micros(t), "2026-11-18T11:06:40.123456Z");
+        assert_eq!(rfc3339_micros(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339_micros(leap), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn outbound_event_puts_the_client_local() {
+        let mut f = EventFactory::new("host", "id", Clock::anchored(UNIX_EPOCH));
+        let flow = FlowEnds {
+            client: ("198.18.0.1".parse().unwrap(), 40000),
+            server: ("198.18.0.2".parse().unwrap(), 443),
+            direction: Direction::Outbound,
+        };
+        let ev = f.connection(ActionType::ConnectionSuccess, 5_000, &flow);
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["LocalIP"], "198.18.0.1");
+        assert_eq!(json["RemotePort"], 443);
+        assert_eq!(json["Table"], "DeviceNetworkEvents");
+        assert_eq!(json["ActionType"], "ConnectionSuccess");
+        assert_eq!(json["Protocol"], "Tcp");
+        assert_eq!(json["AdditionalFields"]["direction"], "Outbound");
+        assert_eq!(json["Timestamp"], "1970-01-01T00:00:00.000005Z");
+        assert!(json.get("RemoteUrl").is_none());
+        let second = f.connection(ActionType::ConnectionFailed, 0, &flow);
+        assert_eq!(second.report_id, ev.report_id + 1);
+    }
+
+    #[test]
+    fn inbound_event_puts_the_server_local() {
+        let mut f = EventFactory::new("host", "id", Clock::anchored(UNIX_EPOCH));
+        let flow = FlowEnds {
+            client: ("2001:db8:1::9".parse().unwrap(), 50000),
+            server: ("2001:db8:1::1".parse().unwrap(), 80),
+            direction: Direction::Inbound,
+        };
+        let ev = f.connection(ActionType::ConnectionSuccess, 0, &flow);
+        assert_eq!(ev.local_port, 80);
+        assert_eq!(ev.remote_ip.to_string(), "2001:db8:1::9");
+    }
+}

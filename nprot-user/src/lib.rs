@@ -1,0 +1,12 @@
+//! nprot user space: the daemon and CLI of a transparent network-protection sensor.
+//!
+//! Data flows one way: [`capture`] (kernel records) → [`reassembly`] → [`parse`] →
+//! [`pipeline`] (decisions) → [`events`] (JSON lines to sinks). [`daemon`] drives it live.
+
+pub mod capture;
+pub mod cli;
+pub mod daemon;
+pub mod events;
+pub mod parse;
+pub mod pipeline;
+pub mod reassembly;

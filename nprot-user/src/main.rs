@@ -1,0 +1,38 @@
+//! The `nprot` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use nprot::{
+    cli::{Cli, Command},
+    daemon::{self, RunOptions},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run_daemon(RunOptions {
+            interfaces: args.interfaces,
+            events: args.events,
+            inspect: !args.no_inspect,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line naming what went wrong and why.
+            eprintln!("nprot: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_daemon(opts: RunOptions) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(daemon::run(opts))
+}

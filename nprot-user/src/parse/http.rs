@@ -1,0 +1,557 @@
+//! HTTP/1.x request head parsing: method, target, Host, User-Agent, proxy forms.
+//!
+//! Only the request line and header block are read. Parsing is strict about what
+//! servers reject too (bad version, malformed lines) and lenient about what they accept
+//! (bare `\n` line endings, folded headers, runs of spaces in the request line).
+
+use std::net::Ipv6Addr;
+
+use super::{ParseOutcome, Parsed};
+
+/// Largest request head (request line + headers + blank line) inspected.
+pub const MAX_HEAD_LEN: usize = 16 * 1024;
+
+/// Methods recognised when detecting HTTP by content. Methods are case-sensitive.
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+];
+
+/// An HTTP/1.x request head.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HttpRequest {
+    /// Request method, one of [`METHODS`].
+    pub method: String,
+    /// From the Host header (lowercase, port stripped) — or for absolute-form/CONNECT, from the target.
+    pub host: Option<String>,
+    /// Explicit port in absolute URI / CONNECT authority / Host header, if any.
+    pub port: Option<u16>,
+    /// Request-target as sent.
+    pub uri: String,
+    /// Path+query ("/" for CONNECT/authority form, path part for absolute form).
+    pub path: String,
+    /// Request-target is absolute-form (`http://host/...`), i.e. sent to a forward proxy.
+    pub absolute: bool,
+    /// Method is CONNECT (request-target is an authority host:port).
+    pub connect: bool,
+    /// User-Agent header value, if any.
+    pub user_agent: Option<String>,
+    /// "HTTP/1.0" or "HTTP/1.1".
+    pub version: &'static str,
+    /// Bytes up to and including the blank line ending the header block (so a caller can continue parsing what follows a CONNECT).
+    pub header_len: usize,
+}
+
+impl HttpRequest {
+    /// `http://host[:port]/path` for normal and absolute-form requests, `host:port` for CONNECT.
+    ///
+    /// An absolute-form target keeps its own scheme (a proxy may receive `https://…`).
+    /// Without any host, the request-target is returned as sent.
+    pub fn url(&self) -> String {
+        let Some(host) = &self.host else {
+            return self.uri.clone();
+        };
+        let mut authority = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        if let Some(port) = self.port {
+            authority = format!("{authority}:{port}");
+        }
+        if self.connect {
+            return authority;
+        }
+        let scheme = if self.absolute {
+            self.uri
+                .split_once("://")
+                .map_or_else(|| "http".to_owned(), |(s, _)| s.to_ascii_lowercase())
+        } else {
+            "http".to_owned()
+        };
+        // The asterisk-form ("OPTIONS *") names the server itself.
+        let path = if self.path == "*" { "" } else { &self.path };
+        format!("{scheme}://{authority}{path}")
+    }
+}
+
+/// How the start of a buffer compares with the known method tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodMatch {
+    /// The buffer starts with this method and a space.
+    Method(&'static str),
+    /// The buffer is too short to tell but could still become a method and a space.
+    Prefix,
+    /// The buffer does not start with a known method.
+    No,
+}
+
+/// Compare the start of `buf` with each known method followed by a space.
+pub fn match_method(buf: &[u8]) -> MethodMatch {
+    let mut prefix = false;
+    for method in METHODS {
+        let token = method.as_bytes();
+        match buf.get(..token.len()) {
+            Some(head) if head == token => match buf.get(token.len()) {
+                Some(b' ') => return MethodMatch::Method(method),
+                None => prefix = true,
+                Some(_) => {}
+            },
+            Some(_) => {}
+            None => prefix |= token.starts_with(buf),
+        }
+    }
+    if prefix {
+        MethodMatch::Prefix
+    } else {
+        MethodMatch::No
+    }
+}
+
+/// Parse an HTTP/1.x request head from the start of `buf`.
+///
+/// Returns `NeedMore` until the blank line ending the header block has arrived, and
+/// `NotRecognised` for anything malformed or a head over [`MAX_HEAD_LEN`].
+pub fn parse_http_request(buf: &[u8]) -> ParseOutcome {
+    match parse_head(buf) {
+        Ok(req) => ParseOutcome::Complete(Parsed::Http(req)),
+        Err(Stop::NeedMore) => ParseOutcome::NeedMore,
+        Err(Stop::Bad(why)) => ParseOutcome::NotRecognised(why),
+    }
+}
+
+/// Why parsing stopped without a request.
+enum Stop {
+    NeedMore,
+    Bad(&'static str),
+}
+
+/// Which header a folded continuation line extends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Host,
+    UserAgent,
+    Other,
+}
+
+fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
+    let method = match match_method(buf) {
+        MethodMatch::Method(method) => method,
+        MethodMatch::Prefix => return Err(Stop::NeedMore),
+        MethodMatch::No => return Err(Stop::Bad("not an HTTP method")),
+    };
+    let window = buf.get(..MAX_HEAD_LEN).unwrap_or(buf);
+    let mut lines = Lines { window, pos: 0 };
+
+    let request_line = lines.next_line(buf.len())?;
+    let mut parts = request_line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let (Some(_), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Stop::Bad("malformed HTTP request line"));
+    };
+    let version = match version {
+        b"HTTP/1.1" => "HTTP/1.1",
+        b"HTTP/1.0" => "HTTP/1.0",
+        _ => return Err(Stop::Bad("unsupported HTTP version")),
+    };
+    if !target.iter().all(|&b| b > b' ' && b != 0x7f) {
+        return Err(Stop::Bad("malformed HTTP request-target"));
+    }
+
+    let mut host_header: Option<String> = None;
+    let mut user_agent: Option<String> = None;
+    let mut last = None;
+    loop {
+        let line = lines.next_line(buf.len())?;
+        if line.is_empty() {
+            break;
+        }
+        if let Some(continuation) = line.strip_prefix(b" ").or_else(|| line.strip_prefix(b"\t")) {
+            // Obsolete line folding: a proxy replaces it with a space (RFC 9112 5.2).
+            let value = header_value(continuation);
+            let target = match last {
+                Some(Field::Host) => host_header.as_mut(),
+                Some(Field::UserAgent) => user_agent.as_mut(),
+                Some(Field::Other) => None,
+                None => return Err(Stop::Bad("folded line before any HTTP header")),
+            };
+            if let Some(target) = target.filter(|_| !value.is_empty()) {
+                target.push(' ');
+                target.push_str(&value);
+            }
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(Stop::Bad("HTTP header line without a colon"));
+        };
+        let (name, value) = (line.get(..colon).unwrap_or_default(), line.get(colon + 1..));
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(Stop::Bad("malformed HTTP header name"));
+        }
+        let value = header_value(value.unwrap_or_default());
+        // The first occurrence counts; servers reject a repeated Host anyway.
+        let field = if name.eq_ignore_ascii_case(b"host") {
+            host_header.get_or_insert(value);
+            Field::Host
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            user_agent.get_or_insert(value);
+            Field::UserAgent
+        } else {
+            Field::Other
+        };
+        last = Some(field);
+    }
+
+    let uri = String::from_utf8_lossy(target).into_owned();
+    let connect = method == "CONNECT";
+    let (host, port, path, absolute) = if connect {
+        let (host, port) =
+            parse_authority(target).ok_or(Stop::Bad("malformed CONNECT authority"))?;
+        (Some(host), port, "/".to_owned(), false)
+    } else if target.starts_with(b"/") || target == b"*" {
+        let (host, port) = host_header
+            .as_deref()
+            .and_then(|h| parse_authority(h.as_bytes()))
+            .map_or((None, None), |(h, p)| (Some(h), p));
+        (host, port, uri.clone(), false)
+    } else {
+        let (host, port, path) =
+            parse_absolute(&uri).ok_or(Stop::Bad("malformed HTTP request-target"))?;
+        (Some(host), port, path, true)
+    };
+
+    Ok(HttpRequest {
+        method: method.to_owned(),
+        host,
+        port,
+        uri,
+        path,
+        absolute,
+        connect,
+        user_agent,
+        version,
+        header_len: lines.pos,
+    })
+}
+
+/// Line iterator over the inspected window of the head.
+struct Lines<'a> {
+    window: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Lines<'a> {
+    /// Next line without its `\n` or `\r\n`. `total` is the whole buffer's length, to tell
+    /// "wait for more" from "head too long".
+    fn next_line(&mut self, total: usize) -> Result<&'a [u8], Stop> {
+        let rest = self.window.get(self.pos..).unwrap_or_default();
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            if total >= MAX_HEAD_LEN {
+                return Err(Stop::Bad("HTTP request head over 16 KiB"));
+            }
+            // Reject binary junk now rather than after 16 KiB of it.
+            let partial = rest.strip_suffix(b"\r").unwrap_or(rest);
+            if partial.iter().any(|&b| is_ctl(b)) {
+                return Err(Stop::Bad("control byte in HTTP request head"));
+            }
+            return Err(Stop::NeedMore);
+        };
+        self.pos += nl + 1;
+        let line = rest.get(..nl).unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().any(|&b| is_ctl(b)) {
+            return Err(Stop::Bad("control byte in HTTP request head"));
+        }
+        Ok(line)
+    }
+}
+
+/// Control bytes other than HTAB, which may appear in header values.
+fn is_ctl(b: u8) -> bool {
+    (b < b' ' && b != b'\t') || b == 0x7f
+}
+
+/// RFC 9110 token character.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Header value with surrounding whitespace removed.
+fn header_value(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw.trim_ascii()).into_owned()
+}
+
+/// Split an absolute-form target `scheme://[userinfo@]authority[/path][?query]` into
+/// host, port and path (a missing path becomes "/").
+fn parse_absolute(uri: &str) -> Option<(String, Option<u16>, String)> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    // Userinfo never names the destination: "http://allowed@blocked/" goes to "blocked".
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = parse_authority(authority.as_bytes())?;
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    Some((host, port, path))
+}
+
+/// Parse `host[:port]` or `[ipv6][:port]` into a normalised host and optional port.
+/// IPv6 literals come back without brackets, in canonical form.
+fn parse_authority(raw: &[u8]) -> Option<(String, Option<u16>)> {
+    let text = std::str::from_utf8(raw).ok()?;
+    if let Some(bracketed) = text.strip_prefix('[') {
+        let (literal, after) = bracketed.split_once(']')?;
+        let addr: Ipv6Addr = literal.parse().ok()?;
+        let port = match after {
+            "" => None,
+            _ => parse_port(after.strip_prefix(':')?)?,
+        };
+        return Some((addr.to_string(), port));
+    }
+    // More than one colon is a bare IPv6 literal or junk: both invalid here.
+    let (host, port) = match text.split_once(':') {
+        Some((host, port)) => (host, parse_port(port)?),
+        None => (text, None),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    valid.then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// Port digits; an empty port is allowed (RFC 3986) and means none.
+fn parse_port(digits: &str) -> Option<Option<u16>> {
+    if digits.is_empty() {
+        return Some(None);
+    }
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(buf: &[u8]) -> HttpRequest {
+        match parse_http_request(buf) {
+            ParseOutcome::Complete(Parsed::Http(req)) => req,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    fn not_recognised(buf: &[u8]) -> bool {
+        matches!(parse_http_request(buf), ParseOutcome::NotRecognised(_))
+    }
+
+    #[test]
+    fn get_with_host_and_user_agent() {
+        let buf = b"GET /index.html?q=1 HTTP/1.1\r\nHost: WWW.Example.com:8080\r\n\
+                    User-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
+        let req = request(buf);
+        assert_eq!(req.method, "GET");
+        assert_eq!(req.host.as_deref(), Some("www.example.com"));
+        assert_eq!(req.port, Some(8080));
+        assert_eq!(req.uri, "/index.html?q=1");
+        assert_eq!(req.path, "/index.html?q=1");
+        assert!(!req.absolute && !req.connect);
+        assert_eq!(req.user_agent.as_deref(), Some("curl/8.5.0"));
+        assert_eq!(req.version, "HTTP/1.1");
+        assert_eq!(req.header_len, buf.len());
+        assert_eq!(req.url(), "http://www.example.com:8080/index.html?q=1");
+    }
+
+    #[test]
+    fn header_names_are_case_insensitive_and_lf_is_tolerated() {
+        let req = request(b"POST /api HTTP/1.0\nhOsT: lf.example\nUSER-AGENT:  x y \n\n");
+        assert_eq!(req.host.as_deref(), Some("lf.example"));
+        assert_eq!(req.port, None);
+        assert_eq!(req.user_agent.as_deref(), Some("x y"));
+        assert_eq!(req.version, "HTTP/1.0");
+        assert_eq!(req.url(), "http://lf.example/api");
+    }
+
+    #[test]
+    fn absolute_form() {
+        let req = request(b"GET http://a.example:8080/x?y HTTP/1.1\r\nHost: other.example\r\n\r\n");
+        assert!(req.absolute && !req.connect);
+        assert_eq!(
+            req.host.as_deref(),
+            Some("a.example"),
+            "the URI beats the Host header"
+        );
+        assert_eq!(req.port, Some(8080));
+        assert_eq!(req.uri, "http://a.example:8080/x?y");
+        assert_eq!(req.path, "/x?y");
+        assert_eq!(req.url(), "http://a.example:8080/x?y");
+    }
+
+    #[test]
+    fn absolute_form_edge_cases() {
+        let req = request(b"GET HTTP://user:pw@B.Example HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            req.host.as_deref(),
+            Some("b.example"),
+            "userinfo is not the host"
+        );
+        assert_eq!(req.path, "/");
+        assert_eq!(req.url(), "http://b.example/");
+        let req = request(b"GET http://c.example?q HTTP/1.1\r\n\r\n");
+        assert_eq!(req.path, "/?q");
+        let req = request(b"GET https://[2001:DB8::1]:8443/p HTTP/1.1\r\n\r\n");
+        assert_eq!(req.host.as_deref(), Some("2001:db8::1"));
+        assert_eq!(req.url(), "https://[2001:db8::1]:8443/p");
+        assert!(not_recognised(b"GET http:///nohost HTTP/1.1\r\n\r\n"));
+        assert!(not_recognised(b"GET relative/path HTTP/1.1\r\n\r\n"));
+    }
+
+    #[test]
+    fn connect() {
+        let buf = b"CONNECT b.example:443 HTTP/1.1\r\nHost: b.example:443\r\n\
+                    User-Agent: Go-http-client/1.1\r\n\r\n";
+        let req = request(buf);
+        assert!(req.connect && !req.absolute);
+        assert_eq!(req.host.as_deref(), Some("b.example"));
+        assert_eq!(req.port, Some(443));
+        assert_eq!(req.uri, "b.example:443");
+        assert_eq!(req.path, "/");
+        assert_eq!(req.url(), "b.example:443");
+    }
+
+    #[test]
+    fn connect_ipv6_literal() {
+        let req = request(b"CONNECT [2001:db8::1]:8080 HTTP/1.1\r\n\r\n");
+        assert_eq!(req.host.as_deref(), Some("2001:db8::1"));
+        assert_eq!(req.port, Some(8080));
+        assert_eq!(req.url(), "[2001:db8::1]:8080");
+        assert!(not_recognised(
+            b"CONNECT [2001:db8::zz]:80 HTTP/1.1\r\n\r\n"
+        ));
+        assert!(not_recognised(b"CONNECT 2001:db8::1:80 HTTP/1.1\r\n\r\n"));
+        assert!(not_recognised(b"CONNECT b.example:99999 HTTP/1.1\r\n\r\n"));
+    }
+
+    #[test]
+    fn host_header_ipv6_literal() {
+        let req = request(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n");
+        assert_eq!(req.host.as_deref(), Some("::1"));
+        assert_eq!(req.port, Some(8080));
+        assert_eq!(req.url(), "http://[::1]:8080/");
+    }
+
+    #[test]
+    fn header_len_when_bytes_follow() {
+        let head = b"CONNECT c.example:443 HTTP/1.1\r\nHost: c.example:443\r\n\r\n";
+        let mut buf = head.to_vec();
+        buf.extend_from_slice(b"\x16\x03\x01\x02\x00\x01");
+        assert_eq!(request(&buf).header_len, head.len());
+        let mut buf = b"POST /u HTTP/1.1\nHost: d.example\n\n".to_vec();
+        let head_len = buf.len();
+        buf.extend_from_slice(b"body bytes\r\n\r\n");
+        assert_eq!(request(&buf).header_len, head_len);
+    }
+
+    #[test]
+    fn split_mid_header_needs_more() {
+        let buf = b"GET /a HTTP/1.1\r\nHost: split.example\r\nUser-Agent: t\r\n\r\n";
+        for cut in 0..buf.len() {
+            assert_eq!(
+                parse_http_request(&buf[..cut]),
+                ParseOutcome::NeedMore,
+                "cut {cut}"
+            );
+        }
+        assert_eq!(request(buf).host.as_deref(), Some("split.example"));
+    }
+
+    #[test]
+    fn missing_or_bad_host_header() {
+        let req = request(b"GET /x HTTP/1.0\r\n\r\n");
+        assert_eq!(req.host, None);
+        assert_eq!(req.url(), "/x");
+        let req = request(b"GET /x HTTP/1.1\r\nHost: bad host\r\n\r\n");
+        assert_eq!(req.host, None);
+    }
+
+    #[test]
+    fn folded_header_is_joined() {
+        let req = request(b"GET / HTTP/1.1\r\nHost: f.example\r\nUser-Agent: a\r\n  b\r\n\r\n");
+        assert_eq!(req.user_agent.as_deref(), Some("a b"));
+    }
+
+    #[test]
+    fn bad_version_method_and_lines() {
+        assert!(not_recognised(b"GET / HTTP/2.0\r\n\r\n"));
+        assert!(not_recognised(b"GET / http/1.1\r\n\r\n"));
+        assert!(not_recognised(b"GET /\r\n\r\n"));
+        assert!(not_recognised(b"get / HTTP/1.1\r\n\r\n"));
+        assert!(not_recognised(b"GET / HTTP/1.1\r\nNoColon\r\n\r\n"));
+        assert!(not_recognised(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"));
+        assert!(not_recognised(b"GET / HTTP/1.1\r\n folded-first\r\n\r\n"));
+    }
+
+    #[test]
+    fn garbage_is_rejected_early() {
+        assert!(not_recognised(b"\x00\x01\x02\x03"));
+        assert!(
+            not_recognised(b"GET /\x00\x01\x02"),
+            "binary in an unfinished line"
+        );
+        assert!(not_recognised(b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n"));
+        assert!(
+            not_recognised(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"),
+            "bare CR"
+        );
+    }
+
+    #[test]
+    fn head_size_limit() {
+        let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
+        while buf.len() < MAX_HEAD_LEN + 100 {
+            buf.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert_eq!(
+            parse_http_request(&buf[..MAX_HEAD_LEN - 1]),
+            ParseOutcome::NeedMore
+        );
+        assert!(not_recognised(&buf));
+        // A head of exactly the limit still parses.
+        let mut exact = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        exact.resize(MAX_HEAD_LEN - 4, b'p');
+        exact.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(request(&exact).header_len, MAX_HEAD_LEN);
+    }
+
+    #[test]
+    fn method_matching() {
+        assert_eq!(
+            match_method(b"OPTIONS * HTTP/1.1"),
+            MethodMatch::Method("OPTIONS")
+        );
+        assert_eq!(match_method(b"PU"), MethodMatch::Prefix);
+        assert_eq!(match_method(b"PUT"), MethodMatch::Prefix);
+        assert_eq!(match_method(b"PUTS"), MethodMatch::No);
+        assert_eq!(match_method(b"G\x00"), MethodMatch::No);
+        assert_eq!(match_method(b""), MethodMatch::Prefix);
+    }
+
+    #[test]
+    fn asterisk_form_url() {
+        let req = request(b"OPTIONS * HTTP/1.1\r\nHost: o.example\r\n\r\n");
+        assert_eq!(req.path, "*");
+        assert_eq!(req.url(), "http://o.example");
+    }
+}

@@ -1,0 +1,299 @@
+//! The inspection pipeline: kernel records in, events and verdicts out.
+//!
+//! Pure logic over decoded [`Record`]s, so that the live daemon, offline replay and unit
+//! tests drive the same code. The kernel side is reached only through [`VerdictTarget`].
+
+use nprot_common::{FlowKey, RecordKind, Verdict};
+
+use crate::{
+    capture::{Record, ip_addr},
+    events::{ActionType, Direction, Event, EventFactory, FlowEnds},
+    parse::{ParseOutcome, Parsed, parse_client_payload},
+    reassembly::{Reassembler, TableFull},
+};
+
+/// Where the pipeline's decisions go: the kernel verdict map, or nowhere in replay.
+pub trait VerdictTarget {
+    /// Records `verdict` for the flow `key`.
+    fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()>;
+}
+
+/// Counters of what the pipeline did, for `nprot stats` and the exit summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub records: u64,
+    pub tls_inspected: u64,
+    pub http_inspected: u64,
+    /// Flows whose first bytes were neither TLS nor HTTP (or malformed).
+    pub not_recognised: u64,
+    /// Flows that ended, or ran out of capture budget, before a parse completed.
+    pub gave_up: u64,
+    /// Flows not reassembled because the table was full.
+    pub reassembly_overflows: u64,
+    pub verdict_errors: u64,
+}
+
+/// Per-flow facts kept while its first bytes are reassembled.
+#[derive(Debug, Clone, Copy)]
+struct Inspection {
+    last_ns: u64,
+}
+
+/// Turns records into events and verdicts.
+pub struct Pipeline {
+    reassembly: Reassembler<Inspection>,
+    factory: EventFactory,
+    /// Events produced and not yet published.
+    pub events: Vec<Event>,
+    stats: PipelineStats,
+}
+
+/// Flows reassembled at once at most.
+const MAX_INSPECTED_FLOWS: usize = 65_536;
+
+impl Pipeline {
+    /// A pipeline whose streams hold `stream_limit` bytes per flow.
+    pub fn new(factory: EventFactory, stream_limit: usize) -> Pipeline {
+        Pipeline {
+            reassembly: Reassembler::new(MAX_INSPECTED_FLOWS, stream_limit),
+            factory,
+            events: Vec::new(),
+            stats: PipelineStats::default(),
+        }
+    }
+
+    /// What the pipeline did so far.
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            reassembly_overflows: self.reassembly.overflows,
+            ..self.stats
+        }
+    }
+
+    /// Handles one kernel record.
+    pub fn on_record(&mut self, rec: &Record<'_>, verdicts: &mut dyn VerdictTarget) {
+        self.stats.records += 1;
+        let ends = flow_ends(rec);
+        match rec.kind {
+            RecordKind::Established => {
+                let ev = self
+                    .factory
+                    .connection(ActionType::ConnectionSuccess, rec.ts_ns, &ends);
+                self.events.push(ev);
+            }
+            RecordKind::Failed => {
+                let ev = self
+                    .factory
+                    .connection(ActionType::ConnectionFailed, rec.ts_ns, &ends);
+                self.events.push(ev);
+            }
+            RecordKind::Closed => {
+                if self.reassembly.remove(&rec.tuple.key()).is_some() {
+                    self.stats.gave_up += 1;
+                }
+            }
+            RecordKind::Payload => self.on_payload(rec, ends, verdicts),
+        }
+    }
+
+    fn on_payload(&mut self, rec: &Record<'_>, ends: FlowEnds, verdicts: &mut dyn VerdictTarget) {
+        let key = rec.tuple.key();
+        let meta = || Inspection { last_ns: rec.ts_ns };
+        let outcome =
+            match self
+                .reassembly
+                .insert(key, rec.client_data_seq, rec.seq, rec.payload, meta)
+            {
+                Ok(Some((stream, inspection))) => {
+                    inspection.last_ns = rec.ts_ns;
+                    match parse_client_payload(stream.contiguous()) {
+                        ParseOutcome::NeedMore if stream.is_full() => None,
+                        ParseOutcome::NeedMore => Some(ParseOutcome::NeedMore),
+                        other => Some(other),
+                    }
+                }
+                Ok(None) => Some(ParseOutcome::NeedMore),
+                Err(TableFull) => None,
+            };
+        let decided = match outcome {
+            Some(ParseOutcome::Complete(parsed)) => {
+                let ev = match &parsed {
+                    Parsed::Tls(hello) => {
+                        self.stats.tls_inspected += 1;
+                        self.factory.tls(rec.ts_ns, &ends, hello)
+                    }
+                    Parsed::Http(req) => {
+                        self.stats.http_inspected += 1;
+                        self.factory.http(rec.ts_ns, &ends, req)
+                    }
+                };
+                self.events.push(ev);
+                true
+            }
+            Some(ParseOutcome::NotRecognised(why)) => {
+                log::debug!("flow {}: not inspected: {why}", describe(&ends));
+                self.stats.not_recognised += 1;
+                true
+            }
+            // The kernel sends nothing more once the budget is spent: stop waiting.
+            Some(ParseOutcome::NeedMore) if !rec.budget_spent => false,
+            Some(ParseOutcome::NeedMore) | None => {
+                self.stats.gave_up += 1;
+                true
+            }
+        };
+        if decided {
+            self.reassembly.remove(&key);
+            if let Err(e) = verdicts.set_verdict(&key, Verdict::Allow) {
+                self.stats.verdict_errors += 1;
+                log::warn!("flow {}: verdict not delivered: {e:#}", describe(&ends));
+            }
+        }
+    }
+
+    /// Forgets flows that sent nothing for `idle_ns`; returns how many.
+    pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> usize {
+        let n = self
+            .reassembly
+            .retain(|i| now_ns.saturating_sub(i.last_ns) < idle_ns);
+        self.stats.gave_up += n as u64;
+        n
+    }
+}
+
+fn flow_ends(rec: &Record<'_>) -> FlowEnds {
+    let t = &rec.tuple;
+    FlowEnds {
+        client: (ip_addr(t.family, &t.client_addr), t.client_port),
+        server: (ip_addr(t.family, &t.server_addr), t.server_port),
+        direction: if rec.outbound {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        },
+    }
+}
+
+fn describe(ends: &FlowEnds) -> String {
+    let (c, s) = (ends.client, ends.server);
+    format!("{}:{} -> {}:{}", c.0, c.1, s.0, s.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use nprot_common::FlowTuple;
+
+    use super::*;
+    use crate::{capture::raw_addr, events::Clock};
+
+    #[derive(Default)]
+    struct Verdicts(Vec<(FlowKey, Verdict)>);
+
+    impl VerdictTarget for Verdicts {
+        fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()> {
+            self.0.push((*key, verdict));
+            Ok(())
+        }
+    }
+
+    fn tuple() -> FlowTuple {
+        let (family, client_addr) = raw_addr("198.18.0.1".parse().unwrap());
+        let (_, server_addr) = raw_addr("198.18.0.2".parse().unwrap());
+        FlowTuple {
+            client_addr,
+            server_addr,
+            client_port: 40000,
+            server_port: 8080,
+            family,
+            _pad: [0; 3],
+        }
+    }
+
+    fn record(kind: RecordKind, seq: u32, payload: &[u8]) -> Record<'_> {
+        Record {
+            kind,
+            tuple: tuple(),
+            ts_ns: 1_000,
+            outbound: true,
+            seq,
+            client_data_seq: 100,
+            payload,
+            truncated: false,
+            budget_spent: false,
+            socket_cookie: 0,
+            ifindex: 1,
+        }
+    }
+
+    fn pipeline() -> Pipeline {
+        Pipeline::new(
+            EventFactory::new("h", "d", Clock::anchored(UNIX_EPOCH)),
+            4096,
+        )
+    }
+
+    const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n";
+
+    #[test]
+    fn connection_records_become_connection_events() {
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        p.on_record(&record(RecordKind::Established, 0, b""), &mut v);
+        p.on_record(&record(RecordKind::Failed, 0, b""), &mut v);
+        let kinds: Vec<_> = p.events.iter().map(|e| e.action_type).collect();
+        assert_eq!(
+            kinds,
+            [ActionType::ConnectionSuccess, ActionType::ConnectionFailed]
+        );
+        assert!(v.0.is_empty());
+    }
+
+    #[test]
+    fn request_split_out_of_order_is_inspected_once_and_released() {
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        let (head, tail) = REQUEST.split_at(20);
+        p.on_record(&record(RecordKind::Payload, 120, tail), &mut v);
+        assert!(p.events.is_empty() && v.0.is_empty());
+        p.on_record(&record(RecordKind::Payload, 100, head), &mut v);
+        assert_eq!(p.events.len(), 1);
+        let ev = &p.events[0];
+        assert_eq!(ev.action_type, ActionType::HttpConnectionInspected);
+        assert_eq!(ev.remote_url.as_deref(), Some("http://a.example/x"));
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(p.stats().http_inspected, 1);
+    }
+
+    #[test]
+    fn unrecognised_payload_ends_inspection_without_event() {
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        p.on_record(&record(RecordKind::Payload, 100, b"\x00\x01garbage"), &mut v);
+        assert!(p.events.is_empty());
+        assert_eq!(v.0.len(), 1);
+        assert_eq!(p.stats().not_recognised, 1);
+    }
+
+    #[test]
+    fn spent_budget_gives_up_on_an_incomplete_request() {
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        p.on_record(&record(RecordKind::Payload, 100, &REQUEST[..10]), &mut v);
+        assert!(v.0.is_empty());
+        let mut last = record(RecordKind::Payload, 110, &REQUEST[10..20]);
+        last.budget_spent = true;
+        p.on_record(&last, &mut v);
+        assert!(p.events.is_empty());
+        assert_eq!(v.0.len(), 1);
+        assert_eq!(p.stats().gave_up, 1);
+    }
+
+    #[test]
+    fn close_and_idle_expiry_forget_partial_streams() {
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        p.on_record(&record(RecordKind::Payload, 100, &REQUEST[..10]), &mut v);
+        p.on_record(&record(RecordKind::Closed, 0, b""), &mut v);
+        assert_eq!(p.stats().gave_up, 1);
+        p.on_record(&record(RecordKind::Payload, 100, &REQUEST[..10]), &mut v);
+        assert_eq!(p.expire(1_000 + 10, 5), 1);
+        assert_eq!(p.stats().gave_up, 2);
+    }
+}

@@ -1,0 +1,274 @@
+//! Flow reassembly: puts each flow's captured client segments back in sequence order.
+//!
+//! Only the first bytes of a flow matter to nprot, so a stream is bounded (`limit`), and
+//! the table of streams is bounded too; what does not fit is counted, never grown.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nprot_common::FlowKey;
+
+/// Out-of-order segments kept per stream at most.
+const MAX_PENDING_SEGMENTS: usize = 64;
+
+/// The client→server byte stream of one flow, from its first payload byte.
+#[derive(Debug)]
+pub struct Stream {
+    base_seq: u32,
+    limit: usize,
+    data: Vec<u8>,
+    /// Segments beyond a gap, by offset from `base_seq`.
+    pending: BTreeMap<usize, Vec<u8>>,
+}
+
+impl Stream {
+    /// A stream whose first byte has sequence number `base_seq`, holding `limit` bytes at most.
+    pub fn new(base_seq: u32, limit: usize) -> Stream {
+        Stream {
+            base_seq,
+            limit,
+            data: Vec::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// The in-order bytes received so far.
+    pub fn contiguous(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// True once `limit` in-order bytes are held: nothing more can be added.
+    pub fn is_full(&self) -> bool {
+        self.data.len() >= self.limit
+    }
+
+    /// Adds a segment; returns whether the in-order prefix grew.
+    ///
+    /// Retransmitted and overlapping bytes are dropped in favour of those already held
+    /// (first copy wins, as most receivers do); bytes before the stream start or past
+    /// `limit` are ignored.
+    pub fn insert(&mut self, seq: u32, bytes: &[u8]) -> bool {
+        let rel = seq.wrapping_sub(self.base_seq);
+        let (offset, bytes) = if rel > u32::MAX / 2 {
+            // Starts before the stream: keep only what lies after the start.
+            let skip = self.base_seq.wrapping_sub(seq) as usize;
+            if skip >= bytes.len() {
+                return false;
+            }
+            (0, &bytes[skip..])
+        } else {
+            (rel as usize, bytes)
+        };
+        if offset >= self.limit {
+            return false;
+        }
+        let bytes = &bytes[..bytes.len().min(self.limit - offset)];
+        if bytes.is_empty() {
+            return false;
+        }
+
+        if offset > self.data.len() {
+            if self.pending.len() < MAX_PENDING_SEGMENTS {
+                let keep = self
+                    .pending
+                    .get(&offset)
+                    .is_none_or(|held| held.len() < bytes.len());
+                if keep {
+                    self.pending.insert(offset, bytes.to_vec());
+                }
+            }
+            return false;
+        }
+        let before = self.data.len();
+        self.append_at(offset, bytes);
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() > self.data.len() {
+                break;
+            }
+            let (off, seg) = entry.remove_entry();
+            self.append_at(off, &seg);
+        }
+        self.data.len() > before
+    }
+
+    fn append_at(&mut self, offset: usize, bytes: &[u8]) {
+        let end = offset + bytes.len();
+        if end > self.data.len() {
+            let new_from = self.data.len() - offset;
+            self.data.extend_from_slice(&bytes[new_from..]);
+        }
+    }
+}
+
+/// The reassembly table has no room for another flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFull;
+
+/// Streams of the flows under inspection.
+#[derive(Debug)]
+pub struct Reassembler<T> {
+    streams: HashMap<FlowKey, (Stream, T)>,
+    max_flows: usize,
+    stream_limit: usize,
+    /// Flows not reassembled because the table was full.
+    pub overflows: u64,
+}
+
+impl<T> Reassembler<T> {
+    /// A table of at most `max_flows` streams of `stream_limit` bytes each.
+    pub fn new(max_flows: usize, stream_limit: usize) -> Reassembler<T> {
+        Reassembler {
+            streams: HashMap::new(),
+            max_flows,
+            stream_limit,
+            overflows: 0,
+        }
+    }
+
+    /// Adds a segment of flow `key`, creating its stream (with `meta`) on first sight.
+    /// Returns the stream if its in-order prefix grew, `Ok(None)` if it did not, and
+    /// `Err(TableFull)` if the flow has no stream and no room for one.
+    pub fn insert(
+        &mut self,
+        key: FlowKey,
+        base_seq: u32,
+        seq: u32,
+        bytes: &[u8],
+        meta: impl FnOnce() -> T,
+    ) -> Result<Option<&mut (Stream, T)>, TableFull> {
+        if !self.streams.contains_key(&key) && self.streams.len() >= self.max_flows {
+            self.overflows += 1;
+            return Err(TableFull);
+        }
+        let limit = self.stream_limit;
+        let entry = self
+            .streams
+            .entry(key)
+            .or_insert_with(|| (Stream::new(base_seq, limit), meta()));
+        Ok(if entry.0.insert(seq, bytes) {
+            Some(entry)
+        } else {
+            None
+        })
+    }
+
+    /// Forgets a flow; returns its stream and metadata if it had any.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<(Stream, T)> {
+        self.streams.remove(key)
+    }
+
+    /// Keeps only the streams whose metadata `keep` accepts; returns how many were dropped.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+        let before = self.streams.len();
+        self.streams.retain(|_, (_, meta)| keep(meta));
+        before - self.streams.len()
+    }
+
+    /// Number of flows with a stream.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// True when no flow has a stream.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_segments_concatenate() {
+        let mut s = Stream::new(1000, 100);
+        assert!(s.insert(1000, b"hello "));
+        assert!(s.insert(1006, b"world"));
+        assert_eq!(s.contiguous(), b"hello world");
+    }
+
+    #[test]
+    fn out_of_order_segment_waits_for_the_gap() {
+        let mut s = Stream::new(1000, 100);
+        assert!(!s.insert(1006, b"world"));
+        assert_eq!(s.contiguous(), b"");
+        assert!(s.insert(1000, b"hello "));
+        assert_eq!(s.contiguous(), b"hello world");
+    }
+
+    #[test]
+    fn three_segments_reversed() {
+        let mut s = Stream::new(0, 100);
+        s.insert(6, b"ghi");
+        s.insert(3, b"def");
+        assert!(s.insert(0, b"abc"));
+        assert_eq!(s.contiguous(), b"abcdefghi");
+    }
+
+    #[test]
+    fn retransmission_changes_nothing() {
+        let mut s = Stream::new(5, 100);
+        s.insert(5, b"abc");
+        assert!(!s.insert(5, b"abc"));
+        assert!(!s.insert(5, b"XY"));
+        assert_eq!(s.contiguous(), b"abc");
+    }
+
+    #[test]
+    fn overlap_keeps_first_copy_and_adds_the_rest() {
+        let mut s = Stream::new(0, 100);
+        s.insert(0, b"abcd");
+        assert!(s.insert(2, b"XXef"));
+        assert_eq!(s.contiguous(), b"abcdef");
+    }
+
+    #[test]
+    fn overlapping_pending_segments_merge() {
+        let mut s = Stream::new(0, 100);
+        s.insert(4, b"efgh");
+        s.insert(2, b"cdEF");
+        assert!(s.insert(0, b"ab"));
+        assert_eq!(s.contiguous(), b"abcdEFgh");
+    }
+
+    #[test]
+    fn sequence_wraparound() {
+        let mut s = Stream::new(u32::MAX - 1, 100);
+        s.insert(u32::MAX - 1, b"ab");
+        assert!(s.insert(0, b"cd"));
+        assert_eq!(s.contiguous(), b"abcd");
+    }
+
+    #[test]
+    fn bytes_before_start_are_trimmed() {
+        let mut s = Stream::new(100, 100);
+        assert!(s.insert(98, b"xxab"));
+        assert_eq!(s.contiguous(), b"ab");
+        assert!(!s.insert(90, b"short"));
+    }
+
+    #[test]
+    fn limit_bounds_the_stream() {
+        let mut s = Stream::new(0, 4);
+        assert!(s.insert(0, b"abcdef"));
+        assert_eq!(s.contiguous(), b"abcd");
+        assert!(s.is_full());
+        assert!(!s.insert(4, b"gh"));
+        assert!(!s.insert(1_000_000, b"far"));
+    }
+
+    #[test]
+    fn table_is_bounded_and_counts_overflow() {
+        let key = |p: u16| FlowKey {
+            lo_port: p,
+            ..Default::default()
+        };
+        let mut r: Reassembler<()> = Reassembler::new(1, 10);
+        assert!(r.insert(key(1), 0, 0, b"a", || ()).unwrap().is_some());
+        assert_eq!(r.insert(key(2), 0, 0, b"a", || ()).err(), Some(TableFull));
+        assert_eq!(r.overflows, 1);
+        assert!(r.insert(key(1), 0, 0, b"a", || ()).unwrap().is_none());
+        assert!(r.insert(key(1), 0, 1, b"b", || ()).unwrap().is_some());
+        assert!(r.remove(&key(1)).is_some());
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,318 @@
+//! `cargo xtask`: the project's own tasks — setup, build, run, test.
+//!
+//! Every task does its own set-up, so a fresh clone needs only `cargo xtask run -- …` or
+//! `cargo xtask test`.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the sensor and its end-to-end tests use.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2", // ip netns, veth, tc
+    "nginx-light",
+    "curl",
+    "openssl",
+    "python3",
+    "tcpdump",
+    "iperf3",
+    "tinyproxy",
+    "bpftool",
+    "jq",
+    "procps",
+];
+
+/// LLVM major version of the nightly toolchain; bpf-linker must be built against it.
+const LLVM_MAJOR: u32 = 22;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "nprot project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and the tests need (idempotent).
+    Setup,
+    /// Build the sensor (eBPF programs included).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build and run the sensor: `cargo xtask run -- run --interface eth0`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `nprot`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, lint, and run unit and end-to-end tests (end-to-end tests need root).
+    Test {
+        /// Only the tests whose name contains this.
+        filter: Option<String>,
+        /// Skip the privileged end-to-end tests.
+        #[arg(long)]
+        unit_only: bool,
+    },
+    /// Format and lint the workspace (clippy -D warnings), the eBPF crate included.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup(&root),
+        Task::Build { release } => {
+            setup_toolchain(&root)?;
+            build(release).map(|_| ())
+        }
+        Task::Run { release, args } => {
+            setup(&root)?;
+            let bin = build(release)?;
+            let status = Command::new(&bin).args(&args).status()?;
+            if !status.success() {
+                bail!("nprot exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { filter, unit_only } => test(&root, filter, unit_only),
+        Task::Lint => {
+            setup_toolchain(&root)?;
+            lint()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed: {status}", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup(root: &Path) -> Result<()> {
+    setup_toolchain(root)?;
+    setup_apt()
+}
+
+/// rust-src for nightly and a bpf-linker built against nightly's own libLLVM.
+fn setup_toolchain(root: &Path) -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{LLVM_MAJOR}.")))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.{LLVM_MAJOR}.* in {}: is the nightly toolchain installed?",
+                libdir.display()
+            )
+        })?;
+    let prefix = root.join("target/llvm-nightly");
+    let link = prefix.join("lib/libLLVM.so");
+    fs::create_dir_all(prefix.join("lib"))?;
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{LLVM_MAJOR}"),
+        ])
+        .env("LLVM_PREFIX", &prefix))
+}
+
+/// The Debian packages of [`APT_PACKAGES`] that are not installed yet.
+fn setup_apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if euid() != 0 {
+        bail!(
+            "Debian packages missing: {}; run as root to install them",
+            missing.join(" ")
+        );
+    }
+    // Installing nginx or tinyproxy must not start system services on a dev box or in CI.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let result = run(Command::new("apt-get").args(["update", "-q"])).and_then(|()| {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    });
+    if own_policy {
+        let _ = fs::remove_file(policy);
+    }
+    result
+}
+
+fn euid() -> u32 {
+    output(Command::new("id").arg("-u"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// Builds `nprot`; returns the path of the binary.
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--package", "nprot-user", "--bin", "nprot"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root().join("target").join(profile).join("nprot"))
+}
+
+fn lint() -> Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate's code exists only for the bpf target.
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "--package",
+            "nprot-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(workspace_root().join("nprot-ebpf")))
+}
+
+fn test(root: &Path, filter: Option<String>, unit_only: bool) -> Result<()> {
+    setup(root)?;
+    lint()?;
+    let bin = build(false)?;
+
+    let mut unit = Command::new("cargo");
+    unit.args([
+        "test",
+        "--package",
+        "nprot-common",
+        "--package",
+        "nprot-user",
+        "--package",
+        "xtask",
+    ]);
+    if let Some(f) = &filter {
+        unit.arg(f);
+    }
+    run(&mut unit)?;
+    if unit_only {
+        return Ok(());
+    }
+    if euid() != 0 {
+        bail!("end-to-end tests need root: run `cargo xtask test` as root (or pass --unit-only)");
+    }
+    let mut e2e = Command::new("cargo");
+    e2e.args(["test", "--package", "nprot-tests"])
+        .env("NPROT_BIN", &bin);
+    e2e.arg("--");
+    if let Some(f) = &filter {
+        e2e.arg(f);
+    }
+    // Tests share the kernel and the tools; each builds its own namespaces, one at a time.
+    e2e.arg("--test-threads=1");
+    run(&mut e2e)
+}
