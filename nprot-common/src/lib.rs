@@ -207,6 +207,9 @@ pub struct FlowState {
     pub captured: u32,
     /// Interface on which the SYN was seen.
     pub ifindex: u32,
+    pub _pad: u32,
+    /// Monotonic ns of the client's first payload, 0 before it: the verdict clock.
+    pub payload_ns: u64,
     /// [`TcpPhase`] as u8.
     pub phase: u8,
     /// [`Inspect`] as u8.
@@ -286,23 +289,33 @@ pub struct PayloadRecord {
     pub data: [u8; CAPTURE_SEG_MAX],
 }
 
+/// Default bound on how long server payload is held back waiting for a verdict.
+pub const VERDICT_TIMEOUT_NS_DEFAULT: u64 = 500_000_000;
+
 /// Sensor-wide settings the daemon writes into the `CONFIG` array (index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SensorConfig {
     /// 0: track flows only, capture nothing; 1: capture client payload.
     pub capture: u8,
-    pub _pad: [u8; 3],
+    /// 1: hold server→client payload back while a flow's verdict is pending (block mode).
+    pub hold: u8,
+    pub _pad: [u8; 2],
     /// Client payload bytes captured per flow at most.
     pub capture_flow_max: u32,
+    /// A flow whose verdict takes longer than this after its first client payload is
+    /// released (fail-open).
+    pub verdict_timeout_ns: u64,
 }
 
 impl Default for SensorConfig {
     fn default() -> Self {
         SensorConfig {
             capture: 1,
-            _pad: [0; 3],
+            hold: 0,
+            _pad: [0; 2],
             capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
+            verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
         }
     }
 }
@@ -323,8 +336,18 @@ pub mod stat {
     pub const FLOW_INSERT_FAILED: u32 = 5;
     /// Verdicts picked up from the verdict map.
     pub const VERDICTS_APPLIED: u32 = 6;
+    /// Server→client packets held back (dropped) while a verdict was pending.
+    pub const HELD_PACKETS: u32 = 7;
+    /// Flows released because their verdict did not arrive in time.
+    pub const FAIL_OPEN: u32 = 8;
+    /// Flows reset because of a block verdict.
+    pub const FLOWS_RESET: u32 = 9;
+    /// Packets of blocked flows turned into resets.
+    pub const RESET_PACKETS: u32 = 10;
+    /// Resets that could not be sent (clone or rewrite failed).
+    pub const RESET_FAILED: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 12;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -334,6 +357,11 @@ pub mod stat {
         "flow_budget_spent",
         "flow_insert_failed",
         "verdicts_applied",
+        "held_packets",
+        "fail_open",
+        "flows_reset",
+        "reset_packets",
+        "reset_failed",
     ];
 }
 

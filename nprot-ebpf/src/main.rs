@@ -346,38 +346,44 @@ mod programs {
         }
     }
 
+    /// Fills `hdr` in place: records are built where they will be sent, not on the
+    /// 512-byte eBPF stack.
     #[inline(always)]
-    fn header(
+    fn fill_header(
+        hdr: &mut RecordHeader,
         pkt: &Packet,
         flow: &FlowState,
         from_client: bool,
         kind: RecordKind,
         now: u64,
-    ) -> RecordHeader {
-        RecordHeader {
-            tuple: tuple(pkt, from_client),
-            ts_ns: now,
-            socket_cookie: flow.socket_cookie,
-            seq: pkt.seq,
-            len: 0,
-            seg_len: pkt.payload_len,
-            ifindex: flow.ifindex,
-            client_data_seq: flow.client_data_seq,
-            kind: kind as u8,
-            flags: if flow.flags & FLOW_SYN_EGRESS != 0 {
-                RECORD_EGRESS
-            } else {
-                0
-            },
-            _pad: [0; 2],
-        }
+    ) {
+        hdr.tuple = tuple(pkt, from_client);
+        hdr.ts_ns = now;
+        hdr.socket_cookie = flow.socket_cookie;
+        hdr.seq = pkt.seq;
+        hdr.len = 0;
+        hdr.seg_len = pkt.payload_len;
+        hdr.ifindex = flow.ifindex;
+        hdr.client_data_seq = flow.client_data_seq;
+        hdr.kind = kind as u8;
+        hdr.flags = if flow.flags & FLOW_SYN_EGRESS != 0 {
+            RECORD_EGRESS
+        } else {
+            0
+        };
+        hdr._pad = [0; 2];
     }
 
     #[inline(always)]
     fn emit(pkt: &Packet, flow: &FlowState, from_client: bool, kind: RecordKind, now: u64) {
-        let hdr = header(pkt, flow, from_client, kind, now);
-        if RECORDS.output::<RecordHeader>(&hdr, 0).is_err() {
-            bump(stat::RINGBUF_DROPS);
+        match RECORDS.reserve::<RecordHeader>(0) {
+            Some(mut entry) => {
+                // SAFETY: fill_header writes every field of the reserved record.
+                let hdr = unsafe { &mut *entry.as_mut_ptr() };
+                fill_header(hdr, pkt, flow, from_client, kind, now);
+                entry.submit(0);
+            }
+            None => bump(stat::RINGBUF_DROPS),
         }
     }
 
@@ -426,7 +432,7 @@ mod programs {
         if ret != 0 {
             return;
         }
-        rec.header = header(pkt, flow, true, RecordKind::Payload, now);
+        fill_header(&mut rec.header, pkt, flow, true, RecordKind::Payload, now);
         rec.header.len = len;
         rec.header.flags |= flags;
 

@@ -267,7 +267,10 @@ mod tests {
     #[test]
     fn unrecognised_payload_ends_inspection_without_event() {
         let (mut p, mut v) = (pipeline(), Verdicts::default());
-        p.on_record(&record(RecordKind::Payload, 100, b"\x00\x01garbage"), &mut v);
+        p.on_record(
+            &record(RecordKind::Payload, 100, b"\x00\x01garbage"),
+            &mut v,
+        );
         assert!(p.events.is_empty());
         assert_eq!(v.0.len(), 1);
         assert_eq!(p.stats().not_recognised, 1);

@@ -1,1 +1,312 @@
+//! End-to-end test harness for nprot.
+//!
+//! Each test gets an [`Env`]: a client and a server network namespace joined by a veth
+//! pair ([`netns::Topology`]), nginx with TLS and HTTP vhosts in the server namespace
+//! ([`nginx::Nginx`]), and optionally the sensor (`nprot run`) guarding the client's veth
+//! ([`sensor::Sensor`]), whose JSON-lines events are read through [`events::EventLog`].
+//! Clients ([`clients`]) run in the client namespace. Everything is removed when the
+//! `Env` is dropped, also when a test panics. Tests are serialised by a global lock.
 
+#![warn(missing_docs)]
+
+pub mod bpf;
+pub mod clients;
+pub mod events;
+pub mod netns;
+pub mod nginx;
+pub mod process;
+pub mod sensor;
+pub mod tls;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+pub use clients::{CurlOutcome, RawOutcome};
+pub use events::{EventLog, ev};
+pub use netns::Topology;
+pub use nginx::Nginx;
+pub use sensor::{Sensor, StderrLog};
+pub use serde_json::Value;
+pub use tls::{ClientHello, HelloSpec, client_hello};
+
+/// Default time to wait for an event.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static STALE_CLEANUP: Once = Once::new();
+
+/// Fails unless the process runs as root.
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("end-to-end tests need root: run `cargo xtask test` as root");
+    }
+    Ok(())
+}
+
+/// One test's world: namespaces, nginx, the sensor (optional), a temp dir.
+pub struct Env {
+    /// Namespaces, interfaces and addresses.
+    pub topo: Topology,
+    /// nginx in the server namespace.
+    pub nginx: Option<Nginx>,
+    /// The sensor, if started.
+    pub sensor: Option<Sensor>,
+    events: EventLog,
+    dir: PathBuf,
+    // Declared last so it is released after everything else is torn down.
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Env {
+    /// Builds the topology, starts nginx and the sensor, and waits until both are ready.
+    pub fn start() -> Result<Env> {
+        Self::start_with(&[])
+    }
+
+    /// [`Env::start`] passing `extra_args` to `nprot run`.
+    pub fn start_with(extra_args: &[&str]) -> Result<Env> {
+        require_root()?;
+        // Fail before building anything if there is no sensor to test.
+        sensor::sensor_binary()?;
+        let mut env = Self::start_without_sensor()?;
+        env.start_sensor(extra_args)?;
+        Ok(env)
+    }
+
+    /// Builds the topology and starts nginx, without the sensor.
+    pub fn start_without_sensor() -> Result<Env> {
+        require_root()?;
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        STALE_CLEANUP.call_once(netns::remove_stale_namespaces);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
+        let dir = std::env::temp_dir().join(format!("nprot-e2e-{}-{n}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove old {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // From here on a failure drops `env`, which cleans up what exists.
+        let mut env = Env {
+            topo: Topology::create(n).context("cannot build the test network")?,
+            nginx: None,
+            sensor: None,
+            events: EventLog::new(&dir.join("events.jsonl"), StderrLog::default()),
+            dir,
+            _serial: serial,
+        };
+        env.nginx = Some(Nginx::start(&env.topo, &env.dir)?);
+        Ok(env)
+    }
+
+    /// Starts the sensor on the client veth (events to `<dir>/events.jsonl`) and waits
+    /// for it to be ready.
+    pub fn start_sensor(&mut self, extra_args: &[&str]) -> Result<()> {
+        if self.sensor.is_some() {
+            bail!("sensor already started");
+        }
+        let sensor = Sensor::start(&self.topo, self.events.path(), extra_args)?;
+        self.events = EventLog::new(self.events.path(), sensor.stderr().clone());
+        self.sensor = Some(sensor);
+        Ok(())
+    }
+
+    /// The sensor, or an error if it was not started.
+    pub fn sensor_mut(&mut self) -> Result<&mut Sensor> {
+        self.sensor.as_mut().context("sensor not started")
+    }
+
+    /// The sensor's event file.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// The per-test temp dir (removed on drop unless `NPROT_KEEP_TMP` is set).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The server's address of the given family.
+    pub fn server_ip(&self, v6: bool) -> IpAddr {
+        self.topo.server_ip(v6)
+    }
+
+    /// The client's address of the given family.
+    pub fn client_ip(&self, v6: bool) -> IpAddr {
+        self.topo.client_ip(v6)
+    }
+
+    /// `curl -k https://NAME:PORT/PATH` resolved to the server's address of the family.
+    pub fn curl_https(&self, name: &str, port: u16, v6: bool, path: &str) -> Result<CurlOutcome> {
+        let url = format!("https://{name}:{port}{path}");
+        clients::curl(&self.topo, name, port, self.server_ip(v6), &url, &[])
+    }
+
+    /// `curl http://NAME[:PORT]/PATH` (port omitted when 80) with extra curl arguments.
+    pub fn curl_http(
+        &self,
+        name: &str,
+        port: u16,
+        v6: bool,
+        path: &str,
+        extra: &[&str],
+    ) -> Result<CurlOutcome> {
+        let url = if port == 80 {
+            format!("http://{name}{path}")
+        } else {
+            format!("http://{name}:{port}{path}")
+        };
+        clients::curl(&self.topo, name, port, self.server_ip(v6), &url, extra)
+    }
+
+    /// `openssl s_client -connect SERVER:PORT -servername SNI </dev/null`.
+    pub fn openssl_s_client(&self, port: u16, v6: bool, sni: &str) -> Result<std::process::Output> {
+        clients::openssl_s_client(&self.topo, self.server_ip(v6), port, sni)
+    }
+
+    /// Raw TCP: send `chunks` to the server, one `send()` each, `pause` apart.
+    pub fn send_chunks(
+        &self,
+        port: u16,
+        v6: bool,
+        chunks: &[&[u8]],
+        pause: Duration,
+    ) -> Result<RawOutcome> {
+        clients::send_chunks(&self.topo, self.server_ip(v6), port, chunks, pause)
+    }
+
+    /// Connects to a closed port of the server; returns the client's local port.
+    pub fn connect_refused(&self, port: u16, v6: bool) -> Result<u16> {
+        clients::connect_refused(&self.topo, self.server_ip(v6), port)
+    }
+
+    /// What is attached to the client veth (TCX, tc, XDP, bpftool's view).
+    pub fn client_attachments(&self) -> Result<bpf::Attachments> {
+        bpf::attachments(&self.topo.client_ns, &self.topo.client_if)
+    }
+
+    /// Sensor stderr and the events so far, for `expect` messages.
+    pub fn diagnostics(&self) -> String {
+        self.events.dump()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(sensor) = self.sensor.as_mut()
+            && let Err(e) = sensor.stop(Duration::from_secs(3))
+        {
+            eprintln!("nprot-tests cleanup: {e:#}");
+        }
+        self.sensor = None;
+        self.nginx = None;
+        for e in self.topo.destroy() {
+            eprintln!("nprot-tests cleanup: {e}");
+        }
+        if std::env::var_os("NPROT_KEEP_TMP").is_some() {
+            eprintln!("nprot-tests: kept {}", self.dir.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!(
+                "nprot-tests cleanup: cannot remove {}: {e}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod self_check {
+    //! Checks of the harness itself; they need root but not the sensor.
+
+    use super::*;
+
+    /// Topology, nginx, curl (TLS vhosts, HTTP locations, both families), openssl,
+    /// the raw ClientHello sender and a refused connect all work without a sensor.
+    #[test]
+    fn harness_self_check() {
+        let env = Env::start_without_sensor().expect("harness environment");
+        for v6 in [false, true] {
+            for host in nginx::TLS_HOSTS {
+                for port in nginx::TLS_PORTS {
+                    let r = env.curl_https(host, port, v6, "/good").expect("curl https");
+                    assert_eq!(r.http_code, 200, "{r:?}");
+                    assert_eq!(r.body.trim(), nginx::BODY_GOOD);
+                    assert!(r.local_port > 1024, "{r:?}");
+                }
+            }
+            for port in nginx::HTTP_PORTS {
+                let r = env
+                    .curl_http("good.example", port, v6, "/bad/x", &["-A", "ua/1"])
+                    .expect("curl http");
+                assert_eq!((r.http_code, r.body.trim()), (200, nginx::BODY_BAD));
+                let r = env
+                    .curl_http("bad.example", port, v6, "/", &[])
+                    .expect("curl /");
+                assert_eq!((r.http_code, r.body.trim()), (200, nginx::BODY_ROOT));
+            }
+        }
+        // The vhost's own certificate is served for its SNI.
+        let out = env
+            .openssl_s_client(443, false, "bad.example")
+            .expect("openssl s_client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("CN = bad.example"), "{text}");
+
+        // Our ClientHellos are well-formed: nginx answers with a handshake record (0x16),
+        // not an alert (0x15).
+        let mut big = HelloSpec::new("big.example");
+        big.pq_key_share = true;
+        big.padding = 300;
+        let big = client_hello(&big);
+        let r = env
+            .send_chunks(443, false, &[&big.bytes], Duration::ZERO)
+            .expect("large hello");
+        assert!(r.reply.starts_with("16"), "{r:?}");
+        let small = client_hello(&HelloSpec::new("split.example"));
+        let b = &small.bytes;
+        let (a, c) = (small.extensions_start + 10, small.sni_name + 3);
+        let r = env
+            .send_chunks(
+                8443,
+                true,
+                &[&b[..a], &b[a..c], &b[c..]],
+                Duration::from_millis(50),
+            )
+            .expect("split hello");
+        assert!(r.reply.starts_with("16"), "{r:?}");
+
+        let port = env.connect_refused(9, false).expect("refused connect");
+        assert!(port > 0);
+        env.connect_refused(9, true).expect("refused connect v6");
+
+        // Nothing is attached without a sensor; a TCX link we make ourselves is seen.
+        let before = env.client_attachments().expect("attachments");
+        assert!(!before.any(), "{before}");
+        let (ns, dev) = (env.topo.client_ns.clone(), env.topo.client_if.clone());
+        let during = netns::in_netns(&env.topo.client_ns, move || {
+            let link_in = bpf::attach_pass_program(&dev, bpf::BPF_TCX_INGRESS)?;
+            let link_out = bpf::attach_pass_program(&dev, bpf::BPF_TCX_EGRESS)?;
+            let seen = bpf::attachments(&ns, &dev);
+            drop((link_in, link_out));
+            seen
+        })
+        .expect("netns")
+        .expect("attach a test TCX program");
+        eprintln!("with a test TCX link attached:\n{during}");
+        assert_eq!(
+            (during.tcx_ingress.len(), during.tcx_egress.len()),
+            (1, 1),
+            "{during}"
+        );
+        assert!(during.any());
+        let after = env.client_attachments().expect("attachments");
+        assert!(!after.any(), "closing the link detaches: {after}");
+    }
+}

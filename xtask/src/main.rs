@@ -152,15 +152,18 @@ fn setup_toolchain(root: &Path) -> Result<()> {
         ]))?;
     }
 
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let libdir = Path::new(sysroot.trim()).join("lib");
+    // bpf-linker links nightly's libLLVM dynamically; rustc runs it with that directory on
+    // the loader path, so check it the same way.
     if Command::new("bpf-linker")
         .arg("--version")
+        .env("LD_LIBRARY_PATH", &libdir)
         .output()
         .is_ok_and(|o| o.status.success())
     {
         return Ok(());
     }
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
-    let libdir = Path::new(sysroot.trim()).join("lib");
     let libllvm = fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
         .filter_map(|e| e.ok())
@@ -292,27 +295,79 @@ fn test(root: &Path, filter: Option<String>, unit_only: bool) -> Result<()> {
         "nprot-common",
         "--package",
         "nprot-user",
-        "--package",
-        "xtask",
-    ]);
+    ])
+    .args(["--package", "xtask", "--lib", "--bins", "--tests"]);
     if let Some(f) = &filter {
         unit.arg(f);
     }
-    run(&mut unit)?;
-    if unit_only {
-        return Ok(());
+    let mut totals = run_tests(&mut unit)?;
+    if !unit_only {
+        if euid() != 0 {
+            bail!(
+                "end-to-end tests need root: run `cargo xtask test` as root (or pass --unit-only)"
+            );
+        }
+        let mut e2e = Command::new("cargo");
+        e2e.args(["test", "--package", "nprot-tests", "--lib", "--tests"])
+            .env("NPROT_BIN", &bin)
+            .arg("--");
+        if let Some(f) = &filter {
+            e2e.arg(f);
+        }
+        // Tests share the kernel and the tools; each builds its own namespaces, one at a time.
+        e2e.arg("--test-threads=1");
+        let e2e_totals = run_tests(&mut e2e)?;
+        totals.0 += e2e_totals.0;
+        totals.1 += e2e_totals.1;
     }
-    if euid() != 0 {
-        bail!("end-to-end tests need root: run `cargo xtask test` as root (or pass --unit-only)");
+    println!("{} passed, {} failed", totals.0, totals.1);
+    Ok(())
+}
+
+/// Runs a `cargo test` command, echoing its output; returns (passed, failed) summed over
+/// its `test result:` lines.
+fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
     }
-    let mut e2e = Command::new("cargo");
-    e2e.args(["test", "--package", "nprot-tests"])
-        .env("NPROT_BIN", &bin);
-    e2e.arg("--");
-    if let Some(f) = &filter {
-        e2e.arg(f);
+    let status = child.wait()?;
+    if !status.success() {
+        println!("{passed} passed, {} failed", failed.max(1));
+        bail!("cargo test failed: {status}");
     }
-    // Tests share the kernel and the tools; each builds its own namespaces, one at a time.
-    e2e.arg("--test-threads=1");
-    run(&mut e2e)
+    Ok((passed, failed))
+}
+
+/// The number just before `word` in a `test result:` line.
+fn count_before(line: &str, word: &str) -> u64 {
+    line.find(word)
+        .and_then(|end| line[..end].rsplit([' ', '.']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn reads_cargo_test_summaries() {
+        let line = "ok. 61 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(count_before(line, " passed"), 61);
+        assert_eq!(count_before(line, " failed"), 2);
+    }
 }

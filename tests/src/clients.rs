@@ -1,0 +1,198 @@
+//! Clients run in the client namespace: curl, `openssl s_client`, and python3 raw TCP.
+
+use std::net::IpAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Topology;
+use crate::process::run_with_timeout;
+
+/// Outer bound on any client command (curl itself has `--max-time 5`).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a curl run returned.
+#[derive(Debug, Clone)]
+pub struct CurlOutcome {
+    /// curl's local (ephemeral) port, from `-w %{local_port}`.
+    pub local_port: u16,
+    /// The HTTP status code (0 if there was no response).
+    pub http_code: u16,
+    /// The response body.
+    pub body: String,
+    /// curl's stderr.
+    pub stderr: String,
+}
+
+/// The python3 to use: Debian's if present (no pyenv shims), else the one on PATH.
+pub fn python3() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// An address as a URL host / `--resolve` target: IPv6 in brackets.
+pub fn url_host(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
+/// Runs `curl -sS -k --max-time 5 --resolve NAME:PORT:ADDR EXTRA… URL` in the client
+/// namespace, where `url` is `SCHEME://NAME[:PORT]/PATH`. Fails unless curl exits 0.
+pub fn curl(
+    topo: &Topology,
+    name: &str,
+    port: u16,
+    addr: IpAddr,
+    url: &str,
+    extra: &[&str],
+) -> Result<CurlOutcome> {
+    let mut cmd = topo.client_cmd("curl");
+    cmd.args(["-sS", "-k", "--max-time", "5", "--resolve"])
+        .arg(format!("{name}:{port}:{}", url_host(addr)))
+        .args(["-w", "\n%{local_port} %{http_code}"])
+        .args(extra)
+        .arg(url);
+    let out = run_with_timeout(&mut cmd, CLIENT_TIMEOUT)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!("curl {url} failed ({}): {stderr}{stdout}", out.status);
+    }
+    let (body, trailer) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut parts = trailer.split_whitespace();
+    let local_port = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no local port in curl output {stdout:?}"))?;
+    let http_code = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Ok(CurlOutcome {
+        local_port,
+        http_code,
+        body: body.to_owned(),
+        stderr,
+    })
+}
+
+/// Runs `openssl s_client -connect ADDR:PORT -servername SNI` with stdin closed in the
+/// client namespace (it completes the handshake, sees end of input and quits).
+pub fn openssl_s_client(topo: &Topology, addr: IpAddr, port: u16, sni: &str) -> Result<Output> {
+    let mut cmd = topo.client_cmd("openssl");
+    cmd.args(["s_client", "-connect"])
+        .arg(format!("{}:{port}", url_host(addr)))
+        .args(["-servername", sni]);
+    run_with_timeout(&mut cmd, CLIENT_TIMEOUT)
+}
+
+/// Python: connect with TCP_NODELAY, print the local port, send each hex chunk with its
+/// own send() call with a pause between them, then print the first bytes of the answer.
+const SEND_CHUNKS_PY: &str = r#"
+import socket, sys, time
+host, port, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+chunks = [bytes.fromhex(h) for h in sys.argv[4:]]
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.settimeout(5)
+s.connect((host, port))
+print(s.getsockname()[1], flush=True)
+for i, c in enumerate(chunks):
+    if i:
+        time.sleep(pause)
+    n = s.send(c)
+    if n != len(c):
+        sys.exit("short send: %d of %d" % (n, len(c)))
+try:
+    print(s.recv(16).hex(), flush=True)
+except OSError as e:
+    print("recv: %s" % e, flush=True)
+s.close()
+"#;
+
+/// Python: bind an ephemeral port, print it, connect; exits 0 only if refused.
+const CONNECT_REFUSED_PY: &str = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM)
+s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
+print(s.getsockname()[1], flush=True)
+s.settimeout(5)
+try:
+    s.connect((host, port))
+except ConnectionRefusedError:
+    print("refused", flush=True)
+    sys.exit(0)
+sys.exit("connect did not fail with ECONNREFUSED")
+"#;
+
+/// What [`send_chunks`] saw.
+#[derive(Debug, Clone)]
+pub struct RawOutcome {
+    /// The client's local port.
+    pub local_port: u16,
+    /// Hex of the first bytes the server answered (empty if it closed), or a recv error.
+    pub reply: String,
+}
+
+/// Connects from the client namespace to `addr:port` and sends `chunks`, one `send()`
+/// each (TCP_NODELAY), sleeping `pause` between them.
+pub fn send_chunks(
+    topo: &Topology,
+    addr: IpAddr,
+    port: u16,
+    chunks: &[&[u8]],
+    pause: Duration,
+) -> Result<RawOutcome> {
+    let mut cmd = topo.client_cmd(python3());
+    cmd.args(["-c", SEND_CHUNKS_PY])
+        .arg(addr.to_string())
+        .arg(port.to_string())
+        .arg(pause.as_secs_f64().to_string())
+        .args(chunks.iter().map(|c| crate::tls::hex(c)));
+    let out = run_with_timeout(&mut cmd, CLIENT_TIMEOUT)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "raw sender failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut lines = stdout.lines();
+    let local_port = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no local port in {stdout:?}"))?;
+    Ok(RawOutcome {
+        local_port,
+        reply: lines.next().unwrap_or("").trim().to_owned(),
+    })
+}
+
+/// Connects from the client namespace to a closed `addr:port`; returns the local port.
+/// Fails unless the connection is refused.
+pub fn connect_refused(topo: &Topology, addr: IpAddr, port: u16) -> Result<u16> {
+    let mut cmd = topo.client_cmd(python3());
+    cmd.args(["-c", CONNECT_REFUSED_PY])
+        .arg(addr.to_string())
+        .arg(port.to_string());
+    let out = run_with_timeout(&mut cmd, CLIENT_TIMEOUT)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "connect to {addr}:{port} was not refused ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("no local port in {stdout:?}"))
+}

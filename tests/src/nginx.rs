@@ -1,0 +1,190 @@
+//! nginx in the server namespace: TLS vhosts `good.example` and `bad.example` on 443 and
+//! 8443, plain HTTP on 80 and 8080, IPv4 and IPv6.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::netns::Topology;
+use crate::process::{run_ok, terminate};
+
+/// Path of the Debian nginx binary.
+pub const NGINX_BIN: &str = "/usr/sbin/nginx";
+/// The TLS virtual hosts, each with its own self-signed certificate.
+pub const TLS_HOSTS: [&str; 2] = ["good.example", "bad.example"];
+/// Ports nginx serves TLS on.
+pub const TLS_PORTS: [u16; 2] = [443, 8443];
+/// Ports nginx serves plain HTTP on.
+pub const HTTP_PORTS: [u16; 2] = [80, 8080];
+/// Body of `/`.
+pub const BODY_ROOT: &str = "nprot-test root";
+/// Body of `/good`.
+pub const BODY_GOOD: &str = "nprot-test good";
+/// Body of `/bad/` and everything below it.
+pub const BODY_BAD: &str = "nprot-test bad";
+
+/// A running nginx master (with its workers) in the server namespace.
+#[derive(Debug)]
+pub struct Nginx {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Writes certificates and a config under `dir` (which must exist), starts nginx in
+    /// the server namespace of `topo` and waits (at most 5 s) until every listener
+    /// accepts a connection from the client namespace.
+    pub fn start(topo: &Topology, dir: &Path) -> Result<Nginx> {
+        let dir = dir.join("nginx");
+        for sub in ["", "logs", "tmp", "html"] {
+            fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+        }
+        for host in TLS_HOSTS {
+            make_cert(&dir, host)?;
+        }
+        let conf = dir.join("nginx.conf");
+        fs::write(&conf, config(&dir)).context("cannot write nginx.conf")?;
+        let stderr = fs::File::create(dir.join("logs/stderr.log"))?;
+
+        let mut cmd = topo.server_cmd(NGINX_BIN);
+        cmd.arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("logs/error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let child = cmd.spawn().context("cannot start nginx")?;
+        let nginx = Nginx {
+            child: Some(child),
+            dir,
+        };
+
+        let mut targets = Vec::new();
+        for v6 in [false, true] {
+            for port in TLS_PORTS.into_iter().chain(HTTP_PORTS) {
+                targets.push(SocketAddr::new(topo.server_ip(v6), port));
+            }
+        }
+        if let Err(e) = topo.wait_tcp_ready(&targets, Duration::from_secs(5)) {
+            return Err(e.context(format!("nginx not ready; {}", nginx.logs())));
+        }
+        Ok(nginx)
+    }
+
+    /// nginx's error log and stderr, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |p: &str| fs::read_to_string(self.dir.join(p)).unwrap_or_default();
+        format!(
+            "nginx error.log:\n{}\nnginx stderr:\n{}",
+            read("logs/error.log"),
+            read("logs/stderr.log")
+        )
+    }
+
+    /// Stops nginx: SIGTERM (fast shutdown, the master ends its workers), SIGKILL after
+    /// 2 s. Workers left behind are killed with the namespace.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(2))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("nprot-tests cleanup: nginx: {e:#}");
+        }
+    }
+}
+
+/// Makes `<host>.crt` and `<host>.key` in `dir`: a self-signed P-256 certificate whose
+/// subject alternative name is `host`.
+fn make_cert(dir: &Path, host: &str) -> Result<()> {
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "2", "-subj"])
+            .arg(format!("/CN={host}"))
+            .arg("-addext")
+            .arg(format!("subjectAltName=DNS:{host}"))
+            .arg("-keyout")
+            .arg(dir.join(format!("{host}.key")))
+            .arg("-out")
+            .arg(dir.join(format!("{host}.crt"))),
+        Duration::from_secs(10),
+    )
+    .with_context(|| format!("cannot make a certificate for {host}"))?;
+    Ok(())
+}
+
+/// The nginx configuration; every path is inside `dir`.
+fn config(dir: &Path) -> String {
+    let d = dir.display();
+    let mut c = String::new();
+    // writeln! into a String cannot fail.
+    let _ = writeln!(
+        c,
+        "worker_processes 1;
+user root root;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/logs/access.log;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    default_type text/plain;
+    keepalive_timeout 5s;"
+    );
+    let locations = format!(
+        "        location = / {{ return 200 \"{BODY_ROOT}\\n\"; }}
+        location = /good {{ return 200 \"{BODY_GOOD}\\n\"; }}
+        location /bad/ {{ return 200 \"{BODY_BAD}\\n\"; }}
+        location / {{ return 404; }}"
+    );
+    for host in TLS_HOSTS {
+        let _ = writeln!(c, "    server {{");
+        for port in TLS_PORTS {
+            let _ = writeln!(c, "        listen {port} ssl;");
+            let _ = writeln!(c, "        listen [::]:{port} ssl;");
+        }
+        let _ = writeln!(
+            c,
+            "        server_name {host};
+        ssl_certificate {d}/{host}.crt;
+        ssl_certificate_key {d}/{host}.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+{locations}
+    }}"
+        );
+    }
+    let _ = writeln!(c, "    server {{");
+    for port in HTTP_PORTS {
+        let _ = writeln!(c, "        listen {port};");
+        let _ = writeln!(c, "        listen [::]:{port};");
+    }
+    let _ = writeln!(
+        c,
+        "        server_name good.example bad.example;
+{locations}
+    }}
+}}"
+    );
+    c
+}

@@ -1,0 +1,225 @@
+//! The sensor under test: `nprot run` in the client namespace.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Topology;
+use crate::process::{signal, terminate, wait_timeout};
+
+/// The line the sensor prints on stderr once its programs are attached.
+pub const READY_MARKER: &str = "nprot ready";
+/// How long the sensor may take to attach.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `nprot` binary: `$NPROT_BIN`, else `<workspace>/target/debug/nprot`.
+pub fn sensor_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("NPROT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            manifest
+                .parent()
+                .unwrap_or(manifest)
+                .join("target/debug/nprot")
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "sensor binary {} not found: build it (`cargo xtask build`) or set NPROT_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Lines the sensor wrote to stderr, shared with the thread that reads them.
+#[derive(Debug, Clone, Default)]
+pub struct StderrLog {
+    inner: Arc<(Mutex<StderrState>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct StderrState {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+impl StderrLog {
+    /// Everything read so far, one line per line.
+    pub fn text(&self) -> String {
+        let state = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.lines.join("\n")
+    }
+
+    fn push(&self, line: String) {
+        let (lock, cvar) = &*self.inner;
+        lock.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lines
+            .push(line);
+        cvar.notify_all();
+    }
+
+    fn close(&self) {
+        let (lock, cvar) = &*self.inner;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        cvar.notify_all();
+    }
+
+    /// Waits until a line containing `needle` appears. Returns false on timeout or when
+    /// stderr is closed without it.
+    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let (lock, cvar) = &*self.inner;
+        let deadline = Instant::now() + timeout;
+        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if state.lines.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return false;
+            }
+            state = cvar
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A running sensor.
+#[derive(Debug)]
+pub struct Sensor {
+    child: Option<Child>,
+    stderr: StderrLog,
+    exit: Option<ExitStatus>,
+}
+
+impl Sensor {
+    /// Starts `nprot run --interface <client veth> --events <events>` (plus `extra_args`)
+    /// in the client namespace and waits for `nprot ready` on its stderr.
+    pub fn start(topo: &Topology, events: &Path, extra_args: &[&str]) -> Result<Sensor> {
+        let bin = sensor_binary()?;
+        let mut cmd = topo.client_cmd(&bin.to_string_lossy());
+        cmd.args(["run", "--interface", &topo.client_if, "--events"])
+            .arg(events)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let stderr = StderrLog::default();
+        if let Some(pipe) = child.stderr.take() {
+            let log = stderr.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    match line {
+                        Ok(line) => log.push(line),
+                        Err(_) => break,
+                    }
+                }
+                log.close();
+            });
+        }
+        if let Some(pipe) = child.stdout.take() {
+            // Stdout is not part of the contract; keep it in the same log, marked.
+            let log = stderr.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.push(format!("[stdout] {line}"));
+                }
+            });
+        }
+        let mut sensor = Sensor {
+            child: Some(child),
+            stderr,
+            exit: None,
+        };
+        if !sensor.stderr.wait_for(READY_MARKER, READY_TIMEOUT) {
+            let state = sensor.stop(Duration::from_secs(2));
+            bail!(
+                "sensor did not print `{READY_MARKER}` within {READY_TIMEOUT:?} \
+                 (exit: {state:?}); command {cmd:?}; stderr:\n{}",
+                sensor.stderr.text()
+            );
+        }
+        Ok(sensor)
+    }
+
+    /// The sensor's stderr (shared; keeps growing while it runs).
+    pub fn stderr(&self) -> &StderrLog {
+        &self.stderr
+    }
+
+    /// The sensor's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the sensor process has exited (without reaping it for good: the status
+    /// is kept for [`Sensor::stop`]).
+    pub fn has_exited(&mut self) -> bool {
+        if self.exit.is_some() {
+            return true;
+        }
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.exit = Some(status);
+            return true;
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit. Returns the exit status;
+    /// an error if the sensor had to be killed.
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Some(status) = self.exit {
+            self.child = None;
+            return Ok(status);
+        }
+        let Some(mut child) = self.child.take() else {
+            bail!("sensor was not running");
+        };
+        if let Some(status) = child.try_wait()? {
+            self.exit = Some(status);
+            return Ok(status);
+        }
+        // It may exit between try_wait and kill.
+        let _ = signal(child.id(), libc::SIGTERM);
+        match wait_timeout(&mut child, timeout)? {
+            Some(status) => {
+                self.exit = Some(status);
+                Ok(status)
+            }
+            None => {
+                let status = terminate(&mut child, Duration::ZERO)?;
+                self.exit = Some(status);
+                bail!(
+                    "sensor did not exit within {timeout:?} of SIGTERM; killed ({status}); \
+                     stderr:\n{}",
+                    self.stderr.text()
+                )
+            }
+        }
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && let Err(e) = terminate(&mut child, Duration::from_secs(3))
+        {
+            eprintln!("nprot-tests cleanup: sensor: {e:#}");
+        }
+    }
+}
