@@ -13,7 +13,7 @@ mod programs {
     use core::mem::{offset_of, size_of};
 
     use aya_ebpf::{
-        bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+        bindings::{BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
         helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
         macros::{classifier, map},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -91,8 +91,15 @@ mod programs {
         dst: RawAddr,
         sport: u16,
         dport: u16,
+        /// Sequence number, host order.
         seq: u32,
+        /// Sequence and acknowledgement numbers as on the wire.
+        seq_raw: u32,
+        ack_raw: u32,
         flags: u8,
+        /// Data-offset byte (header length << 4), kept to rewrite the flags word.
+        doff_byte: u8,
+        l4_off: u32,
         payload_off: u32,
         payload_len: u32,
     }
@@ -100,10 +107,10 @@ mod programs {
     #[inline(always)]
     fn handle<const L2: usize>(ctx: &TcContext, egress: bool) -> i32 {
         // Whatever happens while looking, the packet passes: tracking must never drop.
-        if let Some(pkt) = parse::<L2>(ctx) {
-            track(ctx, &pkt, egress);
+        match parse::<L2>(ctx) {
+            Some(pkt) => track::<L2>(ctx, &pkt, egress),
+            None => PASS,
         }
-        PASS
     }
 
     #[inline(always)]
@@ -155,7 +162,7 @@ mod programs {
         };
 
         let ports: [u16; 2] = ctx.load(l4_off).ok()?;
-        let seq = u32::from_be(ctx.load(l4_off + 4).ok()?);
+        let seq_ack: [u32; 2] = ctx.load(l4_off + 4).ok()?;
         let doff_flags: [u8; 2] = ctx.load(l4_off + 12).ok()?;
         let doff = ((doff_flags[0] >> 4) as u32) * 4;
         if doff < 20 {
@@ -167,8 +174,12 @@ mod programs {
             dst,
             sport: u16::from_be(ports[0]),
             dport: u16::from_be(ports[1]),
-            seq,
+            seq: u32::from_be(seq_ack[0]),
+            seq_raw: seq_ack[0],
+            ack_raw: seq_ack[1],
             flags: doff_flags[1],
+            doff_byte: doff_flags[0],
+            l4_off: l4_off as u32,
             payload_off: l4_off as u32 + doff,
             payload_len: ip_payload_len.saturating_sub(doff),
         })
@@ -190,18 +201,18 @@ mod programs {
     }
 
     #[inline(always)]
-    fn track(ctx: &TcContext, pkt: &Packet, egress: bool) {
+    fn track<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
         let (key, src_is_lo) =
             FlowKey::canonical(pkt.family, &pkt.src, pkt.sport, &pkt.dst, pkt.dport);
         let now = unsafe { bpf_ktime_get_ns() };
 
         if pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
             new_flow(ctx, pkt, &key, src_is_lo, egress, now);
-            return;
+            return PASS;
         }
 
         let Some(flow) = FLOWS.get_ptr_mut(key) else {
-            return;
+            return PASS;
         };
         let flow = unsafe { &mut *flow };
         let from_client = src_is_lo == (flow.flags & FLOW_CLIENT_IS_LO != 0);
@@ -214,26 +225,177 @@ mod programs {
             add(&mut flow.s2c_bytes, pkt.payload_len as u64);
         }
 
+        if flow.verdict == Verdict::Block as u8 {
+            return reset::<L2>(ctx, pkt, egress);
+        }
+
         // Fast path: a flow whose inspection ended and whose handshake is settled.
         if flow.inspect == Inspect::Done as u8 && flow.phase >= TcpPhase::Established as u8 {
             if pkt.flags & (TCP_FIN | TCP_RST) != 0 {
                 report_close(pkt, flow, from_client, now);
             }
-            return;
+            return PASS;
         }
 
         handshake(pkt, flow, from_client, now);
 
-        if flow.inspect == Inspect::Capturing as u8 {
-            if let Some(verdict) = unsafe { VERDICTS.get(key) } {
-                flow.verdict = *verdict;
-                flow.inspect = Inspect::Done as u8;
-                let _ = VERDICTS.remove(key);
-                bump(stat::VERDICTS_APPLIED);
-            } else if from_client && pkt.payload_len > 0 {
-                capture(ctx, pkt, flow, now);
-            }
+        if flow.inspect != Inspect::Capturing as u8 {
+            return PASS;
         }
+        if let Some(verdict) = unsafe { VERDICTS.get(key) } {
+            flow.verdict = *verdict;
+            flow.inspect = Inspect::Done as u8;
+            let _ = VERDICTS.remove(key);
+            bump(stat::VERDICTS_APPLIED);
+            if flow.verdict == Verdict::Block as u8 {
+                bump(stat::FLOWS_RESET);
+                return reset::<L2>(ctx, pkt, egress);
+            }
+            return PASS;
+        }
+        if pkt.payload_len == 0 {
+            return PASS;
+        }
+        if from_client {
+            if flow.payload_ns == 0 {
+                flow.payload_ns = now;
+            }
+            capture(ctx, pkt, flow, now);
+            PASS
+        } else {
+            hold(flow, now)
+        }
+    }
+
+    /// Server payload of a flow still under inspection: held back (dropped, so that the
+    /// server retransmits it) while the verdict is pending, up to the verdict timeout.
+    #[inline(always)]
+    fn hold(flow: &mut FlowState, now: u64) -> i32 {
+        // The server spoke first: not a client-first protocol nprot can judge.
+        if flow.payload_ns == 0 {
+            flow.inspect = Inspect::Done as u8;
+            flow.verdict = Verdict::Allow as u8;
+            return PASS;
+        }
+        let Some(cfg) = CONFIG.get(0) else {
+            return PASS;
+        };
+        if cfg.hold == 0 {
+            return PASS;
+        }
+        if now.saturating_sub(flow.payload_ns) > cfg.verdict_timeout_ns {
+            flow.inspect = Inspect::Done as u8;
+            flow.verdict = Verdict::Allow as u8;
+            bump(stat::FAIL_OPEN);
+            return PASS;
+        }
+        bump(stat::HELD_PACKETS);
+        TC_ACT_SHOT
+    }
+
+    /// Resets a blocked flow in both directions with this packet: a copy, turned into a
+    /// RST the sender accepts, goes back the way the packet came; the packet itself goes
+    /// on as a RST the receiver accepts. A RST carrying data is valid TCP and its data is
+    /// discarded, so no payload has to be cut and only the checksum deltas of the
+    /// rewritten words matter; swapping addresses and ports leaves the checksums alone.
+    #[inline(always)]
+    fn reset<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
+        // Resets (ours included, when they come back through a hook) pass untouched.
+        if pkt.flags & TCP_RST != 0 {
+            return PASS;
+        }
+        bump(stat::RESET_PACKETS);
+        if reflect_reset::<L2>(ctx, pkt, egress).is_err() {
+            bump(stat::RESET_FAILED);
+        }
+        // The original, as a RST with its own sequence number.
+        if set_flags(ctx, pkt, TCP_RST | TCP_ACK).is_err() {
+            bump(stat::RESET_FAILED);
+            return TC_ACT_SHOT;
+        }
+        PASS
+    }
+
+    #[inline(always)]
+    fn reflect_reset<const L2: usize>(
+        ctx: &TcContext,
+        pkt: &Packet,
+        egress: bool,
+    ) -> Result<(), i64> {
+        let l4 = pkt.l4_off as usize;
+        let mut consumed = pkt.payload_len;
+        if pkt.flags & (TCP_SYN | TCP_FIN) != 0 {
+            consumed += 1;
+        }
+        // The sender expects our next byte at its ACK number.
+        let seq_ack = [pkt.ack_raw, pkt.seq.wrapping_add(consumed).to_be()];
+        write_endpoints::<L2>(ctx, pkt, true)?;
+        rewrite_seq_ack(ctx, l4, [pkt.seq_raw, pkt.ack_raw], seq_ack)?;
+        set_flags(ctx, pkt, TCP_RST | TCP_ACK)?;
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let flags = if egress { BPF_F_INGRESS as u64 } else { 0 };
+        let sent = ctx.clone_redirect(ifindex, flags);
+        // Put the packet back as it was (flags aside) whether or not the copy went out.
+        write_endpoints::<L2>(ctx, pkt, false)?;
+        rewrite_seq_ack(ctx, l4, seq_ack, [pkt.seq_raw, pkt.ack_raw])?;
+        sent
+    }
+
+    /// Writes the packet's endpoints back to front (`reflected`) or as parsed. MACs are
+    /// swapped in place, which is its own inverse.
+    #[inline(always)]
+    fn write_endpoints<const L2: usize>(
+        ctx: &TcContext,
+        pkt: &Packet,
+        reflected: bool,
+    ) -> Result<(), i64> {
+        if L2 == ETH_HLEN {
+            let macs: [u8; 12] = ctx.load(0)?;
+            let mut swapped = [0u8; 12];
+            swapped[..6].copy_from_slice(&macs[6..]);
+            swapped[6..].copy_from_slice(&macs[..6]);
+            ctx.store(0, &swapped, 0)?;
+        }
+        let (src, dst, sport, dport) = if reflected {
+            (&pkt.dst, &pkt.src, pkt.dport, pkt.sport)
+        } else {
+            (&pkt.src, &pkt.dst, pkt.sport, pkt.dport)
+        };
+        if pkt.family == FAMILY_V4 {
+            ctx.store(L2 + 12, &[src[0], dst[0]], 0)?;
+        } else {
+            ctx.store(L2 + 8, src, 0)?;
+            ctx.store(L2 + 24, dst, 0)?;
+        }
+        ctx.store(pkt.l4_off as usize, &[sport.to_be(), dport.to_be()], 0)?;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn rewrite_seq_ack(
+        ctx: &TcContext,
+        l4: usize,
+        from: [u32; 2],
+        to: [u32; 2],
+    ) -> Result<(), i64> {
+        ctx.store(l4 + 4, &to, 0)?;
+        ctx.l4_csum_replace(l4 + 16, from[0] as u64, to[0] as u64, 4)?;
+        ctx.l4_csum_replace(l4 + 16, from[1] as u64, to[1] as u64, 4)?;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn set_flags(ctx: &TcContext, pkt: &Packet, flags: u8) -> Result<(), i64> {
+        let l4 = pkt.l4_off as usize;
+        let current: [u8; 2] = ctx.load(l4 + 12)?;
+        if current[1] == flags {
+            return Ok(());
+        }
+        let old = u16::from_ne_bytes(current);
+        let new = u16::from_ne_bytes([pkt.doff_byte, flags]);
+        ctx.store(l4 + 13, &flags, 0)?;
+        ctx.l4_csum_replace(l4 + 16, old as u64, new as u64, 2)?;
+        Ok(())
     }
 
     #[inline(always)]

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::verdict::Mode;
+
 /// nprot: a transparent network-protection sensor.
 #[derive(Debug, Parser)]
 #[command(name = "nprot", version, about)]
@@ -28,7 +30,16 @@ pub struct RunArgs {
     /// Append events (JSON lines) to FILE instead of writing them to stdout.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
-    /// Track connections only; do not capture or parse client payload.
-    #[arg(long)]
-    pub no_inspect: bool,
+    /// Network-protection level: disabled (no inspection), audit (log only), block.
+    #[arg(long, value_name = "MODE", default_value = "audit")]
+    pub mode: Mode,
+    /// Indicators to enforce (JSON, DESIGN §5); the sensor does not start if it is invalid.
+    #[arg(long, value_name = "FILE")]
+    pub indicators: Option<PathBuf>,
+    /// A device group this sensor belongs to (repeat for several).
+    #[arg(long = "device-group", value_name = "GROUP")]
+    pub device_groups: Vec<String>,
+    /// Release a flow whose verdict takes longer than this (fail-open), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub verdict_timeout_ms: u64,
 }

@@ -1,6 +1,10 @@
 //! The sensor daemon: capture → reassembly/parse → events, driven by one tokio task.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -19,6 +23,11 @@ use crate::{
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
     pipeline::{Pipeline, VerdictTarget},
+    policy::{
+        Policy,
+        indicator::{self, Indicators},
+    },
+    verdict::Mode,
 };
 
 /// Reassembly state of a flow that sent nothing for this long is dropped.
@@ -33,8 +42,36 @@ pub struct RunOptions {
     pub interfaces: Vec<String>,
     /// Event file; stdout when `None`.
     pub events: Option<PathBuf>,
-    /// Capture client payload (false: track connections only).
-    pub inspect: bool,
+    /// Network-protection level.
+    pub mode: Mode,
+    /// Indicator file (JSON).
+    pub indicators: Option<PathBuf>,
+    /// Device groups this sensor belongs to.
+    pub device_groups: Vec<String>,
+    /// Fail-open bound on a pending verdict.
+    pub verdict_timeout: Duration,
+}
+
+/// Loads the indicator file, or an empty policy without one.
+fn load_policy(opts: &RunOptions) -> anyhow::Result<Policy> {
+    let indicators = match &opts.indicators {
+        Some(path) => {
+            let started = Instant::now();
+            let loaded = indicator::load_file(path)?;
+            for warning in &loaded.warnings {
+                warn!("{}: {warning}", path.display());
+            }
+            info!(
+                "loaded {} indicators from {} in {:.0?}",
+                loaded.indicators.len(),
+                path.display(),
+                started.elapsed()
+            );
+            loaded.indicators
+        }
+        None => Indicators::new(),
+    };
+    Ok(Policy::new(indicators, &opts.device_groups))
 }
 
 impl VerdictTarget for Sensor {
@@ -54,9 +91,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     let mut fanout = Fanout::new(vec![sink]);
 
+    // A bad indicator file stops the start: no sensor with half a policy.
+    let policy = Arc::new(load_policy(&opts)?);
     let config = SensorConfig {
-        capture: u8::from(opts.inspect),
+        capture: u8::from(opts.mode != Mode::Disabled),
+        hold: u8::from(opts.mode == Mode::Block),
         capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
+        verdict_timeout_ns: opts.verdict_timeout.as_nanos() as u64,
         ..SensorConfig::default()
     };
     // Signals first: a SIGTERM during start-up must still detach cleanly.
@@ -71,13 +112,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(
         EventFactory::for_this_host(),
         CAPTURE_FLOW_MAX_DEFAULT as usize,
+        policy,
+        opts.mode,
     );
     let guarded: Vec<String> = sensor
         .attached
         .iter()
         .map(|(i, m)| format!("{i} ({m})"))
         .collect();
-    info!("nprot ready: guarding {}", guarded.join(", "));
+    info!(
+        "nprot ready: guarding {} in {} mode",
+        guarded.join(", "),
+        opts.mode
+    );
 
     let mut tick = interval(HOUSEKEEPING);
     let mut reported_drops = 0u64;
@@ -133,15 +180,18 @@ fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, sensor: &mut Sens
 fn report_totals(sensor: &Sensor, pipeline: &Pipeline, fanout: &Fanout, decode_errors: u64) {
     let p = pipeline.stats();
     info!(
-        "pipeline: records={} tls={} http={} not_recognised={} gave_up={} reassembly_overflows={} verdict_errors={} decode_errors={decode_errors}",
+        "pipeline: records={} tls={} http={} not_recognised={} gave_up={} blocked={} audited={} reassembly_overflows={} verdict_errors={} decode_errors={decode_errors}",
         p.records,
         p.tls_inspected,
         p.http_inspected,
         p.not_recognised,
         p.gave_up,
+        p.blocked,
+        p.audited,
         p.reassembly_overflows,
         p.verdict_errors
     );
+    info!("verdict latency: {}", pipeline.verdict_latency.summary());
     info!(
         "events: written={} dropped={}",
         fanout.written, fanout.dropped

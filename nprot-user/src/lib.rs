@@ -1,7 +1,8 @@
 //! nprot user space: the daemon and CLI of a transparent network-protection sensor.
 //!
 //! Data flows one way: [`capture`] (kernel records) → [`reassembly`] → [`parse`] →
-//! [`pipeline`] (decisions) → [`events`] (JSON lines to sinks). [`daemon`] drives it live.
+//! [`pipeline`] ([`policy`] match, [`verdict`] under the mode) → [`events`] (JSON lines to
+//! sinks). [`daemon`] drives it live.
 
 pub mod capture;
 pub mod cli;
@@ -9,4 +10,7 @@ pub mod daemon;
 pub mod events;
 pub mod parse;
 pub mod pipeline;
+pub mod policy;
 pub mod reassembly;
+pub mod stats;
+pub mod verdict;

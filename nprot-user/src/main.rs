@@ -1,6 +1,6 @@
 //! The `nprot` binary.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use nprot::{
@@ -17,7 +17,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run_daemon(RunOptions {
             interfaces: args.interfaces,
             events: args.events,
-            inspect: !args.no_inspect,
+            mode: args.mode,
+            indicators: args.indicators,
+            device_groups: args.device_groups,
+            verdict_timeout: Duration::from_millis(args.verdict_timeout_ms),
         }),
     };
     match result {

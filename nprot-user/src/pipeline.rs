@@ -3,13 +3,18 @@
 //! Pure logic over decoded [`Record`]s, so that the live daemon, offline replay and unit
 //! tests drive the same code. The kernel side is reached only through [`VerdictTarget`].
 
+use std::{sync::Arc, time::SystemTime};
+
 use nprot_common::{FlowKey, RecordKind, Verdict};
 
 use crate::{
     capture::{Record, ip_addr},
-    events::{ActionType, Direction, Event, EventFactory, FlowEnds},
+    events::{ActionType, Direction, Event, EventFactory, FlowEnds, monotonic_ns},
     parse::{ParseOutcome, Parsed, parse_client_payload},
+    policy::{Policy, matcher::Subject},
     reassembly::{Reassembler, TableFull},
+    stats::Histogram,
+    verdict::{Mode, outcome},
 };
 
 /// Where the pipeline's decisions go: the kernel verdict map, or nowhere in replay.
@@ -31,6 +36,10 @@ pub struct PipelineStats {
     /// Flows not reassembled because the table was full.
     pub reassembly_overflows: u64,
     pub verdict_errors: u64,
+    /// Flows given a block verdict.
+    pub blocked: u64,
+    /// Block or Warn decisions logged without enforcement (audit mode).
+    pub audited: u64,
 }
 
 /// Per-flow facts kept while its first bytes are reassembled.
@@ -43,22 +52,34 @@ struct Inspection {
 pub struct Pipeline {
     reassembly: Reassembler<Inspection>,
     factory: EventFactory,
+    policy: Arc<Policy>,
+    mode: Mode,
     /// Events produced and not yet published.
     pub events: Vec<Event>,
     stats: PipelineStats,
+    /// Kernel capture of the deciding bytes → verdict written, in ns.
+    pub verdict_latency: Histogram,
 }
 
 /// Flows reassembled at once at most.
 const MAX_INSPECTED_FLOWS: usize = 65_536;
 
 impl Pipeline {
-    /// A pipeline whose streams hold `stream_limit` bytes per flow.
-    pub fn new(factory: EventFactory, stream_limit: usize) -> Pipeline {
+    /// A pipeline deciding by `policy` under `mode`, holding `stream_limit` bytes per flow.
+    pub fn new(
+        factory: EventFactory,
+        stream_limit: usize,
+        policy: Arc<Policy>,
+        mode: Mode,
+    ) -> Pipeline {
         Pipeline {
             reassembly: Reassembler::new(MAX_INSPECTED_FLOWS, stream_limit),
             factory,
+            policy,
+            mode,
             events: Vec::new(),
             stats: PipelineStats::default(),
+            verdict_latency: Histogram::default(),
         }
     }
 
@@ -115,40 +136,74 @@ impl Pipeline {
                 Ok(None) => Some(ParseOutcome::NeedMore),
                 Err(TableFull) => None,
             };
-        let decided = match outcome {
-            Some(ParseOutcome::Complete(parsed)) => {
-                let ev = match &parsed {
-                    Parsed::Tls(hello) => {
-                        self.stats.tls_inspected += 1;
-                        self.factory.tls(rec.ts_ns, &ends, hello)
-                    }
-                    Parsed::Http(req) => {
-                        self.stats.http_inspected += 1;
-                        self.factory.http(rec.ts_ns, &ends, req)
-                    }
-                };
-                self.events.push(ev);
-                true
-            }
+        let verdict = match outcome {
+            Some(ParseOutcome::Complete(parsed)) => self.decide(rec, &ends, &parsed),
             Some(ParseOutcome::NotRecognised(why)) => {
                 log::debug!("flow {}: not inspected: {why}", describe(&ends));
                 self.stats.not_recognised += 1;
-                true
+                Verdict::Allow
             }
             // The kernel sends nothing more once the budget is spent: stop waiting.
-            Some(ParseOutcome::NeedMore) if !rec.budget_spent => false,
+            Some(ParseOutcome::NeedMore) if !rec.budget_spent => return,
             Some(ParseOutcome::NeedMore) | None => {
                 self.stats.gave_up += 1;
-                true
+                Verdict::Allow
             }
         };
-        if decided {
-            self.reassembly.remove(&key);
-            if let Err(e) = verdicts.set_verdict(&key, Verdict::Allow) {
+        self.reassembly.remove(&key);
+        match verdicts.set_verdict(&key, verdict) {
+            Ok(()) => self
+                .verdict_latency
+                .record(monotonic_ns().saturating_sub(rec.ts_ns)),
+            Err(e) => {
                 self.stats.verdict_errors += 1;
                 log::warn!("flow {}: verdict not delivered: {e:#}", describe(&ends));
             }
         }
+    }
+
+    /// Logs what was parsed, matches it against the policy and logs the enforcement.
+    fn decide(&mut self, rec: &Record<'_>, ends: &FlowEnds, parsed: &Parsed) -> Verdict {
+        let (event, host, http_path) = match parsed {
+            Parsed::Tls(hello) => {
+                self.stats.tls_inspected += 1;
+                let ev = self.factory.tls(rec.ts_ns, ends, hello);
+                (ev, hello.server_name.as_deref(), None)
+            }
+            Parsed::Http(req) => {
+                self.stats.http_inspected += 1;
+                let ev = self.factory.http(rec.ts_ns, ends, req);
+                let path = (!req.connect).then_some(req.path.as_str());
+                (ev, req.host.as_deref(), path)
+            }
+        };
+        let remote_url = event.remote_url.clone();
+        self.events.push(event);
+        // Indicators are about destinations: the server's address, whichever side it is on.
+        let subject = Subject {
+            ip: ends.server.0,
+            host,
+            http_path,
+        };
+        let decision = self.policy.decide(&subject, SystemTime::now());
+        let outcome = outcome(&decision, self.mode);
+        for enforcement in &outcome.enforcements {
+            if enforcement.is_audit {
+                self.stats.audited += 1;
+            }
+            let ev = self.factory.protection(
+                rec.ts_ns,
+                ends,
+                remote_url.clone(),
+                enforcement,
+                self.mode,
+            );
+            self.events.push(ev);
+        }
+        if outcome.verdict == Verdict::Block {
+            self.stats.blocked += 1;
+        }
+        outcome.verdict
     }
 
     /// Forgets flows that sent nothing for `idle_ns`; returns how many.
@@ -227,11 +282,85 @@ mod tests {
         }
     }
 
-    fn pipeline() -> Pipeline {
+    fn pipeline_with(indicators: &str, mode: Mode) -> Pipeline {
+        let loaded = crate::policy::load_json(indicators).unwrap();
         Pipeline::new(
             EventFactory::new("h", "d", Clock::anchored(UNIX_EPOCH)),
             4096,
+            Arc::new(Policy::new(loaded.indicators, &[])),
+            mode,
         )
+    }
+
+    fn pipeline() -> Pipeline {
+        pipeline_with(r#"{"indicators": []}"#, Mode::Block)
+    }
+
+    const INDICATORS: &str = r#"{"indicators": [
+        {"id": "b", "type": "Url", "value": "http://a.example/x", "action": "Block", "title": "no x"},
+        {"id": "a", "type": "DomainName", "value": "a.example", "action": "Audit"}
+    ]}"#;
+
+    fn actions(p: &Pipeline) -> Vec<ActionType> {
+        p.events.iter().map(|e| e.action_type).collect()
+    }
+
+    #[test]
+    fn block_mode_blocks_and_logs_with_the_indicator() {
+        let (mut p, mut v) = (pipeline_with(INDICATORS, Mode::Block), Verdicts::default());
+        p.on_record(&record(RecordKind::Payload, 100, REQUEST), &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
+        assert_eq!(
+            actions(&p),
+            [
+                ActionType::HttpConnectionInspected,
+                ActionType::ExploitGuardNetworkProtectionBlocked,
+                ActionType::ExploitGuardNetworkProtectionAudited,
+            ]
+        );
+        let blocked = serde_json::to_value(&p.events[1]).unwrap();
+        assert_eq!(blocked["Table"], "DeviceEvents");
+        assert_eq!(blocked["RemoteUrl"], "http://a.example/x");
+        let f = &blocked["AdditionalFields"];
+        assert_eq!(f["ResponseCategory"], "CustomBlockList");
+        assert_eq!(f["IsAudit"], false);
+        assert_eq!(f["IndicatorId"], "b");
+        assert_eq!(f["IndicatorValue"], "http://a.example/x");
+        assert_eq!(f["Action"], "Block");
+        assert_eq!(f["DisplayName"], "no x");
+        assert_eq!(f["Mode"], "Block");
+        assert_eq!(p.stats().blocked, 1);
+        assert_eq!(p.verdict_latency.count(), 1);
+    }
+
+    #[test]
+    fn audit_mode_allows_and_logs_audited() {
+        let (mut p, mut v) = (pipeline_with(INDICATORS, Mode::Audit), Verdicts::default());
+        p.on_record(&record(RecordKind::Payload, 100, REQUEST), &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        let audited = serde_json::to_value(&p.events[1]).unwrap();
+        assert_eq!(
+            audited["ActionType"],
+            "ExploitGuardNetworkProtectionAudited"
+        );
+        assert_eq!(audited["AdditionalFields"]["IsAudit"], true);
+        assert_eq!(audited["AdditionalFields"]["Mode"], "Audit");
+        assert_eq!(p.stats().blocked, 0);
+    }
+
+    #[test]
+    fn other_path_is_allowed_with_only_the_audit_event() {
+        let (mut p, mut v) = (pipeline_with(INDICATORS, Mode::Block), Verdicts::default());
+        let req = b"GET /y HTTP/1.1\r\nHost: a.example\r\n\r\n";
+        p.on_record(&record(RecordKind::Payload, 100, req), &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(
+            actions(&p),
+            [
+                ActionType::HttpConnectionInspected,
+                ActionType::ExploitGuardNetworkProtectionAudited
+            ]
+        );
     }
 
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n";

@@ -11,7 +11,11 @@ use std::{
 
 use serde::Serialize;
 
-use crate::parse::{http::HttpRequest, tls::ClientHelloInfo};
+use crate::{
+    parse::{http::HttpRequest, tls::ClientHelloInfo},
+    policy::indicator::Action,
+    verdict::{Enforcement, Mode},
+};
 
 /// The advanced-hunting table an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,11 +35,19 @@ pub enum ActionType {
     SslConnectionInspected,
     /// An HTTP/1.x request was parsed.
     HttpConnectionInspected,
+    /// An indicator blocked the flow (block mode).
+    ExploitGuardNetworkProtectionBlocked,
+    /// An indicator would have blocked the flow (audit mode), or an Audit indicator matched.
+    ExploitGuardNetworkProtectionAudited,
 }
 
 impl ActionType {
     fn table(self) -> Table {
-        Table::DeviceNetworkEvents
+        match self {
+            ActionType::ExploitGuardNetworkProtectionBlocked
+            | ActionType::ExploitGuardNetworkProtectionAudited => Table::DeviceEvents,
+            _ => Table::DeviceNetworkEvents,
+        }
     }
 }
 
@@ -52,6 +64,18 @@ pub enum Direction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum AdditionalFields {
+    /// `ExploitGuardNetworkProtectionBlocked` / `…Audited`, named as Defender names them.
+    #[serde(rename_all = "PascalCase")]
+    NetworkProtection {
+        response_category: &'static str,
+        is_audit: bool,
+        indicator_id: String,
+        indicator_value: String,
+        action: Action,
+        display_name: Option<String>,
+        mode: Mode,
+        direction: Direction,
+    },
     /// TCP-level events.
     Connection { direction: Direction },
     /// `SslConnectionInspected`.
@@ -208,6 +232,36 @@ impl EventFactory {
     }
 }
 
+impl EventFactory {
+    /// `ExploitGuardNetworkProtectionBlocked` or `…Audited` for one indicator.
+    pub fn protection(
+        &mut self,
+        ts_ns: u64,
+        flow: &FlowEnds,
+        remote_url: Option<String>,
+        enforcement: &Enforcement<'_>,
+        mode: Mode,
+    ) -> Event {
+        let ind = enforcement.indicator;
+        let action_type = if enforcement.is_audit {
+            ActionType::ExploitGuardNetworkProtectionAudited
+        } else {
+            ActionType::ExploitGuardNetworkProtectionBlocked
+        };
+        let fields = AdditionalFields::NetworkProtection {
+            response_category: "CustomBlockList",
+            is_audit: enforcement.is_audit,
+            indicator_id: ind.id().to_owned(),
+            indicator_value: ind.value().to_owned(),
+            action: ind.action(),
+            display_name: ind.title().map(str::to_owned),
+            mode,
+            direction: flow.direction,
+        };
+        self.event(action_type, ts_ns, flow, remote_url, fields)
+    }
+}
+
 /// Maps the kernel's monotonic timestamps to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -246,12 +300,12 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// `2026-11-23T10:00:00.123456Z`.
+/// `2026-11-23T10:00:00.123456Z`: always six fractional digits, as Defender writes them.
 pub fn rfc3339_micros(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = crate::policy::rfc3339::civil_from_days(days as i64);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
         rem / 3600,
@@ -259,20 +313,6 @@ pub fn rfc3339_micros(t: SystemTime) -> String {
         rem % 60,
         since.subsec_micros()
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 fn host_name() -> String {
