@@ -329,6 +329,7 @@ mod tests {
         assert_eq!(f["Action"], "Block");
         assert_eq!(f["DisplayName"], "no x");
         assert_eq!(f["Mode"], "Block");
+        assert_eq!(f["direction"], "Outbound");
         assert_eq!(p.stats().blocked, 1);
         assert_eq!(p.verdict_latency.count(), 1);
     }

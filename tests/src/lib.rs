@@ -10,8 +10,10 @@
 #![warn(missing_docs)]
 
 pub mod bpf;
+pub mod bulk;
 pub mod clients;
 pub mod events;
+pub mod indicators;
 pub mod netns;
 pub mod nginx;
 pub mod process;
@@ -26,11 +28,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-pub use clients::{CurlOutcome, RawOutcome};
+pub use bulk::BulkServer;
+pub use clients::{CurlOutcome, CurlRun, Exchange, ExchangeEnd, RawOutcome};
 pub use events::{EventLog, ev};
 pub use netns::Topology;
 pub use nginx::Nginx;
-pub use sensor::{Sensor, StderrLog};
+pub use sensor::{Launch, Sensor, StderrLog};
 pub use serde_json::Value;
 pub use tls::{ClientHello, HelloSpec, client_hello};
 
@@ -80,6 +83,16 @@ impl Env {
         Ok(env)
     }
 
+    /// Builds the topology, starts nginx and starts the sensor enforcing `indicators`
+    /// under `mode` (see [`Env::enforce`]).
+    pub fn start_enforcing(mode: &str, indicators: &[Value], extra_args: &[&str]) -> Result<Env> {
+        require_root()?;
+        sensor::sensor_binary()?;
+        let mut env = Self::start_without_sensor()?;
+        env.enforce(mode, indicators, extra_args)?;
+        Ok(env)
+    }
+
     /// Builds the topology and starts nginx, without the sensor.
     pub fn start_without_sensor() -> Result<Env> {
         require_root()?;
@@ -116,6 +129,27 @@ impl Env {
         self.events = EventLog::new(self.events.path(), sensor.stderr().clone());
         self.sensor = Some(sensor);
         Ok(())
+    }
+
+    /// Writes `indicators` to `<dir>/indicators.json` and starts the sensor with
+    /// `--mode MODE --indicators <that file>` plus `extra_args`.
+    pub fn enforce(&mut self, mode: &str, indicators: &[Value], extra_args: &[&str]) -> Result<()> {
+        let file = indicators::write_file(&self.dir, "indicators.json", indicators)?;
+        let file = file.to_string_lossy().into_owned();
+        let mut args = vec!["--mode", mode, "--indicators", &file];
+        args.extend_from_slice(extra_args);
+        self.start_sensor(&args)
+    }
+
+    /// Starts the sensor (events to the usual file) and waits up to `timeout` for
+    /// `nprot ready` or its exit, whichever comes first: for tests of a sensor that must
+    /// refuse to start. A [`Launch::Ready`] sensor is not kept in the `Env`; it is
+    /// stopped when that value is dropped.
+    pub fn launch_sensor(&self, extra_args: &[&str], timeout: Duration) -> Result<Launch> {
+        if self.sensor.is_some() {
+            bail!("sensor already started");
+        }
+        Sensor::launch(&self.topo, self.events.path(), extra_args, timeout)
     }
 
     /// The sensor, or an error if it was not started.
@@ -164,6 +198,60 @@ impl Env {
             format!("http://{name}:{port}{path}")
         };
         clients::curl(&self.topo, name, port, self.server_ip(v6), &url, extra)
+    }
+
+    /// [`Env::curl_https`] returning whatever happened (a reset included) instead of
+    /// failing when curl exits non-zero.
+    pub fn curl_https_any(&self, name: &str, port: u16, v6: bool, path: &str) -> Result<CurlRun> {
+        let url = format!("https://{name}:{port}{path}");
+        clients::curl_any(&self.topo, name, port, self.server_ip(v6), &url, &[])
+    }
+
+    /// [`Env::curl_http`] returning whatever happened (a reset included) instead of
+    /// failing when curl exits non-zero.
+    pub fn curl_http_any(
+        &self,
+        name: &str,
+        port: u16,
+        v6: bool,
+        path: &str,
+        extra: &[&str],
+    ) -> Result<CurlRun> {
+        let url = if port == 80 {
+            format!("http://{name}{path}")
+        } else {
+            format!("http://{name}:{port}{path}")
+        };
+        clients::curl_any(&self.topo, name, port, self.server_ip(v6), &url, extra)
+    }
+
+    /// Raw TCP to the server: send `chunks` (`pause` apart), then read everything until
+    /// end of stream, a reset, a read waiting longer than `read_timeout`, or `limit`
+    /// bytes; see [`clients::exchange`].
+    pub fn exchange(
+        &self,
+        port: u16,
+        v6: bool,
+        chunks: &[&[u8]],
+        pause: Duration,
+        read_timeout: Duration,
+        limit: u64,
+    ) -> Result<Exchange> {
+        clients::exchange(
+            &self.topo,
+            self.server_ip(v6),
+            port,
+            chunks,
+            pause,
+            read_timeout,
+            limit,
+        )
+    }
+
+    /// Starts a [`BulkServer`] on the server's address of the family: every connection
+    /// gets a `body_len`-byte HTTP response as soon as its first bytes arrive.
+    pub fn start_bulk_server(&self, port: u16, v6: bool, body_len: u64) -> Result<BulkServer> {
+        BulkServer::start(&self.topo, self.server_ip(v6), port, body_len)
     }
 
     /// `openssl s_client -connect SERVER:PORT -servername SNI </dev/null`.

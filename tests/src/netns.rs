@@ -183,22 +183,7 @@ impl Topology {
     /// Polls TCP connects from the client namespace to every `(address, port)` until all
     /// succeed or `timeout` passes.
     pub fn wait_tcp_ready(&self, targets: &[SocketAddr], timeout: Duration) -> Result<()> {
-        let targets = targets.to_vec();
-        in_netns(&self.client_ns, move || -> Result<()> {
-            let deadline = Instant::now() + timeout;
-            for target in targets {
-                loop {
-                    match TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
-                        Ok(_) => break,
-                        Err(e) if Instant::now() >= deadline => {
-                            bail!("{target} not reachable within {timeout:?}: {e}")
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-            }
-            Ok(())
-        })?
+        wait_tcp_ready_in(&self.client_ns, targets, timeout)
     }
 
     /// Kills every process still inside either namespace (SIGKILL), then deletes the
@@ -225,6 +210,27 @@ impl Drop for Topology {
             eprintln!("nprot-tests cleanup: {e}");
         }
     }
+}
+
+/// Polls TCP connects from the namespace `ns` to every `(address, port)` until all
+/// succeed or `timeout` passes.
+pub fn wait_tcp_ready_in(ns: &str, targets: &[SocketAddr], timeout: Duration) -> Result<()> {
+    let targets = targets.to_vec();
+    in_netns(ns, move || -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for target in targets {
+            loop {
+                match TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        bail!("{target} not reachable within {timeout:?}: {e}")
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        Ok(())
+    })?
 }
 
 fn netns_cmd(ns: &str, program: &str) -> Command {

@@ -72,6 +72,24 @@ impl StderrLog {
         cvar.notify_all();
     }
 
+    /// Waits up to `timeout` until the writer has closed its end (the process exited).
+    fn wait_closed(&self, timeout: Duration) -> bool {
+        let (lock, cvar) = &*self.inner;
+        let deadline = Instant::now() + timeout;
+        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = cvar
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
     /// Waits until a line containing `needle` appears. Returns false on timeout or when
     /// stderr is closed without it.
     fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
@@ -94,6 +112,20 @@ impl StderrLog {
     }
 }
 
+/// How [`Sensor::launch`] ended.
+#[derive(Debug)]
+pub enum Launch {
+    /// The sensor printed `nprot ready` and runs.
+    Ready(Sensor),
+    /// The sensor exited without printing `nprot ready`.
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+        /// Everything it wrote to stderr (and stdout, marked `[stdout]`).
+        stderr: String,
+    },
+}
+
 /// A running sensor.
 #[derive(Debug)]
 pub struct Sensor {
@@ -106,6 +138,59 @@ impl Sensor {
     /// Starts `nprot run --interface <client veth> --events <events>` (plus `extra_args`)
     /// in the client namespace and waits for `nprot ready` on its stderr.
     pub fn start(topo: &Topology, events: &Path, extra_args: &[&str]) -> Result<Sensor> {
+        match Sensor::launch(topo, events, extra_args, READY_TIMEOUT)? {
+            Launch::Ready(sensor) => Ok(sensor),
+            Launch::Exited { status, stderr } => bail!(
+                "sensor exited ({status}) before printing `{READY_MARKER}`; \
+                 args {extra_args:?}; stderr:\n{stderr}"
+            ),
+        }
+    }
+
+    /// Starts the sensor like [`Sensor::start`] and waits up to `timeout` for either
+    /// `nprot ready` or its exit, whichever comes first; an error if neither happens (the
+    /// sensor is then stopped).
+    pub fn launch(
+        topo: &Topology,
+        events: &Path,
+        extra_args: &[&str],
+        timeout: Duration,
+    ) -> Result<Launch> {
+        let deadline = Instant::now() + timeout;
+        let mut sensor = Sensor::spawn(topo, events, extra_args)?;
+        if sensor.stderr.wait_for(READY_MARKER, timeout) {
+            return Ok(Launch::Ready(sensor));
+        }
+        // Stderr closed (the sensor exits) or the time is up: wait out the rest.
+        let status = match sensor.child.as_mut() {
+            Some(child) => wait_timeout(child, deadline.saturating_duration_since(Instant::now()))?,
+            None => None,
+        };
+        match status {
+            Some(status) => {
+                sensor.exit = Some(status);
+                sensor.child = None;
+                // The reader thread closes the log at end of file, right after exit.
+                sensor.stderr.wait_closed(Duration::from_secs(1));
+                Ok(Launch::Exited {
+                    status,
+                    stderr: sensor.stderr.text(),
+                })
+            }
+            None => {
+                let state = sensor.stop(Duration::from_secs(2));
+                bail!(
+                    "sensor neither printed `{READY_MARKER}` nor exited within {timeout:?} \
+                     (stopped: {state:?}); args {extra_args:?}; stderr:\n{}",
+                    sensor.stderr.text()
+                )
+            }
+        }
+    }
+
+    /// Spawns `nprot run` in the client namespace with stderr and stdout collected into
+    /// one [`StderrLog`]; does not wait for anything.
+    fn spawn(topo: &Topology, events: &Path, extra_args: &[&str]) -> Result<Sensor> {
         let bin = sensor_binary()?;
         let mut cmd = topo.client_cmd(&bin.to_string_lossy());
         cmd.args(["run", "--interface", &topo.client_if, "--events"])
@@ -139,20 +224,11 @@ impl Sensor {
                 }
             });
         }
-        let mut sensor = Sensor {
+        Ok(Sensor {
             child: Some(child),
             stderr,
             exit: None,
-        };
-        if !sensor.stderr.wait_for(READY_MARKER, READY_TIMEOUT) {
-            let state = sensor.stop(Duration::from_secs(2));
-            bail!(
-                "sensor did not print `{READY_MARKER}` within {READY_TIMEOUT:?} \
-                 (exit: {state:?}); command {cmd:?}; stderr:\n{}",
-                sensor.stderr.text()
-            );
-        }
-        Ok(sensor)
+        })
     }
 
     /// The sensor's stderr (shared; keeps growing while it runs).

@@ -74,6 +74,8 @@ pub enum AdditionalFields {
         action: Action,
         display_name: Option<String>,
         mode: Mode,
+        /// Lower case like every other event's `direction`.
+        #[serde(rename = "direction")]
         direction: Direction,
     },
     /// TCP-level events.
