@@ -289,6 +289,9 @@ pub struct PayloadRecord {
     pub data: [u8; CAPTURE_SEG_MAX],
 }
 
+/// Default window in which held packets are requeued rather than dropped.
+pub const REQUEUE_NS_DEFAULT: u64 = 2_000_000;
+
 /// Default bound on how long server payload is held back waiting for a verdict.
 pub const VERDICT_TIMEOUT_NS_DEFAULT: u64 = 500_000_000;
 
@@ -306,6 +309,10 @@ pub struct SensorConfig {
     /// A flow whose verdict takes longer than this after its first client payload is
     /// released (fail-open).
     pub verdict_timeout_ns: u64,
+    /// For this long after the first client payload, server payload arriving on ingress
+    /// is requeued into the device's backlog instead of dropped, so that a verdict that
+    /// comes in microseconds costs no retransmission.
+    pub requeue_ns: u64,
 }
 
 impl Default for SensorConfig {
@@ -316,6 +323,7 @@ impl Default for SensorConfig {
             _pad: [0; 2],
             capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
             verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
+            requeue_ns: REQUEUE_NS_DEFAULT,
         }
     }
 }
@@ -346,8 +354,10 @@ pub mod stat {
     pub const RESET_PACKETS: u32 = 10;
     /// Resets that could not be sent (clone or rewrite failed).
     pub const RESET_FAILED: u32 = 11;
+    /// Held packets requeued into the ingress backlog (one per pass) instead of dropped.
+    pub const REQUEUED: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -362,6 +372,7 @@ pub mod stat {
         "flows_reset",
         "reset_packets",
         "reset_failed",
+        "requeued",
     ];
 }
 

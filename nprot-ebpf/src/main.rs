@@ -13,8 +13,8 @@ mod programs {
     use core::mem::{offset_of, size_of};
 
     use aya_ebpf::{
-        bindings::{BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
-        helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
+        bindings::{BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+        helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_load_bytes},
         macros::{classifier, map},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::TcContext,
@@ -263,14 +263,17 @@ mod programs {
             capture(ctx, pkt, flow, now);
             PASS
         } else {
-            hold(flow, now)
+            hold(ctx, flow, now, egress)
         }
     }
 
-    /// Server payload of a flow still under inspection: held back (dropped, so that the
-    /// server retransmits it) while the verdict is pending, up to the verdict timeout.
+    /// Server payload of a flow still under inspection is held back while the verdict is
+    /// pending, up to the verdict timeout. On ingress it is first requeued into the
+    /// device's backlog (it comes back through this program a moment later), so a verdict
+    /// that arrives within the requeue window costs nothing; after that, or on egress
+    /// where a redirect cannot requeue, it is dropped and the server retransmits it.
     #[inline(always)]
-    fn hold(flow: &mut FlowState, now: u64) -> i32 {
+    fn hold(ctx: &TcContext, flow: &mut FlowState, now: u64, egress: bool) -> i32 {
         // The server spoke first: not a client-first protocol nprot can judge.
         if flow.payload_ns == 0 {
             flow.inspect = Inspect::Done as u8;
@@ -283,11 +286,20 @@ mod programs {
         if cfg.hold == 0 {
             return PASS;
         }
-        if now.saturating_sub(flow.payload_ns) > cfg.verdict_timeout_ns {
+        let waited = now.saturating_sub(flow.payload_ns);
+        if waited > cfg.verdict_timeout_ns {
             flow.inspect = Inspect::Done as u8;
             flow.verdict = Verdict::Allow as u8;
             bump(stat::FAIL_OPEN);
             return PASS;
+        }
+        if !egress && waited < cfg.requeue_ns {
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            let action = unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) };
+            if action == TC_ACT_REDIRECT as i64 {
+                bump(stat::REQUEUED);
+                return TC_ACT_REDIRECT;
+            }
         }
         bump(stat::HELD_PACKETS);
         TC_ACT_SHOT

@@ -42,4 +42,12 @@ pub struct RunArgs {
     /// Release a flow whose verdict takes longer than this (fail-open), in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub verdict_timeout_ms: u64,
+    /// SCHED_FIFO priority of the verdict loop (1-99; 0 keeps normal scheduling). The
+    /// verdict must beat the server's answer, so the daemon must run the moment a record
+    /// arrives, whatever else the host is doing.
+    #[arg(long, value_name = "PRIO", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub rt_priority: u8,
+    /// On exit, write counters and verdict-latency percentiles to FILE (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
 }

@@ -22,11 +22,12 @@ use crate::{
         EventFactory, monotonic_ns,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
-    pipeline::{Pipeline, VerdictTarget},
+    pipeline::{Pipeline, PipelineStats, VerdictTarget},
     policy::{
         Policy,
         indicator::{self, Indicators},
     },
+    stats::LatencySummary,
     verdict::Mode,
 };
 
@@ -50,6 +51,41 @@ pub struct RunOptions {
     pub device_groups: Vec<String>,
     /// Fail-open bound on a pending verdict.
     pub verdict_timeout: Duration,
+    /// Where to write the final counters and latency figures (JSON) on exit.
+    pub stats: Option<PathBuf>,
+    /// SCHED_FIFO priority for the verdict loop; 0 for normal scheduling.
+    pub rt_priority: u8,
+}
+
+/// Puts the calling thread (the verdict loop) under SCHED_FIFO at `priority`.
+fn set_realtime(priority: u8) {
+    if priority == 0 {
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: plain syscall on the calling thread with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        warn!(
+            "cannot run the verdict loop at SCHED_FIFO priority {priority} ({}); verdicts may lose races against fast servers",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// What the sensor did, as written by `--stats` on exit.
+#[derive(Debug, serde::Serialize)]
+pub struct RunReport {
+    pub mode: Mode,
+    pub indicators: usize,
+    pub indicator_load_ms: f64,
+    pub verdict_latency: LatencySummary,
+    pub pipeline: PipelineStats,
+    pub kernel: std::collections::BTreeMap<&'static str, u64>,
+    pub events_written: u64,
+    pub events_dropped: u64,
+    pub decode_errors: u64,
 }
 
 /// Loads the indicator file, or an empty policy without one.
@@ -92,7 +128,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut fanout = Fanout::new(vec![sink]);
 
     // A bad indicator file stops the start: no sensor with half a policy.
+    let load_started = Instant::now();
     let policy = Arc::new(load_policy(&opts)?);
+    let indicator_load = load_started.elapsed();
+    let indicator_count = policy.len();
     let config = SensorConfig {
         capture: u8::from(opts.mode != Mode::Disabled),
         hold: u8::from(opts.mode == Mode::Block),
@@ -126,6 +165,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.mode
     );
 
+    set_realtime(opts.rt_priority);
     let mut tick = interval(HOUSEKEEPING);
     let mut reported_drops = 0u64;
     let mut decode_errors = 0u64;
@@ -156,6 +196,25 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     decode_errors += drain(ring.get_mut(), &mut pipeline, &mut sensor);
     fanout.publish(&mut pipeline.events);
     report_totals(&sensor, &pipeline, &fanout, decode_errors);
+    if let Some(path) = &opts.stats {
+        let report = RunReport {
+            mode: opts.mode,
+            indicators: indicator_count,
+            indicator_load_ms: indicator_load.as_secs_f64() * 1e3,
+            verdict_latency: LatencySummary::from(&pipeline.verdict_latency),
+            pipeline: pipeline.stats(),
+            kernel: sensor
+                .kernel_stats()
+                .map(|k| stat::NAMES.iter().copied().zip(k).collect())
+                .unwrap_or_default(),
+            events_written: fanout.written,
+            events_dropped: fanout.dropped,
+            decode_errors,
+        };
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write stats to {}", path.display()))?;
+    }
     drop(ring);
     drop(sensor);
     info!("nprot stopped: programs detached");

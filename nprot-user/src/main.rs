@@ -21,6 +21,8 @@ fn main() -> ExitCode {
             indicators: args.indicators,
             device_groups: args.device_groups,
             verdict_timeout: Duration::from_millis(args.verdict_timeout_ms),
+            stats: args.stats,
+            rt_priority: args.rt_priority,
         }),
     };
     match result {

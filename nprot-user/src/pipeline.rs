@@ -24,7 +24,7 @@ pub trait VerdictTarget {
 }
 
 /// Counters of what the pipeline did, for `nprot stats` and the exit summary.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PipelineStats {
     pub records: u64,
     pub tls_inspected: u64,

@@ -12,7 +12,8 @@ const OCTAVES: u64 = 40;
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,
-    max: u64,
+    /// Largest sample, in ns.
+    pub max: u64,
 }
 
 impl Default for Histogram {
@@ -121,5 +122,28 @@ mod tests {
         assert!((p99 - 990_000.0).abs() / 990_000.0 < 0.05, "{p99}");
         assert_eq!(h.quantile(1.0).unwrap().as_nanos(), 1_000_000);
         assert_eq!(h.count(), 1000);
+    }
+}
+
+/// Percentiles of a histogram in microseconds, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl From<&Histogram> for LatencySummary {
+    fn from(h: &Histogram) -> LatencySummary {
+        let us = |q: f64| h.quantile(q).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+        LatencySummary {
+            count: h.count(),
+            p50_us: us(0.5),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            max_us: h.max as f64 / 1e3,
+        }
     }
 }

@@ -66,6 +66,12 @@ enum Task {
     },
     /// Format and lint the workspace (clippy -D warnings), the eBPF crate included.
     Lint,
+    /// Benchmark the guarded path against an unguarded baseline (root; release build).
+    Bench {
+        /// Short runs and 2*10^4 indicators: checks every figure is produced (CI).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -91,6 +97,10 @@ fn main() -> Result<()> {
         Task::Lint => {
             setup_toolchain(&root)?;
             lint()
+        }
+        Task::Bench { quick } => {
+            setup(&root)?;
+            bench(quick)
         }
     }
 }
@@ -320,8 +330,35 @@ fn test(root: &Path, filter: Option<String>, unit_only: bool) -> Result<()> {
         totals.0 += e2e_totals.0;
         totals.1 += e2e_totals.1;
     }
+    if !unit_only {
+        // Every benchmark figure must still be produced (numbers are not judged here).
+        bench(true)?;
+    }
     println!("{} passed, {} failed", totals.0, totals.1);
     Ok(())
+}
+
+/// Builds in release and runs `nprot-bench` against the release sensor.
+fn bench(quick: bool) -> Result<()> {
+    if euid() != 0 {
+        bail!("the benchmark builds network namespaces: run `cargo xtask bench` as root");
+    }
+    let bin = build(true)?;
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "run",
+        "--release",
+        "--package",
+        "nprot-tests",
+        "--bin",
+        "nprot-bench",
+        "--",
+    ])
+    .env("NPROT_BIN", &bin);
+    if quick {
+        cmd.args(["--quick", "--json", "target/bench-quick.json"]);
+    }
+    run(&mut cmd)
 }
 
 /// Runs a `cargo test` command, echoing its output; returns (passed, failed) summed over

@@ -1,0 +1,459 @@
+//! `nprot-bench`: measures the guarded path against an unguarded baseline in the same
+//! run, on the end-to-end topology (client and server namespaces joined by veth, nginx
+//! and iperf3 in the server namespace, the sensor on the client veth).
+//!
+//! Figures: bulk throughput, new connections per second (HTTP request + close and TLS
+//! ClientHello + close) with 10^6 indicators in block mode, verdict latency percentiles
+//! from the sensor's own histogram, indicator-set scale (load time, daemon RSS, match
+//! cost), and ring-buffer drops, held packets and fail-open releases during the flood.
+//! Run through `cargo xtask bench [--quick]`, which builds in release first.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nprot::policy::{Policy, Subject, load_file};
+use nprot_tests::{Env, HelloSpec, client_hello, netns::in_netns};
+use serde_json::{Value, json};
+
+/// How long each measurement runs.
+struct Plan {
+    bulk: Duration,
+    flood: Duration,
+    repeats: usize,
+    indicators: usize,
+}
+
+const FULL: Plan = Plan {
+    bulk: Duration::from_secs(4),
+    flood: Duration::from_secs(4),
+    repeats: 2,
+    indicators: 1_000_000,
+};
+
+/// CI's quick mode: every figure, small numbers.
+const QUICK: Plan = Plan {
+    bulk: Duration::from_secs(1),
+    flood: Duration::from_secs(1),
+    repeats: 1,
+    indicators: 20_000,
+};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("bench-results/bench.json"));
+    let plan = if quick { QUICK } else { FULL };
+    let results = run(&plan)?;
+    print_table(&results);
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&out, serde_json::to_vec_pretty(&results)?)?;
+    println!("written to {}", out.display());
+    check_complete(&results)
+}
+
+fn run(plan: &Plan) -> Result<Value> {
+    let mut env = Env::start_without_sensor()?;
+    let dir = env.dir().to_owned();
+    let indicators = dir.join("indicators.json");
+    write_indicators(&indicators, plan.indicators)?;
+    tune_client_namespace(&env)?;
+    let _iperf = start_iperf_server(&env)?;
+
+    let scale = indicator_scale(&indicators)?;
+
+    // Alternate baseline and guarded runs so that drift hits both alike.
+    let mut bulk = (Vec::new(), Vec::new());
+    let mut http = (Vec::new(), Vec::new());
+    let mut tls = (Vec::new(), Vec::new());
+    let mut sensor_runs = Vec::new();
+    for round in 0..plan.repeats {
+        bulk.0.push(iperf(&env, plan.bulk)?);
+        http.0.push(flood(&env, Flood::Http, plan.flood)?);
+        tls.0.push(flood(&env, Flood::Tls, plan.flood)?);
+
+        let stats = dir.join(format!("stats-{round}.json"));
+        let ind = indicators.to_string_lossy().into_owned();
+        let stats_arg = stats.to_string_lossy().into_owned();
+        env.start_sensor(&[
+            "--mode",
+            "block",
+            "--indicators",
+            &ind,
+            "--stats",
+            &stats_arg,
+        ])?;
+        let rss = sensor_rss(&env)?;
+        bulk.1.push(iperf(&env, plan.bulk)?);
+        http.1.push(flood(&env, Flood::Http, plan.flood)?);
+        tls.1.push(flood(&env, Flood::Tls, plan.flood)?);
+        let mut sensor = env.sensor.take().context("sensor vanished")?;
+        let status = sensor.stop(Duration::from_secs(10))?;
+        if !status.success() {
+            bail!("sensor exited with {status}: {}", sensor.stderr().text());
+        }
+        let report: Value = serde_json::from_slice(
+            &fs::read(&stats).with_context(|| format!("sensor wrote no {}", stats.display()))?,
+        )?;
+        sensor_runs.push(json!({ "rss_mib": rss, "report": report }));
+    }
+
+    let last = sensor_runs.last().context("no sensor run")?;
+    let report = &last["report"];
+    let flows = report["kernel"]["flows_new"].as_f64().unwrap_or(0.0);
+    Ok(json!({
+        "quick": plan.indicators != FULL.indicators,
+        "throughput_gbit": {
+            "baseline": median(&bulk.0), "guarded": median(&bulk.1),
+            "ratio": median(&bulk.1) / median(&bulk.0), "target": 0.97,
+        },
+        "http_conn_per_s": {
+            "baseline": median(&http.0), "guarded": median(&http.1),
+            "ratio": median(&http.1) / median(&http.0), "target": 0.90,
+        },
+        "tls_conn_per_s": {
+            "baseline": median(&tls.0), "guarded": median(&tls.1),
+            "ratio": median(&tls.1) / median(&tls.0), "target": 0.90,
+        },
+        "verdict_latency_us": report["verdict_latency"].clone(),
+        "indicators": {
+            "count": report["indicators"].clone(),
+            "sensor_load_ms": report["indicator_load_ms"].clone(),
+            "sensor_rss_mib": last["rss_mib"].clone(),
+            "in_process_load_ms": scale.load_ms,
+            "match_ns": scale.match_ns,
+        },
+        "flood": {
+            "flows": flows,
+            "ringbuf_drops": report["kernel"]["ringbuf_drops"].clone(),
+            "held_packets": report["kernel"]["held_packets"].clone(),
+            "fail_open": report["kernel"]["fail_open"].clone(),
+            "flows_reset": report["kernel"]["flows_reset"].clone(),
+            "gave_up": report["pipeline"]["gave_up"].clone(),
+        },
+        "runs": sensor_runs,
+    }))
+}
+
+/// Indicators that never match the benchmark's own traffic: 60 % domains, 20 % IPv4
+/// addresses and blocks, 10 % IPv6, 10 % URLs, all outside the test prefixes.
+fn write_indicators(path: &Path, n: usize) -> Result<()> {
+    let mut f = std::io::BufWriter::new(fs::File::create(path)?);
+    f.write_all(b"{\"indicators\":[\n")?;
+    for i in 0..n {
+        if i > 0 {
+            f.write_all(b",\n")?;
+        }
+        let (kind, value) = match i % 10 {
+            0..=5 => ("DomainName", format!("d{i}.bench-blocked.example")),
+            6 => (
+                "IpAddress",
+                format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+            ),
+            7 => (
+                "IpAddress",
+                format!("172.{}.{}.0/24", 16 + (i >> 16) % 16, (i >> 8) & 255),
+            ),
+            8 => ("IpAddress", format!("2001:db8:ffff:{:x}::/64", i & 0xffff)),
+            _ => ("Url", format!("http://u{i}.bench-blocked.example/p/{i}")),
+        };
+        write!(
+            f,
+            "{{\"id\":\"b{i}\",\"type\":\"{kind}\",\"value\":\"{value}\",\"action\":\"Block\"}}"
+        )?;
+    }
+    f.write_all(b"\n]}\n")?;
+    f.flush()?;
+    Ok(())
+}
+
+struct Scale {
+    load_ms: f64,
+    match_ns: f64,
+}
+
+/// Load time and match cost of the indicator set, measured in this process.
+fn indicator_scale(path: &Path) -> Result<Scale> {
+    let started = Instant::now();
+    let loaded = load_file(path)?;
+    let policy = Policy::new(loaded.indicators, &[]);
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let hosts: Vec<String> = (0..100_000)
+        .map(|i| match i % 2 {
+            0 => format!("www.d{}.bench-blocked.example", i * 10),
+            _ => format!("miss{i}.example"),
+        })
+        .collect();
+    let now = SystemTime::now();
+    let started = Instant::now();
+    let mut matched = 0usize;
+    for (i, host) in hosts.iter().enumerate() {
+        let subject = Subject {
+            ip: format!("198.18.{}.{}", (i >> 8) & 255, i & 255).parse()?,
+            host: Some(host),
+            http_path: Some("/index.html"),
+        };
+        matched += usize::from(policy.decide(&subject, now).winner.is_some());
+    }
+    let match_ns = started.elapsed().as_nanos() as f64 / hosts.len() as f64;
+    if matched == 0 {
+        bail!("no benchmark lookup matched: the indicator set is not what the bench expects");
+    }
+    Ok(Scale { load_ms, match_ns })
+}
+
+/// Room for a connection flood: reuse of TIME_WAIT ports, a wide port range.
+fn tune_client_namespace(env: &Env) -> Result<()> {
+    for (key, value) in [
+        ("net.ipv4.tcp_tw_reuse", "1"),
+        ("net.ipv4.ip_local_port_range", "10000 65000"),
+    ] {
+        let status = env
+            .topo
+            .client_cmd("sysctl")
+            .args(["-qw", &format!("{key}={value}")])
+            .status()?;
+        if !status.success() {
+            bail!("sysctl {key} failed in the client namespace");
+        }
+    }
+    Ok(())
+}
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_iperf_server(env: &Env) -> Result<Reaped> {
+    let server = env.server_ip(false);
+    let child = env
+        .topo
+        .server_cmd("iperf3")
+        .args(["-s", "-B", &server.to_string(), "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start iperf3 (cargo xtask setup installs it)")?;
+    let reaped = Reaped(child);
+    env.topo
+        .wait_tcp_ready(&[SocketAddr::new(server, 5201)], Duration::from_secs(5))?;
+    Ok(reaped)
+}
+
+/// Bulk TCP throughput client → server, in Gbit/s.
+fn iperf(env: &Env, duration: Duration) -> Result<f64> {
+    let out = env
+        .topo
+        .client_cmd("iperf3")
+        .args(["-J", "-c", &env.server_ip(false).to_string(), "-p", "5201"])
+        .args(["-t", &duration.as_secs().max(1).to_string()])
+        .output()?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .with_context(|| format!("iperf3 gave no throughput: {}", v["error"]))
+}
+
+#[derive(Clone, Copy)]
+enum Flood {
+    /// Plain HTTP request, read the response, close.
+    Http,
+    /// TLS ClientHello, read the server's first bytes, close.
+    Tls,
+}
+
+/// New connections per second from two client threads in the client namespace.
+fn flood(env: &Env, kind: Flood, duration: Duration) -> Result<f64> {
+    let server = env.server_ip(false);
+    let (addr, request) = match kind {
+        Flood::Http => (
+            SocketAddr::new(server, 80),
+            b"GET / HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        Flood::Tls => (
+            SocketAddr::new(server, 443),
+            client_hello(&HelloSpec::new("good.example")).bytes,
+        ),
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (ns, request) = (env.topo.client_ns.clone(), request.clone());
+            let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+            thread::spawn(move || {
+                in_netns(&ns, || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while !stop.load(Ordering::Relaxed) {
+                        match one_connection(addr, &request, &mut buf) {
+                            Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+        })
+        .collect();
+    thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("flood worker panicked"))??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let failed = failed.load(Ordering::Relaxed);
+    let done = done.load(Ordering::Relaxed);
+    if failed > done / 100 {
+        bail!("{failed} of {} connections failed", done + failed);
+    }
+    Ok(done as f64 / elapsed)
+}
+
+fn one_connection(addr: SocketAddr, request: &[u8], buf: &mut [u8]) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.set_nodelay(true)?;
+    s.write_all(request)?;
+    // The first bytes of the answer are what the sensor may hold back; wait for them.
+    let n = s.read(buf)?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Resident and peak memory of the running sensor, in MiB.
+fn sensor_rss(env: &Env) -> Result<Value> {
+    let pid = env
+        .sensor
+        .as_ref()
+        .and_then(|s| s.pid())
+        .context("sensor not running")?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Option<f64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    Ok(json!({ "rss": field("VmRSS:"), "peak": field("VmHWM:") }))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn print_table(r: &Value) {
+    println!();
+    println!(
+        "{:<44} {:>12} {:>12} {:>8} {:>8}",
+        "figure", "baseline", "guarded", "ratio", "target"
+    );
+    for (name, key, unit) in [
+        ("bulk throughput", "throughput_gbit", "Gbit/s"),
+        (
+            "new connections, HTTP request + close",
+            "http_conn_per_s",
+            "/s",
+        ),
+        (
+            "new connections, TLS ClientHello + close",
+            "tls_conn_per_s",
+            "/s",
+        ),
+    ] {
+        let f = &r[key];
+        println!(
+            "{:<44} {:>12.2} {:>12.2} {:>8.3} {:>8}  {unit}",
+            name,
+            f["baseline"].as_f64().unwrap_or(f64::NAN),
+            f["guarded"].as_f64().unwrap_or(f64::NAN),
+            f["ratio"].as_f64().unwrap_or(f64::NAN),
+            format!("≥{}", f["target"]),
+        );
+    }
+    let l = &r["verdict_latency_us"];
+    println!(
+        "verdict latency (capture → verdict written): p50 {} µs, p99 {} µs (target ≤ 100), p99.9 {} µs, n={}",
+        l["p50_us"], l["p99_us"], l["p999_us"], l["count"]
+    );
+    let i = &r["indicators"];
+    println!(
+        "indicators: {} loaded by the sensor in {} ms (target ≤ 2000), sensor RSS {} MiB (target ≤ 200), match {:.0} ns/lookup",
+        i["count"],
+        i["sensor_load_ms"],
+        i["sensor_rss_mib"]["peak"],
+        i["match_ns"].as_f64().unwrap_or(f64::NAN)
+    );
+    let f = &r["flood"];
+    println!(
+        "during the guarded runs: {} flows, ring-buffer drops {}, held packets {}, fail-open {}, gave up {}",
+        f["flows"], f["ringbuf_drops"], f["held_packets"], f["fail_open"], f["gave_up"]
+    );
+}
+
+/// The quick mode asserts only that every figure was produced.
+fn check_complete(r: &Value) -> Result<()> {
+    let figures = [
+        "/throughput_gbit/ratio",
+        "/http_conn_per_s/ratio",
+        "/tls_conn_per_s/ratio",
+        "/verdict_latency_us/p99_us",
+        "/indicators/sensor_load_ms",
+        "/indicators/sensor_rss_mib/peak",
+        "/indicators/match_ns",
+        "/flood/ringbuf_drops",
+        "/flood/held_packets",
+        "/flood/fail_open",
+    ];
+    let missing: Vec<&str> = figures
+        .iter()
+        .copied()
+        .filter(|p| {
+            r.pointer(p)
+                .and_then(Value::as_f64)
+                .is_none_or(|v| !v.is_finite())
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!("benchmark figures missing: {}", missing.join(", "));
+    }
+    if r.pointer("/verdict_latency_us/count")
+        .and_then(Value::as_u64)
+        == Some(0)
+    {
+        bail!("the sensor recorded no verdicts during the flood");
+    }
+    Ok(())
+}
