@@ -13,7 +13,10 @@ mod programs {
     use core::mem::{offset_of, size_of};
 
     use aya_ebpf::{
-        bindings::{BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+        bindings::{
+            BPF_F_INGRESS, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_REDIRECT,
+            TC_ACT_SHOT, TC_ACT_UNSPEC,
+        },
         helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_load_bytes},
         macros::{classifier, map},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -229,17 +232,20 @@ mod programs {
             return reset::<L2>(ctx, pkt, egress);
         }
 
-        // Fast path: a flow whose inspection ended and whose handshake is settled.
+        // Fast path: a flow whose inspection ended and whose handshake is settled. Its
+        // close is not reported: user space holds nothing for it any more.
         if flow.inspect == Inspect::Done as u8 && flow.phase >= TcpPhase::Established as u8 {
-            if pkt.flags & (TCP_FIN | TCP_RST) != 0 {
-                report_close(pkt, flow, from_client, now);
-            }
             return PASS;
         }
 
         handshake(pkt, flow, from_client, now);
 
         if flow.inspect != Inspect::Capturing as u8 {
+            return PASS;
+        }
+        // A flow crossing two guarded interfaces (a gateway guarding both sides) is
+        // inspected where it was first seen, so it is captured and reported once.
+        if unsafe { (*ctx.skb.skb).ifindex } != flow.ifindex {
             return PASS;
         }
         if let Some(verdict) = unsafe { VERDICTS.get(key) } {
@@ -253,7 +259,9 @@ mod programs {
             }
             return PASS;
         }
-        if pkt.payload_len == 0 {
+        // Resets are never held: one may carry data (ours do) and must reach the socket
+        // at once, e.g. from an upstream nprot that blocked this flow.
+        if pkt.payload_len == 0 || pkt.flags & TCP_RST != 0 {
             return PASS;
         }
         if from_client {
@@ -487,7 +495,10 @@ mod programs {
         {
             flow.phase = TcpPhase::Established as u8;
             emit(pkt, flow, from_client, RecordKind::Established, now);
-        } else if phase >= TcpPhase::Established as u8 && pkt.flags & (TCP_FIN | TCP_RST) != 0 {
+        } else if phase >= TcpPhase::Established as u8
+            && pkt.flags & (TCP_FIN | TCP_RST) != 0
+            && flow.inspect == Inspect::Capturing as u8
+        {
             report_close(pkt, flow, from_client, now);
         }
     }
@@ -548,6 +559,9 @@ mod programs {
         hdr._pad = [0; 2];
     }
 
+    /// Reports a connection-level record. These are not urgent: they wake nobody and
+    /// are read with the next payload record or by the daemon's periodic drain, which
+    /// saves a wake-up per record on the verdict loop.
     #[inline(always)]
     fn emit(pkt: &Packet, flow: &FlowState, from_client: bool, kind: RecordKind, now: u64) {
         match RECORDS.reserve::<RecordHeader>(0) {
@@ -555,7 +569,7 @@ mod programs {
                 // SAFETY: fill_header writes every field of the reserved record.
                 let hdr = unsafe { &mut *entry.as_mut_ptr() };
                 fill_header(hdr, pkt, flow, from_client, kind, now);
-                entry.submit(0);
+                entry.submit(BPF_RB_NO_WAKEUP as u64);
             }
             None => bump(stat::RINGBUF_DROPS),
         }
@@ -617,7 +631,12 @@ mod programs {
         let bytes = unsafe {
             core::slice::from_raw_parts((rec as *const PayloadRecord).cast::<u8>(), total)
         };
-        if RECORDS.output::<[u8]>(bytes, 0).is_ok() {
+        // Payload is what a verdict waits for: always wake the reader (an adaptive wake-up
+        // would be skipped while unwoken connection records are still unread).
+        if RECORDS
+            .output::<[u8]>(bytes, BPF_RB_FORCE_WAKEUP as u64)
+            .is_ok()
+        {
             flow.captured += len;
             bump(stat::SEGMENTS_CAPTURED);
         } else {

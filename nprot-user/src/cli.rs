@@ -19,6 +19,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the sensor on one or more interfaces until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Replay a capture file (pcap or pcapng, e.g. from `tcpdump -w`) through the same
+    /// inspection and policy, printing the events as JSON lines on stdout.
+    Replay(ReplayArgs),
 }
 
 /// Arguments of `nprot run`.
@@ -50,4 +53,21 @@ pub struct RunArgs {
     /// On exit, write counters and verdict-latency percentiles to FILE (JSON).
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
+}
+
+/// Arguments of `nprot replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Capture file (pcap or pcapng); `-` reads standard input.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Indicators to match (JSON, as for `nprot run`).
+    #[arg(long, value_name = "FILE")]
+    pub indicators: Option<PathBuf>,
+    /// Network-protection level to replay under: disabled, audit, block.
+    #[arg(long, value_name = "MODE", default_value = "audit")]
+    pub mode: Mode,
+    /// A device group the sensor belongs to (repeat for several).
+    #[arg(long = "device-group", value_name = "GROUP")]
+    pub device_groups: Vec<String>,
 }

@@ -33,8 +33,10 @@ use crate::{
 
 /// Reassembly state of a flow that sent nothing for this long is dropped.
 const STREAM_IDLE: Duration = Duration::from_secs(30);
-/// How often counters are checked and idle streams expired.
-const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How often records that woke nobody (handshake outcomes) are drained.
+const DRAIN: Duration = Duration::from_millis(50);
+/// How often counters are checked and idle streams expired, in drain ticks.
+const HOUSEKEEPING_TICKS: u32 = 20;
 
 /// What `nprot run` was asked to do.
 #[derive(Debug, Clone)]
@@ -166,7 +168,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
 
     set_realtime(opts.rt_priority);
-    let mut tick = interval(HOUSEKEEPING);
+    let mut tick = interval(DRAIN);
+    let mut ticks = 0u32;
     let mut reported_drops = 0u64;
     let mut decode_errors = 0u64;
     loop {
@@ -178,6 +181,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 fanout.publish(&mut pipeline.events);
             }
             _ = tick.tick() => {
+                decode_errors += drain(ring.get_mut(), &mut pipeline, &mut sensor);
+                fanout.publish(&mut pipeline.events);
+                ticks += 1;
+                if !ticks.is_multiple_of(HOUSEKEEPING_TICKS) {
+                    continue;
+                }
                 pipeline.expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
                 if let Ok(k) = sensor.kernel_stats() {
                     let drops = k[stat::RINGBUF_DROPS as usize];

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: [`capture`] (kernel records) → [`reassembly`] → [`parse`] →
 //! [`pipeline`] ([`policy`] match, [`verdict`] under the mode) → [`events`] (JSON lines to
-//! sinks). [`daemon`] drives it live.
+//! sinks). [`daemon`] drives it live; [`replay`] drives it from a capture file.
 
 pub mod capture;
 pub mod cli;
@@ -12,5 +12,6 @@ pub mod parse;
 pub mod pipeline;
 pub mod policy;
 pub mod reassembly;
+pub mod replay;
 pub mod stats;
 pub mod verdict;

@@ -6,6 +6,7 @@ use clap::Parser as _;
 use nprot::{
     cli::{Cli, Command},
     daemon::{self, RunOptions},
+    replay::{self, ReplayOptions},
 };
 
 fn main() -> ExitCode {
@@ -23,6 +24,12 @@ fn main() -> ExitCode {
             verdict_timeout: Duration::from_millis(args.verdict_timeout_ms),
             stats: args.stats,
             rt_priority: args.rt_priority,
+        }),
+        Command::Replay(args) => replay::run(&ReplayOptions {
+            file: args.file,
+            indicators: args.indicators,
+            mode: args.mode,
+            device_groups: args.device_groups,
         }),
     };
     match result {

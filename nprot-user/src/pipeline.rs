@@ -3,7 +3,7 @@
 //! Pure logic over decoded [`Record`]s, so that the live daemon, offline replay and unit
 //! tests drive the same code. The kernel side is reached only through [`VerdictTarget`].
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use nprot_common::{FlowKey, RecordKind, Verdict};
 
@@ -185,7 +185,9 @@ impl Pipeline {
             host,
             http_path,
         };
-        let decision = self.policy.decide(&subject, SystemTime::now());
+        // Judged at the packet's time, so that replay of an old capture sees the expiries
+        // as they were then.
+        let decision = self.policy.decide(&subject, self.factory.wall(rec.ts_ns));
         let outcome = outcome(&decision, self.mode);
         for enforcement in &outcome.enforcements {
             if enforcement.is_audit {

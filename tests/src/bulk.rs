@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::clients::python3;
-use crate::netns::{Topology, wait_tcp_ready_in};
+use crate::netns::{Topology, netns_cmd, wait_tcp_ready_in};
 use crate::process::terminate;
 
 /// Python: listen on ADDR:PORT; for each connection, as soon as recv() returns bytes,
@@ -49,11 +49,16 @@ impl BulkServer {
     /// Starts the server on `addr:port` in the server namespace with a `body_len`-byte
     /// body, and waits (at most 5 s) until it accepts connections.
     pub fn start(topo: &Topology, addr: IpAddr, port: u16, body_len: u64) -> Result<BulkServer> {
+        BulkServer::start_in(&topo.server_ns, addr, port, body_len)
+    }
+
+    /// [`BulkServer::start`] in the namespace `ns` (readiness probed from there too).
+    pub fn start_in(ns: &str, addr: IpAddr, port: u16, body_len: u64) -> Result<BulkServer> {
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
              Content-Length: {body_len}\r\nConnection: close\r\n\r\n"
         );
-        let mut cmd = topo.server_cmd(python3());
+        let mut cmd = netns_cmd(ns, python3());
         cmd.args(["-c", BULK_PY])
             .arg(addr.to_string())
             .arg(port.to_string())
@@ -69,7 +74,7 @@ impl BulkServer {
             response_len: head.len() as u64 + body_len,
         };
         // Probe from the server namespace: the probes do not cross the guarded veth.
-        wait_tcp_ready_in(&topo.server_ns, &[server.addr], Duration::from_secs(5))
+        wait_tcp_ready_in(ns, &[server.addr], Duration::from_secs(5))
             .context("bulk server not ready")?;
         Ok(server)
     }

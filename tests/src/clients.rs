@@ -1,4 +1,5 @@
-//! Clients run in the client namespace: curl, `openssl s_client`, and python3 raw TCP.
+//! Clients run in the client namespace (the `_in` variants in any namespace): curl,
+//! `openssl s_client`, and python3 raw TCP.
 
 use std::net::IpAddr;
 use std::process::Output;
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::Topology;
+use crate::netns::{Topology, netns_cmd};
 use crate::process::run_with_timeout;
 
 /// Outer bound on any client command (curl itself has `--max-time 5`).
@@ -108,7 +109,19 @@ pub fn curl_any(
     url: &str,
     extra: &[&str],
 ) -> Result<CurlRun> {
-    let mut cmd = topo.client_cmd("curl");
+    curl_any_in(&topo.client_ns, name, port, addr, url, extra)
+}
+
+/// [`curl_any`] run in the namespace `ns`.
+pub fn curl_any_in(
+    ns: &str,
+    name: &str,
+    port: u16,
+    addr: IpAddr,
+    url: &str,
+    extra: &[&str],
+) -> Result<CurlRun> {
+    let mut cmd = netns_cmd(ns, "curl");
     cmd.args(["-sS", "-k", "--max-time", "5", "--resolve"])
         .arg(format!("{name}:{port}:{}", url_host(addr)))
         .args(["-w", "\n%{local_port} %{http_code} %{size_download}"])
@@ -349,7 +362,28 @@ pub fn exchange(
     read_timeout: Duration,
     limit: u64,
 ) -> Result<Exchange> {
-    let mut cmd = topo.client_cmd(python3());
+    exchange_in(
+        &topo.client_ns,
+        addr,
+        port,
+        chunks,
+        pause,
+        read_timeout,
+        limit,
+    )
+}
+
+/// [`exchange`] run from the namespace `ns`.
+pub fn exchange_in(
+    ns: &str,
+    addr: IpAddr,
+    port: u16,
+    chunks: &[&[u8]],
+    pause: Duration,
+    read_timeout: Duration,
+    limit: u64,
+) -> Result<Exchange> {
+    let mut cmd = netns_cmd(ns, python3());
     cmd.args(["-c", EXCHANGE_PY])
         .arg(addr.to_string())
         .arg(port.to_string())

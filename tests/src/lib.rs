@@ -4,8 +4,11 @@
 //! pair ([`netns::Topology`]), nginx with TLS and HTTP vhosts in the server namespace
 //! ([`nginx::Nginx`]), and optionally the sensor (`nprot run`) guarding the client's veth
 //! ([`sensor::Sensor`]), whose JSON-lines events are read through [`events::EventLog`].
-//! Clients ([`clients`]) run in the client namespace. Everything is removed when the
-//! `Env` is dropped, also when a test panics. Tests are serialised by a global lock.
+//! Clients ([`clients`]) run in the client namespace. An `Env` can add an L3-only
+//! [`tunnel::Tunnel`] (TUN) between the two namespaces. Routed tests use a
+//! [`gateway::GatewayEnv`] instead: client ↔ router ↔ server, the sensor in the router.
+//! Everything is removed when the `Env` is dropped, also when a test panics. Tests are
+//! serialised by a global lock.
 
 #![warn(missing_docs)]
 
@@ -13,12 +16,15 @@ pub mod bpf;
 pub mod bulk;
 pub mod clients;
 pub mod events;
+pub mod gateway;
 pub mod indicators;
 pub mod netns;
 pub mod nginx;
 pub mod process;
+pub mod recorder;
 pub mod sensor;
 pub mod tls;
+pub mod tunnel;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -31,11 +37,14 @@ use anyhow::{Context, Result, bail};
 pub use bulk::BulkServer;
 pub use clients::{CurlOutcome, CurlRun, Exchange, ExchangeEnd, RawOutcome};
 pub use events::{EventLog, ev};
+pub use gateway::{Gateway, GatewayEnv};
 pub use netns::Topology;
 pub use nginx::Nginx;
+pub use recorder::{ConnEnd, ConnRecord, ConnRecorder};
 pub use sensor::{Launch, Sensor, StderrLog};
 pub use serde_json::Value;
 pub use tls::{ClientHello, HelloSpec, client_hello};
+pub use tunnel::{Tunnel, TunnelLink};
 
 /// Default time to wait for an event.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,6 +62,31 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
+/// Takes the global test lock (held until the guard is dropped), removes namespaces left
+/// by killed runs (once per process), and returns the lock with this test's number and
+/// its fresh, empty temp dir `<tmp>/nprot-e2e-<pid>-<n>`.
+pub(crate) fn begin_test() -> Result<(MutexGuard<'static, ()>, u32, PathBuf)> {
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    STALE_CLEANUP.call_once(netns::remove_stale_namespaces);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
+    let dir = std::env::temp_dir().join(format!("nprot-e2e-{}-{n}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove old {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok((serial, n, dir))
+}
+
+/// Removes a test's temp dir unless `NPROT_KEEP_TMP` is set (from `Drop`).
+pub(crate) fn remove_test_dir(dir: &Path) {
+    if std::env::var_os("NPROT_KEEP_TMP").is_some() {
+        eprintln!("nprot-tests: kept {}", dir.display());
+    } else if let Err(e) = std::fs::remove_dir_all(dir) {
+        eprintln!("nprot-tests cleanup: cannot remove {}: {e}", dir.display());
+    }
+}
+
 /// One test's world: namespaces, nginx, the sensor (optional), a temp dir.
 pub struct Env {
     /// Namespaces, interfaces and addresses.
@@ -61,6 +95,8 @@ pub struct Env {
     pub nginx: Option<Nginx>,
     /// The sensor, if started.
     pub sensor: Option<Sensor>,
+    /// An L3 tunnel between the namespaces, if started ([`Env::start_tunnel`]).
+    pub tunnel: Option<Tunnel>,
     events: EventLog,
     dir: PathBuf,
     // Declared last so it is released after everything else is torn down.
@@ -96,21 +132,13 @@ impl Env {
     /// Builds the topology and starts nginx, without the sensor.
     pub fn start_without_sensor() -> Result<Env> {
         require_root()?;
-        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        STALE_CLEANUP.call_once(netns::remove_stale_namespaces);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
-        let dir = std::env::temp_dir().join(format!("nprot-e2e-{}-{n}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove old {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let (serial, n, dir) = begin_test()?;
         // From here on a failure drops `env`, which cleans up what exists.
         let mut env = Env {
             topo: Topology::create(n).context("cannot build the test network")?,
             nginx: None,
             sensor: None,
+            tunnel: None,
             events: EventLog::new(&dir.join("events.jsonl"), StderrLog::default()),
             dir,
             _serial: serial,
@@ -122,10 +150,22 @@ impl Env {
     /// Starts the sensor on the client veth (events to `<dir>/events.jsonl`) and waits
     /// for it to be ready.
     pub fn start_sensor(&mut self, extra_args: &[&str]) -> Result<()> {
+        let client_if = self.topo.client_if.clone();
+        self.start_sensor_on(&[&client_if], extra_args)
+    }
+
+    /// Starts the sensor in the client namespace guarding `interfaces` (one `--interface`
+    /// each, e.g. the client veth and a [`Tunnel`] device) and waits for it to be ready.
+    pub fn start_sensor_on(&mut self, interfaces: &[&str], extra_args: &[&str]) -> Result<()> {
         if self.sensor.is_some() {
             bail!("sensor already started");
         }
-        let sensor = Sensor::start(&self.topo, self.events.path(), extra_args)?;
+        let sensor = Sensor::start_in(
+            &self.topo.client_ns,
+            interfaces,
+            self.events.path(),
+            extra_args,
+        )?;
         self.events = EventLog::new(self.events.path(), sensor.stderr().clone());
         self.sensor = Some(sensor);
         Ok(())
@@ -134,11 +174,36 @@ impl Env {
     /// Writes `indicators` to `<dir>/indicators.json` and starts the sensor with
     /// `--mode MODE --indicators <that file>` plus `extra_args`.
     pub fn enforce(&mut self, mode: &str, indicators: &[Value], extra_args: &[&str]) -> Result<()> {
+        let client_if = self.topo.client_if.clone();
+        self.enforce_on(mode, indicators, &[&client_if], extra_args)
+    }
+
+    /// [`Env::enforce`] guarding `interfaces` in the client namespace.
+    pub fn enforce_on(
+        &mut self,
+        mode: &str,
+        indicators: &[Value],
+        interfaces: &[&str],
+        extra_args: &[&str],
+    ) -> Result<()> {
         let file = indicators::write_file(&self.dir, "indicators.json", indicators)?;
         let file = file.to_string_lossy().into_owned();
         let mut args = vec!["--mode", mode, "--indicators", &file];
         args.extend_from_slice(extra_args);
-        self.start_sensor(&args)
+        self.start_sensor_on(interfaces, &args)
+    }
+
+    /// Starts an L3-only tunnel between the client and the server namespace (see
+    /// [`Tunnel`]) and returns its names and addresses. Start it before the sensor that is
+    /// to guard it; it is removed with the `Env`, after the sensor has stopped.
+    pub fn start_tunnel(&mut self) -> Result<TunnelLink> {
+        if self.tunnel.is_some() {
+            bail!("tunnel already started");
+        }
+        let tunnel = Tunnel::start(&self.topo)?;
+        let link = tunnel.link.clone();
+        self.tunnel = Some(tunnel);
+        Ok(link)
     }
 
     /// Starts the sensor (events to the usual file) and waits up to `timeout` for
@@ -280,6 +345,11 @@ impl Env {
         bpf::attachments(&self.topo.client_ns, &self.topo.client_if)
     }
 
+    /// What is attached to the device `dev` of the client namespace (e.g. a tunnel).
+    pub fn client_attachments_of(&self, dev: &str) -> Result<bpf::Attachments> {
+        bpf::attachments(&self.topo.client_ns, dev)
+    }
+
     /// Sensor stderr and the events so far, for `expect` messages.
     pub fn diagnostics(&self) -> String {
         self.events.dump()
@@ -295,17 +365,11 @@ impl Drop for Env {
         }
         self.sensor = None;
         self.nginx = None;
+        self.tunnel = None;
         for e in self.topo.destroy() {
             eprintln!("nprot-tests cleanup: {e}");
         }
-        if std::env::var_os("NPROT_KEEP_TMP").is_some() {
-            eprintln!("nprot-tests: kept {}", self.dir.display());
-        } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            eprintln!(
-                "nprot-tests cleanup: cannot remove {}: {e}",
-                self.dir.display()
-            );
-        }
+        remove_test_dir(&self.dir);
     }
 }
 

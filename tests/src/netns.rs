@@ -44,6 +44,8 @@ where
 /// (process id and a counter), so a leftover of a crashed run never collides.
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// The test's number (the `<n>` in the names).
+    pub n: u32,
     /// Client namespace (`np-<pid>-<n>-c`); the sensor and the clients run here.
     pub client_ns: String,
     /// Server namespace (`np-<pid>-<n>-s`); nginx runs here.
@@ -52,7 +54,8 @@ pub struct Topology {
     pub client_if: String,
     /// The veth end in the server namespace.
     pub server_if: String,
-    /// Client IPv4 address, `198.18.<octet>.1`.
+    /// Client IPv4 address, `198.18.<octet>.1` (octet 10–249: the subnets below 10 are
+    /// left to topologies with fixed addresses, such as [`crate::tunnel`]).
     pub client_v4: Ipv4Addr,
     /// Server IPv4 address, `198.18.<octet>.2`.
     pub server_v4: Ipv4Addr,
@@ -68,8 +71,9 @@ impl Topology {
     /// Dropping the value deletes the namespaces again (also after a partial failure).
     pub fn create(n: u32) -> Result<Topology> {
         let pid = std::process::id();
-        let octet = u8::try_from(n % 250 + 1).unwrap_or(1);
+        let octet = u8::try_from(n % 240 + 10).unwrap_or(10);
         let mut topo = Topology {
+            n,
             client_ns: format!("np-{pid}-{n}-c"),
             server_ns: format!("np-{pid}-{n}-s"),
             client_if: format!("np{pid}c{n}"),
@@ -89,19 +93,8 @@ impl Topology {
     }
 
     fn build(&self) -> Result<()> {
-        ip(&["netns", "add", &self.client_ns])?;
-        ip(&["netns", "add", &self.server_ns])?;
-        // No duplicate address detection at all (link-local addresses included): with it,
-        // IPv6 neighbour discovery stalls for about a second after the link comes up.
-        for ns in [&self.client_ns, &self.server_ns] {
-            in_netns(ns, || -> Result<()> {
-                for conf in ["all", "default"] {
-                    let path = format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad");
-                    std::fs::write(&path, "0").with_context(|| format!("cannot write {path}"))?;
-                }
-                Ok(())
-            })??;
-        }
+        add_namespace(&self.client_ns)?;
+        add_namespace(&self.server_ns)?;
         ip(&[
             "link",
             "add",
@@ -132,7 +125,6 @@ impl Topology {
         ];
         // Links up first, addresses after: IPv6 neighbour discovery then works at once.
         for (ns, dev, _, _) in ends {
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
         for (ns, dev, v4, v6) in ends {
@@ -189,18 +181,11 @@ impl Topology {
     /// Kills every process still inside either namespace (SIGKILL), then deletes the
     /// namespaces. Errors are collected, not fatal: this runs from `Drop`.
     pub fn destroy(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
         if !self.created {
-            return errors;
+            return Vec::new();
         }
         self.created = false;
-        for ns in [&self.client_ns, &self.server_ns] {
-            kill_netns_pids(ns);
-            if let Err(e) = ip(&["netns", "del", ns]) {
-                errors.push(format!("{e:#}"));
-            }
-        }
-        errors
+        delete_namespaces(&[&self.client_ns, &self.server_ns])
     }
 }
 
@@ -233,7 +218,55 @@ pub fn wait_tcp_ready_in(ns: &str, targets: &[SocketAddr], timeout: Duration) ->
     })?
 }
 
-fn netns_cmd(ns: &str, program: &str) -> Command {
+/// Creates the namespace `ns` with IPv6 duplicate address detection off (link-local
+/// addresses included: with it, neighbour discovery stalls for about a second after a
+/// link comes up) and its loopback up.
+pub fn add_namespace(ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns])?;
+    for conf in ["all", "default"] {
+        sysctl(ns, &format!("net/ipv6/conf/{conf}/accept_dad"), "0")?;
+    }
+    ip(&["-n", ns, "link", "set", "lo", "up"])
+}
+
+/// Writes `value` to `/proc/sys/<key>` inside the namespace `ns` (`key` like
+/// `net/ipv4/ip_forward`).
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{key}");
+    in_netns(ns, move || {
+        std::fs::write(&path, value).with_context(|| format!("cannot write {path} in {ns}"))
+    })?
+}
+
+/// Kills the processes left in each namespace and deletes it; errors are collected (this
+/// runs from `Drop`).
+pub fn delete_namespaces(namespaces: &[&str]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for ns in namespaces {
+        kill_netns_pids(ns);
+        if let Err(e) = ip(&["netns", "del", ns]) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    errors
+}
+
+/// The ARPHRD type of `dev` in the namespace `ns`, from `/sys/class/net/DEV/type` (as the
+/// sensor reads it: `ip netns exec` mounts that namespace's sysfs): 1 Ethernet, 772
+/// loopback, 65534 none (tun), …
+pub fn link_type(ns: &str, dev: &str) -> Result<u32> {
+    let out = run_ok(
+        netns_cmd(ns, "cat").arg(format!("/sys/class/net/{dev}/type")),
+        IP_TIMEOUT,
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("link type of {dev} in {ns}: {text:?}"))
+}
+
+/// A `Command` that runs `program` inside the namespace `ns` (`ip netns exec`).
+pub fn netns_cmd(ns: &str, program: &str) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, program]);
     cmd
@@ -268,7 +301,7 @@ fn kill_netns_pids(ns: &str) {
     }
 }
 
-/// Deletes namespaces named like this harness's (`np-<pid>-<n>-c|s`) whose creating
+/// Deletes namespaces named like this harness's (`np-<pid>-<n>-c|r|s`) whose creating
 /// process no longer exists: leftovers of a run that was killed before it could clean up.
 pub fn remove_stale_namespaces() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
@@ -286,10 +319,10 @@ pub fn remove_stale_namespaces() {
     }
 }
 
-/// The pid in a name `np-<pid>-<n>-c` or `np-<pid>-<n>-s`.
+/// The pid in a name `np-<pid>-<n>-c`, `np-<pid>-<n>-r` or `np-<pid>-<n>-s`.
 fn stale_owner(name: &str) -> Option<u32> {
     let mut parts = name.split('-');
-    let (Some("np"), Some(pid), Some(n), Some("c" | "s"), None) = (
+    let (Some("np"), Some(pid), Some(n), Some("c" | "r" | "s"), None) = (
         parts.next(),
         parts.next(),
         parts.next(),
@@ -310,6 +343,7 @@ mod tests {
     fn stale_owner_parses_only_harness_names() {
         assert_eq!(stale_owner("np-123-4-c"), Some(123));
         assert_eq!(stale_owner("np-123-4-s"), Some(123));
+        assert_eq!(stale_owner("np-123-4-r"), Some(123));
         assert_eq!(stale_owner("np-123-4-x"), None);
         assert_eq!(stale_owner("np-abc-4-c"), None);
         assert_eq!(stale_owner("np-1-2-c-d"), None);

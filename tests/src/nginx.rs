@@ -3,14 +3,14 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::netns::Topology;
+use crate::netns::{Topology, netns_cmd, wait_tcp_ready_in};
 use crate::process::{run_ok, terminate};
 
 /// Path of the Debian nginx binary.
@@ -40,6 +40,23 @@ impl Nginx {
     /// the server namespace of `topo` and waits (at most 5 s) until every listener
     /// accepts a connection from the client namespace.
     pub fn start(topo: &Topology, dir: &Path) -> Result<Nginx> {
+        Nginx::start_in(
+            &topo.server_ns,
+            &topo.client_ns,
+            &[topo.server_ip(false), topo.server_ip(true)],
+            dir,
+        )
+    }
+
+    /// Starts nginx (listening on every address) in the namespace `server_ns` like
+    /// [`Nginx::start`], and waits (at most 5 s) until every listener accepts a connection
+    /// to each of `addrs` from the namespace `probe_ns`.
+    pub fn start_in(
+        server_ns: &str,
+        probe_ns: &str,
+        addrs: &[IpAddr],
+        dir: &Path,
+    ) -> Result<Nginx> {
         let dir = dir.join("nginx");
         for sub in ["", "logs", "tmp", "html"] {
             fs::create_dir_all(dir.join(sub))
@@ -52,7 +69,7 @@ impl Nginx {
         fs::write(&conf, config(&dir)).context("cannot write nginx.conf")?;
         let stderr = fs::File::create(dir.join("logs/stderr.log"))?;
 
-        let mut cmd = topo.server_cmd(NGINX_BIN);
+        let mut cmd = netns_cmd(server_ns, NGINX_BIN);
         cmd.arg("-p")
             .arg(&dir)
             .arg("-e")
@@ -70,12 +87,12 @@ impl Nginx {
         };
 
         let mut targets = Vec::new();
-        for v6 in [false, true] {
+        for &addr in addrs {
             for port in TLS_PORTS.into_iter().chain(HTTP_PORTS) {
-                targets.push(SocketAddr::new(topo.server_ip(v6), port));
+                targets.push(SocketAddr::new(addr, port));
             }
         }
-        if let Err(e) = topo.wait_tcp_ready(&targets, Duration::from_secs(5)) {
+        if let Err(e) = wait_tcp_ready_in(probe_ns, &targets, Duration::from_secs(5)) {
             return Err(e.context(format!("nginx not ready; {}", nginx.logs())));
         }
         Ok(nginx)

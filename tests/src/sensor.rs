@@ -1,4 +1,5 @@
-//! The sensor under test: `nprot run` in the client namespace.
+//! The sensor under test: `nprot run` in the client namespace (or another one, guarding
+//! other interfaces: [`Sensor::start_in`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::Topology;
+use crate::netns::{Topology, netns_cmd};
 use crate::process::{signal, terminate, wait_timeout};
 
 /// The line the sensor prints on stderr once its programs are attached.
@@ -138,7 +139,19 @@ impl Sensor {
     /// Starts `nprot run --interface <client veth> --events <events>` (plus `extra_args`)
     /// in the client namespace and waits for `nprot ready` on its stderr.
     pub fn start(topo: &Topology, events: &Path, extra_args: &[&str]) -> Result<Sensor> {
-        match Sensor::launch(topo, events, extra_args, READY_TIMEOUT)? {
+        Sensor::start_in(&topo.client_ns, &[&topo.client_if], events, extra_args)
+    }
+
+    /// Starts `nprot run --interface IF… --events <events>` (one `--interface` per entry
+    /// of `interfaces`, plus `extra_args`) in the namespace `ns` and waits for
+    /// `nprot ready` on its stderr.
+    pub fn start_in(
+        ns: &str,
+        interfaces: &[&str],
+        events: &Path,
+        extra_args: &[&str],
+    ) -> Result<Sensor> {
+        match Sensor::launch_in(ns, interfaces, events, extra_args, READY_TIMEOUT)? {
             Launch::Ready(sensor) => Ok(sensor),
             Launch::Exited { status, stderr } => bail!(
                 "sensor exited ({status}) before printing `{READY_MARKER}`; \
@@ -156,8 +169,25 @@ impl Sensor {
         extra_args: &[&str],
         timeout: Duration,
     ) -> Result<Launch> {
+        Sensor::launch_in(
+            &topo.client_ns,
+            &[&topo.client_if],
+            events,
+            extra_args,
+            timeout,
+        )
+    }
+
+    /// [`Sensor::launch`] in the namespace `ns`, guarding `interfaces`.
+    pub fn launch_in(
+        ns: &str,
+        interfaces: &[&str],
+        events: &Path,
+        extra_args: &[&str],
+        timeout: Duration,
+    ) -> Result<Launch> {
         let deadline = Instant::now() + timeout;
-        let mut sensor = Sensor::spawn(topo, events, extra_args)?;
+        let mut sensor = Sensor::spawn(ns, interfaces, events, extra_args)?;
         if sensor.stderr.wait_for(READY_MARKER, timeout) {
             return Ok(Launch::Ready(sensor));
         }
@@ -188,12 +218,16 @@ impl Sensor {
         }
     }
 
-    /// Spawns `nprot run` in the client namespace with stderr and stdout collected into
+    /// Spawns `nprot run` in the namespace `ns` with stderr and stdout collected into
     /// one [`StderrLog`]; does not wait for anything.
-    fn spawn(topo: &Topology, events: &Path, extra_args: &[&str]) -> Result<Sensor> {
+    fn spawn(ns: &str, interfaces: &[&str], events: &Path, extra_args: &[&str]) -> Result<Sensor> {
         let bin = sensor_binary()?;
-        let mut cmd = topo.client_cmd(&bin.to_string_lossy());
-        cmd.args(["run", "--interface", &topo.client_if, "--events"])
+        let mut cmd = netns_cmd(ns, &bin.to_string_lossy());
+        cmd.arg("run");
+        for interface in interfaces {
+            cmd.args(["--interface", interface]);
+        }
+        cmd.arg("--events")
             .arg(events)
             .args(extra_args)
             .stdin(Stdio::null())

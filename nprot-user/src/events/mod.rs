@@ -148,9 +148,19 @@ pub struct EventFactory {
 }
 
 impl EventFactory {
-    /// A factory for this host (hostname, /etc/machine-id).
+    /// A factory for this host (hostname, /etc/machine-id) on the kernel's clock.
     pub fn for_this_host() -> EventFactory {
-        EventFactory::new(&host_name(), &machine_id(), Clock::now())
+        EventFactory::for_this_host_with(Clock::now())
+    }
+
+    /// A factory for this host with another clock (replay: the capture's).
+    pub fn for_this_host_with(clock: Clock) -> EventFactory {
+        EventFactory::new(&host_name(), &machine_id(), clock)
+    }
+
+    /// Wall-clock time of an event timestamp: the time a policy is judged at.
+    pub fn wall(&self, ts_ns: u64) -> SystemTime {
+        self.clock.wall(ts_ns)
     }
 
     /// A factory with a given identity and clock.

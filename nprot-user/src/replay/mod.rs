@@ -1,0 +1,484 @@
+//! `nprot replay`: runs a capture file through the sensor's own pipeline (DESIGN §5).
+//!
+//! The file is read frame by frame ([`pcap`]: pcap or pcapng), the IP/TCP headers are
+//! found ([`link`], [`packet`]), and a user-space copy of the kernel's flow tracker
+//! ([`tracker`]) turns the segments into the same [`Record`](crate::capture::Record)s
+//! the eBPF programs would have emitted. Those go through the live sensor's
+//! [`Pipeline`] — reassembly, parsing, policy, mode — and its events are printed as JSON
+//! lines. Verdicts go back to the tracker, which ends capture of a decided flow as the
+//! kernel would.
+//!
+//! Differences from a live run, by necessity:
+//! - every SYN is taken as outbound (the client is the local end);
+//! - event timestamps are the capture's: record times are nanoseconds since the Unix
+//!   epoch and the event clock is anchored there;
+//! - a verdict is ready on the flow's very next packet (no ring-buffer or wake-up delay);
+//! - indicator expiry is checked against the current time, as the pipeline does.
+
+pub mod link;
+pub mod packet;
+pub mod pcap;
+pub mod tracker;
+
+use std::{
+    fmt,
+    fs::File,
+    io::{self, BufReader, Read},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use log::warn;
+use nprot_common::CAPTURE_FLOW_MAX_DEFAULT;
+
+use self::{
+    link::network_layer,
+    packet::tcp_segment,
+    pcap::{CaptureFileError, CaptureReader, Frame},
+    tracker::{Tracker, TrackerConfig, TrackerStats},
+};
+use crate::{
+    events::{
+        Clock, Event, EventFactory,
+        sink::{Fanout, StdoutSink},
+    },
+    pipeline::{Pipeline, PipelineStats},
+    policy::{Policy, indicator},
+    verdict::Mode,
+};
+
+/// Reassembly state of a flow that sent nothing for this long (capture time) is
+/// dropped, as the daemon does.
+const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// How often (capture time) idle streams are expired.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Events are written in batches of about this many.
+const BATCH: usize = 256;
+
+/// What `nprot replay` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The capture file (pcap or pcapng); `-` reads standard input.
+    pub file: PathBuf,
+    /// Indicator file; none means an empty policy.
+    pub indicators: Option<PathBuf>,
+    /// Network-protection level to replay under.
+    pub mode: Mode,
+    /// Device groups the replaying sensor belongs to.
+    pub device_groups: Vec<String>,
+}
+
+/// Counts of a replay, printed as one line at the end.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Frames read from the file.
+    pub packets: u64,
+    /// Frames that held a TCP segment the tracker looked at.
+    pub tcp_segments: u64,
+    /// Events written.
+    pub events: u64,
+    /// What the flow tracker did.
+    pub tracker: TrackerStats,
+    /// What the pipeline did.
+    pub pipeline: PipelineStats,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.pipeline;
+        write!(
+            f,
+            "nprot replay: {} packets ({} TCP), {} flows, {} events \
+             (tls={} http={} blocked={} audited={} not_recognised={} gave_up={})",
+            self.packets,
+            self.tcp_segments,
+            self.tracker.flows_new,
+            self.events,
+            p.tls_inspected,
+            p.http_inspected,
+            p.blocked,
+            p.audited,
+            p.not_recognised,
+            p.gave_up,
+        )
+    }
+}
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The capture file is unreadable from some point on.
+    #[error(transparent)]
+    File(#[from] CaptureFileError),
+    /// Standard output is gone (e.g. the reader of a pipe quit).
+    #[error("cannot write events to standard output")]
+    Output,
+}
+
+/// The tracker and the pipeline, fed frame by frame.
+pub struct Replay {
+    tracker: Tracker,
+    pipeline: Pipeline,
+    packets: u64,
+    tcp_segments: u64,
+    next_housekeeping_ns: u64,
+}
+
+impl Replay {
+    /// A replay producing events with `factory`, deciding by `policy` under `mode`.
+    pub fn new(factory: EventFactory, policy: Arc<Policy>, mode: Mode) -> Replay {
+        Replay {
+            tracker: Tracker::new(TrackerConfig::for_mode(mode)),
+            pipeline: Pipeline::new(factory, CAPTURE_FLOW_MAX_DEFAULT as usize, policy, mode),
+            packets: 0,
+            tcp_segments: 0,
+            next_housekeeping_ns: 0,
+        }
+    }
+
+    /// Runs one captured frame through the tracker and the pipeline.
+    pub fn feed(&mut self, frame: &Frame<'_>) {
+        self.packets += 1;
+        let Some(seg) =
+            network_layer(frame.link, frame.data).and_then(|(v, ip)| tcp_segment(v, ip))
+        else {
+            return;
+        };
+        self.tcp_segments += 1;
+        if frame.ts_ns >= self.next_housekeeping_ns {
+            self.pipeline
+                .expire(frame.ts_ns, STREAM_IDLE.as_nanos() as u64);
+            self.next_housekeeping_ns = frame.ts_ns + HOUSEKEEPING.as_nanos() as u64;
+        }
+        for rec in self.tracker.on_segment(&seg, frame.ts_ns) {
+            self.pipeline.on_record(&rec, &mut self.tracker);
+        }
+    }
+
+    /// Events produced and not yet taken.
+    pub fn events(&mut self) -> &mut Vec<Event> {
+        &mut self.pipeline.events
+    }
+
+    /// Counts so far; `events` is left 0 for the caller, who knows what it wrote.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            packets: self.packets,
+            tcp_segments: self.tcp_segments,
+            events: 0,
+            tracker: self.tracker.stats(),
+            pipeline: self.pipeline.stats(),
+        }
+    }
+
+    /// Replays everything `input` holds, handing events to `publish` in batches (and
+    /// the last ones also when the file turns out to be corrupt part-way).
+    pub fn run<R: Read>(
+        &mut self,
+        input: R,
+        mut publish: impl FnMut(&mut Vec<Event>) -> Result<(), ReplayError>,
+    ) -> Result<(), ReplayError> {
+        let result = self.run_inner(input, &mut publish);
+        let flushed = publish(&mut self.pipeline.events);
+        result.and(flushed)
+    }
+
+    fn run_inner<R: Read>(
+        &mut self,
+        input: R,
+        publish: &mut impl FnMut(&mut Vec<Event>) -> Result<(), ReplayError>,
+    ) -> Result<(), ReplayError> {
+        let mut reader = CaptureReader::new(input)?;
+        while let Some(frame) = reader.next_frame()? {
+            self.feed(&frame);
+            if self.pipeline.events.len() >= BATCH {
+                publish(&mut self.pipeline.events)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `nprot replay`: prints the events of `opts.file` on stdout and a summary on stderr.
+pub fn run(opts: &ReplayOptions) -> anyhow::Result<()> {
+    let policy = Arc::new(load_policy(opts)?);
+    let stdin = opts.file.as_os_str() == "-";
+    let input: Box<dyn Read> = if stdin {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(
+            File::open(&opts.file)
+                .with_context(|| format!("cannot open capture file {}", opts.file.display()))?,
+        )
+    };
+    let factory = EventFactory::for_this_host_with(Clock::anchored(UNIX_EPOCH));
+    let mut replay = Replay::new(factory, policy, opts.mode);
+    let mut fanout = Fanout::new(vec![Box::new(StdoutSink)]);
+    let result = replay.run(BufReader::with_capacity(1 << 18, input), |events| {
+        fanout.publish(events);
+        if fanout.dropped > 0 {
+            return Err(ReplayError::Output);
+        }
+        Ok(())
+    });
+    let summary = Summary {
+        events: fanout.written - fanout.dropped,
+        ..replay.summary()
+    };
+    eprintln!("{summary}");
+    result.with_context(|| match stdin {
+        true => "replaying standard input".to_owned(),
+        false => format!("replaying {}", opts.file.display()),
+    })
+}
+
+/// Loads the indicator file, or an empty policy without one (as the daemon does).
+fn load_policy(opts: &ReplayOptions) -> anyhow::Result<Policy> {
+    let indicators = match &opts.indicators {
+        Some(path) => {
+            let loaded = indicator::load_file(path)?;
+            for warning in &loaded.warnings {
+                warn!("{}: {warning}", path.display());
+            }
+            loaded.indicators
+        }
+        None => indicator::Indicators::new(),
+    };
+    if opts.mode == Mode::Disabled && !indicators.is_empty() {
+        warn!("mode disabled: indicators are loaded but nothing is inspected");
+    }
+    Ok(Policy::new(indicators, &opts.device_groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::{
+        packet::build::{Conv, client_hello, ethernet, sll, sll2},
+        pcap::build::{Order, epb, idb, pcap, shb},
+        *,
+    };
+    use crate::policy::load_json;
+
+    const T: u32 = 1_795_000_000;
+
+    /// Replays `file` under `mode` with bad.example blocked; returns the events as JSON.
+    fn replay_bytes(file: &[u8], mode: Mode) -> (Vec<Value>, Summary, Result<(), ReplayError>) {
+        let indicators = r#"{"indicators": [
+            {"id": "b", "type": "DomainName", "value": "bad.example", "action": "Block", "title": "Bad"}
+        ]}"#;
+        let policy = Policy::new(load_json(indicators).unwrap().indicators, &[]);
+        let factory = EventFactory::new("host", "id", Clock::anchored(UNIX_EPOCH));
+        let mut replay = Replay::new(factory, Arc::new(policy), mode);
+        let mut out = Vec::new();
+        let result = replay.run(file, |events| {
+            out.extend(events.drain(..).map(|e| serde_json::to_value(&e).unwrap()));
+            Ok(())
+        });
+        (out, replay.summary(), result)
+    }
+
+    /// An HTTPS flow to `sni` and an HTTP flow to good.example, as IP packets.
+    fn traffic(v6: bool, sni: &str) -> Vec<Vec<u8>> {
+        let (c, s) = if v6 {
+            ("2001:db8:9::1", "2001:db8:9::2")
+        } else {
+            ("198.18.9.1", "198.18.9.2")
+        };
+        let tls = Conv::new(c, 41000, s, 443);
+        let http = Conv::new(c, 41001, s, 80);
+        let mut p = tls.handshake();
+        p.push(tls.client(0, &client_hello(sni, 0)));
+        p.push(tls.server(0, b"\x16\x03\x03\x00\x10server hello...."));
+        p.extend(http.handshake());
+        p.push(http.client(0, b"GET /good HTTP/1.1\r\nHost: good.example\r\n\r\n"));
+        p.push(http.server(0, b"HTTP/1.1 200 OK\r\n\r\n"));
+        p.push(http.flags(true, packet::TCP_FIN | packet::TCP_ACK));
+        p
+    }
+
+    fn summary_of(events: &[Value]) -> Vec<(String, String, u64)> {
+        events
+            .iter()
+            .map(|e| {
+                (
+                    e["ActionType"].as_str().unwrap().to_owned(),
+                    e["RemoteUrl"].as_str().unwrap_or("").to_owned(),
+                    e["LocalPort"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn expected(sni: &str, blocked: bool) -> Vec<(String, String, u64)> {
+        let mut want = vec![
+            ("ConnectionSuccess".into(), String::new(), 41000),
+            ("SslConnectionInspected".into(), sni.into(), 41000),
+        ];
+        if blocked {
+            want.push((
+                "ExploitGuardNetworkProtectionBlocked".into(),
+                sni.into(),
+                41000,
+            ));
+        }
+        want.push(("ConnectionSuccess".into(), String::new(), 41001));
+        want.push((
+            "HttpConnectionInspected".into(),
+            "http://good.example/good".into(),
+            41001,
+        ));
+        want
+    }
+
+    #[test]
+    fn every_link_type_and_file_format_gives_the_same_events() {
+        type Framing = fn(&[u8]) -> Vec<u8>;
+        let raw: Framing = |ip| ip.to_vec();
+        let eth: Framing = |ip| ethernet(&[], ip);
+        let vlan: Framing = |ip| ethernet(&[(0x88A8, 7), (0x8100, 42)], ip);
+        let links: [(u32, Framing); 7] = [
+            (1, eth),
+            (1, vlan),
+            (113, sll),
+            (276, sll2),
+            (101, raw),
+            (12, raw),
+            (14, raw),
+        ];
+        for v6 in [false, true] {
+            let packets = traffic(v6, "bad.example");
+            for (code, framing) in links {
+                let frames: Vec<Vec<u8>> = packets.iter().map(|p| framing(p)).collect();
+                // Classic pcap, µs, one packet per millisecond.
+                let records: Vec<(u32, u32, &[u8])> = frames
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (T, i as u32 * 1000, f.as_slice()))
+                    .collect();
+                let order = if v6 { Order::Be } else { Order::Le };
+                let file = pcap(order, false, code, &records);
+                let (events, summary, result) = replay_bytes(&file, Mode::Block);
+                result.unwrap();
+                let what = format!("pcap link {code} v6={v6}");
+                assert_eq!(summary_of(&events), expected("bad.example", true), "{what}");
+                assert_eq!(summary.packets, frames.len() as u64, "{what}");
+                assert_eq!(summary.tcp_segments, frames.len() as u64, "{what}");
+                assert_eq!(summary.tracker.flows_new, 2, "{what}");
+                assert_eq!(summary.pipeline.blocked, 1, "{what}");
+
+                // pcapng, nanoseconds, the other byte order.
+                let order = if v6 { Order::Le } else { Order::Be };
+                let mut file = shb(order);
+                file.extend(idb(order, code as u16, Some(9), None));
+                for (i, f) in frames.iter().enumerate() {
+                    file.extend(epb(order, 0, u64::from(T) * 1_000_000_000 + i as u64, f));
+                }
+                let (events, _, result) = replay_bytes(&file, Mode::Audit);
+                result.unwrap();
+                let mut want = expected("bad.example", false);
+                want.insert(
+                    2,
+                    (
+                        "ExploitGuardNetworkProtectionAudited".into(),
+                        "bad.example".into(),
+                        41000,
+                    ),
+                );
+                assert_eq!(summary_of(&events), want, "pcapng link {code} v6={v6}");
+            }
+        }
+    }
+
+    #[test]
+    fn events_carry_the_capture_time_and_the_flow() {
+        let packets = traffic(false, "good.example");
+        let records: Vec<(u32, u32, &[u8])> = packets
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (T, 123_000 + i as u32, p.as_slice()))
+            .collect();
+        let (events, _, result) = replay_bytes(&pcap(Order::Le, false, 101, &records), Mode::Audit);
+        result.unwrap();
+        let tls = &events[1];
+        assert_eq!(tls["ActionType"], "SslConnectionInspected");
+        // The ClientHello is the 4th packet.
+        assert_eq!(tls["Timestamp"], "2026-11-18T11:06:40.123003Z");
+        assert_eq!(tls["LocalIP"], "198.18.9.1");
+        assert_eq!(tls["RemoteIP"], "198.18.9.2");
+        assert_eq!(tls["RemotePort"], 443);
+        assert_eq!(tls["DeviceName"], "host");
+        assert_eq!(tls["AdditionalFields"]["direction"], "Outbound");
+        let ids: Vec<u64> = events
+            .iter()
+            .map(|e| e["ReportId"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_truncated_last_packet_is_an_error_after_the_events_before_it() {
+        let packets = traffic(false, "bad.example");
+        let records: Vec<(u32, u32, &[u8])> =
+            packets.iter().map(|p| (T, 0, p.as_slice())).collect();
+        let file = pcap(Order::Le, false, 101, &records);
+        let cut = &file[..file.len() - 5];
+        let (events, summary, result) = replay_bytes(cut, Mode::Block);
+        let last_at = file.len() - 16 - packets.last().unwrap().len();
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("truncated packet record at offset {last_at}:")),
+            "{e}"
+        );
+        assert_eq!(summary.packets, packets.len() as u64 - 1);
+        // Everything up to the HTTP flow's FIN was replayed and published.
+        assert_eq!(summary_of(&events), expected("bad.example", true));
+    }
+
+    #[test]
+    fn non_tcp_frames_are_counted_and_skipped() {
+        let arp = {
+            let mut f = vec![0xff; 12];
+            f.extend_from_slice(&[0x08, 0x06]);
+            f.resize(60, 0);
+            f
+        };
+        let udp = {
+            let mut p = Conv::new("198.18.9.1", 1, "198.18.9.2", 53).syn();
+            p[9] = 17;
+            ethernet(&[], &p)
+        };
+        let file = pcap(Order::Le, false, 1, &[(T, 0, &arp), (T, 1, &udp)]);
+        let (events, summary, result) = replay_bytes(&file, Mode::Audit);
+        result.unwrap();
+        assert!(events.is_empty());
+        assert_eq!((summary.packets, summary.tcp_segments), (2, 0));
+        let line = Summary {
+            events: 0,
+            ..summary
+        }
+        .to_string();
+        assert!(
+            line.starts_with("nprot replay: 2 packets (0 TCP), 0 flows, 0 events"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn corrupted_packets_never_panic_the_replay() {
+        let packets = traffic(false, "bad.example");
+        let records: Vec<(u32, u32, &[u8])> =
+            packets.iter().map(|p| (T, 0, p.as_slice())).collect();
+        let file = pcap(Order::Le, false, 101, &records);
+        for at in 24..file.len() {
+            for byte in [0x00, 0x45, 0xff] {
+                let mut bad = file.clone();
+                bad[at] = byte;
+                let _ = replay_bytes(&bad, Mode::Block);
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! End-to-end tests of `nprot replay` (DESIGN §5): tcpdump records the client's traffic
+//! while the live sensor guards it in block mode; replaying the recording with the same
+//! indicators must log what the live sensor logged — the same SNI, Host and URL per flow
+//! and the same Blocked verdicts — with the capture's timestamps.
+//!
+//! Three recordings cover the link layers a Linux capture has: Ethernet on the veth
+//! (nanosecond pcap), and Linux cooked v1 (with IPv6) and v2 on `any`.
+//!
+//! Run as root, serially: `cargo test -p nprot-tests --test replay -- --test-threads=1`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nprot_tests::indicators::{indicator, with};
+use nprot_tests::nginx::{BODY_GOOD, BODY_ROOT};
+use nprot_tests::process::{run_with_timeout, signal, terminate, wait_timeout};
+use nprot_tests::sensor::sensor_binary;
+use nprot_tests::{CurlRun, EVENT_TIMEOUT, Env, Value, ev};
+
+const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
+/// How long tcpdump may take to start capturing, and to exit after SIGINT.
+const TCPDUMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one `nprot replay` run.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// tcpdump writing a capture file in the client namespace.
+struct Tcpdump {
+    child: Option<Child>,
+    stderr: mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl Tcpdump {
+    /// Starts `tcpdump -U --immediate-mode -w FILE ARGS…` in the client namespace and waits until it says
+    /// it is listening.
+    fn start(env: &Env, file: &Path, args: &[&str]) -> Result<Tcpdump> {
+        let mut cmd = env.topo.client_cmd("tcpdump");
+        // --immediate-mode: TPACKET_V3 otherwise hands packets over in blocks, once a
+        // second, and a capture stopped sooner would be empty.
+        cmd.args(["-n", "-U", "--immediate-mode", "-w"])
+            .arg(file)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(pipe) = child.stderr.take() {
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut dump = Tcpdump {
+            child: Some(child),
+            stderr: rx,
+            lines: Vec::new(),
+        };
+        loop {
+            match dump.stderr.recv_timeout(TCPDUMP_TIMEOUT) {
+                Ok(line) => {
+                    let ready = line.contains("listening on");
+                    dump.lines.push(line);
+                    if ready {
+                        return Ok(dump);
+                    }
+                }
+                Err(_) => bail!(
+                    "tcpdump {args:?} did not start listening within {TCPDUMP_TIMEOUT:?}; \
+                     stderr:\n{}",
+                    dump.lines.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Stops tcpdump with SIGINT (it flushes the file) and returns its stderr.
+    fn stop(&mut self) -> Result<String> {
+        let Some(mut child) = self.child.take() else {
+            bail!("tcpdump already stopped");
+        };
+        signal(child.id(), libc::SIGINT)?;
+        let status = match wait_timeout(&mut child, TCPDUMP_TIMEOUT)? {
+            Some(status) => status,
+            None => {
+                terminate(&mut child, Duration::ZERO)?;
+                bail!("tcpdump did not exit within {TCPDUMP_TIMEOUT:?} of SIGINT");
+            }
+        };
+        // The reader thread ends with the pipe; collect what it read.
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
+            self.lines.push(line);
+        }
+        let text = self.lines.join("\n");
+        if !status.success() {
+            bail!("tcpdump exited with {status}; stderr:\n{text}");
+        }
+        Ok(text)
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = terminate(&mut child, Duration::from_secs(2));
+        }
+    }
+}
+
+/// `bad.example` → Block, as in the enforcement tests.
+fn block_bad_example() -> Value {
+    with(
+        indicator("i1", "DomainName", "bad.example", "Block"),
+        "title",
+        "Bad site",
+    )
+}
+
+/// Runs `nprot replay ARGS…` (no namespace or privilege needed).
+fn nprot_replay(args: &[&str]) -> Result<Output> {
+    let mut cmd = Command::new(sensor_binary()?);
+    cmd.arg("replay").args(args);
+    run_with_timeout(&mut cmd, REPLAY_TIMEOUT)
+}
+
+/// Runs `nprot replay - ARGS…` with `input` on its standard input.
+fn nprot_replay_stdin(input: &Path, args: &[&str]) -> Result<Output> {
+    let bin = sensor_binary()?;
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", r#"f="$1"; shift; exec "$0" replay - "$@" < "$f""#])
+        .arg(&bin)
+        .arg(input)
+        .args(args);
+    run_with_timeout(&mut cmd, REPLAY_TIMEOUT)
+}
+
+/// The JSON lines of a successful replay; fails with its stderr otherwise.
+fn replay_events(out: &Output) -> Result<Vec<Value>> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("nprot replay failed ({}):\n{stderr}", out.status);
+    }
+    let summary = stderr.lines().last().unwrap_or_default();
+    if !summary.starts_with("nprot replay: ") {
+        bail!("no summary line on stderr:\n{stderr}");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
+
+/// What must agree between the live sensor and replay for one event.
+type Key = (String, String, u64);
+
+fn key(e: &Value) -> Key {
+    (
+        e["ActionType"].as_str().unwrap_or_default().to_owned(),
+        e["RemoteUrl"].as_str().unwrap_or_default().to_owned(),
+        e["LocalPort"].as_u64().unwrap_or_default(),
+    )
+}
+
+/// Seconds since midnight of an RFC 3339 UTC timestamp, with its date.
+fn time_of_day(ts: &str) -> Option<(&str, f64)> {
+    let (date, time) = ts.split_once('T')?;
+    let time = time.strip_suffix('Z')?;
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some((date, h * 3600.0 + m * 60.0 + s))
+}
+
+fn show(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+#[track_caller]
+fn assert_reset(what: &str, r: &CurlRun) {
+    assert!(
+        r.was_reset() && r.size_download == 0,
+        "{what}: expected a reset without response bytes, got {r:?}"
+    );
+}
+
+#[track_caller]
+fn assert_ok(what: &str, r: &CurlRun, body: &str) {
+    assert!(
+        r.exit_code == Some(0) && r.http_code == 200 && r.body.trim() == body,
+        "{what}: expected 200 with {body:?}, got {r:?}"
+    );
+}
+
+/// Records the live sensor in block mode with `tcpdump ARGS`, replays the file and
+/// compares; returns the file for further checks.
+fn live_and_replay(tcpdump_args: &[&str], v6: bool) -> (Env, PathBuf) {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let file = env.dir().join("capture.pcap");
+    let mut args: Vec<&str> = tcpdump_args.to_vec();
+    let client_if = env.topo.client_if.clone();
+    if !args.contains(&"-i") {
+        args.extend(["-i", &client_if]);
+    }
+    let mut dump = Tcpdump::start(&env, &file, &args).expect("tcpdump");
+    env.enforce("block", &[block_bad_example()], &[])
+        .expect("sensor");
+
+    let good = env
+        .curl_https_any("good.example", 443, v6, "/good")
+        .expect("curl https good.example");
+    assert_ok("https://good.example/good", &good, BODY_GOOD);
+    let bad = env
+        .curl_https_any("bad.example", 443, v6, "/")
+        .expect("curl https bad.example");
+    assert_reset("https://bad.example/", &bad);
+    let http = env
+        .curl_http_any("good.example", 80, v6, "/", &[])
+        .expect("curl http good.example");
+    assert_ok("http://good.example/", &http, BODY_ROOT);
+    let http_good = env
+        .curl_http_any("good.example", 80, v6, "/good", &[])
+        .expect("curl http good.example/good");
+    assert_ok("http://good.example/good", &http_good, BODY_GOOD);
+
+    // The live sensor's view of every flow, before the recording stops.
+    let wait = |what: &str, action: &str, port: u16| {
+        env.events()
+            .wait_for_described(
+                &format!("{what} ({action}, port {port})"),
+                |e| ev::is(e, action) && ev::local_port(e, port),
+                EVENT_TIMEOUT,
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    wait("good.example", "SslConnectionInspected", good.local_port);
+    wait("bad.example", BLOCKED, bad.local_port);
+    wait("http root", "HttpConnectionInspected", http.local_port);
+    wait(
+        "http /good",
+        "HttpConnectionInspected",
+        http_good.local_port,
+    );
+    for port in [
+        good.local_port,
+        bad.local_port,
+        http.local_port,
+        http_good.local_port,
+    ] {
+        wait("handshake", "ConnectionSuccess", port);
+    }
+    let dump_log = dump.stop().expect("stop tcpdump");
+
+    let indicators = env.dir().join("indicators.json");
+    let out = nprot_replay(&[
+        &file.to_string_lossy(),
+        "--indicators",
+        &indicators.to_string_lossy(),
+        "--mode",
+        "block",
+    ])
+    .expect("nprot replay");
+    let replayed = replay_events(&out).unwrap_or_else(|e| panic!("{e:#}\ntcpdump:\n{dump_log}"));
+    let live = env.events().events().expect("live events");
+
+    let live_keys: BTreeSet<Key> = live.iter().map(key).collect();
+    let replay_keys: BTreeSet<Key> = replayed.iter().map(key).collect();
+    assert_eq!(
+        live_keys,
+        replay_keys,
+        "replay must log what the live sensor logged\nlive:\n{}\nreplayed:\n{}\ntcpdump:\n{dump_log}\n\
+         replay stderr:\n{}",
+        show(&live),
+        show(&replayed),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And what was expected in the first place.
+    for want in [
+        ("SslConnectionInspected", "good.example", good.local_port),
+        ("SslConnectionInspected", "bad.example", bad.local_port),
+        (BLOCKED, "bad.example", bad.local_port),
+        (
+            "HttpConnectionInspected",
+            "http://good.example/",
+            http.local_port,
+        ),
+        (
+            "HttpConnectionInspected",
+            "http://good.example/good",
+            http_good.local_port,
+        ),
+    ] {
+        let k = (want.0.to_owned(), want.1.to_owned(), u64::from(want.2));
+        assert!(
+            replay_keys.contains(&k),
+            "{want:?} missing from replay:\n{}",
+            show(&replayed)
+        );
+    }
+    let blocked: Vec<&Value> = replayed.iter().filter(|e| ev::is(e, BLOCKED)).collect();
+    assert_eq!(blocked.len(), 1, "{}", show(&replayed));
+    assert_eq!(blocked[0]["AdditionalFields"]["IndicatorId"], "i1");
+    assert_eq!(blocked[0]["AdditionalFields"]["Mode"], "Block");
+    assert_eq!(
+        blocked[0]["RemoteIP"],
+        env.server_ip(v6).to_string(),
+        "{}",
+        blocked[0]
+    );
+    assert_eq!(blocked[0]["LocalIP"], env.client_ip(v6).to_string());
+
+    // Replay stamps events with the capture's time: within a second of the live ones.
+    let live_ts: BTreeMap<Key, &str> = live
+        .iter()
+        .map(|e| (key(e), e["Timestamp"].as_str().unwrap_or_default()))
+        .collect();
+    for e in &replayed {
+        let (Some(live), Some(replay)) = (
+            live_ts.get(&key(e)).and_then(|t| time_of_day(t)),
+            e["Timestamp"].as_str().and_then(time_of_day),
+        ) else {
+            panic!("unparsable timestamps: {e}");
+        };
+        if live.0 == replay.0 {
+            assert!(
+                (live.1 - replay.1).abs() < 1.0,
+                "live {live:?} vs replay {replay:?}: {e}"
+            );
+        }
+    }
+    (env, file)
+}
+
+#[test]
+fn replay_of_an_ethernet_capture_matches_the_live_sensor() {
+    let (env, file) = live_and_replay(&["--time-stamp-precision", "nano"], false);
+    let magic = std::fs::read(&file).expect("capture file");
+    assert_eq!(&magic[..4], &[0x4d, 0x3c, 0xb2, 0xa1], "nanosecond pcap");
+
+    // The same file through standard input gives the same events.
+    let indicators = env.dir().join("indicators.json");
+    let ind = indicators.to_string_lossy();
+    let by_path =
+        nprot_replay(&[&file.to_string_lossy(), "--indicators", &ind]).expect("replay by path");
+    let by_stdin = nprot_replay_stdin(&file, &["--indicators", &ind]).expect("replay from stdin");
+    let a = replay_events(&by_path).expect("by path");
+    let b = replay_events(&by_stdin).expect("from stdin");
+    assert_eq!(a, b);
+    // Default mode is audit: the block becomes an audited event.
+    assert!(
+        a.iter()
+            .any(|e| ev::is(e, "ExploitGuardNetworkProtectionAudited")
+                && e["RemoteUrl"] == "bad.example")
+            && !a.iter().any(|e| ev::is(e, BLOCKED)),
+        "{}",
+        show(&a)
+    );
+
+    // A capture cut inside its last packet: the events before it, then an error naming
+    // the offset of that packet.
+    let cut = env.dir().join("cut.pcap");
+    std::fs::write(&cut, &magic[..magic.len() - 3]).expect("write cut file");
+    let out = nprot_replay(&[&cut.to_string_lossy()]).expect("replay cut file");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("truncated packet record at offset "),
+        "{stderr}"
+    );
+    assert!(!out.stdout.is_empty(), "events before the cut are printed");
+
+    // Not a capture at all.
+    let out = nprot_replay(&[&env.dir().join("indicators.json").to_string_lossy()])
+        .expect("replay a JSON file");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not a pcap or pcapng file: magic number 0x7b0a2020 at offset 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn replay_of_a_cooked_capture_on_any_matches_the_live_sensor_ipv6() {
+    // tcpdump 4.99 defaults to cooked v2 on `any`; v1 must be asked for.
+    let (_env, file) = live_and_replay(&["-i", "any", "-y", "LINUX_SLL"], true);
+    let head = std::fs::read(&file).expect("capture file");
+    assert_eq!(
+        u32::from_le_bytes([head[20], head[21], head[22], head[23]]),
+        113
+    );
+}
+
+#[test]
+fn replay_of_a_cooked_v2_capture_matches_the_live_sensor() {
+    let (_env, file) = live_and_replay(&["-i", "any", "-y", "LINUX_SLL2"], false);
+    let head = std::fs::read(&file).expect("capture file");
+    assert_eq!(
+        u32::from_le_bytes([head[20], head[21], head[22], head[23]]),
+        276
+    );
+}
