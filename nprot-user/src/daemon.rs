@@ -83,6 +83,7 @@ pub struct RunReport {
     pub indicators: usize,
     pub indicator_load_ms: f64,
     pub verdict_latency: LatencySummary,
+    pub wake_latency: LatencySummary,
     pub pipeline: PipelineStats,
     pub kernel: std::collections::BTreeMap<&'static str, u64>,
     pub events_written: u64,
@@ -211,6 +212,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             indicators: indicator_count,
             indicator_load_ms: indicator_load.as_secs_f64() * 1e3,
             verdict_latency: LatencySummary::from(&pipeline.verdict_latency),
+            wake_latency: LatencySummary::from(&pipeline.wake_latency),
             pipeline: pipeline.stats(),
             kernel: sensor
                 .kernel_stats()
@@ -260,6 +262,7 @@ fn report_totals(sensor: &Sensor, pipeline: &Pipeline, fanout: &Fanout, decode_e
         p.verdict_errors
     );
     info!("verdict latency: {}", pipeline.verdict_latency.summary());
+    info!("  of which wake-up: {}", pipeline.wake_latency.summary());
     info!(
         "events: written={} dropped={}",
         fanout.written, fanout.dropped

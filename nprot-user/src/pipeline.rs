@@ -59,6 +59,9 @@ pub struct Pipeline {
     stats: PipelineStats,
     /// Kernel capture of the deciding bytes → verdict written, in ns.
     pub verdict_latency: Histogram,
+    /// Kernel capture of a payload segment → its record in user space, in ns: the part
+    /// of the verdict latency spent waking the daemon.
+    pub wake_latency: Histogram,
 }
 
 /// Flows reassembled at once at most.
@@ -80,6 +83,7 @@ impl Pipeline {
             events: Vec::new(),
             stats: PipelineStats::default(),
             verdict_latency: Histogram::default(),
+            wake_latency: Histogram::default(),
         }
     }
 
@@ -118,6 +122,8 @@ impl Pipeline {
     }
 
     fn on_payload(&mut self, rec: &Record<'_>, ends: FlowEnds, verdicts: &mut dyn VerdictTarget) {
+        self.wake_latency
+            .record(monotonic_ns().saturating_sub(rec.ts_ns));
         let key = rec.tuple.key();
         let meta = || Inspection { last_ns: rec.ts_ns };
         let outcome =
@@ -137,7 +143,10 @@ impl Pipeline {
                 Err(TableFull) => None,
             };
         let verdict = match outcome {
-            Some(ParseOutcome::Complete(parsed)) => self.decide(rec, &ends, &parsed),
+            Some(ParseOutcome::Complete(parsed)) => {
+                self.reassembly.remove(&key);
+                return self.decide(rec, &ends, &parsed, &key, verdicts);
+            }
             Some(ParseOutcome::NotRecognised(why)) => {
                 log::debug!("flow {}: not inspected: {why}", describe(&ends));
                 self.stats.not_recognised += 1;
@@ -151,34 +160,46 @@ impl Pipeline {
             }
         };
         self.reassembly.remove(&key);
-        match verdicts.set_verdict(&key, verdict) {
+        self.deliver(rec, &ends, &key, verdict, verdicts);
+    }
+
+    /// Hands the verdict to the kernel; the hot path ends here.
+    fn deliver(
+        &mut self,
+        rec: &Record<'_>,
+        ends: &FlowEnds,
+        key: &FlowKey,
+        verdict: Verdict,
+        verdicts: &mut dyn VerdictTarget,
+    ) {
+        match verdicts.set_verdict(key, verdict) {
             Ok(()) => self
                 .verdict_latency
                 .record(monotonic_ns().saturating_sub(rec.ts_ns)),
             Err(e) => {
                 self.stats.verdict_errors += 1;
-                log::warn!("flow {}: verdict not delivered: {e:#}", describe(&ends));
+                log::warn!("flow {}: verdict not delivered: {e:#}", describe(ends));
             }
         }
     }
 
-    /// Logs what was parsed, matches it against the policy and logs the enforcement.
-    fn decide(&mut self, rec: &Record<'_>, ends: &FlowEnds, parsed: &Parsed) -> Verdict {
-        let (event, host, http_path) = match parsed {
-            Parsed::Tls(hello) => {
-                self.stats.tls_inspected += 1;
-                let ev = self.factory.tls(rec.ts_ns, ends, hello);
-                (ev, hello.server_name.as_deref(), None)
-            }
-            Parsed::Http(req) => {
-                self.stats.http_inspected += 1;
-                let ev = self.factory.http(rec.ts_ns, ends, req);
-                let path = (!req.connect).then_some(req.path.as_str());
-                (ev, req.host.as_deref(), path)
-            }
+    /// Matches what was parsed against the policy, delivers the verdict, and only then
+    /// builds the events, which do not hold up the kernel.
+    fn decide(
+        &mut self,
+        rec: &Record<'_>,
+        ends: &FlowEnds,
+        parsed: &Parsed,
+        key: &FlowKey,
+        verdicts: &mut dyn VerdictTarget,
+    ) {
+        let (host, http_path) = match parsed {
+            Parsed::Tls(hello) => (hello.server_name.as_deref(), None),
+            Parsed::Http(req) => (
+                req.host.as_deref(),
+                (!req.connect).then_some(req.path.as_str()),
+            ),
         };
-        let remote_url = event.remote_url.clone();
-        self.events.push(event);
         // Indicators are about destinations: the server's address, whichever side it is on.
         let subject = Subject {
             ip: ends.server.0,
@@ -187,8 +208,23 @@ impl Pipeline {
         };
         // Judged at the packet's time, so that replay of an old capture sees the expiries
         // as they were then.
-        let decision = self.policy.decide(&subject, self.factory.wall(rec.ts_ns));
+        let policy = Arc::clone(&self.policy);
+        let decision = policy.decide(&subject, self.factory.wall(rec.ts_ns));
         let outcome = outcome(&decision, self.mode);
+        self.deliver(rec, ends, key, outcome.verdict, verdicts);
+
+        let event = match parsed {
+            Parsed::Tls(hello) => {
+                self.stats.tls_inspected += 1;
+                self.factory.tls(rec.ts_ns, ends, hello)
+            }
+            Parsed::Http(req) => {
+                self.stats.http_inspected += 1;
+                self.factory.http(rec.ts_ns, ends, req)
+            }
+        };
+        let remote_url = event.remote_url.clone();
+        self.events.push(event);
         for enforcement in &outcome.enforcements {
             if enforcement.is_audit {
                 self.stats.audited += 1;
@@ -205,7 +241,6 @@ impl Pipeline {
         if outcome.verdict == Verdict::Block {
             self.stats.blocked += 1;
         }
-        outcome.verdict
     }
 
     /// Forgets flows that sent nothing for `idle_ns`; returns how many.
