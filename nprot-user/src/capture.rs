@@ -126,21 +126,6 @@ impl Sensor {
             }
         })?;
 
-        {
-            let map = ebpf
-                .map_mut("CONFIG")
-                .ok_or(CaptureError::Missing("CONFIG"))?;
-            let mut cfg: Array<_, SensorConfig> =
-                Array::try_from(map).map_err(|source| CaptureError::Map {
-                    map: "CONFIG",
-                    source,
-                })?;
-            cfg.set(0, config, 0).map_err(|source| CaptureError::Map {
-                map: "CONFIG",
-                source,
-            })?;
-        }
-
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let mut sensor = Sensor {
             records: Some(take_map(&mut ebpf, "RECORDS")?),
@@ -150,6 +135,7 @@ impl Sensor {
             added_qdiscs: Vec::new(),
             attached: Vec::new(),
         };
+        sensor.configure(config)?;
         for (interface, kind) in kinds {
             sensor.attach(&interface, kind, tcx)?;
         }
@@ -210,6 +196,23 @@ impl Sensor {
         info!("guarding {interface} ({kind:?}, {mechanism})");
         self.attached.push((interface.to_owned(), mechanism));
         Ok(())
+    }
+
+    /// Writes new sensor-wide settings (mode changes); they apply from the next flow.
+    pub fn configure(&mut self, config: SensorConfig) -> Result<(), CaptureError> {
+        let map = self
+            .ebpf
+            .map_mut("CONFIG")
+            .ok_or(CaptureError::Missing("CONFIG"))?;
+        let mut cfg: Array<_, SensorConfig> =
+            Array::try_from(map).map_err(|source| CaptureError::Map {
+                map: "CONFIG",
+                source,
+            })?;
+        cfg.set(0, config, 0).map_err(|source| CaptureError::Map {
+            map: "CONFIG",
+            source,
+        })
     }
 
     /// Hands the ring buffer of records to the reader; callable once.

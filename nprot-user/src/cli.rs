@@ -19,6 +19,20 @@ pub struct Cli {
 pub enum Command {
     /// Run the sensor on one or more interfaces until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Show the running sensor's mode, interfaces and indicator counts.
+    Status(ClientArgs),
+    /// Show the running sensor's counters and verdict-latency percentiles.
+    Stats(ClientArgs),
+    /// Switch the running sensor's enforcement mode (persisted).
+    Mode {
+        /// disabled, audit or block.
+        mode: Mode,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Manage the running sensor's indicators (persisted).
+    #[command(subcommand)]
+    Indicator(IndicatorCommand),
     /// Replay a capture file (pcap or pcapng, e.g. from `tcpdump -w`) through the same
     /// inspection and policy, printing the events as JSON lines on stdout.
     Replay(ReplayArgs),
@@ -34,11 +48,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
     /// Network-protection level: disabled (no inspection), audit (log only), block.
-    #[arg(long, value_name = "MODE", default_value = "audit")]
-    pub mode: Mode,
-    /// Indicators to enforce (JSON, DESIGN §5); the sensor does not start if it is invalid.
+    /// Without it, the mode last set by `nprot mode` (else audit).
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<Mode>,
+    /// Indicators to enforce (JSON, DESIGN §5; repeat for several); reloaded on SIGHUP.
+    /// The sensor does not start if one is invalid.
     #[arg(long, value_name = "FILE")]
-    pub indicators: Option<PathBuf>,
+    pub indicators: Vec<PathBuf>,
+    /// Where run-time changes (mode, indicators added by the CLI) are kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/nprot")]
+    pub state_dir: PathBuf,
+    /// The root-only control socket the CLI talks to.
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
     /// A device group this sensor belongs to (repeat for several).
     #[arg(long = "device-group", value_name = "GROUP")]
     pub device_groups: Vec<String>,
@@ -70,4 +92,58 @@ pub struct ReplayArgs {
     /// A device group the sensor belongs to (repeat for several).
     #[arg(long = "device-group", value_name = "GROUP")]
     pub device_groups: Vec<String>,
+}
+
+/// Options of every command that talks to the daemon.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `nprot indicator …`.
+#[derive(Debug, Subcommand)]
+pub enum IndicatorCommand {
+    /// Add (or replace, by id) one indicator.
+    Add {
+        /// IpAddress, DomainName or Url.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: String,
+        /// The address, CIDR, domain or URL.
+        #[arg(long)]
+        value: String,
+        /// Allowed, Audit, Warn or Block.
+        #[arg(long)]
+        action: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        title: Option<String>,
+        /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expiration: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove run-time indicators by id.
+    Remove {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the indicators in force.
+    List(ClientArgs),
+    /// Import a JSON indicator file (all entries or none).
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the indicators in force as an indicator file (JSON).
+    Export(ClientArgs),
 }

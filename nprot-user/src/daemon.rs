@@ -10,14 +10,17 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use log::{info, warn};
 use nprot_common::{CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, Verdict, stat};
+use serde_json::{Value, json};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
     time::interval,
 };
 
 use crate::{
     capture::{Record, Sensor},
+    control::{self, Request, Response},
     events::{
         EventFactory, monotonic_ns,
         sink::{Fanout, FileSink, Sink, StdoutSink},
@@ -26,7 +29,9 @@ use crate::{
     policy::{
         Policy,
         indicator::{self, Indicators},
+        load_json,
     },
+    state::State,
     stats::LatencySummary,
     verdict::Mode,
 };
@@ -45,10 +50,10 @@ pub struct RunOptions {
     pub interfaces: Vec<String>,
     /// Event file; stdout when `None`.
     pub events: Option<PathBuf>,
-    /// Network-protection level.
-    pub mode: Mode,
-    /// Indicator file (JSON).
-    pub indicators: Option<PathBuf>,
+    /// Network-protection level given on the command line; it wins over the saved one.
+    pub mode: Option<Mode>,
+    /// Indicator files (JSON), loaded at start and on SIGHUP.
+    pub indicators: Vec<PathBuf>,
     /// Device groups this sensor belongs to.
     pub device_groups: Vec<String>,
     /// Fail-open bound on a pending verdict.
@@ -57,6 +62,59 @@ pub struct RunOptions {
     pub stats: Option<PathBuf>,
     /// SCHED_FIFO priority for the verdict loop; 0 for normal scheduling.
     pub rt_priority: u8,
+    /// Where run-time changes (mode, indicators) are persisted.
+    pub state_dir: PathBuf,
+    /// The root-only control socket.
+    pub control_socket: PathBuf,
+}
+
+/// What the sensor did, as written by `--stats` on exit and answered to `nprot stats`.
+#[derive(Debug, serde::Serialize)]
+pub struct RunReport {
+    pub mode: Mode,
+    pub indicators: usize,
+    pub indicator_load_ms: f64,
+    pub verdict_latency: LatencySummary,
+    pub wake_latency: LatencySummary,
+    pub pipeline: PipelineStats,
+    pub kernel: std::collections::BTreeMap<&'static str, u64>,
+    pub events_written: u64,
+    pub events_dropped: u64,
+    pub decode_errors: u64,
+}
+
+/// The live sensor takes verdicts into its kernel map.
+impl VerdictTarget for Sensor {
+    fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()> {
+        Sensor::set_verdict(self, key, verdict).map_err(Into::into)
+    }
+}
+
+/// Loads the indicator files; all of them or none.
+fn load_files(paths: &[PathBuf]) -> anyhow::Result<Indicators> {
+    let mut all = Indicators::new();
+    for path in paths {
+        let started = Instant::now();
+        let loaded = indicator::load_file(path)?;
+        for warning in &loaded.warnings {
+            warn!("{}: {warning}", path.display());
+        }
+        info!(
+            "loaded {} indicators from {} in {:.0?}",
+            loaded.indicators.len(),
+            path.display(),
+            started.elapsed()
+        );
+        if all.is_empty() {
+            all = loaded.indicators;
+        } else {
+            for ind in loaded.indicators.iter() {
+                all.push(&ind.to_indicator())
+                    .with_context(|| format!("{}", path.display()))?;
+            }
+        }
+    }
+    Ok(all)
 }
 
 /// Puts the calling thread (the verdict loop) under SCHED_FIFO at `priority`.
@@ -76,47 +134,31 @@ fn set_realtime(priority: u8) {
     }
 }
 
-/// What the sensor did, as written by `--stats` on exit.
-#[derive(Debug, serde::Serialize)]
-pub struct RunReport {
-    pub mode: Mode,
-    pub indicators: usize,
-    pub indicator_load_ms: f64,
-    pub verdict_latency: LatencySummary,
-    pub wake_latency: LatencySummary,
-    pub pipeline: PipelineStats,
-    pub kernel: std::collections::BTreeMap<&'static str, u64>,
-    pub events_written: u64,
-    pub events_dropped: u64,
-    pub decode_errors: u64,
-}
-
-/// Loads the indicator file, or an empty policy without one.
-fn load_policy(opts: &RunOptions) -> anyhow::Result<Policy> {
-    let indicators = match &opts.indicators {
-        Some(path) => {
-            let started = Instant::now();
-            let loaded = indicator::load_file(path)?;
-            for warning in &loaded.warnings {
-                warn!("{}: {warning}", path.display());
-            }
-            info!(
-                "loaded {} indicators from {} in {:.0?}",
-                loaded.indicators.len(),
-                path.display(),
-                started.elapsed()
-            );
-            loaded.indicators
-        }
-        None => Indicators::new(),
-    };
-    Ok(Policy::new(indicators, &opts.device_groups))
-}
-
-impl VerdictTarget for Sensor {
-    fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()> {
-        Sensor::set_verdict(self, key, verdict).map_err(Into::into)
+/// The kernel settings for a mode.
+fn kernel_config(mode: Mode, opts: &RunOptions) -> SensorConfig {
+    SensorConfig {
+        capture: u8::from(mode != Mode::Disabled),
+        hold: u8::from(mode == Mode::Block),
+        capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
+        verdict_timeout_ns: opts.verdict_timeout.as_nanos() as u64,
+        ..SensorConfig::default()
     }
+}
+
+/// The running sensor: everything the verdict loop and the control socket act on.
+struct Daemon {
+    opts: RunOptions,
+    sensor: Sensor,
+    pipeline: Pipeline,
+    fanout: Fanout,
+    state: State,
+    mode: Mode,
+    /// Indicators from the files, kept to merge with run-time ones on every change.
+    file_indicators: Indicators,
+    indicator_load: Duration,
+    decode_errors: u64,
+    reported_drops: u64,
+    started: Instant,
 }
 
 /// Runs the sensor until SIGINT or SIGTERM; everything is detached when it returns.
@@ -128,34 +170,34 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ),
         None => Box::new(StdoutSink),
     };
-    let mut fanout = Fanout::new(vec![sink]);
+    let fanout = Fanout::new(vec![sink]);
 
-    // A bad indicator file stops the start: no sensor with half a policy.
+    // Bad indicator files or state stop the start: no sensor with half a policy.
+    let state = State::load(&opts.state_dir)?;
+    let mode = opts.mode.or(state.mode).unwrap_or_default();
     let load_started = Instant::now();
-    let policy = Arc::new(load_policy(&opts)?);
+    let file_indicators = load_files(&opts.indicators)?;
+    let policy = Policy::new(state.merged(&file_indicators)?, &opts.device_groups);
     let indicator_load = load_started.elapsed();
-    let indicator_count = policy.len();
-    let config = SensorConfig {
-        capture: u8::from(opts.mode != Mode::Disabled),
-        hold: u8::from(opts.mode == Mode::Block),
-        capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
-        verdict_timeout_ns: opts.verdict_timeout.as_nanos() as u64,
-        ..SensorConfig::default()
-    };
+
     // Signals first: a SIGTERM during start-up must still detach cleanly.
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
 
-    let mut sensor = Sensor::start(&opts.interfaces, config)?;
+    let (calls_tx, mut calls) = mpsc::channel(16);
+    let _socket = control::serve(&opts.control_socket, calls_tx)?;
+
+    let mut sensor = Sensor::start(&opts.interfaces, kernel_config(mode, &opts))?;
     let ring = sensor.take_records().context("ring buffer already taken")?;
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut ring: AsyncFd<RingBuf<MapData>> =
         unsafe { AsyncFd::register(ring) }.context("registering the ring buffer with tokio")?;
-    let mut pipeline = Pipeline::new(
+    let pipeline = Pipeline::new(
         EventFactory::for_this_host(),
         CAPTURE_FLOW_MAX_DEFAULT as usize,
-        policy,
-        opts.mode,
+        Arc::new(policy),
+        mode,
     );
     let guarded: Vec<String> = sensor
         .attached
@@ -163,116 +205,260 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .map(|(i, m)| format!("{i} ({m})"))
         .collect();
     info!(
-        "nprot ready: guarding {} in {} mode",
+        "nprot ready: guarding {} in {mode} mode; control socket {}",
         guarded.join(", "),
-        opts.mode
+        opts.control_socket.display()
     );
+    let mut daemon = Daemon {
+        opts,
+        sensor,
+        pipeline,
+        fanout,
+        state,
+        mode,
+        file_indicators,
+        indicator_load,
+        decode_errors: 0,
+        reported_drops: 0,
+        started: Instant::now(),
+    };
 
-    set_realtime(opts.rt_priority);
+    set_realtime(daemon.opts.rt_priority);
     let mut tick = interval(DRAIN);
     let mut ticks = 0u32;
-    let mut reported_drops = 0u64;
-    let mut decode_errors = 0u64;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                decode_errors += drain(guard.get_inner_mut(), &mut pipeline, &mut sensor);
+                daemon.drain(guard.get_inner_mut());
                 guard.clear_ready();
-                fanout.publish(&mut pipeline.events);
             }
             _ = tick.tick() => {
-                decode_errors += drain(ring.get_mut(), &mut pipeline, &mut sensor);
-                fanout.publish(&mut pipeline.events);
+                daemon.drain(ring.get_mut());
                 ticks += 1;
-                if !ticks.is_multiple_of(HOUSEKEEPING_TICKS) {
-                    continue;
-                }
-                pipeline.expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
-                if let Ok(k) = sensor.kernel_stats() {
-                    let drops = k[stat::RINGBUF_DROPS as usize];
-                    if drops > reported_drops {
-                        warn!("ring buffer full: {} records lost ({drops} in all)", drops - reported_drops);
-                        reported_drops = drops;
-                    }
+                if ticks.is_multiple_of(HOUSEKEEPING_TICKS) {
+                    daemon.housekeeping();
                 }
             }
+            Some((request, reply)) = calls.recv() => {
+                let _ = reply.send(daemon.handle(request));
+            }
+            _ = sighup.recv() => daemon.reload(),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
 
     // What is already in the ring still gets reported.
-    decode_errors += drain(ring.get_mut(), &mut pipeline, &mut sensor);
-    fanout.publish(&mut pipeline.events);
-    report_totals(&sensor, &pipeline, &fanout, decode_errors);
-    if let Some(path) = &opts.stats {
-        let report = RunReport {
-            mode: opts.mode,
-            indicators: indicator_count,
-            indicator_load_ms: indicator_load.as_secs_f64() * 1e3,
-            verdict_latency: LatencySummary::from(&pipeline.verdict_latency),
-            wake_latency: LatencySummary::from(&pipeline.wake_latency),
-            pipeline: pipeline.stats(),
-            kernel: sensor
-                .kernel_stats()
-                .map(|k| stat::NAMES.iter().copied().zip(k).collect())
-                .unwrap_or_default(),
-            events_written: fanout.written,
-            events_dropped: fanout.dropped,
-            decode_errors,
-        };
-        let json = serde_json::to_vec_pretty(&report)?;
+    daemon.drain(ring.get_mut());
+    daemon.report_totals();
+    if let Some(path) = &daemon.opts.stats {
+        let json = serde_json::to_vec_pretty(&daemon.report())?;
         std::fs::write(path, json)
             .with_context(|| format!("cannot write stats to {}", path.display()))?;
     }
     drop(ring);
-    drop(sensor);
+    drop(daemon);
     info!("nprot stopped: programs detached");
     Ok(())
 }
 
-/// Feeds every record in the ring through the pipeline; returns the undecodable ones.
-fn drain(ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline, sensor: &mut Sensor) -> u64 {
-    let mut errors = 0;
-    while let Some(item) = ring.next() {
-        match Record::decode(&item) {
-            Ok(rec) => pipeline.on_record(&rec, sensor),
-            Err(e) => {
-                errors += 1;
-                warn!("undecodable ring-buffer record: {e}");
+impl Daemon {
+    /// Feeds every record in the ring through the pipeline and publishes the events.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            match Record::decode(&item) {
+                Ok(rec) => self.pipeline.on_record(&rec, &mut self.sensor),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    warn!("undecodable ring-buffer record: {e}");
+                }
+            }
+        }
+        self.fanout.publish(&mut self.pipeline.events);
+    }
+
+    fn housekeeping(&mut self) {
+        self.pipeline
+            .expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
+        if let Ok(k) = self.sensor.kernel_stats() {
+            let drops = k[stat::RINGBUF_DROPS as usize];
+            if drops > self.reported_drops {
+                warn!(
+                    "ring buffer full: {} records lost ({drops} in all)",
+                    drops - self.reported_drops
+                );
+                self.reported_drops = drops;
             }
         }
     }
-    errors
-}
 
-fn report_totals(sensor: &Sensor, pipeline: &Pipeline, fanout: &Fanout, decode_errors: u64) {
-    let p = pipeline.stats();
-    info!(
-        "pipeline: records={} tls={} http={} not_recognised={} gave_up={} blocked={} audited={} reassembly_overflows={} verdict_errors={} decode_errors={decode_errors}",
-        p.records,
-        p.tls_inspected,
-        p.http_inspected,
-        p.not_recognised,
-        p.gave_up,
-        p.blocked,
-        p.audited,
-        p.reassembly_overflows,
-        p.verdict_errors
-    );
-    info!("verdict latency: {}", pipeline.verdict_latency.summary());
-    info!("  of which wake-up: {}", pipeline.wake_latency.summary());
-    info!(
-        "events: written={} dropped={}",
-        fanout.written, fanout.dropped
-    );
-    if let Ok(k) = sensor.kernel_stats() {
-        let parts: Vec<String> = stat::NAMES
-            .iter()
-            .zip(k)
-            .map(|(name, v)| format!("{name}={v}"))
-            .collect();
-        info!("kernel: {}", parts.join(" "));
+    fn report(&self) -> RunReport {
+        RunReport {
+            mode: self.mode,
+            indicators: self.pipeline.policy().len(),
+            indicator_load_ms: self.indicator_load.as_secs_f64() * 1e3,
+            verdict_latency: LatencySummary::from(&self.pipeline.verdict_latency),
+            wake_latency: LatencySummary::from(&self.pipeline.wake_latency),
+            pipeline: self.pipeline.stats(),
+            kernel: self
+                .sensor
+                .kernel_stats()
+                .map(|k| stat::NAMES.iter().copied().zip(k).collect())
+                .unwrap_or_default(),
+            events_written: self.fanout.written,
+            events_dropped: self.fanout.dropped,
+            decode_errors: self.decode_errors,
+        }
+    }
+
+    /// Answers one control request. Changes are persisted before they are applied, so
+    /// what runs is always what a restart would bring back.
+    fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Status => Ok(json!({
+                "mode": self.mode,
+                "interfaces": self.sensor.attached.iter().map(|(i, m)| json!({"name": i, "attach": m})).collect::<Vec<_>>(),
+                "indicators": self.pipeline.policy().len(),
+                "runtime_indicators": self.state.indicators.len(),
+                "indicator_files": self.opts.indicators,
+                "state_dir": self.opts.state_dir,
+                "uptime_s": self.started.elapsed().as_secs(),
+                "pid": std::process::id(),
+            })),
+            Request::Stats => serde_json::to_value(self.report()).map_err(|e| e.to_string()),
+            Request::Mode { mode } => self.set_mode(&mode),
+            Request::IndicatorAdd { json } => self.add_indicators(&json, "json", None),
+            Request::IndicatorImport {
+                format,
+                text,
+                action,
+            } => self.add_indicators(&text, &format, action.as_deref()),
+            Request::IndicatorRemove { ids } => self.remove_indicators(&ids),
+            Request::IndicatorList => {
+                serde_json::to_value(self.pipeline.policy().indicators()).map_err(|e| e.to_string())
+            }
+        };
+        match result {
+            Ok(data) => Response::ok(data),
+            Err(e) => Response::error(e),
+        }
+    }
+
+    fn set_mode(&mut self, mode: &str) -> Result<Value, String> {
+        let mode: Mode = mode.parse()?;
+        let mut next = self.state.clone();
+        next.mode = Some(mode);
+        next.save(&self.opts.state_dir).map_err(|e| e.to_string())?;
+        self.sensor
+            .configure(kernel_config(mode, &self.opts))
+            .map_err(|e| e.to_string())?;
+        self.state = next;
+        self.mode = mode;
+        self.pipeline.set_mode(mode);
+        info!("mode set to {mode}");
+        Ok(json!({ "mode": mode }))
+    }
+
+    fn add_indicators(
+        &mut self,
+        text: &str,
+        format: &str,
+        list_action: Option<&str>,
+    ) -> Result<Value, String> {
+        let loaded = match (format, list_action) {
+            ("json", _) => load_json(text).map_err(|e| e.to_string())?,
+            (other, _) => return Err(format!("unknown indicator format '{other}'")),
+        };
+        let indicators: Vec<_> = loaded.indicators.iter().map(|i| i.to_indicator()).collect();
+        let count = indicators.len();
+        let mut next = self.state.clone();
+        let added = next.upsert(indicators);
+        self.apply_state(next)?;
+        info!("{count} indicators added or replaced through the control socket");
+        Ok(json!({ "added": added, "replaced": count - added, "warnings": loaded.warnings }))
+    }
+
+    fn remove_indicators(&mut self, ids: &[String]) -> Result<Value, String> {
+        let mut next = self.state.clone();
+        let missing = next.remove(ids);
+        if missing.len() == ids.len() {
+            return Err(format!(
+                "no run-time indicator with id {}",
+                missing.join(", ")
+            ));
+        }
+        self.apply_state(next)?;
+        Ok(json!({ "removed": ids.len() - missing.len(), "not_found": missing }))
+    }
+
+    /// Builds the policy for `next`, persists `next`, then switches to both.
+    fn apply_state(&mut self, next: State) -> Result<(), String> {
+        let merged = next
+            .merged(&self.file_indicators)
+            .map_err(|e| e.to_string())?;
+        let policy = Policy::new(merged, &self.opts.device_groups);
+        next.save(&self.opts.state_dir).map_err(|e| e.to_string())?;
+        self.state = next;
+        self.pipeline.set_policy(Arc::new(policy));
+        Ok(())
+    }
+
+    /// SIGHUP: reloads the indicator files; a bad file keeps the running policy.
+    fn reload(&mut self) {
+        let started = Instant::now();
+        let result = load_files(&self.opts.indicators).and_then(|files| {
+            let merged = self.state.merged(&files)?;
+            Ok((files, Policy::new(merged, &self.opts.device_groups)))
+        });
+        match result {
+            Ok((files, policy)) => {
+                self.file_indicators = files;
+                info!(
+                    "reloaded: {} indicators in force ({:.0?})",
+                    policy.len(),
+                    started.elapsed()
+                );
+                self.pipeline.set_policy(Arc::new(policy));
+            }
+            Err(e) => warn!("reload refused, the running policy stays: {e:#}"),
+        }
+    }
+
+    fn report_totals(&self) {
+        let p = self.pipeline.stats();
+        info!(
+            "pipeline: records={} tls={} http={} not_recognised={} gave_up={} blocked={} audited={} reassembly_overflows={} verdict_errors={} decode_errors={}",
+            p.records,
+            p.tls_inspected,
+            p.http_inspected,
+            p.not_recognised,
+            p.gave_up,
+            p.blocked,
+            p.audited,
+            p.reassembly_overflows,
+            p.verdict_errors,
+            self.decode_errors
+        );
+        info!(
+            "verdict latency: {}",
+            self.pipeline.verdict_latency.summary()
+        );
+        info!(
+            "  of which wake-up: {}",
+            self.pipeline.wake_latency.summary()
+        );
+        info!(
+            "events: written={} dropped={}",
+            self.fanout.written, self.fanout.dropped
+        );
+        if let Ok(k) = self.sensor.kernel_stats() {
+            let parts: Vec<String> = stat::NAMES
+                .iter()
+                .zip(k)
+                .map(|(name, v)| format!("{name}={v}"))
+                .collect();
+            info!("kernel: {}", parts.join(" "));
+        }
     }
 }

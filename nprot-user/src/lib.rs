@@ -4,8 +4,10 @@
 //! [`pipeline`] ([`policy`] match, [`verdict`] under the mode) → [`events`] (JSON lines to
 //! sinks). [`daemon`] drives it live; [`replay`] drives it from a capture file.
 
+pub mod admin;
 pub mod capture;
 pub mod cli;
+pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod parse;
@@ -13,5 +15,6 @@ pub mod pipeline;
 pub mod policy;
 pub mod reassembly;
 pub mod replay;
+pub mod state;
 pub mod stats;
 pub mod verdict;

@@ -4,6 +4,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use nprot::{
+    admin,
     cli::{Cli, Command},
     daemon::{self, RunOptions},
     replay::{self, ReplayOptions},
@@ -24,7 +25,13 @@ fn main() -> ExitCode {
             verdict_timeout: Duration::from_millis(args.verdict_timeout_ms),
             stats: args.stats,
             rt_priority: args.rt_priority,
+            state_dir: args.state_dir,
+            control_socket: args.control_socket,
         }),
+        Command::Status(c) => admin::status(&c),
+        Command::Stats(c) => admin::stats(&c),
+        Command::Mode { mode, client } => admin::mode(&client, mode),
+        Command::Indicator(cmd) => admin::indicator(cmd),
         Command::Replay(args) => replay::run(&ReplayOptions {
             file: args.file,
             indicators: args.indicators,

@@ -87,6 +87,21 @@ impl Pipeline {
         }
     }
 
+    /// Switches the enforcement mode for the flows decided from now on.
+    pub fn set_mode(&mut self, mode: Mode) {
+        self.mode = mode;
+    }
+
+    /// Switches the policy for the flows decided from now on.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.policy = policy;
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// What the pipeline did so far.
     pub fn stats(&self) -> PipelineStats {
         PipelineStats {

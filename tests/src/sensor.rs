@@ -227,6 +227,14 @@ impl Sensor {
         for interface in interfaces {
             cmd.args(["--interface", interface]);
         }
+        // State and control socket beside the events, unless the test names its own: a
+        // test sensor never touches the host's /var/lib/nprot or /run/nprot.
+        if !extra_args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(events.with_extension("state"));
+        }
+        if !extra_args.contains(&"--control-socket") {
+            cmd.arg("--control-socket").arg(control_socket_for(events));
+        }
         cmd.arg("--events")
             .arg(events)
             .args(extra_args)
@@ -332,4 +340,10 @@ impl Drop for Sensor {
             eprintln!("nprot-tests cleanup: sensor: {e:#}");
         }
     }
+}
+
+/// Where a test sensor writing `events` puts its control socket: beside the events, so
+/// that two sensors of one test never share one.
+pub fn control_socket_for(events: &Path) -> PathBuf {
+    events.with_extension("sock")
 }

@@ -1,0 +1,168 @@
+//! Operator commands (`nprot status`, `mode`, `indicator …`, `stats`): turn arguments
+//! into control requests and print the daemon's answers for people or, with `--json`,
+//! for scripts.
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    cli::{ClientArgs, IndicatorCommand},
+    control::{Request, Response, call},
+    verdict::Mode,
+};
+
+fn send(client: &ClientArgs, request: &Request) -> anyhow::Result<Value> {
+    let Response { ok, error, data } = call(&client.socket, request)?;
+    if !ok {
+        bail!("{}", error.unwrap_or_else(|| "the daemon refused".into()));
+    }
+    Ok(data)
+}
+
+fn print(client: &ClientArgs, data: &Value, human: impl FnOnce(&Value)) {
+    if client.json {
+        println!("{data}");
+    } else {
+        human(data);
+    }
+}
+
+/// `nprot status`.
+pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
+    let data = send(client, &Request::Status)?;
+    print(client, &data, |d| {
+        println!("mode:        {}", d["mode"].as_str().unwrap_or("?"));
+        for i in d["interfaces"].as_array().into_iter().flatten() {
+            println!(
+                "interface:   {} ({})",
+                i["name"].as_str().unwrap_or("?"),
+                i["attach"].as_str().unwrap_or("?")
+            );
+        }
+        println!(
+            "indicators:  {} in force, {} added at run time",
+            d["indicators"], d["runtime_indicators"]
+        );
+        println!("state dir:   {}", d["state_dir"].as_str().unwrap_or("?"));
+        println!("uptime:      {} s (pid {})", d["uptime_s"], d["pid"]);
+    });
+    Ok(())
+}
+
+/// `nprot stats`.
+pub fn stats(client: &ClientArgs) -> anyhow::Result<()> {
+    let data = send(client, &Request::Stats)?;
+    print(client, &data, |d| {
+        let l = &d["verdict_latency"];
+        println!(
+            "verdict latency: p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  (n={})",
+            l["p50_us"].as_f64().unwrap_or(0.0),
+            l["p99_us"].as_f64().unwrap_or(0.0),
+            l["p999_us"].as_f64().unwrap_or(0.0),
+            l["count"]
+        );
+        println!(
+            "events: written {}  dropped {}",
+            d["events_written"], d["events_dropped"]
+        );
+        for section in ["pipeline", "kernel"] {
+            if let Some(map) = d[section].as_object() {
+                for (k, v) in map {
+                    println!("{section:<9} {k:<24} {v}");
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `nprot mode MODE`.
+pub fn mode(client: &ClientArgs, mode: Mode) -> anyhow::Result<()> {
+    let data = send(
+        client,
+        &Request::Mode {
+            mode: mode.as_str().into(),
+        },
+    )?;
+    print(client, &data, |_| println!("mode set to {mode}"));
+    Ok(())
+}
+
+/// `nprot indicator …`.
+pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
+    match cmd {
+        IndicatorCommand::Add {
+            kind,
+            value,
+            action,
+            id,
+            title,
+            expiration,
+            client,
+        } => {
+            let mut ind = json!({ "type": kind, "value": value, "action": action });
+            for (key, v) in [("id", id), ("title", title), ("expiration", expiration)] {
+                if let Some(v) = v {
+                    ind[key] = json!(v);
+                }
+            }
+            let json = json!({ "indicators": [ind] }).to_string();
+            let data = send(&client, &Request::IndicatorAdd { json })?;
+            print(&client, &data, report_added);
+        }
+        IndicatorCommand::Remove { ids, client } => {
+            let data = send(&client, &Request::IndicatorRemove { ids })?;
+            print(&client, &data, |d| {
+                println!("removed {}", d["removed"]);
+                for id in d["not_found"].as_array().into_iter().flatten() {
+                    println!("not found: {id}");
+                }
+            });
+        }
+        IndicatorCommand::List(client) => {
+            let data = send(&client, &Request::IndicatorList)?;
+            print(&client, &data, |d| {
+                println!(
+                    "{:<24} {:<11} {:<8} {:<40} TITLE",
+                    "ID", "TYPE", "ACTION", "VALUE"
+                );
+                for i in d["indicators"].as_array().into_iter().flatten() {
+                    let f = |k: &str| i[k].as_str().unwrap_or("").to_owned();
+                    println!(
+                        "{:<24} {:<11} {:<8} {:<40} {}",
+                        f("id"),
+                        f("type"),
+                        f("action"),
+                        f("value"),
+                        f("title")
+                    );
+                }
+            });
+        }
+        IndicatorCommand::Export(client) => {
+            let data = send(&client, &Request::IndicatorList)?;
+            println!("{}", serde_json::to_string_pretty(&data)?);
+        }
+        IndicatorCommand::Import { file, client } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let data = send(
+                &client,
+                &Request::IndicatorImport {
+                    format: "json".into(),
+                    text,
+                    action: None,
+                },
+            )?;
+            print(&client, &data, report_added);
+        }
+    }
+    Ok(())
+}
+
+fn report_added(d: &Value) {
+    println!("added {}, replaced {}", d["added"], d["replaced"]);
+    for w in d["warnings"].as_array().into_iter().flatten() {
+        println!("warning: {}", w.as_str().unwrap_or_default());
+    }
+}

@@ -1,0 +1,191 @@
+//! State: what the operator changed at run time (mode, indicators added or imported
+//! through the control socket), persisted atomically in the state directory so that the
+//! sensor comes back the same after a restart.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use crate::{
+    policy::{Indicator, IndicatorError, Indicators, load_json},
+    verdict::Mode,
+};
+
+/// The state file inside the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// Why the state could not be read or written.
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid state: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Indicators {
+        path: PathBuf,
+        #[source]
+        source: IndicatorError,
+    },
+}
+
+/// The operator's run-time changes.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// The mode last set through the control socket, if any.
+    pub mode: Option<Mode>,
+    /// Indicators added or imported through the control socket.
+    pub indicators: Vec<Indicator>,
+}
+
+impl State {
+    /// Reads `dir/state.json`; a missing file is an empty state.
+    pub fn load(dir: &Path) -> Result<State, StateError> {
+        let path = dir.join(STATE_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        let invalid = |reason: String| StateError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        let value: Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let mode = match value.get("mode") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) => Some(m.parse::<Mode>().map_err(invalid)?),
+            Some(other) => return Err(invalid(format!("mode must be a string, not {other}"))),
+        };
+        let list = value.get("indicators").cloned().unwrap_or(json!([]));
+        let loaded = load_json(&json!({ "indicators": list }).to_string()).map_err(|source| {
+            StateError::Indicators {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(State {
+            mode,
+            indicators: loaded.indicators.iter().map(|i| i.to_indicator()).collect(),
+        })
+    }
+
+    /// Writes `dir/state.json` atomically: a temporary file, fsync, rename, fsync of the
+    /// directory. A crash leaves either the old state or the new one, never half.
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StateError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        let body = json!({
+            "mode": self.mode.map(Mode::as_str),
+            "indicators": self.indicators,
+        });
+        let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(
+            serde_json::to_string_pretty(&body)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+        .and_then(|()| file.sync_all())
+        .map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))
+    }
+
+    /// Adds or replaces (by id) `new` indicators; returns how many were new.
+    pub fn upsert(&mut self, new: Vec<Indicator>) -> usize {
+        let mut added = 0;
+        for ind in new {
+            match self.indicators.iter_mut().find(|i| i.id == ind.id) {
+                Some(old) => *old = ind,
+                None => {
+                    self.indicators.push(ind);
+                    added += 1;
+                }
+            }
+        }
+        added
+    }
+
+    /// Removes the indicators with these ids; returns the ids that were not there.
+    pub fn remove(&mut self, ids: &[String]) -> Vec<String> {
+        let missing = ids
+            .iter()
+            .filter(|id| !self.indicators.iter().any(|i| &i.id == *id))
+            .cloned()
+            .collect();
+        self.indicators.retain(|i| !ids.contains(&i.id));
+        missing
+    }
+
+    /// The file indicators plus this state's, as one set for the policy.
+    pub fn merged(&self, files: &Indicators) -> Result<Indicators, IndicatorError> {
+        let mut all = files.clone();
+        for ind in &self.indicators {
+            all.push(ind)?;
+        }
+        Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Action, IndicatorType};
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nprot-state-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let d = dir("rt");
+        assert!(State::load(&d).unwrap().indicators.is_empty());
+        let mut s = State {
+            mode: Some(Mode::Block),
+            ..State::default()
+        };
+        let ind = Indicator::new(IndicatorType::DomainName, "bad.example", Action::Block).unwrap();
+        assert_eq!(s.upsert(vec![ind.clone(), ind]), 1);
+        s.save(&d).unwrap();
+        let back = State::load(&d).unwrap();
+        assert_eq!(back.mode, Some(Mode::Block));
+        assert_eq!(back.indicators.len(), 1);
+        assert_eq!(back.indicators[0].value, "bad.example");
+        let id = back.indicators[0].id.clone();
+        let mut back = back;
+        assert_eq!(back.remove(&[id, "nope".into()]), vec!["nope".to_owned()]);
+        assert!(back.indicators.is_empty());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_naming_the_file() {
+        let d = dir("bad");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(STATE_FILE), "{\"mode\": \"fast\"}").unwrap();
+        let err = State::load(&d).unwrap_err().to_string();
+        assert!(
+            err.contains("state.json") && err.contains("unknown mode"),
+            "{err}"
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,179 @@
+//! End-to-end tests of the control plane: `nprot mode`, `nprot indicator …`, `nprot
+//! status` against a running sensor, persistence across a restart, and the refusal of an
+//! unprivileged account.
+
+use std::{path::Path, process::Output, time::Duration};
+
+use nprot_tests::{
+    CurlRun, Env,
+    indicators::indicator,
+    sensor::{control_socket_for, sensor_binary},
+};
+
+fn nprot(socket: &Path, args: &[&str]) -> Output {
+    let bin = sensor_binary().expect("sensor binary");
+    std::process::Command::new(bin)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run nprot")
+}
+
+#[track_caller]
+fn nprot_ok(socket: &Path, args: &[&str]) -> String {
+    let out = nprot(socket, args);
+    assert!(
+        out.status.success(),
+        "nprot {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn socket(env: &Env) -> std::path::PathBuf {
+    control_socket_for(env.events().path())
+}
+
+fn curl_bad(env: &Env) -> CurlRun {
+    env.curl_https_any("bad.example", 443, false, "/")
+        .expect("curl runs")
+}
+
+#[track_caller]
+fn assert_passes(env: &Env, run: &CurlRun) {
+    assert_eq!(run.http_code, 200, "{run:?}\n{}", env.diagnostics());
+}
+
+#[track_caller]
+fn assert_reset(env: &Env, run: &CurlRun) {
+    assert!(
+        run.was_reset() && run.body.is_empty(),
+        "expected a reset with no body: {run:?}\n{}",
+        env.diagnostics()
+    );
+}
+
+#[test]
+fn mode_switch_changes_the_next_flow() {
+    let env = Env::start_enforcing(
+        "audit",
+        &[indicator("b", "DomainName", "bad.example", "Block")],
+        &[],
+    )
+    .expect("env");
+    let sock = socket(&env);
+    assert_passes(&env, &curl_bad(&env));
+    nprot_ok(&sock, &["mode", "block"]);
+    let status = nprot_ok(&sock, &["status", "--json"]);
+    assert!(status.contains("\"mode\":\"Block\""), "{status}");
+    assert_reset(&env, &curl_bad(&env));
+    nprot_ok(&sock, &["mode", "audit"]);
+    assert_passes(&env, &curl_bad(&env));
+}
+
+#[test]
+fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
+    let mut env = Env::start_enforcing("block", &[], &[]).expect("env");
+    let sock = socket(&env);
+    assert_passes(&env, &curl_bad(&env));
+    let added = nprot_ok(
+        &sock,
+        &[
+            "indicator",
+            "add",
+            "--type",
+            "DomainName",
+            "--value",
+            "bad.example",
+            "--action",
+            "Block",
+            "--id",
+            "cli-1",
+            "--title",
+            "added by CLI",
+        ],
+    );
+    assert!(added.contains("added 1"), "{added}");
+    assert_reset(&env, &curl_bad(&env));
+    let list = nprot_ok(&sock, &["indicator", "list"]);
+    assert!(
+        list.contains("cli-1") && list.contains("bad.example"),
+        "{list}"
+    );
+
+    // The mode from the command line is not saved; the one set through the CLI is.
+    nprot_ok(&sock, &["mode", "block"]);
+
+    // Restart with neither --mode nor indicators: the saved state comes back.
+    let status = env
+        .sensor
+        .take()
+        .expect("sensor")
+        .stop(Duration::from_secs(5))
+        .expect("stop");
+    assert!(status.success());
+    env.start_sensor(&[]).expect("restart");
+    let status = nprot_ok(&sock, &["status", "--json"]);
+    assert!(status.contains("\"mode\":\"Block\""), "{status}");
+    assert_reset(&env, &curl_bad(&env));
+
+    // Removal takes effect at once, and an unknown id is a clear error.
+    nprot_ok(&sock, &["indicator", "remove", "cli-1"]);
+    assert_passes(&env, &curl_bad(&env));
+    let out = nprot(&sock, &["indicator", "remove", "cli-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no run-time indicator with id cli-1"));
+}
+
+#[test]
+fn invalid_indicator_is_refused_and_changes_nothing() {
+    let env = Env::start_enforcing("block", &[], &[]).expect("env");
+    let sock = socket(&env);
+    let out = nprot(
+        &sock,
+        &[
+            "indicator",
+            "add",
+            "--type",
+            "DomainName",
+            "--value",
+            "bad.example",
+            "--action",
+            "Blok",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nprot: error:") && err.contains("Blok"),
+        "{err}"
+    );
+    assert_passes(&env, &curl_bad(&env));
+}
+
+#[test]
+fn unprivileged_account_is_refused() {
+    let env = Env::start_enforcing("audit", &[], &[]).expect("env");
+    let sock = socket(&env);
+    let bin = sensor_binary().expect("sensor binary");
+    // The test's directory must be reachable for the refusal to come from the socket.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&bin)
+        .args(["mode", "block", "--socket"])
+        .arg(&sock)
+        .output()
+        .expect("setpriv");
+    assert!(
+        !out.status.success(),
+        "an unprivileged mode change succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied") && err.contains("root"),
+        "refusal should say why: {err}"
+    );
+    let status = nprot_ok(&sock, &["status", "--json"]);
+    assert!(status.contains("\"mode\":\"Audit\""), "{status}");
+}
