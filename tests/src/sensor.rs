@@ -93,7 +93,7 @@ impl StderrLog {
 
     /// Waits until a line containing `needle` appears. Returns false on timeout or when
     /// stderr is closed without it.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
         let (lock, cvar) = &*self.inner;
         let deadline = Instant::now() + timeout;
         let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());

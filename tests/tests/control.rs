@@ -177,3 +177,41 @@ fn unprivileged_account_is_refused() {
     let status = nprot_ok(&sock, &["status", "--json"]);
     assert!(status.contains("\"mode\":\"Audit\""), "{status}");
 }
+
+#[test]
+fn sighup_reloads_files_and_a_bad_file_keeps_the_running_policy() {
+    let env = Env::start_enforcing(
+        "block",
+        &[indicator("b", "DomainName", "bad.example", "Block")],
+        &[],
+    )
+    .expect("env");
+    let file = env.dir().join("indicators.json");
+    let sensor = env.sensor.as_ref().expect("sensor");
+    let pid = sensor.pid().expect("pid") as i32;
+    assert_reset(&env, &curl_bad(&env));
+
+    std::fs::write(&file, "{\"indicators\": [ {\"type\": \"DomainName\"").expect("write");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert!(
+        sensor
+            .stderr()
+            .wait_for("reload refused", Duration::from_secs(5)),
+        "{}",
+        env.diagnostics()
+    );
+    assert_reset(&env, &curl_bad(&env));
+
+    std::fs::write(&file, "{\"indicators\": []}").expect("write");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert!(
+        sensor
+            .stderr()
+            .wait_for("reloaded:", Duration::from_secs(5)),
+        "{}",
+        env.diagnostics()
+    );
+    assert_passes(&env, &curl_bad(&env));
+}
