@@ -257,11 +257,7 @@ impl Env {
         path: &str,
         extra: &[&str],
     ) -> Result<CurlOutcome> {
-        let url = if port == 80 {
-            format!("http://{name}{path}")
-        } else {
-            format!("http://{name}:{port}{path}")
-        };
+        let url = http_url(name, port, path);
         clients::curl(&self.topo, name, port, self.server_ip(v6), &url, extra)
     }
 
@@ -282,11 +278,7 @@ impl Env {
         path: &str,
         extra: &[&str],
     ) -> Result<CurlRun> {
-        let url = if port == 80 {
-            format!("http://{name}{path}")
-        } else {
-            format!("http://{name}:{port}{path}")
-        };
+        let url = http_url(name, port, path);
         clients::curl_any(&self.topo, name, port, self.server_ip(v6), &url, extra)
     }
 
@@ -370,6 +362,35 @@ impl Drop for Env {
             eprintln!("nprot-tests cleanup: {e}");
         }
         remove_test_dir(&self.dir);
+    }
+}
+
+/// Asserts `event[key] == expected` (`key` may be a JSON pointer such as
+/// `/AdditionalFields/server_name`), showing the event and the test's diagnostics otherwise.
+#[track_caller]
+pub fn check_field<T>(env: &Env, event: &Value, key: &str, expected: T)
+where
+    Value: PartialEq<T>,
+    T: std::fmt::Debug,
+{
+    let actual = if key.starts_with('/') {
+        event.pointer(key).unwrap_or(&Value::Null)
+    } else {
+        &event[key]
+    };
+    assert!(
+        *actual == expected,
+        "{key}: expected {expected:?}, got {actual}\nevent: {event}\n{}",
+        env.diagnostics()
+    );
+}
+
+/// `http://NAME[:PORT]PATH`, the port left out when it is 80.
+fn http_url(name: &str, port: u16, path: &str) -> String {
+    if port == 80 {
+        format!("http://{name}{path}")
+    } else {
+        format!("http://{name}:{port}{path}")
     }
 }
 

@@ -20,24 +20,7 @@ fn wait(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Asserts `ev[key] == expected`, showing the event and everything logged otherwise.
-#[track_caller]
-fn check<T>(env: &Env, event: &Value, key: &str, expected: T)
-where
-    Value: PartialEq<T>,
-    T: std::fmt::Debug,
-{
-    let actual = if key.starts_with('/') {
-        event.pointer(key).unwrap_or(&Value::Null)
-    } else {
-        &event[key]
-    };
-    assert!(
-        *actual == expected,
-        "{key}: expected {expected:?}, got {actual}\nevent: {event}\n{}",
-        env.diagnostics()
-    );
-}
+use nprot_tests::check_field as check;
 
 /// Checks the fields every flow event from the client namespace carries.
 #[track_caller]

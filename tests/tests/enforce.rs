@@ -53,25 +53,7 @@ fn absent(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// Asserts `ev[key] == expected` (`key` may be a JSON pointer), showing the event and
-/// everything logged otherwise.
-#[track_caller]
-fn check<T>(env: &Env, event: &Value, key: &str, expected: T)
-where
-    Value: PartialEq<T>,
-    T: std::fmt::Debug,
-{
-    let actual = if key.starts_with('/') {
-        event.pointer(key).unwrap_or(&Value::Null)
-    } else {
-        &event[key]
-    };
-    assert!(
-        *actual == expected,
-        "{key}: expected {expected:?}, got {actual}\nevent: {event}\n{}",
-        env.diagnostics()
-    );
-}
+use nprot_tests::check_field as check;
 
 /// The event of type `action` for the flow from `local_port`.
 fn action_for(action: &str, local_port: u16) -> impl Fn(&Value) -> bool + '_ {
