@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Record, Sensor},
+    capture::{self, Record, Sensor},
     control::{self, Request, Response},
     events::{
         EventFactory, monotonic_ns,
@@ -223,6 +223,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         started: Instant::now(),
     };
 
+    daemon.refresh_local_addrs();
     set_realtime(daemon.opts.rt_priority);
     let mut tick = interval(DRAIN);
     let mut ticks = 0u32;
@@ -278,7 +279,15 @@ impl Daemon {
         self.fanout.publish(&mut self.pipeline.events);
     }
 
+    fn refresh_local_addrs(&mut self) {
+        match capture::local_addrs() {
+            Ok(addrs) => self.pipeline.set_local_addrs(addrs),
+            Err(e) => warn!("cannot list this host's addresses: {e}"),
+        }
+    }
+
     fn housekeeping(&mut self) {
+        self.refresh_local_addrs();
         self.pipeline
             .expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
         if let Ok(k) = self.sensor.kernel_stats() {

@@ -3,7 +3,7 @@
 //! Pure logic over decoded [`Record`]s, so that the live daemon, offline replay and unit
 //! tests drive the same code. The kernel side is reached only through [`VerdictTarget`].
 
-use std::sync::Arc;
+use std::{collections::HashSet, net::IpAddr, sync::Arc};
 
 use nprot_common::{FlowKey, RecordKind, Verdict};
 
@@ -59,6 +59,8 @@ pub struct Pipeline {
     stats: PipelineStats,
     /// Kernel capture of the deciding bytes → verdict written, in ns.
     pub verdict_latency: Histogram,
+    /// This host's addresses, to tell inbound from forwarded flows (`None`: unknown).
+    local_addrs: Option<HashSet<IpAddr>>,
     /// Kernel capture of a payload segment → its record in user space, in ns: the part
     /// of the verdict latency spent waking the daemon.
     pub wake_latency: Histogram,
@@ -84,7 +86,13 @@ impl Pipeline {
             stats: PipelineStats::default(),
             verdict_latency: Histogram::default(),
             wake_latency: Histogram::default(),
+            local_addrs: None,
         }
+    }
+
+    /// Tells the pipeline this host's addresses (refreshed as interfaces change).
+    pub fn set_local_addrs(&mut self, addrs: HashSet<IpAddr>) {
+        self.local_addrs = Some(addrs);
     }
 
     /// Switches the enforcement mode for the flows decided from now on.
@@ -113,7 +121,7 @@ impl Pipeline {
     /// Handles one kernel record.
     pub fn on_record(&mut self, rec: &Record<'_>, verdicts: &mut dyn VerdictTarget) {
         self.stats.records += 1;
-        let ends = flow_ends(rec);
+        let ends = flow_ends(rec, self.local_addrs.as_ref());
         match rec.kind {
             RecordKind::Established => {
                 let ev = self
@@ -268,16 +276,20 @@ impl Pipeline {
     }
 }
 
-fn flow_ends(rec: &Record<'_>) -> FlowEnds {
+/// A flow's ends; `local` are this host's addresses, when known (not in replay).
+fn flow_ends(rec: &Record<'_>, local: Option<&HashSet<IpAddr>>) -> FlowEnds {
     let t = &rec.tuple;
+    let server = ip_addr(t.family, &t.server_addr);
+    // A SYN that came in through an ingress hook is inbound only if it was for us.
+    let direction = match (rec.outbound, local) {
+        (true, _) => Direction::Outbound,
+        (false, Some(local)) if !local.contains(&server) => Direction::Forwarded,
+        (false, _) => Direction::Inbound,
+    };
     FlowEnds {
         client: (ip_addr(t.family, &t.client_addr), t.client_port),
-        server: (ip_addr(t.family, &t.server_addr), t.server_port),
-        direction: if rec.outbound {
-            Direction::Outbound
-        } else {
-            Direction::Inbound
-        },
+        server: (server, t.server_port),
+        direction,
     }
 }
 
@@ -480,5 +492,64 @@ mod tests {
         p.on_record(&record(RecordKind::Payload, 100, &REQUEST[..10]), &mut v);
         assert_eq!(p.expire(1_000 + 10, 5), 1);
         assert_eq!(p.stats().gave_up, 2);
+    }
+}
+
+#[cfg(test)]
+mod direction_tests {
+    use std::collections::HashSet;
+
+    use nprot_common::{FlowTuple, RecordKind};
+
+    use super::flow_ends;
+    use crate::{
+        capture::{Record, raw_addr},
+        events::Direction,
+    };
+
+    fn inbound_syn() -> Record<'static> {
+        let (family, client_addr) = raw_addr("198.18.1.1".parse().unwrap());
+        let (_, server_addr) = raw_addr("198.18.2.2".parse().unwrap());
+        Record {
+            kind: RecordKind::Established,
+            tuple: FlowTuple {
+                client_addr,
+                server_addr,
+                client_port: 40000,
+                server_port: 443,
+                family,
+                _pad: [0; 3],
+            },
+            ts_ns: 0,
+            outbound: false,
+            seq: 0,
+            client_data_seq: 0,
+            payload: b"",
+            truncated: false,
+            budget_spent: false,
+            socket_cookie: 0,
+            ifindex: 1,
+        }
+    }
+
+    #[test]
+    fn ingress_syn_is_inbound_only_when_the_server_is_this_host() {
+        let rec = inbound_syn();
+        let server: HashSet<_> = ["198.18.2.2".parse().unwrap()].into();
+        let other: HashSet<_> = ["198.18.1.254".parse().unwrap()].into();
+        assert_eq!(flow_ends(&rec, Some(&server)).direction, Direction::Inbound);
+        assert_eq!(
+            flow_ends(&rec, Some(&other)).direction,
+            Direction::Forwarded
+        );
+        assert_eq!(flow_ends(&rec, None).direction, Direction::Inbound);
+        let outbound = Record {
+            outbound: true,
+            ..inbound_syn()
+        };
+        assert_eq!(
+            flow_ends(&outbound, Some(&other)).direction,
+            Direction::Outbound
+        );
     }
 }

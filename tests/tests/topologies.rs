@@ -117,17 +117,16 @@ impl Sides {
         }
     }
 
-    /// A flow whose SYN reached the guarded interface through its ingress hook — a
-    /// forwarded flow arriving from the client included. docs/decisions.md ("Local vs
-    /// remote"): the SYN did not leave through an egress hook, so the server is local
-    /// and the direction is `Inbound`.
+    /// A flow routed through the sensor's host (its SYN came in through an ingress hook
+    /// and was for neither of the host's addresses): the client is reported local, the
+    /// server remote, and the direction is `Forwarded` (docs/decisions.md).
     fn syn_on_ingress(client: SocketAddr, server: SocketAddr) -> Sides {
         Sides {
-            local_ip: server.ip(),
-            local_port: server.port(),
-            remote_ip: client.ip(),
-            remote_port: client.port(),
-            direction: "Inbound",
+            local_ip: client.ip(),
+            local_port: client.port(),
+            remote_ip: server.ip(),
+            remote_port: server.port(),
+            direction: "Forwarded",
         }
     }
 }

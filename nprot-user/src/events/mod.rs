@@ -56,8 +56,10 @@ impl ActionType {
 pub enum Direction {
     /// The client is on this side (its SYN left through an egress hook).
     Outbound,
-    /// The client is on the far side.
+    /// The client is on the far side and the server is this host.
     Inbound,
+    /// Neither end is this host: a flow routed (or bridged) through it.
+    Forwarded,
 }
 
 /// Per-action details, the `AdditionalFields` column.
@@ -131,9 +133,11 @@ pub struct FlowEnds {
 
 impl FlowEnds {
     fn local_remote(&self) -> ((IpAddr, u16), (IpAddr, u16)) {
+        // Local is this host's side: the server for inbound flows, else the client, so
+        // that RemoteIP and RemoteUrl name the destination as a SOC's hunts expect.
         match self.direction {
-            Direction::Outbound => (self.client, self.server),
             Direction::Inbound => (self.server, self.client),
+            Direction::Outbound | Direction::Forwarded => (self.client, self.server),
         }
     }
 }
