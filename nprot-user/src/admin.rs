@@ -143,15 +143,28 @@ pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
             let data = send(&client, &Request::IndicatorList)?;
             println!("{}", serde_json::to_string_pretty(&data)?);
         }
-        IndicatorCommand::Import { file, client } => {
+        IndicatorCommand::Import {
+            file,
+            list_action,
+            client,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
+            let ext = file
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            let format = match ext.as_deref() {
+                Some("json") => "json",
+                Some("csv") => "csv",
+                _ => "list",
+            };
             let data = send(
                 &client,
                 &Request::IndicatorImport {
-                    format: "json".into(),
+                    format: format.into(),
                     text,
-                    action: None,
+                    action: Some(list_action),
                 },
             )?;
             print(&client, &data, report_added);

@@ -41,43 +41,50 @@ pub enum Command {
 /// Arguments of `nprot run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Interface to guard (repeat for several).
-    #[arg(short, long = "interface", value_name = "IF", required = true)]
+    /// Configuration file (TOML, docs/config.md); flags override its keys. Without this
+    /// flag /etc/nprot/nprot.toml is read if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to guard (repeat for several); replaces the config's `interfaces`.
+    #[arg(short, long = "interface", value_name = "IF")]
     pub interfaces: Vec<String>,
-    /// Append events (JSON lines) to FILE instead of writing them to stdout.
+    /// Append events (JSON lines) to FILE instead of the configured sinks or stdout.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
     /// Network-protection level: disabled (no inspection), audit (log only), block.
-    /// Without it, the mode last set by `nprot mode` (else audit).
+    /// Without it, the mode last set by `nprot mode`, else the config's (else audit).
     #[arg(long, value_name = "MODE")]
     pub mode: Option<Mode>,
-    /// Indicators to enforce (JSON, DESIGN §5; repeat for several); reloaded on SIGHUP.
-    /// The sensor does not start if one is invalid.
+    /// Indicators to enforce (JSON, Defender CSV, or a plain list of domains/IPs/CIDRs
+    /// blocked; repeat for several); replaces the config's; reloaded on SIGHUP. The sensor
+    /// does not start if one is invalid.
     #[arg(long, value_name = "FILE")]
     pub indicators: Vec<PathBuf>,
-    /// Where run-time changes (mode, indicators added by the CLI) are kept.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/nprot")]
-    pub state_dir: PathBuf,
-    /// The root-only control socket the CLI talks to.
-    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
-    pub control_socket: PathBuf,
-    /// A device group this sensor belongs to (repeat for several).
+    /// Where run-time changes (mode, indicators added by the CLI) are kept
+    /// [config: state_dir, default /var/lib/nprot].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The root-only control socket the CLI talks to
+    /// [config: control_socket, default /run/nprot/control.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// A device group this sensor belongs to (repeat for several); adds to the config's.
     #[arg(long = "device-group", value_name = "GROUP")]
     pub device_groups: Vec<String>,
-    /// Release a flow whose verdict takes longer than this (fail-open), in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 500)]
-    pub verdict_timeout_ms: u64,
+    /// Release a flow whose verdict takes longer than this (fail-open), in milliseconds
+    /// [config: verdict_timeout_ms, default 500].
+    #[arg(long, value_name = "MS")]
+    pub verdict_timeout_ms: Option<u64>,
     /// SCHED_FIFO priority of the verdict loop (1-99; 0 keeps normal scheduling). The
     /// verdict must beat the server's answer, so the daemon must run the moment a record
-    /// arrives, whatever else the host is doing.
-    #[arg(long, value_name = "PRIO", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=99))]
-    pub rt_priority: u8,
+    /// arrives, whatever else the host is doing [config: rt_priority, default 10].
+    #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub rt_priority: Option<u8>,
     /// On exit, write counters and verdict-latency percentiles to FILE (JSON).
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
 }
 
-/// Arguments of `nprot replay`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// Capture file (pcap or pcapng); `-` reads standard input.
@@ -138,9 +145,13 @@ pub enum IndicatorCommand {
     },
     /// List the indicators in force.
     List(ClientArgs),
-    /// Import a JSON indicator file (all entries or none).
+    /// Import an indicator file (all entries or none): JSON, Defender CSV (`.csv`), or a
+    /// plain list / hosts file (anything else) whose entries get `--list-action`.
     Import {
         file: PathBuf,
+        /// Action for the entries of a plain list.
+        #[arg(long, default_value = "Block")]
+        list_action: String,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -20,17 +20,15 @@ use tokio::{
 
 use crate::{
     capture::{self, Record, Sensor},
+    cli::RunArgs,
+    config::{self, Config},
     control::{self, Request, Response},
     events::{
         EventFactory, monotonic_ns,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
     pipeline::{Pipeline, PipelineStats, VerdictTarget},
-    policy::{
-        Policy,
-        indicator::{self, Indicators},
-        load_json,
-    },
+    policy::{self, Action, Indicators, Policy, load_json},
     state::State,
     stats::LatencySummary,
     verdict::Mode,
@@ -43,7 +41,7 @@ const DRAIN: Duration = Duration::from_millis(50);
 /// How often counters are checked and idle streams expired, in drain ticks.
 const HOUSEKEEPING_TICKS: u32 = 20;
 
-/// What `nprot run` was asked to do.
+/// What `nprot run` was asked to do: the config file with the flags laid over it.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Interfaces to guard.
@@ -52,8 +50,11 @@ pub struct RunOptions {
     pub events: Option<PathBuf>,
     /// Network-protection level given on the command line; it wins over the saved one.
     pub mode: Option<Mode>,
-    /// Indicator files (JSON), loaded at start and on SIGHUP.
-    pub indicators: Vec<PathBuf>,
+    /// The config file's mode, used when neither a flag nor `nprot mode` set one.
+    pub config_mode: Mode,
+    /// Indicator files and the action their plain-list entries get; loaded at start and
+    /// on SIGHUP.
+    pub indicators: Vec<(PathBuf, Action)>,
     /// Device groups this sensor belongs to.
     pub device_groups: Vec<String>,
     /// Fail-open bound on a pending verdict.
@@ -66,6 +67,70 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// The root-only control socket.
     pub control_socket: PathBuf,
+    /// The config file read at start, re-read on SIGHUP.
+    pub config_file: Option<PathBuf>,
+    /// Indicator files came from `--indicators`, not the config.
+    pub indicators_from_flags: bool,
+    /// Device groups given with `--device-group`, added to the config's.
+    pub extra_device_groups: Vec<String>,
+}
+
+impl RunOptions {
+    /// Lays the flags of `nprot run` over the config file (`--config`, else the default
+    /// path if it exists, else built-in defaults).
+    pub fn from_args(args: RunArgs) -> anyhow::Result<RunOptions> {
+        let config_file = match args.config {
+            Some(path) => Some(path),
+            None => Some(PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
+        };
+        let config = match &config_file {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        let indicators_from_flags = !args.indicators.is_empty();
+        let extra_device_groups = args.device_groups.clone();
+        let interfaces = if args.interfaces.is_empty() {
+            config.interfaces.clone()
+        } else {
+            args.interfaces
+        };
+        if interfaces.is_empty() {
+            anyhow::bail!(
+                "no interface to guard: pass --interface IF or set `interfaces` in the config"
+            );
+        }
+        let indicators = if args.indicators.is_empty() {
+            config
+                .indicator_files()
+                .map(|(p, a)| (p.to_owned(), a))
+                .collect()
+        } else {
+            args.indicators
+                .into_iter()
+                .map(|p| (p, config.list_action))
+                .collect()
+        };
+        let mut device_groups = config.device_groups.clone();
+        device_groups.extend(args.device_groups);
+        Ok(RunOptions {
+            interfaces,
+            events: args.events.or(config.events.file.clone()),
+            mode: args.mode,
+            config_mode: config.mode,
+            indicators,
+            device_groups,
+            verdict_timeout: Duration::from_millis(
+                args.verdict_timeout_ms.unwrap_or(config.verdict_timeout_ms),
+            ),
+            stats: args.stats,
+            rt_priority: args.rt_priority.unwrap_or(config.rt_priority),
+            state_dir: args.state_dir.unwrap_or(config.state_dir),
+            control_socket: args.control_socket.unwrap_or(config.control_socket),
+            config_file,
+            indicators_from_flags,
+            extra_device_groups,
+        })
+    }
 }
 
 /// What the sensor did, as written by `--stats` on exit and answered to `nprot stats`.
@@ -90,12 +155,12 @@ impl VerdictTarget for Sensor {
     }
 }
 
-/// Loads the indicator files; all of them or none.
-fn load_files(paths: &[PathBuf]) -> anyhow::Result<Indicators> {
+/// Loads the indicator files (JSON, CSV or lists); all of them or none.
+fn load_files(files: &[(PathBuf, Action)]) -> anyhow::Result<Indicators> {
     let mut all = Indicators::new();
-    for path in paths {
+    for (path, list_action) in files {
         let started = Instant::now();
-        let loaded = indicator::load_file(path)?;
+        let loaded = policy::load_any(path, *list_action)?;
         for warning in &loaded.warnings {
             warn!("{}: {warning}", path.display());
         }
@@ -174,7 +239,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     // Bad indicator files or state stop the start: no sensor with half a policy.
     let state = State::load(&opts.state_dir)?;
-    let mode = opts.mode.or(state.mode).unwrap_or_default();
+    let mode = opts.mode.or(state.mode).unwrap_or(opts.config_mode);
     let load_started = Instant::now();
     let file_indicators = load_files(&opts.indicators)?;
     let policy = Policy::new(state.merged(&file_indicators)?, &opts.device_groups);
@@ -375,10 +440,17 @@ impl Daemon {
         format: &str,
         list_action: Option<&str>,
     ) -> Result<Value, String> {
-        let loaded = match (format, list_action) {
-            ("json", _) => load_json(text).map_err(|e| e.to_string())?,
-            (other, _) => return Err(format!("unknown indicator format '{other}'")),
+        let list_action = match list_action {
+            Some(a) => Action::from_name(a).ok_or_else(|| format!("unknown action '{a}'"))?,
+            None => Action::Block,
         };
+        let loaded = match format {
+            "json" => load_json(text),
+            "csv" => policy::load_defender_csv(text),
+            "list" => policy::load_list(text, list_action),
+            other => return Err(format!("unknown indicator format '{other}'")),
+        }
+        .map_err(|e| e.to_string())?;
         let indicators: Vec<_> = loaded.indicators.iter().map(|i| i.to_indicator()).collect();
         let count = indicators.len();
         let mut next = self.state.clone();
@@ -413,13 +485,35 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGHUP: reloads the indicator files; a bad file keeps the running policy.
+    /// SIGHUP: re-reads the config file (indicator sources, device groups, mode) and the
+    /// indicator files. Anything invalid keeps the running state and says why.
     fn reload(&mut self) {
         let started = Instant::now();
-        let result = load_files(&self.opts.indicators).and_then(|files| {
+        let mut opts = self.opts.clone();
+        let result = (|| -> anyhow::Result<(Indicators, Policy)> {
+            if let Some(path) = &opts.config_file {
+                let config = Config::load(path)?;
+                if config.interfaces != opts.interfaces
+                    || config.state_dir != opts.state_dir
+                    || config.control_socket != opts.control_socket
+                {
+                    warn!("interfaces, state_dir and control_socket change only on restart");
+                }
+                if !opts.indicators_from_flags {
+                    opts.indicators = config
+                        .indicator_files()
+                        .map(|(p, a)| (p.to_owned(), a))
+                        .collect();
+                }
+                opts.device_groups = config.device_groups.clone();
+                opts.device_groups
+                    .extend(opts.extra_device_groups.iter().cloned());
+                opts.config_mode = config.mode;
+            }
+            let files = load_files(&opts.indicators)?;
             let merged = self.state.merged(&files)?;
-            Ok((files, Policy::new(merged, &self.opts.device_groups)))
-        });
+            Ok((files, Policy::new(merged, &opts.device_groups)))
+        })();
         match result {
             Ok((files, policy)) => {
                 self.file_indicators = files;
@@ -429,6 +523,18 @@ impl Daemon {
                     started.elapsed()
                 );
                 self.pipeline.set_policy(Arc::new(policy));
+                let mode = opts.mode.or(self.state.mode).unwrap_or(opts.config_mode);
+                self.opts = opts;
+                if mode != self.mode {
+                    match self.sensor.configure(kernel_config(mode, &self.opts)) {
+                        Ok(()) => {
+                            self.mode = mode;
+                            self.pipeline.set_mode(mode);
+                            info!("mode set to {mode} by the config");
+                        }
+                        Err(e) => warn!("mode from the config not applied: {e}"),
+                    }
+                }
             }
             Err(e) => warn!("reload refused, the running policy stays: {e:#}"),
         }

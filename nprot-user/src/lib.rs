@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod events;

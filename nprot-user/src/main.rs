@@ -1,6 +1,6 @@
 //! The `nprot` binary.
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use clap::Parser as _;
 use nprot::{
@@ -16,18 +16,7 @@ fn main() -> ExitCode {
         .target(env_logger::Target::Stderr)
         .init();
     let result = match cli.command {
-        Command::Run(args) => run_daemon(RunOptions {
-            interfaces: args.interfaces,
-            events: args.events,
-            mode: args.mode,
-            indicators: args.indicators,
-            device_groups: args.device_groups,
-            verdict_timeout: Duration::from_millis(args.verdict_timeout_ms),
-            stats: args.stats,
-            rt_priority: args.rt_priority,
-            state_dir: args.state_dir,
-            control_socket: args.control_socket,
-        }),
+        Command::Run(args) => RunOptions::from_args(args).and_then(run_daemon),
         Command::Status(c) => admin::status(&c),
         Command::Stats(c) => admin::stats(&c),
         Command::Mode { mode, client } => admin::mode(&client, mode),

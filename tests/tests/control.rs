@@ -215,3 +215,54 @@ fn sighup_reloads_files_and_a_bad_file_keeps_the_running_policy() {
     );
     assert_passes(&env, &curl_bad(&env));
 }
+
+/// A Defender CSV with a bad row is refused naming the line, and nothing of it applies;
+/// the corrected file blocks.
+#[test]
+fn defender_csv_import_is_all_or_nothing() {
+    let env = Env::start_enforcing("block", &[], &[]).expect("env");
+    let sock = socket(&env);
+    let header = "IndicatorType,IndicatorValue,ExpirationTime,Action,Severity,Title,Description,\
+                  RecommendedActions,RbacGroups,Category,MitreTechniques,GenerateAlert";
+    let good_row = "DomainName,bad.example,2099-01-01T00:00:00Z,Block,High,\"Bad, really\",\
+                    Seen in phishing,Block it,,Phishing,T1566,TRUE";
+    let bad = env.dir().join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!("{header}\r\n{good_row}\r\nDomainName,x.example,,Blok,,,,,,,,\r\n"),
+    )
+    .expect("write");
+    let out = nprot(&sock, &["indicator", "import", &bad.to_string_lossy()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("Blok"), "{err}");
+    assert_passes(&env, &curl_bad(&env));
+
+    let good = env.dir().join("good.csv");
+    std::fs::write(&good, format!("{header}\r\n{good_row}\r\n")).expect("write");
+    let added = nprot_ok(&sock, &["indicator", "import", &good.to_string_lossy()]);
+    assert!(added.contains("added 1"), "{added}");
+    assert_reset(&env, &curl_bad(&env));
+}
+
+/// A sensor configured by file alone: mode and a plain-list indicator file from the TOML.
+#[test]
+fn config_file_sets_mode_and_indicator_lists() {
+    let mut env = Env::start_without_sensor().expect("env");
+    let list = env.dir().join("blocked.txt");
+    std::fs::write(&list, "# blocked names\n0.0.0.0 bad.example\n").expect("write");
+    let config = env.dir().join("nprot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "mode = \"block\"\nindicators = [\"{}\"]\nrt_priority = 0\n",
+            list.display()
+        ),
+    )
+    .expect("write");
+    env.start_sensor(&["--config", &config.to_string_lossy()])
+        .expect("sensor from config");
+    assert_reset(&env, &curl_bad(&env));
+    let status = nprot_ok(&socket(&env), &["status", "--json"]);
+    assert!(status.contains("\"mode\":\"Block\""), "{status}");
+}
