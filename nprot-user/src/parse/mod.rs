@@ -11,8 +11,9 @@
 pub mod http;
 pub mod tls;
 
-#[cfg(test)]
-mod testdata;
+/// ClientHello builder for tests and benchmarks (not part of the API).
+#[doc(hidden)]
+pub mod testdata;
 
 /// What the first client bytes of a flow turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! Test-only builder of TLS ClientHello records, written byte by byte so that tests do
-//! not depend on the parser they check.
+//! Builder of TLS ClientHello records for tests and benchmarks, written byte by byte so
+//! that tests do not depend on the parser they check.
 
 /// Named group X25519 (RFC 8446).
 pub const X25519: u16 = 0x001d;
