@@ -173,9 +173,66 @@ pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `nprot bypass TARGET --for DURATION`.
+pub fn bypass(client: &ClientArgs, target: &str, duration: &str) -> anyhow::Result<()> {
+    let for_secs = parse_duration(duration)?;
+    let data = send(
+        client,
+        &Request::Bypass {
+            target: target.to_owned(),
+            for_secs,
+        },
+    )?;
+    print(client, &data, |d| {
+        println!(
+            "{target} allowed until {} (bypassing Warn indicator {})",
+            d["until"].as_str().unwrap_or("?"),
+            d["warned_by"].as_str().unwrap_or("?")
+        );
+    });
+    Ok(())
+}
+
+/// `90s`, `30m`, `24h`, `7d` or plain seconds.
+fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("bad duration '{text}': expected e.g. 90s, 30m, 24h, 7d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => bail!("bad duration unit '{other}' in '{text}': use s, m, h or d"),
+    };
+    n.checked_mul(scale)
+        .filter(|&s| s > 0)
+        .with_context(|| format!("duration '{text}' must be positive and not absurdly long"))
+}
+
 fn report_added(d: &Value) {
     println!("added {}, replaced {}", d["added"], d["replaced"]);
     for w in d["warnings"].as_array().into_iter().flatten() {
         println!("warning: {}", w.as_str().unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("30m").unwrap(), 1800);
+        assert_eq!(parse_duration("24h").unwrap(), 86_400);
+        assert_eq!(parse_duration("7d").unwrap(), 604_800);
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
     }
 }

@@ -33,6 +33,16 @@ pub enum Command {
     /// Manage the running sensor's indicators (persisted).
     #[command(subcommand)]
     Indicator(IndicatorCommand),
+    /// Allow a target that a Warn indicator resets, for a while (persisted, logged).
+    Bypass {
+        /// The warned domain, URL or IP address.
+        target: String,
+        /// How long: e.g. 90s, 30m, 24h, 7d.
+        #[arg(long = "for", value_name = "DURATION", default_value = "24h")]
+        duration: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Replay a capture file (pcap or pcapng, e.g. from `tcpdump -w`) through the same
     /// inspection and policy, printing the events as JSON lines on stdout.
     Replay(ReplayArgs),

@@ -39,6 +39,8 @@ pub enum Request {
     IndicatorRemove { ids: Vec<String> },
     /// List every indicator in force (files and run-time ones).
     IndicatorList,
+    /// Allow a target that a Warn indicator resets, for `for_secs`.
+    Bypass { target: String, for_secs: u64 },
     /// Import a file's content: `format` is json, csv or list.
     IndicatorImport {
         format: String,

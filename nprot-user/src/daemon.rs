@@ -1,9 +1,10 @@
 //! The sensor daemon: capture → reassembly/parse → events, driven by one tokio task.
 
 use std::{
+    net::IpAddr,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -23,12 +24,15 @@ use crate::{
     cli::RunArgs,
     config::{self, Config},
     control::{self, Request, Response},
+    events::rfc3339_micros,
     events::{
         EventFactory, monotonic_ns,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
     pipeline::{Pipeline, PipelineStats, VerdictTarget},
-    policy::{self, Action, Indicators, Policy, load_json},
+    policy::{
+        self, Action, Indicator, IndicatorType, Indicators, Policy, Subject, Target, load_json,
+    },
     state::State,
     stats::LatencySummary,
     verdict::Mode,
@@ -409,6 +413,7 @@ impl Daemon {
                 action,
             } => self.add_indicators(&text, &format, action.as_deref()),
             Request::IndicatorRemove { ids } => self.remove_indicators(&ids),
+            Request::Bypass { target, for_secs } => self.bypass(&target, for_secs),
             Request::IndicatorList => {
                 serde_json::to_value(self.pipeline.policy().indicators()).map_err(|e| e.to_string())
             }
@@ -458,6 +463,70 @@ impl Daemon {
         self.apply_state(next)?;
         info!("{count} indicators added or replaced through the control socket");
         Ok(json!({ "added": added, "replaced": count - added, "warnings": loaded.warnings }))
+    }
+
+    /// `nprot bypass`: an Allowed indicator for `target` that expires after `for_secs`.
+    /// Allowed beats Warn among equally specific indicators, so the warned target passes
+    /// until then; a target that is blocked, not warned, cannot be bypassed.
+    fn bypass(&mut self, target: &str, for_secs: u64) -> Result<Value, String> {
+        let kind = if target.contains("://") {
+            IndicatorType::Url
+        } else if target.parse::<IpAddr>().is_ok() || target.contains('/') {
+            IndicatorType::IpAddress
+        } else {
+            IndicatorType::DomainName
+        };
+        let mut allow = Indicator::new(kind, target, Action::Allowed).map_err(|e| e.to_string())?;
+        let subject_host;
+        let subject = match &allow.target {
+            Target::Ip(net) => Subject {
+                ip: net.addr,
+                host: None,
+                http_path: None,
+            },
+            Target::Domain(d) => {
+                subject_host = d.clone();
+                Subject {
+                    ip: IpAddr::from([0u8, 0, 0, 0]),
+                    host: Some(&subject_host),
+                    http_path: None,
+                }
+            }
+            Target::Url { host, path, https } => Subject {
+                ip: IpAddr::from([0u8, 0, 0, 0]),
+                host: Some(host),
+                http_path: (!https).then_some(path.as_str()),
+            },
+        };
+        let now = SystemTime::now();
+        let policy = self.pipeline.policy();
+        let warned_by = match policy.decide(&subject, now).winner {
+            Some(w) if w.action() == Action::Warn => (w.id().to_owned(), w.value().to_owned()),
+            Some(w) => {
+                return Err(format!(
+                    "{target} is not warned but decided by {:?} indicator {}; only Warn indicators can be bypassed",
+                    w.action(),
+                    w.id()
+                ));
+            }
+            None => return Err(format!("no Warn indicator matches {target}")),
+        };
+        let until = now + Duration::from_secs(for_secs);
+        allow.id = format!("bypass:{target}");
+        allow.expiration = Some(until);
+        allow.title = Some(format!("bypass of {}", warned_by.0));
+        let mut next = self.state.clone();
+        next.upsert(vec![allow]);
+        self.apply_state(next)?;
+        let id = format!("bypass:{target}");
+        self.pipeline
+            .log(|f| f.bypass(target, (&warned_by.0, &warned_by.1), &id, until));
+        self.fanout.publish(&mut self.pipeline.events);
+        info!(
+            "{target} bypassed for {for_secs} s (Warn indicator {})",
+            warned_by.0
+        );
+        Ok(json!({ "id": id, "until": rfc3339_micros(until), "warned_by": warned_by.0 }))
     }
 
     fn remove_indicators(&mut self, ids: &[String]) -> Result<Value, String> {

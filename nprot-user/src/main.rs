@@ -21,6 +21,11 @@ fn main() -> ExitCode {
         Command::Stats(c) => admin::stats(&c),
         Command::Mode { mode, client } => admin::mode(&client, mode),
         Command::Indicator(cmd) => admin::indicator(cmd),
+        Command::Bypass {
+            target,
+            duration,
+            client,
+        } => admin::bypass(&client, &target, &duration),
         Command::Replay(args) => replay::run(&ReplayOptions {
             file: args.file,
             indicators: args.indicators,

@@ -90,6 +90,12 @@ impl Pipeline {
         }
     }
 
+    /// Queues an event that concerns no flow (the control plane's), built by `make`.
+    pub fn log(&mut self, make: impl FnOnce(&mut EventFactory) -> Event) {
+        let ev = make(&mut self.factory);
+        self.events.push(ev);
+    }
+
     /// Tells the pipeline this host's addresses (refreshed as interfaces change).
     pub fn set_local_addrs(&mut self, addrs: HashSet<IpAddr>) {
         self.local_addrs = Some(addrs);

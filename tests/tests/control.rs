@@ -266,3 +266,46 @@ fn config_file_sets_mode_and_indicator_lists() {
     let status = nprot_ok(&socket(&env), &["status", "--json"]);
     assert!(status.contains("\"mode\":\"Block\""), "{status}");
 }
+
+/// Warn resets in block mode until the operator bypasses it; the bypass is logged and a
+/// Block indicator cannot be bypassed.
+#[test]
+fn bypass_lets_a_warned_target_through_and_is_logged() {
+    let env = Env::start_enforcing(
+        "block",
+        &[
+            indicator("w", "DomainName", "warn.example", "Warn"),
+            indicator("b", "DomainName", "bad.example", "Block"),
+        ],
+        &[],
+    )
+    .expect("env");
+    let sock = socket(&env);
+    let warn = || {
+        env.curl_https_any("warn.example", 443, false, "/")
+            .expect("curl")
+    };
+    assert_reset(&env, &warn());
+    let out = nprot_ok(&sock, &["bypass", "warn.example", "--for", "1h"]);
+    assert!(out.contains("bypassing Warn indicator w"), "{out}");
+    assert_passes(&env, &warn());
+    env.events()
+        .wait_for_described(
+            "a bypass event",
+            |e| {
+                nprot_tests::ev::is(e, "NetworkProtectionUserBypassEvent")
+                    && e["AdditionalFields"]["IndicatorId"] == "w"
+                    && e["RemoteUrl"] == "warn.example"
+                    && e.get("LocalIP").is_none()
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let refused = nprot(&sock, &["bypass", "bad.example"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only Warn indicators can be bypassed")
+    );
+    assert_reset(&env, &curl_bad(&env));
+}

@@ -39,13 +39,16 @@ pub enum ActionType {
     ExploitGuardNetworkProtectionBlocked,
     /// An indicator would have blocked the flow (audit mode), or an Audit indicator matched.
     ExploitGuardNetworkProtectionAudited,
+    /// The operator bypassed a Warn indicator for a while (`nprot bypass`).
+    NetworkProtectionUserBypassEvent,
 }
 
 impl ActionType {
     fn table(self) -> Table {
         match self {
             ActionType::ExploitGuardNetworkProtectionBlocked
-            | ActionType::ExploitGuardNetworkProtectionAudited => Table::DeviceEvents,
+            | ActionType::ExploitGuardNetworkProtectionAudited
+            | ActionType::NetworkProtectionUserBypassEvent => Table::DeviceEvents,
             _ => Table::DeviceNetworkEvents,
         }
     }
@@ -90,6 +93,14 @@ pub enum AdditionalFields {
         ech: bool,
         direction: Direction,
     },
+    /// `NetworkProtectionUserBypassEvent`.
+    #[serde(rename_all = "PascalCase")]
+    Bypass {
+        indicator_id: String,
+        indicator_value: String,
+        bypass_id: String,
+        bypass_until: String,
+    },
     /// `HttpConnectionInspected`.
     Http {
         method: String,
@@ -110,6 +121,19 @@ pub struct Event {
     pub action_type: ActionType,
     pub device_name: Arc<str>,
     pub device_id: Arc<str>,
+    /// The flow's columns; absent on events about no flow (a bypass granted).
+    #[serde(flatten)]
+    pub flow: Option<FlowColumns>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_url: Option<String>,
+    pub additional_fields: AdditionalFields,
+    pub report_id: u64,
+}
+
+/// The connection columns of a flow event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FlowColumns {
     #[serde(rename = "LocalIP")]
     pub local_ip: IpAddr,
     pub local_port: u16,
@@ -117,10 +141,6 @@ pub struct Event {
     pub remote_ip: IpAddr,
     pub remote_port: u16,
     pub protocol: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote_url: Option<String>,
-    pub additional_fields: AdditionalFields,
-    pub report_id: u64,
 }
 
 /// A flow as events describe it: both ends, and which one is local.
@@ -195,11 +215,13 @@ impl EventFactory {
             action_type,
             device_name: self.device_name.clone(),
             device_id: self.device_id.clone(),
-            local_ip,
-            local_port,
-            remote_ip,
-            remote_port,
-            protocol: "Tcp",
+            flow: Some(FlowColumns {
+                local_ip,
+                local_port,
+                remote_ip,
+                remote_port,
+                protocol: "Tcp",
+            }),
             remote_url,
             additional_fields,
             report_id,
@@ -275,6 +297,37 @@ impl EventFactory {
             direction: flow.direction,
         };
         self.event(action_type, ts_ns, flow, remote_url, fields)
+    }
+}
+
+impl EventFactory {
+    /// `NetworkProtectionUserBypassEvent`: `target` is allowed despite the Warn indicator
+    /// `warned_by` (id, value) until `until`. It concerns no flow, so it has no connection columns.
+    pub fn bypass(
+        &mut self,
+        target: &str,
+        warned_by: (&str, &str),
+        bypass_id: &str,
+        until: SystemTime,
+    ) -> Event {
+        let report_id = self.next_report_id;
+        self.next_report_id += 1;
+        Event {
+            timestamp: rfc3339_micros(SystemTime::now()),
+            table: Table::DeviceEvents,
+            action_type: ActionType::NetworkProtectionUserBypassEvent,
+            device_name: self.device_name.clone(),
+            device_id: self.device_id.clone(),
+            flow: None,
+            remote_url: Some(target.to_owned()),
+            additional_fields: AdditionalFields::Bypass {
+                indicator_id: warned_by.0.to_owned(),
+                indicator_value: warned_by.1.to_owned(),
+                bypass_id: bypass_id.to_owned(),
+                bypass_until: rfc3339_micros(until),
+            },
+            report_id,
+        }
     }
 }
 
@@ -394,7 +447,8 @@ mod tests {
             direction: Direction::Inbound,
         };
         let ev = f.connection(ActionType::ConnectionSuccess, 0, &flow);
-        assert_eq!(ev.local_port, 80);
-        assert_eq!(ev.remote_ip.to_string(), "2001:db8:1::9");
+        let flow = ev.flow.unwrap();
+        assert_eq!(flow.local_port, 80);
+        assert_eq!(flow.remote_ip.to_string(), "2001:db8:1::9");
     }
 }
