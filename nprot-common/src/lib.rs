@@ -167,6 +167,10 @@ pub enum Verdict {
     Allow = 1,
     /// Reset the flow in both directions.
     Block = 2,
+    /// Release what is held and keep inspecting the client bytes after
+    /// [`VerdictEntry::decided_seq`]: a forward-proxy connection whose request was allowed
+    /// and whose next request, or the ClientHello inside its tunnel, is still to come.
+    Continue = 3,
 }
 
 impl Verdict {
@@ -175,9 +179,56 @@ impl Verdict {
         match raw {
             1 => Verdict::Allow,
             2 => Verdict::Block,
+            3 => Verdict::Continue,
             _ => Verdict::Pending,
         }
     }
+}
+
+/// A value of the kernel's `VERDICTS` map: a decision and, for [`Verdict::Continue`], how
+/// far into the client's byte stream the daemon has decided.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerdictEntry {
+    /// [`Verdict`] as u8.
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+    /// Client sequence number up to which bytes are decided (Continue only). Client
+    /// segments that end at or before it (a request body being skipped) are neither held
+    /// for nor captured.
+    pub decided_seq: u32,
+}
+
+impl VerdictEntry {
+    /// A final decision.
+    pub fn new(verdict: Verdict) -> VerdictEntry {
+        VerdictEntry {
+            verdict: verdict as u8,
+            _pad: [0; 3],
+            decided_seq: 0,
+        }
+    }
+
+    /// Keep inspecting the client bytes from `decided_seq` on.
+    pub fn continue_after(decided_seq: u32) -> VerdictEntry {
+        VerdictEntry {
+            verdict: Verdict::Continue as u8,
+            _pad: [0; 3],
+            decided_seq,
+        }
+    }
+}
+
+impl From<Verdict> for VerdictEntry {
+    fn from(verdict: Verdict) -> VerdictEntry {
+        VerdictEntry::new(verdict)
+    }
+}
+
+/// TCP sequence order: `a` comes after `b` (RFC 1982 serial arithmetic).
+#[inline(always)]
+pub fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 /// `FlowState::flags`: the client is the `lo` endpoint of the key.
@@ -186,6 +237,9 @@ pub const FLOW_CLIENT_IS_LO: u8 = 1 << 0;
 pub const FLOW_SYN_EGRESS: u8 = 1 << 1;
 /// `FlowState::flags`: the close of this flow was reported.
 pub const FLOW_CLOSE_REPORTED: u8 = 1 << 2;
+/// `FlowState::flags`: the daemon answered [`Verdict::Continue`] at least once; server
+/// payload is held only while client bytes after `decided_seq` await a decision.
+pub const FLOW_CONTINUED: u8 = 1 << 3;
 
 /// Per-flow state in the kernel LRU map.
 #[repr(C)]
@@ -207,9 +261,13 @@ pub struct FlowState {
     pub captured: u32,
     /// Interface on which the SYN was seen.
     pub ifindex: u32,
-    pub _pad: u32,
-    /// Monotonic ns of the client's first payload, 0 before it: the verdict clock.
+    /// Client bytes before this sequence number are decided ([`Verdict::Continue`]).
+    pub decided_seq: u32,
+    /// Monotonic ns of the first client payload awaiting a decision, 0 when none does:
+    /// the verdict clock.
     pub payload_ns: u64,
+    /// Sequence number just past the last client byte captured.
+    pub capture_end_seq: u32,
     /// [`TcpPhase`] as u8.
     pub phase: u8,
     /// [`Inspect`] as u8.
@@ -386,6 +444,7 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for RecordHeader {}
     unsafe impl aya::Pod for SensorConfig {}
+    unsafe impl aya::Pod for VerdictEntry {}
 }
 
 #[cfg(test)]

@@ -24,9 +24,10 @@ mod programs {
     };
     use nprot_common::{
         CAPTURE_SEG_MAX, FAMILY_V4, FAMILY_V6, FLOW_CLIENT_IS_LO, FLOW_CLOSE_REPORTED,
-        FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple, Inspect, MAX_FLOWS, MAX_PENDING_VERDICTS,
-        PayloadRecord, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr, RecordHeader,
-        RecordKind, SensorConfig, TcpPhase, Verdict, stat,
+        FLOW_CONTINUED, FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple, Inspect, MAX_FLOWS,
+        MAX_PENDING_VERDICTS, PayloadRecord, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED,
+        RawAddr, RecordHeader, RecordKind, SensorConfig, TcpPhase, Verdict, VerdictEntry,
+        seq_after, stat,
     };
 
     /// Every TCP flow seen since its SYN.
@@ -35,7 +36,8 @@ mod programs {
 
     /// Decisions written by the daemon, consumed (and removed) by the next packet of the flow.
     #[map]
-    static VERDICTS: HashMap<FlowKey, u8> = HashMap::with_max_entries(MAX_PENDING_VERDICTS, 0);
+    static VERDICTS: HashMap<FlowKey, VerdictEntry> =
+        HashMap::with_max_entries(MAX_PENDING_VERDICTS, 0);
 
     /// Handshake outcomes and captured client payload for the daemon.
     #[map]
@@ -248,16 +250,21 @@ mod programs {
         if unsafe { (*ctx.skb.skb).ifindex } != flow.ifindex {
             return PASS;
         }
-        if let Some(verdict) = unsafe { VERDICTS.get(key) } {
-            flow.verdict = *verdict;
-            flow.inspect = Inspect::Done as u8;
+        if let Some(entry) = unsafe { VERDICTS.get(key) } {
+            let entry = *entry;
             let _ = VERDICTS.remove(key);
             bump(stat::VERDICTS_APPLIED);
-            if flow.verdict == Verdict::Block as u8 {
-                bump(stat::FLOWS_RESET);
-                return reset::<L2>(ctx, pkt, egress);
+            if entry.verdict == Verdict::Continue as u8 {
+                continue_inspection(flow, entry.decided_seq, now);
+            } else {
+                flow.verdict = entry.verdict;
+                flow.inspect = Inspect::Done as u8;
+                if flow.verdict == Verdict::Block as u8 {
+                    bump(stat::FLOWS_RESET);
+                    return reset::<L2>(ctx, pkt, egress);
+                }
+                return PASS;
             }
-            return PASS;
         }
         // Resets are never held: one may carry data (ours do) and must reach the socket
         // at once, e.g. from an upstream nprot that blocked this flow.
@@ -265,6 +272,12 @@ mod programs {
             return PASS;
         }
         if from_client {
+            // Bytes the daemon already decided (a request body it skips) need nothing.
+            if flow.flags & FLOW_CONTINUED != 0
+                && !seq_after(pkt.seq.wrapping_add(pkt.payload_len), flow.decided_seq)
+            {
+                return PASS;
+            }
             if flow.payload_ns == 0 {
                 flow.payload_ns = now;
             }
@@ -275,6 +288,21 @@ mod programs {
         }
     }
 
+    /// Applies [`Verdict::Continue`]: what is held goes, inspection goes on after
+    /// `decided_seq` with a fresh capture budget, and the verdict clock restarts only if
+    /// client bytes past it were captured already (a pipelined request).
+    #[inline(always)]
+    fn continue_inspection(flow: &mut FlowState, decided_seq: u32, now: u64) {
+        flow.flags |= FLOW_CONTINUED;
+        flow.decided_seq = decided_seq;
+        flow.captured = 0;
+        flow.payload_ns = if seq_after(flow.capture_end_seq, decided_seq) {
+            now
+        } else {
+            0
+        };
+    }
+
     /// Server payload of a flow still under inspection is held back while the verdict is
     /// pending, up to the verdict timeout. On ingress it is first requeued into the
     /// device's backlog (it comes back through this program a moment later), so a verdict
@@ -282,8 +310,12 @@ mod programs {
     /// where a redirect cannot requeue, it is dropped and the server retransmits it.
     #[inline(always)]
     fn hold(ctx: &TcContext, flow: &mut FlowState, now: u64, egress: bool) -> i32 {
-        // The server spoke first: not a client-first protocol nprot can judge.
         if flow.payload_ns == 0 {
+            // Nothing awaits a decision on a continued flow: the proxy's answer passes.
+            if flow.flags & FLOW_CONTINUED != 0 {
+                return PASS;
+            }
+            // The server spoke first: not a client-first protocol nprot can judge.
             flow.inspect = Inspect::Done as u8;
             flow.verdict = Verdict::Allow as u8;
             return PASS;
@@ -446,6 +478,7 @@ mod programs {
                 0
             },
             client_data_seq: pkt.seq.wrapping_add(1),
+            capture_end_seq: pkt.seq.wrapping_add(1),
             ifindex: unsafe { (*ctx.skb.skb).ifindex },
             phase: TcpPhase::SynSent as u8,
             inspect: if capture {
@@ -638,6 +671,10 @@ mod programs {
             .is_ok()
         {
             flow.captured += len;
+            let end = pkt.seq.wrapping_add(pkt.payload_len);
+            if seq_after(end, flow.capture_end_seq) {
+                flow.capture_end_seq = end;
+            }
             bump(stat::SEGMENTS_CAPTURED);
         } else {
             bump(stat::RINGBUF_DROPS);

@@ -20,7 +20,7 @@ use aya::{
 use log::{debug, info, warn};
 use nprot_common::{
     FAMILY_V4, FlowKey, FlowTuple, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr,
-    RecordHeader, RecordKind, SensorConfig, Verdict, stat,
+    RecordHeader, RecordKind, SensorConfig, VerdictEntry, stat,
 };
 use thiserror::Error;
 
@@ -97,7 +97,7 @@ impl LinkKind {
 pub struct Sensor {
     // Field order matters for drop: maps first, then the object that owns the links.
     records: Option<RingBuf<MapData>>,
-    verdicts: HashMap<MapData, FlowKey, u8>,
+    verdicts: HashMap<MapData, FlowKey, VerdictEntry>,
     stats: PerCpuArray<MapData, u64>,
     ebpf: Ebpf,
     added_qdiscs: Vec<String>,
@@ -221,9 +221,13 @@ impl Sensor {
     }
 
     /// Tells the kernel the decision for a flow; it takes effect on the flow's next packet.
-    pub fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> Result<(), CaptureError> {
+    pub fn set_verdict(
+        &mut self,
+        key: &FlowKey,
+        verdict: VerdictEntry,
+    ) -> Result<(), CaptureError> {
         self.verdicts
-            .insert(key, verdict as u8, 0)
+            .insert(key, verdict, 0)
             .map_err(|source| CaptureError::Map {
                 map: "VERDICTS",
                 source,

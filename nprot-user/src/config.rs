@@ -7,7 +7,7 @@
 
 use std::{
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
     str::FromStr,
@@ -19,7 +19,7 @@ use serde::{
 };
 use toml::de::{DeTable, DeValue};
 
-use crate::{policy::Action, verdict::Mode};
+use crate::{pipeline::KnownProxy, policy::Action, verdict::Mode};
 
 /// Where the daemon looks for its configuration without `--config`.
 pub const DEFAULT_PATH: &str = "/etc/nprot/nprot.toml";
@@ -57,6 +57,11 @@ pub struct Config {
     /// SCHED_FIFO priority of the verdict loop (1–99; 0 keeps normal scheduling).
     #[serde(deserialize_with = "de_rt_priority")]
     pub rt_priority: u8,
+    /// Forward proxies this network uses: `"ip"` or `"ip:port"` (`"[v6]:port"`). Proxy
+    /// flows are found by their requests either way; events say whether the proxy is one
+    /// of these (`proxy_known`).
+    #[serde(deserialize_with = "de_proxies")]
+    pub proxies: Vec<KnownProxy>,
     /// Where events go.
     pub events: EventsConfig,
 }
@@ -73,6 +78,7 @@ impl Default for Config {
             control_socket: PathBuf::from("/run/nprot/control.sock"),
             verdict_timeout_ms: 500,
             rt_priority: 10,
+            proxies: Vec::new(),
             events: EventsConfig::default(),
         }
     }
@@ -440,6 +446,30 @@ fn de_groups<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(list)
 }
 
+/// `ip`, `ip:port` or `[v6]:port`.
+fn parse_proxy(s: &str) -> Result<KnownProxy, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(KnownProxy { ip, port: None });
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(addr) => Ok(KnownProxy {
+            ip: addr.ip(),
+            port: Some(addr.port()),
+        }),
+        Err(_) => Err(format!(
+            "proxy {s:?}: expected an IP address, ip:port or [ipv6]:port"
+        )),
+    }
+}
+
+fn de_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<KnownProxy>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| parse_proxy(s))
+        .collect::<Result<_, _>>()
+        .map_err(de::Error::custom)
+}
+
 fn path_from(s: String) -> Result<PathBuf, String> {
     if s.is_empty() {
         Err("empty path".into())
@@ -606,6 +636,7 @@ list_action = "Warn"
 control_socket = "/run/nprot/control.sock"
 verdict_timeout_ms = 250
 rt_priority = 20
+proxies = ["198.18.1.1:3128", "2001:db8::1", "[2001:db8::2]:8080"]
 
 [events]
 stdout = false
@@ -644,6 +675,18 @@ protocol = "udp"
         );
         assert_eq!(c.verdict_timeout_ms, 250);
         assert_eq!(c.rt_priority, 20);
+        let proxy = |ip: &str, port| KnownProxy {
+            ip: ip.parse().unwrap(),
+            port,
+        };
+        assert_eq!(
+            c.proxies,
+            [
+                proxy("198.18.1.1", Some(3128)),
+                proxy("2001:db8::1", None),
+                proxy("2001:db8::2", Some(8080)),
+            ]
+        );
         assert_eq!(c.events.stdout, Some(false));
         assert!(!c.events.stdout_enabled());
         assert_eq!(
@@ -827,6 +870,10 @@ protocol = "udp"
             (
                 "interfaces = \"eth0\"",
                 "line 1, column 14: interfaces: invalid type: string \"eth0\", expected a sequence",
+            ),
+            (
+                "proxies = [\"proxy.example:3128\"]",
+                "line 1, column 11: proxies: proxy \"proxy.example:3128\": expected an IP address, ip:port or [ipv6]:port",
             ),
             (
                 "device_groups = [\" \"]",

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use log::{info, warn};
-use nprot_common::{CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, Verdict, stat};
+use nprot_common::{CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, VerdictEntry, stat};
 use serde_json::{Value, json};
 use tokio::{
     io::unix::AsyncFd,
@@ -29,7 +29,7 @@ use crate::{
         EventFactory, monotonic_ns,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
-    pipeline::{Pipeline, PipelineStats, VerdictTarget},
+    pipeline::{KnownProxy, Pipeline, PipelineStats, VerdictTarget},
     policy::{
         self, Action, Indicator, IndicatorType, Indicators, Policy, Subject, Target, load_json,
     },
@@ -77,6 +77,8 @@ pub struct RunOptions {
     pub indicators_from_flags: bool,
     /// Device groups given with `--device-group`, added to the config's.
     pub extra_device_groups: Vec<String>,
+    /// Forward proxies named in the config.
+    pub proxies: Vec<KnownProxy>,
 }
 
 impl RunOptions {
@@ -133,6 +135,7 @@ impl RunOptions {
             config_file,
             indicators_from_flags,
             extra_device_groups,
+            proxies: config.proxies.clone(),
         })
     }
 }
@@ -154,7 +157,7 @@ pub struct RunReport {
 
 /// The live sensor takes verdicts into its kernel map.
 impl VerdictTarget for Sensor {
-    fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()> {
+    fn set_verdict(&mut self, key: &FlowKey, verdict: VerdictEntry) -> anyhow::Result<()> {
         Sensor::set_verdict(self, key, verdict).map_err(Into::into)
     }
 }
@@ -262,12 +265,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut ring: AsyncFd<RingBuf<MapData>> =
         unsafe { AsyncFd::register(ring) }.context("registering the ring buffer with tokio")?;
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         EventFactory::for_this_host(),
         CAPTURE_FLOW_MAX_DEFAULT as usize,
         Arc::new(policy),
         mode,
     );
+    pipeline.set_known_proxies(opts.proxies.clone());
     let guarded: Vec<String> = sensor
         .attached
         .iter()
@@ -578,6 +582,7 @@ impl Daemon {
                 opts.device_groups
                     .extend(opts.extra_device_groups.iter().cloned());
                 opts.config_mode = config.mode;
+                opts.proxies = config.proxies.clone();
             }
             let files = load_files(&opts.indicators)?;
             let merged = self.state.merged(&files)?;
@@ -592,6 +597,7 @@ impl Daemon {
                     started.elapsed()
                 );
                 self.pipeline.set_policy(Arc::new(policy));
+                self.pipeline.set_known_proxies(opts.proxies.clone());
                 let mode = opts.mode.or(self.state.mode).unwrap_or(opts.config_mode);
                 self.opts = opts;
                 if mode != self.mode {

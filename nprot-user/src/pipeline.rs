@@ -3,24 +3,28 @@
 //! Pure logic over decoded [`Record`]s, so that the live daemon, offline replay and unit
 //! tests drive the same code. The kernel side is reached only through [`VerdictTarget`].
 
-use std::{collections::HashSet, net::IpAddr, sync::Arc};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
-use nprot_common::{FlowKey, RecordKind, Verdict};
+use nprot_common::{FlowKey, RecordKind, Verdict, VerdictEntry};
 
 use crate::{
     capture::{Record, ip_addr},
-    events::{ActionType, Direction, Event, EventFactory, FlowEnds, monotonic_ns},
-    parse::{ParseOutcome, Parsed, parse_client_payload},
+    events::{ActionType, Direction, Event, EventFactory, FlowEnds, ProxyFields, monotonic_ns},
+    parse::{ParseOutcome, Parsed, http, parse_client_payload},
     policy::{Policy, matcher::Subject},
-    reassembly::{Reassembler, TableFull},
+    reassembly::{Reassembler, Stream, TableFull},
     stats::Histogram,
-    verdict::{Mode, outcome},
+    verdict::{Mode, Outcome, outcome},
 };
 
 /// Where the pipeline's decisions go: the kernel verdict map, or nowhere in replay.
 pub trait VerdictTarget {
     /// Records `verdict` for the flow `key`.
-    fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()>;
+    fn set_verdict(&mut self, key: &FlowKey, verdict: VerdictEntry) -> anyhow::Result<()>;
 }
 
 /// Counters of what the pipeline did, for `nprot stats` and the exit summary.
@@ -40,12 +44,108 @@ pub struct PipelineStats {
     pub blocked: u64,
     /// Block or Warn decisions logged without enforcement (audit mode).
     pub audited: u64,
+    /// Requests and tunnelled ClientHellos inspected behind a forward proxy.
+    pub proxy_inspected: u64,
+    /// Tunnels whose ClientHello named another host than their CONNECT.
+    pub fronting: u64,
+    /// Proxy connections left uninspected after a request whose end the head does not
+    /// tell (a chunked body, or one over [`MAX_BODY_SKIP`]).
+    pub proxy_gave_up: u64,
 }
 
-/// Per-flow facts kept while its first bytes are reassembled.
-#[derive(Debug, Clone, Copy)]
+/// Per-flow facts kept while its client bytes are reassembled.
+#[derive(Debug, Clone)]
 struct Inspection {
     last_ns: u64,
+    phase: Phase,
+}
+
+impl Inspection {
+    /// True while bytes of `stream` await a decision; false for a proxy connection
+    /// whose requests so far are all decided.
+    fn awaits(&self, stream: &Stream) -> bool {
+        matches!(self.phase, Phase::First) || !stream.contiguous().is_empty()
+    }
+}
+
+/// How much longer than a flow's first bytes a decided proxy connection may idle before
+/// its stream is forgotten (its next request then goes uninspected, failing open).
+pub const PROXY_IDLE_FACTOR: u64 = 20;
+
+/// Where a flow under inspection stands.
+#[derive(Debug, Clone)]
+enum Phase {
+    /// Its first bytes.
+    First,
+    /// After an allowed CONNECT: the first bytes inside the tunnel.
+    Tunnel(Arc<ConnectTarget>),
+    /// Between requests on a kept-alive connection to a forward proxy.
+    Requests,
+}
+
+/// What a CONNECT asked for.
+#[derive(Debug)]
+struct ConnectTarget {
+    /// `host:port` as in the request.
+    authority: String,
+    host: Option<String>,
+}
+
+/// A ClientHello or request head and what the policy made of it.
+struct Judged<'p> {
+    parsed: Parsed,
+    outcome: Outcome<'p>,
+    proxy: ProxyFields,
+}
+
+/// What follows a judged request on its flow.
+enum Next {
+    /// Nothing more to inspect.
+    Done,
+    /// More requests may follow, but where they start is unknown.
+    Unknown,
+    /// Inspection goes on in this phase after this many more bytes.
+    Phase(Phase, usize),
+}
+
+/// The longest request body skipped to reach the next request on a proxy connection.
+pub const MAX_BODY_SKIP: u64 = 1 << 30;
+
+/// What comes after `item`, parsed in `phase`: a CONNECT opens a tunnel whose first
+/// bytes are inspected; a request to a forward proxy may be followed by another one;
+/// anything else (a ClientHello, a request to an origin server) ends inspection.
+fn next_phase(phase: &Phase, item: &Judged<'_>) -> Next {
+    let Parsed::Http(req) = &item.parsed else {
+        return Next::Done;
+    };
+    match phase {
+        Phase::Tunnel(_) => Next::Done,
+        Phase::First if !(req.connect || req.absolute) => Next::Done,
+        Phase::First | Phase::Requests if req.connect => Next::Phase(
+            Phase::Tunnel(Arc::new(ConnectTarget {
+                authority: req.url(),
+                host: req.host.clone(),
+            })),
+            req.header_len,
+        ),
+        Phase::First | Phase::Requests => match req.total_len() {
+            Some(n) if n <= MAX_BODY_SKIP => Next::Phase(Phase::Requests, n as usize),
+            _ => Next::Unknown,
+        },
+    }
+}
+
+/// Two host names are the same, ignoring case and one trailing dot.
+fn same_host(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
+}
+
+/// A configured forward proxy: its address, and its port if given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownProxy {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
 }
 
 /// Turns records into events and verdicts.
@@ -64,6 +164,8 @@ pub struct Pipeline {
     /// Kernel capture of a payload segment → its record in user space, in ns: the part
     /// of the verdict latency spent waking the daemon.
     pub wake_latency: Histogram,
+    /// Proxies named in the configuration (`proxy_known` in events).
+    known_proxies: Vec<KnownProxy>,
 }
 
 /// Flows reassembled at once at most.
@@ -87,7 +189,14 @@ impl Pipeline {
             verdict_latency: Histogram::default(),
             wake_latency: Histogram::default(),
             local_addrs: None,
+            known_proxies: Vec::new(),
         }
+    }
+
+    /// Names the forward proxies the operator knows of; events mark whether a proxy
+    /// flow went to one of them.
+    pub fn set_known_proxies(&mut self, proxies: Vec<KnownProxy>) {
+        self.known_proxies = proxies;
     }
 
     /// Queues an event that concerns no flow (the control plane's), built by `make`.
@@ -142,7 +251,9 @@ impl Pipeline {
                 self.events.push(ev);
             }
             RecordKind::Closed => {
-                if self.reassembly.remove(&rec.tuple.key()).is_some() {
+                if let Some((stream, inspection)) = self.reassembly.remove(&rec.tuple.key())
+                    && inspection.awaits(&stream)
+                {
                     self.stats.gave_up += 1;
                 }
             }
@@ -154,42 +265,101 @@ impl Pipeline {
         self.wake_latency
             .record(monotonic_ns().saturating_sub(rec.ts_ns));
         let key = rec.tuple.key();
-        let meta = || Inspection { last_ns: rec.ts_ns };
-        let outcome =
+        let meta = || Inspection {
+            last_ns: rec.ts_ns,
+            phase: Phase::First,
+        };
+        let grew =
             match self
                 .reassembly
                 .insert(key, rec.client_data_seq, rec.seq, rec.payload, meta)
             {
-                Ok(Some((stream, inspection))) => {
+                Ok(Some((_, inspection))) => {
                     inspection.last_ns = rec.ts_ns;
-                    match parse_client_payload(stream.contiguous()) {
-                        ParseOutcome::NeedMore if stream.is_full() => None,
-                        ParseOutcome::NeedMore => Some(ParseOutcome::NeedMore),
-                        other => Some(other),
+                    true
+                }
+                Ok(None) => false,
+                Err(TableFull) => {
+                    self.stats.gave_up += 1;
+                    return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
+                }
+            };
+        if !grew {
+            // The kernel sends nothing more once the budget is spent: stop waiting.
+            if rec.budget_spent && self.reassembly.remove(&key).is_some() {
+                self.stats.gave_up += 1;
+                self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
+            }
+            return;
+        }
+        let Some((mut stream, mut inspection)) = self.reassembly.remove(&key) else {
+            return;
+        };
+
+        // Everything that can be decided from the bytes so far: usually one ClientHello or
+        // request; behind a forward proxy a CONNECT and what the tunnel starts with, or
+        // several requests on one connection.
+        let policy = Arc::clone(&self.policy);
+        let mut judged: Vec<Judged<'_>> = Vec::new();
+        let end = loop {
+            let buf = stream.contiguous();
+            let parsed = match inspection.phase {
+                Phase::Requests if !buf.is_empty() => http::parse_http_request(buf),
+                Phase::Requests => ParseOutcome::NeedMore,
+                Phase::First | Phase::Tunnel(_) => parse_client_payload(buf),
+            };
+            match parsed {
+                ParseOutcome::Complete(parsed) => {
+                    let item = self.judge(&policy, rec, &ends, &inspection.phase, parsed);
+                    let next = next_phase(&inspection.phase, &item);
+                    let blocked = item.outcome.verdict == Verdict::Block;
+                    judged.push(item);
+                    match next {
+                        _ if blocked => break Some(Verdict::Block),
+                        Next::Done => break Some(Verdict::Allow),
+                        Next::Unknown => {
+                            self.stats.proxy_gave_up += 1;
+                            break Some(Verdict::Allow);
+                        }
+                        Next::Phase(phase, consumed) => {
+                            stream.advance(consumed);
+                            inspection.phase = phase;
+                        }
                     }
                 }
-                Ok(None) => Some(ParseOutcome::NeedMore),
-                Err(TableFull) => None,
-            };
-        let verdict = match outcome {
-            Some(ParseOutcome::Complete(parsed)) => {
-                self.reassembly.remove(&key);
-                return self.decide(rec, &ends, &parsed, &key, verdicts);
-            }
-            Some(ParseOutcome::NotRecognised(why)) => {
-                log::debug!("flow {}: not inspected: {why}", describe(&ends));
-                self.stats.not_recognised += 1;
-                Verdict::Allow
-            }
-            // The kernel sends nothing more once the budget is spent: stop waiting.
-            Some(ParseOutcome::NeedMore) if !rec.budget_spent => return,
-            Some(ParseOutcome::NeedMore) | None => {
-                self.stats.gave_up += 1;
-                Verdict::Allow
+                ParseOutcome::NotRecognised(why) => {
+                    log::debug!("flow {}: not inspected: {why}", describe(&ends));
+                    if judged.is_empty() && matches!(inspection.phase, Phase::First) {
+                        self.stats.not_recognised += 1;
+                    }
+                    break Some(Verdict::Allow);
+                }
+                ParseOutcome::NeedMore if judged.is_empty() => {
+                    if stream.is_full() || rec.budget_spent {
+                        self.stats.gave_up += 1;
+                        break Some(Verdict::Allow);
+                    }
+                    break None;
+                }
+                ParseOutcome::NeedMore => break None,
             }
         };
-        self.reassembly.remove(&key);
+        let verdict = match end {
+            Some(verdict) => VerdictEntry::new(verdict),
+            // Requests decided, the connection goes on: release what is held.
+            None if !judged.is_empty() => VerdictEntry::continue_after(stream.base_seq()),
+            None => {
+                self.reassembly.restore(key, stream, inspection);
+                return;
+            }
+        };
+        if end.is_none() {
+            self.reassembly.restore(key, stream, inspection);
+        }
         self.deliver(rec, &ends, &key, verdict, verdicts);
+        for item in &judged {
+            self.log_judged(rec, &ends, item);
+        }
     }
 
     /// Hands the verdict to the kernel; the hot path ends here.
@@ -198,7 +368,7 @@ impl Pipeline {
         rec: &Record<'_>,
         ends: &FlowEnds,
         key: &FlowKey,
-        verdict: Verdict,
+        verdict: VerdictEntry,
         verdicts: &mut dyn VerdictTarget,
     ) {
         match verdicts.set_verdict(key, verdict) {
@@ -212,17 +382,17 @@ impl Pipeline {
         }
     }
 
-    /// Matches what was parsed against the policy, delivers the verdict, and only then
-    /// builds the events, which do not hold up the kernel.
-    fn decide(
-        &mut self,
+    /// Matches what was parsed against the policy. Behind a forward proxy the subject is
+    /// the real target; the proxy's own address still matches IP indicators.
+    fn judge<'p>(
+        &self,
+        policy: &'p Policy,
         rec: &Record<'_>,
         ends: &FlowEnds,
-        parsed: &Parsed,
-        key: &FlowKey,
-        verdicts: &mut dyn VerdictTarget,
-    ) {
-        let (host, http_path) = match parsed {
+        phase: &Phase,
+        parsed: Parsed,
+    ) -> Judged<'p> {
+        let (host, http_path) = match &parsed {
             Parsed::Tls(hello) => (hello.server_name.as_deref(), None),
             Parsed::Http(req) => (
                 req.host.as_deref(),
@@ -237,24 +407,72 @@ impl Pipeline {
         };
         // Judged at the packet's time, so that replay of an old capture sees the expiries
         // as they were then.
-        let policy = Arc::clone(&self.policy);
         let decision = policy.decide(&subject, self.factory.wall(rec.ts_ns));
         let outcome = outcome(&decision, self.mode);
-        self.deliver(rec, ends, key, outcome.verdict, verdicts);
+        let proxy = self.proxy_fields(ends, phase, &parsed);
+        Judged {
+            parsed,
+            outcome,
+            proxy,
+        }
+    }
 
-        let event = match parsed {
+    /// The `proxy…` fields of an event about `parsed`, seen in `phase`.
+    fn proxy_fields(&self, ends: &FlowEnds, phase: &Phase, parsed: &Parsed) -> ProxyFields {
+        let via_proxy = match (phase, parsed) {
+            (Phase::Tunnel(_) | Phase::Requests, _) => true,
+            (Phase::First, Parsed::Http(req)) => req.connect || req.absolute,
+            (Phase::First, Parsed::Tls(_)) => false,
+        };
+        if !via_proxy {
+            return ProxyFields::default();
+        }
+        let (ip, port) = ends.server;
+        let mut fields = ProxyFields {
+            proxy: true,
+            proxy_authority: Some(SocketAddr::new(ip, port).to_string()),
+            proxy_known: (!self.known_proxies.is_empty()).then(|| {
+                self.known_proxies
+                    .iter()
+                    .any(|p| p.ip == ip && p.port.is_none_or(|p| p == port))
+            }),
+            ..ProxyFields::default()
+        };
+        if let Phase::Tunnel(connect) = phase {
+            fields.connect_target = Some(connect.authority.clone());
+            let named = match parsed {
+                Parsed::Tls(hello) => hello.server_name.as_deref(),
+                Parsed::Http(req) => req.host.as_deref(),
+            };
+            fields.fronting = match (named, connect.host.as_deref()) {
+                (Some(named), Some(host)) => !same_host(named, host),
+                _ => false,
+            };
+        }
+        fields
+    }
+
+    /// Builds the events of a judged ClientHello or request, after its verdict went out.
+    fn log_judged(&mut self, rec: &Record<'_>, ends: &FlowEnds, item: &Judged<'_>) {
+        let event = match &item.parsed {
             Parsed::Tls(hello) => {
                 self.stats.tls_inspected += 1;
-                self.factory.tls(rec.ts_ns, ends, hello)
+                self.factory.tls(rec.ts_ns, ends, hello, item.proxy.clone())
             }
             Parsed::Http(req) => {
                 self.stats.http_inspected += 1;
-                self.factory.http(rec.ts_ns, ends, req)
+                self.factory.http(rec.ts_ns, ends, req, item.proxy.clone())
             }
         };
+        if item.proxy.proxy {
+            self.stats.proxy_inspected += 1;
+        }
+        if item.proxy.fronting {
+            self.stats.fronting += 1;
+        }
         let remote_url = event.remote_url.clone();
         self.events.push(event);
-        for enforcement in &outcome.enforcements {
+        for enforcement in &item.outcome.enforcements {
             if enforcement.is_audit {
                 self.stats.audited += 1;
             }
@@ -267,16 +485,22 @@ impl Pipeline {
             );
             self.events.push(ev);
         }
-        if outcome.verdict == Verdict::Block {
+        if item.outcome.verdict == Verdict::Block {
             self.stats.blocked += 1;
         }
     }
 
-    /// Forgets flows that sent nothing for `idle_ns`; returns how many.
+    /// Forgets flows that sent nothing for `idle_ns`; returns how many. A proxy
+    /// connection between requests may idle [`PROXY_IDLE_FACTOR`] times longer.
     pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> usize {
-        let n = self
-            .reassembly
-            .retain(|i| now_ns.saturating_sub(i.last_ns) < idle_ns);
+        let n = self.reassembly.retain(|stream, i| {
+            let idle = now_ns.saturating_sub(i.last_ns);
+            if i.awaits(stream) {
+                idle < idle_ns
+            } else {
+                idle < idle_ns.saturating_mul(PROXY_IDLE_FACTOR)
+            }
+        });
         self.stats.gave_up += n as u64;
         n
     }
@@ -313,12 +537,17 @@ mod tests {
     use super::*;
     use crate::{capture::raw_addr, events::Clock};
 
+    /// Verdicts in order, and the decided sequence number of each `Continue`.
     #[derive(Default)]
-    struct Verdicts(Vec<(FlowKey, Verdict)>);
+    struct Verdicts(Vec<(FlowKey, Verdict)>, Vec<u32>);
 
     impl VerdictTarget for Verdicts {
-        fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()> {
+        fn set_verdict(&mut self, key: &FlowKey, entry: VerdictEntry) -> anyhow::Result<()> {
+            let verdict = Verdict::from_raw(entry.verdict);
             self.0.push((*key, verdict));
+            if verdict == Verdict::Continue {
+                self.1.push(entry.decided_seq);
+            }
             Ok(())
         }
     }
@@ -498,6 +727,218 @@ mod tests {
         p.on_record(&record(RecordKind::Payload, 100, &REQUEST[..10]), &mut v);
         assert_eq!(p.expire(1_000 + 10, 5), 1);
         assert_eq!(p.stats().gave_up, 2);
+    }
+
+    const PROXY_INDICATORS: &str = r#"{"indicators": [
+        {"id": "bad", "type": "DomainName", "value": "blocked.example", "action": "Block"},
+        {"id": "ok", "type": "DomainName", "value": "good.example", "action": "Allowed"},
+        {"id": "seen", "type": "DomainName", "value": "watched.example", "action": "Audit"}
+    ]}"#;
+
+    /// Feeds `chunks` as consecutive client segments from sequence number 100.
+    fn feed(p: &mut Pipeline, v: &mut Verdicts, chunks: &[&[u8]]) -> u32 {
+        let mut seq = 100u32;
+        for chunk in chunks {
+            p.on_record(&record(RecordKind::Payload, seq, chunk), v);
+            seq += chunk.len() as u32;
+        }
+        seq
+    }
+
+    fn json(p: &Pipeline, i: usize) -> serde_json::Value {
+        serde_json::to_value(&p.events[i]).unwrap()
+    }
+
+    fn hello(sni: &str) -> Vec<u8> {
+        crate::parse::testdata::ClientHelloBuilder::new()
+            .sni(sni)
+            .build()
+    }
+
+    #[test]
+    fn connect_then_tunnelled_client_hello_is_judged_on_both() {
+        let connect = b"CONNECT good.example:443 HTTP/1.1\r\nHost: good.example:443\r\n\r\n";
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        p.set_known_proxies(vec![KnownProxy {
+            ip: "198.18.0.2".parse().unwrap(),
+            port: Some(8080),
+        }]);
+        feed(&mut p, &mut v, &[connect]);
+        // The proxy's "200" must pass, and the tunnel's first bytes stay under inspection.
+        assert_eq!(v.0, [(tuple().key(), Verdict::Continue)]);
+        assert_eq!(v.1, [100 + connect.len() as u32]);
+        let ev = json(&p, 0);
+        assert_eq!(ev["ActionType"], "HttpConnectionInspected");
+        assert_eq!(ev["RemoteIP"], "198.18.0.2");
+        assert_eq!(ev["RemoteUrl"], "good.example:443");
+        assert_eq!(ev["AdditionalFields"]["proxy"], true);
+        assert_eq!(ev["AdditionalFields"]["proxy_authority"], "198.18.0.2:8080");
+        assert_eq!(ev["AdditionalFields"]["proxy_known"], true);
+
+        // The ClientHello names another host: fronting, and that name is blocked.
+        let ch = hello("blocked.example");
+        p.on_record(
+            &record(RecordKind::Payload, 100 + connect.len() as u32, &ch),
+            &mut v,
+        );
+        assert_eq!(v.0[1], (tuple().key(), Verdict::Block));
+        let ssl = json(&p, 1);
+        assert_eq!(ssl["ActionType"], "SslConnectionInspected");
+        assert_eq!(ssl["RemoteUrl"], "blocked.example");
+        let f = &ssl["AdditionalFields"];
+        assert_eq!(f["proxy"], true);
+        assert_eq!(f["connect_target"], "good.example:443");
+        assert_eq!(f["fronting"], true);
+        let blocked = json(&p, 2);
+        assert_eq!(
+            blocked["ActionType"],
+            "ExploitGuardNetworkProtectionBlocked"
+        );
+        assert_eq!(blocked["RemoteUrl"], "blocked.example");
+        assert_eq!(p.stats().fronting, 1);
+        assert_eq!(p.stats().proxy_inspected, 2);
+    }
+
+    #[test]
+    fn connect_to_a_blocked_host_is_blocked_at_once() {
+        let connect = b"CONNECT blocked.example:443 HTTP/1.1\r\n\r\n";
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed(&mut p, &mut v, &[connect]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
+        assert_eq!(json(&p, 0)["AdditionalFields"].get("proxy_known"), None);
+        // A tunnel matching its CONNECT is no fronting; allowed, it leaves inspection.
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        let connect = b"CONNECT Good.Example.:443 HTTP/1.1\r\n\r\n";
+        let ch = hello("good.example");
+        feed(&mut p, &mut v, &[connect, &ch]);
+        assert_eq!(
+            v.0.iter().map(|e| e.1).collect::<Vec<_>>(),
+            [Verdict::Continue, Verdict::Allow]
+        );
+        assert_eq!(json(&p, 1)["AdditionalFields"].get("fronting"), None);
+    }
+
+    #[test]
+    fn every_request_on_a_kept_alive_proxy_connection_is_judged() {
+        let first = b"GET http://good.example/ HTTP/1.1\r\nHost: good.example\r\n\r\n";
+        let post = b"POST http://watched.example/u HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        let last = b"GET http://www.blocked.example/x HTTP/1.1\r\n\r\n";
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed(&mut p, &mut v, &[first, post, b"ab", b"cde", last]);
+        let key = tuple().key();
+        // The body's two segments complete nothing: no verdict for them.
+        assert_eq!(
+            v.0,
+            [
+                (key, Verdict::Continue),
+                (key, Verdict::Continue),
+                (key, Verdict::Block)
+            ]
+        );
+        let after_post = 100 + (first.len() + post.len()) as u32 + 5;
+        assert_eq!(v.1, [100 + first.len() as u32, after_post]);
+        let urls: Vec<_> = p
+            .events
+            .iter()
+            .map(|e| (e.action_type, e.remote_url.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                (
+                    ActionType::HttpConnectionInspected,
+                    "http://good.example/".into()
+                ),
+                (
+                    ActionType::HttpConnectionInspected,
+                    "http://watched.example/u".into()
+                ),
+                (
+                    ActionType::ExploitGuardNetworkProtectionAudited,
+                    "http://watched.example/u".into()
+                ),
+                (
+                    ActionType::HttpConnectionInspected,
+                    "http://www.blocked.example/x".into()
+                ),
+                (
+                    ActionType::ExploitGuardNetworkProtectionBlocked,
+                    "http://www.blocked.example/x".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_in_one_segment_get_one_verdict() {
+        let two = b"GET http://good.example/ HTTP/1.1\r\n\r\nGET http://blocked.example/ HTTP/1.1\r\n\r\n";
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed(&mut p, &mut v, &[two]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
+        assert_eq!(p.events.len(), 3);
+        // Audit mode: the same events, nothing reset, inspection goes on.
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Audit),
+            Verdicts::default(),
+        );
+        let half = b"GET http://blocked.example/ HTT";
+        feed(&mut p, &mut v, &[two, half]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Continue)]);
+        assert_eq!(v.1, [100 + two.len() as u32]);
+        assert_eq!(
+            json(&p, 2)["ActionType"],
+            "ExploitGuardNetworkProtectionAudited"
+        );
+    }
+
+    #[test]
+    fn a_chunked_body_ends_inspection_of_the_proxy_connection() {
+        let chunked = b"POST http://good.example/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed(&mut p, &mut v, &[chunked]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(p.stats().proxy_gave_up, 1);
+        // An origin-form request is a server's, not a proxy's: its first request decides.
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed(&mut p, &mut v, &[REQUEST]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(json(&p, 0)["AdditionalFields"]["proxy"], false);
+    }
+
+    #[test]
+    fn a_decided_proxy_connection_idles_longer_and_closes_quietly() {
+        let first = b"GET http://good.example/ HTTP/1.1\r\n\r\n";
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed(&mut p, &mut v, &[first]);
+        assert_eq!(p.expire(1_000 + 10, 5), 0, "between requests");
+        assert_eq!(p.expire(1_000 + 5 * PROXY_IDLE_FACTOR, 5), 1);
+        feed(&mut p, &mut v, &[first]);
+        p.on_record(&record(RecordKind::Closed, 0, b""), &mut v);
+        assert_eq!(p.stats().gave_up, 1, "only the expiry gave up");
     }
 }
 

@@ -90,6 +90,28 @@ impl Stream {
         self.data.len() > before
     }
 
+    /// Sequence number of the first byte of [`Stream::contiguous`].
+    pub fn base_seq(&self) -> u32 {
+        self.base_seq
+    }
+
+    /// Moves the start of the stream `n` bytes on: the bytes a caller has dealt with
+    /// (a request and its body), possibly more than have arrived, in which case the rest
+    /// is skipped as it comes. The `limit` then counts from the new start.
+    pub fn advance(&mut self, n: usize) {
+        let old_base = self.base_seq;
+        // Sequence space wraps at 2^32; a skip that large is not a real request anyway.
+        self.base_seq = old_base.wrapping_add(n as u32);
+        if n <= self.data.len() {
+            self.data.drain(..n);
+        } else {
+            self.data.clear();
+        }
+        for (offset, seg) in std::mem::take(&mut self.pending) {
+            self.insert(old_base.wrapping_add(offset as u32), &seg);
+        }
+    }
+
     fn append_at(&mut self, offset: usize, bytes: &[u8]) {
         let end = offset + bytes.len();
         if end > self.data.len() {
@@ -156,10 +178,16 @@ impl<T> Reassembler<T> {
         self.streams.remove(key)
     }
 
+    /// Puts back a stream taken with [`Reassembler::remove`], even if the table has
+    /// filled up meanwhile (it held this stream a moment ago).
+    pub fn restore(&mut self, key: FlowKey, stream: Stream, meta: T) {
+        self.streams.insert(key, (stream, meta));
+    }
+
     /// Keeps only the streams whose metadata `keep` accepts; returns how many were dropped.
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+    pub fn retain(&mut self, mut keep: impl FnMut(&Stream, &T) -> bool) -> usize {
         let before = self.streams.len();
-        self.streams.retain(|_, (_, meta)| keep(meta));
+        self.streams.retain(|_, (stream, meta)| keep(stream, meta));
         before - self.streams.len()
     }
 
@@ -184,6 +212,28 @@ mod tests {
         assert!(s.insert(1000, b"hello "));
         assert!(s.insert(1006, b"world"));
         assert_eq!(s.contiguous(), b"hello world");
+    }
+
+    #[test]
+    fn advance_drops_decided_bytes_and_skips_ahead() {
+        let mut s = Stream::new(1000, 8);
+        s.insert(1000, b"req1body");
+        s.advance(4);
+        assert_eq!((s.base_seq(), s.contiguous()), (1004, &b"body"[..]));
+        // Past what has arrived: the rest of a body is skipped as it comes; a segment
+        // held beyond a gap is kept relative to the new start.
+        s.insert(1020, b"NEXT");
+        s.advance(10);
+        assert_eq!((s.base_seq(), s.contiguous()), (1014, &b""[..]));
+        assert!(!s.insert(1012, b"xx"), "before the new start");
+        assert!(s.insert(1013, b"xyz123456"));
+        assert_eq!(
+            s.contiguous(),
+            b"yz123456",
+            "limit counts from the new start"
+        );
+        s.advance(8);
+        assert!(!s.is_full());
     }
 
     #[test]

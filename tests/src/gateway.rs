@@ -331,15 +331,22 @@ impl GatewayEnv {
     /// Starts the sensor in the router namespace guarding `interfaces` (events to
     /// `<dir>/events.jsonl`) and waits for it to be ready.
     pub fn start_sensor(&mut self, interfaces: &[&str], extra_args: &[&str]) -> Result<()> {
+        let ns = self.net.router_ns.clone();
+        self.start_sensor_in(&ns, interfaces, extra_args)
+    }
+
+    /// Starts the sensor in the namespace `ns` (one of this topology's) guarding
+    /// `interfaces` there, like [`GatewayEnv::start_sensor`].
+    pub fn start_sensor_in(
+        &mut self,
+        ns: &str,
+        interfaces: &[&str],
+        extra_args: &[&str],
+    ) -> Result<()> {
         if self.sensor.is_some() {
             bail!("sensor already started");
         }
-        let sensor = Sensor::start_in(
-            &self.net.router_ns,
-            interfaces,
-            self.events.path(),
-            extra_args,
-        )?;
+        let sensor = Sensor::start_in(ns, interfaces, self.events.path(), extra_args)?;
         self.events = EventLog::new(self.events.path(), sensor.stderr().clone());
         self.sensor = Some(sensor);
         Ok(())
@@ -354,11 +361,24 @@ impl GatewayEnv {
         interfaces: &[&str],
         extra_args: &[&str],
     ) -> Result<()> {
+        let ns = self.net.router_ns.clone();
+        self.enforce_in(&ns, mode, indicators, interfaces, extra_args)
+    }
+
+    /// [`GatewayEnv::enforce`] with the sensor in the namespace `ns`.
+    pub fn enforce_in(
+        &mut self,
+        ns: &str,
+        mode: &str,
+        indicators: &[Value],
+        interfaces: &[&str],
+        extra_args: &[&str],
+    ) -> Result<()> {
         let file = crate::indicators::write_file(&self.dir, "indicators.json", indicators)?;
         let file = file.to_string_lossy().into_owned();
         let mut args = vec!["--mode", mode, "--indicators", &file];
         args.extend_from_slice(extra_args);
-        self.start_sensor(interfaces, &args)
+        self.start_sensor_in(ns, interfaces, &args)
     }
 
     /// The sensor, or an error if it was not started.

@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "iperf3",
     "tinyproxy",
+    "squid", // the kept-alive forward-proxy tests (tinyproxy closes after each request)
     "bpftool",
     "jq",
     "procps",
@@ -227,7 +228,7 @@ fn setup_apt() -> Result<()> {
             missing.join(" ")
         );
     }
-    // Installing nginx or tinyproxy must not start system services on a dev box or in CI.
+    // Installing nginx, tinyproxy or squid must not start system services on a dev box or in CI.
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let own_policy = !policy.exists();
     if own_policy {

@@ -92,6 +92,8 @@ pub enum AdditionalFields {
         tls_version: &'static str,
         ech: bool,
         direction: Direction,
+        #[serde(flatten)]
+        proxy: ProxyFields,
     },
     /// `NetworkProtectionUserBypassEvent`.
     #[serde(rename_all = "PascalCase")]
@@ -108,8 +110,32 @@ pub enum AdditionalFields {
         uri: String,
         user_agent: Option<String>,
         direction: Direction,
-        proxy: bool,
+        #[serde(flatten)]
+        proxy: ProxyFields,
     },
+}
+
+/// What an inspected request or ClientHello says about a forward proxy (the
+/// `proxy…` keys of `AdditionalFields`). Behind a proxy `RemoteIP`/`RemotePort` are the
+/// proxy's and `RemoteUrl` is the real target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProxyFields {
+    /// The flow goes to a forward proxy: a CONNECT, an absolute-form request, or the
+    /// ClientHello inside a CONNECT tunnel.
+    pub proxy: bool,
+    /// The proxy as `ip:port` (IPv6 in brackets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_authority: Option<String>,
+    /// Whether the proxy is one of the configured `proxies`; absent when none are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_known: Option<bool>,
+    /// Inside a tunnel: the CONNECT target (`host:port`) the tunnel was opened for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_target: Option<String>,
+    /// Inside a tunnel: the SNI names another host than the CONNECT target, a
+    /// domain-fronting signal.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fronting: bool,
 }
 
 /// One line of the event log.
@@ -237,27 +263,40 @@ impl EventFactory {
     }
 
     /// `SslConnectionInspected`; `RemoteUrl` is the SNI.
-    pub fn tls(&mut self, ts_ns: u64, flow: &FlowEnds, hello: &ClientHelloInfo) -> Event {
+    pub fn tls(
+        &mut self,
+        ts_ns: u64,
+        flow: &FlowEnds,
+        hello: &ClientHelloInfo,
+        proxy: ProxyFields,
+    ) -> Event {
         let fields = AdditionalFields::Ssl {
             server_name: hello.server_name.clone(),
             alpn: hello.alpn.clone(),
             tls_version: hello.tls_version,
             ech: hello.ech,
             direction: flow.direction,
+            proxy,
         };
         let url = hello.server_name.clone();
         self.event(ActionType::SslConnectionInspected, ts_ns, flow, url, fields)
     }
 
     /// `HttpConnectionInspected`; `RemoteUrl` is the full URL (or CONNECT authority).
-    pub fn http(&mut self, ts_ns: u64, flow: &FlowEnds, req: &HttpRequest) -> Event {
+    pub fn http(
+        &mut self,
+        ts_ns: u64,
+        flow: &FlowEnds,
+        req: &HttpRequest,
+        proxy: ProxyFields,
+    ) -> Event {
         let fields = AdditionalFields::Http {
             method: req.method.clone(),
             host: req.host.clone(),
             uri: req.uri.clone(),
             user_agent: req.user_agent.clone(),
             direction: flow.direction,
-            proxy: req.absolute || req.connect,
+            proxy,
         };
         let url = req.host.as_ref().map(|_| req.url());
         self.event(

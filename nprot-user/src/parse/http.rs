@@ -39,6 +39,33 @@ pub struct HttpRequest {
     pub version: &'static str,
     /// Bytes up to and including the blank line ending the header block (so a caller can continue parsing what follows a CONNECT).
     pub header_len: usize,
+    /// The request body that follows the head, as its headers announce it.
+    #[serde(skip)]
+    pub body: Body,
+}
+
+/// How long the body after a request head is (RFC 9112 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Body {
+    /// No body (no Content-Length, no Transfer-Encoding).
+    #[default]
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding` chunked (or another coding): its end is not known from the head.
+    Chunked,
+}
+
+impl HttpRequest {
+    /// Bytes from the start of this request to the start of the next one on the
+    /// connection, if the head says (`None` for a chunked body).
+    pub fn total_len(&self) -> Option<u64> {
+        match self.body {
+            Body::None => Some(self.header_len as u64),
+            Body::Length(n) => n.checked_add(self.header_len as u64),
+            Body::Chunked => None,
+        }
+    }
 }
 
 impl HttpRequest {
@@ -133,6 +160,18 @@ enum Field {
     Other,
 }
 
+/// A `Content-Length` value: digits only; a list of equal values counts as one (RFC 9110
+/// §8.6), anything else is malformed.
+fn content_length(value: &str) -> Option<u64> {
+    let mut parts = value.split(',').map(str::trim);
+    let first = parts.next()?;
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = first.parse().ok()?;
+    parts.all(|p| p == first).then_some(n)
+}
+
 fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
     let method = match match_method(buf) {
         MethodMatch::Method(method) => method,
@@ -160,6 +199,8 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
 
     let mut host_header: Option<String> = None;
     let mut user_agent: Option<String> = None;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
     let mut last = None;
     loop {
         let line = lines.next_line(buf.len())?;
@@ -196,6 +237,17 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
         } else if name.eq_ignore_ascii_case(b"user-agent") {
             user_agent.get_or_insert(value);
             Field::UserAgent
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let n = content_length(&value).ok_or(Stop::Bad("malformed Content-Length"))?;
+            if length.is_some_and(|m| m != n) {
+                return Err(Stop::Bad("conflicting Content-Length headers"));
+            }
+            length = Some(n);
+            Field::Other
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Any coding makes the length unknowable from the head (RFC 9112 §6.3).
+            chunked |= !value.is_empty();
+            Field::Other
         } else {
             Field::Other
         };
@@ -231,6 +283,12 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
         user_agent,
         version,
         header_len: lines.pos,
+        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+        body: match (chunked, length) {
+            (true, _) => Body::Chunked,
+            (false, Some(0) | None) => Body::None,
+            (false, Some(n)) => Body::Length(n),
+        },
     })
 }
 
@@ -462,6 +520,36 @@ mod tests {
         let head_len = buf.len();
         buf.extend_from_slice(b"body bytes\r\n\r\n");
         assert_eq!(request(&buf).header_len, head_len);
+    }
+
+    #[test]
+    fn body_length_from_the_head() {
+        let get = request(b"GET http://a.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n");
+        assert_eq!(get.body, Body::None);
+        assert_eq!(get.total_len(), Some(get.header_len as u64));
+        let post = request(b"POST http://a.example/u HTTP/1.1\r\nContent-Length: 12\r\n\r\n");
+        assert_eq!(post.body, Body::Length(12));
+        assert_eq!(post.total_len(), Some(post.header_len as u64 + 12));
+        let same =
+            request(b"POST /u HTTP/1.1\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(same.body, Body::Length(7));
+        let chunked =
+            request(b"POST /u HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(chunked.body, Body::Chunked);
+        assert_eq!(chunked.total_len(), None);
+        for bad in [
+            &b"POST /u HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"POST /u HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST /u HTTP/1.1\r\nContent-Length: 1,2\r\n\r\n",
+            b"POST /u HTTP/1.1\r\nContent-Length:\r\n\r\n",
+            b"POST /u HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_http_request(bad), ParseOutcome::NotRecognised(_)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!
 //! Verdicts come back through [`VerdictTarget`] and, as with the kernel's `VERDICTS` map,
 //! are picked up by the flow's next packet: inspection ends there, and a blocked flow
-//! reports nothing more (the kernel turns its packets into resets).
+//! reports nothing more (the kernel turns its packets into resets); `Continue` (a forward
+//! proxy's connection) keeps the flow inspecting after the bytes the daemon decided.
 //!
 //! What replay cannot know, it assumes: every SYN is taken as leaving through an egress
 //! hook, so the client is the local end (`direction` = `Outbound`); records carry no
@@ -23,7 +24,8 @@ use std::collections::{HashMap, hash_map::Entry};
 
 use nprot_common::{
     CAPTURE_FLOW_MAX_DEFAULT, CAPTURE_SEG_MAX, FlowKey, FlowTuple, Inspect, MAX_FLOWS,
-    MAX_PENDING_VERDICTS, RecordKind, TcpPhase, VERDICT_TIMEOUT_NS_DEFAULT, Verdict,
+    MAX_PENDING_VERDICTS, RecordKind, TcpPhase, VERDICT_TIMEOUT_NS_DEFAULT, Verdict, VerdictEntry,
+    seq_after,
 };
 
 use super::packet::{Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -91,6 +93,10 @@ struct Flow {
     client_data_seq: u32,
     captured: u32,
     payload_ns: u64,
+    /// The daemon answered `Continue`: bytes before `decided_seq` need no decision.
+    continued: bool,
+    decided_seq: u32,
+    capture_end_seq: u32,
     last_ns: u64,
     phase: TcpPhase,
     inspect: Inspect,
@@ -125,7 +131,7 @@ impl<'a> IntoIterator for Records<'a> {
 pub struct Tracker {
     config: TrackerConfig,
     flows: HashMap<FlowKey, Flow>,
-    pending: HashMap<FlowKey, Verdict>,
+    pending: HashMap<FlowKey, VerdictEntry>,
     max_flows: usize,
     stats: TrackerStats,
 }
@@ -195,22 +201,38 @@ impl Tracker {
         if flow.inspect != Inspect::Capturing {
             return out;
         }
-        if let Some(verdict) = pending.remove(&key) {
-            flow.verdict = verdict;
-            flow.inspect = Inspect::Done;
+        if let Some(entry) = pending.remove(&key) {
             stats.verdicts_applied += 1;
-            if verdict == Verdict::Block {
-                stats.flows_reset += 1;
-                if seg.flags & TCP_RST == 0 {
-                    stats.reset_packets += 1;
+            let verdict = Verdict::from_raw(entry.verdict);
+            if verdict == Verdict::Continue {
+                flow.continued = true;
+                flow.decided_seq = entry.decided_seq;
+                flow.captured = 0;
+                flow.payload_ns = if seq_after(flow.capture_end_seq, entry.decided_seq) {
+                    ts_ns
+                } else {
+                    0
+                };
+            } else {
+                flow.verdict = verdict;
+                flow.inspect = Inspect::Done;
+                if verdict == Verdict::Block {
+                    stats.flows_reset += 1;
+                    if seg.flags & TCP_RST == 0 {
+                        stats.reset_packets += 1;
+                    }
                 }
+                return out;
             }
-            return out;
         }
         if seg.payload_len == 0 || seg.flags & TCP_RST != 0 {
             return out;
         }
         if from_client {
+            let end = seg.seq.wrapping_add(seg.payload_len);
+            if flow.continued && !seq_after(end, flow.decided_seq) {
+                return out;
+            }
             if flow.payload_ns == 0 {
                 flow.payload_ns = ts_ns;
             }
@@ -231,6 +253,9 @@ impl Tracker {
             client_data_seq: seg.seq.wrapping_add(1),
             captured: 0,
             payload_ns: 0,
+            continued: false,
+            decided_seq: 0,
+            capture_end_seq: seg.seq.wrapping_add(1),
             last_ns: ts_ns,
             phase: TcpPhase::SynSent,
             inspect: if self.config.capture {
@@ -277,7 +302,7 @@ impl Tracker {
 impl VerdictTarget for Tracker {
     /// Stores the verdict for the flow's next packet, like the kernel's `VERDICTS` map
     /// (and, like it, refuses a new key when full).
-    fn set_verdict(&mut self, key: &FlowKey, verdict: Verdict) -> anyhow::Result<()> {
+    fn set_verdict(&mut self, key: &FlowKey, verdict: VerdictEntry) -> anyhow::Result<()> {
         if !self.pending.contains_key(key) && self.pending.len() >= MAX_PENDING_VERDICTS as usize {
             anyhow::bail!("verdict map full ({MAX_PENDING_VERDICTS} entries)");
         }
@@ -380,6 +405,10 @@ fn capture<'a>(
         return;
     }
     flow.captured += len;
+    let end = seg.seq.wrapping_add(seg.payload_len);
+    if seq_after(end, flow.capture_end_seq) {
+        flow.capture_end_seq = end;
+    }
     stats.segments_captured += 1;
     let mut rec = record(RecordKind::Payload, seg, flow, true, ts_ns);
     rec.payload = &seg.payload[..len as usize];
@@ -390,8 +419,12 @@ fn capture<'a>(
 
 /// Server payload while the flow is inspecting.
 fn hold(config: &TrackerConfig, stats: &mut TrackerStats, flow: &mut Flow, ts_ns: u64) {
-    // The server spoke first: not a client-first protocol nprot can judge.
     if flow.payload_ns == 0 {
+        // Nothing awaits a decision on a continued flow.
+        if flow.continued {
+            return;
+        }
+        // The server spoke first: not a client-first protocol nprot can judge.
         flow.inspect = Inspect::Done;
         flow.verdict = Verdict::Allow;
         return;
@@ -610,6 +643,61 @@ mod tests {
         assert_eq!((s.flows_reset, s.reset_packets), (1, 3));
         assert_eq!(run.replay.summary().pipeline.records, 1 + 4);
         assert_eq!(run.replay.summary().pipeline.blocked, 1);
+    }
+
+    #[test]
+    fn proxy_tunnel_continues_until_its_client_hello() {
+        let c = Conv::new("198.18.0.1", 40004, "198.18.1.1", 3128);
+        let mut run = Run::new(Mode::Block, BLOCK_BAD);
+        run.feed_all(&c.handshake());
+        let connect = b"CONNECT good.example:443 HTTP/1.1\r\n\r\n";
+        run.feed(&c.client(0, connect));
+        // The proxy's answer is not held: the CONNECT was decided (Continue).
+        run.feed(&c.server(0, b"HTTP/1.1 200 Connection established\r\n\r\n"));
+        assert_eq!(run.stats().held_packets, 0);
+        let hello = client_hello("bad.example", 600);
+        run.feed(&c.client(connect.len() as u32, &hello));
+        run.feed(&c.server(40, b"\x16\x03\x03 server hello"));
+        assert_eq!(
+            run.actions(),
+            [
+                (ActionType::ConnectionSuccess, None),
+                (
+                    ActionType::HttpConnectionInspected,
+                    Some("good.example:443".into())
+                ),
+                (
+                    ActionType::SslConnectionInspected,
+                    Some("bad.example".into())
+                ),
+                (
+                    ActionType::ExploitGuardNetworkProtectionBlocked,
+                    Some("bad.example".into())
+                ),
+            ]
+        );
+        let s = run.stats();
+        assert_eq!((s.verdicts_applied, s.flows_reset), (2, 1));
+    }
+
+    #[test]
+    fn proxy_request_body_is_skipped_without_capture() {
+        let c = Conv::new("198.18.0.1", 40005, "198.18.1.1", 3128);
+        let mut run = Run::new(Mode::Block, BLOCK_BAD);
+        run.feed_all(&c.handshake());
+        let post = b"POST http://a.example/u HTTP/1.1\r\nContent-Length: 4000\r\n\r\n";
+        run.feed(&c.client(0, post));
+        run.feed(&c.server(0, b"HTTP/1.1 100 Continue\r\n\r\n"));
+        let captured = run.stats().segments_captured;
+        let body = vec![b'x'; 2000];
+        run.feed(&c.client(post.len() as u32, &body));
+        run.feed(&c.client(post.len() as u32 + 2000, &body));
+        assert_eq!(run.stats().segments_captured, captured, "body not captured");
+        let next = b"GET http://b.example/ HTTP/1.1\r\n\r\n";
+        run.feed(&c.client(post.len() as u32 + 4000, next));
+        let urls: Vec<_> = run.actions().into_iter().filter_map(|a| a.1).collect();
+        assert_eq!(urls, ["http://a.example/u", "http://b.example/"]);
+        assert_eq!(run.stats().held_packets, 0);
     }
 
     #[test]
