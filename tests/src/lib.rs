@@ -22,6 +22,7 @@ pub mod netns;
 pub mod nginx;
 pub mod process;
 pub mod recorder;
+pub mod rsyslog;
 pub mod sensor;
 pub mod tls;
 pub mod tunnel;

@@ -1,0 +1,250 @@
+//! Event sinks end to end: the TCP collector sink against a real rsyslog that is stopped
+//! and started again mid-stream, and the systemd unit under `systemd-analyze verify`.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use nprot::events::{
+    ActionType, Clock, Direction, Event, EventFactory, FlowEnds,
+    collector::{CollectorConfig, CollectorHandle, CollectorSink, Transport},
+    sink::{Fanout, Sink},
+};
+use nprot_tests::{
+    rsyslog::{Rsyslog, SinkEnv, systemd_analyze_verify},
+    sensor::sensor_binary,
+};
+
+const PORT: u16 = 10514;
+/// Events per batch, and the pause between batches: a steady stream.
+const BATCH: u64 = 5;
+const PAUSE: Duration = Duration::from_millis(5);
+
+struct Stream {
+    factory: EventFactory,
+    flow: FlowEnds,
+    fanout: Fanout,
+    handle: CollectorHandle,
+    published: u64,
+}
+
+impl Stream {
+    /// A collector sink to rsyslog, started inside the namespace (its sender thread
+    /// stays there), behind a `Fanout` as in the daemon.
+    fn start(env: &SinkEnv, queue: usize) -> Stream {
+        let mut config = CollectorConfig::new(Transport::Tcp, &format!("127.0.0.1:{PORT}"));
+        config.queue = queue;
+        let sink = env
+            .in_ns(move || CollectorSink::start(config))
+            .expect("namespace")
+            .expect("collector sink");
+        let handle = sink.handle();
+        Stream {
+            factory: EventFactory::new("sensor.test", "sink-test", Clock::now()),
+            flow: FlowEnds {
+                client: ("198.18.0.1".parse().unwrap(), 40000),
+                server: ("198.18.0.2".parse().unwrap(), 443),
+                direction: Direction::Outbound,
+            },
+            fanout: Fanout::new(vec![Box::new(sink) as Box<dyn Sink>]),
+            handle,
+            published: 0,
+        }
+    }
+
+    /// Publishes events up to `ReportId` `last`, in small batches, `PAUSE` apart.
+    fn publish_until(&mut self, last: u64) {
+        while self.published < last {
+            let n = BATCH.min(last - self.published);
+            let mut events: Vec<Event> = (0..n)
+                .map(|_| {
+                    self.factory
+                        .connection(ActionType::ConnectionSuccess, 0, &self.flow)
+                })
+                .collect();
+            self.published += n;
+            self.fanout.publish(&mut events);
+            std::thread::sleep(PAUSE);
+        }
+    }
+}
+
+/// Report ids seen, how often each, and the lines that are not whole events.
+fn tally(lines: &[String]) -> (BTreeMap<u64, usize>, Vec<String>) {
+    let mut seen = BTreeMap::new();
+    let mut fragments = Vec::new();
+    for line in lines {
+        match serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["ReportId"].as_u64())
+        {
+            Some(id) => *seen.entry(id).or_insert(0) += 1,
+            None => fragments.push(line.clone()),
+        }
+    }
+    (seen, fragments)
+}
+
+fn describe(rsyslog: &Rsyslog, handle: &CollectorHandle) -> String {
+    format!("counters {handle:?}\nrsyslogd:\n{}", rsyslog.stderr())
+}
+
+/// rsyslog stopped with SIGTERM in the middle of a steady stream, events published while
+/// it is down, rsyslog started again: every event arrives exactly once, whole.
+#[test]
+fn tcp_collector_delivers_exactly_once_across_an_rsyslog_restart() {
+    let env = SinkEnv::start().expect("sink test environment");
+    let mut rsyslog = env.start_rsyslog(PORT).expect("rsyslog");
+    let mut stream = Stream::start(&env, 10_000);
+
+    stream.publish_until(300);
+    // Mid-stream: the sender has a chunk in flight or awaiting confirmation.
+    let status = rsyslog.stop().expect("stop rsyslog");
+    eprintln!(
+        "rsyslogd stopped ({status}) after {} events",
+        stream.published
+    );
+    stream.publish_until(500);
+    assert!(
+        !stream.handle.counters().connected,
+        "{}",
+        describe(&rsyslog, &stream.handle)
+    );
+    rsyslog.restart().expect("restart rsyslog");
+    stream.publish_until(800);
+
+    let total = stream.published;
+    let lines = rsyslog.wait_received(Duration::from_secs(30), |lines| {
+        tally(lines).0.len() as u64 >= total
+    });
+    let (seen, fragments) = tally(&lines);
+    let counters = stream.handle.counters();
+    let missing: Vec<u64> = (1..=total).filter(|id| !seen.contains_key(id)).collect();
+    let twice: Vec<(&u64, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty() && fragments.is_empty(),
+        "missing {missing:?}\nduplicated {twice:?}\nfragments {fragments:?}\n{}",
+        describe(&rsyslog, &stream.handle)
+    );
+    assert_eq!(seen.len() as u64, total);
+    assert_eq!(counters.dropped, 0, "{counters:?}");
+    assert_eq!(counters.sent, total, "{counters:?}");
+    assert!(counters.reconnects >= 1, "{counters:?}");
+    assert_eq!(stream.fanout.dropped, 0);
+    eprintln!("delivered {total} events exactly once; {counters:?}");
+}
+
+/// With a small queue and rsyslog down for longer than it holds, the oldest queued events
+/// give way to newer ones: every event either arrives exactly once or is counted as
+/// dropped, and what arrives from the outage is its newest events.
+#[test]
+fn tcp_collector_counts_what_exceeds_its_bound() {
+    const QUEUE: usize = 50;
+    let env = SinkEnv::start().expect("sink test environment");
+    let mut rsyslog = env.start_rsyslog(PORT).expect("rsyslog");
+    let mut stream = Stream::start(&env, QUEUE);
+
+    stream.publish_until(100);
+    wait_until("the first 100 delivered", || {
+        stream.handle.counters().sent == 100
+    });
+    rsyslog.stop().expect("stop rsyslog");
+    stream.publish_until(400);
+    let while_down = stream.handle.counters();
+    assert!(while_down.dropped >= 300 - QUEUE as u64, "{while_down:?}");
+    rsyslog.restart().expect("restart rsyslog");
+    wait_until("the queue delivered after the restart", || {
+        let c = stream.handle.counters();
+        c.connected && c.queued == 0
+    });
+    stream.publish_until(500);
+
+    let total = stream.published;
+    wait_until("every event settled", || {
+        let c = stream.handle.counters();
+        c.sent + c.dropped == total
+    });
+    let c = stream.handle.counters();
+    let lines = rsyslog.wait_received(Duration::from_secs(30), |lines| {
+        tally(lines).0.len() as u64 >= c.sent
+    });
+    let (seen, fragments) = tally(&lines);
+    let twice: Vec<(&u64, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty() && fragments.is_empty(),
+        "duplicated {twice:?}\nfragments {fragments:?}\n{}",
+        describe(&rsyslog, &stream.handle)
+    );
+    assert_eq!(c.sent + c.dropped, total, "{c:?}");
+    assert_eq!(
+        seen.len() as u64,
+        c.sent,
+        "{}",
+        describe(&rsyslog, &stream.handle)
+    );
+    let missing: Vec<u64> = (1..=100)
+        .chain(361..=500)
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    // Before the outage and after the restart everything arrived, and the newest events
+    // of the outage (the queue, less a chunk that may have been in flight) too.
+    assert!(missing.is_empty(), "missing {missing:?}; {c:?}");
+    assert_eq!(
+        stream.fanout.dropped, c.dropped,
+        "nprot stats sees the drops"
+    );
+    eprintln!("{c:?}");
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn workspace() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
+}
+
+/// `systemd-analyze verify` accepts the unit. `/usr/bin/nprot` is not installed here, so
+/// a copy of the unit points at the built binary (verify checks that it is executable).
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(workspace().join("packaging/nprot.service"))
+        .expect("packaging/nprot.service");
+    for required in [
+        "Type=notify",
+        "WatchdogSec=30",
+        "ExecStart=/usr/bin/nprot run --config /etc/nprot/nprot.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_RESOURCE CAP_SYS_NICE\n",
+        "LimitMEMLOCK=infinity",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+    ] {
+        assert!(unit.contains(required), "unit lacks {required:?}");
+    }
+    assert!(!unit.contains("CAP_SYS_ADMIN\n") && !unit.contains("RestrictRealtime=yes"));
+
+    let binary = sensor_binary()
+        .or_else(|_| std::env::current_exe())
+        .expect("an executable for ExecStart");
+    let dir = std::env::temp_dir().join(format!("nprot-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("nprot.service");
+    let local = unit.replace(
+        "ExecStart=/usr/bin/nprot ",
+        &format!("ExecStart={} ", binary.display()),
+    );
+    std::fs::write(&copy, local).unwrap();
+    let result = systemd_analyze_verify(&copy);
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = result.expect("systemd-analyze verify");
+    // Warnings (unknown keys, bad values) do not change the exit code: none may name us.
+    assert!(!text.contains("nprot.service"), "{text}");
+}
