@@ -40,6 +40,8 @@ pub fn notify_to(socket: &str, state: &str) -> io::Result<()> {
         }
     };
     let sock = UnixDatagram::unbound()?;
+    // Sent from the verdict loop: a receiver that does not read must not stall it.
+    sock.set_nonblocking(true)?;
     let sent = sock.send_to_addr(state.as_bytes(), &addr)?;
     if sent != state.len() {
         return Err(io::Error::new(

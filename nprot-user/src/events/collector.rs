@@ -433,6 +433,11 @@ impl Sink for CollectorSink {
     fn stats(&self) -> Value {
         serde_json::to_value(self.counters()).unwrap_or(Value::Null)
     }
+
+    fn finish(&mut self) {
+        let timeout = self.config.close_timeout;
+        self.stop(timeout);
+    }
 }
 
 /// A shared handle on a collector sink's counters.
@@ -698,6 +703,13 @@ impl TcpSender {
                 continue;
             }
             if self.chunk.lines() == 0 {
+                // A collector that went away while we were idle: find out before taking
+                // lines, which would then be held (never pushed out by newer ones) for
+                // the whole outage.
+                if let Some(loss) = self.conn.as_ref().and_then(Conn::gone) {
+                    self.lost(loss);
+                    continue;
+                }
                 // Connected: only now do queued lines become the chunk in flight.
                 take_lines(&self.shared, &mut self.chunk, self.config.max_chunk);
                 if self.chunk.lines() == 0 {

@@ -30,6 +30,9 @@ pub trait Sink: Send {
     fn stats(&self) -> Value {
         Value::Null
     }
+    /// At shutdown: delivers what the sink still holds, within its own time bound, and
+    /// counts the rest in [`Sink::dropped`]. The sink takes no more batches afterwards.
+    fn finish(&mut self) {}
 }
 
 /// Standard output.
@@ -108,6 +111,15 @@ impl Fanout {
     pub fn refresh(&mut self) {
         let own: u64 = self.sinks.iter().map(|s| s.dropped()).sum();
         self.dropped = self.failed + own;
+    }
+
+    /// At shutdown: lets every sink deliver what it holds ([`Sink::finish`]), then brings
+    /// the counters up to date.
+    pub fn close(&mut self) {
+        for sink in &mut self.sinks {
+            sink.finish();
+        }
+        self.refresh();
     }
 
     /// Every sink's name and counters, for `nprot stats`.
