@@ -172,6 +172,29 @@ impl Env {
         Ok(())
     }
 
+    /// Spawns the sensor on the client veth (events to `<dir>/events.jsonl`) with the
+    /// environment variables `envs` added, and returns at once, without waiting for it to
+    /// be ready (see [`Sensor::spawn`]). It is kept in the `Env` and stopped with it.
+    pub fn spawn_sensor_with_env(
+        &mut self,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<&mut Sensor> {
+        if self.sensor.is_some() {
+            bail!("sensor already started");
+        }
+        let client_if = self.topo.client_if.clone();
+        let sensor = Sensor::spawn(
+            &self.topo.client_ns,
+            &[&client_if],
+            self.events.path(),
+            extra_args,
+            envs,
+        )?;
+        self.events = EventLog::new(self.events.path(), sensor.stderr().clone());
+        Ok(self.sensor.insert(sensor))
+    }
+
     /// Writes `indicators` to `<dir>/indicators.json` and starts the sensor with
     /// `--mode MODE --indicators <that file>` plus `extra_args`.
     pub fn enforce(&mut self, mode: &str, indicators: &[Value], extra_args: &[&str]) -> Result<()> {

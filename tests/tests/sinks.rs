@@ -1,5 +1,6 @@
 //! Event sinks end to end: the TCP collector sink against a real rsyslog that is stopped
-//! and started again mid-stream, and the systemd unit under `systemd-analyze verify`.
+//! and started again mid-stream, the daemon's configured sinks with real traffic, and the
+//! systemd unit under `systemd-analyze verify`.
 
 use std::{
     collections::BTreeMap,
@@ -13,8 +14,9 @@ use nprot::events::{
     sink::{Fanout, Sink},
 };
 use nprot_tests::{
+    Env, ev,
     rsyslog::{Rsyslog, SinkEnv, systemd_analyze_verify},
-    sensor::sensor_binary,
+    sensor::{control_socket_for, sensor_binary},
 };
 
 const PORT: u16 = 10514;
@@ -306,4 +308,162 @@ fn systemd_unit_verifies() {
     let text = result.expect("systemd-analyze verify");
     // Warnings (unknown keys, bad values) do not change the exit code: none may name us.
     assert!(!text.contains("nprot.service"), "{text}");
+}
+
+/// `nprot … --socket SOCK --json` against the test's sensor, parsed.
+fn nprot_json(env: &Env, args: &[&str]) -> serde_json::Value {
+    let bin = sensor_binary().expect("sensor binary");
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .arg("--socket")
+        .arg(control_socket_for(env.events().path()))
+        .output()
+        .expect("run nprot");
+    assert!(
+        out.status.success(),
+        "nprot {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("nprot --json prints JSON")
+}
+
+/// The sink named `name` in `nprot stats --json`.
+fn sink_named<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["sinks"]
+        .as_array()
+        .and_then(|sinks| sinks.iter().find(|s| s["sink"] == name))
+        .unwrap_or_else(|| panic!("no sink {name:?} in {stats}"))
+}
+
+/// The real daemon, configured by file with a TCP collector (rsyslog in the sensor's
+/// namespace) and one nobody listens on: real curl traffic is logged to the event file and
+/// to rsyslog, each event exactly once, the unreachable collector neither stops the sensor
+/// nor loses what it holds, and `nprot stats` shows every sink's counters.
+#[test]
+fn daemon_sends_its_events_to_rsyslog_and_reports_sink_counters() {
+    const DOWN_PORT: u16 = 10515;
+    let mut env = Env::start_without_sensor().expect("env");
+    let rsyslog = Rsyslog::start(&env.topo.client_ns, &env.dir().join("rsyslog"), PORT)
+        .expect("rsyslog in the sensor's namespace");
+    let config = env.dir().join("nprot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[events.collector]]\naddress = \"127.0.0.1:{PORT}\"\nprotocol = \"tcp\"\nbuffer_events = 1000\n\n\
+             [[events.collector]]\naddress = \"127.0.0.1:{DOWN_PORT}\"\nbuffer_events = 1000\n"
+        ),
+    )
+    .expect("write config");
+    // The harness adds `--events <dir>/events.jsonl`: a file sink beside the collectors.
+    env.start_sensor(&["--config", &config.to_string_lossy()])
+        .expect("sensor with collectors, one of them unreachable");
+
+    let https = env
+        .curl_https("good.example", 443, false, "/good")
+        .expect("curl https");
+    let http = env
+        .curl_http("good.example", 80, false, "/good", &[])
+        .expect("curl http");
+    for (what, port, action) in [
+        ("TLS", https.local_port, "SslConnectionInspected"),
+        ("HTTP", http.local_port, "HttpConnectionInspected"),
+    ] {
+        env.events()
+            .wait_for_described(
+                &format!("{what} event from port {port}"),
+                |e| ev::is(e, action) && ev::local_port(e, port),
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    // Every event of the file reaches rsyslog, once and whole.
+    let in_file: Vec<u64> = env
+        .events()
+        .events()
+        .expect("event file")
+        .iter()
+        .filter_map(|e| e["ReportId"].as_u64())
+        .collect();
+    assert!(in_file.len() >= 4, "{in_file:?}");
+    let lines = rsyslog.wait_received(Duration::from_secs(10), |lines| {
+        let seen = tally(lines).0;
+        in_file.iter().all(|id| seen.contains_key(id))
+    });
+    let (seen, fragments) = tally(&lines);
+    assert!(fragments.is_empty(), "{fragments:?}");
+    let at_rsyslog: Vec<u64> = seen.keys().copied().collect();
+    let mut expected = in_file.clone();
+    expected.sort_unstable();
+    assert_eq!(at_rsyslog, expected, "rsyslog:\n{}", rsyslog.stderr());
+    assert!(seen.values().all(|&n| n == 1), "duplicates: {seen:?}");
+    let sample = lines
+        .iter()
+        .find(|l| l.contains("\"SslConnectionInspected\""))
+        .expect("the TLS event at rsyslog");
+    let sample: serde_json::Value = serde_json::from_str(sample).expect("JSON");
+    assert_eq!(sample["RemoteUrl"], "good.example");
+
+    // The counters: a chunk counts as sent once its confirmation time is over.
+    let n = in_file.len() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = nprot_json(&env, &["stats", "--json"]);
+        let up = sink_named(&stats, &format!("tcp collector 127.0.0.1:{PORT}"));
+        if up["stats"]["sent"].as_u64() >= Some(n) {
+            break stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "collector never counted {n} sent: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let written = stats["events_written"].as_u64().expect("events_written");
+    assert!(written >= n, "{stats}");
+    assert_eq!(stats["events_dropped"], 0, "{stats}");
+    let up = sink_named(&stats, &format!("tcp collector 127.0.0.1:{PORT}"));
+    assert_eq!(up["dropped"], 0, "{up}");
+    assert_eq!(up["stats"]["connected"], true, "{up}");
+    assert_eq!(up["stats"]["reconnects"], 0, "{up}");
+    let down = sink_named(&stats, &format!("tcp collector 127.0.0.1:{DOWN_PORT}"));
+    assert_eq!(down["stats"]["connected"], false, "{down}");
+    assert_eq!(down["stats"]["sent"], 0, "{down}");
+    assert_eq!(
+        down["dropped"], 0,
+        "held, not dropped, within its bound: {down}"
+    );
+    assert!(down["stats"]["queued"].as_u64() >= Some(n), "{down}");
+    let file = stats["sinks"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s["sink"].as_str().is_some_and(|n| n.starts_with("file ")))
+        })
+        .unwrap_or_else(|| panic!("no file sink: {stats}"));
+    assert_eq!(file["dropped"], 0, "{file}");
+    assert!(
+        !stats["sinks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["sink"] == "stdout"),
+        "stdout is off when a file or collector is configured: {stats}"
+    );
+
+    // The table for people names each sink with its counters.
+    let bin = sensor_binary().expect("sensor binary");
+    let table = std::process::Command::new(bin)
+        .args(["stats", "--socket"])
+        .arg(control_socket_for(env.events().path()))
+        .output()
+        .expect("nprot stats");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&format!(
+            "sink      tcp collector 127.0.0.1:{PORT}  dropped 0"
+        )) && table.contains(&format!(
+            "sink      tcp collector 127.0.0.1:{DOWN_PORT}  dropped 0  connected false"
+        )),
+        "{table}"
+    );
 }
