@@ -345,16 +345,23 @@ fn await_notification(
     }
 }
 
+/// A test world without the sensor, and a datagram socket bound in its directory as
+/// systemd binds `$NOTIFY_SOCKET`, with its path.
+fn env_with_notify_socket() -> (Env, UnixDatagram, String) {
+    let env = Env::start_without_sensor().expect("env");
+    let path = env.dir().join("notify.sock");
+    let notify = UnixDatagram::bind(&path).expect("bind the notification socket");
+    let path = path.to_string_lossy().into_owned();
+    (env, notify, path)
+}
+
 /// systemd's `Type=notify` protocol, against a socket the test binds as systemd would:
 /// READY=1 comes once the programs are attached and the control socket answers;
 /// WATCHDOG=1 keeps coming at half WATCHDOG_USEC; a SIGHUP is framed by RELOADING=1 and
 /// READY=1; SIGTERM sends STOPPING=1.
 #[test]
 fn sd_notify_ready_after_attach_then_watchdog_reload_and_stopping() {
-    let mut env = Env::start_without_sensor().expect("env");
-    let path = env.dir().join("notify.sock");
-    let notify = UnixDatagram::bind(&path).expect("bind the notification socket");
-    let path = path.to_string_lossy().into_owned();
+    let (mut env, notify, path) = env_with_notify_socket();
     // 400 ms: the sensor pings every 200 ms.
     let envs = [
         ("NOTIFY_SOCKET", path.as_str()),
@@ -411,10 +418,7 @@ fn sd_notify_ready_after_attach_then_watchdog_reload_and_stopping() {
 /// Without WATCHDOG_USEC the sensor sends READY=1 and no watchdog pings.
 #[test]
 fn sd_notify_without_watchdog_sends_no_pings() {
-    let mut env = Env::start_without_sensor().expect("env");
-    let path = env.dir().join("notify.sock");
-    let notify = UnixDatagram::bind(&path).expect("bind the notification socket");
-    let path = path.to_string_lossy().into_owned();
+    let (mut env, notify, path) = env_with_notify_socket();
     env.spawn_sensor_with_env(&[], &[("NOTIFY_SOCKET", path.as_str())])
         .expect("spawn sensor");
     await_notification(&notify, "READY=1", READY_TIMEOUT)
