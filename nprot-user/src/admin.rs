@@ -65,6 +65,9 @@ pub fn stats(client: &ClientArgs) -> anyhow::Result<()> {
             "events: written {}  dropped {}",
             d["events_written"], d["events_dropped"]
         );
+        for sink in d["sinks"].as_array().into_iter().flatten() {
+            println!("{}", sink_line(sink));
+        }
         for section in ["pipeline", "kernel"] {
             if let Some(map) = d[section].as_object() {
                 for (k, v) in map {
@@ -74,6 +77,23 @@ pub fn stats(client: &ClientArgs) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// One sink of `nprot stats`: `sink <name>  dropped N  <its own counters>`.
+fn sink_line(sink: &Value) -> String {
+    let mut line = format!(
+        "sink      {}  dropped {}",
+        sink["sink"].as_str().unwrap_or("?"),
+        sink["dropped"]
+    );
+    if let Some(own) = sink["stats"].as_object() {
+        for (k, v) in own {
+            if k != "dropped" {
+                line.push_str(&format!("  {k} {v}"));
+            }
+        }
+    }
+    line
 }
 
 /// `nprot mode MODE`.
@@ -223,7 +243,20 @@ fn report_added(d: &Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, sink_line};
+    use serde_json::json;
+
+    #[test]
+    fn sink_lines_show_drops_and_own_counters() {
+        let collector = json!({"sink": "tcp collector 198.18.0.9:514", "dropped": 3,
+            "stats": {"queued": 1, "sent": 40, "dropped": 3, "connected": true}});
+        assert_eq!(
+            sink_line(&collector),
+            "sink      tcp collector 198.18.0.9:514  dropped 3  connected true  queued 1  sent 40"
+        );
+        let stdout = json!({"sink": "stdout", "dropped": 0, "stats": null});
+        assert_eq!(sink_line(&stdout), "sink      stdout  dropped 0");
+    }
 
     #[test]
     fn durations() {

@@ -58,7 +58,8 @@ pub struct RunArgs {
     /// Interface to guard (repeat for several); replaces the config's `interfaces`.
     #[arg(short, long = "interface", value_name = "IF")]
     pub interfaces: Vec<String>,
-    /// Append events (JSON lines) to FILE instead of the configured sinks or stdout.
+    /// Append events (JSON lines) to FILE, rotated by size; replaces the config's
+    /// `events.file` (collectors stay; stdout only if `events.stdout = true`).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
     /// Network-protection level: disabled (no inspection), audit (log only), block.

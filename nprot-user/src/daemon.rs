@@ -22,17 +22,21 @@ use tokio::{
 use crate::{
     capture::{self, Record, Sensor},
     cli::RunArgs,
-    config::{self, Config},
+    config::{self, Config, EventsConfig, Protocol},
     control::{self, Request, Response},
     events::rfc3339_micros,
     events::{
-        EventFactory, monotonic_ns,
+        EventFactory,
+        collector::{CollectorConfig, CollectorSink, Transport},
+        monotonic_ns,
+        rotate::RotatingFileSink,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
     pipeline::{KnownProxy, Pipeline, PipelineStats, VerdictTarget},
     policy::{
         self, Action, Indicator, IndicatorType, Indicators, Policy, Subject, Target, load_json,
     },
+    sdnotify,
     state::State,
     stats::LatencySummary,
     verdict::Mode,
@@ -50,8 +54,11 @@ const HOUSEKEEPING_TICKS: u32 = 20;
 pub struct RunOptions {
     /// Interfaces to guard.
     pub interfaces: Vec<String>,
-    /// Event file; stdout when `None`.
-    pub events: Option<PathBuf>,
+    /// Where events go: the config's `[events]` with `--events FILE` as `events.file`.
+    /// Read at start only (a reload does not rebuild the sinks).
+    pub events: EventsConfig,
+    /// `--events FILE`, kept to compare a reloaded config with what runs.
+    pub events_flag: Option<PathBuf>,
     /// Network-protection level given on the command line; it wins over the saved one.
     pub mode: Option<Mode>,
     /// The config file's mode, used when neither a flag nor `nprot mode` set one.
@@ -120,7 +127,8 @@ impl RunOptions {
         device_groups.extend(args.device_groups);
         Ok(RunOptions {
             interfaces,
-            events: args.events.or(config.events.file.clone()),
+            events: merged_events(&config, args.events.as_deref()),
+            events_flag: args.events,
             mode: args.mode,
             config_mode: config.mode,
             indicators,
@@ -140,6 +148,63 @@ impl RunOptions {
     }
 }
 
+/// The config's `[events]` with `--events FILE` laid over `events.file`.
+fn merged_events(config: &Config, events_flag: Option<&std::path::Path>) -> EventsConfig {
+    let mut events = config.events.clone();
+    if let Some(file) = events_flag {
+        events.file = Some(file.to_owned());
+    }
+    events
+}
+
+/// The sinks `[events]` asks for: stdout, the (rotating) file, one sender per collector.
+///
+/// Collector senders are OS threads started here: call this before the verdict loop
+/// switches to SCHED_FIFO, so they keep normal scheduling. A collector that cannot be
+/// reached does not fail this: its sink queues, reconnects and counts what it drops. A
+/// file that cannot be opened does (a misconfigured path is the operator's to fix).
+pub fn build_sinks(events: &EventsConfig) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if events.stdout_enabled() {
+        sinks.push(Box::new(StdoutSink));
+    }
+    if let Some(path) = &events.file {
+        let keep = usize::try_from(events.file_keep).unwrap_or(usize::MAX);
+        let opened = if events.file_max_bytes == 0 {
+            FileSink::open(path).map(|s| Box::new(s) as Box<dyn Sink>)
+        } else {
+            RotatingFileSink::open(path, events.file_max_bytes, keep)
+                .map(|s| Box::new(s) as Box<dyn Sink>)
+        };
+        sinks.push(opened.with_context(|| format!("cannot open event file {}", path.display()))?);
+    }
+    for c in &events.collector {
+        let transport = match c.protocol {
+            Protocol::Tcp => Transport::Tcp,
+            Protocol::Udp => Transport::Udp,
+        };
+        let mut config = CollectorConfig::new(transport, &c.address.to_string());
+        config.queue = c.buffer_events;
+        let sink = CollectorSink::start(config)
+            .with_context(|| format!("cannot start the sender for collector {}", c.address))?;
+        sinks.push(Box::new(sink));
+    }
+    if sinks.is_empty() {
+        // The config refuses this; a caller building options by hand gets the same answer.
+        anyhow::bail!("no event sink: events would go nowhere");
+    }
+    Ok(sinks)
+}
+
+/// Sends an sd_notify(3) message if systemd asked for them; a failure is logged, never
+/// fatal (the sensor guards the host whether or not systemd hears about it).
+fn notify(state: &str) {
+    match sdnotify::notify(state) {
+        Ok(_) => {}
+        Err(e) => warn!("sd_notify {:?}: {e}", state.lines().next().unwrap_or("")),
+    }
+}
+
 /// What the sensor did, as written by `--stats` on exit and answered to `nprot stats`.
 #[derive(Debug, serde::Serialize)]
 pub struct RunReport {
@@ -152,6 +217,8 @@ pub struct RunReport {
     pub kernel: std::collections::BTreeMap<&'static str, u64>,
     pub events_written: u64,
     pub events_dropped: u64,
+    /// Every sink's name, drops and own counters (see `Fanout::sink_stats`).
+    pub sinks: Value,
     pub decode_errors: u64,
 }
 
@@ -235,14 +302,13 @@ struct Daemon {
 
 /// Runs the sensor until SIGINT or SIGTERM; everything is detached when it returns.
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let sink: Box<dyn Sink> = match &opts.events {
-        Some(path) => Box::new(
-            FileSink::open(path)
-                .with_context(|| format!("cannot open event file {}", path.display()))?,
-        ),
-        None => Box::new(StdoutSink),
-    };
-    let fanout = Fanout::new(vec![sink]);
+    // Sinks first: collector senders are threads, and must be spawned before this thread
+    // goes SCHED_FIFO (threads inherit the policy).
+    let sinks = build_sinks(&opts.events)?;
+    for sink in &sinks {
+        info!("events to {}", sink.describe());
+    }
+    let fanout = Fanout::new(sinks);
 
     // Bad indicator files or state stop the start: no sensor with half a policy.
     let state = State::load(&opts.state_dir)?;
@@ -282,6 +348,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         guarded.join(", "),
         opts.control_socket.display()
     );
+    // The programs are attached and the control socket is up.
+    let status = format!("guarding {} in {mode} mode", guarded.join(", "));
+    notify(&format!("READY=1\nSTATUS={status}"));
+    let watchdog = sdnotify::watchdog_interval();
+    if let Some(every) = watchdog {
+        info!("systemd watchdog: WATCHDOG=1 every {every:?}");
+    }
     let mut daemon = Daemon {
         opts,
         sensor,
@@ -300,6 +373,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     set_realtime(daemon.opts.rt_priority);
     let mut tick = interval(DRAIN);
     let mut ticks = 0u32;
+    let mut last_watchdog = Instant::now();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -313,22 +387,36 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 if ticks.is_multiple_of(HOUSEKEEPING_TICKS) {
                     daemon.housekeeping();
                 }
+                // From the verdict loop itself: a loop that stalls stops the pings.
+                if let Some(every) = watchdog
+                    && last_watchdog.elapsed() >= every
+                {
+                    notify("WATCHDOG=1");
+                    last_watchdog = Instant::now();
+                }
             }
             Some((request, reply)) = calls.recv() => {
                 let _ = reply.send(daemon.handle(request));
             }
-            _ = sighup.recv() => daemon.reload(),
+            _ = sighup.recv() => {
+                notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_ns() / 1000));
+                daemon.reload();
+                notify(&format!("READY=1\nSTATUS=guarding {} in {} mode", guarded.join(", "), daemon.mode));
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
 
-    // What is already in the ring still gets reported.
+    notify("STOPPING=1\nSTATUS=detaching");
+    // What is already in the ring still gets reported; collectors get their close time
+    // to deliver what they hold, and the totals include what they could not.
     daemon.drain(ring.get_mut());
+    daemon.fanout.close();
     daemon.report_totals();
-    if let Some(path) = &daemon.opts.stats {
+    if let Some(path) = daemon.opts.stats.clone() {
         let json = serde_json::to_vec_pretty(&daemon.report())?;
-        std::fs::write(path, json)
+        std::fs::write(&path, json)
             .with_context(|| format!("cannot write stats to {}", path.display()))?;
     }
     drop(ring);
@@ -375,7 +463,8 @@ impl Daemon {
         }
     }
 
-    fn report(&self) -> RunReport {
+    fn report(&mut self) -> RunReport {
+        self.fanout.refresh();
         RunReport {
             mode: self.mode,
             indicators: self.pipeline.policy().len(),
@@ -390,6 +479,7 @@ impl Daemon {
                 .unwrap_or_default(),
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped,
+            sinks: self.fanout.sink_stats(),
             decode_errors: self.decode_errors,
         }
     }
@@ -572,6 +662,9 @@ impl Daemon {
                 {
                     warn!("interfaces, state_dir and control_socket change only on restart");
                 }
+                if merged_events(&config, opts.events_flag.as_deref()) != opts.events {
+                    warn!("[events] changed: sinks are not rebuilt on reload; restart to apply");
+                }
                 if !opts.indicators_from_flags {
                     opts.indicators = config
                         .indicator_files()
@@ -642,6 +735,14 @@ impl Daemon {
             "events: written={} dropped={}",
             self.fanout.written, self.fanout.dropped
         );
+        for sink in self.fanout.sink_stats().as_array().into_iter().flatten() {
+            info!(
+                "  {}: dropped={} {}",
+                sink["sink"].as_str().unwrap_or("?"),
+                sink["dropped"],
+                sink["stats"]
+            );
+        }
         if let Ok(k) = self.sensor.kernel_stats() {
             let parts: Vec<String> = stat::NAMES
                 .iter()

@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod reassembly;
 pub mod replay;
+pub mod sdnotify;
 pub mod state;
 pub mod stats;
 pub mod verdict;

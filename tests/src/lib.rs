@@ -23,6 +23,7 @@ pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod recorder;
+pub mod rsyslog;
 pub mod sensor;
 pub mod tls;
 pub mod tunnel;
@@ -171,6 +172,29 @@ impl Env {
         self.events = EventLog::new(self.events.path(), sensor.stderr().clone());
         self.sensor = Some(sensor);
         Ok(())
+    }
+
+    /// Spawns the sensor on the client veth (events to `<dir>/events.jsonl`) with the
+    /// environment variables `envs` added, and returns at once, without waiting for it to
+    /// be ready (see [`Sensor::spawn`]). It is kept in the `Env` and stopped with it.
+    pub fn spawn_sensor_with_env(
+        &mut self,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<&mut Sensor> {
+        if self.sensor.is_some() {
+            bail!("sensor already started");
+        }
+        let client_if = self.topo.client_if.clone();
+        let sensor = Sensor::spawn(
+            &self.topo.client_ns,
+            &[&client_if],
+            self.events.path(),
+            extra_args,
+            envs,
+        )?;
+        self.events = EventLog::new(self.events.path(), sensor.stderr().clone());
+        Ok(self.sensor.insert(sensor))
     }
 
     /// Writes `indicators` to `<dir>/indicators.json` and starts the sensor with

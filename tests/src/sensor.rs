@@ -187,7 +187,7 @@ impl Sensor {
         timeout: Duration,
     ) -> Result<Launch> {
         let deadline = Instant::now() + timeout;
-        let mut sensor = Sensor::spawn(ns, interfaces, events, extra_args)?;
+        let mut sensor = Sensor::spawn(ns, interfaces, events, extra_args, &[])?;
         if sensor.stderr.wait_for(READY_MARKER, timeout) {
             return Ok(Launch::Ready(sensor));
         }
@@ -219,10 +219,19 @@ impl Sensor {
     }
 
     /// Spawns `nprot run` in the namespace `ns` with stderr and stdout collected into
-    /// one [`StderrLog`]; does not wait for anything.
-    fn spawn(ns: &str, interfaces: &[&str], events: &Path, extra_args: &[&str]) -> Result<Sensor> {
+    /// one [`StderrLog`] and the environment variables `envs` added; does not wait for
+    /// anything (tests of readiness wait on their own signal).
+    pub fn spawn(
+        ns: &str,
+        interfaces: &[&str],
+        events: &Path,
+        extra_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Sensor> {
         let bin = sensor_binary()?;
         let mut cmd = netns_cmd(ns, &bin.to_string_lossy());
+        // `ip netns exec` execs the program: the variables reach it, and its pid is ours.
+        cmd.envs(envs.iter().copied());
         cmd.arg("run");
         for interface in interfaces {
             cmd.args(["--interface", interface]);

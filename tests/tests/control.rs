@@ -2,12 +2,18 @@
 //! status` against a running sensor, persistence across a restart, and the refusal of an
 //! unprivileged account.
 
-use std::{path::Path, process::Output, time::Duration};
+use std::{
+    os::unix::net::UnixDatagram,
+    path::Path,
+    process::Output,
+    time::{Duration, Instant},
+};
 
 use nprot_tests::{
     CurlRun, Env,
     indicators::indicator,
-    sensor::{control_socket_for, sensor_binary},
+    process::signal,
+    sensor::{READY_TIMEOUT, control_socket_for, sensor_binary},
 };
 
 fn nprot(socket: &Path, args: &[&str]) -> Output {
@@ -308,4 +314,118 @@ fn bypass_lets_a_warned_target_through_and_is_logged() {
         String::from_utf8_lossy(&refused.stderr).contains("only Warn indicators can be bypassed")
     );
     assert_reset(&env, &curl_bad(&env));
+}
+
+/// Reads notifications from `sock` until one contains `want`, for up to `timeout`;
+/// returns it and every message seen before it (in order).
+fn await_notification(
+    sock: &UnixDatagram,
+    want: &str,
+    timeout: Duration,
+) -> Result<(String, Vec<String>), Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(seen);
+        }
+        sock.set_read_timeout(Some(left)).expect("read timeout");
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l == want) {
+                    return Ok((msg, seen));
+                }
+                seen.push(msg);
+            }
+            Err(_) => return Err(seen),
+        }
+    }
+}
+
+/// A test world without the sensor, and a datagram socket bound in its directory as
+/// systemd binds `$NOTIFY_SOCKET`, with its path.
+fn env_with_notify_socket() -> (Env, UnixDatagram, String) {
+    let env = Env::start_without_sensor().expect("env");
+    let path = env.dir().join("notify.sock");
+    let notify = UnixDatagram::bind(&path).expect("bind the notification socket");
+    let path = path.to_string_lossy().into_owned();
+    (env, notify, path)
+}
+
+/// systemd's `Type=notify` protocol, against a socket the test binds as systemd would:
+/// READY=1 comes once the programs are attached and the control socket answers;
+/// WATCHDOG=1 keeps coming at half WATCHDOG_USEC; a SIGHUP is framed by RELOADING=1 and
+/// READY=1; SIGTERM sends STOPPING=1.
+#[test]
+fn sd_notify_ready_after_attach_then_watchdog_reload_and_stopping() {
+    let (mut env, notify, path) = env_with_notify_socket();
+    // 400 ms: the sensor pings every 200 ms.
+    let envs = [
+        ("NOTIFY_SOCKET", path.as_str()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    let pid = env
+        .spawn_sensor_with_env(&[], &envs)
+        .expect("spawn sensor")
+        .pid()
+        .expect("pid");
+
+    let (ready, before) = await_notification(&notify, "READY=1", READY_TIMEOUT)
+        .unwrap_or_else(|seen| panic!("no READY=1 (got {seen:?})\n{}", env.diagnostics()));
+    // Checked the moment READY arrives: the filter is on the interface already.
+    let attached = env.client_attachments().expect("attachments");
+    assert!(
+        attached.any(),
+        "READY=1 before the programs were attached:\n{attached}"
+    );
+    assert!(before.is_empty(), "sent before READY=1: {before:?}");
+    assert!(ready.contains("STATUS=guarding "), "{ready:?}");
+    let status = nprot_ok(&socket(&env), &["status", "--json"]);
+    assert!(status.contains("\"pid\""), "{status}");
+
+    let started = Instant::now();
+    for _ in 0..3 {
+        await_notification(&notify, "WATCHDOG=1", Duration::from_secs(2))
+            .unwrap_or_else(|seen| panic!("no WATCHDOG=1 (got {seen:?})"));
+    }
+    // Three pings at 200 ms take about 600 ms; well under the 400 ms × 3 systemd allows.
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+
+    signal(pid, libc::SIGHUP).expect("SIGHUP");
+    let (reloading, _) = await_notification(&notify, "RELOADING=1", Duration::from_secs(5))
+        .unwrap_or_else(|seen| panic!("no RELOADING=1 (got {seen:?})"));
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+    await_notification(&notify, "READY=1", Duration::from_secs(5))
+        .unwrap_or_else(|seen| panic!("no READY=1 after the reload (got {seen:?})"));
+
+    let exit = env
+        .sensor_mut()
+        .expect("sensor")
+        .stop(Duration::from_secs(5))
+        .expect("clean stop");
+    assert!(exit.success(), "{exit}");
+    await_notification(&notify, "STOPPING=1", Duration::from_secs(1))
+        .unwrap_or_else(|seen| panic!("no STOPPING=1 (got {seen:?})"));
+}
+
+/// Without WATCHDOG_USEC the sensor sends READY=1 and no watchdog pings.
+#[test]
+fn sd_notify_without_watchdog_sends_no_pings() {
+    let (mut env, notify, path) = env_with_notify_socket();
+    env.spawn_sensor_with_env(&[], &[("NOTIFY_SOCKET", path.as_str())])
+        .expect("spawn sensor");
+    await_notification(&notify, "READY=1", READY_TIMEOUT)
+        .unwrap_or_else(|seen| panic!("no READY=1 (got {seen:?})\n{}", env.diagnostics()));
+    // What would be three pings at the interval of the test above.
+    match await_notification(&notify, "WATCHDOG=1", Duration::from_millis(700)) {
+        Ok((msg, _)) => panic!("watchdog ping without WATCHDOG_USEC: {msg:?}"),
+        Err(seen) => assert!(seen.is_empty(), "{seen:?}"),
+    }
 }

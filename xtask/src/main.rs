@@ -28,6 +28,16 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "jq",
     "procps",
+    "rsyslog", // the TCP collector of the sink tests
+    "systemd", // systemd-analyze verify on the unit
+];
+
+/// What the Debian package must contain (`dpkg-deb -c` paths).
+const DEB_CONTENTS: &[&str] = &[
+    "./usr/bin/nprot",
+    "./lib/systemd/system/nprot.service",
+    "./etc/nprot/nprot.toml",
+    "./usr/share/doc/nprot/README.packaging.md",
 ];
 
 /// LLVM major version of the nightly toolchain; bpf-linker must be built against it.
@@ -67,6 +77,9 @@ enum Task {
     },
     /// Format and lint the workspace (clippy -D warnings), the eBPF crate included.
     Lint,
+    /// Build the Debian package (release build; installs cargo-deb if missing) and check
+    /// its contents.
+    Deb,
     /// Benchmark the guarded path against an unguarded baseline (root; release build).
     Bench {
         /// Short runs and 2*10^4 indicators: checks every figure is produced (CI).
@@ -98,6 +111,10 @@ fn main() -> Result<()> {
         Task::Lint => {
             setup_toolchain(&root)?;
             lint()
+        }
+        Task::Deb => {
+            setup_toolchain(&root)?;
+            deb()
         }
         Task::Bench { quick } => {
             setup(&root)?;
@@ -264,6 +281,55 @@ fn build(release: bool) -> Result<PathBuf> {
     run(&mut cmd)?;
     let profile = if release { "release" } else { "debug" };
     Ok(workspace_root().join("target").join(profile).join("nprot"))
+}
+
+/// `cargo deb` on the release build: binary, systemd unit, default config (a conffile).
+fn deb() -> Result<()> {
+    let has_cargo_deb = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_deb {
+        run(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))?;
+    }
+    build(true)?;
+    // The build above made the binary (and the eBPF object it embeds); cargo-deb only
+    // packs it. It prints the path of the package last.
+    let printed =
+        output(Command::new("cargo").args(["deb", "--package", "nprot-user", "--no-build"]))?;
+    let deb = printed
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.ends_with(".deb"))
+        .map(PathBuf::from)
+        .with_context(|| format!("cargo deb printed no package path: {printed:?}"))?;
+    let listing = output(Command::new("dpkg-deb").arg("-c").arg(&deb))?;
+    let missing: Vec<&str> = DEB_CONTENTS
+        .iter()
+        .copied()
+        .filter(|want| !listing.lines().any(|l| l.ends_with(want)))
+        .collect();
+    if !missing.is_empty() {
+        bail!("{} lacks {}:\n{listing}", deb.display(), missing.join(", "));
+    }
+    let conffiles = output(
+        Command::new("dpkg-deb")
+            .arg("-I")
+            .arg(&deb)
+            .arg("conffiles"),
+    )?;
+    if !conffiles
+        .lines()
+        .any(|l| l.trim() == "/etc/nprot/nprot.toml")
+    {
+        bail!(
+            "{}: /etc/nprot/nprot.toml is not a conffile ({conffiles:?})",
+            deb.display()
+        );
+    }
+    eprintln!("xtask: {}\n{listing}", deb.display());
+    Ok(())
 }
 
 fn lint() -> Result<()> {

@@ -1,4 +1,7 @@
 //! Sinks: where event lines go. A batch is serialised once and handed to every sink.
+//!
+//! Sinks run on the verdict loop's thread, so `write_batch` must not wait on the network:
+//! stdout and files are written in place; collectors ([`super::collector`]) only queue.
 
 use std::{
     fs::{File, OpenOptions},
@@ -6,14 +9,30 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use serde_json::{Value, json};
+
 use super::Event;
 
 /// A destination for newline-delimited JSON events.
 pub trait Sink: Send {
     /// Writes a batch of complete lines and makes it durable enough for the sink's kind.
+    /// An error means the whole batch was lost (the caller counts it); a sink that loses
+    /// only some lines returns `Ok` and counts them in [`Sink::dropped`] instead.
     fn write_batch(&mut self, lines: &[u8]) -> io::Result<()>;
     /// Names the sink in logs.
     fn describe(&self) -> String;
+    /// Events this sink lost on its own so far (a full queue, a line too long for a
+    /// datagram, …): not included in the batches `write_batch` failed.
+    fn dropped(&self) -> u64 {
+        0
+    }
+    /// The sink's own counters, for `nprot stats` (`null` when it has none).
+    fn stats(&self) -> Value {
+        Value::Null
+    }
+    /// At shutdown: delivers what the sink still holds, within its own time bound, and
+    /// counts the rest in [`Sink::dropped`]. The sink takes no more batches afterwards.
+    fn finish(&mut self) {}
 }
 
 /// Standard output.
@@ -64,10 +83,14 @@ impl Sink for FileSink {
 pub struct Fanout {
     sinks: Vec<Box<dyn Sink>>,
     buf: Vec<u8>,
-    /// Events that a sink failed to take, summed over sinks.
+    /// Events that a sink failed to take or lost later, summed over sinks: batches
+    /// `write_batch` failed plus every sink's own [`Sink::dropped`] as of the last
+    /// [`Fanout::publish`] or [`Fanout::refresh`].
     pub dropped: u64,
     /// Events written, counted once per event.
     pub written: u64,
+    /// Events in batches whose `write_batch` failed, summed over sinks.
+    failed: u64,
 }
 
 impl Fanout {
@@ -78,7 +101,35 @@ impl Fanout {
             buf: Vec::with_capacity(64 * 1024),
             dropped: 0,
             written: 0,
+            failed: 0,
         }
+    }
+
+    /// Brings [`Fanout::dropped`] up to date with what the sinks lost on their own since
+    /// the last batch (a collector's sender drops in the background); call it before
+    /// reporting counters.
+    pub fn refresh(&mut self) {
+        let own: u64 = self.sinks.iter().map(|s| s.dropped()).sum();
+        self.dropped = self.failed + own;
+    }
+
+    /// At shutdown: lets every sink deliver what it holds ([`Sink::finish`]), then brings
+    /// the counters up to date.
+    pub fn close(&mut self) {
+        for sink in &mut self.sinks {
+            sink.finish();
+        }
+        self.refresh();
+    }
+
+    /// Every sink's name and counters, for `nprot stats`.
+    pub fn sink_stats(&self) -> Value {
+        Value::Array(
+            self.sinks
+                .iter()
+                .map(|s| json!({"sink": s.describe(), "dropped": s.dropped(), "stats": s.stats()}))
+                .collect(),
+        )
     }
 
     /// Writes `events` as one batch to every sink; drains `events`.
@@ -97,10 +148,11 @@ impl Fanout {
         events.clear();
         for sink in &mut self.sinks {
             if let Err(e) = sink.write_batch(&self.buf) {
-                self.dropped += n;
+                self.failed += n;
                 log::warn!("{}: {n} events lost: {e}", sink.describe());
             }
         }
         self.written += n;
+        self.refresh();
     }
 }
