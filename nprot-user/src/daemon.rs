@@ -20,9 +20,11 @@ use tokio::{
 };
 
 use crate::{
+    attribution::{Attribution, AttributionReport, AttributionThread, Resolver, cgroup2_mount},
     capture::{self, Record, Sensor},
+    capture::{ConnectHooks, HookCounters},
     cli::RunArgs,
-    config::{self, Config},
+    config::{self, Config, ProcessCgroup},
     control::{self, Request, Response},
     events::rfc3339_micros,
     events::{
@@ -77,6 +79,10 @@ pub struct RunOptions {
     pub indicators_from_flags: bool,
     /// Device groups given with `--device-group`, added to the config's.
     pub extra_device_groups: Vec<String>,
+    /// Where the process-attribution hooks attach.
+    pub process_cgroup: ProcessCgroup,
+    /// Bound of the attribution's process cache.
+    pub process_cache: usize,
 }
 
 impl RunOptions {
@@ -133,6 +139,8 @@ impl RunOptions {
             config_file,
             indicators_from_flags,
             extra_device_groups,
+            process_cgroup: args.process_cgroup.unwrap_or(config.process_cgroup),
+            process_cache: config.process_cache,
         })
     }
 }
@@ -150,6 +158,9 @@ pub struct RunReport {
     pub events_written: u64,
     pub events_dropped: u64,
     pub decode_errors: u64,
+    /// Process attribution; absent when it is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionReport>,
 }
 
 /// The live sensor takes verdicts into its kernel map.
@@ -228,6 +239,71 @@ struct Daemon {
     decode_errors: u64,
     reported_drops: u64,
     started: Instant,
+    /// Process attribution, when the connect hooks are attached.
+    attribution: Option<Attributing>,
+}
+
+/// The running process attribution: its thread, its tables and the hooks' counters.
+struct Attributing {
+    resolver: Resolver,
+    counters: HookCounters,
+    _thread: AttributionThread,
+}
+
+/// Attaches the connect hooks and starts the attribution thread, or says in one line
+/// why flows will carry no process.
+fn start_attribution(
+    sensor: &mut Sensor,
+    pipeline: &mut Pipeline,
+    opts: &RunOptions,
+) -> Option<Attributing> {
+    let cgroup = match &opts.process_cgroup {
+        ProcessCgroup::Off => {
+            info!("process attribution off (process_cgroup = off)");
+            return None;
+        }
+        ProcessCgroup::Path(p) => p.clone(),
+        ProcessCgroup::Auto => match cgroup2_mount() {
+            Some(p) => p,
+            None => {
+                warn!(
+                    "process attribution off: no cgroup v2 hierarchy is mounted; events carry no InitiatingProcess columns"
+                );
+                return None;
+            }
+        },
+    };
+    let ConnectHooks {
+        connects,
+        owners,
+        counters,
+    } = match sensor.attach_connect_hooks(&cgroup) {
+        Ok(hooks) => hooks,
+        Err(e) => {
+            warn!("process attribution off: {e}; events carry no InitiatingProcess columns");
+            return None;
+        }
+    };
+    let resolver = Resolver::new(std::path::Path::new("/proc"), opts.process_cache);
+    // The verdict loop never asks the user database; the usual account is known up front.
+    resolver.warm_account(0);
+    let thread = match AttributionThread::start(connects, resolver.clone(), opts.rt_priority) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("process attribution off: cannot start its thread: {e}");
+            return None;
+        }
+    };
+    pipeline.set_processes(Box::new(Attribution::new(resolver.clone(), owners)));
+    info!(
+        "process attribution: connect hooks on cgroup {}",
+        cgroup.display()
+    );
+    Some(Attributing {
+        resolver,
+        counters,
+        _thread: thread,
+    })
 }
 
 /// Runs the sensor until SIGINT or SIGTERM; everything is detached when it returns.
@@ -262,12 +338,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut ring: AsyncFd<RingBuf<MapData>> =
         unsafe { AsyncFd::register(ring) }.context("registering the ring buffer with tokio")?;
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         EventFactory::for_this_host(),
         CAPTURE_FLOW_MAX_DEFAULT as usize,
         Arc::new(policy),
         mode,
     );
+    let attribution = start_attribution(&mut sensor, &mut pipeline, &opts);
     let guarded: Vec<String> = sensor
         .attached
         .iter()
@@ -290,6 +367,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         decode_errors: 0,
         reported_drops: 0,
         started: Instant::now(),
+        attribution,
     };
 
     daemon.refresh_local_addrs();
@@ -387,6 +465,14 @@ impl Daemon {
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped,
             decode_errors: self.decode_errors,
+            attribution: self.attribution.as_ref().map(|a| {
+                let (kernel_connects, kernel_ring_drops) = a.counters.get();
+                AttributionReport {
+                    stats: a.resolver.stats(),
+                    kernel_connects,
+                    kernel_ring_drops,
+                }
+            }),
         }
     }
 

@@ -8,6 +8,7 @@ use std::{collections::HashSet, net::IpAddr, sync::Arc};
 use nprot_common::{FlowKey, RecordKind, Verdict};
 
 use crate::{
+    attribution::{ProcessColumns, ProcessInfo, ProcessSource},
     capture::{Record, ip_addr},
     events::{ActionType, Direction, Event, EventFactory, FlowEnds, monotonic_ns},
     parse::{ParseOutcome, Parsed, parse_client_payload},
@@ -64,6 +65,8 @@ pub struct Pipeline {
     /// Kernel capture of a payload segment → its record in user space, in ns: the part
     /// of the verdict latency spent waking the daemon.
     pub wake_latency: Histogram,
+    /// Who opened local flows (none in replay, or without the connect hooks).
+    processes: Option<Box<dyn ProcessSource>>,
 }
 
 /// Flows reassembled at once at most.
@@ -87,7 +90,29 @@ impl Pipeline {
             verdict_latency: Histogram::default(),
             wake_latency: Histogram::default(),
             local_addrs: None,
+            processes: None,
         }
+    }
+
+    /// Names the processes behind local flows from now on.
+    pub fn set_processes(&mut self, source: Box<dyn ProcessSource>) {
+        self.processes = Some(source);
+    }
+
+    /// The process that opened the flow of `rec`: only outbound flows have a local
+    /// socket. `need_exe`: a decision depends on it, read /proc now if need be.
+    fn process_of(
+        &mut self,
+        rec: &Record<'_>,
+        ends: &FlowEnds,
+        need_exe: bool,
+    ) -> Option<Arc<ProcessInfo>> {
+        if rec.socket_cookie == 0 || ends.direction != Direction::Outbound {
+            return None;
+        }
+        self.processes
+            .as_mut()?
+            .process(rec.socket_cookie, need_exe)
     }
 
     /// Queues an event that concerns no flow (the control plane's), built by `make`.
@@ -128,6 +153,7 @@ impl Pipeline {
     pub fn on_record(&mut self, rec: &Record<'_>, verdicts: &mut dyn VerdictTarget) {
         self.stats.records += 1;
         let ends = flow_ends(rec, self.local_addrs.as_ref());
+        let first = self.events.len();
         match rec.kind {
             RecordKind::Established => {
                 let ev = self
@@ -147,6 +173,13 @@ impl Pipeline {
                 }
             }
             RecordKind::Payload => self.on_payload(rec, ends, verdicts),
+        }
+        if self.events.len() > first
+            && let Some(process) = self.process_of(rec, &ends, false)
+        {
+            for ev in &mut self.events[first..] {
+                ev.process = Some(ProcessColumns(Arc::clone(&process)));
+            }
         }
     }
 
@@ -238,7 +271,14 @@ impl Pipeline {
         // Judged at the packet's time, so that replay of an old capture sees the expiries
         // as they were then.
         let policy = Arc::clone(&self.policy);
-        let decision = policy.decide(&subject, self.factory.wall(rec.ts_ns));
+        // Only a process-scoped indicator makes the decision depend on the process.
+        let process = if policy.has_process_scopes() {
+            self.process_of(rec, ends, true)
+        } else {
+            None
+        };
+        let decision =
+            policy.decide_for(&subject, process.as_deref(), self.factory.wall(rec.ts_ns));
         let outcome = outcome(&decision, self.mode);
         self.deliver(rec, ends, key, outcome.verdict, verdicts);
 

@@ -20,6 +20,8 @@ use std::{
     time::SystemTime,
 };
 
+use crate::attribution::ProcessInfo;
+
 use super::{
     indicator::{Action, IndicatorRef, IndicatorType, Indicators, canonical_path, mask4, mask6},
     rfc3339::Timestamp,
@@ -65,9 +67,13 @@ const CLASS_PARENT_DOMAIN: u64 = 1;
 const CLASS_EXACT_DOMAIN: u64 = 2;
 const CLASS_URL: u64 = 3;
 
-/// Orders matches: class, then length within the class, then action precedence.
-fn rank(class: u64, len: usize, action: Action) -> u64 {
-    (class << 40) | ((len as u64 & 0xffff_ffff) << 8) | u64::from(action.precedence())
+/// Orders matches: class, then length within the class, then process-scoped before
+/// unscoped, then action precedence.
+fn rank(class: u64, len: usize, scoped: bool, action: Action) -> u64 {
+    (class << 40)
+        | ((len as u64 & 0xffff_ffff) << 8)
+        | (u64::from(scoped) << 4)
+        | u64::from(action.precedence() & 0xf)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -299,6 +305,8 @@ fn origin_form(target: &str) -> &str {
 /// The state of one decision.
 struct Matcher<'a> {
     set: &'a Indicators,
+    /// The process behind the flow, if known: process-scoped indicators match only it.
+    process: Option<&'a ProcessInfo>,
     now: Timestamp,
     best: Option<(u64, u32)>,
     audits: Vec<(u64, u32)>,
@@ -310,7 +318,15 @@ impl Matcher<'_> {
         if r.expired(self.now) {
             return;
         }
-        let key = rank(class, len, r.action());
+        let scope = r.process();
+        if scope != 0
+            && !self
+                .process
+                .is_some_and(|p| p.is_named(self.set.process_scope(scope)))
+        {
+            return;
+        }
+        let key = rank(class, len, scope != 0, r.action());
         if r.action() == Action::Audit {
             if !self.audits.iter().any(|a| a.1 == index) {
                 self.audits.push((key, index));
@@ -420,8 +436,28 @@ impl Policy {
     /// then exact host, then longer parent domain, then longer IP prefix), ties going
     /// Allowed > Warn > Block; Audit indicators are only collected.
     pub fn decide(&self, subject: &Subject<'_>, now: SystemTime) -> Decision<'_> {
+        self.decide_for(subject, None, now)
+    }
+
+    /// Whether some indicator is scoped to a process (so that a decision needs to know
+    /// the flow's executable).
+    pub fn has_process_scopes(&self) -> bool {
+        self.set.has_process_scopes()
+    }
+
+    /// [`Policy::decide`] for a flow opened by `process` (if known). An indicator scoped
+    /// to a process matches only flows of that process ([`ProcessInfo::is_named`]);
+    /// among equally specific matches a process-scoped one goes before an unscoped one,
+    /// then Allowed > Warn > Block.
+    pub fn decide_for<'p>(
+        &'p self,
+        subject: &Subject<'_>,
+        process: Option<&'p ProcessInfo>,
+        now: SystemTime,
+    ) -> Decision<'p> {
         let mut m = Matcher {
             set: &self.set,
+            process,
             now: Timestamp::from_system_time(now),
             best: None,
             audits: Vec::new(),
