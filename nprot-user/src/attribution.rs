@@ -593,8 +593,48 @@ impl Drop for AttributionThread {
 
 /// The mount point of the cgroup v2 hierarchy, from `/proc/self/mounts`.
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    cgroup2_in(&mounts)
+    cgroup2_in(&fs::read_to_string("/proc/self/mounts").ok()?)
+}
+
+/// Opens the root of the cgroup v2 hierarchy: where it is mounted, or, if this mount
+/// namespace has no such mount (`ip netns exec` gives its command a fresh /sys without
+/// cgroup mounts), through a private mount made for the purpose and detached again at
+/// once (the open directory keeps the hierarchy reachable). Returns the directory and a
+/// name for it.
+pub fn open_cgroup2_root() -> Result<(fs::File, String), String> {
+    if let Some(p) = cgroup2_mount() {
+        let f = fs::File::open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+        return Ok((f, p.display().to_string()));
+    }
+    let dir = std::env::temp_dir().join(format!("nprot-cgroup2-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let result = (|| {
+        let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
+        let target = c(&dir.to_string_lossy())?;
+        let fstype = c("cgroup2")?;
+        // SAFETY: valid NUL-terminated strings; no mount data.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "no cgroup v2 hierarchy is mounted and mounting one failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let opened = fs::File::open(&dir).map_err(|e| format!("cannot open cgroup2: {e}"));
+        // SAFETY: as above; the open directory, if any, stays valid after the detach.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        opened
+    })();
+    let _ = fs::remove_dir(&dir);
+    result.map(|f| (f, "the cgroup v2 root (private mount)".to_owned()))
 }
 
 fn cgroup2_in(mounts: &str) -> Option<PathBuf> {

@@ -277,12 +277,21 @@ impl HookCounters {
 
 impl Sensor {
     /// Loads the `connect4`/`connect6` hooks and attaches them to the cgroup v2
-    /// directory `cgroup` (normally the root of the hierarchy, so that every process is
+    /// directory `dir` (called `shown` in messages; normally the root of the hierarchy, so that every process is
     /// seen), alongside other programs there. Both or neither: on failure nothing stays
     /// attached and the reason is returned.
-    pub fn attach_connect_hooks(&mut self, cgroup: &Path) -> Result<ConnectHooks, String> {
-        let dir =
-            fs::File::open(cgroup).map_err(|e| format!("cannot open {}: {e}", cgroup.display()))?;
+    pub fn attach_connect_hooks(
+        &mut self,
+        dir: &fs::File,
+        shown: &str,
+    ) -> Result<ConnectHooks, String> {
+        // A link (kernel ≥ 5.7) always shares the hook with other programs and refuses
+        // any flag; the older program attachment must ask for sharing.
+        let mode = if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
+            CgroupAttachMode::Single
+        } else {
+            CgroupAttachMode::AllowMultiple
+        };
         let mut attached: Vec<(&str, cgroup_sock_addr::CgroupSockAddrLinkId)> = Vec::new();
         let mut failure = None;
         for name in ["nprot_connect4", "nprot_connect6"] {
@@ -300,8 +309,8 @@ impl Sensor {
                     })?;
                 }
                 program
-                    .attach(&dir, CgroupAttachMode::AllowMultiple)
-                    .map_err(|e| format!("cannot attach {name} to {}: {e:#}", cgroup.display()))
+                    .attach(dir, mode)
+                    .map_err(|e| format!("cannot attach {name} to {shown}: {}", chain(&e)))
             })();
             match result {
                 Ok(link) => attached.push((name, link)),
@@ -363,6 +372,18 @@ fn remove_clsact(interface: &str) -> std::io::Result<()> {
 /// EPERM means missing capabilities; EACCES from BPF_PROG_LOAD is the verifier saying no.
 fn is_permission_error(text: &str) -> bool {
     text.contains("Operation not permitted")
+}
+
+/// An error with its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn first_line(text: &str) -> String {

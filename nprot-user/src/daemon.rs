@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    attribution::{Attribution, AttributionReport, AttributionThread, Resolver, cgroup2_mount},
+    attribution::{Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root},
     capture::{self, Record, Sensor},
     capture::{ConnectHooks, HookCounters},
     cli::RunArgs,
@@ -257,27 +257,29 @@ fn start_attribution(
     pipeline: &mut Pipeline,
     opts: &RunOptions,
 ) -> Option<Attributing> {
-    let cgroup = match &opts.process_cgroup {
+    let opened = match &opts.process_cgroup {
         ProcessCgroup::Off => {
             info!("process attribution off (process_cgroup = off)");
             return None;
         }
-        ProcessCgroup::Path(p) => p.clone(),
-        ProcessCgroup::Auto => match cgroup2_mount() {
-            Some(p) => p,
-            None => {
-                warn!(
-                    "process attribution off: no cgroup v2 hierarchy is mounted; events carry no InitiatingProcess columns"
-                );
-                return None;
-            }
-        },
+        ProcessCgroup::Path(p) => std::fs::File::open(p)
+            .map(|f| (f, p.display().to_string()))
+            .map_err(|e| format!("cannot open {}: {e}", p.display())),
+        ProcessCgroup::Auto => open_cgroup2_root(),
     };
-    let ConnectHooks {
-        connects,
-        owners,
-        counters,
-    } = match sensor.attach_connect_hooks(&cgroup) {
+    let hooks = opened.and_then(|(dir, shown)| {
+        sensor
+            .attach_connect_hooks(&dir, &shown)
+            .map(|hooks| (hooks, shown))
+    });
+    let (
+        ConnectHooks {
+            connects,
+            owners,
+            counters,
+        },
+        cgroup,
+    ) = match hooks {
         Ok(hooks) => hooks,
         Err(e) => {
             warn!("process attribution off: {e}; events carry no InitiatingProcess columns");
@@ -295,10 +297,7 @@ fn start_attribution(
         }
     };
     pipeline.set_processes(Box::new(Attribution::new(resolver.clone(), owners)));
-    info!(
-        "process attribution: connect hooks on cgroup {}",
-        cgroup.display()
-    );
+    info!("process attribution: connect hooks on {cgroup}");
     Some(Attributing {
         resolver,
         counters,
