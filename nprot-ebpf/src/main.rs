@@ -146,7 +146,7 @@ mod programs {
             comm: bpf_get_current_comm().unwrap_or_default(),
         };
         owner_bump(owner_stat::CONNECTS);
-        let _ = SOCKET_OWNERS.insert(&cookie, &owner, 0);
+        let _ = SOCKET_OWNERS.insert(cookie, owner, 0);
         // Adaptive wake-up: the reader is woken when it has caught up, not per record.
         if CONNECTS.output::<SocketOwner>(&owner, 0).is_err() {
             owner_bump(owner_stat::RING_DROPS);

@@ -148,6 +148,10 @@ pub enum IndicatorCommand {
         /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
         #[arg(long)]
         expiration: Option<String>,
+        /// Apply to one program only: its executable's file name (`curl`) or absolute
+        /// path (`/usr/bin/curl`).
+        #[arg(long)]
+        process: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -476,6 +476,73 @@ mod tests {
 
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n";
 
+    struct Fake(Arc<crate::attribution::ProcessInfo>);
+
+    impl ProcessSource for Fake {
+        fn process(&mut self, cookie: u64, _need_exe: bool) -> Option<Arc<ProcessInfo>> {
+            (cookie == 42).then(|| Arc::clone(&self.0))
+        }
+    }
+
+    fn curl() -> Arc<ProcessInfo> {
+        Arc::new(ProcessInfo {
+            pid: 7,
+            file_name: "curl".into(),
+            folder_path: Some("/usr/bin/curl".into()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn outbound_flows_carry_their_process_and_others_do_not() {
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        p.set_processes(Box::new(Fake(curl())));
+        let mut rec = record(RecordKind::Established, 0, b"");
+        rec.socket_cookie = 42;
+        p.on_record(&rec, &mut v);
+        let json = serde_json::to_value(&p.events[0]).unwrap();
+        assert_eq!(json["InitiatingProcessId"], 7);
+        assert_eq!(json["InitiatingProcessFolderPath"], "/usr/bin/curl");
+        // A flow whose SYN came in (inbound or forwarded) has no local initiator, even
+        // if a cookie were reported.
+        rec.outbound = false;
+        p.on_record(&rec, &mut v);
+        // Unknown cookie: nothing said.
+        rec.outbound = true;
+        rec.socket_cookie = 41;
+        p.on_record(&rec, &mut v);
+        for ev in &p.events[1..] {
+            let json = serde_json::to_value(ev).unwrap();
+            assert!(json.get("InitiatingProcessId").is_none(), "{json}");
+            assert!(json.get("InitiatingProcessFileName").is_none(), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_process_scoped_block_decides_by_the_flow_s_process() {
+        let indicators = r#"{"indicators": [
+            {"id": "c", "type": "DomainName", "value": "a.example", "action": "Block", "process": "curl"}
+        ]}"#;
+        let (mut p, mut v) = (pipeline_with(indicators, Mode::Block), Verdicts::default());
+        p.set_processes(Box::new(Fake(curl())));
+        let mut rec = record(RecordKind::Payload, 100, REQUEST);
+        rec.socket_cookie = 42;
+        p.on_record(&rec, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
+        let blocked = serde_json::to_value(&p.events[1]).unwrap();
+        assert_eq!(
+            blocked["ActionType"],
+            "ExploitGuardNetworkProtectionBlocked"
+        );
+        assert_eq!(blocked["InitiatingProcessFileName"], "curl");
+        // Another program (unknown cookie) to the same name passes.
+        let (mut p, mut v) = (pipeline_with(indicators, Mode::Block), Verdicts::default());
+        p.set_processes(Box::new(Fake(curl())));
+        rec.socket_cookie = 41;
+        p.on_record(&rec, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+    }
+
     #[test]
     fn connection_records_become_connection_events() {
         let (mut p, mut v) = (pipeline(), Verdicts::default());
