@@ -69,6 +69,10 @@ mod programs {
     #[map]
     static CONNECTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+    /// Per CPU, the last process that connected and when: `[tgid, ns]`.
+    #[map]
+    static LAST_CONNECT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
     /// Per-CPU counters of the connect hooks, indexed by `nprot_common::owner_stat`.
     #[map]
     static OWNER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(owner_stat::COUNT, 0);
@@ -147,8 +151,22 @@ mod programs {
         };
         owner_bump(owner_stat::CONNECTS);
         let _ = SOCKET_OWNERS.insert(cookie, owner, 0);
-        // Adaptive wake-up: the reader is woken when it has caught up, not per record.
-        if CONNECTS.output::<SocketOwner>(&owner, 0).is_err() {
+        // A process seen on this CPU within the last second is already known to the
+        // reader: its record needs no wake-up (a wake-up costs more than the rest of
+        // the hook). A new process wakes the reader (adaptively: only if it has caught
+        // up), so that /proc is read while the process lives.
+        let mut flags = 0;
+        if let Some(last) = LAST_CONNECT.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no other writer.
+            let last = unsafe { &mut *last };
+            let tgid = u64::from(owner.tgid);
+            if last[0] == tgid && owner.ts_ns.wrapping_sub(last[1]) < 1_000_000_000 {
+                flags = BPF_RB_NO_WAKEUP as u64;
+            } else {
+                *last = [tgid, owner.ts_ns];
+            }
+        }
+        if CONNECTS.output::<SocketOwner>(&owner, flags).is_err() {
             owner_bump(owner_stat::RING_DROPS);
         }
     }

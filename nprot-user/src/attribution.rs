@@ -272,6 +272,9 @@ pub struct AttributionStats {
     /// Flows whose cookie was not (yet) in the table and were attributed from the
     /// kernel map on the verdict loop.
     pub kernel_fallbacks: u64,
+    /// Flows whose cookie was not (yet) in the table, attributed from the process
+    /// cache through the kernel map.
+    pub cache_fallbacks: u64,
     /// Flows attributed by reading /proc on the verdict loop, because a process-scoped
     /// indicator needed the executable before the attribution thread had it.
     pub sync_reads: u64,
@@ -453,6 +456,15 @@ impl Resolver {
         self.account(uid);
     }
 
+    /// The cached process that made `owner`'s connect, if it is known to be the same
+    /// process (same pid and `comm`, confirmed within the trust window). No I/O.
+    pub fn cached(&self, owner: &SocketOwner, now: Instant) -> Option<Arc<ProcessInfo>> {
+        let s = self.lock();
+        let c = s.processes.peek(&owner.tgid)?;
+        (c.comm == owner.comm && now.saturating_duration_since(c.verified) < TRUST)
+            .then(|| Arc::clone(&c.info))
+    }
+
     /// The user name of `uid`, cached (including "has none").
     fn account(&self, uid: u32) -> Option<Arc<str>> {
         if let Some(name) = self.lock().users.get(&uid) {
@@ -514,6 +526,11 @@ impl ProcessSource for Attribution {
             self.resolver.count(|s| s.unknown += 1);
             return None;
         };
+        // A process the thread already knows (its records wait in the ring unwoken).
+        if let Some(info) = self.resolver.cached(&owner, Instant::now()) {
+            self.resolver.count(|s| s.cache_fallbacks += 1);
+            return Some(self.resolver.publish(&owner, info));
+        }
         if need_exe {
             self.resolver.count(|s| s.sync_reads += 1);
             let info = self.resolver.resolve(&owner, Instant::now(), false);
@@ -561,8 +578,9 @@ impl AttributionThread {
                         events: libc::POLLIN,
                         revents: 0,
                     };
-                    // SAFETY: one valid pollfd. The timeout bounds how long a stop waits.
-                    unsafe { libc::poll(&mut pfd, 1, 200) };
+                    // SAFETY: one valid pollfd. The timeout bounds how long a stop waits and
+                    // how long records that woke nobody wait.
+                    unsafe { libc::poll(&mut pfd, 1, 50) };
                     while let Some(item) = ring.next() {
                         if item.len() < size_of::<SocketOwner>() {
                             continue;
