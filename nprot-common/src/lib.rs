@@ -347,6 +347,40 @@ pub struct PayloadRecord {
     pub data: [u8; CAPTURE_SEG_MAX],
 }
 
+/// Sockets whose owner the connect hooks remember at once (LRU map keyed by socket cookie).
+pub const MAX_SOCKET_OWNERS: u32 = 65_536;
+
+/// Who connected a socket, as the cgroup `connect4`/`connect6` hooks saw it: the value of
+/// the `SOCKET_OWNERS` map (keyed by socket cookie) and the record sent through the
+/// `CONNECTS` ring buffer. Taken in the connecting task's context, so it is right even
+/// when the process exits a moment later.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOwner {
+    /// Socket cookie (`bpf_get_socket_cookie`), the key the TC programs report.
+    pub cookie: u64,
+    /// Monotonic ns of the connect.
+    pub ts_ns: u64,
+    /// Process id (thread-group id) in the initial pid namespace.
+    pub tgid: u32,
+    /// Thread id of the connecting thread.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The task's name (`comm`), NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Indexes of the per-CPU `OWNER_STATS` counters of the connect hooks.
+pub mod owner_stat {
+    /// TCP connects seen by the hooks.
+    pub const CONNECTS: u32 = 0;
+    /// Connect records lost because the `CONNECTS` ring buffer was full.
+    pub const RING_DROPS: u32 = 1;
+    /// Number of counters.
+    pub const COUNT: u32 = 2;
+}
+
 /// Default window in which held packets are requeued rather than dropped.
 pub const REQUEUE_NS_DEFAULT: u64 = 2_000_000;
 
@@ -445,6 +479,7 @@ mod pod {
     unsafe impl aya::Pod for RecordHeader {}
     unsafe impl aya::Pod for SensorConfig {}
     unsafe impl aya::Pod for VerdictEntry {}
+    unsafe impl aya::Pod for SocketOwner {}
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! at the IP header (tunnels, WireGuard, tun). Each tracks TCP flows in `FLOWS`, reports
 //! handshake outcomes and the client's first payload bytes through `RECORDS`, and picks up
 //! the daemon's decisions from `VERDICTS`.
+//!
+//! Two cgroup programs (`nprot_connect4`, `nprot_connect6`) note who connects each TCP
+//! socket, by socket cookie, so that user space can name the process behind a flow.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -17,17 +20,20 @@ mod programs {
             BPF_F_INGRESS, BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_REDIRECT,
             TC_ACT_SHOT, TC_ACT_UNSPEC,
         },
-        helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_load_bytes},
-        macros::{classifier, map},
+        helpers::{
+            bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+            bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_load_bytes,
+        },
+        macros::{cgroup_sock_addr, classifier, map},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-        programs::TcContext,
+        programs::{SockAddrContext, TcContext},
     };
     use nprot_common::{
         CAPTURE_SEG_MAX, FAMILY_V4, FAMILY_V6, FLOW_CLIENT_IS_LO, FLOW_CLOSE_REPORTED,
         FLOW_CONTINUED, FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple, Inspect, MAX_FLOWS,
-        MAX_PENDING_VERDICTS, PayloadRecord, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED,
-        RawAddr, RecordHeader, RecordKind, SensorConfig, TcpPhase, Verdict, VerdictEntry,
-        seq_after, stat,
+        MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord, RECORD_BUDGET_SPENT, RECORD_EGRESS,
+        RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind, SensorConfig, SocketOwner, TcpPhase,
+        Verdict, VerdictEntry, owner_stat, seq_after, stat,
     };
 
     /// Every TCP flow seen since its SYN.
@@ -54,6 +60,23 @@ mod programs {
     /// Per-CPU scratch space where a payload record is assembled before it is copied out.
     #[map]
     static SCRATCH: PerCpuArray<PayloadRecord> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Who connected each TCP socket, by socket cookie (connect hooks).
+    #[map]
+    static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> =
+        LruHashMap::with_max_entries(MAX_SOCKET_OWNERS, 0);
+
+    /// The same, as a stream, so that the daemon reads /proc while the process lives.
+    #[map]
+    static CONNECTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+    /// Per CPU, the last process that connected and when: `[tgid, ns]`.
+    #[map]
+    static LAST_CONNECT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Per-CPU counters of the connect hooks, indexed by `nprot_common::owner_stat`.
+    #[map]
+    static OWNER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(owner_stat::COUNT, 0);
 
     const ETH_P_IP: u32 = 0x0800;
     const ETH_P_IPV6: u32 = 0x86DD;
@@ -87,6 +110,74 @@ mod programs {
     #[classifier]
     pub fn nprot_l3_ingress(ctx: TcContext) -> i32 {
         handle::<0>(&ctx, false)
+    }
+
+    const SOCK_STREAM: u32 = 1;
+    /// Return value of a cgroup sock_addr program that lets the call go on.
+    const CGROUP_ALLOW: i32 = 1;
+
+    #[cgroup_sock_addr(connect4)]
+    pub fn nprot_connect4(ctx: SockAddrContext) -> i32 {
+        note_owner(&ctx);
+        CGROUP_ALLOW
+    }
+
+    #[cgroup_sock_addr(connect6)]
+    pub fn nprot_connect6(ctx: SockAddrContext) -> i32 {
+        note_owner(&ctx);
+        CGROUP_ALLOW
+    }
+
+    /// Remembers who connects a TCP socket. Runs in the connecting task, before the SYN
+    /// leaves, so the owner is known before the flow's first record. Never refuses a
+    /// connect.
+    #[inline(always)]
+    fn note_owner(ctx: &SockAddrContext) {
+        // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
+        let (sock_type, protocol) = unsafe { ((*ctx.sock_addr).type_, (*ctx.sock_addr).protocol) };
+        if sock_type != SOCK_STREAM || protocol != IPPROTO_TCP as u32 {
+            return;
+        }
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let uid_gid = bpf_get_current_uid_gid();
+        let owner = SocketOwner {
+            cookie,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            tgid: (pid_tgid >> 32) as u32,
+            pid: pid_tgid as u32,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+        };
+        owner_bump(owner_stat::CONNECTS);
+        let _ = SOCKET_OWNERS.insert(cookie, owner, 0);
+        // A process seen on this CPU within the last second is already known to the
+        // reader: its record needs no wake-up (a wake-up costs more than the rest of
+        // the hook). A new process wakes the reader (adaptively: only if it has caught
+        // up), so that /proc is read while the process lives.
+        let mut flags = 0;
+        if let Some(last) = LAST_CONNECT.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no other writer.
+            let last = unsafe { &mut *last };
+            let tgid = u64::from(owner.tgid);
+            if last[0] == tgid && owner.ts_ns.wrapping_sub(last[1]) < 1_000_000_000 {
+                flags = BPF_RB_NO_WAKEUP as u64;
+            } else {
+                *last = [tgid, owner.ts_ns];
+            }
+        }
+        if CONNECTS.output::<SocketOwner>(&owner, flags).is_err() {
+            owner_bump(owner_stat::RING_DROPS);
+        }
+    }
+
+    #[inline(always)]
+    fn owner_bump(index: u32) {
+        if let Some(counter) = OWNER_STATS.get_ptr_mut(index) {
+            // Per-CPU slot: no other writer.
+            unsafe { *counter += 1 };
+        }
     }
 
     /// The parts of a TCP/IP packet the programs act on.

@@ -118,10 +118,16 @@ pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
             id,
             title,
             expiration,
+            process,
             client,
         } => {
             let mut ind = json!({ "type": kind, "value": value, "action": action });
-            for (key, v) in [("id", id), ("title", title), ("expiration", expiration)] {
+            for (key, v) in [
+                ("id", id),
+                ("title", title),
+                ("expiration", expiration),
+                ("process", process),
+            ] {
                 if let Some(v) = v {
                     ind[key] = json!(v);
                 }

@@ -14,13 +14,15 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TcAttachType, tc},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, cgroup_sock_addr, tc,
+    },
     util::KernelVersion,
 };
 use log::{debug, info, warn};
 use nprot_common::{
     FAMILY_V4, FlowKey, FlowTuple, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr,
-    RecordHeader, RecordKind, SensorConfig, VerdictEntry, stat,
+    RecordHeader, RecordKind, SensorConfig, SocketOwner, VerdictEntry, owner_stat, stat,
 };
 use thiserror::Error;
 
@@ -251,6 +253,96 @@ impl Sensor {
     }
 }
 
+/// What the cgroup connect hooks hand to user space (see [`crate::attribution`]).
+pub struct ConnectHooks {
+    /// Every TCP connect, as it happens.
+    pub connects: RingBuf<MapData>,
+    /// Socket cookie → who connected it.
+    pub owners: HashMap<MapData, u64, SocketOwner>,
+    /// The hooks' counters.
+    pub counters: HookCounters,
+}
+
+/// The connect hooks' per-CPU counters (`nprot_common::owner_stat`).
+pub struct HookCounters(PerCpuArray<MapData, u64>);
+
+impl HookCounters {
+    /// Connects seen and connect records lost, summed over CPUs.
+    pub fn get(&self) -> (u64, u64) {
+        let sum = |i: u32| {
+            self.0
+                .get(&i, 0)
+                .map(|v| v.iter().sum::<u64>())
+                .unwrap_or(0)
+        };
+        (sum(owner_stat::CONNECTS), sum(owner_stat::RING_DROPS))
+    }
+}
+
+impl Sensor {
+    /// Loads the `connect4`/`connect6` hooks and attaches them to the cgroup v2
+    /// directory `dir` (called `shown` in messages; normally the root of the hierarchy, so that every process is
+    /// seen), alongside other programs there. Both or neither: on failure nothing stays
+    /// attached and the reason is returned.
+    pub fn attach_connect_hooks(
+        &mut self,
+        dir: &fs::File,
+        shown: &str,
+    ) -> Result<ConnectHooks, String> {
+        // A link (kernel ≥ 5.7) always shares the hook with other programs and refuses
+        // any flag; the older program attachment must ask for sharing.
+        let mode = if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
+            CgroupAttachMode::Single
+        } else {
+            CgroupAttachMode::AllowMultiple
+        };
+        let mut attached: Vec<(&str, cgroup_sock_addr::CgroupSockAddrLinkId)> = Vec::new();
+        let mut failure = None;
+        for name in ["nprot_connect4", "nprot_connect6"] {
+            let result = (|| -> Result<cgroup_sock_addr::CgroupSockAddrLinkId, String> {
+                let program: &mut CgroupSockAddr = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("{name} is missing from the eBPF object"))?
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                if program.fd().is_err() {
+                    program.load().map_err(|e| {
+                        debug!("verifier output for {name}: {e}");
+                        format!("the kernel rejected {name}: {}", first_line(&e.to_string()))
+                    })?;
+                }
+                program
+                    .attach(dir, mode)
+                    .map_err(|e| format!("cannot attach {name} to {shown}: {}", chain(&e)))
+            })();
+            match result {
+                Ok(link) => attached.push((name, link)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for (name, link) in attached {
+                if let Some(p) = self.ebpf.program_mut(name)
+                    && let Ok(p) = <&mut CgroupSockAddr>::try_from(p)
+                {
+                    let _ = p.detach(link);
+                }
+            }
+            return Err(e);
+        }
+        let map = |e: CaptureError| e.to_string();
+        Ok(ConnectHooks {
+            connects: take_map(&mut self.ebpf, "CONNECTS").map_err(map)?,
+            owners: take_map(&mut self.ebpf, "SOCKET_OWNERS").map_err(map)?,
+            counters: HookCounters(take_map(&mut self.ebpf, "OWNER_STATS").map_err(map)?),
+        })
+    }
+}
+
 impl Drop for Sensor {
     fn drop(&mut self) {
         // Links of the programs are released with `self.ebpf`; the qdisc we added goes here.
@@ -284,6 +376,18 @@ fn remove_clsact(interface: &str) -> std::io::Result<()> {
 /// EPERM means missing capabilities; EACCES from BPF_PROG_LOAD is the verifier saying no.
 fn is_permission_error(text: &str) -> bool {
     text.contains("Operation not permitted")
+}
+
+/// An error with its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn first_line(text: &str) -> String {

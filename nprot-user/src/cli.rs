@@ -91,6 +91,11 @@ pub struct RunArgs {
     /// arrives, whatever else the host is doing [config: rt_priority, default 10].
     #[arg(long, value_name = "PRIO", value_parser = clap::value_parser!(u8).range(0..=99))]
     pub rt_priority: Option<u8>,
+    /// Process attribution: the cgroup v2 directory whose processes are attributed
+    /// (`auto`: the root of the cgroup v2 mount), or `off`
+    /// [config: process_cgroup, default auto].
+    #[arg(long, value_name = "DIR|auto|off")]
+    pub process_cgroup: Option<crate::config::ProcessCgroup>,
     /// On exit, write counters and verdict-latency percentiles to FILE (JSON).
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
@@ -144,6 +149,10 @@ pub enum IndicatorCommand {
         /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
         #[arg(long)]
         expiration: Option<String>,
+        /// Apply to one program only: its executable's file name (`curl`) or absolute
+        /// path (`/usr/bin/curl`).
+        #[arg(long)]
+        process: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },

@@ -64,6 +64,53 @@ pub struct Config {
     pub proxies: Vec<KnownProxy>,
     /// Where events go.
     pub events: EventsConfig,
+    /// The cgroup v2 directory the process-attribution hooks attach to.
+    #[serde(deserialize_with = "de_process_cgroup")]
+    pub process_cgroup: ProcessCgroup,
+    /// Processes the attribution keeps in its cache at most.
+    #[serde(deserialize_with = "de_process_cache")]
+    pub process_cache: usize,
+}
+
+/// Where the `connect4`/`connect6` hooks of process attribution attach.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProcessCgroup {
+    /// The root of the cgroup v2 hierarchy, found in `/proc/self/mounts`.
+    #[default]
+    Auto,
+    /// No attribution.
+    Off,
+    /// This cgroup v2 directory (and the cgroups below it).
+    Path(PathBuf),
+}
+
+impl FromStr for ProcessCgroup {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ProcessCgroup::Auto),
+            "off" => Ok(ProcessCgroup::Off),
+            p if p.starts_with('/') => Ok(ProcessCgroup::Path(PathBuf::from(p))),
+            other => Err(format!(
+                "{other:?} is neither \"auto\", \"off\" nor an absolute path of a cgroup v2 directory"
+            )),
+        }
+    }
+}
+
+fn de_process_cache<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let v = i64::deserialize(d)?;
+    if !(16..=1_000_000).contains(&v) {
+        return Err(de::Error::custom(format!(
+            "{v} is out of range: 16 to 1000000 processes"
+        )));
+    }
+    Ok(v as usize)
+}
+
+fn de_process_cgroup<'de, D: Deserializer<'de>>(d: D) -> Result<ProcessCgroup, D::Error> {
+    String::deserialize(d)?.parse().map_err(de::Error::custom)
 }
 
 impl Default for Config {
@@ -80,6 +127,8 @@ impl Default for Config {
             rt_priority: 10,
             proxies: Vec::new(),
             events: EventsConfig::default(),
+            process_cgroup: ProcessCgroup::Auto,
+            process_cache: crate::attribution::PROCESS_CACHE_MAX,
         }
     }
 }

@@ -20,9 +20,11 @@ use tokio::{
 };
 
 use crate::{
+    attribution::{Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root},
     capture::{self, Record, Sensor},
+    capture::{ConnectHooks, HookCounters},
     cli::RunArgs,
-    config::{self, Config, EventsConfig, Protocol},
+    config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
     control::{self, Request, Response},
     events::rfc3339_micros,
     events::{
@@ -86,6 +88,10 @@ pub struct RunOptions {
     pub extra_device_groups: Vec<String>,
     /// Forward proxies named in the config.
     pub proxies: Vec<KnownProxy>,
+    /// Where the process-attribution hooks attach.
+    pub process_cgroup: ProcessCgroup,
+    /// Bound of the attribution's process cache.
+    pub process_cache: usize,
 }
 
 impl RunOptions {
@@ -144,6 +150,8 @@ impl RunOptions {
             indicators_from_flags,
             extra_device_groups,
             proxies: config.proxies.clone(),
+            process_cgroup: args.process_cgroup.unwrap_or(config.process_cgroup),
+            process_cache: config.process_cache,
         })
     }
 }
@@ -220,6 +228,9 @@ pub struct RunReport {
     /// Every sink's name, drops and own counters (see `Fanout::sink_stats`).
     pub sinks: Value,
     pub decode_errors: u64,
+    /// Process attribution; absent when it is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionReport>,
 }
 
 /// The live sensor takes verdicts into its kernel map.
@@ -298,6 +309,70 @@ struct Daemon {
     decode_errors: u64,
     reported_drops: u64,
     started: Instant,
+    /// Process attribution, when the connect hooks are attached.
+    attribution: Option<Attributing>,
+}
+
+/// The running process attribution: its thread, its tables and the hooks' counters.
+struct Attributing {
+    resolver: Resolver,
+    counters: HookCounters,
+    _thread: AttributionThread,
+}
+
+/// Attaches the connect hooks and starts the attribution thread, or says in one line
+/// why flows will carry no process.
+fn start_attribution(
+    sensor: &mut Sensor,
+    pipeline: &mut Pipeline,
+    opts: &RunOptions,
+) -> Option<Attributing> {
+    let opened = match &opts.process_cgroup {
+        ProcessCgroup::Off => {
+            info!("process attribution off (process_cgroup = off)");
+            return None;
+        }
+        ProcessCgroup::Path(p) => std::fs::File::open(p)
+            .map(|f| (f, p.display().to_string()))
+            .map_err(|e| format!("cannot open {}: {e}", p.display())),
+        ProcessCgroup::Auto => open_cgroup2_root(),
+    };
+    let hooks = opened.and_then(|(dir, shown)| {
+        sensor
+            .attach_connect_hooks(&dir, &shown)
+            .map(|hooks| (hooks, shown))
+    });
+    let (
+        ConnectHooks {
+            connects,
+            owners,
+            counters,
+        },
+        cgroup,
+    ) = match hooks {
+        Ok(hooks) => hooks,
+        Err(e) => {
+            warn!("process attribution off: {e}; events carry no InitiatingProcess columns");
+            return None;
+        }
+    };
+    let resolver = Resolver::new(std::path::Path::new("/proc"), opts.process_cache);
+    // The verdict loop never asks the user database; the usual account is known up front.
+    resolver.warm_account(0);
+    let thread = match AttributionThread::start(connects, resolver.clone(), opts.rt_priority) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("process attribution off: cannot start its thread: {e}");
+            return None;
+        }
+    };
+    pipeline.set_processes(Box::new(Attribution::new(resolver.clone(), owners)));
+    info!("process attribution: connect hooks on {cgroup}");
+    Some(Attributing {
+        resolver,
+        counters,
+        _thread: thread,
+    })
 }
 
 /// Runs the sensor until SIGINT or SIGTERM; everything is detached when it returns.
@@ -338,6 +413,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         mode,
     );
     pipeline.set_known_proxies(opts.proxies.clone());
+    let attribution = start_attribution(&mut sensor, &mut pipeline, &opts);
     let guarded: Vec<String> = sensor
         .attached
         .iter()
@@ -367,6 +443,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         decode_errors: 0,
         reported_drops: 0,
         started: Instant::now(),
+        attribution,
     };
 
     daemon.refresh_local_addrs();
@@ -481,6 +558,14 @@ impl Daemon {
             events_dropped: self.fanout.dropped,
             sinks: self.fanout.sink_stats(),
             decode_errors: self.decode_errors,
+            attribution: self.attribution.as_ref().map(|a| {
+                let (kernel_connects, kernel_ring_drops) = a.counters.get();
+                AttributionReport {
+                    stats: a.resolver.stats(),
+                    kernel_connects,
+                    kernel_ring_drops,
+                }
+            }),
         }
     }
 

@@ -5,6 +5,7 @@
 //! sinks). [`daemon`] drives it live; [`replay`] drives it from a capture file.
 
 pub mod admin;
+pub mod attribution;
 pub mod capture;
 pub mod cli;
 pub mod config;

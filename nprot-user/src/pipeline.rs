@@ -12,6 +12,7 @@ use std::{
 use nprot_common::{FlowKey, RecordKind, Verdict, VerdictEntry};
 
 use crate::{
+    attribution::{ProcessColumns, ProcessInfo, ProcessSource},
     capture::{Record, ip_addr},
     events::{ActionType, Direction, Event, EventFactory, FlowEnds, ProxyFields, monotonic_ns},
     parse::{ParseOutcome, Parsed, http, parse_client_payload},
@@ -166,6 +167,8 @@ pub struct Pipeline {
     pub wake_latency: Histogram,
     /// Proxies named in the configuration (`proxy_known` in events).
     known_proxies: Vec<KnownProxy>,
+    /// Who opened local flows (none in replay, or without the connect hooks).
+    processes: Option<Box<dyn ProcessSource>>,
 }
 
 /// Flows reassembled at once at most.
@@ -190,6 +193,7 @@ impl Pipeline {
             wake_latency: Histogram::default(),
             local_addrs: None,
             known_proxies: Vec::new(),
+            processes: None,
         }
     }
 
@@ -197,6 +201,27 @@ impl Pipeline {
     /// flow went to one of them.
     pub fn set_known_proxies(&mut self, proxies: Vec<KnownProxy>) {
         self.known_proxies = proxies;
+    }
+
+    /// Names the processes behind local flows from now on.
+    pub fn set_processes(&mut self, source: Box<dyn ProcessSource>) {
+        self.processes = Some(source);
+    }
+
+    /// The process that opened the flow of `rec`: only outbound flows have a local
+    /// socket. `need_exe`: a decision depends on it, read /proc now if need be.
+    fn process_of(
+        &mut self,
+        rec: &Record<'_>,
+        ends: &FlowEnds,
+        need_exe: bool,
+    ) -> Option<Arc<ProcessInfo>> {
+        if rec.socket_cookie == 0 || ends.direction != Direction::Outbound {
+            return None;
+        }
+        self.processes
+            .as_mut()?
+            .process(rec.socket_cookie, need_exe)
     }
 
     /// Queues an event that concerns no flow (the control plane's), built by `make`.
@@ -237,6 +262,7 @@ impl Pipeline {
     pub fn on_record(&mut self, rec: &Record<'_>, verdicts: &mut dyn VerdictTarget) {
         self.stats.records += 1;
         let ends = flow_ends(rec, self.local_addrs.as_ref());
+        let first = self.events.len();
         match rec.kind {
             RecordKind::Established => {
                 let ev = self
@@ -258,6 +284,13 @@ impl Pipeline {
                 }
             }
             RecordKind::Payload => self.on_payload(rec, ends, verdicts),
+        }
+        if self.events.len() > first
+            && let Some(process) = self.process_of(rec, &ends, false)
+        {
+            for ev in &mut self.events[first..] {
+                ev.process = Some(ProcessColumns(Arc::clone(&process)));
+            }
         }
     }
 
@@ -385,7 +418,7 @@ impl Pipeline {
     /// Matches what was parsed against the policy. Behind a forward proxy the subject is
     /// the real target; the proxy's own address still matches IP indicators.
     fn judge<'p>(
-        &self,
+        &mut self,
         policy: &'p Policy,
         rec: &Record<'_>,
         ends: &FlowEnds,
@@ -407,7 +440,14 @@ impl Pipeline {
         };
         // Judged at the packet's time, so that replay of an old capture sees the expiries
         // as they were then.
-        let decision = policy.decide(&subject, self.factory.wall(rec.ts_ns));
+        // Only a process-scoped indicator makes the decision depend on the process.
+        let process = if policy.has_process_scopes() {
+            self.process_of(rec, ends, true)
+        } else {
+            None
+        };
+        let decision =
+            policy.decide_for(&subject, process.as_deref(), self.factory.wall(rec.ts_ns));
         let outcome = outcome(&decision, self.mode);
         let proxy = self.proxy_fields(ends, phase, &parsed);
         Judged {
@@ -664,6 +704,73 @@ mod tests {
     }
 
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n";
+
+    struct Fake(Arc<crate::attribution::ProcessInfo>);
+
+    impl ProcessSource for Fake {
+        fn process(&mut self, cookie: u64, _need_exe: bool) -> Option<Arc<ProcessInfo>> {
+            (cookie == 42).then(|| Arc::clone(&self.0))
+        }
+    }
+
+    fn curl() -> Arc<ProcessInfo> {
+        Arc::new(ProcessInfo {
+            pid: 7,
+            file_name: "curl".into(),
+            folder_path: Some("/usr/bin/curl".into()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn outbound_flows_carry_their_process_and_others_do_not() {
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        p.set_processes(Box::new(Fake(curl())));
+        let mut rec = record(RecordKind::Established, 0, b"");
+        rec.socket_cookie = 42;
+        p.on_record(&rec, &mut v);
+        let json = serde_json::to_value(&p.events[0]).unwrap();
+        assert_eq!(json["InitiatingProcessId"], 7);
+        assert_eq!(json["InitiatingProcessFolderPath"], "/usr/bin/curl");
+        // A flow whose SYN came in (inbound or forwarded) has no local initiator, even
+        // if a cookie were reported.
+        rec.outbound = false;
+        p.on_record(&rec, &mut v);
+        // Unknown cookie: nothing said.
+        rec.outbound = true;
+        rec.socket_cookie = 41;
+        p.on_record(&rec, &mut v);
+        for ev in &p.events[1..] {
+            let json = serde_json::to_value(ev).unwrap();
+            assert!(json.get("InitiatingProcessId").is_none(), "{json}");
+            assert!(json.get("InitiatingProcessFileName").is_none(), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_process_scoped_block_decides_by_the_flow_s_process() {
+        let indicators = r#"{"indicators": [
+            {"id": "c", "type": "DomainName", "value": "a.example", "action": "Block", "process": "curl"}
+        ]}"#;
+        let (mut p, mut v) = (pipeline_with(indicators, Mode::Block), Verdicts::default());
+        p.set_processes(Box::new(Fake(curl())));
+        let mut rec = record(RecordKind::Payload, 100, REQUEST);
+        rec.socket_cookie = 42;
+        p.on_record(&rec, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
+        let blocked = serde_json::to_value(&p.events[1]).unwrap();
+        assert_eq!(
+            blocked["ActionType"],
+            "ExploitGuardNetworkProtectionBlocked"
+        );
+        assert_eq!(blocked["InitiatingProcessFileName"], "curl");
+        // Another program (unknown cookie) to the same name passes.
+        let (mut p, mut v) = (pipeline_with(indicators, Mode::Block), Verdicts::default());
+        p.set_processes(Box::new(Fake(curl())));
+        rec.socket_cookie = 41;
+        p.on_record(&rec, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+    }
 
     #[test]
     fn connection_records_become_connection_events() {

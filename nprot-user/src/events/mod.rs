@@ -14,6 +14,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    attribution::ProcessColumns,
     parse::{http::HttpRequest, tls::ClientHelloInfo},
     policy::indicator::Action,
     verdict::{Enforcement, Mode},
@@ -152,6 +153,9 @@ pub struct Event {
     /// The flow's columns; absent on events about no flow (a bypass granted).
     #[serde(flatten)]
     pub flow: Option<FlowColumns>,
+    /// `InitiatingProcess*`: the local program that opened the flow, where known.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessColumns>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_url: Option<String>,
     pub additional_fields: AdditionalFields,
@@ -250,6 +254,7 @@ impl EventFactory {
                 remote_port,
                 protocol: "Tcp",
             }),
+            process: None,
             remote_url,
             additional_fields,
             report_id,
@@ -360,6 +365,7 @@ impl EventFactory {
             device_name: self.device_name.clone(),
             device_id: self.device_id.clone(),
             flow: None,
+            process: None,
             remote_url: Some(target.to_owned()),
             additional_fields: AdditionalFields::Bypass {
                 indicator_id: warned_by.0.to_owned(),

@@ -599,11 +599,15 @@ impl fmt::Write for Fnv {
     }
 }
 
-/// FNV-1a 64 of `"<type>:<canonical value>"`, the basis of derived ids.
-fn derived_hash(target: &ParsedTarget<'_>) -> u64 {
+/// FNV-1a 64 of `"<type>:<canonical value>"` (followed by `" process=<process>"` for a
+/// process-scoped indicator), the basis of derived ids.
+fn derived_hash(target: &ParsedTarget<'_>, process: Option<&str>) -> u64 {
     let mut h = Fnv(FNV_OFFSET);
     // Writing into Fnv cannot fail.
     let _ = write!(h, "{}:{}", target.kind(), target);
+    if let Some(p) = process {
+        let _ = write!(h, " process={p}");
+    }
     h.0
 }
 
@@ -611,7 +615,36 @@ fn derived_hash(target: &ParsedTarget<'_>) -> u64 {
 /// hash of `"<type>:<canonical value>"`, so the same indicator keeps its id across
 /// reloads, and spellings that mean the same (`Example.COM.`, `*.example.com`) share it.
 pub fn derived_id(target: &Target) -> String {
-    format!("ind-{:016x}", derived_hash(&target.as_parsed()))
+    format!("ind-{:016x}", derived_hash(&target.as_parsed(), None))
+}
+
+/// Longest `process` scope accepted (a Linux path).
+pub const MAX_PROCESS: usize = 4096;
+
+/// Checks an indicator's `process` scope: an executable's file name, or its absolute
+/// path; trimmed.
+pub fn check_process(process: &str) -> Result<&str, String> {
+    let p = process.trim();
+    if p.is_empty() {
+        return Err("empty process".into());
+    }
+    if p.len() > MAX_PROCESS {
+        return Err(format!("process is too long (at most {MAX_PROCESS} bytes)"));
+    }
+    if p.contains('\0') {
+        return Err("process contains a NUL byte".into());
+    }
+    if p.contains('/') && !p.starts_with('/') {
+        return Err(format!(
+            "process {p:?} must be an executable's file name or its absolute path"
+        ));
+    }
+    if p.ends_with('/') {
+        return Err(format!(
+            "process {p:?} names a directory, not an executable"
+        ));
+    }
+    Ok(p)
 }
 
 /// One indicator, as an owned value.
@@ -639,6 +672,9 @@ pub struct Indicator {
     pub device_groups: Vec<String>,
     /// Whether a match should raise an alert.
     pub generate_alert: bool,
+    /// The program the indicator applies to (its executable's file name or absolute
+    /// path); `None`: every flow.
+    pub process: Option<String>,
 }
 
 impl Indicator {
@@ -669,6 +705,7 @@ impl Indicator {
             severity: None,
             device_groups: Vec::new(),
             generate_alert: false,
+            process: None,
         })
     }
 
@@ -777,6 +814,8 @@ pub(crate) struct Record {
     aux: u32,
     /// Index into `group_sets` (0 = every device).
     groups: u32,
+    /// Index into `processes` (0 = every process).
+    process: u32,
     id_len: u16,
     value_len: u16,
     /// Start of the canonical text relative to the value (if not appended).
@@ -807,6 +846,11 @@ impl Record {
     pub(crate) fn https(&self) -> bool {
         self.flags & F_HTTPS != 0
     }
+
+    /// Index of the process scope, 0 for none.
+    pub(crate) fn process(&self) -> u32 {
+        self.process
+    }
 }
 
 /// A compact, append-only set of validated indicators.
@@ -818,6 +862,9 @@ pub struct Indicators {
     /// Interned device-group lists; `[0]` is the empty list.
     group_sets: Vec<Box<[String]>>,
     group_index: HashMap<Box<[String]>, u32>,
+    /// Interned process scopes; `[0]` is the empty one (every process).
+    processes: Vec<Box<str>>,
+    process_index: HashMap<Box<str>, u32>,
 }
 
 /// A summary: a set can hold millions of indicators.
@@ -838,6 +885,8 @@ impl Default for Indicators {
             nets: Vec::new(),
             group_sets: vec![Box::default()],
             group_index: HashMap::new(),
+            processes: vec![Box::default()],
+            process_index: HashMap::new(),
         }
     }
 }
@@ -854,6 +903,7 @@ struct Parts<'a> {
     severity: Option<Severity>,
     device_groups: &'a [&'a str],
     generate_alert: bool,
+    process: Option<&'a str>,
 }
 
 fn text_len(what: &str, s: &str) -> Result<u16, String> {
@@ -920,6 +970,7 @@ impl Indicators {
             severity: indicator.severity,
             device_groups: &groups,
             generate_alert: indicator.generate_alert,
+            process: indicator.process.as_deref(),
         })
         .map_err(|reason| IndicatorError::Invalid {
             value: clip(&indicator.value),
@@ -943,6 +994,7 @@ impl Indicators {
             .transpose()?
             .unwrap_or(0);
         let groups = self.intern_groups(p.device_groups)?;
+        let process = self.intern_process(p.process)?;
 
         let off = self.text.len();
         let id_len = match p.id {
@@ -953,7 +1005,11 @@ impl Indicators {
             }
             None => {
                 // Writing into a String cannot fail.
-                let _ = write!(self.text, "ind-{:016x}", derived_hash(p.target));
+                let _ = write!(
+                    self.text,
+                    "ind-{:016x}",
+                    derived_hash(p.target, p.process.map(str::trim))
+                );
                 20
             }
         };
@@ -1018,6 +1074,7 @@ impl Indicators {
             exp_nanos,
             aux,
             groups,
+            process,
             id_len,
             value_len,
             canon_rel,
@@ -1055,6 +1112,30 @@ impl Indicators {
         self.group_sets.push(list.clone());
         self.group_index.insert(list, i);
         Ok(i)
+    }
+
+    fn intern_process(&mut self, process: Option<&str>) -> Result<u32, String> {
+        let Some(p) = process else {
+            return Ok(0);
+        };
+        let p = check_process(p)?;
+        if let Some(&i) = self.process_index.get(p) {
+            return Ok(i);
+        }
+        let i = self.processes.len() as u32;
+        self.processes.push(p.into());
+        self.process_index.insert(p.into(), i);
+        Ok(i)
+    }
+
+    /// The process scope with index `i` (from [`Record::process`]); "" for 0.
+    pub(crate) fn process_scope(&self, i: u32) -> &str {
+        self.processes.get(i as usize).map_or("", |p| p)
+    }
+
+    /// Whether any indicator is scoped to a process.
+    pub fn has_process_scopes(&self) -> bool {
+        self.processes.len() > 1
     }
 
     pub(crate) fn record(&self, index: u32) -> &Record {
@@ -1272,6 +1353,12 @@ impl<'a> IndicatorRef<'a> {
         self.rec().flags & F_ALERT != 0
     }
 
+    /// The program the indicator is scoped to, if any.
+    pub fn process(&self) -> Option<&'a str> {
+        let i = self.rec().process;
+        (i != 0).then(|| self.set.process_scope(i))
+    }
+
     /// An owned copy.
     pub fn to_indicator(&self) -> Indicator {
         Indicator {
@@ -1286,6 +1373,7 @@ impl<'a> IndicatorRef<'a> {
             severity: self.severity(),
             device_groups: self.device_groups().to_vec(),
             generate_alert: self.generate_alert(),
+            process: self.process().map(str::to_string),
         }
     }
 }
@@ -1310,6 +1398,8 @@ struct WireOut<'a> {
     device_groups: &'a [String],
     #[serde(skip_serializing_if = "is_false")]
     generate_alert: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<&'a str>,
 }
 
 fn is_empty_list(v: &&[String]) -> bool {
@@ -1334,6 +1424,7 @@ impl Serialize for Indicator {
             severity: self.severity,
             device_groups: &self.device_groups,
             generate_alert: self.generate_alert,
+            process: self.process.as_deref(),
         }
         .serialize(s)
     }
@@ -1353,6 +1444,7 @@ impl Serialize for IndicatorRef<'_> {
             severity: self.severity(),
             device_groups: self.device_groups(),
             generate_alert: self.generate_alert(),
+            process: self.process(),
         }
         .serialize(s)
     }
@@ -1433,6 +1525,8 @@ struct RawEntry<'a> {
     device_groups: Option<Vec<Str<'a>>>,
     #[serde(default)]
     generate_alert: Option<bool>,
+    #[serde(borrow, default)]
+    process: Option<Str<'a>>,
 }
 
 /// Accumulates a load; errors found inside serde callbacks are parked here, since a
@@ -1515,6 +1609,7 @@ impl Builder {
                 severity,
                 device_groups: &groups,
                 generate_alert: raw.generate_alert.unwrap_or(false),
+                process: raw.process.as_ref().map(|s| &*s.0),
             })
             .map_err(&fail)?;
 

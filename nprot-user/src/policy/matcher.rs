@@ -20,6 +20,8 @@ use std::{
     time::SystemTime,
 };
 
+use crate::attribution::ProcessInfo;
+
 use super::{
     indicator::{Action, IndicatorRef, IndicatorType, Indicators, canonical_path, mask4, mask6},
     rfc3339::Timestamp,
@@ -65,9 +67,13 @@ const CLASS_PARENT_DOMAIN: u64 = 1;
 const CLASS_EXACT_DOMAIN: u64 = 2;
 const CLASS_URL: u64 = 3;
 
-/// Orders matches: class, then length within the class, then action precedence.
-fn rank(class: u64, len: usize, action: Action) -> u64 {
-    (class << 40) | ((len as u64 & 0xffff_ffff) << 8) | u64::from(action.precedence())
+/// Orders matches: class, then length within the class, then process-scoped before
+/// unscoped, then action precedence.
+fn rank(class: u64, len: usize, scoped: bool, action: Action) -> u64 {
+    (class << 40)
+        | ((len as u64 & 0xffff_ffff) << 8)
+        | (u64::from(scoped) << 4)
+        | u64::from(action.precedence() & 0xf)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -299,6 +305,8 @@ fn origin_form(target: &str) -> &str {
 /// The state of one decision.
 struct Matcher<'a> {
     set: &'a Indicators,
+    /// The process behind the flow, if known: process-scoped indicators match only it.
+    process: Option<&'a ProcessInfo>,
     now: Timestamp,
     best: Option<(u64, u32)>,
     audits: Vec<(u64, u32)>,
@@ -310,7 +318,15 @@ impl Matcher<'_> {
         if r.expired(self.now) {
             return;
         }
-        let key = rank(class, len, r.action());
+        let scope = r.process();
+        if scope != 0
+            && !self
+                .process
+                .is_some_and(|p| p.is_named(self.set.process_scope(scope)))
+        {
+            return;
+        }
+        let key = rank(class, len, scope != 0, r.action());
         if r.action() == Action::Audit {
             if !self.audits.iter().any(|a| a.1 == index) {
                 self.audits.push((key, index));
@@ -420,8 +436,28 @@ impl Policy {
     /// then exact host, then longer parent domain, then longer IP prefix), ties going
     /// Allowed > Warn > Block; Audit indicators are only collected.
     pub fn decide(&self, subject: &Subject<'_>, now: SystemTime) -> Decision<'_> {
+        self.decide_for(subject, None, now)
+    }
+
+    /// Whether some indicator is scoped to a process (so that a decision needs to know
+    /// the flow's executable).
+    pub fn has_process_scopes(&self) -> bool {
+        self.set.has_process_scopes()
+    }
+
+    /// [`Policy::decide`] for a flow opened by `process` (if known). An indicator scoped
+    /// to a process matches only flows of that process ([`ProcessInfo::is_named`]);
+    /// among equally specific matches a process-scoped one goes before an unscoped one,
+    /// then Allowed > Warn > Block.
+    pub fn decide_for<'p>(
+        &'p self,
+        subject: &Subject<'_>,
+        process: Option<&ProcessInfo>,
+        now: SystemTime,
+    ) -> Decision<'p> {
         let mut m = Matcher {
             set: &self.set,
+            process,
             now: Timestamp::from_system_time(now),
             best: None,
             audits: Vec::new(),
@@ -868,6 +904,136 @@ mod tests {
         assert_eq!(tls(&p, "example.com"), None);
         assert_eq!(tls(&p, "other.test"), some("everywhere"));
         assert_eq!(p.indicators().get(0).map(|r| r.id()), Some("everywhere"));
+    }
+
+    fn proc_named(exe: &str) -> crate::attribution::ProcessInfo {
+        crate::attribution::ProcessInfo {
+            pid: 1,
+            file_name: exe.rsplit('/').next().unwrap_or(exe).to_string(),
+            folder_path: Some(exe.to_string()),
+            ..Default::default()
+        }
+    }
+
+    /// The winner's id for a TLS flow to `host` opened by `process`.
+    fn tls_by(
+        p: &Policy,
+        host: &str,
+        process: Option<&crate::attribution::ProcessInfo>,
+    ) -> Option<String> {
+        let s = Subject {
+            ip: ELSEWHERE,
+            host: Some(host),
+            http_path: None,
+        };
+        p.decide_for(&s, process, now())
+            .winner
+            .map(|w| w.id().to_string())
+    }
+
+    #[test]
+    fn process_scoped_indicators_match_only_their_process() {
+        let p = policy_with(
+            &[
+                (
+                    "curl",
+                    "DomainName",
+                    "bad.test",
+                    "Block",
+                    r#","process":"curl""#,
+                ),
+                (
+                    "path",
+                    "DomainName",
+                    "other.test",
+                    "Block",
+                    r#","process":"/usr/bin/wget""#,
+                ),
+            ],
+            &[],
+        );
+        assert!(p.has_process_scopes());
+        let curl = proc_named("/usr/bin/curl");
+        let python = proc_named("/usr/bin/python3.11");
+        let wget = proc_named("/usr/bin/wget");
+        let other_wget = proc_named("/opt/bin/wget");
+        assert_eq!(tls_by(&p, "bad.test", Some(&curl)), some("curl"));
+        assert_eq!(tls_by(&p, "www.bad.test", Some(&curl)), some("curl"));
+        assert_eq!(tls_by(&p, "bad.test", Some(&python)), None);
+        // Unknown process: a scoped indicator never matches.
+        assert_eq!(tls_by(&p, "bad.test", None), None);
+        assert_eq!(tls(&p, "bad.test"), None);
+        // An absolute path matches that executable only; a name matches any path.
+        assert_eq!(tls_by(&p, "other.test", Some(&wget)), some("path"));
+        assert_eq!(tls_by(&p, "other.test", Some(&other_wget)), None);
+        assert_eq!(
+            tls_by(&p, "bad.test", Some(&proc_named("/opt/curl"))),
+            some("curl")
+        );
+        let unscoped = policy(&[("d", "DomainName", "bad.test", "Block")]);
+        assert!(!unscoped.has_process_scopes());
+    }
+
+    #[test]
+    fn process_scope_ranks_after_specificity_and_before_the_action() {
+        let p = policy_with(
+            &[
+                ("allow-all", "DomainName", "example.com", "Allowed", ""),
+                (
+                    "block-curl",
+                    "DomainName",
+                    "example.com",
+                    "Block",
+                    r#","process":"curl""#,
+                ),
+                ("exact", "DomainName", "www.example.com", "Warn", ""),
+            ],
+            &[],
+        );
+        let curl = proc_named("/usr/bin/curl");
+        let python = proc_named("/usr/bin/python3");
+        // Equally specific: the process-scoped one wins, whatever the actions.
+        assert_eq!(tls_by(&p, "a.example.com", Some(&curl)), some("block-curl"));
+        assert_eq!(
+            tls_by(&p, "a.example.com", Some(&python)),
+            some("allow-all")
+        );
+        // A more specific destination still wins over a process scope.
+        assert_eq!(tls_by(&p, "www.example.com", Some(&curl)), some("exact"));
+    }
+
+    #[test]
+    fn process_scope_is_validated_and_part_of_derived_ids() {
+        for (process, ok) in [
+            ("curl", true),
+            ("/usr/bin/curl", true),
+            ("", false),
+            ("bin/curl", false),
+            ("/usr/bin/", false),
+        ] {
+            let text = format!(
+                r#"{{"indicators":[{{"type":"DomainName","value":"a.test","action":"Block","process":"{process}"}}]}}"#
+            );
+            assert_eq!(load_json(&text).is_ok(), ok, "{process:?}");
+        }
+        // The same target for two programs, and unscoped: three distinct derived ids.
+        let text = r#"{"indicators":[
+            {"type":"DomainName","value":"a.test","action":"Block","process":"curl"},
+            {"type":"DomainName","value":"a.test","action":"Block","process":"wget"},
+            {"type":"DomainName","value":"a.test","action":"Block"}]}"#;
+        let loaded = load_json(text).unwrap();
+        let set = &loaded.indicators;
+        let plain = crate::policy::indicator::derived_id(&set.get(2).unwrap().target());
+        assert_eq!(
+            set.get(2).unwrap().id(),
+            plain,
+            "unscoped ids do not change"
+        );
+        assert_ne!(set.get(0).unwrap().id(), set.get(1).unwrap().id());
+        // Round trip through export.
+        let again = load_json(&serde_json::to_string(set).unwrap()).unwrap();
+        assert_eq!(again.indicators.get(0).unwrap().process(), Some("curl"));
+        assert_eq!(again.indicators.get(2).unwrap().process(), None);
     }
 
     #[test]
