@@ -240,8 +240,12 @@ impl VerdictTarget for Sensor {
     }
 }
 
-/// Loads the indicator files (JSON, CSV or lists); all of them or none.
-fn load_files(files: &[(PathBuf, Action)]) -> anyhow::Result<Indicators> {
+/// Loads the indicator files (JSON, CSV or lists); all of them or none. Only those for
+/// this sensor's `device_groups` are kept; returns them and how many they are.
+fn load_files(
+    files: &[(PathBuf, Action)],
+    device_groups: &[String],
+) -> anyhow::Result<(Indicators, usize)> {
     let mut all = Indicators::new();
     for (path, list_action) in files {
         let started = Instant::now();
@@ -264,7 +268,9 @@ fn load_files(files: &[(PathBuf, Action)]) -> anyhow::Result<Indicators> {
             }
         }
     }
-    Ok(all)
+    all.retain_device_groups(device_groups);
+    let len = all.len();
+    Ok((all, len))
 }
 
 /// Puts the calling thread (the verdict loop) under SCHED_FIFO at `priority`.
@@ -303,8 +309,10 @@ struct Daemon {
     fanout: Fanout,
     state: State,
     mode: Mode,
-    /// Indicators from the files, kept to merge with run-time ones on every change.
-    file_indicators: Indicators,
+    /// How many of the policy's indicators come from the files (they come first): a
+    /// change of the run-time ones re-merges that prefix, so that the files' indicators
+    /// are held once, in the policy, not twice.
+    file_len: usize,
     indicator_load: Duration,
     decode_errors: u64,
     reported_drops: u64,
@@ -389,8 +397,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let state = State::load(&opts.state_dir)?;
     let mode = opts.mode.or(state.mode).unwrap_or(opts.config_mode);
     let load_started = Instant::now();
-    let file_indicators = load_files(&opts.indicators)?;
-    let policy = Policy::new(state.merged(&file_indicators)?, &opts.device_groups);
+    let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
+    let policy = Policy::new(state.merged(files)?, &opts.device_groups);
     let indicator_load = load_started.elapsed();
 
     // Signals first: a SIGTERM during start-up must still detach cleanly.
@@ -438,7 +446,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         fanout,
         state,
         mode,
-        file_indicators,
+        file_len,
         indicator_load,
         decode_errors: 0,
         reported_drops: 0,
@@ -723,9 +731,9 @@ impl Daemon {
 
     /// Builds the policy for `next`, persists `next`, then switches to both.
     fn apply_state(&mut self, next: State) -> Result<(), String> {
-        let merged = next
-            .merged(&self.file_indicators)
-            .map_err(|e| e.to_string())?;
+        let mut files = self.pipeline.policy().indicators().clone();
+        files.truncate(self.file_len);
+        let merged = next.merged(files).map_err(|e| e.to_string())?;
         let policy = Policy::new(merged, &self.opts.device_groups);
         next.save(&self.opts.state_dir).map_err(|e| e.to_string())?;
         self.state = next;
@@ -738,7 +746,7 @@ impl Daemon {
     fn reload(&mut self) {
         let started = Instant::now();
         let mut opts = self.opts.clone();
-        let result = (|| -> anyhow::Result<(Indicators, Policy)> {
+        let result = (|| -> anyhow::Result<(usize, Policy)> {
             if let Some(path) = &opts.config_file {
                 let config = Config::load(path)?;
                 if config.interfaces != opts.interfaces
@@ -762,13 +770,13 @@ impl Daemon {
                 opts.config_mode = config.mode;
                 opts.proxies = config.proxies.clone();
             }
-            let files = load_files(&opts.indicators)?;
-            let merged = self.state.merged(&files)?;
-            Ok((files, Policy::new(merged, &opts.device_groups)))
+            let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
+            let merged = self.state.merged(files)?;
+            Ok((file_len, Policy::new(merged, &opts.device_groups)))
         })();
         match result {
-            Ok((files, policy)) => {
-                self.file_indicators = files;
+            Ok((file_len, policy)) => {
+                self.file_len = file_len;
                 info!(
                     "reloaded: {} indicators in force ({:.0?})",
                     policy.len(),

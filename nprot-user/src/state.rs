@@ -134,8 +134,8 @@ impl State {
     }
 
     /// The file indicators plus this state's, as one set for the policy.
-    pub fn merged(&self, files: &Indicators) -> Result<Indicators, IndicatorError> {
-        let mut all = files.clone();
+    pub fn merged(&self, files: Indicators) -> Result<Indicators, IndicatorError> {
+        let mut all = files;
         for ind in &self.indicators {
             all.push(ind)?;
         }

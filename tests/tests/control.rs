@@ -80,8 +80,17 @@ fn mode_switch_changes_the_next_flow() {
 
 #[test]
 fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
-    let mut env = Env::start_enforcing("block", &[], &[]).expect("env");
+    // A file indicator stays in force through every run-time change.
+    let file = indicator("file-1", "Url", "http://good.example/bad/", "Block");
+    let mut env = Env::start_enforcing("block", &[file], &[]).expect("env");
     let sock = socket(&env);
+    let file_blocks = |env: &Env| {
+        let run = env
+            .curl_http_any("good.example", 80, false, "/bad/", &[])
+            .expect("curl runs");
+        assert_reset(env, &run);
+    };
+    file_blocks(&env);
     assert_passes(&env, &curl_bad(&env));
     let added = nprot_ok(
         &sock,
@@ -102,6 +111,7 @@ fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
     );
     assert!(added.contains("added 1"), "{added}");
     assert_reset(&env, &curl_bad(&env));
+    file_blocks(&env);
     let list = nprot_ok(&sock, &["indicator", "list"]);
     assert!(
         list.contains("cli-1") && list.contains("bad.example"),
@@ -111,7 +121,7 @@ fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
     // The mode from the command line is not saved; the one set through the CLI is.
     nprot_ok(&sock, &["mode", "block"]);
 
-    // Restart with neither --mode nor indicators: the saved state comes back.
+    // Restart without --mode: the saved mode and run-time indicators come back.
     let status = env
         .sensor
         .take()
@@ -119,7 +129,9 @@ fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
         .stop(Duration::from_secs(5))
         .expect("stop");
     assert!(status.success());
-    env.start_sensor(&[]).expect("restart");
+    let file = env.dir().join("indicators.json");
+    let file = file.to_string_lossy().into_owned();
+    env.start_sensor(&["--indicators", &file]).expect("restart");
     let status = nprot_ok(&sock, &["status", "--json"]);
     assert!(status.contains("\"mode\":\"Block\""), "{status}");
     assert_reset(&env, &curl_bad(&env));
@@ -127,6 +139,7 @@ fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
     // Removal takes effect at once, and an unknown id is a clear error.
     nprot_ok(&sock, &["indicator", "remove", "cli-1"]);
     assert_passes(&env, &curl_bad(&env));
+    file_blocks(&env);
     let out = nprot(&sock, &["indicator", "remove", "cli-1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no run-time indicator with id cli-1"));

@@ -1182,9 +1182,27 @@ impl Indicators {
         c.split_at_checked(r.aux as usize).unwrap_or((c, ""))
     }
 
+    /// Keeps only the first `len` indicators, releasing their text and networks: the
+    /// set as it was after its `len`-th push (interned groups and processes stay).
+    pub fn truncate(&mut self, len: usize) {
+        let Some(first_gone) = self.records.get(len) else {
+            return;
+        };
+        self.text.truncate(first_gone.off);
+        // Networks are appended in push order: the first dropped IP indicator's is
+        // where the dropped ones start.
+        if let Some(ip) = self.records[len..]
+            .iter()
+            .find(|r| r.kind == IndicatorType::IpAddress)
+        {
+            self.nets.truncate(ip.aux as usize);
+        }
+        self.records.truncate(len);
+    }
+
     /// Drops the indicators scoped to device groups of which `device_groups` (the
     /// sensor's) names none. Group names compare ASCII case-insensitively.
-    pub(crate) fn retain_device_groups(&mut self, device_groups: &[String]) {
+    pub fn retain_device_groups(&mut self, device_groups: &[String]) {
         let keep: Vec<bool> = self
             .group_sets
             .iter()
@@ -1856,6 +1874,44 @@ mod tests {
             i.expiration,
             Some(rfc3339::parse_system_time("2099-01-01T00:00:00Z").unwrap())
         );
+    }
+
+    #[test]
+    fn truncate_returns_to_an_earlier_set() {
+        let entry = |i: usize, kind: &str, value: &str| {
+            format!(
+                r#"{{"id":"{i}","type":"{kind}","value":"{value}","action":"Block","title":"t{i}"}}"#
+            )
+        };
+        let all = [
+            entry(1, "DomainName", "a.example"),
+            entry(2, "IpAddress", "198.18.0.0/15"),
+            entry(3, "Url", "http://u.example/p"),
+            entry(4, "IpAddress", "2001:db8::/32"),
+        ];
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut set = load(&refs).unwrap().indicators;
+        let prefix = load(&refs[..2]).unwrap().indicators;
+        set.truncate(2);
+        let owned = |s: &Indicators| s.iter().map(|r| r.to_indicator()).collect::<Vec<_>>();
+        assert_eq!(owned(&set), owned(&prefix));
+        assert_eq!(
+            (set.text.len(), set.nets.len()),
+            (prefix.text.len(), prefix.nets.len())
+        );
+        // Pushing after a truncation gives what pushing onto the prefix gives.
+        let extra = load(&refs[3..])
+            .unwrap()
+            .indicators
+            .get(0)
+            .unwrap()
+            .to_indicator();
+        let mut expected = prefix.clone();
+        expected.push(&extra).unwrap();
+        set.push(&extra).unwrap();
+        assert_eq!(owned(&set), owned(&expected));
+        set.truncate(10);
+        assert_eq!(set.len(), 3);
     }
 
     #[test]
