@@ -112,11 +112,11 @@ enum Next {
 /// The longest request body skipped to reach the next request on a proxy connection.
 pub const MAX_BODY_SKIP: u64 = 1 << 30;
 
-/// What comes after `item`, parsed in `phase`: a CONNECT opens a tunnel whose first
+/// What comes after `parsed`, parsed in `phase`: a CONNECT opens a tunnel whose first
 /// bytes are inspected; a request to a forward proxy may be followed by another one;
 /// anything else (a ClientHello, a request to an origin server) ends inspection.
-fn next_phase(phase: &Phase, item: &Judged<'_>) -> Next {
-    let Parsed::Http(req) = &item.parsed else {
+fn next_phase(phase: &Phase, parsed: &Parsed) -> Next {
+    let Parsed::Http(req) = parsed else {
         return Next::Done;
     };
     match phase {
@@ -133,6 +133,72 @@ fn next_phase(phase: &Phase, item: &Judged<'_>) -> Next {
             Some(n) if n <= MAX_BODY_SKIP => Next::Phase(Phase::Requests, n as usize),
             _ => Next::Unknown,
         },
+    }
+}
+
+/// Why a walk over a flow's bytes ended its inspection.
+enum End {
+    /// The last item parsed was all there is to inspect.
+    Done,
+    /// Bytes that are neither TLS nor HTTP; `first`: the flow's very first bytes.
+    NotRecognised { why: &'static str, first: bool },
+    /// The stream is full, or the kernel's capture budget is spent, before an item
+    /// completed.
+    GaveUp,
+    /// A proxy request whose end the head does not tell.
+    ProxyGaveUp,
+}
+
+/// What a flow's in-order bytes held: the items parsed, each with the phase it was
+/// parsed in, and whether inspection ends (`None`: more bytes are awaited).
+struct Walk {
+    items: Vec<(Phase, Parsed)>,
+    end: Option<End>,
+    /// Client sequence number just past the last item (the stream's start now).
+    next_seq: u32,
+}
+
+/// Parses everything that can be parsed from `stream`, moving it past each item: usually
+/// one ClientHello or request; behind a forward proxy a CONNECT and what the tunnel
+/// starts with, or several requests on one connection.
+fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) -> Walk {
+    let mut items = Vec::new();
+    let end = loop {
+        let buf = stream.contiguous();
+        let outcome = match inspection.phase {
+            Phase::Requests if buf.is_empty() => ParseOutcome::NeedMore,
+            Phase::Requests => http::parse_http_request(buf),
+            Phase::First | Phase::Tunnel(_) => parse_client_payload(buf),
+        };
+        match outcome {
+            ParseOutcome::Complete(parsed) => {
+                let next = next_phase(&inspection.phase, &parsed);
+                items.push((inspection.phase.clone(), parsed));
+                match next {
+                    Next::Done => break Some(End::Done),
+                    Next::Unknown => break Some(End::ProxyGaveUp),
+                    Next::Phase(phase, consumed) => {
+                        stream.advance(consumed);
+                        inspection.phase = phase;
+                    }
+                }
+            }
+            ParseOutcome::NotRecognised(why) => {
+                let first = items.is_empty() && matches!(inspection.phase, Phase::First);
+                break Some(End::NotRecognised { why, first });
+            }
+            // Decided items release what is held; the next one waits for its bytes.
+            ParseOutcome::NeedMore if !items.is_empty() => break None,
+            ParseOutcome::NeedMore if stream.is_full() || budget_spent => {
+                break Some(End::GaveUp);
+            }
+            ParseOutcome::NeedMore => break None,
+        }
+    };
+    Walk {
+        items,
+        end,
+        next_seq: stream.base_seq(),
     }
 }
 
@@ -302,94 +368,66 @@ impl Pipeline {
             last_ns: rec.ts_ns,
             phase: Phase::First,
         };
-        let grew =
+        let walked =
             match self
                 .reassembly
                 .insert(key, rec.client_data_seq, rec.seq, rec.payload, meta)
             {
-                Ok(Some((_, inspection))) => {
+                Ok(Some((stream, inspection))) => {
                     inspection.last_ns = rec.ts_ns;
-                    true
+                    walk(stream, inspection, rec.budget_spent)
                 }
-                Ok(None) => false,
+                // Nothing new in order; the kernel sends nothing more once the budget is spent.
+                Ok(None) if rec.budget_spent => Walk {
+                    items: Vec::new(),
+                    end: Some(End::GaveUp),
+                    next_seq: 0,
+                },
+                Ok(None) => return,
                 Err(TableFull) => {
                     self.stats.gave_up += 1;
                     return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
                 }
             };
-        if !grew {
-            // The kernel sends nothing more once the budget is spent: stop waiting.
-            if rec.budget_spent && self.reassembly.remove(&key).is_some() {
-                self.stats.gave_up += 1;
-                self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
-            }
-            return;
-        }
-        let Some((mut stream, mut inspection)) = self.reassembly.remove(&key) else {
-            return;
-        };
 
-        // Everything that can be decided from the bytes so far: usually one ClientHello or
-        // request; behind a forward proxy a CONNECT and what the tunnel starts with, or
-        // several requests on one connection.
+        // Judged in order; a blocked item ends the flow, and what follows it is moot.
         let policy = Arc::clone(&self.policy);
-        let mut judged: Vec<Judged<'_>> = Vec::new();
-        let end = loop {
-            let buf = stream.contiguous();
-            let parsed = match inspection.phase {
-                Phase::Requests if !buf.is_empty() => http::parse_http_request(buf),
-                Phase::Requests => ParseOutcome::NeedMore,
-                Phase::First | Phase::Tunnel(_) => parse_client_payload(buf),
-            };
-            match parsed {
-                ParseOutcome::Complete(parsed) => {
-                    let item = self.judge(&policy, rec, &ends, &inspection.phase, parsed);
-                    let next = next_phase(&inspection.phase, &item);
-                    let blocked = item.outcome.verdict == Verdict::Block;
-                    judged.push(item);
-                    match next {
-                        _ if blocked => break Some(Verdict::Block),
-                        Next::Done => break Some(Verdict::Allow),
-                        Next::Unknown => {
-                            self.stats.proxy_gave_up += 1;
-                            break Some(Verdict::Allow);
-                        }
-                        Next::Phase(phase, consumed) => {
-                            stream.advance(consumed);
-                            inspection.phase = phase;
-                        }
-                    }
-                }
-                ParseOutcome::NotRecognised(why) => {
-                    log::debug!("flow {}: not inspected: {why}", describe(&ends));
-                    if judged.is_empty() && matches!(inspection.phase, Phase::First) {
-                        self.stats.not_recognised += 1;
-                    }
-                    break Some(Verdict::Allow);
-                }
-                ParseOutcome::NeedMore if judged.is_empty() => {
-                    if stream.is_full() || rec.budget_spent {
-                        self.stats.gave_up += 1;
-                        break Some(Verdict::Allow);
-                    }
-                    break None;
-                }
-                ParseOutcome::NeedMore => break None,
+        let mut judged: Vec<Judged<'_>> = Vec::with_capacity(walked.items.len());
+        for (phase, parsed) in walked.items {
+            let item = self.judge(&policy, rec, &ends, &phase, parsed);
+            let blocked = item.outcome.verdict == Verdict::Block;
+            judged.push(item);
+            if blocked {
+                break;
             }
-        };
-        let verdict = match end {
-            Some(verdict) => VerdictEntry::new(verdict),
+        }
+        let blocked = judged
+            .last()
+            .is_some_and(|j| j.outcome.verdict == Verdict::Block);
+        let verdict = match (&walked.end, blocked) {
+            (_, true) => VerdictEntry::new(Verdict::Block),
+            (Some(_), false) => VerdictEntry::new(Verdict::Allow),
             // Requests decided, the connection goes on: release what is held.
-            None if !judged.is_empty() => VerdictEntry::continue_after(stream.base_seq()),
-            None => {
-                self.reassembly.restore(key, stream, inspection);
-                return;
-            }
+            (None, false) if !judged.is_empty() => VerdictEntry::continue_after(walked.next_seq),
+            (None, false) => return,
         };
-        if end.is_none() {
-            self.reassembly.restore(key, stream, inspection);
+        if blocked || walked.end.is_some() {
+            self.reassembly.remove(&key);
         }
         self.deliver(rec, &ends, &key, verdict, verdicts);
+        if !blocked {
+            match walked.end {
+                Some(End::NotRecognised { why, first }) => {
+                    log::debug!("flow {}: not inspected: {why}", describe(&ends));
+                    if first {
+                        self.stats.not_recognised += 1;
+                    }
+                }
+                Some(End::GaveUp) => self.stats.gave_up += 1,
+                Some(End::ProxyGaveUp) => self.stats.proxy_gave_up += 1,
+                Some(End::Done) | None => {}
+            }
+        }
         for item in &judged {
             self.log_judged(rec, &ends, item);
         }

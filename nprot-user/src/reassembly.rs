@@ -178,12 +178,6 @@ impl<T> Reassembler<T> {
         self.streams.remove(key)
     }
 
-    /// Puts back a stream taken with [`Reassembler::remove`], even if the table has
-    /// filled up meanwhile (it held this stream a moment ago).
-    pub fn restore(&mut self, key: FlowKey, stream: Stream, meta: T) {
-        self.streams.insert(key, (stream, meta));
-    }
-
     /// Keeps only the streams whose metadata `keep` accepts; returns how many were dropped.
     pub fn retain(&mut self, mut keep: impl FnMut(&Stream, &T) -> bool) -> usize {
         let before = self.streams.len();
