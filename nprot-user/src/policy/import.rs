@@ -23,7 +23,7 @@ use std::{
 use super::{
     indicator::{
         Action, Indicator, IndicatorError, IndicatorType, Indicators, Loaded, Severity, Target,
-        load_file,
+        clip, load_file,
     },
     rfc3339,
 };
@@ -47,19 +47,6 @@ fn reason_of(e: IndicatorError) -> String {
         IndicatorError::Invalid { reason, .. } => reason,
         other => other.to_string(),
     }
-}
-
-/// `s`, shortened for messages.
-fn clip(s: &str) -> String {
-    const MAX: usize = 100;
-    if s.len() <= MAX {
-        return s.to_string();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Device groups as compared for duplicates: trimmed, lower case, sorted, unique.

@@ -774,7 +774,7 @@ fn who(id: Option<&str>, value: Option<&str>) -> String {
 }
 
 /// `s`, shortened for messages.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     const MAX: usize = 100;
     if s.len() <= MAX {
         return s.to_string();
