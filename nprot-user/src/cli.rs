@@ -49,7 +49,7 @@ pub enum Command {
 }
 
 /// Arguments of `nprot run`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// Configuration file (TOML, docs/config.md); flags override its keys. Without this
     /// flag /etc/nprot/nprot.toml is read if it exists.

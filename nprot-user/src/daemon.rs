@@ -59,8 +59,6 @@ pub struct RunOptions {
     /// Where events go: the config's `[events]` with `--events FILE` as `events.file`.
     /// Read at start only (a reload does not rebuild the sinks).
     pub events: EventsConfig,
-    /// `--events FILE`, kept to compare a reloaded config with what runs.
-    pub events_flag: Option<PathBuf>,
     /// Network-protection level given on the command line; it wins over the saved one.
     pub mode: Option<Mode>,
     /// The config file's mode, used when neither a flag nor `nprot mode` set one.
@@ -82,10 +80,8 @@ pub struct RunOptions {
     pub control_socket: PathBuf,
     /// The config file read at start, re-read on SIGHUP.
     pub config_file: Option<PathBuf>,
-    /// Indicator files came from `--indicators`, not the config.
-    pub indicators_from_flags: bool,
-    /// Device groups given with `--device-group`, added to the config's.
-    pub extra_device_groups: Vec<String>,
+    /// The flags as given: laid over the config again on SIGHUP.
+    pub args: RunArgs,
     /// Forward proxies named in the config.
     pub proxies: Vec<KnownProxy>,
     /// Where the process-attribution hooks attach.
@@ -98,7 +94,7 @@ impl RunOptions {
     /// Lays the flags of `nprot run` over the config file (`--config`, else the default
     /// path if it exists, else built-in defaults).
     pub fn from_args(args: RunArgs) -> anyhow::Result<RunOptions> {
-        let config_file = match args.config {
+        let config_file = match args.config.clone() {
             Some(path) => Some(path),
             None => Some(PathBuf::from(config::DEFAULT_PATH)).filter(|p| p.exists()),
         };
@@ -106,8 +102,17 @@ impl RunOptions {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
-        let indicators_from_flags = !args.indicators.is_empty();
-        let extra_device_groups = args.device_groups.clone();
+        RunOptions::merge(args, config_file, config)
+    }
+
+    /// The flags laid over `config` (read from `config_file`): the one place where what
+    /// wins over what is decided, at start and on every reload.
+    fn merge(
+        args: RunArgs,
+        config_file: Option<PathBuf>,
+        config: Config,
+    ) -> anyhow::Result<RunOptions> {
+        let kept = args.clone();
         let interfaces = if args.interfaces.is_empty() {
             config.interfaces.clone()
         } else {
@@ -134,7 +139,6 @@ impl RunOptions {
         Ok(RunOptions {
             interfaces,
             events: merged_events(&config, args.events.as_deref()),
-            events_flag: args.events,
             mode: args.mode,
             config_mode: config.mode,
             indicators,
@@ -147,8 +151,7 @@ impl RunOptions {
             state_dir: args.state_dir.unwrap_or(config.state_dir),
             control_socket: args.control_socket.unwrap_or(config.control_socket),
             config_file,
-            indicators_from_flags,
-            extra_device_groups,
+            args: kept,
             proxies: config.proxies.clone(),
             process_cgroup: args.process_cgroup.unwrap_or(config.process_cgroup),
             process_cache: config.process_cache,
@@ -549,7 +552,6 @@ impl Daemon {
     }
 
     fn report(&mut self) -> RunReport {
-        self.fanout.refresh();
         RunReport {
             mode: self.mode,
             indicators: self.pipeline.policy().len(),
@@ -563,7 +565,7 @@ impl Daemon {
                 .map(|k| stat::NAMES.iter().copied().zip(k).collect())
                 .unwrap_or_default(),
             events_written: self.fanout.written,
-            events_dropped: self.fanout.dropped,
+            events_dropped: self.fanout.dropped(),
             sinks: self.fanout.sink_stats(),
             decode_errors: self.decode_errors,
             attribution: self.attribution.as_ref().map(|a| {
@@ -747,28 +749,27 @@ impl Daemon {
         let started = Instant::now();
         let mut opts = self.opts.clone();
         let result = (|| -> anyhow::Result<(usize, Policy)> {
-            if let Some(path) = &opts.config_file {
+            if let Some(path) = &self.opts.config_file {
                 let config = Config::load(path)?;
-                if config.interfaces != opts.interfaces
-                    || config.state_dir != opts.state_dir
-                    || config.control_socket != opts.control_socket
+                let fresh = RunOptions::merge(self.opts.args.clone(), Some(path.clone()), config)?;
+                let running = &self.opts;
+                if (&fresh.interfaces, &fresh.state_dir, &fresh.control_socket)
+                    != (
+                        &running.interfaces,
+                        &running.state_dir,
+                        &running.control_socket,
+                    )
                 {
                     warn!("interfaces, state_dir and control_socket change only on restart");
                 }
-                if merged_events(&config, opts.events_flag.as_deref()) != opts.events {
+                if fresh.events != running.events {
                     warn!("[events] changed: sinks are not rebuilt on reload; restart to apply");
                 }
-                if !opts.indicators_from_flags {
-                    opts.indicators = config
-                        .indicator_files()
-                        .map(|(p, a)| (p.to_owned(), a))
-                        .collect();
-                }
-                opts.device_groups = config.device_groups.clone();
-                opts.device_groups
-                    .extend(opts.extra_device_groups.iter().cloned());
-                opts.config_mode = config.mode;
-                opts.proxies = config.proxies.clone();
+                // What a reload applies; everything else is read at start only.
+                opts.indicators = fresh.indicators;
+                opts.device_groups = fresh.device_groups;
+                opts.config_mode = fresh.config_mode;
+                opts.proxies = fresh.proxies;
             }
             let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
             let merged = self.state.merged(files)?;
@@ -826,7 +827,8 @@ impl Daemon {
         );
         info!(
             "events: written={} dropped={}",
-            self.fanout.written, self.fanout.dropped
+            self.fanout.written,
+            self.fanout.dropped()
         );
         for sink in self.fanout.sink_stats().as_array().into_iter().flatten() {
             info!(

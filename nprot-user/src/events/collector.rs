@@ -1334,7 +1334,7 @@ mod tests {
             .map(|_| f.connection(ActionType::ConnectionSuccess, 0, &flow))
             .collect();
         fanout.publish(&mut events);
-        assert_eq!((fanout.written, fanout.dropped), (5, 2));
+        assert_eq!((fanout.written, fanout.dropped()), (5, 2));
         assert_eq!(handle.counters().queued, 3);
         let stats = fanout.sink_stats();
         assert_eq!(stats[0]["stats"]["dropped"], 2, "{stats}");

@@ -83,10 +83,6 @@ impl Sink for FileSink {
 pub struct Fanout {
     sinks: Vec<Box<dyn Sink>>,
     buf: Vec<u8>,
-    /// Events that a sink failed to take or lost later, summed over sinks: batches
-    /// `write_batch` failed plus every sink's own [`Sink::dropped`] as of the last
-    /// [`Fanout::publish`] or [`Fanout::refresh`].
-    pub dropped: u64,
     /// Events written, counted once per event.
     pub written: u64,
     /// Events in batches whose `write_batch` failed, summed over sinks.
@@ -99,27 +95,23 @@ impl Fanout {
         Fanout {
             sinks,
             buf: Vec::with_capacity(64 * 1024),
-            dropped: 0,
             written: 0,
             failed: 0,
         }
     }
 
-    /// Brings [`Fanout::dropped`] up to date with what the sinks lost on their own since
-    /// the last batch (a collector's sender drops in the background); call it before
-    /// reporting counters.
-    pub fn refresh(&mut self) {
-        let own: u64 = self.sinks.iter().map(|s| s.dropped()).sum();
-        self.dropped = self.failed + own;
+    /// Events that a sink failed to take or lost later, summed over sinks: batches
+    /// `write_batch` failed plus every sink's own [`Sink::dropped`] (a collector's
+    /// sender drops in the background), as of now.
+    pub fn dropped(&self) -> u64 {
+        self.failed + self.sinks.iter().map(|s| s.dropped()).sum::<u64>()
     }
 
-    /// At shutdown: lets every sink deliver what it holds ([`Sink::finish`]), then brings
-    /// the counters up to date.
+    /// At shutdown: lets every sink deliver what it holds ([`Sink::finish`]).
     pub fn close(&mut self) {
         for sink in &mut self.sinks {
             sink.finish();
         }
-        self.refresh();
     }
 
     /// Every sink's name and counters, for `nprot stats`.
@@ -153,6 +145,5 @@ impl Fanout {
             }
         }
         self.written += n;
-        self.refresh();
     }
 }

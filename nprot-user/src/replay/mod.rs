@@ -218,13 +218,13 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<()> {
     let mut fanout = Fanout::new(vec![Box::new(StdoutSink)]);
     let result = replay.run(BufReader::with_capacity(1 << 18, input), |events| {
         fanout.publish(events);
-        if fanout.dropped > 0 {
+        if fanout.dropped() > 0 {
             return Err(ReplayError::Output);
         }
         Ok(())
     });
     let summary = Summary {
-        events: fanout.written - fanout.dropped,
+        events: fanout.written - fanout.dropped(),
         ..replay.summary()
     };
     eprintln!("{summary}");
