@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::clients::python3;
-use crate::netns::{Topology, netns_cmd, wait_tcp_ready_in};
+use crate::netns::{netns_cmd, wait_tcp_ready_in};
 use crate::process::terminate;
 
 /// Python: listen on ADDR:PORT; for each connection, as soon as recv() returns bytes,
@@ -46,13 +46,8 @@ pub struct BulkServer {
 }
 
 impl BulkServer {
-    /// Starts the server on `addr:port` in the server namespace with a `body_len`-byte
-    /// body, and waits (at most 5 s) until it accepts connections.
-    pub fn start(topo: &Topology, addr: IpAddr, port: u16, body_len: u64) -> Result<BulkServer> {
-        BulkServer::start_in(&topo.server_ns, addr, port, body_len)
-    }
-
-    /// [`BulkServer::start`] in the namespace `ns` (readiness probed from there too).
+    /// Starts the server on `addr:port` in the namespace `ns` with a `body_len`-byte
+    /// body, and waits (at most 5 s) until it accepts connections (probed from `ns`).
     pub fn start_in(ns: &str, addr: IpAddr, port: u16, body_len: u64) -> Result<BulkServer> {
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\

@@ -318,7 +318,7 @@ s.close()
 print(json.dumps(res), flush=True)
 "#;
 
-/// How a raw [`exchange`] ended.
+/// How a raw [`exchange_in`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExchangeEnd {
     /// The peer closed the stream (recv returned no bytes).
@@ -333,7 +333,7 @@ pub enum ExchangeEnd {
     Error(String),
 }
 
-/// What [`exchange`] saw.
+/// What [`exchange_in`] saw.
 #[derive(Debug, Clone)]
 pub struct Exchange {
     /// The client's local port.
@@ -350,30 +350,9 @@ pub struct Exchange {
     pub during_send: bool,
 }
 
-/// Connects from the client namespace to `addr:port`, sends `chunks` (one `sendall()`
+/// Connects from the namespace `ns` to `addr:port`, sends `chunks` (one `sendall()`
 /// each, TCP_NODELAY, `pause` apart), then reads until end of stream, a reset, a read
 /// that waits longer than `read_timeout`, or `limit` bytes.
-pub fn exchange(
-    topo: &Topology,
-    addr: IpAddr,
-    port: u16,
-    chunks: &[&[u8]],
-    pause: Duration,
-    read_timeout: Duration,
-    limit: u64,
-) -> Result<Exchange> {
-    exchange_in(
-        &topo.client_ns,
-        addr,
-        port,
-        chunks,
-        pause,
-        read_timeout,
-        limit,
-    )
-}
-
-/// [`exchange`] run from the namespace `ns`.
 pub fn exchange_in(
     ns: &str,
     addr: IpAddr,
@@ -420,4 +399,13 @@ pub fn exchange_in(
         end,
         during_send: v["phase"] == "send",
     })
+}
+
+/// `http://NAME[:PORT]PATH`, the port left out when it is 80.
+pub fn http_url(name: &str, port: u16, path: &str) -> String {
+    if port == 80 {
+        format!("http://{name}{path}")
+    } else {
+        format!("http://{name}:{port}{path}")
+    }
 }

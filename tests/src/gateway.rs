@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::ClientServer;
 use crate::bpf;
-use crate::bulk::BulkServer;
-use crate::clients::{self, CurlRun, Exchange};
+
 use crate::events::EventLog;
 use crate::netns::{add_namespace, delete_namespaces, ip, sysctl};
 use crate::nginx::Nginx;
@@ -291,6 +291,20 @@ pub struct GatewayEnv {
     _serial: MutexGuard<'static, ()>,
 }
 
+impl ClientServer for GatewayEnv {
+    fn client_ns(&self) -> &str {
+        &self.net.client_ns
+    }
+
+    fn server_ns(&self) -> &str {
+        &self.net.server_ns
+    }
+
+    fn server_ip(&self, v6: bool) -> IpAddr {
+        self.net.server_ip(v6)
+    }
+}
+
 impl GatewayEnv {
     /// Builds the topology and starts nginx, without the sensor.
     pub fn start_without_sensor() -> Result<GatewayEnv> {
@@ -404,67 +418,6 @@ impl GatewayEnv {
     /// The server's address of the given family.
     pub fn server_ip(&self, v6: bool) -> IpAddr {
         self.net.server_ip(v6)
-    }
-
-    /// `curl -k https://NAME:PORT/PATH` from the client, resolved to the server's
-    /// address of the family; whatever happened (see [`clients::curl_any`]).
-    pub fn curl_https_any(&self, name: &str, port: u16, v6: bool, path: &str) -> Result<CurlRun> {
-        let url = format!("https://{name}:{port}{path}");
-        clients::curl_any_in(
-            &self.net.client_ns,
-            name,
-            port,
-            self.server_ip(v6),
-            &url,
-            &[],
-        )
-    }
-
-    /// `curl http://NAME:PORT/PATH` from the client, resolved to the server's address of
-    /// the family; whatever happened.
-    pub fn curl_http_any(
-        &self,
-        name: &str,
-        port: u16,
-        v6: bool,
-        path: &str,
-        extra: &[&str],
-    ) -> Result<CurlRun> {
-        let url = format!("http://{name}:{port}{path}");
-        clients::curl_any_in(
-            &self.net.client_ns,
-            name,
-            port,
-            self.server_ip(v6),
-            &url,
-            extra,
-        )
-    }
-
-    /// Raw TCP from the client to the server (see [`clients::exchange`]).
-    pub fn exchange(
-        &self,
-        port: u16,
-        v6: bool,
-        chunks: &[&[u8]],
-        pause: Duration,
-        read_timeout: Duration,
-        limit: u64,
-    ) -> Result<Exchange> {
-        clients::exchange_in(
-            &self.net.client_ns,
-            self.server_ip(v6),
-            port,
-            chunks,
-            pause,
-            read_timeout,
-            limit,
-        )
-    }
-
-    /// Starts a [`BulkServer`] on the server's address of the family.
-    pub fn start_bulk_server(&self, port: u16, v6: bool, body_len: u64) -> Result<BulkServer> {
-        BulkServer::start_in(&self.net.server_ns, self.server_ip(v6), port, body_len)
     }
 
     /// What is attached to the router's interface `dev`.

@@ -27,6 +27,7 @@ pub mod rsyslog;
 pub mod sensor;
 pub mod tls;
 pub mod tunnel;
+pub mod world;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ pub use sensor::{Launch, Sensor, StderrLog};
 pub use serde_json::Value;
 pub use tls::{ClientHello, HelloSpec, client_hello};
 pub use tunnel::{Tunnel, TunnelLink};
+pub use world::ClientServer;
 
 /// Default time to wait for an event.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,6 +106,20 @@ pub struct Env {
     dir: PathBuf,
     // Declared last so it is released after everything else is torn down.
     _serial: MutexGuard<'static, ()>,
+}
+
+impl ClientServer for Env {
+    fn client_ns(&self) -> &str {
+        &self.topo.client_ns
+    }
+
+    fn server_ns(&self) -> &str {
+        &self.topo.server_ns
+    }
+
+    fn server_ip(&self, v6: bool) -> IpAddr {
+        self.topo.server_ip(v6)
+    }
 }
 
 impl Env {
@@ -283,58 +299,8 @@ impl Env {
         path: &str,
         extra: &[&str],
     ) -> Result<CurlOutcome> {
-        let url = http_url(name, port, path);
+        let url = clients::http_url(name, port, path);
         clients::curl(&self.topo, name, port, self.server_ip(v6), &url, extra)
-    }
-
-    /// [`Env::curl_https`] returning whatever happened (a reset included) instead of
-    /// failing when curl exits non-zero.
-    pub fn curl_https_any(&self, name: &str, port: u16, v6: bool, path: &str) -> Result<CurlRun> {
-        let url = format!("https://{name}:{port}{path}");
-        clients::curl_any(&self.topo, name, port, self.server_ip(v6), &url, &[])
-    }
-
-    /// [`Env::curl_http`] returning whatever happened (a reset included) instead of
-    /// failing when curl exits non-zero.
-    pub fn curl_http_any(
-        &self,
-        name: &str,
-        port: u16,
-        v6: bool,
-        path: &str,
-        extra: &[&str],
-    ) -> Result<CurlRun> {
-        let url = http_url(name, port, path);
-        clients::curl_any(&self.topo, name, port, self.server_ip(v6), &url, extra)
-    }
-
-    /// Raw TCP to the server: send `chunks` (`pause` apart), then read everything until
-    /// end of stream, a reset, a read waiting longer than `read_timeout`, or `limit`
-    /// bytes; see [`clients::exchange`].
-    pub fn exchange(
-        &self,
-        port: u16,
-        v6: bool,
-        chunks: &[&[u8]],
-        pause: Duration,
-        read_timeout: Duration,
-        limit: u64,
-    ) -> Result<Exchange> {
-        clients::exchange(
-            &self.topo,
-            self.server_ip(v6),
-            port,
-            chunks,
-            pause,
-            read_timeout,
-            limit,
-        )
-    }
-
-    /// Starts a [`BulkServer`] on the server's address of the family: every connection
-    /// gets a `body_len`-byte HTTP response as soon as its first bytes arrive.
-    pub fn start_bulk_server(&self, port: u16, v6: bool, body_len: u64) -> Result<BulkServer> {
-        BulkServer::start(&self.topo, self.server_ip(v6), port, body_len)
     }
 
     /// `openssl s_client -connect SERVER:PORT -servername SNI </dev/null`.
@@ -409,15 +375,6 @@ where
         "{key}: expected {expected:?}, got {actual}\nevent: {event}\n{}",
         env.diagnostics()
     );
-}
-
-/// `http://NAME[:PORT]PATH`, the port left out when it is 80.
-fn http_url(name: &str, port: u16, path: &str) -> String {
-    if port == 80 {
-        format!("http://{name}{path}")
-    } else {
-        format!("http://{name}:{port}{path}")
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nprot_tests::ClientServer;
 use nprot_tests::{
     CurlRun, Env,
     indicators::indicator,

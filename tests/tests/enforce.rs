@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use nprot_tests::ClientServer;
 use nprot_tests::indicators::{indicator, with, write_file, write_raw};
 use nprot_tests::nginx::{BODY_BAD, BODY_GOOD, BODY_ROOT};
 use nprot_tests::sensor::READY_MARKER;
@@ -84,6 +85,23 @@ struct Verdict<'a> {
     url: Option<&'a str>,
     v6: bool,
     remote_port: u16,
+}
+
+impl<'a> Verdict<'a> {
+    /// [`block_bad_example`]'s Blocked event for a flow to `url` on `remote_port`.
+    fn bad_example_blocked(url: &'a str, v6: bool, remote_port: u16) -> Verdict<'a> {
+        Verdict {
+            action_type: BLOCKED,
+            indicator_id: "i1",
+            indicator_value: "bad.example",
+            action: "Block",
+            title: Some("Bad site"),
+            mode: "Block",
+            url: Some(url),
+            v6,
+            remote_port,
+        }
+    }
 }
 
 /// Waits for the verdict event of the flow from `local_port`, checks it against `want`
@@ -189,17 +207,7 @@ fn blocked_name_and_allowed_name(v6: bool) {
     check_verdict(
         &env,
         bad.local_port,
-        &Verdict {
-            action_type: BLOCKED,
-            indicator_id: "i1",
-            indicator_value: "bad.example",
-            action: "Block",
-            title: Some("Bad site"),
-            mode: "Block",
-            url: Some("bad.example"),
-            v6,
-            remote_port: 443,
-        },
+        &Verdict::bad_example_blocked("bad.example", v6, 443),
     );
 
     let good = env
@@ -337,14 +345,8 @@ fn audit_mode_lets_all_through_and_logs_audited() {
         bad.local_port,
         &Verdict {
             action_type: AUDITED,
-            indicator_id: "i1",
-            indicator_value: "bad.example",
-            action: "Block",
-            title: Some("Bad site"),
             mode: "Audit",
-            url: Some("bad.example"),
-            v6: false,
-            remote_port: 443,
+            ..Verdict::bad_example_blocked("bad.example", false, 443)
         },
     );
 
@@ -438,17 +440,7 @@ fn subdomain_blocked_lookalike_allowed() {
     check_verdict(
         &env,
         sub.local_port,
-        &Verdict {
-            action_type: BLOCKED,
-            indicator_id: "i1",
-            indicator_value: "bad.example",
-            action: "Block",
-            title: Some("Bad site"),
-            mode: "Block",
-            url: Some("www.bad.example"),
-            v6: false,
-            remote_port: 443,
-        },
+        &Verdict::bad_example_blocked("www.bad.example", false, 443),
     );
     // Same suffix, not a subdomain.
     let lookalike = env
@@ -613,17 +605,7 @@ fn split_client_hello_still_blocked() {
             check_verdict(
                 &env,
                 x.local_port,
-                &Verdict {
-                    action_type: BLOCKED,
-                    indicator_id: "i1",
-                    indicator_value: "bad.example",
-                    action: "Block",
-                    title: Some("Bad site"),
-                    mode: "Block",
-                    url: Some("bad.example"),
-                    v6: false,
-                    remote_port: 443,
-                },
+                &Verdict::bad_example_blocked("bad.example", false, 443),
             );
         } else {
             // The control: the same split hello for an allowed name gets a handshake record.
@@ -691,17 +673,7 @@ fn no_leak_from_instant_large_response() {
     check_verdict(
         &env,
         blocked.local_port,
-        &Verdict {
-            action_type: BLOCKED,
-            indicator_id: "i1",
-            indicator_value: "bad.example",
-            action: "Block",
-            title: Some("Bad site"),
-            mode: "Block",
-            url: Some(&format!("http://bad.example:{PORT}/")),
-            v6: false,
-            remote_port: PORT,
-        },
+        &Verdict::bad_example_blocked(&format!("http://bad.example:{PORT}/"), false, PORT),
     );
 
     // The same with curl, counting what it downloaded.

@@ -17,6 +17,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use nprot_tests::ClientServer;
 use nprot_tests::indicators::{indicator, with};
 use nprot_tests::nginx::{BODY_GOOD, BODY_ROOT};
 use nprot_tests::process::{run_with_timeout, signal, terminate, wait_timeout};

@@ -9,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use nprot_tests::ClientServer;
 use nprot_tests::indicators::{indicator, with};
 use nprot_tests::netns::link_type;
 use nprot_tests::nginx::{BODY_BAD, BODY_GOOD};
