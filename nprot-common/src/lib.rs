@@ -5,6 +5,8 @@
 //! byte for byte. Changing a layout here changes both sides at once.
 #![no_std]
 
+pub mod lifecycle;
+
 /// Address family of a flow: IPv4.
 pub const FAMILY_V4: u8 = 4;
 /// Address family of a flow: IPv6.
@@ -240,6 +242,9 @@ pub const FLOW_CLOSE_REPORTED: u8 = 1 << 2;
 /// `FlowState::flags`: the daemon answered [`Verdict::Continue`] at least once; server
 /// payload is held only while client bytes after `decided_seq` await a decision.
 pub const FLOW_CONTINUED: u8 = 1 << 3;
+/// `FlowState::flags`: the flow was first seen without its SYN (it began before the
+/// sensor, or its entry was evicted from a full table or retired idle); it is not inspected.
+pub const FLOW_MIDSTREAM: u8 = 1 << 4;
 
 /// Per-flow state in the kernel LRU map.
 #[repr(C)]
@@ -387,6 +392,9 @@ pub const REQUEUE_NS_DEFAULT: u64 = 2_000_000;
 /// Default bound on how long server payload is held back waiting for a verdict.
 pub const VERDICT_TIMEOUT_NS_DEFAULT: u64 = 500_000_000;
 
+/// Default idle time after which a flow entry is retired on its next packet.
+pub const FLOW_IDLE_TIMEOUT_NS_DEFAULT: u64 = 3600 * 1_000_000_000;
+
 /// Sensor-wide settings the daemon writes into the `CONFIG` array (index 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -405,6 +413,10 @@ pub struct SensorConfig {
     /// is requeued into the device's backlog instead of dropped, so that a verdict that
     /// comes in microseconds costs no retransmission.
     pub requeue_ns: u64,
+    /// A flow that sent nothing for this long is retired when it next sends: its entry is
+    /// taken up again as mid-stream ([`FLOW_MIDSTREAM`]) and counted
+    /// ([`stat::FLOWS_EXPIRED`]). Blocked flows never expire.
+    pub flow_idle_timeout_ns: u64,
 }
 
 impl Default for SensorConfig {
@@ -416,6 +428,7 @@ impl Default for SensorConfig {
             capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
             verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
             requeue_ns: REQUEUE_NS_DEFAULT,
+            flow_idle_timeout_ns: FLOW_IDLE_TIMEOUT_NS_DEFAULT,
         }
     }
 }
@@ -426,13 +439,14 @@ pub mod stat {
     pub const FLOWS_NEW: u32 = 0;
     /// Payload segments copied to the ring buffer.
     pub const SEGMENTS_CAPTURED: u32 = 1;
-    /// Records lost because the ring buffer was full.
+    /// Records lost because the ring buffer was full (every kind; connection records
+    /// are also counted in [`CONNECTION_RECORDS_LOST`]).
     pub const RINGBUF_DROPS: u32 = 2;
     /// Segments longer than the per-segment capture bound.
     pub const SEGMENTS_TRUNCATED: u32 = 3;
     /// Flows whose capture budget ran out before user space decided.
     pub const FLOW_BUDGET_SPENT: u32 = 4;
-    /// Flow map inserts that failed.
+    /// SYNs that found no room in the flow map: connections not tracked.
     pub const FLOW_INSERT_FAILED: u32 = 5;
     /// Verdicts picked up from the verdict map.
     pub const VERDICTS_APPLIED: u32 = 6;
@@ -448,8 +462,23 @@ pub mod stat {
     pub const RESET_FAILED: u32 = 11;
     /// Held packets requeued into the ingress backlog (one per pass) instead of dropped.
     pub const REQUEUED: u32 = 12;
+    /// SYNs taken as retransmissions of the SYN that opened their flow.
+    pub const SYN_RETRANSMITS: u32 = 13;
+    /// Flows replaced by a new connection on their four-tuple before their end was seen.
+    pub const FLOWS_SUPERSEDED: u32 = 14;
+    /// Flows first seen without their SYN (begun before the sensor, evicted from a
+    /// full table, or retired idle and active again): tracked, not inspected.
+    pub const FLOWS_MIDSTREAM: u32 = 15;
+    /// Flow entries retired because they idled past the idle timeout.
+    pub const FLOWS_EXPIRED: u32 = 16;
+    /// Flows seen to end (FIN or RST), on every path.
+    pub const FLOWS_CLOSED: u32 = 17;
+    /// Established, Failed and Closed records lost because the ring buffer was full.
+    pub const CONNECTION_RECORDS_LOST: u32 = 18;
+    /// New flows whose SYN left a local socket (to compare with the connect hooks).
+    pub const FLOWS_NEW_LOCAL: u32 = 19;
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 20;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -465,6 +494,13 @@ pub mod stat {
         "reset_packets",
         "reset_failed",
         "requeued",
+        "syn_retransmits",
+        "flows_superseded",
+        "flows_midstream",
+        "flows_expired",
+        "flows_closed",
+        "connection_records_lost",
+        "flows_new_local",
     ];
 }
 

@@ -30,10 +30,12 @@ mod programs {
     };
     use nprot_common::{
         CAPTURE_SEG_MAX, FAMILY_V4, FAMILY_V6, FLOW_CLIENT_IS_LO, FLOW_CLOSE_REPORTED,
-        FLOW_CONTINUED, FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple, Inspect, MAX_FLOWS,
-        MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord, RECORD_BUDGET_SPENT, RECORD_EGRESS,
-        RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind, SensorConfig, SocketOwner, TcpPhase,
-        Verdict, VerdictEntry, owner_stat, seq_after, stat,
+        FLOW_CONTINUED, FLOW_MIDSTREAM, FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple, Inspect,
+        MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord, RECORD_BUDGET_SPENT,
+        RECORD_EGRESS, RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind, SensorConfig,
+        SocketOwner, TcpPhase, Verdict, VerdictEntry,
+        lifecycle::{self, SynStep, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+        owner_stat, seq_after, stat,
     };
 
     /// Every TCP flow seen since its SYN.
@@ -81,11 +83,6 @@ mod programs {
     const ETH_P_IP: u32 = 0x0800;
     const ETH_P_IPV6: u32 = 0x86DD;
     const IPPROTO_TCP: u8 = 6;
-
-    const TCP_FIN: u8 = 0x01;
-    const TCP_SYN: u8 = 0x02;
-    const TCP_RST: u8 = 0x04;
-    const TCP_ACK: u8 = 0x10;
 
     /// Let the packet continue: the next TCX program or the stack decides.
     const PASS: i32 = TC_ACT_UNSPEC;
@@ -308,9 +305,21 @@ mod programs {
         }
 
         let Some(flow) = FLOWS.get_ptr_mut(key) else {
+            midstream(ctx, pkt, &key, src_is_lo, egress, now);
             return PASS;
         };
+        // SAFETY: a pointer into the map value, valid for this program run.
         let flow = unsafe { &mut *flow };
+        let idle_timeout = match CONFIG.get(0) {
+            Some(cfg) => cfg.flow_idle_timeout_ns,
+            None => u64::MAX,
+        };
+        if lifecycle::idle_expired(flow.verdict, flow.last_ns, now, idle_timeout) {
+            // Whatever the entry knew is stale: take the flow up again as if first seen now.
+            bump(stat::FLOWS_EXPIRED);
+            *flow = midstream_state(ctx, pkt, src_is_lo, egress, now);
+            bump(stat::FLOWS_MIDSTREAM);
+        }
         let from_client = src_is_lo == (flow.flags & FLOW_CLIENT_IS_LO != 0);
         flow.last_ns = now;
         if from_client {
@@ -326,8 +335,13 @@ mod programs {
         }
 
         // Fast path: a flow whose inspection ended and whose handshake is settled. Its
-        // close is not reported: user space holds nothing for it any more.
+        // close is not reported (user space holds nothing for it any more), but noted, so
+        // that the entry is known to be over: one flag test, a write only on the change.
         if flow.inspect == Inspect::Done as u8 && flow.phase >= TcpPhase::Established as u8 {
+            if lifecycle::ends_flow(pkt.flags) && flow.phase != TcpPhase::Closed as u8 {
+                flow.phase = TcpPhase::Closed as u8;
+                bump(stat::FLOWS_CLOSED);
+            }
             return PASS;
         }
 
@@ -541,6 +555,8 @@ mod programs {
         Ok(())
     }
 
+    /// A SYN: a flow entry for a new connection, unless the SYN is a retransmission of
+    /// the one that opened the entry under its key (see [`lifecycle::syn_step`]).
     #[inline(always)]
     fn new_flow(
         ctx: &TcContext,
@@ -554,51 +570,119 @@ mod programs {
             Some(cfg) => cfg.capture != 0,
             None => false,
         };
+        let mut state = base_state(ctx, src_is_lo, egress, now);
+        state.c2s_packets = 1;
+        state.client_data_seq = pkt.seq.wrapping_add(1);
+        state.capture_end_seq = pkt.seq.wrapping_add(1);
+        state.phase = TcpPhase::SynSent as u8;
+        state.inspect = if capture {
+            Inspect::Capturing as u8
+        } else {
+            Inspect::Done as u8
+        };
+        if let Some(old) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: a pointer into the map value, valid for this program run.
+            let old = unsafe { &mut *old };
+            let same_client = src_is_lo == (old.flags & FLOW_CLIENT_IS_LO != 0);
+            match lifecycle::syn_step(old.phase, old.client_data_seq, pkt.seq, same_client) {
+                SynStep::Retransmit => bump(stat::SYN_RETRANSMITS),
+                SynStep::Restart { superseded } => {
+                    if superseded {
+                        bump(stat::FLOWS_SUPERSEDED);
+                    }
+                    // In place: no allocation, and the entry keeps its LRU slot.
+                    *old = state;
+                    let _ = VERDICTS.remove(key);
+                    count_new(&state);
+                }
+            }
+            return;
+        }
+        if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_ok() {
+            count_new(&state);
+        } else {
+            bump(stat::FLOW_INSERT_FAILED);
+        }
+    }
+
+    #[inline(always)]
+    fn count_new(state: &FlowState) {
+        bump(stat::FLOWS_NEW);
+        if state.socket_cookie != 0 {
+            bump(stat::FLOWS_NEW_LOCAL);
+        }
+    }
+
+    /// A packet of a flow the table does not hold: its SYN went unseen (the flow began
+    /// before the sensor, or its entry was evicted). It gets an entry that is tracked but
+    /// not inspected, and is counted once, so that no flow passes unaccounted.
+    #[inline(always)]
+    fn midstream(
+        ctx: &TcContext,
+        pkt: &Packet,
+        key: &FlowKey,
+        src_is_lo: bool,
+        egress: bool,
+        now: u64,
+    ) {
+        if !lifecycle::picks_up_midstream(pkt.flags) {
+            return;
+        }
+        let state = midstream_state(ctx, pkt, src_is_lo, egress, now);
+        if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_ok() {
+            bump(stat::FLOWS_MIDSTREAM);
+        } else {
+            bump(stat::FLOW_INSERT_FAILED);
+        }
+    }
+
+    /// The entry of a flow taken up mid-stream. Which side is the client is unknown; the
+    /// sender of this packet is taken as the client.
+    #[inline(always)]
+    fn midstream_state(
+        ctx: &TcContext,
+        pkt: &Packet,
+        src_is_lo: bool,
+        egress: bool,
+        now: u64,
+    ) -> FlowState {
+        let mut state = base_state(ctx, src_is_lo, egress, now);
+        state.flags |= FLOW_MIDSTREAM;
+        state.client_data_seq = pkt.seq;
+        state.capture_end_seq = pkt.seq;
+        state.phase = if lifecycle::ends_flow(pkt.flags) {
+            TcpPhase::Closed as u8
+        } else {
+            TcpPhase::Established as u8
+        };
+        state.inspect = Inspect::Done as u8;
+        state.verdict = Verdict::Allow as u8;
+        state
+    }
+
+    /// What every new entry starts with: its times, the side of the client, the
+    /// interface and, on egress, the local socket.
+    #[inline(always)]
+    fn base_state(ctx: &TcContext, src_is_lo: bool, egress: bool, now: u64) -> FlowState {
         let mut flags = if src_is_lo { FLOW_CLIENT_IS_LO } else { 0 };
         if egress {
             flags |= FLOW_SYN_EGRESS;
         }
-        let state = FlowState {
+        FlowState {
             first_ns: now,
             last_ns: now,
-            c2s_packets: 1,
             // Only egress skbs carry the local socket.
             socket_cookie: if egress {
+                // SAFETY: the skb pointer is the program's context.
                 unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) }
             } else {
                 0
             },
-            client_data_seq: pkt.seq.wrapping_add(1),
-            capture_end_seq: pkt.seq.wrapping_add(1),
+            // SAFETY: the skb pointer is the program's context.
             ifindex: unsafe { (*ctx.skb.skb).ifindex },
-            phase: TcpPhase::SynSent as u8,
-            inspect: if capture {
-                Inspect::Capturing as u8
-            } else {
-                Inspect::Done as u8
-            },
             verdict: Verdict::Pending as u8,
             flags,
             ..FlowState::default()
-        };
-        // A retransmitted SYN finds its flow already there and leaves it alone; a SYN
-        // that reuses the ports of a finished flow starts it afresh.
-        if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_ok() {
-            bump(stat::FLOWS_NEW);
-            return;
-        }
-        if let Some(old) = FLOWS.get_ptr_mut(key) {
-            let phase = unsafe { (*old).phase };
-            if phase == TcpPhase::Closed as u8 || phase == TcpPhase::Failed as u8 {
-                if FLOWS.insert(key, state, 0).is_ok() {
-                    let _ = VERDICTS.remove(key);
-                    bump(stat::FLOWS_NEW);
-                } else {
-                    bump(stat::FLOW_INSERT_FAILED);
-                }
-            }
-        } else {
-            bump(stat::FLOW_INSERT_FAILED);
         }
     }
 
@@ -620,7 +704,7 @@ mod programs {
             flow.phase = TcpPhase::Established as u8;
             emit(pkt, flow, from_client, RecordKind::Established, now);
         } else if phase >= TcpPhase::Established as u8
-            && pkt.flags & (TCP_FIN | TCP_RST) != 0
+            && lifecycle::ends_flow(pkt.flags)
             && flow.inspect == Inspect::Capturing as u8
         {
             report_close(pkt, flow, from_client, now);
@@ -634,6 +718,7 @@ mod programs {
         }
         flow.flags |= FLOW_CLOSE_REPORTED;
         flow.phase = TcpPhase::Closed as u8;
+        bump(stat::FLOWS_CLOSED);
         emit(pkt, flow, from_client, RecordKind::Closed, now);
     }
 
@@ -695,7 +780,10 @@ mod programs {
                 fill_header(hdr, pkt, flow, from_client, kind, now);
                 entry.submit(BPF_RB_NO_WAKEUP as u64);
             }
-            None => bump(stat::RINGBUF_DROPS),
+            None => {
+                bump(stat::RINGBUF_DROPS);
+                bump(stat::CONNECTION_RECORDS_LOST);
+            }
         }
     }
 

@@ -54,6 +54,10 @@ pub struct Config {
     /// Release a flow whose verdict takes longer than this (fail-open), in milliseconds.
     #[serde(deserialize_with = "de_timeout")]
     pub verdict_timeout_ms: u64,
+    /// A flow that sent nothing for this long is retired when it next sends (it is then
+    /// tracked mid-stream, uninspected, and counted), in seconds.
+    #[serde(deserialize_with = "de_flow_idle_timeout")]
+    pub flow_idle_timeout_s: u64,
     /// SCHED_FIFO priority of the verdict loop (1–99; 0 keeps normal scheduling).
     #[serde(deserialize_with = "de_rt_priority")]
     pub rt_priority: u8,
@@ -124,6 +128,7 @@ impl Default for Config {
             list_action: Action::Block,
             control_socket: PathBuf::from("/run/nprot/control.sock"),
             verdict_timeout_ms: 500,
+            flow_idle_timeout_s: nprot_common::FLOW_IDLE_TIMEOUT_NS_DEFAULT / 1_000_000_000,
             rt_priority: 10,
             proxies: Vec::new(),
             events: EventsConfig::default(),
@@ -553,6 +558,19 @@ fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     if !(1..=60_000).contains(&v) {
         return Err(de::Error::custom(format!(
             "{v} is out of range: 1 to 60000 milliseconds"
+        )));
+    }
+    Ok(v as u64)
+}
+
+/// Longest flow idle timeout: a week, the order of conntrack's established timeout.
+const MAX_FLOW_IDLE_S: i64 = 7 * 24 * 3600;
+
+fn de_flow_idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = i64::deserialize(d)?;
+    if !(1..=MAX_FLOW_IDLE_S).contains(&v) {
+        return Err(de::Error::custom(format!(
+            "{v} is out of range: 1 to {MAX_FLOW_IDLE_S} seconds"
         )));
     }
     Ok(v as u64)

@@ -70,6 +70,8 @@ pub struct RunOptions {
     pub device_groups: Vec<String>,
     /// Fail-open bound on a pending verdict.
     pub verdict_timeout: Duration,
+    /// Idle time after which a flow entry is retired.
+    pub flow_idle_timeout: Duration,
     /// Where to write the final counters and latency figures (JSON) on exit.
     pub stats: Option<PathBuf>,
     /// SCHED_FIFO priority for the verdict loop; 0 for normal scheduling.
@@ -146,6 +148,7 @@ impl RunOptions {
             verdict_timeout: Duration::from_millis(
                 args.verdict_timeout_ms.unwrap_or(config.verdict_timeout_ms),
             ),
+            flow_idle_timeout: Duration::from_secs(config.flow_idle_timeout_s),
             stats: args.stats,
             rt_priority: args.rt_priority.unwrap_or(config.rt_priority),
             state_dir: args.state_dir.unwrap_or(config.state_dir),
@@ -300,6 +303,7 @@ fn kernel_config(mode: Mode, opts: &RunOptions) -> SensorConfig {
         hold: u8::from(mode == Mode::Block),
         capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
         verdict_timeout_ns: opts.verdict_timeout.as_nanos() as u64,
+        flow_idle_timeout_ns: opts.flow_idle_timeout.as_nanos() as u64,
         ..SensorConfig::default()
     }
 }

@@ -320,6 +320,8 @@ impl Pipeline {
     pub fn stats(&self) -> PipelineStats {
         PipelineStats {
             reassembly_overflows: self.reassembly.overflows,
+            // A stream replaced by a new connection on its four-tuple ended undecided.
+            gave_up: self.stats.gave_up + self.reassembly.superseded,
             ..self.stats
         }
     }
@@ -331,6 +333,9 @@ impl Pipeline {
         let first = self.events.len();
         match rec.kind {
             RecordKind::Established => {
+                // A new connection on the four-tuple of a flow still under inspection:
+                // the old flow's bytes are moot (the kernel superseded its entry).
+                self.forget(&rec.tuple.key());
                 let ev = self
                     .factory
                     .connection(ActionType::ConnectionSuccess, rec.ts_ns, &ends);
@@ -342,13 +347,7 @@ impl Pipeline {
                     .connection(ActionType::ConnectionFailed, rec.ts_ns, &ends);
                 self.events.push(ev);
             }
-            RecordKind::Closed => {
-                if let Some((stream, inspection)) = self.reassembly.remove(&rec.tuple.key())
-                    && inspection.awaits(&stream)
-                {
-                    self.stats.gave_up += 1;
-                }
-            }
+            RecordKind::Closed => self.forget(&rec.tuple.key()),
             RecordKind::Payload => self.on_payload(rec, ends, verdicts),
         }
         if self.events.len() > first
@@ -357,6 +356,16 @@ impl Pipeline {
             for ev in &mut self.events[first..] {
                 ev.process = Some(ProcessColumns(Arc::clone(&process)));
             }
+        }
+    }
+
+    /// Drops the stream of a flow that ended, counting it if bytes still awaited a
+    /// decision.
+    fn forget(&mut self, key: &FlowKey) {
+        if let Some((stream, inspection)) = self.reassembly.remove(key)
+            && inspection.awaits(&stream)
+        {
+            self.stats.gave_up += 1;
         }
     }
 

@@ -13,6 +13,9 @@ const MAX_PENDING_SEGMENTS: usize = 64;
 /// The client→server byte stream of one flow, from its first payload byte.
 #[derive(Debug)]
 pub struct Stream {
+    /// Sequence number of the flow's first client byte, which tells one connection on a
+    /// four-tuple from the next.
+    origin: u32,
     base_seq: u32,
     limit: usize,
     data: Vec<u8>,
@@ -24,6 +27,7 @@ impl Stream {
     /// A stream whose first byte has sequence number `base_seq`, holding `limit` bytes at most.
     pub fn new(base_seq: u32, limit: usize) -> Stream {
         Stream {
+            origin: base_seq,
             base_seq,
             limit,
             data: Vec::new(),
@@ -133,6 +137,8 @@ pub struct Reassembler<T> {
     stream_limit: usize,
     /// Flows not reassembled because the table was full.
     pub overflows: u64,
+    /// Streams dropped because a new connection on their four-tuple began.
+    pub superseded: u64,
 }
 
 impl<T> Reassembler<T> {
@@ -143,6 +149,7 @@ impl<T> Reassembler<T> {
             max_flows,
             stream_limit,
             overflows: 0,
+            superseded: 0,
         }
     }
 
@@ -162,6 +169,16 @@ impl<T> Reassembler<T> {
             return Err(TableFull);
         }
         let limit = self.stream_limit;
+        // A stream left by an earlier connection on the same four-tuple (whose end was
+        // not reported) gives way to the new one.
+        if self
+            .streams
+            .get(&key)
+            .is_some_and(|(s, _)| s.origin != base_seq)
+        {
+            self.streams.remove(&key);
+            self.superseded += 1;
+        }
         let entry = self
             .streams
             .entry(key)
@@ -228,6 +245,19 @@ mod tests {
         );
         s.advance(8);
         assert!(!s.is_full());
+    }
+
+    #[test]
+    fn a_new_connection_on_the_four_tuple_replaces_the_old_stream() {
+        let mut table: Reassembler<u8> = Reassembler::new(4, 100);
+        let key = FlowKey::default();
+        table.insert(key, 1000, 1000, b"GET /old", || 1).unwrap();
+        let (stream, meta) = table
+            .insert(key, 5000, 5000, b"GET /new", || 2)
+            .unwrap()
+            .expect("the new stream grew");
+        assert_eq!((stream.contiguous(), *meta), (&b"GET /new"[..], 2));
+        assert_eq!(table.superseded, 1);
     }
 
     #[test]

@@ -12,14 +12,8 @@ use super::link::IpVersion;
 
 const IPPROTO_TCP: u8 = 6;
 
-/// TCP flags.
-pub const TCP_FIN: u8 = 0x01;
-/// TCP SYN.
-pub const TCP_SYN: u8 = 0x02;
-/// TCP RST.
-pub const TCP_RST: u8 = 0x04;
-/// TCP ACK.
-pub const TCP_ACK: u8 = 0x10;
+/// TCP flags, as the kernel programs name them.
+pub use nprot_common::lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// A TCP segment as the kernel program sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

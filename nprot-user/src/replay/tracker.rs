@@ -2,9 +2,11 @@
 //! [`Record`]s that `nprot-ebpf` would have sent through its ring buffer, so that replay
 //! feeds the [`Pipeline`](crate::pipeline::Pipeline) exactly what the live sensor gets.
 //!
-//! It follows `nprot-ebpf/src/main.rs` step for step: flows keyed by
-//! [`FlowKey::canonical`], created by a SYN (a retransmitted SYN leaves its flow alone, a
-//! SYN reusing the ports of a closed or failed flow starts afresh); `Established` when the
+//! It follows `nprot-ebpf/src/main.rs` step for step, and takes the lifecycle rules from
+//! the same code ([`nprot_common::lifecycle`]): flows keyed by [`FlowKey::canonical`],
+//! created by a SYN (the opening SYN sent again leaves its flow alone, any other SYN on
+//! the four-tuple starts a new flow), taken up mid-stream when first seen without a SYN,
+//! retired when idle past the timeout, closed by a FIN or RST on every path; `Established` when the
 //! client acknowledges the SYN-ACK, `Failed` when the server answers the SYN with a RST,
 //! `Closed` once on the first FIN or RST after that; client payload captured while the
 //! flow is inspecting, bounded per segment ([`CAPTURE_SEG_MAX`]) and per flow; server
@@ -20,15 +22,17 @@
 //! hook, so the client is the local end (`direction` = `Outbound`); records carry no
 //! socket cookie and interface index 0.
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::collections::HashMap;
 
 use nprot_common::{
-    CAPTURE_FLOW_MAX_DEFAULT, CAPTURE_SEG_MAX, FlowKey, FlowTuple, Inspect, MAX_FLOWS,
-    MAX_PENDING_VERDICTS, RecordKind, TcpPhase, VERDICT_TIMEOUT_NS_DEFAULT, Verdict, VerdictEntry,
+    CAPTURE_FLOW_MAX_DEFAULT, CAPTURE_SEG_MAX, FLOW_IDLE_TIMEOUT_NS_DEFAULT, FlowKey, FlowTuple,
+    Inspect, MAX_FLOWS, MAX_PENDING_VERDICTS, RecordKind, TcpPhase, VERDICT_TIMEOUT_NS_DEFAULT,
+    Verdict, VerdictEntry,
+    lifecycle::{self, SynStep, TCP_ACK, TCP_RST, TCP_SYN},
     seq_after,
 };
 
-use super::packet::{Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use super::packet::Segment;
 use crate::{capture::Record, pipeline::VerdictTarget, verdict::Mode};
 
 /// The kernel settings replay mirrors (`SensorConfig`).
@@ -43,6 +47,8 @@ pub struct TrackerConfig {
     pub capture_flow_max: u32,
     /// A flow still pending this long after its first client payload is released.
     pub verdict_timeout_ns: u64,
+    /// A flow idle this long is retired on its next packet.
+    pub flow_idle_timeout_ns: u64,
 }
 
 impl TrackerConfig {
@@ -53,6 +59,7 @@ impl TrackerConfig {
             hold: mode == Mode::Block,
             capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
             verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
+            flow_idle_timeout_ns: FLOW_IDLE_TIMEOUT_NS_DEFAULT,
         }
     }
 }
@@ -81,6 +88,16 @@ pub struct TrackerStats {
     pub reset_packets: u64,
     /// Flows dropped because the table was full (the kernel's LRU eviction).
     pub flows_evicted: u64,
+    /// SYNs taken as retransmissions of their flow's opening SYN.
+    pub syn_retransmits: u64,
+    /// Flows replaced by a new connection on their four-tuple before their end was seen.
+    pub flows_superseded: u64,
+    /// Flows first seen without their SYN.
+    pub flows_midstream: u64,
+    /// Flow entries retired idle.
+    pub flows_expired: u64,
+    /// Flows seen to end (FIN or RST).
+    pub flows_closed: u64,
 }
 
 /// Per-flow state, as in the kernel's `FlowState`.
@@ -101,6 +118,44 @@ struct Flow {
     phase: TcpPhase,
     inspect: Inspect,
     verdict: Verdict,
+}
+
+impl Flow {
+    /// What every entry starts with, as the kernel's `base_state`: a SYN's entry once
+    /// given its phase and inspection.
+    fn base(client_is_lo: bool, client_data_seq: u32, ts_ns: u64) -> Flow {
+        Flow {
+            client_is_lo,
+            // Replay cannot tell which side of a hook the client was on: every SYN is
+            // taken as outbound, so the client is the local end.
+            syn_egress: true,
+            close_reported: false,
+            client_data_seq,
+            captured: 0,
+            payload_ns: 0,
+            continued: false,
+            decided_seq: 0,
+            capture_end_seq: client_data_seq,
+            last_ns: ts_ns,
+            phase: TcpPhase::SynSent,
+            inspect: Inspect::Done,
+            verdict: Verdict::Pending,
+        }
+    }
+
+    /// A flow taken up without its SYN (the kernel's `midstream_state`): its sender is
+    /// taken as the client; tracked, never inspected.
+    fn midstream(seg: &Segment<'_>, src_is_lo: bool, ts_ns: u64) -> Flow {
+        Flow {
+            phase: if lifecycle::ends_flow(seg.flags) {
+                TcpPhase::Closed
+            } else {
+                TcpPhase::Established
+            },
+            verdict: Verdict::Allow,
+            ..Flow::base(src_is_lo, seg.seq, ts_ns)
+        }
+    }
 }
 
 /// At most two records come out of one packet (a handshake or close record, then payload).
@@ -180,8 +235,23 @@ impl Tracker {
             ..
         } = self;
         let Some(flow) = flows.get_mut(&key) else {
+            if lifecycle::picks_up_midstream(seg.flags) {
+                self.insert(key, Flow::midstream(seg, src_is_lo, ts_ns));
+                self.stats.flows_midstream += 1;
+            }
             return out;
         };
+        if lifecycle::idle_expired(
+            flow.verdict as u8,
+            flow.last_ns,
+            ts_ns,
+            config.flow_idle_timeout_ns,
+        ) {
+            stats.flows_expired += 1;
+            stats.flows_midstream += 1;
+            pending.remove(&key);
+            *flow = Flow::midstream(seg, src_is_lo, ts_ns);
+        }
         let from_client = src_is_lo == flow.client_is_lo;
         flow.last_ns = ts_ns;
 
@@ -191,12 +261,17 @@ impl Tracker {
             }
             return out;
         }
-        // As in the kernel: flows no longer inspected do not report their close.
+        // As in the kernel: flows no longer inspected do not report their close, but
+        // note it.
         if flow.inspect == Inspect::Done && phase_at_least(flow.phase, TcpPhase::Established) {
+            if lifecycle::ends_flow(seg.flags) && flow.phase != TcpPhase::Closed {
+                flow.phase = TcpPhase::Closed;
+                stats.flows_closed += 1;
+            }
             return out;
         }
 
-        handshake(&mut out, seg, flow, from_client, ts_ns);
+        handshake(&mut out, stats, seg, flow, from_client, ts_ns);
 
         if flow.inspect != Inspect::Capturing {
             return out;
@@ -244,45 +319,37 @@ impl Tracker {
     }
 
     fn new_flow(&mut self, seg: &Segment<'_>, key: FlowKey, src_is_lo: bool, ts_ns: u64) {
-        let state = Flow {
-            client_is_lo: src_is_lo,
-            // Replay cannot tell which side of a hook the client was on: every SYN is
-            // taken as outbound, so the client is the local end.
-            syn_egress: true,
-            close_reported: false,
-            client_data_seq: seg.seq.wrapping_add(1),
-            captured: 0,
-            payload_ns: 0,
-            continued: false,
-            decided_seq: 0,
-            capture_end_seq: seg.seq.wrapping_add(1),
-            last_ns: ts_ns,
-            phase: TcpPhase::SynSent,
-            inspect: if self.config.capture {
-                Inspect::Capturing
-            } else {
-                Inspect::Done
-            },
-            verdict: Verdict::Pending,
+        let mut state = Flow::base(src_is_lo, seg.seq.wrapping_add(1), ts_ns);
+        state.inspect = if self.config.capture {
+            Inspect::Capturing
+        } else {
+            Inspect::Done
         };
-        if !self.flows.contains_key(&key) && self.flows.len() >= self.max_flows {
-            self.evict_oldest();
-        }
-        match self.flows.entry(key) {
-            Entry::Vacant(slot) => {
-                slot.insert(state);
-                self.stats.flows_new += 1;
-            }
-            // A retransmitted SYN leaves its flow alone; a SYN reusing the ports of a
-            // finished flow starts it afresh.
-            Entry::Occupied(mut slot) => {
-                if matches!(slot.get().phase, TcpPhase::Closed | TcpPhase::Failed) {
-                    slot.insert(state);
+        if let Some(old) = self.flows.get_mut(&key) {
+            let same_client = src_is_lo == old.client_is_lo;
+            match lifecycle::syn_step(old.phase as u8, old.client_data_seq, seg.seq, same_client) {
+                SynStep::Retransmit => self.stats.syn_retransmits += 1,
+                SynStep::Restart { superseded } => {
+                    if superseded {
+                        self.stats.flows_superseded += 1;
+                    }
+                    *old = state;
                     self.pending.remove(&key);
                     self.stats.flows_new += 1;
                 }
             }
+            return;
         }
+        self.insert(key, state);
+        self.stats.flows_new += 1;
+    }
+
+    /// Adds a flow not in the table, making room first if it is full.
+    fn insert(&mut self, key: FlowKey, flow: Flow) {
+        if self.flows.len() >= self.max_flows {
+            self.evict_oldest();
+        }
+        self.flows.insert(key, flow);
     }
 
     /// Makes room like an LRU map would, an eighth of the table at a time so that a
@@ -317,6 +384,7 @@ fn phase_at_least(phase: TcpPhase, than: TcpPhase) -> bool {
 
 fn handshake<'a>(
     out: &mut Records<'a>,
+    stats: &mut TrackerStats,
     seg: &Segment<'a>,
     flow: &mut Flow,
     from_client: bool,
@@ -344,10 +412,10 @@ fn handshake<'a>(
         }
         phase
             if phase_at_least(phase, TcpPhase::Established)
-                && seg.flags & (TCP_FIN | TCP_RST) != 0
+                && lifecycle::ends_flow(seg.flags)
                 && flow.inspect == Inspect::Capturing =>
         {
-            report_close(out, seg, flow, from_client, ts_ns);
+            report_close(out, stats, seg, flow, from_client, ts_ns);
         }
         _ => {}
     }
@@ -355,6 +423,7 @@ fn handshake<'a>(
 
 fn report_close<'a>(
     out: &mut Records<'a>,
+    stats: &mut TrackerStats,
     seg: &Segment<'a>,
     flow: &mut Flow,
     from_client: bool,
@@ -365,6 +434,7 @@ fn report_close<'a>(
     }
     flow.close_reported = true;
     flow.phase = TcpPhase::Closed;
+    stats.flows_closed += 1;
     out.push(record(RecordKind::Closed, seg, flow, from_client, ts_ns));
 }
 
@@ -484,6 +554,7 @@ mod tests {
     use crate::{
         events::{ActionType, Clock, EventFactory},
         policy::{Policy, load_json},
+        replay::packet::TCP_FIN,
         replay::{
             Replay,
             link::{LinkType, network_layer},
