@@ -365,6 +365,10 @@ mod programs {
                 flow.verdict = entry.verdict;
                 flow.inspect = Inspect::Done as u8;
                 if flow.verdict == Verdict::Block as u8 {
+                    // Reset from here on: the connection is over, and a new SYN on its
+                    // four-tuple starts a new flow without superseding anything.
+                    flow.phase = TcpPhase::Closed as u8;
+                    bump(stat::FLOWS_CLOSED);
                     bump(stat::FLOWS_RESET);
                     return reset::<L2>(ctx, pkt, egress);
                 }

@@ -68,7 +68,7 @@ pub fn stats(client: &ClientArgs) -> anyhow::Result<()> {
         for sink in d["sinks"].as_array().into_iter().flatten() {
             println!("{}", sink_line(sink));
         }
-        for section in ["pipeline", "kernel"] {
+        for section in ["flows", "pipeline", "kernel"] {
             if let Some(map) = d[section].as_object() {
                 for (k, v) in map {
                     println!("{section:<9} {k:<24} {v}");

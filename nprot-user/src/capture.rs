@@ -6,9 +6,11 @@
 //! a clsact qdisc that nprot added itself is removed again when the sensor stops.
 
 use std::{
+    collections::HashSet,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -100,6 +102,10 @@ pub struct Sensor {
     // Field order matters for drop: maps first, then the object that owns the links.
     records: Option<RingBuf<MapData>>,
     verdicts: HashMap<MapData, FlowKey, VerdictEntry>,
+    /// When each verdict in the map was written (see [`Sensor::sweep_stale_verdicts`]).
+    verdicts_written: std::collections::HashMap<FlowKey, Instant>,
+    /// Verdicts removed because their flow sent nothing more to pick them up.
+    pub stale_verdicts: u64,
     stats: PerCpuArray<MapData, u64>,
     ebpf: Ebpf,
     added_qdiscs: Vec<String>,
@@ -132,6 +138,8 @@ impl Sensor {
         let mut sensor = Sensor {
             records: Some(take_map(&mut ebpf, "RECORDS")?),
             verdicts: take_map(&mut ebpf, "VERDICTS")?,
+            verdicts_written: std::collections::HashMap::new(),
+            stale_verdicts: 0,
             stats: take_map(&mut ebpf, "STATS")?,
             ebpf,
             added_qdiscs: Vec::new(),
@@ -233,7 +241,34 @@ impl Sensor {
             .map_err(|source| CaptureError::Map {
                 map: "VERDICTS",
                 source,
-            })
+            })?;
+        self.verdicts_written.insert(*key, Instant::now());
+        Ok(())
+    }
+
+    /// Removes the verdicts written more than `max_age` ago and still in
+    /// the map: a verdict is picked up by its flow's next packet, so one still there long
+    /// after belongs to a flow that ended before it arrived, and would otherwise stay
+    /// until the map is full. The map is nearly empty normally, so a sweep costs a few
+    /// syscalls. Returns how many went.
+    pub fn sweep_stale_verdicts(&mut self, max_age: Duration) -> usize {
+        let waiting: HashSet<FlowKey> = self.verdicts.keys().filter_map(Result::ok).collect();
+        self.verdicts_written.retain(|key, _| waiting.contains(key));
+        let mut removed = 0;
+        for key in &waiting {
+            // One not written by this sensor is old by definition.
+            let old = self
+                .verdicts_written
+                .get(key)
+                .is_none_or(|at| at.elapsed() > max_age);
+            // Gone already (picked up a moment ago) is fine: then it was not stale.
+            if old && self.verdicts.remove(key).is_ok() {
+                self.verdicts_written.remove(key);
+                removed += 1;
+            }
+        }
+        self.stale_verdicts += removed as u64;
+        removed
     }
 
     /// Sums the kernel's per-CPU counters, in `nprot_common::stat` order.

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use log::{info, warn};
+use log::{debug, info, warn};
 use nprot_common::{CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, VerdictEntry, stat};
 use serde_json::{Value, json};
 use tokio::{
@@ -46,6 +46,11 @@ use crate::{
 
 /// Reassembly state of a flow that sent nothing for this long is dropped.
 const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// A verdict its flow has not picked up for this long is stale (the flow ended first).
+/// Far above any wait for a flow's next packet, so a live flow never loses one.
+const VERDICT_STALE: Duration = Duration::from_secs(60);
+/// Housekeeping rounds between two sweeps of stale verdicts.
+const VERDICT_SWEEP_EVERY: u32 = 10;
 /// How often records that woke nobody (handshake outcomes) are drained.
 const DRAIN: Duration = Duration::from_millis(50);
 /// How often counters are checked and idle streams expired, in drain ticks.
@@ -234,9 +239,62 @@ pub struct RunReport {
     /// Every sink's name, drops and own counters (see `Fanout::sink_stats`).
     pub sinks: Value,
     pub decode_errors: u64,
+    /// Where every connection went.
+    pub flows: FlowAccount,
     /// Process attribution; absent when it is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attribution: Option<AttributionReport>,
+}
+
+/// Where every connection went: tracked, or counted as not tracked or not reported.
+/// `tracked + not_tracked` is every new connection through a guarded interface; compare
+/// `tracked_local` with `connect_hook_connects` (which also counts connections that use
+/// no guarded interface) to see a gap.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct FlowAccount {
+    /// TCP connects the cgroup hooks saw, on any interface (absent without attribution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_hook_connects: Option<u64>,
+    /// Flows tracked from their SYN.
+    pub tracked: u64,
+    /// Of those, flows opened by a socket on this host.
+    pub tracked_local: u64,
+    /// SYNs that found no room in the flow table: connections not tracked.
+    pub not_tracked: u64,
+    /// Flows first seen without their SYN: tracked, not inspected.
+    pub midstream: u64,
+    /// SYNs taken as retransmissions (not new connections).
+    pub syn_retransmits: u64,
+    /// Flows replaced by a new connection on their four-tuple before their end was seen.
+    pub superseded: u64,
+    /// Flows seen to end.
+    pub closed: u64,
+    /// Flow entries retired idle.
+    pub expired: u64,
+    /// Connection records (established, failed, closed) lost in a full ring buffer:
+    /// flows whose connection events are missing.
+    pub records_lost: u64,
+    /// Verdicts removed because their flow ended before picking them up.
+    pub stale_verdicts: u64,
+}
+
+impl FlowAccount {
+    fn new(kernel: &[u64; stat::COUNT as usize], stale_verdicts: u64, hook: Option<u64>) -> Self {
+        let k = |i: u32| kernel[i as usize];
+        FlowAccount {
+            connect_hook_connects: hook,
+            tracked: k(stat::FLOWS_NEW),
+            tracked_local: k(stat::FLOWS_NEW_LOCAL),
+            not_tracked: k(stat::FLOW_INSERT_FAILED),
+            midstream: k(stat::FLOWS_MIDSTREAM),
+            syn_retransmits: k(stat::SYN_RETRANSMITS),
+            superseded: k(stat::FLOWS_SUPERSEDED),
+            closed: k(stat::FLOWS_CLOSED),
+            expired: k(stat::FLOWS_EXPIRED),
+            records_lost: k(stat::CONNECTION_RECORDS_LOST),
+            stale_verdicts,
+        }
+    }
 }
 
 /// The live sensor takes verdicts into its kernel map.
@@ -323,6 +381,7 @@ struct Daemon {
     indicator_load: Duration,
     decode_errors: u64,
     reported_drops: u64,
+    housekeeping_rounds: u32,
     started: Instant,
     /// Process attribution, when the connect hooks are attached.
     attribution: Option<Attributing>,
@@ -457,6 +516,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         indicator_load,
         decode_errors: 0,
         reported_drops: 0,
+        housekeeping_rounds: 0,
         started: Instant::now(),
         attribution,
     };
@@ -540,6 +600,13 @@ impl Daemon {
     }
 
     fn housekeeping(&mut self) {
+        self.housekeeping_rounds += 1;
+        if self.housekeeping_rounds.is_multiple_of(VERDICT_SWEEP_EVERY) {
+            let n = self.sensor.sweep_stale_verdicts(VERDICT_STALE);
+            if n > 0 {
+                debug!("removed {n} verdicts whose flows ended before picking them up");
+            }
+        }
         self.refresh_local_addrs();
         self.pipeline
             .expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
@@ -556,6 +623,8 @@ impl Daemon {
     }
 
     fn report(&mut self) -> RunReport {
+        let kernel = self.sensor.kernel_stats().ok();
+        let hook = self.attribution.as_ref().map(|a| a.counters.get());
         RunReport {
             mode: self.mode,
             indicators: self.pipeline.policy().len(),
@@ -563,17 +632,18 @@ impl Daemon {
             verdict_latency: LatencySummary::from(&self.pipeline.verdict_latency),
             wake_latency: LatencySummary::from(&self.pipeline.wake_latency),
             pipeline: self.pipeline.stats(),
-            kernel: self
-                .sensor
-                .kernel_stats()
+            kernel: kernel
                 .map(|k| stat::NAMES.iter().copied().zip(k).collect())
+                .unwrap_or_default(),
+            flows: kernel
+                .map(|k| FlowAccount::new(&k, self.sensor.stale_verdicts, hook.map(|h| h.0)))
                 .unwrap_or_default(),
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped(),
             sinks: self.fanout.sink_stats(),
             decode_errors: self.decode_errors,
             attribution: self.attribution.as_ref().map(|a| {
-                let (kernel_connects, kernel_ring_drops) = a.counters.get();
+                let (kernel_connects, kernel_ring_drops) = hook.unwrap_or_default();
                 AttributionReport {
                     stats: a.resolver.stats(),
                     kernel_connects,
@@ -849,6 +919,12 @@ impl Daemon {
                 .map(|(name, v)| format!("{name}={v}"))
                 .collect();
             info!("kernel: {}", parts.join(" "));
+            let hook = self.attribution.as_ref().map(|a| a.counters.get().0);
+            let flows = FlowAccount::new(&k, self.sensor.stale_verdicts, hook);
+            info!(
+                "flows: {}",
+                serde_json::to_string(&flows).unwrap_or_default()
+            );
         }
     }
 }

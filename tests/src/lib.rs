@@ -338,6 +338,24 @@ impl Env {
     pub fn diagnostics(&self) -> String {
         self.events.dump()
     }
+
+    /// `nprot stats --json` of the running sensor, through its control socket.
+    pub fn stats(&self) -> Result<Value> {
+        let socket = sensor::control_socket_for(self.events.path());
+        let out = std::process::Command::new(sensor::sensor_binary()?)
+            .args(["stats", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .context("running nprot stats")?;
+        if !out.status.success() {
+            bail!(
+                "nprot stats failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("nprot stats --json printed no JSON")
+    }
 }
 
 impl Drop for Env {

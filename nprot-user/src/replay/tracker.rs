@@ -292,6 +292,8 @@ impl Tracker {
                 flow.verdict = verdict;
                 flow.inspect = Inspect::Done;
                 if verdict == Verdict::Block {
+                    flow.phase = TcpPhase::Closed;
+                    stats.flows_closed += 1;
                     stats.flows_reset += 1;
                     if seg.flags & TCP_RST == 0 {
                         stats.reset_packets += 1;
@@ -663,6 +665,122 @@ mod tests {
         assert_eq!(run.stats().segments_captured, captured);
         assert_eq!(run.stats().verdicts_applied, 1);
         assert_eq!(run.actions().len(), 2);
+    }
+
+    /// `GET / HTTP/1.0` for `host`.
+    fn get(host: &str) -> Vec<u8> {
+        format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").into_bytes()
+    }
+
+    fn urls(run: &mut Run, action: ActionType) -> Vec<String> {
+        run.actions()
+            .into_iter()
+            .filter(|(a, _)| *a == action)
+            .filter_map(|(_, u)| u)
+            .collect()
+    }
+
+    #[test]
+    fn a_reused_four_tuple_is_a_new_flow_after_an_allowed_one() {
+        let first = conv();
+        let mut run = Run::new(Mode::Block, BLOCK_BAD);
+        run.feed_all(&first.handshake());
+        run.feed(&first.client(0, &get("good.example")));
+        // The verdict (allow) is picked up; the flow takes the fast path and ends there.
+        run.feed(&first.server(0, b"HTTP/1.0 200 OK\r\n\r\n"));
+        run.feed(&first.flags(false, TCP_FIN | TCP_ACK));
+        // Same ports, a new ISN: a new connection that must be judged on its own.
+        let second = Conv {
+            cisn: 900_000,
+            sisn: 700_000,
+            ..first
+        };
+        run.feed_all(&second.handshake());
+        run.feed(&second.client(0, &get("bad.example")));
+        run.feed(&second.server(0, b"HTTP/1.0 200 OK\r\n\r\n"));
+        assert_eq!(
+            urls(&mut run, ActionType::HttpConnectionInspected),
+            ["http://good.example/", "http://bad.example/"]
+        );
+        assert_eq!(
+            urls(&mut run, ActionType::ExploitGuardNetworkProtectionBlocked),
+            ["http://bad.example/"]
+        );
+        let s = run.stats();
+        assert_eq!(
+            (
+                s.flows_new,
+                s.flows_closed,
+                s.flows_superseded,
+                s.flows_reset
+            ),
+            (2, 2, 0, 1),
+            "the allowed flow's FIN closed it on the fast path, the block closed the other"
+        );
+    }
+
+    #[test]
+    fn a_syn_with_a_new_isn_supersedes_a_flow_whose_end_was_unseen() {
+        let first = conv();
+        let mut run = Run::audit();
+        run.feed_all(&first.handshake());
+        run.feed(&first.client(0, &get("a.example")));
+        let second = Conv {
+            cisn: 77_000,
+            ..first
+        };
+        // The opening SYN again is a retransmission; another ISN is a new connection.
+        run.feed(&first.syn());
+        run.feed_all(&second.handshake());
+        run.feed(&second.client(0, &get("b.example")));
+        let s = run.stats();
+        assert_eq!(
+            (s.flows_new, s.syn_retransmits, s.flows_superseded),
+            (2, 1, 1)
+        );
+        assert_eq!(
+            urls(&mut run, ActionType::HttpConnectionInspected),
+            ["http://a.example/", "http://b.example/"]
+        );
+        assert_eq!(
+            run.actions()
+                .iter()
+                .filter(|(a, _)| *a == ActionType::ConnectionSuccess)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_flow_without_its_syn_is_tracked_midstream_and_not_inspected() {
+        let c = conv();
+        let mut run = Run::new(Mode::Block, BLOCK_BAD);
+        run.feed(&c.client(0, &get("bad.example")));
+        run.feed(&c.server(0, b"HTTP/1.0 200 OK\r\n\r\n"));
+        // A reset of an unknown flow starts nothing.
+        let other = Conv::new("198.18.0.1", 40100, "198.18.0.2", 80);
+        run.feed(&other.flags(true, TCP_RST));
+        let s = run.stats();
+        assert_eq!((s.flows_new, s.flows_midstream), (0, 1));
+        assert_eq!(run.replay.summary().pipeline.records, 0);
+    }
+
+    #[test]
+    fn an_idle_flow_is_retired_and_taken_up_midstream() {
+        let c = conv();
+        let mut run = Run::audit();
+        run.feed_all(&c.handshake());
+        run.feed_after(
+            FLOW_IDLE_TIMEOUT_NS_DEFAULT + 1,
+            &c.client(0, &get("a.example")),
+        );
+        let s = run.stats();
+        assert_eq!((s.flows_expired, s.flows_midstream), (1, 1));
+        assert_eq!(
+            urls(&mut run, ActionType::HttpConnectionInspected),
+            Vec::<String>::new(),
+            "a retired flow is no longer inspected (and counted as such)"
+        );
     }
 
     #[test]
