@@ -87,8 +87,8 @@ fn run(plan: &Plan) -> Result<Value> {
     let mut sensor_runs = Vec::new();
     for round in 0..plan.repeats {
         bulk.0.push(iperf(&env, plan.bulk)?);
-        http.0.push(flood(&env, Flood::Http, plan.flood)?);
-        tls.0.push(flood(&env, Flood::Tls, plan.flood)?);
+        http.0.push(flood(&env, Flood::Http, plan.flood)?.0);
+        tls.0.push(flood(&env, Flood::Tls, plan.flood)?.0);
 
         let stats = dir.join(format!("stats-{round}.json"));
         let ind = indicators.to_string_lossy().into_owned();
@@ -103,8 +103,10 @@ fn run(plan: &Plan) -> Result<Value> {
         ])?;
         let rss = sensor_rss(&env)?;
         bulk.1.push(iperf(&env, plan.bulk)?);
-        http.1.push(flood(&env, Flood::Http, plan.flood)?);
-        tls.1.push(flood(&env, Flood::Tls, plan.flood)?);
+        let (http_rate, http_made) = flood(&env, Flood::Http, plan.flood)?;
+        let (tls_rate, tls_made) = flood(&env, Flood::Tls, plan.flood)?;
+        http.1.push(http_rate);
+        tls.1.push(tls_rate);
         let mut sensor = env.sensor.take().context("sensor vanished")?;
         let status = sensor.stop(Duration::from_secs(10))?;
         if !status.success() {
@@ -113,7 +115,11 @@ fn run(plan: &Plan) -> Result<Value> {
         let report: Value = serde_json::from_slice(
             &fs::read(&stats).with_context(|| format!("sensor wrote no {}", stats.display()))?,
         )?;
-        sensor_runs.push(json!({ "rss_mib": rss, "report": report }));
+        sensor_runs.push(json!({
+            "rss_mib": rss,
+            "report": report,
+            "flood_connections": http_made + tls_made,
+        }));
     }
 
     let last = sensor_runs.last().context("no sensor run")?;
@@ -143,6 +149,13 @@ fn run(plan: &Plan) -> Result<Value> {
         },
         "flood": {
             "flows": flows,
+            // Every connection of the floods must be tracked or counted as not tracked
+            // (iperf's few connections come on top).
+            "connections": last["flood_connections"].clone(),
+            "tracked": report["flows"]["tracked"].clone(),
+            "not_tracked": report["flows"]["not_tracked"].clone(),
+            "records_lost": report["flows"]["records_lost"].clone(),
+            "events_dropped": report["events_dropped"].clone(),
             "ringbuf_drops": report["kernel"]["ringbuf_drops"].clone(),
             "held_packets": report["kernel"]["held_packets"].clone(),
             "fail_open": report["kernel"]["fail_open"].clone(),
@@ -287,8 +300,9 @@ enum Flood {
     Tls,
 }
 
-/// New connections per second from two client threads in the client namespace.
-fn flood(env: &Env, kind: Flood, duration: Duration) -> Result<f64> {
+/// New connections per second from two client threads in the client namespace, and
+/// how many were made.
+fn flood(env: &Env, kind: Flood, duration: Duration) -> Result<(f64, u64)> {
     let server = env.server_ip(false);
     let (addr, request) = match kind {
         Flood::Http => (
@@ -333,7 +347,7 @@ fn flood(env: &Env, kind: Flood, duration: Duration) -> Result<f64> {
     if failed > done / 100 {
         bail!("{failed} of {} connections failed", done + failed);
     }
-    Ok(done as f64 / elapsed)
+    Ok((done as f64 / elapsed, done + failed))
 }
 
 fn one_connection(addr: SocketAddr, request: &[u8], buf: &mut [u8]) -> std::io::Result<()> {
@@ -421,6 +435,10 @@ fn print_table(r: &Value) {
         "during the guarded runs: {} flows, ring-buffer drops {}, held packets {}, fail-open {}, gave up {}",
         f["flows"], f["ringbuf_drops"], f["held_packets"], f["fail_open"], f["gave_up"]
     );
+    println!(
+        "flood accounting (last run): {} connections made; tracked {} + not tracked {}; connection records lost {}, events dropped {}",
+        f["connections"], f["tracked"], f["not_tracked"], f["records_lost"], f["events_dropped"]
+    );
 }
 
 /// The quick mode asserts only that every figure was produced.
@@ -448,6 +466,18 @@ fn check_complete(r: &Value) -> Result<()> {
         .collect();
     if !missing.is_empty() {
         bail!("benchmark figures missing: {}", missing.join(", "));
+    }
+    // Nothing is lost silently: every flood connection is tracked or counted.
+    let made = r.pointer("/flood/connections").and_then(Value::as_u64);
+    let accounted = ["/flood/tracked", "/flood/not_tracked"]
+        .iter()
+        .map(|p| r.pointer(p).and_then(Value::as_u64))
+        .sum::<Option<u64>>();
+    match (made, accounted) {
+        (Some(made), Some(accounted)) if accounted >= made => {}
+        _ => bail!(
+            "flood connections not all accounted for: made {made:?}, tracked + not tracked {accounted:?}"
+        ),
     }
     if r.pointer("/verdict_latency_us/count")
         .and_then(Value::as_u64)
