@@ -1,12 +1,16 @@
 //! Event sinks end to end: the TCP collector sink against a real rsyslog that is stopped
-//! and started again mid-stream, the daemon's configured sinks with real traffic, and the
-//! systemd unit under `systemd-analyze verify`.
+//! and started again mid-stream, the daemon's configured sinks with real traffic, the
+//! event file on a disk that fills up, and the systemd unit under `systemd-analyze verify`.
 
 use std::{
     collections::BTreeMap,
+    io::Write,
     path::{Path, PathBuf},
-    time::Duration,
+    process::Command,
+    time::{Duration, Instant},
 };
+
+use anyhow::{Context, Result, bail};
 
 use nprot::events::{
     ActionType, Clock, Direction, Event, EventFactory, FlowEnds,
@@ -465,4 +469,267 @@ fn daemon_sends_its_events_to_rsyslog_and_reports_sink_counters() {
         )),
         "{table}"
     );
+}
+
+/// A small tmpfs on a temp dir of its own, unmounted and removed on drop (also when the
+/// test fails). The unmount is lazy: the sensor may still hold a file on it.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs> {
+        let dir = std::env::temp_dir().join(format!("nprot-tmpfs-{}", std::process::id()));
+        // Left over from a killed run of the same pid: ignore "not mounted".
+        let _ = Command::new("umount").arg("-l").arg(&dir).output();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "nprot-test",
+            ])
+            .arg(&dir)
+            .output()
+            .context("cannot run mount")?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(&dir);
+            bail!(
+                "mount tmpfs on {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `name` until the disk is full, then gives `room` bytes back (whole pages);
+    /// returns its size.
+    fn fill(&self, name: &str, room: u64) -> Result<u64> {
+        let path = self.dir.join(name);
+        let mut file = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => size += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+            }
+        }
+        size = size.saturating_sub(room);
+        file.set_len(size)
+            .with_context(|| format!("truncating {}", path.display()))?;
+        Ok(size)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        match Command::new("umount").arg("-l").arg(&self.dir).output() {
+            Ok(out) if out.status.success() => {
+                if let Err(e) = std::fs::remove_dir(&self.dir) {
+                    eprintln!(
+                        "nprot-tests cleanup: cannot remove {}: {e}",
+                        self.dir.display()
+                    );
+                }
+            }
+            Ok(out) => eprintln!(
+                "nprot-tests cleanup: umount {}: {}",
+                self.dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("nprot-tests cleanup: cannot run umount: {e}"),
+        }
+    }
+}
+
+/// `count` plain HTTP requests from the client namespace; their local ports.
+fn http_flows(env: &Env, count: usize) -> Vec<u16> {
+    (0..count)
+        .map(|_| {
+            env.curl_http("good.example", 80, false, "/good", &[])
+                .expect("curl http")
+                .local_port
+        })
+        .collect()
+}
+
+/// Polls `nprot stats --json` (up to 20 s) until `cond` holds, and returns those stats.
+fn wait_for_stats(
+    env: &Env,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = nprot_json(env, &["stats", "--json"]);
+        if cond(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}; {stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn counter(stats: &serde_json::Value, key: &str) -> u64 {
+    stats[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
+}
+
+/// Every line of the file, which must be whole JSON objects, one per line; their
+/// `ReportId`s in file order.
+fn whole_json_lines(path: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = String::from_utf8(bytes).expect("the event file is UTF-8");
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "the file ends in a partial line: {:?}",
+        &text[text.rfind('\n').map_or(0, |i| i + 1)..]
+    );
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["ReportId"].as_u64())
+                .unwrap_or_else(|| panic!("line {} is not a whole event: {line}", i + 1))
+        })
+        .collect()
+}
+
+/// `events: written=W dropped=D` from the totals the sensor logs on exit.
+fn exit_totals(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("events: written=").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no exit totals in:\n{stderr}"));
+    let (written, dropped) = line
+        .split_once(" dropped=")
+        .unwrap_or_else(|| panic!("exit totals: {line}"));
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .unwrap_or_else(|e| panic!("exit totals {line:?}: {e}"))
+    };
+    (parse(written), parse(dropped))
+}
+
+/// The event file on a 1 MB tmpfs: traffic with room, then with the disk full (a filler
+/// file took the rest), then with the filler deleted. Every line of the file is a whole
+/// event, `events_written` counts the lines, and the lost events are counted, in
+/// `nprot stats` and in the exit totals: written + dropped = every `ReportId` issued.
+#[test]
+fn a_full_disk_loses_whole_batches_and_counts_them() {
+    const BEFORE: usize = 5;
+    const FULL: usize = 30;
+    const AFTER: usize = 5;
+    let mut env = Env::start_without_sensor().expect("env");
+    let disk = Tmpfs::mount("1m").expect("tmpfs");
+    // The harness names the event file; a symlink puts it on the small disk.
+    let on_disk = disk.path().join("events.jsonl");
+    std::os::unix::fs::symlink(&on_disk, env.events().path()).expect("symlink the event file");
+    env.start_sensor(&[]).expect("sensor");
+
+    let before = http_flows(&env, BEFORE);
+    for port in &before {
+        env.events()
+            .wait_for_described(
+                &format!("HTTP event from port {port}"),
+                |e| ev::is(e, "HttpConnectionInspected") && ev::local_port(e, *port),
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let stats = nprot_json(&env, &["stats", "--json"]);
+    assert_eq!(counter(&stats, "events_dropped"), 0, "{stats}");
+
+    // A few pages left: some batches fit, one is cut short by the full disk.
+    let filler = disk.fill("filler", 10_000).expect("fill the disk");
+    eprintln!("filler: {filler} bytes");
+    let _ = http_flows(&env, FULL);
+    let full = wait_for_stats(&env, "the flows with the disk full inspected", |s| {
+        s["pipeline"]["http_inspected"].as_u64() >= Some((BEFORE + FULL) as u64)
+            && s["events_dropped"].as_u64() > Some(0)
+    });
+    let ids = whole_json_lines(&on_disk);
+    assert_eq!(ids.len() as u64, counter(&full, "events_written"), "{full}");
+
+    std::fs::remove_file(disk.path().join("filler")).expect("free the disk");
+    let after = http_flows(&env, AFTER);
+    for port in &after {
+        env.events()
+            .wait_for_described(
+                &format!("HTTP event from port {port} after the disk was freed"),
+                |e| ev::is(e, "HttpConnectionInspected") && ev::local_port(e, *port),
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let stats = nprot_json(&env, &["stats", "--json"]);
+    let (written, dropped) = (
+        counter(&stats, "events_written"),
+        counter(&stats, "events_dropped"),
+    );
+    let ids = whole_json_lines(&on_disk);
+    assert_eq!(ids.len() as u64, written, "{stats}");
+    assert_eq!(
+        dropped,
+        counter(&full, "events_dropped"),
+        "nothing lost after: {stats}"
+    );
+    let file = stats["sinks"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s["sink"].as_str().is_some_and(|n| n.starts_with("file ")))
+        })
+        .unwrap_or_else(|| panic!("no file sink: {stats}"));
+    assert_eq!(
+        (&file["written"], &file["dropped"]),
+        (&written.into(), &dropped.into()),
+        "{file}"
+    );
+
+    let sensor = env.sensor_mut().expect("sensor");
+    sensor.stop(Duration::from_secs(5)).expect("sensor exits");
+    let stderr = sensor.stderr().text();
+    let (written, dropped) = exit_totals(&stderr);
+    let ids = whole_json_lines(&on_disk);
+    assert_eq!(ids.len() as u64, written, "exit totals vs the file");
+    // Report ids are issued 1, 2, … one per event: the gaps are the lost events.
+    let issued = ids.iter().copied().max().unwrap_or(0);
+    let present: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(present.len(), ids.len(), "an event written twice");
+    let missing = (1..=issued).filter(|id| !present.contains(id)).count() as u64;
+    assert_eq!(
+        (written + dropped, missing),
+        (issued, dropped),
+        "written + dropped = events produced; stderr:\n{stderr}"
+    );
+    assert!(dropped > 0, "the full disk lost nothing?");
+    // Logged when an outage starts and ends, not per batch (a nearly full disk may
+    // still take a smaller batch, so there can be several).
+    let (starts, ends) = (
+        stderr.matches("events lost").count(),
+        stderr.matches("lost meanwhile").count(),
+    );
+    assert!(
+        starts >= 1 && starts == ends && (starts as u64) < dropped,
+        "{starts} outages logged, {ends} ends:\n{stderr}"
+    );
+    eprintln!("{written} events written, {dropped} lost to the full disk");
+    drop(disk);
 }

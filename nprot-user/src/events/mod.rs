@@ -1,6 +1,7 @@
 //! Events: what the sensor reports, in the shape of Microsoft Defender's advanced-hunting
 //! tables (DESIGN §4), one JSON object per line.
 
+pub mod append;
 pub mod collector;
 pub mod rotate;
 pub mod sink;

@@ -2,31 +2,47 @@
 //! `events.jsonl.KEEP`, the oldest removed.
 //!
 //! Rotation happens only between lines, before a write that would take the file past its
-//! limit, so a line is never split across two files and nothing is lost to rotation: if
-//! renaming or reopening fails, the sink keeps appending to the file it has (past the
-//! limit) and tries again once it has grown by another `max_bytes`. A single line longer
-//! than the limit gets a file of its own.
+//! limit, so a line is never split across two files and nothing is lost to rotation: if a
+//! rename or the reopen fails, the sink keeps appending to the file it has (past the
+//! limit), counts a `rotation_error` and tries again once it has grown by another
+//! `max_bytes`. A single line longer than the limit gets a file of its own.
+//!
+//! Each file's part of a batch is appended whole or not at all ([`super::append`]); when
+//! a part fails, it and the rest of the batch are lost and counted, what went before
+//! stays (a [`PartlyLost`] error).
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, Write},
+    fs::{self, File},
+    io,
     path::{Path, PathBuf},
 };
 
 use serde_json::{Value, json};
 
-use super::sink::Sink;
+use super::{
+    append::{AppendLog, open_append},
+    sink::{PartlyLost, Sink, count_lines},
+};
 
 /// A file opened for appending, flushed after every batch and rotated by size.
 pub struct RotatingFileSink {
     path: PathBuf,
-    file: File,
+    log: AppendLog<File>,
     /// Bytes in the current file.
     size: u64,
     max_bytes: u64,
+    /// After a failed rotation: how far past `max_bytes` the file may grow before the
+    /// next attempt.
+    grace: u64,
     keep: usize,
+    /// The file we append to was renamed to `path.1`, but no new `path` could be opened:
+    /// the next rotation only opens one (shifting again would move our own file).
+    detached: bool,
+    /// How a new `path` is opened (a seam for tests of a failing reopen).
+    opener: fn(&Path) -> io::Result<File>,
     rotations: u64,
     rotation_errors: u64,
+    truncate_errors: u64,
 }
 
 impl RotatingFileSink {
@@ -41,16 +57,20 @@ impl RotatingFileSink {
                 "rotation needs max_bytes ≥ 1 and keep ≥ 1",
             ));
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_append(path)?;
         let size = file.metadata()?.len();
         Ok(RotatingFileSink {
             path: path.to_owned(),
-            file,
+            log: AppendLog::new(file),
             size,
             max_bytes,
+            grace: 0,
             keep,
+            detached: false,
+            opener: open_append,
             rotations: 0,
             rotation_errors: 0,
+            truncate_errors: 0,
         })
     }
 
@@ -59,53 +79,84 @@ impl RotatingFileSink {
         self.rotations
     }
 
+    /// Rotations that failed (and were retried later) since the file was opened.
+    pub fn rotation_errors(&self) -> u64 {
+        self.rotation_errors
+    }
+
     /// `path.N`.
     pub fn rotated_path(&self, n: usize) -> PathBuf {
         numbered(&self.path, n)
     }
 
     /// Shifts `path.(keep-1)` → `path.keep` … `path` → `path.1` and opens a new `path`.
+    /// On an error no file is lost and the sink still appends to the file it had.
     fn rotate(&mut self) -> io::Result<()> {
-        for n in (1..self.keep).rev() {
-            let from = numbered(&self.path, n);
-            match fs::rename(&from, numbered(&self.path, n + 1)) {
+        // A torn line must not be rotated away where no later cut reaches it.
+        self.log.settle()?;
+        if !self.detached {
+            self.shift_rotated()?;
+            // Renaming over `path.1` replaces (removes) the oldest copy when keep is 1.
+            fs::rename(&self.path, numbered(&self.path, 1))?;
+            self.detached = true;
+        }
+        match (self.opener)(&self.path) {
+            Ok(file) => {
+                self.size = file.metadata().map_or(0, |m| m.len());
+                self.truncate_errors += self.log.truncate_errors();
+                self.log = AppendLog::new(file);
+                self.detached = false;
+                self.rotations += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // Put our file back, so that `path` keeps receiving the events; if that
+                // fails too they still go to it (now `path.1`) through the open handle.
+                if fs::rename(numbered(&self.path, 1), &self.path).is_ok() {
+                    self.detached = false;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves `path.1` … up by one, only as far as the first free number: a retry after
+    /// a shift that failed half-way removes no file the first attempt kept.
+    fn shift_rotated(&self) -> io::Result<()> {
+        let top = (1..self.keep)
+            .find(|&n| fs::symlink_metadata(numbered(&self.path, n)).is_err())
+            .unwrap_or(self.keep);
+        for n in (1..top).rev() {
+            match fs::rename(numbered(&self.path, n), numbered(&self.path, n + 1)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
         }
-        // Renaming over `path.1` replaces (removes) the oldest copy when keep is 1.
-        fs::rename(&self.path, numbered(&self.path, 1))?;
-        // Until this succeeds `self.file` still appends to what is now `path.1`: late,
-        // but not lost.
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        self.size = 0;
-        self.rotations += 1;
         Ok(())
+    }
+
+    /// The size the current file may reach before the next rotation (attempt).
+    fn limit(&self) -> u64 {
+        self.max_bytes.saturating_add(self.grace)
     }
 
     /// Rotates if `incoming` more bytes would take a non-empty file past the limit.
     fn rotate_for(&mut self, incoming: u64) {
-        if self.size == 0 || self.size + incoming <= self.max_bytes {
+        if self.size == 0 || self.size.saturating_add(incoming) <= self.limit() {
             return;
         }
-        if let Err(e) = self.rotate() {
-            self.rotation_errors += 1;
-            // Keep appending: a file past its limit beats lost events.
-            self.size = 0;
-            log::warn!(
-                "cannot rotate {}: {e}; appending past the size limit",
-                self.path.display()
-            );
+        match self.rotate() {
+            Ok(()) => self.grace = 0,
+            Err(e) => {
+                self.rotation_errors += 1;
+                // Keep appending: a file past its limit beats lost events.
+                self.grace = self.size;
+                log::warn!(
+                    "cannot rotate {}: {e}; appending past the size limit",
+                    self.path.display()
+                );
+            }
         }
-    }
-
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.size += bytes.len() as u64;
-        Ok(())
     }
 }
 
@@ -121,21 +172,29 @@ impl Sink for RotatingFileSink {
         while !rest.is_empty() {
             // The longest run of whole lines that fits the room left, or, in a file that
             // cannot take even one, the room a fresh file has.
-            let room = self.max_bytes.saturating_sub(self.size);
+            let room = self.limit().saturating_sub(self.size);
             let fits = whole_lines_within(rest, room);
             let take = if fits > 0 {
                 fits
             } else {
                 self.rotate_for(rest.len() as u64);
-                let fresh = whole_lines_within(rest, self.max_bytes.saturating_sub(self.size));
+                let fresh = whole_lines_within(rest, self.limit().saturating_sub(self.size));
                 // A line longer than the limit gets a file of its own.
                 if fresh > 0 { fresh } else { first_line(rest) }
             };
             let (now, later) = rest.split_at(take);
-            self.append(now)?;
+            match self.log.append(now) {
+                Ok(end) => self.size = end,
+                // Nothing of the batch written: the caller counts it whole.
+                Err(e) if rest.len() == lines.len() => return Err(e),
+                Err(cause) => {
+                    let lost = count_lines(rest);
+                    return Err(PartlyLost { lost, cause }.into_io());
+                }
+            }
             rest = later;
         }
-        self.file.flush()
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -152,6 +211,7 @@ impl Sink for RotatingFileSink {
             "rotations": self.rotations,
             "rotation_errors": self.rotation_errors,
             "size": self.size,
+            "truncate_errors": self.truncate_errors + self.log.truncate_errors(),
         })
     }
 }
@@ -295,6 +355,177 @@ mod tests {
         assert_eq!(read(&sink.rotated_path(1)), line(0) + &line(1));
         assert_eq!(read(&path), line(2));
         assert!(RotatingFileSink::open(&path, 30, 0).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// `path.KEEP` … `path.1`, then `path`: everything the sink kept, oldest first.
+    fn all_files(sink: &RotatingFileSink, path: &Path) -> String {
+        (1..=sink.keep)
+            .rev()
+            .map(|n| read(&sink.rotated_path(n)))
+            .chain([read(path)])
+            .collect()
+    }
+
+    fn assert_whole_lines(text: &str) {
+        assert!(text.is_empty() || text.ends_with('\n'), "{text:?}");
+        for l in text.lines() {
+            assert!(l.len() == 10 && l.starts_with("{\"n\":"), "{l:?}");
+        }
+    }
+
+    /// A non-empty directory: renaming a file over it fails (also as root).
+    fn obstacle(path: &Path) {
+        fs::create_dir_all(path).unwrap();
+        fs::write(path.join("x"), "x").unwrap();
+    }
+
+    #[test]
+    fn a_failed_rename_keeps_the_file_and_is_retried() {
+        let dir = tempdir("rename-fails");
+        let path = dir.join("e.jsonl");
+        let mut sink = RotatingFileSink::open(&path, 25, 1).unwrap();
+        obstacle(&sink.rotated_path(1));
+        let mut all = String::new();
+        for n in 0..3 {
+            sink.write_batch(line(n).as_bytes()).unwrap();
+            all.push_str(&line(n));
+        }
+        // The third line could not rotate: it went on past the limit.
+        assert_eq!((sink.rotations(), sink.rotation_errors()), (0, 1));
+        assert_eq!(read(&path), all);
+        // The next attempt waits until the file has grown by another limit.
+        sink.write_batch(line(3).as_bytes()).unwrap();
+        assert_eq!(sink.rotation_errors(), 1);
+        all.push_str(&line(3));
+        fs::remove_dir_all(sink.rotated_path(1)).unwrap();
+        // Line 4 finds the file past its grace and rotates it.
+        for n in 4..6 {
+            sink.write_batch(line(n).as_bytes()).unwrap();
+            all.push_str(&line(n));
+        }
+        assert_eq!((sink.rotations(), sink.rotation_errors()), (1, 1));
+        assert_eq!(read(&path), line(4) + &line(5));
+        assert_eq!(read(&sink.rotated_path(1)) + &read(&path), all);
+        assert_whole_lines(&read(&path));
+        assert_eq!(sink.stats()["rotation_errors"], 1);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_shift_that_fails_half_way_loses_no_file() {
+        let dir = tempdir("shift-fails");
+        let path = dir.join("e.jsonl");
+        let mut sink = RotatingFileSink::open(&path, 15, 3).unwrap();
+        let mut all = String::new();
+        for n in 0..3 {
+            sink.write_batch(line(n).as_bytes()).unwrap();
+            all.push_str(&line(n));
+        }
+        // path.2 and path.1 hold lines 0 and 1; path.2 cannot move over path.3.
+        assert_eq!(sink.rotations(), 2);
+        obstacle(&sink.rotated_path(3));
+        sink.write_batch(line(3).as_bytes()).unwrap();
+        all.push_str(&line(3));
+        assert_eq!(sink.rotation_errors(), 1);
+        assert_eq!(read(&sink.rotated_path(2)), line(0));
+        assert_eq!(read(&sink.rotated_path(1)), line(1));
+        assert_eq!(read(&path), line(2) + &line(3));
+        fs::remove_dir_all(sink.rotated_path(3)).unwrap();
+        sink.write_batch(line(4).as_bytes()).unwrap();
+        all.push_str(&line(4));
+        assert_eq!((sink.rotations(), sink.rotation_errors()), (3, 1));
+        assert_eq!(all_files(&sink, &path), all);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn refuse(_: &Path) -> io::Result<File> {
+        Err(io::Error::other("cannot open"))
+    }
+
+    /// Refuses, and leaves a directory where the file was to be put back.
+    fn refuse_and_block(path: &Path) -> io::Result<File> {
+        obstacle(path);
+        Err(io::Error::other("cannot open"))
+    }
+
+    #[test]
+    fn a_failed_reopen_puts_the_file_back() {
+        let dir = tempdir("reopen-fails");
+        let path = dir.join("e.jsonl");
+        let mut sink = RotatingFileSink::open(&path, 15, 2).unwrap();
+        sink.opener = refuse;
+        sink.write_batch(line(0).as_bytes()).unwrap();
+        sink.write_batch(line(1).as_bytes()).unwrap();
+        assert_eq!((sink.rotations(), sink.rotation_errors()), (0, 1));
+        assert!(!sink.rotated_path(1).exists());
+        assert_eq!(read(&path), line(0) + &line(1));
+        sink.opener = open_append;
+        sink.write_batch(line(2).as_bytes()).unwrap();
+        assert_eq!(sink.rotations(), 1);
+        assert_eq!(read(&sink.rotated_path(1)), line(0) + &line(1));
+        assert_eq!(read(&path), line(2));
+        // Back to one line per file.
+        sink.write_batch(line(3).as_bytes()).unwrap();
+        assert_eq!(read(&sink.rotated_path(2)), line(0) + &line(1));
+        assert_eq!(read(&sink.rotated_path(1)), line(2));
+        assert_eq!(read(&path), line(3));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_put_back_is_still_written_then_rotated_once() {
+        let dir = tempdir("detached");
+        let path = dir.join("e.jsonl");
+        let mut sink = RotatingFileSink::open(&path, 15, 3).unwrap();
+        sink.opener = refuse_and_block;
+        sink.write_batch(line(0).as_bytes()).unwrap();
+        sink.write_batch(line(1).as_bytes()).unwrap();
+        // Renamed to path.1, not put back: the lines still go to it.
+        assert!(sink.detached);
+        assert_eq!(read(&sink.rotated_path(1)), line(0) + &line(1));
+        fs::remove_dir_all(&path).unwrap();
+        sink.opener = open_append;
+        sink.write_batch(line(2).as_bytes()).unwrap();
+        // The retry only opens a new path: path.1 is not shifted away.
+        assert_eq!((sink.rotations(), sink.rotation_errors()), (1, 1));
+        assert!(!sink.detached);
+        assert_eq!(read(&sink.rotated_path(1)), line(0) + &line(1));
+        assert!(!sink.rotated_path(2).exists());
+        assert_eq!(read(&path), line(2));
+        sink.write_batch(line(3).as_bytes()).unwrap();
+        assert_eq!(
+            all_files(&sink, &path),
+            (0..4).map(line).collect::<String>()
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn dev_full(_: &Path) -> io::Result<File> {
+        open_append(Path::new("/dev/full"))
+    }
+
+    #[test]
+    fn a_batch_that_fills_the_disk_after_a_rotation_is_lost_from_there_on() {
+        if !Path::new("/dev/full").exists() {
+            return;
+        }
+        let dir = tempdir("full-after-rotation");
+        let path = dir.join("e.jsonl");
+        let mut sink = RotatingFileSink::open(&path, 25, 2).unwrap();
+        sink.opener = dev_full;
+        let batch: String = (0..5).map(line).collect();
+        let err = sink.write_batch(batch.as_bytes()).unwrap_err();
+        let partly = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<PartlyLost>())
+            .expect("a partial loss");
+        // Two lines fit the first file; after the rotation the "disk" is full.
+        assert_eq!(partly.lost, 3);
+        assert_eq!(read(&sink.rotated_path(1)), line(0) + &line(1));
+        // Nothing written at all: the plain error, the whole batch lost.
+        let err = sink.write_batch(line(5).as_bytes()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
         let _ = fs::remove_dir_all(&dir);
     }
 }
