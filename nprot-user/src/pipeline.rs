@@ -332,10 +332,10 @@ impl Pipeline {
         let ends = flow_ends(rec, self.local_addrs.as_ref());
         let first = self.events.len();
         match rec.kind {
+            // A stream left by an earlier connection on this four-tuple is replaced when
+            // the new one's first bytes come (the reassembler tells them apart by their
+            // first sequence number), not here: with Fast Open they come first.
             RecordKind::Established => {
-                // A new connection on the four-tuple of a flow still under inspection:
-                // the old flow's bytes are moot (the kernel superseded its entry).
-                self.forget(&rec.tuple.key());
                 let ev = self
                     .factory
                     .connection(ActionType::ConnectionSuccess, rec.ts_ns, &ends);
