@@ -283,6 +283,10 @@ fn parse_duration(text: &str) -> anyhow::Result<u64> {
 
 fn report_added(out: &mut dyn Write, d: &Value) -> io::Result<()> {
     writeln!(out, "added {}, replaced {}", d["added"], d["replaced"])?;
+    // Replacing an existing run-time indicator is said by id, never silently.
+    for id in d["replaced_ids"].as_array().into_iter().flatten() {
+        writeln!(out, "replaced: {}", id.as_str().unwrap_or_default())?;
+    }
     for w in d["warnings"].as_array().into_iter().flatten() {
         writeln!(out, "warning: {}", w.as_str().unwrap_or_default())?;
     }
@@ -318,7 +322,7 @@ mod tests {
         let data = json!({"mode": "Block", "interfaces": [{"name": "eth0", "attach": "tcx"}],
             "verdict_latency": {"count": 1}, "sinks": [{"sink": "stdout", "dropped": 0}],
             "pipeline": {"flows": 1}, "indicators": [{"id": "a", "type": "DomainName"}],
-            "added": 1, "replaced": 1, "warnings": ["w"]});
+            "added": 1, "replaced": 1, "replaced_ids": ["a"], "warnings": ["w"]});
         let renderers: [(&str, Human<'_>); 4] = [
             ("status", &human_status),
             ("stats", &human_stats),
@@ -341,6 +345,17 @@ mod tests {
                 "{name}: {e:#}"
             );
         }
+    }
+
+    #[test]
+    fn replaced_indicators_are_named() {
+        let mut text = Vec::new();
+        let d = json!({"added": 1, "replaced": 2, "replaced_ids": ["a", "b"], "warnings": []});
+        report_added(&mut text, &d).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "added 1, replaced 2\nreplaced: a\nreplaced: b\n"
+        );
     }
 
     #[test]

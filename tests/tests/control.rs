@@ -268,6 +268,45 @@ fn defender_csv_import_is_all_or_nothing() {
     assert_reset(&env, &curl_bad(&env));
 }
 
+/// Issue 11: the same value in two device groups (a Defender CSV without ids) is two
+/// indicators with two ids over the socket too, and the export loads as a file.
+#[test]
+fn csv_import_keeps_one_value_in_two_groups_apart() {
+    let groups = ["--device-group", "GroupA", "--device-group", "GroupB"];
+    let env = Env::start_enforcing("block", &[], &groups).expect("env");
+    let sock = socket(&env);
+    let csv = env.dir().join("groups.csv");
+    std::fs::write(
+        &csv,
+        "IndicatorType,IndicatorValue,Action,RbacGroups\n\
+         DomainName,bad.example,Block,GroupA\n\
+         DomainName,bad.example,Block,GroupB\n",
+    )
+    .expect("write");
+    let added = nprot_ok(&sock, &["indicator", "import", &csv.to_string_lossy()]);
+    assert!(added.starts_with("added 2, replaced 0"), "{added}");
+    let export = nprot_ok(&sock, &["indicator", "export"]);
+    let loaded = nprot::policy::load_json(&export)
+        .unwrap_or_else(|e| panic!("the export does not load: {e}\n{export}"));
+    let rows: Vec<_> = loaded
+        .indicators
+        .iter()
+        .map(|r| {
+            (
+                r.id().to_owned(),
+                r.value().to_owned(),
+                r.device_groups().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_ne!(rows[0].0, rows[1].0, "{rows:?}");
+    assert_eq!(
+        (rows[0].2.as_slice(), rows[1].2.as_slice()),
+        (&["GroupA".to_owned()][..], &["GroupB".to_owned()][..])
+    );
+}
+
 /// A sensor configured by file alone: mode and a plain-list indicator file from the TOML.
 #[test]
 fn config_file_sets_mode_and_indicator_lists() {
