@@ -151,7 +151,8 @@ impl Replay {
         if frame.ts_ns >= self.next_housekeeping_ns {
             self.pipeline
                 .expire(frame.ts_ns, STREAM_IDLE.as_nanos() as u64);
-            self.next_housekeeping_ns = frame.ts_ns + HOUSEKEEPING.as_nanos() as u64;
+            // Saturating: a capture's times are input, up to u64::MAX ns (year 2554).
+            self.next_housekeeping_ns = frame.ts_ns.saturating_add(HOUSEKEEPING.as_nanos() as u64);
         }
         for rec in self.tracker.on_segment(&seg, frame.ts_ns) {
             self.pipeline.on_record(&rec, &mut self.tracker);
@@ -519,6 +520,42 @@ mod tests {
             line.starts_with("nprot replay: 2 packets (0 TCP), 0 flows, 0 events"),
             "{line}"
         );
+    }
+
+    /// Issue 11: a pcapng whose `if_tsoffset` saturated the time to u64::MAX panicked
+    /// replay's housekeeping in builds with overflow checks (and wrapped it in release).
+    /// Such an offset is now an error at its first packet; the latest time that fits
+    /// (u64::MAX ns, no offset) replays normally.
+    #[test]
+    fn extreme_pcapng_times_neither_panic_nor_wrap() {
+        let packets = traffic(false, "bad.example");
+        let o = Order::Le;
+        let mut file = shb(o);
+        file.extend(idb(o, 101, Some(9), Some(i64::MAX)));
+        let first = file.len();
+        for p in &packets {
+            file.extend(epb(o, 0, 1, p));
+        }
+        let (events, summary, result) = replay_bytes(&file, Mode::Block);
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "corrupt pcapng block at offset {first}: timestamp out of range"
+            )),
+            "{e}"
+        );
+        assert!(events.is_empty());
+        assert_eq!(summary.packets, 0);
+
+        let mut file = shb(o);
+        file.extend(idb(o, 101, Some(9), None));
+        for p in &packets {
+            file.extend(epb(o, 0, u64::MAX, p));
+        }
+        let (events, _, result) = replay_bytes(&file, Mode::Block);
+        result.unwrap();
+        assert_eq!(summary_of(&events), expected("bad.example", true));
+        assert_eq!(events[0]["Timestamp"], "2554-07-21T23:34:33.709551Z");
     }
 
     /// A writer that fails every write with `kind`.
