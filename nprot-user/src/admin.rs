@@ -1,6 +1,11 @@
 //! Operator commands (`nprot status`, `mode`, `indicator …`, `stats`): turn arguments
 //! into control requests and print the daemon's answers for people or, with `--json`,
 //! for scripts.
+//!
+//! Everything is written through [`emit`], so a reader that goes away (`nprot status |
+//! head -0`) ends the output quietly instead of panicking the CLI.
+
+use std::io::{self, Write};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
@@ -19,63 +24,93 @@ fn send(client: &ClientArgs, request: &Request) -> anyhow::Result<Value> {
     Ok(data)
 }
 
-fn print(client: &ClientArgs, data: &Value, human: impl FnOnce(&Value)) {
-    if client.json {
-        println!("{data}");
-    } else {
-        human(data);
+/// How a command renders the daemon's answer for people.
+type Human<'a> = &'a dyn Fn(&mut dyn Write, &Value) -> io::Result<()>;
+
+/// Prints the daemon's answer on stdout: as one JSON line with `--json`, else `human`.
+fn print(client: &ClientArgs, data: &Value, human: Human<'_>) -> anyhow::Result<()> {
+    emit(&mut io::stdout().lock(), |out| {
+        if client.json {
+            writeln!(out, "{data}")
+        } else {
+            human(out, data)
+        }
+    })
+}
+
+/// Runs `write` on `out` and flushes it. A closed reader (EPIPE) is the end of the
+/// output, not a failure: the command exits 0 without a message (docs/decisions.md).
+/// Any other write error is one, with context.
+fn emit(
+    out: &mut dyn Write,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> anyhow::Result<()> {
+    match write(&mut *out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("cannot write to standard output"),
     }
 }
 
 /// `nprot status`.
 pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
     let data = send(client, &Request::Status)?;
-    print(client, &data, |d| {
-        println!("mode:        {}", d["mode"].as_str().unwrap_or("?"));
-        for i in d["interfaces"].as_array().into_iter().flatten() {
-            println!(
-                "interface:   {} ({})",
-                i["name"].as_str().unwrap_or("?"),
-                i["attach"].as_str().unwrap_or("?")
-            );
-        }
-        println!(
-            "indicators:  {} in force, {} added at run time",
-            d["indicators"], d["runtime_indicators"]
-        );
-        println!("state dir:   {}", d["state_dir"].as_str().unwrap_or("?"));
-        println!("uptime:      {} s (pid {})", d["uptime_s"], d["pid"]);
-    });
-    Ok(())
+    print(client, &data, &human_status)
+}
+
+fn human_status(out: &mut dyn Write, d: &Value) -> io::Result<()> {
+    writeln!(out, "mode:        {}", d["mode"].as_str().unwrap_or("?"))?;
+    for i in d["interfaces"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "interface:   {} ({})",
+            i["name"].as_str().unwrap_or("?"),
+            i["attach"].as_str().unwrap_or("?")
+        )?;
+    }
+    writeln!(
+        out,
+        "indicators:  {} in force, {} added at run time",
+        d["indicators"], d["runtime_indicators"]
+    )?;
+    writeln!(
+        out,
+        "state dir:   {}",
+        d["state_dir"].as_str().unwrap_or("?")
+    )?;
+    writeln!(out, "uptime:      {} s (pid {})", d["uptime_s"], d["pid"])
 }
 
 /// `nprot stats`.
 pub fn stats(client: &ClientArgs) -> anyhow::Result<()> {
     let data = send(client, &Request::Stats)?;
-    print(client, &data, |d| {
-        let l = &d["verdict_latency"];
-        println!(
-            "verdict latency: p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  (n={})",
-            l["p50_us"].as_f64().unwrap_or(0.0),
-            l["p99_us"].as_f64().unwrap_or(0.0),
-            l["p999_us"].as_f64().unwrap_or(0.0),
-            l["count"]
-        );
-        println!(
-            "events: written {}  dropped {}",
-            d["events_written"], d["events_dropped"]
-        );
-        for sink in d["sinks"].as_array().into_iter().flatten() {
-            println!("{}", sink_line(sink));
-        }
-        for section in ["flows", "pipeline", "kernel"] {
-            if let Some(map) = d[section].as_object() {
-                for (k, v) in map {
-                    println!("{section:<9} {k:<24} {v}");
-                }
+    print(client, &data, &human_stats)
+}
+
+fn human_stats(out: &mut dyn Write, d: &Value) -> io::Result<()> {
+    let l = &d["verdict_latency"];
+    writeln!(
+        out,
+        "verdict latency: p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  (n={})",
+        l["p50_us"].as_f64().unwrap_or(0.0),
+        l["p99_us"].as_f64().unwrap_or(0.0),
+        l["p999_us"].as_f64().unwrap_or(0.0),
+        l["count"]
+    )?;
+    writeln!(
+        out,
+        "events: written {}  dropped {}",
+        d["events_written"], d["events_dropped"]
+    )?;
+    for sink in d["sinks"].as_array().into_iter().flatten() {
+        writeln!(out, "{}", sink_line(sink))?;
+    }
+    for section in ["flows", "pipeline", "kernel"] {
+        if let Some(map) = d[section].as_object() {
+            for (k, v) in map {
+                writeln!(out, "{section:<9} {k:<24} {v}")?;
             }
         }
-    });
+    }
     Ok(())
 }
 
@@ -104,8 +139,7 @@ pub fn mode(client: &ClientArgs, mode: Mode) -> anyhow::Result<()> {
             mode: mode.as_str().into(),
         },
     )?;
-    print(client, &data, |_| println!("mode set to {mode}"));
-    Ok(())
+    print(client, &data, &|out, _| writeln!(out, "mode set to {mode}"))
 }
 
 /// `nprot indicator …`.
@@ -134,40 +168,27 @@ pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
             }
             let json = json!({ "indicators": [ind] }).to_string();
             let data = send(&client, &Request::IndicatorAdd { json })?;
-            print(&client, &data, report_added);
+            print(&client, &data, &report_added)
         }
         IndicatorCommand::Remove { ids, client } => {
             let data = send(&client, &Request::IndicatorRemove { ids })?;
-            print(&client, &data, |d| {
-                println!("removed {}", d["removed"]);
+            print(&client, &data, &|out, d| {
+                writeln!(out, "removed {}", d["removed"])?;
                 for id in d["not_found"].as_array().into_iter().flatten() {
-                    println!("not found: {id}");
+                    writeln!(out, "not found: {id}")?;
                 }
-            });
+                Ok(())
+            })
         }
         IndicatorCommand::List(client) => {
             let data = send(&client, &Request::IndicatorList)?;
-            print(&client, &data, |d| {
-                println!(
-                    "{:<24} {:<11} {:<8} {:<40} TITLE",
-                    "ID", "TYPE", "ACTION", "VALUE"
-                );
-                for i in d["indicators"].as_array().into_iter().flatten() {
-                    let f = |k: &str| i[k].as_str().unwrap_or("").to_owned();
-                    println!(
-                        "{:<24} {:<11} {:<8} {:<40} {}",
-                        f("id"),
-                        f("type"),
-                        f("action"),
-                        f("value"),
-                        f("title")
-                    );
-                }
-            });
+            print(&client, &data, &human_list)
         }
         IndicatorCommand::Export(client) => {
             let data = send(&client, &Request::IndicatorList)?;
-            println!("{}", serde_json::to_string_pretty(&data)?);
+            // Always the file format, whatever `--json` says.
+            let text = serde_json::to_string_pretty(&data)?;
+            emit(&mut io::stdout().lock(), |out| writeln!(out, "{text}"))
         }
         IndicatorCommand::Import {
             file,
@@ -193,8 +214,28 @@ pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
                     action: Some(list_action),
                 },
             )?;
-            print(&client, &data, report_added);
+            print(&client, &data, &report_added)
         }
+    }
+}
+
+fn human_list(out: &mut dyn Write, d: &Value) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:<11} {:<8} {:<40} TITLE",
+        "ID", "TYPE", "ACTION", "VALUE"
+    )?;
+    for i in d["indicators"].as_array().into_iter().flatten() {
+        let f = |k: &str| i[k].as_str().unwrap_or("");
+        writeln!(
+            out,
+            "{:<24} {:<11} {:<8} {:<40} {}",
+            f("id"),
+            f("type"),
+            f("action"),
+            f("value"),
+            f("title")
+        )?;
     }
     Ok(())
 }
@@ -209,14 +250,14 @@ pub fn bypass(client: &ClientArgs, target: &str, duration: &str) -> anyhow::Resu
             for_secs,
         },
     )?;
-    print(client, &data, |d| {
-        println!(
+    print(client, &data, &|out, d| {
+        writeln!(
+            out,
             "{target} allowed until {} (bypassing Warn indicator {})",
             d["until"].as_str().unwrap_or("?"),
             d["warned_by"].as_str().unwrap_or("?")
-        );
-    });
-    Ok(())
+        )
+    })
 }
 
 /// `90s`, `30m`, `24h`, `7d` or plain seconds.
@@ -240,17 +281,82 @@ fn parse_duration(text: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("duration '{text}' must be positive and not absurdly long"))
 }
 
-fn report_added(d: &Value) {
-    println!("added {}, replaced {}", d["added"], d["replaced"]);
-    for w in d["warnings"].as_array().into_iter().flatten() {
-        println!("warning: {}", w.as_str().unwrap_or_default());
+fn report_added(out: &mut dyn Write, d: &Value) -> io::Result<()> {
+    writeln!(out, "added {}, replaced {}", d["added"], d["replaced"])?;
+    // Replacing an existing run-time indicator is said by id, never silently.
+    for id in d["replaced_ids"].as_array().into_iter().flatten() {
+        writeln!(out, "replaced: {}", id.as_str().unwrap_or_default())?;
     }
+    for w in d["warnings"].as_array().into_iter().flatten() {
+        writeln!(out, "warning: {}", w.as_str().unwrap_or_default())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration, sink_line};
+    use std::io::{self, Write};
+
+    use super::{
+        Human, emit, human_list, human_stats, human_status, parse_duration, report_added, sink_line,
+    };
     use serde_json::json;
+
+    /// A writer that fails every write with `kind`, counting the attempts.
+    struct Failing(io::ErrorKind, usize);
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            self.1 += 1;
+            Err(self.0.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Issue 11: `nprot status | head -0` panicked. A closed reader ends every
+    /// command's output quietly, after one failed write; other errors are errors.
+    #[test]
+    fn a_closed_stdout_ends_the_output_without_an_error() {
+        let data = json!({"mode": "Block", "interfaces": [{"name": "eth0", "attach": "tcx"}],
+            "verdict_latency": {"count": 1}, "sinks": [{"sink": "stdout", "dropped": 0}],
+            "pipeline": {"flows": 1}, "indicators": [{"id": "a", "type": "DomainName"}],
+            "added": 1, "replaced": 1, "replaced_ids": ["a"], "warnings": ["w"]});
+        let renderers: [(&str, Human<'_>); 4] = [
+            ("status", &human_status),
+            ("stats", &human_stats),
+            ("list", &human_list),
+            ("added", &report_added),
+        ];
+        for (name, human) in renderers {
+            let mut text = Vec::new();
+            emit(&mut text, |out| human(out, &data)).unwrap();
+            assert!(!text.is_empty(), "{name}");
+
+            let mut closed = Failing(io::ErrorKind::BrokenPipe, 0);
+            emit(&mut closed, |out| human(out, &data)).unwrap();
+            assert_eq!(closed.1, 1, "{name} went on writing after EPIPE");
+
+            let mut full = Failing(io::ErrorKind::StorageFull, 0);
+            let e = emit(&mut full, |out| human(out, &data)).unwrap_err();
+            assert!(
+                format!("{e:#}").starts_with("cannot write to standard output: "),
+                "{name}: {e:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn replaced_indicators_are_named() {
+        let mut text = Vec::new();
+        let d = json!({"added": 1, "replaced": 2, "replaced_ids": ["a", "b"], "warnings": []});
+        report_added(&mut text, &d).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "added 1, replaced 2\nreplaced: a\nreplaced: b\n"
+        );
+    }
 
     #[test]
     fn sink_lines_show_drops_and_own_counters() {

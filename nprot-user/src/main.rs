@@ -1,6 +1,6 @@
 //! The `nprot` binary.
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 use nprot::{
@@ -36,8 +36,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line naming what went wrong and why.
-            eprintln!("nprot: error: {e:#}");
+            // One line naming what went wrong and why. `eprintln!` would panic on a
+            // closed stderr; then there is nobody left to tell.
+            let _ = writeln!(std::io::stderr(), "nprot: error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -3,16 +3,19 @@
 //! unprivileged account.
 
 use std::{
-    os::unix::net::UnixDatagram,
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::net::UnixDatagram,
+    },
     path::Path,
-    process::Output,
+    process::{Output, Stdio},
     time::{Duration, Instant},
 };
 
 use nprot_tests::ClientServer;
 use nprot_tests::{
     CurlRun, Env,
-    indicators::indicator,
+    indicators::{indicator, write_file},
     process::signal,
     sensor::{READY_TIMEOUT, control_socket_for, sensor_binary},
 };
@@ -265,6 +268,45 @@ fn defender_csv_import_is_all_or_nothing() {
     assert_reset(&env, &curl_bad(&env));
 }
 
+/// Issue 11: the same value in two device groups (a Defender CSV without ids) is two
+/// indicators with two ids over the socket too, and the export loads as a file.
+#[test]
+fn csv_import_keeps_one_value_in_two_groups_apart() {
+    let groups = ["--device-group", "GroupA", "--device-group", "GroupB"];
+    let env = Env::start_enforcing("block", &[], &groups).expect("env");
+    let sock = socket(&env);
+    let csv = env.dir().join("groups.csv");
+    std::fs::write(
+        &csv,
+        "IndicatorType,IndicatorValue,Action,RbacGroups\n\
+         DomainName,bad.example,Block,GroupA\n\
+         DomainName,bad.example,Block,GroupB\n",
+    )
+    .expect("write");
+    let added = nprot_ok(&sock, &["indicator", "import", &csv.to_string_lossy()]);
+    assert!(added.starts_with("added 2, replaced 0"), "{added}");
+    let export = nprot_ok(&sock, &["indicator", "export"]);
+    let loaded = nprot::policy::load_json(&export)
+        .unwrap_or_else(|e| panic!("the export does not load: {e}\n{export}"));
+    let rows: Vec<_> = loaded
+        .indicators
+        .iter()
+        .map(|r| {
+            (
+                r.id().to_owned(),
+                r.value().to_owned(),
+                r.device_groups().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_ne!(rows[0].0, rows[1].0, "{rows:?}");
+    assert_eq!(
+        (rows[0].2.as_slice(), rows[1].2.as_slice()),
+        (&["GroupA".to_owned()][..], &["GroupB".to_owned()][..])
+    );
+}
+
 /// A sensor configured by file alone: mode and a plain-list indicator file from the TOML.
 #[test]
 fn config_file_sets_mode_and_indicator_lists() {
@@ -442,4 +484,165 @@ fn sd_notify_without_watchdog_sends_no_pings() {
         Ok((msg, _)) => panic!("watchdog ping without WATCHDOG_USEC: {msg:?}"),
         Err(seen) => assert!(seen.is_empty(), "{seen:?}"),
     }
+}
+
+/// A pipe whose read end is already closed, as `nprot status | head -0` leaves stdout.
+fn closed_pipe() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array.
+    assert_eq!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        0,
+        "pipe2: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: both descriptors are new and owned by nothing else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Stdio::from(write)
+}
+
+/// Issue 11: every command that prints, with a closed stdout, ends quietly with exit 0
+/// (docs/decisions.md) instead of panicking with 101 "failed printing to stdout".
+#[test]
+fn printing_commands_end_quietly_on_a_closed_stdout() {
+    let env = Env::start_enforcing(
+        "audit",
+        &[indicator("w", "DomainName", "warn.example", "Warn")],
+        &[],
+    )
+    .expect("env");
+    let sock = socket(&env);
+    let import = write_file(
+        env.dir(),
+        "import.json",
+        &[indicator(
+            "pipe-2",
+            "DomainName",
+            "imported.example",
+            "Block",
+        )],
+    )
+    .expect("write the import file");
+    let import = import.to_string_lossy().into_owned();
+    let add = [
+        "indicator",
+        "add",
+        "--type",
+        "DomainName",
+        "--value",
+        "added.example",
+        "--action",
+        "Block",
+        "--id",
+        "pipe-1",
+    ];
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["stats"],
+        vec!["stats", "--json"],
+        vec!["mode", "audit"],
+        vec!["mode", "audit", "--json"],
+        add.to_vec(),
+        [&add[..], &["--json"]].concat(),
+        vec!["indicator", "list"],
+        vec!["indicator", "list", "--json"],
+        vec!["indicator", "export"],
+        vec!["indicator", "import", &import],
+        vec!["bypass", "warn.example", "--for", "1h"],
+        vec!["indicator", "remove", "pipe-2"],
+    ];
+    for args in &commands {
+        let bin = sensor_binary().expect("sensor binary");
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--socket")
+            .arg(&sock)
+            .stdout(closed_pipe())
+            .output()
+            .expect("run nprot");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "nprot {args:?}: {err}");
+        assert!(!err.contains("panicked"), "nprot {args:?}: {err}");
+        assert!(
+            out.status.success() && err.is_empty(),
+            "nprot {args:?} should end quietly with 0: {}: {err}",
+            out.status
+        );
+    }
+    // `nprot replay` prints events, not answers: a capture with one HTTP flow.
+    let capture = env.dir().join("one-flow.pcap");
+    std::fs::write(&capture, one_http_flow_pcap()).expect("write the capture");
+    let out = std::process::Command::new(sensor_binary().expect("sensor binary"))
+        .arg("replay")
+        .arg(&capture)
+        .stdout(closed_pipe())
+        .output()
+        .expect("run nprot replay");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("panicked") && !err.contains("error"),
+        "nprot replay should end quietly with 0: {}: {err}",
+        out.status
+    );
+    assert!(err.contains("1 flows"), "{err}");
+
+    // The commands did their work; only their output went nowhere.
+    let list = nprot_ok(&sock, &["indicator", "list"]);
+    assert!(
+        list.contains("pipe-1") && !list.contains("pipe-2") && list.contains("bypass:"),
+        "{list}"
+    );
+}
+
+/// A classic pcap (raw IPv4) of one HTTP flow: handshake, request, response.
+fn one_http_flow_pcap() -> Vec<u8> {
+    fn packet(from_client: bool, seq: u32, ack: u32, flags: u8, data: &[u8]) -> Vec<u8> {
+        let (c, s) = ([198, 18, 9, 1], [198, 18, 9, 2]);
+        let (src, dst, sport, dport) = if from_client {
+            (c, s, 41001u16, 80u16)
+        } else {
+            (s, c, 80, 41001)
+        };
+        let mut p = vec![0x45, 0];
+        p.extend_from_slice(&(40 + data.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 1, 0, 0, 64, 6, 0, 0]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&dport.to_be_bytes());
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ack.to_be_bytes());
+        p.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        p.extend_from_slice(data);
+        p
+    }
+    let request = b"GET /x HTTP/1.1\r\nHost: good.example\r\n\r\n";
+    let packets = [
+        packet(true, 100, 0, 0x02, b""),
+        packet(false, 500, 101, 0x12, b""),
+        packet(true, 101, 501, 0x10, b""),
+        packet(true, 101, 501, 0x18, request),
+        packet(
+            false,
+            501,
+            101 + request.len() as u32,
+            0x18,
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        ),
+    ];
+    // Header: magic, version 2.4, zone, sigfigs, snaplen, link type 101 (raw IP).
+    let mut file = Vec::new();
+    for word in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65_535, 101] {
+        file.extend_from_slice(&word.to_le_bytes());
+    }
+    for (i, p) in packets.iter().enumerate() {
+        let len = p.len() as u32;
+        for word in [1_795_000_000, i as u32, len, len] {
+            file.extend_from_slice(&word.to_le_bytes());
+        }
+        file.extend_from_slice(p);
+    }
+    file
 }

@@ -22,8 +22,8 @@ use std::{
 
 use super::{
     indicator::{
-        Action, Indicator, IndicatorError, IndicatorType, Indicators, Loaded, Severity, Target,
-        clip, load_file,
+        Action, Indicator, IndicatorError, IndicatorRef, IndicatorType, Indicators, Loaded,
+        Severity, Target, clip, group_key, load_file,
     },
     rfc3339,
 };
@@ -47,18 +47,6 @@ fn reason_of(e: IndicatorError) -> String {
         IndicatorError::Invalid { reason, .. } => reason,
         other => other.to_string(),
     }
-}
-
-/// Device groups as compared for duplicates: trimmed, lower case, sorted, unique.
-fn group_key(groups: &[String]) -> Vec<String> {
-    let mut g: Vec<String> = groups
-        .iter()
-        .map(|g| g.trim().to_ascii_lowercase())
-        .filter(|g| !g.is_empty())
-        .collect();
-    g.sort_unstable();
-    g.dedup();
-    g
 }
 
 fn target_hash(target: &Target, groups: &[String]) -> u64 {
@@ -200,16 +188,34 @@ impl Import {
     }
 
     fn finish(mut self) -> Result<Loaded, IndicatorError> {
+        self.dropped.sort_unstable();
+        let dropped =
+            |r: &IndicatorRef<'_>| self.dropped.binary_search(&(r.index() as u32)).is_ok();
+        // Derived ids differ between the rows kept (they hash what makes rows distinct),
+        // but an explicit id may be spelt like another row's derived one, and an export
+        // of such a set could not be loaded again.
+        if let Some((r, &other)) = self
+            .set
+            .iter()
+            .filter(|r| r.id_is_derived() && !dropped(r))
+            .find_map(|r| Some((r, self.ids.get(r.id())?)))
+        {
+            return Err(line_error(
+                self.lines[other as usize] as usize,
+                Some("IndicatorId"),
+                format!(
+                    "duplicate id {:?}: also the id derived for line {}",
+                    clip(r.id()),
+                    self.lines[r.index()]
+                ),
+            ));
+        }
         let indicators = if self.dropped.is_empty() {
             self.set
         } else {
             // Rare (a conflict won by a later row): copy the set without the losers.
-            self.dropped.sort_unstable();
             let mut set = Indicators::new();
-            for r in self.set.iter() {
-                if self.dropped.binary_search(&(r.index() as u32)).is_ok() {
-                    continue;
-                }
+            for r in self.set.iter().filter(|r| !dropped(r)) {
                 let mut ind = r.to_indicator();
                 if r.id_is_derived() {
                     ind.id.clear();
@@ -884,6 +890,7 @@ pub fn load_any(path: &Path, list_action: Action) -> Result<Loaded, IndicatorErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::load_json;
 
     const HEADER: &str = "IndicatorType,IndicatorValue,ExpirationTime,Action,Severity,Title,Description,RecommendedActions,RbacGroups,Category,MitreTechniques,GenerateAlert";
 
@@ -942,7 +949,10 @@ mod tests {
         assert_eq!(d.description.as_deref(), Some("Line one\r\nline \"two\""));
         assert_eq!(d.device_groups, ["grp1", "grp2", "grp3"]);
         assert!(d.generate_alert);
-        assert_eq!(d.id, super::super::derived_id(&d.target));
+        assert_eq!(
+            d.id,
+            super::super::derived_id(&d.target, d.action, &d.device_groups, None)
+        );
         assert!(l.indicators.get(0).unwrap().id_is_derived());
 
         let ip = &v[1];
@@ -1186,6 +1196,54 @@ mod tests {
             e,
             "not a valid indicator file: line 3, column IndicatorId: duplicate id \"x\": also the id on line 2"
         );
+    }
+
+    #[test]
+    fn csv_explicit_id_spelt_like_a_derived_one() {
+        let derived = load_defender_csv(&csv(&["DomainName,a.example,,Block,,,,,,,,"])).unwrap();
+        let derived = derived.indicators.get(0).unwrap().id().to_owned();
+        let e = csv_err(&format!(
+            "IndicatorType,IndicatorValue,Action,IndicatorId\n\
+             DomainName,a.example,Block,\n\
+             DomainName,b.example,Block,{derived}\n"
+        ));
+        assert_eq!(
+            e,
+            format!(
+                "not a valid indicator file: line 3, column IndicatorId: duplicate id \"{derived}\": also the id derived for line 2"
+            )
+        );
+    }
+
+    /// Issue 11: the same value in two device groups, without ids, is two indicators
+    /// with two ids, and the export of the set loads back as itself.
+    #[test]
+    fn csv_same_value_in_two_groups_round_trips_through_export() {
+        let l = load_defender_csv(&csv(&[
+            "DomainName,bad.example,,Block,,For group A,,,GroupA,,,",
+            "DomainName,bad.example,,Block,,For group B,,,GroupB,,,",
+            "DomainName,bad.example,2099-01-01T00:00:00Z,Audit,High,Everywhere,,,,,,TRUE",
+            "Url,http://bad.example/x,,Warn,,Both,,,\"GroupA;GroupB\",,,",
+        ]))
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let ids: Vec<&str> = l.indicators.iter().map(|r| r.id()).collect();
+        assert_eq!(ids.len(), 4);
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 4, "{ids:?}");
+
+        let export = serde_json::to_string_pretty(&l.indicators).unwrap();
+        let back = load_json(&export).unwrap();
+        assert!(back.warnings.is_empty(), "{:?}", back.warnings);
+        assert_eq!(all(&back), all(&l));
+        assert_eq!(
+            serde_json::to_string_pretty(&back.indicators).unwrap(),
+            export
+        );
+        // The ids are kept as given from then on.
+        assert!(back.indicators.iter().all(|r| !r.id_is_derived()));
     }
 
     #[test]

@@ -599,23 +599,59 @@ impl fmt::Write for Fnv {
     }
 }
 
-/// FNV-1a 64 of `"<type>:<canonical value>"` (followed by `" process=<process>"` for a
-/// process-scoped indicator), the basis of derived ids.
-fn derived_hash(target: &ParsedTarget<'_>, process: Option<&str>) -> u64 {
+/// Device groups as they count for an indicator's identity: trimmed, ASCII lower case
+/// (groups match case-insensitively), without empty names, sorted, unique.
+pub(crate) fn group_key<S: AsRef<str>>(groups: &[S]) -> Vec<String> {
+    let mut g: Vec<String> = groups
+        .iter()
+        .map(|g| g.as_ref().trim().to_ascii_lowercase())
+        .filter(|g| !g.is_empty())
+        .collect();
+    g.sort_unstable();
+    g.dedup();
+    g
+}
+
+/// FNV-1a 64 of everything that makes an indicator's rule distinct, the basis of derived
+/// ids: `"<type>:<canonical value> action=<action>"`, then ` group=<bytes>:<name>` for
+/// each device group (as [`group_key`] gives them; the length keeps names containing
+/// separators apart), then ` process=<process>` for a process-scoped indicator.
+/// Title, description, severity, alerting and expiration are left out: they describe
+/// the rule rather than make another one, and a renewed expiry keeps the id.
+fn derived_hash<S: AsRef<str>>(
+    target: &ParsedTarget<'_>,
+    action: Action,
+    device_groups: &[S],
+    process: Option<&str>,
+) -> u64 {
     let mut h = Fnv(FNV_OFFSET);
-    // Writing into Fnv cannot fail.
-    let _ = write!(h, "{}:{}", target.kind(), target);
+    // Writing into Fnv cannot fail. Canonical values hold no spaces, so the parts
+    // cannot run into each other.
+    let _ = write!(h, "{}:{} action={action}", target.kind(), target);
+    for g in group_key(device_groups) {
+        let _ = write!(h, " group={}:{g}", g.len());
+    }
     if let Some(p) = process {
-        let _ = write!(h, " process={p}");
+        let _ = write!(h, " process={}", p.trim());
     }
     h.0
 }
 
-/// The id given to an indicator that has none: `ind-` and 16 hex digits of the FNV-1a 64
-/// hash of `"<type>:<canonical value>"`, so the same indicator keeps its id across
-/// reloads, and spellings that mean the same (`Example.COM.`, `*.example.com`) share it.
-pub fn derived_id(target: &Target) -> String {
-    format!("ind-{:016x}", derived_hash(&target.as_parsed(), None))
+/// The id given to an indicator that has none: `ind-` and 16 hex digits of a hash of
+/// its type, canonical value, action, device groups and process scope (see
+/// `derived_hash`), so the same indicator keeps its id across reloads, spellings that
+/// mean the same (`Example.COM.`, `*.example.com`) share it, and two rows that differ
+/// in any of those never do.
+pub fn derived_id<S: AsRef<str>>(
+    target: &Target,
+    action: Action,
+    device_groups: &[S],
+    process: Option<&str>,
+) -> String {
+    format!(
+        "ind-{:016x}",
+        derived_hash(&target.as_parsed(), action, device_groups, process)
+    )
 }
 
 /// Longest `process` scope accepted (a Linux path).
@@ -678,7 +714,9 @@ pub struct Indicator {
 }
 
 impl Indicator {
-    /// A new indicator with a derived id and no optional fields.
+    /// A new indicator with a derived id and no optional fields. Set `id` to "" after
+    /// giving it device groups or a process scope, so that [`Indicators::push`] derives
+    /// the id from those too.
     pub fn new(
         kind: IndicatorType,
         value: &str,
@@ -694,7 +732,7 @@ impl Indicator {
         }
         let target = Target::parse(kind, value).map_err(invalid)?;
         Ok(Indicator {
-            id: derived_id(&target),
+            id: derived_id::<&str>(&target, action, &[], None),
             kind,
             value: value.to_string(),
             target,
@@ -1008,7 +1046,7 @@ impl Indicators {
                 let _ = write!(
                     self.text,
                     "ind-{:016x}",
-                    derived_hash(p.target, p.process.map(str::trim))
+                    derived_hash(p.target, p.action, p.device_groups, p.process)
                 );
                 20
             }
@@ -1695,8 +1733,10 @@ impl Builder {
         {
             let mut reason = format!("duplicate id: also the id of indicator #{}", first + 1);
             if r.id_is_derived() {
-                reason
-                    .push_str(" (same type and value; give each an explicit id if both are meant)");
+                reason.push_str(
+                    " (same type, value, action, device groups and process: the same \
+                     indicator twice; give each an explicit id if both are meant)",
+                );
             }
             return Err(IndicatorError::Entry {
                 index: later as usize + 1,
@@ -1931,17 +1971,62 @@ mod tests {
 
     #[test]
     fn derived_ids_are_stable_and_spelling_independent() {
-        let a =
-            load(&[r#"{"type":"DomainName","value":"*.Example.com.","action":"Block"}"#]).unwrap();
-        let b =
-            load(&[r#"{"type":"DomainName","value":"example.com","action":"Allowed"}"#]).unwrap();
-        let ida = a.indicators.get(0).unwrap().id().to_string();
-        assert_eq!(ida, b.indicators.get(0).unwrap().id());
-        assert_eq!(ida, derived_id(&Target::Domain("example.com".into())));
-        // FNV-1a 64 of "DomainName:example.com".
+        let id = |entry: &str| {
+            load(&[entry])
+                .unwrap()
+                .indicators
+                .get(0)
+                .unwrap()
+                .id()
+                .to_owned()
+        };
+        let ida = id(r#"{"type":"DomainName","value":"*.Example.com.","action":"Block"}"#);
+        assert_eq!(
+            ida,
+            id(r#"{"type":"DomainName","value":"example.com","action":"Block","title":"t"}"#)
+        );
+        assert_eq!(
+            ida,
+            derived_id::<&str>(
+                &Target::Domain("example.com".into()),
+                Action::Block,
+                &[],
+                None
+            )
+        );
+        // FNV-1a 64 of "DomainName:example.com action=Block".
         let mut h = Fnv(FNV_OFFSET);
-        h.write_str("DomainName:example.com").unwrap();
+        h.write_str("DomainName:example.com action=Block").unwrap();
         assert_eq!(ida, format!("ind-{:016x}", h.0));
+        // Groups count as a set, case-insensitively; renewing an expiry keeps the id.
+        let grouped = id(
+            r#"{"type":"DomainName","value":"example.com","action":"Block","device_groups":["B"," a","b"]}"#,
+        );
+        let mut h = Fnv(FNV_OFFSET);
+        h.write_str("DomainName:example.com action=Block group=1:a group=1:b")
+            .unwrap();
+        assert_eq!(grouped, format!("ind-{:016x}", h.0));
+        assert_eq!(
+            ida,
+            id(
+                r#"{"type":"DomainName","value":"example.com","action":"Block","expiration":"2099-01-01T00:00:00Z"}"#
+            )
+        );
+        // Whatever makes another rule makes another id.
+        let others = [
+            r#"{"type":"DomainName","value":"example.com","action":"Allowed"}"#,
+            r#"{"type":"DomainName","value":"example.org","action":"Block"}"#,
+            r#"{"type":"Url","value":"http://example.com/","action":"Block"}"#,
+            r#"{"type":"DomainName","value":"example.com","action":"Block","device_groups":["a"]}"#,
+            r#"{"type":"DomainName","value":"example.com","action":"Block","device_groups":["a,b"]}"#,
+            r#"{"type":"DomainName","value":"example.com","action":"Block","process":"curl"}"#,
+        ];
+        let mut ids: Vec<String> = others.iter().map(|e| id(e)).collect();
+        ids.extend([ida, grouped]);
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "{ids:?}");
     }
 
     #[test]
@@ -2106,13 +2191,20 @@ mod tests {
         let e = load_err(&[
             OK,
             r#"{"type":"DomainName","value":"x.example","action":"Block"}"#,
-            r#"{"type":"DomainName","value":"*.X.example","action":"Allowed"}"#,
+            r#"{"type":"DomainName","value":"*.X.example","action":"Block","title":"again"}"#,
         ]);
         assert!(e.starts_with("indicator #3 (id \"ind-"), "{e}");
         assert!(
-            e.contains("duplicate id: also the id of indicator #2 (same type and value"),
+            e.contains("duplicate id: also the id of indicator #2 (same type, value, action"),
             "{e}"
         );
+        // Without ids, another action or device group is another indicator.
+        load(&[
+            r#"{"type":"DomainName","value":"x.example","action":"Block"}"#,
+            r#"{"type":"DomainName","value":"x.example","action":"Allowed"}"#,
+            r#"{"type":"DomainName","value":"x.example","action":"Block","device_groups":["g"]}"#,
+        ])
+        .unwrap();
         // Same value, distinct explicit ids: fine.
         load(&[
             r#"{"id":"p","type":"DomainName","value":"x.example","action":"Block"}"#,

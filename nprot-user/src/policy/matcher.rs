@@ -1023,12 +1023,13 @@ mod tests {
             {"type":"DomainName","value":"a.test","action":"Block"}]}"#;
         let loaded = load_json(text).unwrap();
         let set = &loaded.indicators;
-        let plain = crate::policy::indicator::derived_id(&set.get(2).unwrap().target());
-        assert_eq!(
-            set.get(2).unwrap().id(),
-            plain,
-            "unscoped ids do not change"
+        let plain = crate::policy::indicator::derived_id::<&str>(
+            &set.get(2).unwrap().target(),
+            Action::Block,
+            &[],
+            None,
         );
+        assert_eq!(set.get(2).unwrap().id(), plain);
         assert_ne!(set.get(0).unwrap().id(), set.get(1).unwrap().id());
         // Round trip through export.
         let again = load_json(&serde_json::to_string(set).unwrap()).unwrap();

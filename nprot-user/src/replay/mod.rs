@@ -23,7 +23,7 @@ pub mod tracker;
 use std::{
     fmt,
     fs::File,
-    io::{self, BufReader, Read},
+    io::{self, BufReader, Read, Write},
     path::PathBuf,
     sync::Arc,
     time::{Duration, UNIX_EPOCH},
@@ -40,10 +40,7 @@ use self::{
     tracker::{Tracker, TrackerConfig, TrackerStats},
 };
 use crate::{
-    events::{
-        Clock, Event, EventFactory,
-        sink::{Fanout, StdoutSink},
-    },
+    events::{Clock, Event, EventFactory},
     pipeline::{Pipeline, PipelineStats},
     policy::{Policy, indicator},
     verdict::Mode,
@@ -112,9 +109,13 @@ pub enum ReplayError {
     /// The capture file is unreadable from some point on.
     #[error(transparent)]
     File(#[from] CaptureFileError),
-    /// Standard output is gone (e.g. the reader of a pipe quit).
+    /// Events could not be written.
     #[error("cannot write events to standard output")]
-    Output,
+    Output(#[source] io::Error),
+    /// The reader of standard output went away (`nprot replay f | head -1`): the end
+    /// of the output, which [`run`] takes as success.
+    #[error("standard output was closed")]
+    OutputClosed,
 }
 
 /// The tracker and the pipeline, fed frame by frame.
@@ -150,7 +151,8 @@ impl Replay {
         if frame.ts_ns >= self.next_housekeeping_ns {
             self.pipeline
                 .expire(frame.ts_ns, STREAM_IDLE.as_nanos() as u64);
-            self.next_housekeeping_ns = frame.ts_ns + HOUSEKEEPING.as_nanos() as u64;
+            // Saturating: a capture's times are input, up to u64::MAX ns (year 2554).
+            self.next_housekeeping_ns = frame.ts_ns.saturating_add(HOUSEKEEPING.as_nanos() as u64);
         }
         for rec in self.tracker.on_segment(&seg, frame.ts_ns) {
             self.pipeline.on_record(&rec, &mut self.tracker);
@@ -202,6 +204,7 @@ impl Replay {
 }
 
 /// `nprot replay`: prints the events of `opts.file` on stdout and a summary on stderr.
+/// A closed stdout ends the replay early, successfully (docs/decisions.md).
 pub fn run(opts: &ReplayOptions) -> anyhow::Result<()> {
     let policy = Arc::new(load_policy(opts)?);
     let stdin = opts.file.as_os_str() == "-";
@@ -215,23 +218,75 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<()> {
     };
     let factory = EventFactory::for_this_host_with(Clock::anchored(UNIX_EPOCH));
     let mut replay = Replay::new(factory, policy, opts.mode);
-    let mut fanout = Fanout::new(vec![Box::new(StdoutSink)]);
+    let mut out = EventWriter::new(io::stdout().lock());
     let result = replay.run(BufReader::with_capacity(1 << 18, input), |events| {
-        fanout.publish(events);
-        if fanout.dropped() > 0 {
-            return Err(ReplayError::Output);
-        }
-        Ok(())
+        out.write(events)
     });
     let summary = Summary {
-        events: fanout.written - fanout.dropped(),
+        events: out.written,
         ..replay.summary()
     };
-    eprintln!("{summary}");
-    result.with_context(|| match stdin {
-        true => "replaying standard input".to_owned(),
-        false => format!("replaying {}", opts.file.display()),
-    })
+    // `eprintln!` would panic on a closed stderr; the summary is not worth that.
+    let _ = writeln!(io::stderr(), "{summary}");
+    match result {
+        Err(ReplayError::OutputClosed) => Ok(()),
+        result => result.with_context(|| match stdin {
+            true => "replaying standard input".to_owned(),
+            false => format!("replaying {}", opts.file.display()),
+        }),
+    }
+}
+
+/// Writes batches of events as JSON lines, one write per batch, as the daemon's sinks
+/// do; counts the events that were written.
+struct EventWriter<W> {
+    out: W,
+    buf: Vec<u8>,
+    /// Events written so far.
+    written: u64,
+}
+
+impl<W: Write> EventWriter<W> {
+    fn new(out: W) -> EventWriter<W> {
+        EventWriter {
+            out,
+            buf: Vec::with_capacity(64 * 1024),
+            written: 0,
+        }
+    }
+
+    /// Writes `events` and drains them. A closed reader is [`ReplayError::OutputClosed`]
+    /// (told by the error kind, EPIPE), any other failure [`ReplayError::Output`].
+    fn write(&mut self, events: &mut Vec<Event>) -> Result<(), ReplayError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        let mut n = 0;
+        for event in events.drain(..) {
+            let start = self.buf.len();
+            // Serialising our own plain types cannot fail; if it did, that event is
+            // left out whole rather than ending the replay.
+            if serde_json::to_writer(&mut self.buf, &event).is_ok() {
+                self.buf.push(b'\n');
+                n += 1;
+            } else {
+                self.buf.truncate(start);
+            }
+        }
+        match self
+            .out
+            .write_all(&self.buf)
+            .and_then(|()| self.out.flush())
+        {
+            Ok(()) => {
+                self.written += n;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(ReplayError::OutputClosed),
+            Err(e) => Err(ReplayError::Output(e)),
+        }
+    }
 }
 
 /// Loads the indicator file, or an empty policy without one (as the daemon does).
@@ -465,6 +520,101 @@ mod tests {
             line.starts_with("nprot replay: 2 packets (0 TCP), 0 flows, 0 events"),
             "{line}"
         );
+    }
+
+    /// Issue 11: a pcapng whose `if_tsoffset` saturated the time to u64::MAX panicked
+    /// replay's housekeeping in builds with overflow checks (and wrapped it in release).
+    /// Such an offset is now an error at its first packet; the latest time that fits
+    /// (u64::MAX ns, no offset) replays normally.
+    #[test]
+    fn extreme_pcapng_times_neither_panic_nor_wrap() {
+        let packets = traffic(false, "bad.example");
+        let o = Order::Le;
+        let mut file = shb(o);
+        file.extend(idb(o, 101, Some(9), Some(i64::MAX)));
+        let first = file.len();
+        for p in &packets {
+            file.extend(epb(o, 0, 1, p));
+        }
+        let (events, summary, result) = replay_bytes(&file, Mode::Block);
+        let e = result.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "corrupt pcapng block at offset {first}: timestamp out of range"
+            )),
+            "{e}"
+        );
+        assert!(events.is_empty());
+        assert_eq!(summary.packets, 0);
+
+        let mut file = shb(o);
+        file.extend(idb(o, 101, Some(9), None));
+        for p in &packets {
+            file.extend(epb(o, 0, u64::MAX, p));
+        }
+        let (events, _, result) = replay_bytes(&file, Mode::Block);
+        result.unwrap();
+        assert_eq!(summary_of(&events), expected("bad.example", true));
+        assert_eq!(events[0]["Timestamp"], "2554-07-21T23:34:33.709551Z");
+    }
+
+    /// A writer that fails every write with `kind`.
+    struct Failing(io::ErrorKind);
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(self.0.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn some_events() -> Vec<Event> {
+        let packets = traffic(false, "bad.example");
+        let records: Vec<(u32, u32, &[u8])> =
+            packets.iter().map(|p| (T, 0, p.as_slice())).collect();
+        let policy = Policy::new(indicator::Indicators::new(), &[]);
+        let factory = EventFactory::new("host", "id", Clock::anchored(UNIX_EPOCH));
+        let mut replay = Replay::new(factory, Arc::new(policy), Mode::Audit);
+        let mut all = Vec::new();
+        replay
+            .run(&pcap(Order::Le, false, 101, &records)[..], |events| {
+                all.append(events);
+                Ok(())
+            })
+            .unwrap();
+        assert!(!all.is_empty());
+        all
+    }
+
+    /// `nprot replay f | head -1`: a closed stdout ends the output (`run` exits 0),
+    /// told from other write errors by its kind.
+    #[test]
+    fn a_closed_stdout_ends_the_output_and_other_errors_fail() {
+        let mut events = some_events();
+        let n = events.len() as u64;
+        let mut out = EventWriter::new(Vec::new());
+        out.write(&mut events.clone()).unwrap();
+        assert_eq!(out.written, n);
+        let lines: Vec<Value> = out
+            .out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len() as u64, n);
+
+        let mut closed = EventWriter::new(Failing(io::ErrorKind::BrokenPipe));
+        assert!(matches!(
+            closed.write(&mut events.clone()),
+            Err(ReplayError::OutputClosed)
+        ));
+        assert_eq!(closed.written, 0);
+        let mut full = EventWriter::new(Failing(io::ErrorKind::StorageFull));
+        let e = full.write(&mut events).unwrap_err();
+        assert!(matches!(&e, ReplayError::Output(io) if io.kind() == io::ErrorKind::StorageFull));
+        assert!(events.is_empty(), "a batch is consumed either way");
     }
 
     #[test]

@@ -149,15 +149,36 @@ enum Resolution {
 }
 
 impl Resolution {
-    /// Nanoseconds of `units` of this resolution (saturating).
-    fn to_ns(self, units: u64) -> u64 {
-        let ns = match self {
+    /// Nanoseconds of `units` of this resolution, exactly (rounded down): u128 holds
+    /// u64::MAX × 10^9 (n ≤ 19 and ≤ 63 are checked when the interface is read).
+    fn to_ns(self, units: u64) -> u128 {
+        match self {
             Resolution::Decimal(n) if n <= 9 => u128::from(units) * 10u128.pow(u32::from(9 - n)),
             Resolution::Decimal(n) => u128::from(units) / 10u128.pow(u32::from(n - 9)),
             Resolution::Binary(n) => (u128::from(units) * 1_000_000_000) >> n,
-        };
-        u64::try_from(ns).unwrap_or(u64::MAX)
+        }
     }
+}
+
+impl std::fmt::Display for Resolution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resolution::Decimal(n) => write!(f, "10^-{n} s"),
+            Resolution::Binary(n) => write!(f, "2^-{n} s"),
+        }
+    }
+}
+
+/// The time of a packet block: `units` of `resolution` plus `offset_s` seconds, in
+/// nanoseconds since the Unix epoch; 0 for a time before it (as [`Frame::ts_ns`] says),
+/// `None` past u64::MAX ns (2554-07-21), which no real capture reaches.
+fn block_time_ns(resolution: Resolution, offset_s: i64, units: u64) -> Option<u64> {
+    let ns = i128::try_from(resolution.to_ns(units)).ok()?;
+    let ns = ns.checked_add(i128::from(offset_s).checked_mul(1_000_000_000)?)?;
+    if ns < 0 {
+        return Some(0);
+    }
+    u64::try_from(ns).ok()
 }
 
 /// An interface of a pcapng section.
@@ -397,6 +418,7 @@ impl<R: Read> CaptureReader<R> {
         };
         Ok(Some(Frame {
             link,
+            // At most (2^32 - 1) × 10^9 + (2^32 - 1) × 10^3: cannot overflow.
             ts_ns: u64::from(secs) * 1_000_000_000 + frac_ns,
             data: &self.buf,
             orig_len,
@@ -666,11 +688,21 @@ impl<R: Read> CaptureReader<R> {
                 offset: start,
             })?;
         // Simple packet blocks carry no time: they sort at the epoch.
-        let ts_ns = ts.map_or(0, |units| {
-            let ns =
-                iface.resolution.to_ns(units) as i128 + i128::from(iface.offset_s) * 1_000_000_000;
-            u64::try_from(ns.max(0)).unwrap_or(u64::MAX)
-        });
+        let ts_ns = match ts {
+            None => 0,
+            Some(units) => {
+                block_time_ns(iface.resolution, iface.offset_s, units).ok_or_else(|| {
+                    Self::corrupt(
+                        start,
+                        format!(
+                            "timestamp out of range: {units} × {} plus if_tsoffset {} s of \
+                             interface {iface_id} is later than 2554-07-21",
+                            iface.resolution, iface.offset_s
+                        ),
+                    )
+                })?
+            }
+        };
         Ok(Some(PacketBlock {
             link,
             ts_ns,
@@ -978,6 +1010,45 @@ mod tests {
         assert_eq!(got[1].1, 103 * 1_000_000_000 + 500_000_000);
         assert_eq!(got[2].0, LinkType::LinuxSll2);
         assert_eq!(got[2].1, 1_500_000_000);
+    }
+
+    /// Issue 11: an `if_tsoffset` that takes the time past u64 nanoseconds is an error
+    /// naming the block, not a saturated (year 2554) or wrapped time; the extremes that
+    /// do fit are kept exactly, and times before the epoch are 0.
+    #[test]
+    fn pcapng_timestamps_out_of_range() {
+        let o = Order::Le;
+        let mut f = shb(o);
+        f.extend(idb(o, 101, Some(9), None));
+        f.extend(idb(o, 101, Some(0), Some(-5)));
+        f.extend(idb(o, 101, Some(0), Some(i64::MIN)));
+        f.extend(epb(o, 0, u64::MAX, b"a"));
+        f.extend(epb(o, 1, 3, b"b"));
+        f.extend(epb(o, 2, u32::MAX.into(), b"c"));
+        let got = frames(&f).unwrap();
+        assert_eq!(
+            got.iter().map(|g| g.1).collect::<Vec<_>>(),
+            [u64::MAX, 0, 0]
+        );
+
+        for (resol, offset, ts) in [
+            (9, Some(i64::MAX), 0),
+            (9, Some(1), u64::MAX),
+            (0, None, u64::MAX),
+            (0x80, Some(i64::MAX), u64::MAX),
+        ] {
+            let mut f = shb(o);
+            f.extend(idb(o, 101, Some(resol), offset));
+            let at = f.len();
+            f.extend(epb(o, 0, ts, b"x"));
+            let e = error(&f);
+            assert!(
+                e.starts_with(&format!(
+                    "corrupt pcapng block at offset {at}: timestamp out of range: "
+                )) && e.ends_with("is later than 2554-07-21"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
