@@ -282,7 +282,13 @@ fn parse_duration(text: &str) -> anyhow::Result<u64> {
 }
 
 fn report_added(out: &mut dyn Write, d: &Value) -> io::Result<()> {
-    writeln!(out, "added {}, replaced {}", d["added"], d["replaced"])?;
+    writeln!(
+        out,
+        "added {}, replaced {}, unchanged {}",
+        d["added"],
+        d["replaced"],
+        d["unchanged"].as_u64().unwrap_or(0)
+    )?;
     // Replacing an existing run-time indicator is said by id, never silently.
     for id in d["replaced_ids"].as_array().into_iter().flatten() {
         writeln!(out, "replaced: {}", id.as_str().unwrap_or_default())?;
@@ -354,7 +360,7 @@ mod tests {
         report_added(&mut text, &d).unwrap();
         assert_eq!(
             String::from_utf8(text).unwrap(),
-            "added 1, replaced 2\nreplaced: a\nreplaced: b\n"
+            "added 1, replaced 2, unchanged 0\nreplaced: a\nreplaced: b\n"
         );
     }
 

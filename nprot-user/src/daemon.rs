@@ -1,6 +1,7 @@
 //! The sensor daemon: capture → reassembly/parse → events, driven by one tokio task.
 
 use std::{
+    collections::{HashMap, HashSet},
     net::IpAddr,
     path::PathBuf,
     sync::Arc,
@@ -719,13 +720,57 @@ impl Daemon {
             other => return Err(format!("unknown indicator format '{other}'")),
         }
         .map_err(|e| e.to_string())?;
-        let indicators: Vec<_> = loaded.indicators.iter().map(|i| i.to_indicator()).collect();
-        let count = indicators.len();
+        let mut indicators: Vec<_> = loaded.indicators.iter().map(|i| i.to_indicator()).collect();
+        let from_files = self.claimed_by_files(&indicators)?;
+        indicators.retain(|i| !from_files.contains(&i.id));
         let mut next = self.state.clone();
-        let added = next.upsert(indicators);
+        let mut done = next.upsert(indicators);
+        done.unchanged += from_files.len();
         self.apply_state(next)?;
-        info!("{count} indicators added or replaced through the control socket");
-        Ok(json!({ "added": added, "replaced": count - added, "warnings": loaded.warnings }))
+        for id in &done.replaced {
+            info!("indicator {id} replaced through the control socket");
+        }
+        info!(
+            "{} indicators added, {} replaced through the control socket",
+            done.added,
+            done.replaced.len()
+        );
+        Ok(json!({
+            "added": done.added,
+            "unchanged": done.unchanged,
+            "replaced": done.replaced.len(),
+            "replaced_ids": done.replaced,
+            "warnings": loaded.warnings,
+        }))
+    }
+
+    /// The ids of `incoming` that an indicator file defines, each with the same row (an
+    /// export imported again: nothing to add). A different row under a file's id is
+    /// refused: the file is where that indicator is changed, and two rows with one id
+    /// would make the next export unloadable.
+    fn claimed_by_files(&self, incoming: &[Indicator]) -> Result<HashSet<String>, String> {
+        let by_id: HashMap<&str, &Indicator> =
+            incoming.iter().map(|i| (i.id.as_str(), i)).collect();
+        let mut same = HashSet::new();
+        for file_row in self
+            .pipeline
+            .policy()
+            .indicators()
+            .iter()
+            .take(self.file_len)
+        {
+            let Some(new) = by_id.get(file_row.id()) else {
+                continue;
+            };
+            if **new != file_row.to_indicator() {
+                return Err(format!(
+                    "indicator {} is defined by an indicator file; change it there, or give the new one another id",
+                    file_row.id()
+                ));
+            }
+            same.insert(file_row.id().to_owned());
+        }
+        Ok(same)
     }
 
     /// `nprot bypass`: an Allowed indicator for `target` that expires after `for_secs`.

@@ -38,6 +38,17 @@ pub enum StateError {
     },
 }
 
+/// What [`State::upsert`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upserted {
+    /// Indicators whose id was new.
+    pub added: usize,
+    /// Ids of indicators that replaced one with the same id, in order.
+    pub replaced: Vec<String>,
+    /// Indicators identical to the one already there (re-importing an export).
+    pub unchanged: usize,
+}
+
 /// The operator's run-time changes.
 #[derive(Debug, Clone, Default)]
 pub struct State {
@@ -107,19 +118,24 @@ impl State {
             .map_err(io(dir))
     }
 
-    /// Adds or replaces (by id) `new` indicators; returns how many were new.
-    pub fn upsert(&mut self, new: Vec<Indicator>) -> usize {
-        let mut added = 0;
+    /// Adds or replaces (by id) `new` indicators; says which ids replaced one already
+    /// there, so that a replacement is never silent.
+    pub fn upsert(&mut self, new: Vec<Indicator>) -> Upserted {
+        let mut done = Upserted::default();
         for ind in new {
             match self.indicators.iter_mut().find(|i| i.id == ind.id) {
-                Some(old) => *old = ind,
+                Some(old) if *old == ind => done.unchanged += 1,
+                Some(old) => {
+                    done.replaced.push(ind.id.clone());
+                    *old = ind;
+                }
                 None => {
                     self.indicators.push(ind);
-                    added += 1;
+                    done.added += 1;
                 }
             }
         }
-        added
+        done
     }
 
     /// Removes the indicators with these ids; returns the ids that were not there.
@@ -163,7 +179,8 @@ mod tests {
             ..State::default()
         };
         let ind = Indicator::new(IndicatorType::DomainName, "bad.example", Action::Block).unwrap();
-        assert_eq!(s.upsert(vec![ind.clone(), ind]), 1);
+        let done = s.upsert(vec![ind.clone(), ind.clone()]);
+        assert_eq!((done.added, done.replaced), (1, vec![ind.id.clone()]));
         s.save(&d).unwrap();
         let back = State::load(&d).unwrap();
         assert_eq!(back.mode, Some(Mode::Block));

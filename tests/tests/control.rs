@@ -307,6 +307,58 @@ fn csv_import_keeps_one_value_in_two_groups_apart() {
     );
 }
 
+/// Issue 11: export → import → export is the identity on a running sensor: rows from an
+/// indicator file and rows added at run time come back unchanged, nothing is doubled, and
+/// a different row under a file's id is refused by id.
+#[test]
+fn export_import_export_is_the_identity() {
+    let file_row = indicator("f1", "DomainName", "bad.example", "Block");
+    let env = Env::start_enforcing("block", &[file_row], &[]).expect("env");
+    let sock = socket(&env);
+    nprot_ok(
+        &sock,
+        &[
+            "indicator",
+            "add",
+            "--type",
+            "DomainName",
+            "--value",
+            "other.example",
+            "--action",
+            "Audit",
+        ],
+    );
+    let first = nprot_ok(&sock, &["indicator", "export"]);
+    let path = env.dir().join("export.json");
+    std::fs::write(&path, &first).expect("write");
+    let again = nprot_ok(&sock, &["indicator", "import", &path.to_string_lossy()]);
+    assert!(
+        again.starts_with("added 0, replaced 0, unchanged 2"),
+        "{again}"
+    );
+    let second = nprot_ok(&sock, &["indicator", "export"]);
+    let rows = |text: &str| {
+        let v: serde_json::Value = serde_json::from_str(text).expect("export is JSON");
+        v["indicators"].as_array().cloned().unwrap_or_default()
+    };
+    assert_eq!(rows(&first).len(), 2, "{first}");
+    assert_eq!(rows(&first), rows(&second), "{first}\n{second}");
+
+    let clash = env.dir().join("clash.json");
+    std::fs::write(
+        &clash,
+        r#"{"indicators": [{"id": "f1", "type": "DomainName", "value": "bad.example", "action": "Allowed"}]}"#,
+    )
+    .expect("write");
+    let out = nprot(&sock, &["indicator", "import", &clash.to_string_lossy()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("f1") && err.contains("indicator file"),
+        "{err}"
+    );
+    assert_reset(&env, &curl_bad(&env));
+}
+
 /// A sensor configured by file alone: mode and a plain-list indicator file from the TOML.
 #[test]
 fn config_file_sets_mode_and_indicator_lists() {
