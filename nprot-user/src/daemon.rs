@@ -488,6 +488,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         mode,
     );
     pipeline.set_known_proxies(opts.proxies.clone());
+    pipeline.set_flow_idle_timeout(opts.flow_idle_timeout.as_nanos() as u64);
     let attribution = start_attribution(&mut sensor, &mut pipeline, &opts);
     let guarded: Vec<String> = sensor
         .attached

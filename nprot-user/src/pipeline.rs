@@ -15,7 +15,11 @@ use crate::{
     attribution::{ProcessColumns, ProcessInfo, ProcessSource},
     capture::{Record, ip_addr},
     events::{ActionType, Direction, Event, EventFactory, FlowEnds, ProxyFields, monotonic_ns},
-    parse::{ParseOutcome, Parsed, http, parse_client_payload},
+    parse::{
+        ParseOutcome, Parsed,
+        http::{self, Body},
+        parse_client_payload,
+    },
     policy::{Policy, matcher::Subject},
     reassembly::{Reassembler, Stream, TableFull},
     stats::Histogram,
@@ -49,9 +53,14 @@ pub struct PipelineStats {
     pub proxy_inspected: u64,
     /// Tunnels whose ClientHello named another host than their CONNECT.
     pub fronting: u64,
-    /// Proxy connections left uninspected after a request whose end the head does not
-    /// tell (a chunked body, or one over [`MAX_BODY_SKIP`]).
-    pub proxy_gave_up: u64,
+    /// Connections left uninspected after a request whose end could not be found (a
+    /// body over [`MAX_BODY_SKIP`], or a malformed chunked body).
+    pub requests_gave_up: u64,
+    /// Connections whose client bytes stopped being HTTP/1.x (or TLS, in a tunnel) after
+    /// a request without an `Upgrade`: what follows cannot be judged; counted, never silent.
+    pub requests_not_http: u64,
+    /// Connections that switched protocols (`Upgrade`): inspection ends after that request.
+    pub upgraded: u64,
 }
 
 /// Per-flow facts kept while its client bytes are reassembled.
@@ -59,19 +68,17 @@ pub struct PipelineStats {
 struct Inspection {
     last_ns: u64,
     phase: Phase,
+    /// HTTP requests parsed on the connection so far (`trans_depth` of the last one).
+    requests: u32,
 }
 
 impl Inspection {
-    /// True while bytes of `stream` await a decision; false for a proxy connection
-    /// whose requests so far are all decided.
+    /// True while bytes of `stream` await a decision; false for a kept-alive
+    /// connection whose requests so far are all decided.
     fn awaits(&self, stream: &Stream) -> bool {
         matches!(self.phase, Phase::First) || !stream.contiguous().is_empty()
     }
 }
-
-/// How much longer than a flow's first bytes a decided proxy connection may idle before
-/// its stream is forgotten (its next request then goes uninspected, failing open).
-pub const PROXY_IDLE_FACTOR: u64 = 20;
 
 /// Where a flow under inspection stands.
 #[derive(Debug, Clone)]
@@ -80,8 +87,10 @@ enum Phase {
     First,
     /// After an allowed CONNECT: the first bytes inside the tunnel.
     Tunnel(Arc<ConnectTarget>),
-    /// Between requests on a kept-alive connection to a forward proxy.
+    /// Between requests on a kept-alive HTTP/1.x connection (to a server or a proxy).
     Requests,
+    /// In a chunked request body, at the start of a chunk.
+    Chunked,
 }
 
 /// What a CONNECT asked for.
@@ -97,39 +106,51 @@ struct Judged<'p> {
     parsed: Parsed,
     outcome: Outcome<'p>,
     proxy: ProxyFields,
+    /// Its number among the connection's HTTP requests.
+    depth: u32,
 }
 
 /// What follows a judged request on its flow.
 enum Next {
     /// Nothing more to inspect.
     Done,
+    /// The request switched protocols: what follows is not HTTP/1.x.
+    Upgraded,
     /// More requests may follow, but where they start is unknown.
     Unknown,
     /// Inspection goes on in this phase after this many more bytes.
     Phase(Phase, usize),
 }
 
-/// The longest request body skipped to reach the next request on a proxy connection.
+/// The longest request body skipped to reach the next request on a connection.
 pub const MAX_BODY_SKIP: u64 = 1 << 30;
 
-/// What comes after `parsed`, parsed in `phase`: a CONNECT opens a tunnel whose first
-/// bytes are inspected; a request to a forward proxy may be followed by another one;
-/// anything else (a ClientHello, a request to an origin server) ends inspection.
+/// What comes after `parsed`, parsed in `phase`: every HTTP/1.x request may be followed
+/// by another one on its connection (after its body), a CONNECT opens a tunnel whose
+/// first bytes are inspected, and a ClientHello or what a tunnel starts with ends
+/// inspection.
 fn next_phase(phase: &Phase, parsed: &Parsed) -> Next {
     let Parsed::Http(req) = parsed else {
         return Next::Done;
     };
-    match phase {
-        Phase::Tunnel(_) => Next::Done,
-        Phase::First if !(req.connect || req.absolute) => Next::Done,
-        Phase::First | Phase::Requests if req.connect => Next::Phase(
+    if let Phase::Tunnel(_) = phase {
+        return Next::Done;
+    }
+    if req.connect {
+        return Next::Phase(
             Phase::Tunnel(Arc::new(ConnectTarget {
                 authority: req.url(),
                 host: req.host.clone(),
             })),
             req.header_len,
-        ),
-        Phase::First | Phase::Requests => match req.total_len() {
+        );
+    }
+    if req.upgrade {
+        return Next::Upgraded;
+    }
+    match req.body {
+        Body::Chunked => Next::Phase(Phase::Chunked, req.header_len),
+        Body::None | Body::Length(_) => match req.total_len() {
             Some(n) if n <= MAX_BODY_SKIP => Next::Phase(Phase::Requests, n as usize),
             _ => Next::Unknown,
         },
@@ -145,17 +166,23 @@ enum End {
     /// The stream is full, or the kernel's capture budget is spent, before an item
     /// completed.
     GaveUp,
-    /// A proxy request whose end the head does not tell.
-    ProxyGaveUp,
+    /// A request whose end could not be found (body too long, or badly chunked).
+    RequestsGaveUp,
+    /// A request switched protocols.
+    Upgraded,
 }
 
 /// What a flow's in-order bytes held: the items parsed, each with the phase it was
-/// parsed in, and whether inspection ends (`None`: more bytes are awaited).
+/// parsed in and its number among the connection's requests, and whether inspection
+/// ends (`None`: more bytes are awaited).
 struct Walk {
-    items: Vec<(Phase, Parsed)>,
+    items: Vec<(Phase, Parsed, u32)>,
     end: Option<End>,
-    /// Client sequence number just past the last item (the stream's start now).
+    /// Client sequence number just past what was dealt with (the stream's start now).
     next_seq: u32,
+    /// The stream's start moved (items, or body chunks skipped): the kernel is told, so
+    /// that it neither holds nor captures for bytes that are decided.
+    advanced: bool,
 }
 
 /// Parses everything that can be parsed from `stream`, moving it past each item: usually
@@ -163,20 +190,41 @@ struct Walk {
 /// starts with, or several requests on one connection.
 fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) -> Walk {
     let mut items = Vec::new();
+    let start = stream.base_seq();
     let end = loop {
         let buf = stream.contiguous();
         let outcome = match inspection.phase {
-            Phase::Requests if buf.is_empty() => ParseOutcome::NeedMore,
+            Phase::Requests | Phase::Chunked if buf.is_empty() => ParseOutcome::NeedMore,
+            Phase::Chunked => match http::chunk_step(buf) {
+                http::ChunkStep::Chunk(n) | http::ChunkStep::End(n) if n > MAX_BODY_SKIP => {
+                    break Some(End::RequestsGaveUp);
+                }
+                http::ChunkStep::Chunk(n) => {
+                    stream.advance(n as usize);
+                    continue;
+                }
+                http::ChunkStep::End(n) => {
+                    stream.advance(n as usize);
+                    inspection.phase = Phase::Requests;
+                    continue;
+                }
+                http::ChunkStep::Bad(_) => break Some(End::RequestsGaveUp),
+                http::ChunkStep::NeedMore => ParseOutcome::NeedMore,
+            },
             Phase::Requests => http::parse_http_request(buf),
             Phase::First | Phase::Tunnel(_) => parse_client_payload(buf),
         };
         match outcome {
             ParseOutcome::Complete(parsed) => {
                 let next = next_phase(&inspection.phase, &parsed);
-                items.push((inspection.phase.clone(), parsed));
+                if let Parsed::Http(_) = parsed {
+                    inspection.requests = inspection.requests.saturating_add(1);
+                }
+                items.push((inspection.phase.clone(), parsed, inspection.requests));
                 match next {
                     Next::Done => break Some(End::Done),
-                    Next::Unknown => break Some(End::ProxyGaveUp),
+                    Next::Upgraded => break Some(End::Upgraded),
+                    Next::Unknown => break Some(End::RequestsGaveUp),
                     Next::Phase(phase, consumed) => {
                         stream.advance(consumed);
                         inspection.phase = phase;
@@ -188,7 +236,9 @@ fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) ->
                 break Some(End::NotRecognised { why, first });
             }
             // Decided items release what is held; the next one waits for its bytes.
-            ParseOutcome::NeedMore if !items.is_empty() => break None,
+            ParseOutcome::NeedMore if !items.is_empty() || stream.base_seq() != start => {
+                break None;
+            }
             ParseOutcome::NeedMore if stream.is_full() || budget_spent => {
                 break Some(End::GaveUp);
             }
@@ -199,6 +249,7 @@ fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) ->
         items,
         end,
         next_seq: stream.base_seq(),
+        advanced: stream.base_seq() != start,
     }
 }
 
@@ -235,6 +286,8 @@ pub struct Pipeline {
     known_proxies: Vec<KnownProxy>,
     /// Who opened local flows (none in replay, or without the connect hooks).
     processes: Option<Box<dyn ProcessSource>>,
+    /// How long the kernel keeps an idle flow: decided streams are kept as long.
+    flow_idle_ns: u64,
 }
 
 /// Flows reassembled at once at most.
@@ -260,6 +313,7 @@ impl Pipeline {
             local_addrs: None,
             known_proxies: Vec::new(),
             processes: None,
+            flow_idle_ns: nprot_common::FLOW_IDLE_TIMEOUT_NS_DEFAULT,
         }
     }
 
@@ -376,6 +430,7 @@ impl Pipeline {
         let meta = || Inspection {
             last_ns: rec.ts_ns,
             phase: Phase::First,
+            requests: 0,
         };
         let walked =
             match self
@@ -391,6 +446,7 @@ impl Pipeline {
                     items: Vec::new(),
                     end: Some(End::GaveUp),
                     next_seq: 0,
+                    advanced: false,
                 },
                 Ok(None) => return,
                 Err(TableFull) => {
@@ -402,8 +458,8 @@ impl Pipeline {
         // Judged in order; a blocked item ends the flow, and what follows it is moot.
         let policy = Arc::clone(&self.policy);
         let mut judged: Vec<Judged<'_>> = Vec::with_capacity(walked.items.len());
-        for (phase, parsed) in walked.items {
-            let item = self.judge(&policy, rec, &ends, &phase, parsed);
+        for (phase, parsed, depth) in walked.items {
+            let item = self.judge(&policy, rec, &ends, &phase, parsed, depth);
             let blocked = item.outcome.verdict == Verdict::Block;
             judged.push(item);
             if blocked {
@@ -416,8 +472,11 @@ impl Pipeline {
         let verdict = match (&walked.end, blocked) {
             (_, true) => VerdictEntry::new(Verdict::Block),
             (Some(_), false) => VerdictEntry::new(Verdict::Allow),
-            // Requests decided, the connection goes on: release what is held.
-            (None, false) if !judged.is_empty() => VerdictEntry::continue_after(walked.next_seq),
+            // Requests decided (or a body skipped), the connection goes on: release what
+            // is held, and let the kernel skip what is decided.
+            (None, false) if !judged.is_empty() || walked.advanced => {
+                VerdictEntry::continue_after(walked.next_seq)
+            }
             (None, false) => return,
         };
         if blocked || walked.end.is_some() {
@@ -426,14 +485,17 @@ impl Pipeline {
         self.deliver(rec, &ends, &key, verdict, verdicts);
         if !blocked {
             match walked.end {
-                Some(End::NotRecognised { why, first }) => {
+                Some(End::NotRecognised { why, first: true }) => {
                     log::debug!("flow {}: not inspected: {why}", describe(&ends));
-                    if first {
-                        self.stats.not_recognised += 1;
-                    }
+                    self.stats.not_recognised += 1;
+                }
+                Some(End::NotRecognised { why, first: false }) => {
+                    log::debug!("flow {}: no longer HTTP/1.x: {why}", describe(&ends));
+                    self.stats.requests_not_http += 1;
                 }
                 Some(End::GaveUp) => self.stats.gave_up += 1,
-                Some(End::ProxyGaveUp) => self.stats.proxy_gave_up += 1,
+                Some(End::RequestsGaveUp) => self.stats.requests_gave_up += 1,
+                Some(End::Upgraded) => self.stats.upgraded += 1,
                 Some(End::Done) | None => {}
             }
         }
@@ -471,6 +533,7 @@ impl Pipeline {
         ends: &FlowEnds,
         phase: &Phase,
         parsed: Parsed,
+        depth: u32,
     ) -> Judged<'p> {
         let (host, http_path) = match &parsed {
             Parsed::Tls(hello) => (hello.server_name.as_deref(), None),
@@ -501,15 +564,18 @@ impl Pipeline {
             parsed,
             outcome,
             proxy,
+            depth,
         }
     }
 
     /// The `proxy…` fields of an event about `parsed`, seen in `phase`.
     fn proxy_fields(&self, ends: &FlowEnds, phase: &Phase, parsed: &Parsed) -> ProxyFields {
+        // A forward proxy is asked in CONNECT or absolute form; what a tunnel carries
+        // went through one.
         let via_proxy = match (phase, parsed) {
-            (Phase::Tunnel(_) | Phase::Requests, _) => true,
-            (Phase::First, Parsed::Http(req)) => req.connect || req.absolute,
-            (Phase::First, Parsed::Tls(_)) => false,
+            (Phase::Tunnel(_), _) => true,
+            (_, Parsed::Http(req)) => req.connect || req.absolute,
+            (_, Parsed::Tls(_)) => false,
         };
         if !via_proxy {
             return ProxyFields::default();
@@ -548,7 +614,8 @@ impl Pipeline {
             }
             Parsed::Http(req) => {
                 self.stats.http_inspected += 1;
-                self.factory.http(rec.ts_ns, ends, req, item.proxy.clone())
+                self.factory
+                    .http(rec.ts_ns, ends, req, item.proxy.clone(), item.depth)
             }
         };
         if item.proxy.proxy {
@@ -577,19 +644,27 @@ impl Pipeline {
         }
     }
 
-    /// Forgets flows that sent nothing for `idle_ns`; returns how many. A proxy
-    /// connection between requests may idle [`PROXY_IDLE_FACTOR`] times longer.
+    /// Forgets flows that sent nothing for `idle_ns` while bytes awaited a decision;
+    /// returns how many. A kept-alive connection between requests is kept as long as the
+    /// kernel keeps its flow ([`Pipeline::set_flow_idle_timeout`]): forgotten earlier,
+    /// its next request would find no stream to continue.
     pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> usize {
+        let decided_idle_ns = self.flow_idle_ns;
         let n = self.reassembly.retain(|stream, i| {
             let idle = now_ns.saturating_sub(i.last_ns);
             if i.awaits(stream) {
                 idle < idle_ns
             } else {
-                idle < idle_ns.saturating_mul(PROXY_IDLE_FACTOR)
+                idle < decided_idle_ns
             }
         });
         self.stats.gave_up += n as u64;
         n
+    }
+
+    /// How long the kernel keeps an idle flow (`flow_idle_timeout_s`).
+    pub fn set_flow_idle_timeout(&mut self, idle_ns: u64) {
+        self.flow_idle_ns = idle_ns;
     }
 }
 
@@ -724,7 +799,7 @@ mod tests {
     fn audit_mode_allows_and_logs_audited() {
         let (mut p, mut v) = (pipeline_with(INDICATORS, Mode::Audit), Verdicts::default());
         p.on_record(&record(RecordKind::Payload, 100, REQUEST), &mut v);
-        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Continue)]);
         let audited = serde_json::to_value(&p.events[1]).unwrap();
         assert_eq!(
             audited["ActionType"],
@@ -740,7 +815,7 @@ mod tests {
         let (mut p, mut v) = (pipeline_with(INDICATORS, Mode::Block), Verdicts::default());
         let req = b"GET /y HTTP/1.1\r\nHost: a.example\r\n\r\n";
         p.on_record(&record(RecordKind::Payload, 100, req), &mut v);
-        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Continue)]);
         assert_eq!(
             actions(&p),
             [
@@ -816,7 +891,7 @@ mod tests {
         p.set_processes(Box::new(Fake(curl())));
         rec.socket_cookie = 41;
         p.on_record(&rec, &mut v);
-        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Continue)]);
     }
 
     #[test]
@@ -843,7 +918,7 @@ mod tests {
         let ev = &p.events[0];
         assert_eq!(ev.action_type, ActionType::HttpConnectionInspected);
         assert_eq!(ev.remote_url.as_deref(), Some("http://a.example/x"));
-        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Continue)]);
         assert_eq!(p.stats().http_inspected, 1);
     }
 
@@ -1061,35 +1136,99 @@ mod tests {
     }
 
     #[test]
-    fn a_chunked_body_ends_inspection_of_the_proxy_connection() {
-        let chunked = b"POST http://good.example/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    fn a_chunked_body_is_skipped_and_the_next_request_is_judged() {
+        let head = b"POST http://good.example/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let next = b"GET http://blocked.example/ HTTP/1.1\r\n\r\n";
         let (mut p, mut v) = (
             pipeline_with(PROXY_INDICATORS, Mode::Block),
             Verdicts::default(),
         );
-        feed(&mut p, &mut v, &[chunked]);
-        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
-        assert_eq!(p.stats().proxy_gave_up, 1);
-        // An origin-form request is a server's, not a proxy's: its first request decides.
-        let (mut p, mut v) = (
-            pipeline_with(PROXY_INDICATORS, Mode::Block),
-            Verdicts::default(),
+        feed(
+            &mut p,
+            &mut v,
+            &[
+                head,
+                b"5\r\nhel",
+                b"lo\r\n1A\r\n",
+                &[b'x'; 26],
+                b"\r\n0\r\n\r\n",
+                next,
+            ],
         );
-        feed(&mut p, &mut v, &[REQUEST]);
-        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
-        assert_eq!(json(&p, 0)["AdditionalFields"]["proxy"], false);
+        let verdicts: Vec<Verdict> = v.0.iter().map(|(_, v)| *v).collect();
+        assert_eq!(verdicts.last(), Some(&Verdict::Block), "{verdicts:?}");
+        assert!(
+            verdicts[..verdicts.len() - 1]
+                .iter()
+                .all(|v| *v == Verdict::Continue)
+        );
+        // The kernel is told where each skipped chunk ends, so it captures none of it.
+        assert!(v.1.contains(&(100 + head.len() as u32 + 10)), "{:?}", v.1);
+        assert_eq!(json(&p, 1)["AdditionalFields"]["trans_depth"], 2);
+        assert_eq!(p.stats().requests_gave_up, 0);
     }
 
     #[test]
-    fn a_decided_proxy_connection_idles_longer_and_closes_quietly() {
+    fn a_malformed_chunked_body_is_counted() {
+        let head = b"POST / HTTP/1.1\r\nHost: good.example\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed(&mut p, &mut v, &[head, b"zz\r\n"]);
+        assert_eq!(v.0.last().map(|(_, v)| *v), Some(Verdict::Allow));
+        assert_eq!(p.stats().requests_gave_up, 1);
+    }
+
+    #[test]
+    fn every_request_to_a_server_is_judged_with_its_depth() {
+        let good = b"GET /a HTTP/1.1\r\nHost: good.example\r\n\r\n";
+        let bad = b"GET /b HTTP/1.1\r\nHost: blocked.example\r\n\r\n";
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed(&mut p, &mut v, &[good, bad]);
+        assert_eq!(
+            v.0.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            [Verdict::Continue, Verdict::Block]
+        );
+        assert_eq!(v.1, [100 + good.len() as u32]);
+        let http: Vec<_> = p
+            .events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .filter(|e| e["ActionType"] == "HttpConnectionInspected")
+            .collect();
+        assert_eq!(http.len(), 2);
+        assert_eq!(http[0]["AdditionalFields"]["proxy"], false);
+        assert_eq!(http[1]["AdditionalFields"]["trans_depth"], 2);
+        assert_eq!(http[1]["RemoteUrl"], "http://blocked.example/b");
+    }
+
+    #[test]
+    fn an_upgrade_ends_inspection_and_is_counted() {
+        let ws = b"GET /ws HTTP/1.1\r\nHost: good.example\r\nUpgrade: websocket\r\n\r\n";
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        feed(&mut p, &mut v, &[ws, b"\x81\x05hello"]);
+        assert_eq!(
+            v.0.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            [Verdict::Allow]
+        );
+        assert_eq!(p.stats().upgraded, 1);
+    }
+
+    #[test]
+    fn a_decided_connection_idles_as_long_as_the_kernel_flow_and_closes_quietly() {
         let first = b"GET http://good.example/ HTTP/1.1\r\n\r\n";
         let (mut p, mut v) = (
             pipeline_with(PROXY_INDICATORS, Mode::Block),
             Verdicts::default(),
         );
+        p.set_flow_idle_timeout(100);
         feed(&mut p, &mut v, &[first]);
         assert_eq!(p.expire(1_000 + 10, 5), 0, "between requests");
-        assert_eq!(p.expire(1_000 + 5 * PROXY_IDLE_FACTOR, 5), 1);
+        assert_eq!(p.expire(1_000 + 101, 5), 1);
         feed(&mut p, &mut v, &[first]);
         p.on_record(&record(RecordKind::Closed, 0, b""), &mut v);
         assert_eq!(p.stats().gave_up, 1, "only the expiry gave up");

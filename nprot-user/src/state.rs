@@ -180,7 +180,11 @@ mod tests {
         };
         let ind = Indicator::new(IndicatorType::DomainName, "bad.example", Action::Block).unwrap();
         let done = s.upsert(vec![ind.clone(), ind.clone()]);
-        assert_eq!((done.added, done.replaced), (1, vec![ind.id.clone()]));
+        assert_eq!((done.added, done.unchanged), (1, 1));
+        let mut renamed = ind.clone();
+        renamed.title = Some("new title".into());
+        let done = s.upsert(vec![renamed]);
+        assert_eq!(done.replaced, vec![ind.id.clone()]);
         s.save(&d).unwrap();
         let back = State::load(&d).unwrap();
         assert_eq!(back.mode, Some(Mode::Block));

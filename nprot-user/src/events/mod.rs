@@ -114,6 +114,8 @@ pub enum AdditionalFields {
         uri: String,
         user_agent: Option<String>,
         direction: Direction,
+        /// The request's number on its connection, from 1 (Zeek's `trans_depth`).
+        trans_depth: u32,
         #[serde(flatten)]
         proxy: ProxyFields,
     },
@@ -297,6 +299,7 @@ impl EventFactory {
         flow: &FlowEnds,
         req: &HttpRequest,
         proxy: ProxyFields,
+        trans_depth: u32,
     ) -> Event {
         let fields = AdditionalFields::Http {
             method: req.method.clone(),
@@ -304,6 +307,7 @@ impl EventFactory {
             uri: req.uri.clone(),
             user_agent: req.user_agent.clone(),
             direction: flow.direction,
+            trans_depth,
             proxy,
         };
         let url = req.host.as_ref().map(|_| req.url());

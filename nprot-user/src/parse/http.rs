@@ -42,6 +42,10 @@ pub struct HttpRequest {
     /// The request body that follows the head, as its headers announce it.
     #[serde(skip)]
     pub body: Body,
+    /// The request asks to switch protocols (`Upgrade`, e.g. WebSocket or h2c): what the
+    /// client sends after it is not HTTP/1.x.
+    #[serde(skip)]
+    pub upgrade: bool,
 }
 
 /// How long the body after a request head is (RFC 9112 §6).
@@ -201,6 +205,7 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
     let mut user_agent: Option<String> = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    let mut upgrade = false;
     let mut last = None;
     loop {
         let line = lines.next_line(buf.len())?;
@@ -243,6 +248,9 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
                 return Err(Stop::Bad("conflicting Content-Length headers"));
             }
             length = Some(n);
+            Field::Other
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade |= !value.is_empty();
             Field::Other
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Any coding makes the length unknowable from the head (RFC 9112 §6.3).
@@ -289,7 +297,75 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
             (false, Some(0) | None) => Body::None,
             (false, Some(n)) => Body::Length(n),
         },
+        upgrade,
     })
+}
+
+/// Longest chunk-size line (with extensions) or trailer line accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// One step through a chunked request body (RFC 9112 §7.1), from the start of a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkStep {
+    /// The chunk-size line (or the trailers) is not complete yet.
+    NeedMore,
+    /// A chunk: its size line, data and CRLF take this many bytes; skip them.
+    Chunk(u64),
+    /// The last chunk and the trailer section end after this many bytes: the next
+    /// request starts there.
+    End(u64),
+    /// Not a chunked body.
+    Bad(&'static str),
+}
+
+/// Reads the chunk that starts `buf`: only its size line (and, for the last chunk, the
+/// trailers) needs to be there; the data is skipped unread.
+pub fn chunk_step(buf: &[u8]) -> ChunkStep {
+    let Some((line, rest_at)) = crlf_line(buf) else {
+        return if buf.len() > MAX_CHUNK_LINE {
+            ChunkStep::Bad("chunk-size line too long")
+        } else {
+            ChunkStep::NeedMore
+        };
+    };
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    let digits = digits.trim_ascii_end();
+    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return ChunkStep::Bad("malformed chunk size");
+    }
+    let size = digits.iter().fold(0u64, |n, &d| {
+        (n << 4) | u64::from((d as char).to_digit(16).unwrap_or(0))
+    });
+    if size > 0 {
+        return match size.checked_add(rest_at as u64 + 2) {
+            Some(n) => ChunkStep::Chunk(n),
+            None => ChunkStep::Bad("chunk size overflows"),
+        };
+    }
+    // The last chunk: trailer lines up to an empty one.
+    let mut at = rest_at;
+    loop {
+        let Some((trailer, len)) = buf.get(at..).and_then(crlf_line) else {
+            return if buf.len() - at > MAX_CHUNK_LINE {
+                ChunkStep::Bad("chunked trailer too long")
+            } else {
+                ChunkStep::NeedMore
+            };
+        };
+        at += len;
+        if trailer.is_empty() {
+            return ChunkStep::End(at as u64);
+        }
+    }
+}
+
+/// The line that starts `buf`, without its `\n` or `\r\n`, and the bytes it takes with
+/// its line end; `None` if no line end is within [`MAX_CHUNK_LINE`] bytes.
+fn crlf_line(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let window = buf.get(..MAX_CHUNK_LINE + 2).unwrap_or(buf);
+    let nl = window.iter().position(|&b| b == b'\n')?;
+    let line = window.get(..nl).unwrap_or_default();
+    Some((line.strip_suffix(b"\r").unwrap_or(line), nl + 1))
 }
 
 /// Line iterator over the inspected window of the head.
@@ -641,5 +717,36 @@ mod tests {
         let req = request(b"OPTIONS * HTTP/1.1\r\nHost: o.example\r\n\r\n");
         assert_eq!(req.path, "*");
         assert_eq!(req.url(), "http://o.example");
+    }
+
+    #[test]
+    fn chunked_bodies_are_walked_by_their_size_lines() {
+        assert_eq!(chunk_step(b""), ChunkStep::NeedMore);
+        assert_eq!(chunk_step(b"1a"), ChunkStep::NeedMore);
+        // "1a\r\n" + 26 data bytes + "\r\n".
+        assert_eq!(chunk_step(b"1a\r\nabc"), ChunkStep::Chunk(4 + 26 + 2));
+        assert_eq!(chunk_step(b"A;ext=1\n"), ChunkStep::Chunk(8 + 10 + 2));
+        assert_eq!(chunk_step(b"0\r\n\r\nGET"), ChunkStep::End(5));
+        assert_eq!(chunk_step(b"0\r\nX-T: 1\r\n"), ChunkStep::NeedMore);
+        assert_eq!(chunk_step(b"0\r\nX-T: 1\r\n\r\n"), ChunkStep::End(13));
+        assert!(matches!(chunk_step(b"zz\r\n"), ChunkStep::Bad(_)));
+        assert!(matches!(
+            chunk_step(b"ffffffffffffffff\r\n"),
+            ChunkStep::Bad(_)
+        ));
+        assert!(matches!(
+            chunk_step(&[b'1'; MAX_CHUNK_LINE + 8]),
+            ChunkStep::Bad(_)
+        ));
+    }
+
+    #[test]
+    fn upgrade_requests_are_marked() {
+        let ParseOutcome::Complete(Parsed::Http(req)) = parse_http_request(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        ) else {
+            panic!("parses");
+        };
+        assert!(req.upgrade);
     }
 }

@@ -276,7 +276,13 @@ impl Tracker {
         if flow.inspect != Inspect::Capturing {
             return out;
         }
-        if let Some(entry) = pending.remove(&key) {
+        // As in the kernel: only a flow with bytes awaiting a decision looks one up.
+        let entry = if flow.payload_ns != 0 {
+            pending.remove(&key)
+        } else {
+            None
+        };
+        if let Some(entry) = entry {
             stats.verdicts_applied += 1;
             let verdict = Verdict::from_raw(entry.verdict);
             if verdict == Verdict::Continue {
@@ -658,13 +664,18 @@ mod tests {
                 ),
             ]
         );
-        // The verdict is picked up by the next packet; later payload is not captured.
+        // The verdict (Continue) is picked up by the next packet; a retransmission of
+        // decided bytes is not captured, the next request on the connection is.
         let captured = run.stats().segments_captured;
         run.feed(&c.client(0, &REQUEST[..12]));
-        run.feed(&c.client(REQUEST.len() as u32, b"GET /y HTTP/1.1\r\n\r\n"));
         assert_eq!(run.stats().segments_captured, captured);
+        run.feed(&c.client(
+            REQUEST.len() as u32,
+            b"GET /y HTTP/1.1\r\nHost: a.example\r\n\r\n",
+        ));
+        assert_eq!(run.stats().segments_captured, captured + 1);
         assert_eq!(run.stats().verdicts_applied, 1);
-        assert_eq!(run.actions().len(), 2);
+        assert_eq!(run.actions().len(), 3);
     }
 
     /// `GET / HTTP/1.0` for `host`.
