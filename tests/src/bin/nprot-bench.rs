@@ -84,11 +84,13 @@ fn run(plan: &Plan) -> Result<Value> {
     let mut bulk = (Vec::new(), Vec::new());
     let mut http = (Vec::new(), Vec::new());
     let mut tls = (Vec::new(), Vec::new());
+    let mut kept = (Vec::new(), Vec::new());
     let mut sensor_runs = Vec::new();
     for round in 0..plan.repeats {
         bulk.0.push(iperf(&env, plan.bulk)?);
         http.0.push(flood(&env, Flood::Http, plan.flood)?.0);
         tls.0.push(flood(&env, Flood::Tls, plan.flood)?.0);
+        kept.0.push(keep_alive(&env, plan.flood)?);
 
         let stats = dir.join(format!("stats-{round}.json"));
         let ind = indicators.to_string_lossy().into_owned();
@@ -107,6 +109,7 @@ fn run(plan: &Plan) -> Result<Value> {
         let (tls_rate, tls_made) = flood(&env, Flood::Tls, plan.flood)?;
         http.1.push(http_rate);
         tls.1.push(tls_rate);
+        kept.1.push(keep_alive(&env, plan.flood)?);
         let mut sensor = env.sensor.take().context("sensor vanished")?;
         let status = sensor.stop(Duration::from_secs(10))?;
         if !status.success() {
@@ -138,6 +141,10 @@ fn run(plan: &Plan) -> Result<Value> {
         "tls_conn_per_s": {
             "baseline": median(&tls.0), "guarded": median(&tls.1),
             "ratio": median(&tls.1) / median(&tls.0), "target": 0.90,
+        },
+        "keepalive_req_per_s": {
+            "baseline": median(&kept.0), "guarded": median(&kept.1),
+            "ratio": median(&kept.1) / median(&kept.0), "target": 0.95,
         },
         "verdict_latency_us": report["verdict_latency"].clone(),
         "indicators": {
@@ -350,6 +357,75 @@ fn flood(env: &Env, kind: Flood, duration: Duration) -> Result<(f64, u64)> {
     Ok((done as f64 / elapsed, done + failed))
 }
 
+/// HTTP requests per second over kept-alive connections (two client threads, one
+/// connection each, reopened only if it fails): every request is judged by the sensor.
+fn keep_alive(env: &Env, duration: Duration) -> Result<f64> {
+    let addr = SocketAddr::new(env.server_ip(false), 80);
+    let request = b"GET / HTTP/1.1\r\nHost: good.example\r\n\r\n";
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let ns = env.topo.client_ns.clone();
+            let (done, stop) = (done.clone(), stop.clone());
+            thread::spawn(move || {
+                in_netns(&ns, || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                        else {
+                            continue;
+                        };
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                        let _ = s.set_nodelay(true);
+                        while !stop.load(Ordering::Relaxed)
+                            && s.write_all(request).is_ok()
+                            && read_response(&mut s, &mut buf).is_ok()
+                        {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+        })
+        .collect();
+    thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("keep-alive worker panicked"))??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Reads one HTTP response whose body has a Content-Length.
+fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut have = 0;
+    loop {
+        let n = s.read(&mut buf[have..])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        have += n;
+        let got = &buf[..have];
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if have >= end + 4 + len {
+                return Ok(());
+            }
+        }
+        if have == buf.len() {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+    }
+}
+
 fn one_connection(addr: SocketAddr, request: &[u8], buf: &mut [u8]) -> std::io::Result<()> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -406,6 +482,11 @@ fn print_table(r: &Value) {
             "tls_conn_per_s",
             "/s",
         ),
+        (
+            "kept-alive HTTP requests (each judged)",
+            "keepalive_req_per_s",
+            "/s",
+        ),
     ] {
         let f = &r[key];
         println!(
@@ -447,6 +528,7 @@ fn check_complete(r: &Value) -> Result<()> {
         "/throughput_gbit/ratio",
         "/http_conn_per_s/ratio",
         "/tls_conn_per_s/ratio",
+        "/keepalive_req_per_s/ratio",
         "/verdict_latency_us/p99_us",
         "/indicators/sensor_load_ms",
         "/indicators/sensor_rss_mib/peak",
