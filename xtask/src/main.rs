@@ -67,13 +67,25 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Set up, lint, and run unit and end-to-end tests (end-to-end tests need root).
+    /// Set up, lint, and run unit tests, the fuzz targets (30 s each) and the end-to-end
+    /// tests (which need root).
     Test {
-        /// Only the tests whose name contains this.
+        /// Only the tests (and fuzz targets) whose name contains this.
         filter: Option<String>,
-        /// Skip the privileged end-to-end tests.
+        /// Skip the privileged end-to-end tests (and fuzz for 10 s per target, not 30).
         #[arg(long)]
         unit_only: bool,
+        /// Seconds per fuzz target instead of the default; 0 skips fuzzing.
+        #[arg(long)]
+        fuzz_seconds: Option<u64>,
+    },
+    /// Run the fuzz targets of fuzz/ (nightly; installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only the targets whose name contains this.
+        target: Option<String>,
     },
     /// Format and lint the workspace (clippy -D warnings), the eBPF crate included.
     Lint,
@@ -93,7 +105,10 @@ fn main() -> Result<()> {
     let root = workspace_root();
     env::set_current_dir(&root)?;
     match cli.task {
-        Task::Setup => setup(&root),
+        Task::Setup => {
+            setup(&root)?;
+            setup_cargo_fuzz()
+        }
         Task::Build { release } => {
             setup_toolchain(&root)?;
             build(release).map(|_| ())
@@ -107,7 +122,24 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Test { filter, unit_only } => test(&root, filter, unit_only),
+        Task::Test {
+            filter,
+            unit_only,
+            fuzz_seconds,
+        } => test(&root, filter, unit_only, fuzz_seconds),
+        Task::Fuzz { seconds, target } => {
+            // nprot-user's build script builds the eBPF programs even for fuzzing.
+            setup_toolchain(&root)?;
+            let targets = fuzz_targets(&root, target.as_deref())?;
+            if targets.is_empty() {
+                bail!("no fuzz target matches {target:?}");
+            }
+            let (_, failed) = fuzz(&root, seconds, &targets)?;
+            if failed > 0 {
+                bail!("{failed} fuzz target(s) failed");
+            }
+            Ok(())
+        }
         Task::Lint => {
             setup_toolchain(&root)?;
             lint()
@@ -334,6 +366,9 @@ fn deb() -> Result<()> {
 
 fn lint() -> Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    // The fuzz crate is a workspace of its own (nightly, sanitizers): only its format is
+    // checked here, as clippy would need a third full build of nprot-user.
+    run(Command::new("cargo").args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
     run(Command::new("cargo").args([
         "clippy",
         "--workspace",
@@ -360,7 +395,12 @@ fn lint() -> Result<()> {
         .current_dir(workspace_root().join("nprot-ebpf")))
 }
 
-fn test(root: &Path, filter: Option<String>, unit_only: bool) -> Result<()> {
+fn test(
+    root: &Path,
+    filter: Option<String>,
+    unit_only: bool,
+    fuzz_seconds: Option<u64>,
+) -> Result<()> {
     setup(root)?;
     lint()?;
     let bin = build(false)?;
@@ -378,6 +418,25 @@ fn test(root: &Path, filter: Option<String>, unit_only: bool) -> Result<()> {
         unit.arg(f);
     }
     let mut totals = run_tests(&mut unit)?;
+    // A short run per target catches a parser that panics on inputs near the seeds; the
+    // long searches are `cargo xtask fuzz`. Shorter when only part of the suite is wanted.
+    let seconds = fuzz_seconds.unwrap_or(if unit_only || filter.is_some() {
+        10
+    } else {
+        30
+    });
+    if seconds > 0 {
+        let targets = fuzz_targets(root, filter.as_deref())?;
+        if !targets.is_empty() {
+            let (passed, failed) = fuzz(root, seconds, &targets)?;
+            totals.0 += passed;
+            totals.1 += failed;
+            if failed > 0 {
+                println!("{} passed, {} failed", totals.0, totals.1);
+                bail!("{failed} fuzz target(s) failed");
+            }
+        }
+    }
     if !unit_only {
         if euid() != 0 {
             bail!(
@@ -403,6 +462,171 @@ fn test(root: &Path, filter: Option<String>, unit_only: bool) -> Result<()> {
     }
     println!("{} passed, {} failed", totals.0, totals.1);
     Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` and the fuzz step of `cargo xtask test`.
+fn setup_cargo_fuzz() -> Result<()> {
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        return Ok(());
+    }
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
+
+/// The fuzz targets (`fuzz/fuzz_targets/NAME.rs`) whose name contains `filter`, sorted.
+fn fuzz_targets(root: &Path, filter: Option<&str>) -> Result<Vec<String>> {
+    let dir = root.join("fuzz/fuzz_targets");
+    let mut targets: Vec<String> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".rs")?.to_owned())
+        })
+        .filter(|t| filter.is_none_or(|f| t.contains(f)))
+        .collect();
+    targets.sort();
+    Ok(targets)
+}
+
+/// Runs each of `targets` for `seconds` and prints a line per target; returns (passed,
+/// failed). A crash leaves its input in fuzz/artifacts/TARGET/ and fails the target.
+fn fuzz(root: &Path, seconds: u64, targets: &[String]) -> Result<(u64, u64)> {
+    setup_cargo_fuzz()?;
+    let fuzz_dir = root.join("fuzz");
+    let started = std::time::Instant::now();
+    // One build for all targets, with its progress shown; each `fuzz run` then finds it
+    // up to date (same default flags: release, debug assertions, AddressSanitizer).
+    let mut build = Command::new("cargo");
+    build.args(["+nightly", "fuzz", "build"]).current_dir(root);
+    if let [only] = targets {
+        build.arg(only);
+    }
+    run(&mut build)?;
+    let built = started.elapsed().as_secs();
+
+    let (mut passed, mut failed) = (0, 0);
+    for target in targets {
+        // libFuzzer adds what it finds to its first corpus directory: a scratch one, so
+        // the committed seeds (read, second) stay as they are.
+        let scratch = fuzz_dir.join("target/corpus").join(target);
+        fs::create_dir_all(&scratch)?;
+        let log_path = fuzz_dir.join("target").join(format!("{target}.log"));
+        let log = fs::File::create(&log_path)?;
+        let mut cmd = Command::new("cargo");
+        cmd.args(["+nightly", "fuzz", "run", target])
+            .arg(&scratch)
+            .arg(fuzz_dir.join("corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            // An input that takes this long is a hang: fail on it, not at the end.
+            .arg("-timeout=10")
+            .current_dir(root)
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        eprintln!("xtask: {cmd:?}");
+        let status = cmd.status().context("cannot start cargo fuzz run")?;
+        let text = fs::read_to_string(&log_path).unwrap_or_default();
+        let line = if status.success() {
+            passed += 1;
+            format!("fuzz {target}: ok, {}", fuzz_stats(&text))
+        } else {
+            failed += 1;
+            for l in failure_report(&text) {
+                eprintln!("{l}");
+            }
+            let artifact = text
+                .lines()
+                .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim()))
+                .unwrap_or("no input saved");
+            format!(
+                "fuzz {target}: FAILED ({status}), input {artifact}; log {}",
+                log_path.display()
+            )
+        };
+        println!("{line}");
+    }
+    println!(
+        "fuzz: {passed} passed, {failed} failed in {} s ({built} s building)",
+        started.elapsed().as_secs()
+    );
+    Ok((passed, failed))
+}
+
+/// The useful part of a failed run's log: the panic message, the backtrace frames in
+/// nprot's code (which function panicked), libFuzzer's error summary, and the saved
+/// input with the command that reproduces it.
+fn failure_report(log: &str) -> Vec<&str> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        if l.contains("panicked at") {
+            // The message runs up to the backtrace (or the libFuzzer report).
+            out.extend(
+                lines[i..]
+                    .iter()
+                    .take_while(|m| !m.contains("stack backtrace") && !m.starts_with("=="))
+                    .take(10),
+            );
+        } else if l.contains(" nprot::") || l.contains("fuzz_targets/") {
+            out.push(l);
+            // Its "at file:line" line.
+            if let Some(next) = lines
+                .get(i + 1)
+                .filter(|n| n.trim_start().starts_with("at "))
+            {
+                out.push(next);
+                i += 1;
+            }
+        } else if l.contains("ERROR: ") || l.starts_with("SUMMARY: ") {
+            out.push(l);
+        } else if l.starts_with("Failing input:") {
+            out.extend(lines[i..].iter().take_while(|m| !m.starts_with("Minimize")));
+            break;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// "N runs in S s (E exec/s), cov C, corpus K" from a libFuzzer log.
+fn fuzz_stats(log: &str) -> String {
+    // The last status line, e.g. "#1234 DONE cov: 56 ft: 78 corp: 9/1Kb ... exec/s: 411 rss: 40Mb".
+    let field = |line: &str, key: &str| -> Option<String> {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == key)?;
+        words.next().map(str::to_owned)
+    };
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('#') && l.contains("exec/s:"))
+        .unwrap_or("");
+    let runs = last
+        .split_whitespace()
+        .next()
+        .map_or("?", |w| w.trim_start_matches('#'));
+    let secs = log
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Done ")?
+                .split_once(" runs in ")?
+                .1
+                .split(' ')
+                .next()
+        })
+        .unwrap_or("?");
+    format!(
+        "{runs} runs in {secs} s ({} exec/s), cov {}, corpus {}",
+        field(last, "exec/s:").as_deref().unwrap_or("?"),
+        field(last, "cov:").as_deref().unwrap_or("?"),
+        field(last, "corp:").as_deref().unwrap_or("?"),
+    )
 }
 
 /// Builds in release and runs `nprot-bench` against the release sensor.
@@ -466,7 +690,39 @@ fn count_before(line: &str, word: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::count_before;
+    use super::{count_before, failure_report, fuzz_stats};
+
+    #[test]
+    fn reads_libfuzzer_logs() {
+        let log = "#4096\tpulse  cov: 700 ft: 900 corp: 100/9Kb exec/s: 2048 rss: 60Mb\n\
+                   #46334\tDONE   cov: 2538 ft: 4902 corp: 348/325Kb lim: 2656 exec/s: 759 rss: 419Mb\n\
+                   Done 46334 runs in 61 second(s)\n";
+        assert_eq!(
+            fuzz_stats(log),
+            "46334 runs in 61 s (759 exec/s), cov 2538, corpus 348/325Kb"
+        );
+        let crash = "INFO: seed\n\
+                     thread '<unnamed>' (1) panicked at nprot-user/src/replay/mod.rs:150:35:\n\
+                     attempt to add with overflow\n\
+                     stack backtrace:\n\
+                     \x20 3: core::panicking::panic\n\
+                     \x20 4: nprot::replay::Replay::feed\n\
+                     \x20            at ./nprot-user/src/replay/mod.rs:150:35\n\
+                     ==1== ERROR: libFuzzer: deadly signal\n\
+                     Failing input:\n\n\tfuzz/artifacts/replay/crash-1\n\n\
+                     Minimize test case with:\n";
+        let report = failure_report(crash);
+        assert_eq!(
+            report[0],
+            "thread '<unnamed>' (1) panicked at nprot-user/src/replay/mod.rs:150:35:"
+        );
+        assert_eq!(report[1], "attempt to add with overflow");
+        assert!(report[2].ends_with("nprot::replay::Replay::feed"));
+        assert!(report[3].ends_with("mod.rs:150:35"));
+        assert_eq!(report[4], "==1== ERROR: libFuzzer: deadly signal");
+        assert_eq!(report.last(), Some(&""));
+        assert!(report.contains(&"\tfuzz/artifacts/replay/crash-1"));
+    }
 
     #[test]
     fn reads_cargo_test_summaries() {
