@@ -245,6 +245,11 @@ pub const FLOW_CONTINUED: u8 = 1 << 3;
 /// `FlowState::flags`: the flow was first seen without its SYN (it began before the
 /// sensor, or its entry was evicted from a full table or retired idle); it is not inspected.
 pub const FLOW_MIDSTREAM: u8 = 1 << 4;
+/// `FlowState::flags`: a SYN on this live flow awaits its server's SYN-ACK to start a new
+/// flow (`restart_*` fields; see [`lifecycle::SynStep::Defer`]).
+pub const FLOW_RESTART_PENDING: u8 = 1 << 5;
+/// `FlowState::flags`: the client of the deferred SYN is the `lo` endpoint of the key.
+pub const FLOW_RESTART_CLIENT_LO: u8 = 1 << 6;
 
 /// Per-flow state in the kernel LRU map.
 #[repr(C)]
@@ -281,6 +286,11 @@ pub struct FlowState {
     pub verdict: u8,
     /// `FLOW_*` bits.
     pub flags: u8,
+    /// Socket cookie of a deferred SYN ([`FLOW_RESTART_PENDING`]).
+    pub restart_cookie: u64,
+    /// Sequence number of a deferred SYN.
+    pub restart_seq: u32,
+    pub _pad: u32,
 }
 
 /// Kind of a ring-buffer record.
@@ -464,7 +474,8 @@ pub mod stat {
     pub const REQUEUED: u32 = 12;
     /// SYNs taken as retransmissions of the SYN that opened their flow.
     pub const SYN_RETRANSMITS: u32 = 13;
-    /// Flows replaced by a new connection on their four-tuple before their end was seen.
+    /// Flows replaced by a new connection on their four-tuple before their end was seen
+    /// (the server accepted a SYN on the live flow).
     pub const FLOWS_SUPERSEDED: u32 = 14;
     /// Flows first seen without their SYN (begun before the sensor, evicted from a
     /// full table, or retired idle and active again): tracked, not inspected.
@@ -477,8 +488,13 @@ pub mod stat {
     pub const CONNECTION_RECORDS_LOST: u32 = 18;
     /// New flows whose SYN left a local socket (to compare with the connect hooks).
     pub const FLOWS_NEW_LOCAL: u32 = 19;
+    /// SYNs on a live flow that had to wait for their server's SYN-ACK (see
+    /// [`crate::lifecycle::SynStep::Defer`]); those never confirmed were ignored.
+    pub const SYNS_DEFERRED: u32 = 20;
+    /// SYNs that carried data (TCP Fast Open), captured like a first segment.
+    pub const SYN_PAYLOADS: u32 = 21;
     /// Number of counters.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 22;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -501,6 +517,8 @@ pub mod stat {
         "flows_closed",
         "connection_records_lost",
         "flows_new_local",
+        "syns_deferred",
+        "syn_payloads",
     ];
 }
 

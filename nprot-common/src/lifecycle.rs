@@ -19,26 +19,53 @@ pub const TCP_ACK: u8 = 0x10;
 pub enum SynStep {
     /// The SYN that opened the entry, sent again: the flow goes on as it is.
     Retransmit,
-    /// A new connection on the same four-tuple: the entry starts afresh.
-    /// `superseded`: the old flow was never seen to end (its FIN or RST passed
-    /// unseen, or it simply went quiet), so it is counted.
-    Restart { superseded: bool },
+    /// The entry's flow has ended: a new connection on the same four-tuple starts afresh.
+    Restart,
+    /// The entry's flow was never seen to end: the SYN is a new connection only once its
+    /// server accepts it ([`confirms_restart`]). A SYN the server ignores (it answers a
+    /// live connection with a challenge ACK, RFC 5961) must not end the tracking of the
+    /// connection that goes on, or a forged SYN would walk around inspection.
+    Defer,
 }
 
 /// Decides what a SYN with sequence number `syn_seq` from the entry's client side
 /// (`same_client`) does to an entry in `phase` whose client data starts at
 /// `client_data_seq`.
 ///
-/// Only a SYN with the opening SYN's ISN, from the same side, on a flow that has not
-/// ended is a retransmission; any other SYN is a new connection (ports are reused all the
-/// time: `tcp_tw_reuse`, busy hosts, NAT gateways).
+/// Ports are reused all the time (`tcp_tw_reuse`, busy hosts, NAT gateways), so any SYN
+/// but the opening one again is a new connection; on a flow whose end went unseen, only
+/// once the server says so.
 #[inline(always)]
 pub fn syn_step(phase: u8, client_data_seq: u32, syn_seq: u32, same_client: bool) -> SynStep {
     let ended = phase == TcpPhase::Closed as u8 || phase == TcpPhase::Failed as u8;
-    if same_client && !ended && client_data_seq == syn_seq.wrapping_add(1) {
-        return SynStep::Retransmit;
+    if ended {
+        SynStep::Restart
+    } else if same_client && client_data_seq == syn_seq.wrapping_add(1) {
+        SynStep::Retransmit
+    } else {
+        SynStep::Defer
     }
-    SynStep::Restart { superseded: !ended }
+}
+
+/// True if a packet confirms a deferred restart ([`SynStep::Defer`]): a SYN-ACK
+/// (`flags`) from the new connection's server (`from_new_server`) acknowledging the
+/// deferred SYN (`ack` = `restart_seq` + 1).
+#[inline(always)]
+pub fn confirms_restart(flags: u8, from_new_server: bool, ack: u32, restart_seq: u32) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK
+        && from_new_server
+        && ack == restart_seq.wrapping_add(1)
+}
+
+/// Where a segment's data starts: a SYN takes one sequence number before its data (TCP
+/// Fast Open carries data in the SYN).
+#[inline(always)]
+pub fn data_seq(seq: u32, flags: u8) -> u32 {
+    if flags & TCP_SYN != 0 {
+        seq.wrapping_add(1)
+    } else {
+        seq
+    }
 }
 
 /// True if a packet with TCP `flags` ends its flow (FIN or RST).
@@ -79,26 +106,34 @@ mod tests {
     }
 
     #[test]
-    fn another_isn_on_a_live_flow_supersedes_it() {
-        assert_eq!(
-            syn_step(EST, 1001, 5000, true),
-            SynStep::Restart { superseded: true }
-        );
+    fn another_isn_on_a_live_flow_waits_for_the_server() {
+        assert_eq!(syn_step(EST, 1001, 5000, true), SynStep::Defer);
         assert_eq!(
             syn_step(EST, 1001, 1000, false),
-            SynStep::Restart { superseded: true },
-            "a SYN from the server side is a new connection"
+            SynStep::Defer,
+            "a SYN from the server side is not the opening SYN"
         );
+        let syn_ack = TCP_SYN | TCP_ACK;
+        assert!(confirms_restart(syn_ack, true, 5001, 5000));
+        assert!(
+            !confirms_restart(TCP_ACK, true, 5001, 5000),
+            "a challenge ACK"
+        );
+        assert!(!confirms_restart(syn_ack, true, 1001, 5000));
+        assert!(!confirms_restart(syn_ack, false, 5001, 5000));
     }
 
     #[test]
-    fn a_syn_on_an_ended_flow_restarts_it_quietly() {
+    fn a_syn_on_an_ended_flow_restarts_it() {
         for phase in [TcpPhase::Closed, TcpPhase::Failed] {
-            assert_eq!(
-                syn_step(phase as u8, 1001, 1000, true),
-                SynStep::Restart { superseded: false }
-            );
+            assert_eq!(syn_step(phase as u8, 1001, 1000, true), SynStep::Restart);
         }
+    }
+
+    #[test]
+    fn syn_data_starts_after_the_syn() {
+        assert_eq!(data_seq(u32::MAX, TCP_SYN), 0);
+        assert_eq!(data_seq(7, TCP_ACK), 7);
     }
 
     #[test]

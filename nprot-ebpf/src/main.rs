@@ -30,10 +30,11 @@ mod programs {
     };
     use nprot_common::{
         CAPTURE_SEG_MAX, FAMILY_V4, FAMILY_V6, FLOW_CLIENT_IS_LO, FLOW_CLOSE_REPORTED,
-        FLOW_CONTINUED, FLOW_MIDSTREAM, FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple, Inspect,
-        MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord, RECORD_BUDGET_SPENT,
-        RECORD_EGRESS, RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind, SensorConfig,
-        SocketOwner, TcpPhase, Verdict, VerdictEntry,
+        FLOW_CONTINUED, FLOW_MIDSTREAM, FLOW_RESTART_CLIENT_LO, FLOW_RESTART_PENDING,
+        FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple, Inspect, MAX_FLOWS, MAX_PENDING_VERDICTS,
+        MAX_SOCKET_OWNERS, PayloadRecord, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED,
+        RawAddr, RecordHeader, RecordKind, SensorConfig, SocketOwner, TcpPhase, Verdict,
+        VerdictEntry,
         lifecycle::{self, SynStep, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
         owner_stat, seq_after, stat,
     };
@@ -186,6 +187,8 @@ mod programs {
         dport: u16,
         /// Sequence number, host order.
         seq: u32,
+        /// Sequence number of the first payload byte (after the SYN's, for Fast Open).
+        data_seq: u32,
         /// Sequence and acknowledgement numbers as on the wire.
         seq_raw: u32,
         ack_raw: u32,
@@ -268,6 +271,7 @@ mod programs {
             sport: u16::from_be(ports[0]),
             dport: u16::from_be(ports[1]),
             seq: u32::from_be(seq_ack[0]),
+            data_seq: lifecycle::data_seq(u32::from_be(seq_ack[0]), doff_flags[1]),
             seq_raw: seq_ack[0],
             ack_raw: seq_ack[1],
             flags: doff_flags[1],
@@ -319,6 +323,14 @@ mod programs {
             bump(stat::FLOWS_EXPIRED);
             *flow = midstream_state(ctx, pkt, src_is_lo, egress, now);
             bump(stat::FLOWS_MIDSTREAM);
+        }
+        if flow.flags & FLOW_RESTART_PENDING != 0 {
+            let from_new_server = src_is_lo != (flow.flags & FLOW_RESTART_CLIENT_LO != 0);
+            let ack = u32::from_be(pkt.ack_raw);
+            if lifecycle::confirms_restart(pkt.flags, from_new_server, ack, flow.restart_seq) {
+                restart_confirmed(ctx, flow, &key, egress, now);
+                return PASS;
+            }
         }
         let from_client = src_is_lo == (flow.flags & FLOW_CLIENT_IS_LO != 0);
         flow.last_ns = now;
@@ -391,7 +403,7 @@ mod programs {
         if from_client {
             // Bytes the daemon already decided (a request body it skips) need nothing.
             if flow.flags & FLOW_CONTINUED != 0
-                && !seq_after(pkt.seq.wrapping_add(pkt.payload_len), flow.decided_seq)
+                && !seq_after(pkt.data_seq.wrapping_add(pkt.payload_len), flow.decided_seq)
             {
                 return PASS;
             }
@@ -596,25 +608,96 @@ mod programs {
             // SAFETY: a pointer into the map value, valid for this program run.
             let old = unsafe { &mut *old };
             let same_client = src_is_lo == (old.flags & FLOW_CLIENT_IS_LO != 0);
-            match lifecycle::syn_step(old.phase, old.client_data_seq, pkt.seq, same_client) {
+            let mut step =
+                lifecycle::syn_step(old.phase, old.client_data_seq, pkt.seq, same_client);
+            // Data in the SYN (Fast Open) cannot wait for the server's answer: it is
+            // captured now or never.
+            if step == SynStep::Defer && pkt.payload_len != 0 {
+                bump(stat::FLOWS_SUPERSEDED);
+                step = SynStep::Restart;
+            }
+            match step {
                 SynStep::Retransmit => bump(stat::SYN_RETRANSMITS),
-                SynStep::Restart { superseded } => {
-                    if superseded {
-                        bump(stat::FLOWS_SUPERSEDED);
+                SynStep::Defer => {
+                    old.flags |= FLOW_RESTART_PENDING;
+                    if src_is_lo {
+                        old.flags |= FLOW_RESTART_CLIENT_LO;
+                    } else {
+                        old.flags &= !FLOW_RESTART_CLIENT_LO;
                     }
+                    old.restart_seq = pkt.seq;
+                    old.restart_cookie = state.socket_cookie;
+                    bump(stat::SYNS_DEFERRED);
+                }
+                SynStep::Restart => {
                     // In place: no allocation, and the entry keeps its LRU slot.
                     *old = state;
                     let _ = VERDICTS.remove(key);
                     count_new(&state);
+                    syn_payload(ctx, pkt, old, now);
                 }
             }
             return;
         }
-        if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_ok() {
-            count_new(&state);
-        } else {
+        if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_err() {
             bump(stat::FLOW_INSERT_FAILED);
+            return;
         }
+        count_new(&state);
+        if pkt.payload_len != 0
+            && let Some(flow) = FLOWS.get_ptr_mut(key)
+        {
+            // SAFETY: a pointer into the map value, valid for this program run.
+            syn_payload(ctx, pkt, unsafe { &mut *flow }, now);
+        }
+    }
+
+    /// Captures the data a SYN carries (TCP Fast Open) like any first client segment, so
+    /// that the server's answer is held for its verdict.
+    #[inline(always)]
+    fn syn_payload(ctx: &TcContext, pkt: &Packet, flow: &mut FlowState, now: u64) {
+        if pkt.payload_len == 0 || flow.inspect != Inspect::Capturing as u8 {
+            return;
+        }
+        bump(stat::SYN_PAYLOADS);
+        flow.payload_ns = now;
+        capture(ctx, pkt, flow, now);
+    }
+
+    /// A SYN-ACK that confirms a deferred SYN ([`SynStep::Defer`]): the live flow under
+    /// the key was superseded by a new connection, which starts here.
+    #[inline(always)]
+    fn restart_confirmed(
+        ctx: &TcContext,
+        flow: &mut FlowState,
+        key: &FlowKey,
+        egress: bool,
+        now: u64,
+    ) {
+        let capture = match CONFIG.get(0) {
+            Some(cfg) => cfg.capture != 0,
+            None => false,
+        };
+        let client_is_lo = flow.flags & FLOW_RESTART_CLIENT_LO != 0;
+        let data_seq = flow.restart_seq.wrapping_add(1);
+        let cookie = flow.restart_cookie;
+        // The SYN went the other way through this hook (egress when its answer comes in).
+        let mut state = base_state(ctx, client_is_lo, !egress, now);
+        state.socket_cookie = cookie;
+        state.c2s_packets = 1;
+        state.s2c_packets = 1;
+        state.client_data_seq = data_seq;
+        state.capture_end_seq = data_seq;
+        state.phase = TcpPhase::SynAckSeen as u8;
+        state.inspect = if capture {
+            Inspect::Capturing as u8
+        } else {
+            Inspect::Done as u8
+        };
+        *flow = state;
+        let _ = VERDICTS.remove(key);
+        bump(stat::FLOWS_SUPERSEDED);
+        count_new(&state);
     }
 
     #[inline(always)]
@@ -766,7 +849,7 @@ mod programs {
         hdr.tuple = tuple(pkt, from_client);
         hdr.ts_ns = now;
         hdr.socket_cookie = flow.socket_cookie;
-        hdr.seq = pkt.seq;
+        hdr.seq = pkt.data_seq;
         hdr.len = 0;
         hdr.seg_len = pkt.payload_len;
         hdr.ifindex = flow.ifindex;
@@ -862,7 +945,7 @@ mod programs {
             .is_ok()
         {
             flow.captured += len;
-            let end = pkt.seq.wrapping_add(pkt.payload_len);
+            let end = pkt.data_seq.wrapping_add(pkt.payload_len);
             if seq_after(end, flow.capture_end_seq) {
                 flow.capture_end_seq = end;
             }

@@ -30,6 +30,8 @@ pub struct Segment<'a> {
     pub dport: u16,
     /// Sequence number, host order.
     pub seq: u32,
+    /// Acknowledgement number, host order.
+    pub ack: u32,
     /// TCP flags byte.
     pub flags: u8,
     /// Payload length according to the IP header.
@@ -97,6 +99,7 @@ pub fn tcp_segment(version: IpVersion, ip: &[u8]) -> Option<Segment<'_>> {
         sport: u16::from_be_bytes([tcp[0], tcp[1]]),
         dport: u16::from_be_bytes([tcp[2], tcp[3]]),
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         flags: tcp[13],
         payload_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
         payload: &ip[from..to],
@@ -121,11 +124,23 @@ pub mod build {
         seq: u32,
         payload: &[u8],
     ) -> Vec<u8> {
+        tcp_acking(src, dst, flags, seq, 0, payload)
+    }
+
+    /// [`tcp`] with an acknowledgement number.
+    pub fn tcp_acking(
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut tcp = Vec::new();
         tcp.extend_from_slice(&src.1.to_be_bytes());
         tcp.extend_from_slice(&dst.1.to_be_bytes());
         tcp.extend_from_slice(&seq.to_be_bytes());
-        tcp.extend_from_slice(&0u32.to_be_bytes());
+        tcp.extend_from_slice(&ack.to_be_bytes());
         // Data offset 8 words: 12 bytes of options (NOPs), as Linux sends with timestamps.
         tcp.extend_from_slice(&[0x80, flags, 0xff, 0xff, 0, 0, 0, 0]);
         tcp.extend_from_slice(&[1; 12]);
@@ -224,10 +239,22 @@ pub mod build {
             tcp(self.client, self.server, super::TCP_SYN, self.cisn, b"")
         }
 
-        /// The server's SYN-ACK.
+        /// The server's SYN-ACK, acknowledging the client's SYN.
         pub fn syn_ack(&self) -> Vec<u8> {
             let flags = super::TCP_SYN | super::TCP_ACK;
-            tcp(self.server, self.client, flags, self.sisn, b"")
+            tcp_acking(
+                self.server,
+                self.client,
+                flags,
+                self.sisn,
+                self.cisn + 1,
+                b"",
+            )
+        }
+
+        /// The client's SYN carrying `data` (TCP Fast Open).
+        pub fn syn_with(&self, data: &[u8]) -> Vec<u8> {
+            tcp(self.client, self.server, super::TCP_SYN, self.cisn, data)
         }
 
         /// The client's ACK completing the handshake.

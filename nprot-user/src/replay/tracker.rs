@@ -90,6 +90,10 @@ pub struct TrackerStats {
     pub flows_evicted: u64,
     /// SYNs taken as retransmissions of their flow's opening SYN.
     pub syn_retransmits: u64,
+    /// SYNs on a live flow that waited for their server's SYN-ACK.
+    pub syns_deferred: u64,
+    /// SYNs that carried data (TCP Fast Open).
+    pub syn_payloads: u64,
     /// Flows replaced by a new connection on their four-tuple before their end was seen.
     pub flows_superseded: u64,
     /// Flows first seen without their SYN.
@@ -115,6 +119,8 @@ struct Flow {
     decided_seq: u32,
     capture_end_seq: u32,
     last_ns: u64,
+    /// A SYN on this live flow awaits its server's SYN-ACK: (its client is `lo`, its ISN).
+    restart: Option<(bool, u32)>,
     phase: TcpPhase,
     inspect: Inspect,
     verdict: Verdict,
@@ -137,6 +143,7 @@ impl Flow {
             decided_seq: 0,
             capture_end_seq: client_data_seq,
             last_ns: ts_ns,
+            restart: None,
             phase: TcpPhase::SynSent,
             inspect: Inspect::Done,
             verdict: Verdict::Pending,
@@ -224,8 +231,7 @@ impl Tracker {
         let (key, src_is_lo) =
             FlowKey::canonical(seg.family, &seg.src, seg.sport, &seg.dst, seg.dport);
         if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            self.new_flow(seg, key, src_is_lo, ts_ns);
-            return out;
+            return self.new_flow(seg, key, src_is_lo, ts_ns);
         }
         let Tracker {
             config,
@@ -251,6 +257,23 @@ impl Tracker {
             stats.flows_midstream += 1;
             pending.remove(&key);
             *flow = Flow::midstream(seg, src_is_lo, ts_ns);
+        }
+        if let Some((client_is_lo, isn)) = flow.restart
+            && lifecycle::confirms_restart(seg.flags, src_is_lo != client_is_lo, seg.ack, isn)
+        {
+            // The server accepted the deferred SYN: a new connection supersedes the flow.
+            let mut state = Flow::base(client_is_lo, isn.wrapping_add(1), ts_ns);
+            state.phase = TcpPhase::SynAckSeen;
+            state.inspect = if config.capture {
+                Inspect::Capturing
+            } else {
+                Inspect::Done
+            };
+            *flow = state;
+            pending.remove(&key);
+            stats.flows_superseded += 1;
+            stats.flows_new += 1;
+            return out;
         }
         let from_client = src_is_lo == flow.client_is_lo;
         flow.last_ns = ts_ns;
@@ -312,7 +335,7 @@ impl Tracker {
             return out;
         }
         if from_client {
-            let end = seg.seq.wrapping_add(seg.payload_len);
+            let end = lifecycle::data_seq(seg.seq, seg.flags).wrapping_add(seg.payload_len);
             if flow.continued && !seq_after(end, flow.decided_seq) {
                 return out;
             }
@@ -326,30 +349,50 @@ impl Tracker {
         out
     }
 
-    fn new_flow(&mut self, seg: &Segment<'_>, key: FlowKey, src_is_lo: bool, ts_ns: u64) {
+    fn new_flow<'a>(
+        &mut self,
+        seg: &Segment<'a>,
+        key: FlowKey,
+        src_is_lo: bool,
+        ts_ns: u64,
+    ) -> Records<'a> {
         let mut state = Flow::base(src_is_lo, seg.seq.wrapping_add(1), ts_ns);
         state.inspect = if self.config.capture {
             Inspect::Capturing
         } else {
             Inspect::Done
         };
+        let mut out = Records::default();
         if let Some(old) = self.flows.get_mut(&key) {
             let same_client = src_is_lo == old.client_is_lo;
-            match lifecycle::syn_step(old.phase as u8, old.client_data_seq, seg.seq, same_client) {
+            let mut step =
+                lifecycle::syn_step(old.phase as u8, old.client_data_seq, seg.seq, same_client);
+            // As in the kernel: data in the SYN is captured now or never.
+            if step == SynStep::Defer && seg.payload_len != 0 {
+                self.stats.flows_superseded += 1;
+                step = SynStep::Restart;
+            }
+            match step {
                 SynStep::Retransmit => self.stats.syn_retransmits += 1,
-                SynStep::Restart { superseded } => {
-                    if superseded {
-                        self.stats.flows_superseded += 1;
-                    }
+                SynStep::Defer => {
+                    old.restart = Some((src_is_lo, seg.seq));
+                    self.stats.syns_deferred += 1;
+                }
+                SynStep::Restart => {
                     *old = state;
                     self.pending.remove(&key);
                     self.stats.flows_new += 1;
+                    syn_payload(&mut out, &self.config, &mut self.stats, seg, old, ts_ns);
                 }
             }
-            return;
+            return out;
         }
         self.insert(key, state);
         self.stats.flows_new += 1;
+        if let Some(flow) = self.flows.get_mut(&key) {
+            syn_payload(&mut out, &self.config, &mut self.stats, seg, flow, ts_ns);
+        }
+        out
     }
 
     /// Adds a flow not in the table, making room first if it is full.
@@ -483,7 +526,7 @@ fn capture<'a>(
         return;
     }
     flow.captured += len;
-    let end = seg.seq.wrapping_add(seg.payload_len);
+    let end = lifecycle::data_seq(seg.seq, seg.flags).wrapping_add(seg.payload_len);
     if seq_after(end, flow.capture_end_seq) {
         flow.capture_end_seq = end;
     }
@@ -493,6 +536,24 @@ fn capture<'a>(
     rec.truncated = truncated;
     rec.budget_spent = budget_spent;
     out.push(rec);
+}
+
+/// Data in a SYN (TCP Fast Open), captured like a first client segment (the kernel's
+/// `syn_payload`).
+fn syn_payload<'a>(
+    out: &mut Records<'a>,
+    config: &TrackerConfig,
+    stats: &mut TrackerStats,
+    seg: &Segment<'a>,
+    flow: &mut Flow,
+    ts_ns: u64,
+) {
+    if seg.payload_len == 0 || flow.inspect != Inspect::Capturing {
+        return;
+    }
+    stats.syn_payloads += 1;
+    flow.payload_ns = ts_ns;
+    capture(out, config, stats, seg, flow, ts_ns);
 }
 
 /// Server payload while the flow is inspecting.
@@ -544,7 +605,7 @@ fn record<'a>(
         },
         ts_ns,
         outbound: flow.syn_egress,
-        seq: seg.seq,
+        seq: lifecycle::data_seq(seg.seq, seg.flags),
         client_data_seq: flow.client_data_seq,
         payload: &[],
         truncated: false,
@@ -760,6 +821,48 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn a_forged_syn_the_server_ignores_does_not_end_inspection() {
+        let real = conv();
+        let mut run = Run::new(Mode::Block, BLOCK_BAD);
+        run.feed_all(&real.handshake());
+        run.feed(&real.client(0, &get("good.example")));
+        run.feed(&real.server(0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        // Another ISN on the live connection; the server answers with a challenge ACK.
+        let forged = Conv {
+            cisn: 4_000_000,
+            ..real
+        };
+        run.feed(&forged.syn());
+        run.feed(&real.flags(false, TCP_ACK));
+        // The real connection's next request is still judged.
+        let at = get("good.example").len() as u32;
+        run.feed(&real.client(at, &get("bad.example")));
+        run.feed(&real.server(40, b"HTTP/1.1 200 OK\r\n\r\n"));
+        assert_eq!(
+            urls(&mut run, ActionType::ExploitGuardNetworkProtectionBlocked),
+            ["http://bad.example/"]
+        );
+        let s = run.stats();
+        assert_eq!((s.syns_deferred, s.flows_superseded, s.flows_new), (1, 0, 1));
+    }
+
+    #[test]
+    fn fast_open_data_in_the_syn_is_judged() {
+        let c = conv();
+        let mut run = Run::new(Mode::Block, BLOCK_BAD);
+        run.feed(&c.syn_with(&get("bad.example")));
+        run.feed(&c.syn_ack());
+        run.feed(&c.flags(true, TCP_ACK));
+        run.feed(&c.server(0, b"HTTP/1.0 200 OK\r\n\r\n"));
+        assert_eq!(
+            urls(&mut run, ActionType::ExploitGuardNetworkProtectionBlocked),
+            ["http://bad.example/"]
+        );
+        let s = run.stats();
+        assert_eq!((s.syn_payloads, s.flows_reset), (1, 1));
     }
 
     #[test]
