@@ -192,9 +192,10 @@ http {{
         );
     }
     let _ = writeln!(c, "    server {{");
+    // Fast Open is accepted (it takes effect only where `net.ipv4.tcp_fastopen` allows it).
     for port in HTTP_PORTS {
-        let _ = writeln!(c, "        listen {port};");
-        let _ = writeln!(c, "        listen [::]:{port};");
+        let _ = writeln!(c, "        listen {port} fastopen=64;");
+        let _ = writeln!(c, "        listen [::]:{port} fastopen=64;");
     }
     let _ = writeln!(
         c,
