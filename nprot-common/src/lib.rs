@@ -5,6 +5,7 @@
 //! byte for byte. Changing a layout here changes both sides at once.
 #![no_std]
 
+pub mod encap;
 pub mod lifecycle;
 
 /// Address family of a flow: IPv4.
@@ -493,8 +494,11 @@ pub mod stat {
     pub const SYNS_DEFERRED: u32 = 20;
     /// SYNs that carried data (TCP Fast Open), captured like a first segment.
     pub const SYN_PAYLOADS: u32 = 21;
+    /// Packets of blocked flows inside a tunnel (GRE, VXLAN, GENEVE), turned into resets
+    /// for their receiver without a reflected copy.
+    pub const TUNNELED_RESETS: u32 = 22;
     /// Number of counters.
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -519,6 +523,7 @@ pub mod stat {
         "flows_new_local",
         "syns_deferred",
         "syn_payloads",
+        "tunneled_resets",
     ];
 }
 

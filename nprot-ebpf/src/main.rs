@@ -35,6 +35,11 @@ mod programs {
         MAX_SOCKET_OWNERS, PayloadRecord, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED,
         RawAddr, RecordHeader, RecordKind, SensorConfig, SocketOwner, TcpPhase, Verdict,
         VerdictEntry,
+        encap::{
+            self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_P_PPP_SES, ETH_P_TEB, GENEVE_PORT,
+            IPPROTO_GRE, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT, MAX_TUNNELS, MAX_VLAN_TAGS,
+            PPPOE_HLEN, UDP_HLEN, VLAN_HLEN, VXLAN_HLEN, VXLAN_PORT,
+        },
         lifecycle::{self, SynStep, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
         owner_stat, seq_after, stat,
     };
@@ -81,14 +86,8 @@ mod programs {
     #[map]
     static OWNER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(owner_stat::COUNT, 0);
 
-    const ETH_P_IP: u32 = 0x0800;
-    const ETH_P_IPV6: u32 = 0x86DD;
-    const IPPROTO_TCP: u8 = 6;
-
     /// Let the packet continue: the next TCX program or the stack decides.
     const PASS: i32 = TC_ACT_UNSPEC;
-
-    const ETH_HLEN: usize = 14;
 
     #[classifier]
     pub fn nprot_eth_egress(ctx: TcContext) -> i32 {
@@ -195,8 +194,25 @@ mod programs {
         flags: u8,
         /// Data-offset byte (header length << 4), kept to rewrite the flags word.
         doff_byte: u8,
+        /// Where the (innermost) IP header starts.
+        l3_off: u32,
+        /// The segment came through a tunnel (GRE, VXLAN, GENEVE): it cannot be rewritten
+        /// into a reset for its peers, so a blocked flow's packets are dropped instead.
+        tunneled: bool,
         l4_off: u32,
         payload_off: u32,
+        payload_len: u32,
+    }
+
+    /// An IP header, as [`parse_ip`] reads it.
+    struct IpHeader {
+        family: u8,
+        src: RawAddr,
+        dst: RawAddr,
+        /// The upper-layer protocol (after IPv6 extension headers).
+        proto: u8,
+        l4_off: usize,
+        /// Bytes after the IP header (and its extension headers).
         payload_len: u32,
     }
 
@@ -209,54 +225,149 @@ mod programs {
         }
     }
 
+    /// The IP header at `off` (`ethertype` says which): family, addresses, protocol,
+    /// where its payload starts and how long it is. IPv6 extension headers are walked
+    /// ([`encap::ipv6_next`]); a later fragment (v4 or v6) has no transport header.
     #[inline(always)]
-    fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
-        let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
-        let (family, src, dst, l4_off, ip_payload_len) = if proto == ETH_P_IP {
-            let ver_ihl: u8 = ctx.load(L2).ok()?;
+    fn parse_ip(ctx: &TcContext, ethertype: u16, off: usize) -> Option<IpHeader> {
+        if ethertype == ETH_P_IP {
+            let ver_ihl: u8 = ctx.load(off).ok()?;
             let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-            if ihl < 20 || ctx.load::<u8>(L2 + 9).ok()? != IPPROTO_TCP {
+            if ihl < 20 {
                 return None;
             }
-            // Only the first fragment carries the TCP header.
-            let frag: u16 = u16::from_be(ctx.load(L2 + 6).ok()?);
+            let frag: u16 = u16::from_be(ctx.load(off + 6).ok()?);
             if frag & 0x1fff != 0 {
                 return None;
             }
-            let tot_len = u16::from_be(ctx.load(L2 + 2).ok()?) as u32;
-            let src: u32 = ctx.load(L2 + 12).ok()?;
-            let dst: u32 = ctx.load(L2 + 16).ok()?;
+            let tot_len = u16::from_be(ctx.load(off + 2).ok()?) as u32;
+            let src: u32 = ctx.load(off + 12).ok()?;
+            let dst: u32 = ctx.load(off + 16).ok()?;
             // tot_len is 0 on BIG TCP super-packets; fall back to the skb length then.
             let ip_len = if tot_len != 0 {
                 tot_len
             } else {
-                ctx.len().saturating_sub(L2 as u32)
+                ctx.len().saturating_sub(off as u32)
             };
-            (
-                FAMILY_V4,
-                [src, 0, 0, 0],
-                [dst, 0, 0, 0],
-                L2 + ihl,
-                ip_len.saturating_sub(ihl as u32),
-            )
-        } else if proto == ETH_P_IPV6 {
-            // Extension headers are not walked: TCP must be the first next-header.
-            if ctx.load::<u8>(L2 + 6).ok()? != IPPROTO_TCP {
+            return Some(IpHeader {
+                family: FAMILY_V4,
+                src: [src, 0, 0, 0],
+                dst: [dst, 0, 0, 0],
+                proto: ctx.load(off + 9).ok()?,
+                l4_off: off + ihl,
+                payload_len: ip_len.saturating_sub(ihl as u32),
+            });
+        }
+        if ethertype != ETH_P_IPV6 {
+            return None;
+        }
+        let plen = u16::from_be(ctx.load(off + 4).ok()?) as u32;
+        let src: RawAddr = ctx.load(off + 8).ok()?;
+        let dst: RawAddr = ctx.load(off + 24).ok()?;
+        let mut plen = if plen != 0 {
+            plen
+        } else {
+            ctx.len().saturating_sub(off as u32 + 40)
+        };
+        let mut next: u8 = ctx.load(off + 6).ok()?;
+        let mut at = off + 40;
+        for _ in 0..MAX_IPV6_EXT {
+            let len_byte: u8 = match encap::ipv6_next(next, 0) {
+                encap::Ipv6Next::Upper => break,
+                _ => ctx.load(at + 1).ok()?,
+            };
+            let len = match encap::ipv6_next(next, len_byte) {
+                encap::Ipv6Next::Skip(len) => len,
+                encap::Ipv6Next::Fragment => {
+                    let offset: u16 = u16::from_be(ctx.load(at + 2).ok()?);
+                    if encap::ipv6_later_fragment(offset) {
+                        return None;
+                    }
+                    8
+                }
+                encap::Ipv6Next::Upper => break,
+            };
+            next = ctx.load(at).ok()?;
+            at += len;
+            plen = plen.saturating_sub(len as u32);
+        }
+        Some(IpHeader {
+            family: FAMILY_V6,
+            src,
+            dst,
+            proto: next,
+            l4_off: at,
+            payload_len: plen,
+        })
+    }
+
+    /// Finds the TCP segment in a packet: through VLAN tags and a PPPoE session, then IP,
+    /// and into GRE, VXLAN and GENEVE tunnels, each walk bounded (`nprot_common::encap`).
+    /// For Ethernet the ethertype is read from the frame (the skb's protocol may be the
+    /// sender's `ETH_P_ALL` for packet-socket traffic).
+    #[inline(always)]
+    fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
+        let mut off = L2;
+        let mut ethertype = if L2 == ETH_HLEN {
+            u16::from_be(ctx.load(12).ok()?)
+        } else {
+            u16::from_be(ctx.skb.protocol() as u16)
+        };
+        let mut tunneled = false;
+        let mut ip = None;
+        for depth in 0..=MAX_TUNNELS {
+            for _ in 0..MAX_VLAN_TAGS {
+                if !encap::is_vlan(ethertype) {
+                    break;
+                }
+                ethertype = u16::from_be(ctx.load(off + 2).ok()?);
+                off += VLAN_HLEN;
+            }
+            if ethertype == ETH_P_PPP_SES {
+                ethertype = encap::ppp_ethertype(u16::from_be(ctx.load(off + 6).ok()?))?;
+                off += PPPOE_HLEN;
+            }
+            let hdr = parse_ip(ctx, ethertype, off)?;
+            if hdr.proto == IPPROTO_TCP {
+                ip = Some(hdr);
+                break;
+            }
+            if depth == MAX_TUNNELS {
                 return None;
             }
-            let plen = u16::from_be(ctx.load(L2 + 4).ok()?) as u32;
-            let src: RawAddr = ctx.load(L2 + 8).ok()?;
-            let dst: RawAddr = ctx.load(L2 + 24).ok()?;
-            let plen = if plen != 0 {
-                plen
+            // Into a tunnel: the inner packet is an Ethernet frame or an IP packet.
+            let (inner, inner_type) = if hdr.proto == IPPROTO_GRE {
+                let flags = u16::from_be(ctx.load(hdr.l4_off).ok()?);
+                let len = encap::gre_header_len(flags)?;
+                (
+                    hdr.l4_off + len,
+                    u16::from_be(ctx.load(hdr.l4_off + 2).ok()?),
+                )
+            } else if hdr.proto == IPPROTO_UDP {
+                let dport = u16::from_be(ctx.load(hdr.l4_off + 2).ok()?);
+                let at = hdr.l4_off + UDP_HLEN;
+                if dport == VXLAN_PORT {
+                    (at + VXLAN_HLEN, ETH_P_TEB)
+                } else if dport == GENEVE_PORT {
+                    let len = encap::geneve_header_len(ctx.load(at).ok()?)?;
+                    (at + len, u16::from_be(ctx.load(at + 2).ok()?))
+                } else {
+                    return None;
+                }
             } else {
-                ctx.len().saturating_sub(L2 as u32 + 40)
+                return None;
             };
-            (FAMILY_V6, src, dst, L2 + 40, plen)
-        } else {
-            return None;
-        };
-
+            tunneled = true;
+            if inner_type == ETH_P_TEB {
+                ethertype = u16::from_be(ctx.load(inner + 12).ok()?);
+                off = inner + ETH_HLEN;
+            } else {
+                ethertype = inner_type;
+                off = inner;
+            }
+        }
+        let ip = ip?;
+        let l4_off = ip.l4_off;
         let ports: [u16; 2] = ctx.load(l4_off).ok()?;
         let seq_ack: [u32; 2] = ctx.load(l4_off + 4).ok()?;
         let doff_flags: [u8; 2] = ctx.load(l4_off + 12).ok()?;
@@ -265,9 +376,9 @@ mod programs {
             return None;
         }
         Some(Packet {
-            family,
-            src,
-            dst,
+            family: ip.family,
+            src: ip.src,
+            dst: ip.dst,
             sport: u16::from_be(ports[0]),
             dport: u16::from_be(ports[1]),
             seq: u32::from_be(seq_ack[0]),
@@ -276,9 +387,11 @@ mod programs {
             ack_raw: seq_ack[1],
             flags: doff_flags[1],
             doff_byte: doff_flags[0],
+            l3_off: off as u32,
+            tunneled,
             l4_off: l4_off as u32,
             payload_off: l4_off as u32 + doff,
-            payload_len: ip_payload_len.saturating_sub(doff),
+            payload_len: ip.payload_len.saturating_sub(doff),
         })
     }
 
@@ -486,6 +599,18 @@ mod programs {
             return PASS;
         }
         bump(stat::RESET_PACKETS);
+        // A reflected copy of a tunnelled segment would need its outer headers rewritten
+        // too: such a segment only becomes a reset for its own receiver (so both ends
+        // are reset by the next packet each sends). An outer UDP checksum (an IPv6
+        // underlay) is not updated, and the receiver then drops it: blocked either way.
+        if pkt.tunneled {
+            bump(stat::TUNNELED_RESETS);
+            if set_flags(ctx, pkt, TCP_RST | TCP_ACK).is_err() {
+                bump(stat::RESET_FAILED);
+                return TC_ACT_SHOT;
+            }
+            return PASS;
+        }
         if reflect_reset::<L2>(ctx, pkt, egress).is_err() {
             bump(stat::RESET_FAILED);
         }
@@ -542,11 +667,12 @@ mod programs {
         } else {
             (&pkt.src, &pkt.dst, pkt.sport, pkt.dport)
         };
+        let l3 = pkt.l3_off as usize;
         if pkt.family == FAMILY_V4 {
-            ctx.store(L2 + 12, &[src[0], dst[0]], 0)?;
+            ctx.store(l3 + 12, &[src[0], dst[0]], 0)?;
         } else {
-            ctx.store(L2 + 8, src, 0)?;
-            ctx.store(L2 + 24, dst, 0)?;
+            ctx.store(l3 + 8, src, 0)?;
+            ctx.store(l3 + 24, dst, 0)?;
         }
         ctx.store(pkt.l4_off as usize, &[sport.to_be(), dport.to_be()], 0)?;
         Ok(())

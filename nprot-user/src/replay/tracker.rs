@@ -846,7 +846,10 @@ mod tests {
             ["http://bad.example/"]
         );
         let s = run.stats();
-        assert_eq!((s.syns_deferred, s.flows_superseded, s.flows_new), (1, 0, 1));
+        assert_eq!(
+            (s.syns_deferred, s.flows_superseded, s.flows_new),
+            (1, 0, 1)
+        );
     }
 
     #[test]
