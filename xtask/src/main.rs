@@ -30,6 +30,7 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "rsyslog", // the TCP collector of the sink tests
     "systemd", // systemd-analyze verify on the unit
+    "python3-scapy", // hand-built frames: evasion and encapsulations the kernel has no device for
 ];
 
 /// What the Debian package must contain (`dpkg-deb -c` paths).
