@@ -353,6 +353,12 @@ pub struct RecordHeader {
     /// `RECORD_*` bits.
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// Where the client bytes still to be decided start: `decided_seq` once the daemon
+    /// answered [`Verdict::Continue`], else `client_data_seq`. A stream the daemon has
+    /// to start again (it forgot it, or was told of a close the server ignored) starts
+    /// here, not at the flow's first byte.
+    pub stream_seq: u32,
+    pub _pad2: u32,
 }
 
 /// A payload record as the kernel assembles it in per-CPU scratch memory before

@@ -980,6 +980,12 @@ mod programs {
         hdr.seg_len = pkt.payload_len;
         hdr.ifindex = flow.ifindex;
         hdr.client_data_seq = flow.client_data_seq;
+        hdr.stream_seq = if flow.flags & FLOW_CONTINUED != 0 {
+            flow.decided_seq
+        } else {
+            flow.client_data_seq
+        };
+        hdr._pad2 = 0;
         hdr.kind = kind as u8;
         hdr.flags = if flow.flags & FLOW_SYN_EGRESS != 0 {
             RECORD_EGRESS

@@ -456,6 +456,8 @@ pub struct Record<'a> {
     pub seq: u32,
     /// Sequence number of the client's first payload byte.
     pub client_data_seq: u32,
+    /// Where the client bytes still to be decided start (see `RecordHeader::stream_seq`).
+    pub stream_seq: u32,
     /// Captured client payload (payload records only).
     pub payload: &'a [u8],
     /// The segment was longer than what was captured.
@@ -503,6 +505,7 @@ impl<'a> Record<'a> {
             outbound: hdr.flags & RECORD_EGRESS != 0,
             seq: hdr.seq,
             client_data_seq: hdr.client_data_seq,
+            stream_seq: hdr.stream_seq,
             payload: &payload[..hdr.len as usize],
             truncated: hdr.flags & RECORD_TRUNCATED != 0,
             budget_spent: hdr.flags & RECORD_BUDGET_SPENT != 0,

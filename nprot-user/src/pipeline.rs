@@ -432,28 +432,30 @@ impl Pipeline {
             phase: Phase::First,
             requests: 0,
         };
-        let walked =
-            match self
-                .reassembly
-                .insert(key, rec.client_data_seq, rec.seq, rec.payload, meta)
-            {
-                Ok(Some((stream, inspection))) => {
-                    inspection.last_ns = rec.ts_ns;
-                    walk(stream, inspection, rec.budget_spent)
-                }
-                // Nothing new in order; the kernel sends nothing more once the budget is spent.
-                Ok(None) if rec.budget_spent => Walk {
-                    items: Vec::new(),
-                    end: Some(End::GaveUp),
-                    next_seq: 0,
-                    advanced: false,
-                },
-                Ok(None) => return,
-                Err(TableFull) => {
-                    self.stats.gave_up += 1;
-                    return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
-                }
-            };
+        let walked = match self.reassembly.insert(
+            key,
+            (rec.client_data_seq, rec.stream_seq),
+            rec.seq,
+            rec.payload,
+            meta,
+        ) {
+            Ok(Some((stream, inspection))) => {
+                inspection.last_ns = rec.ts_ns;
+                walk(stream, inspection, rec.budget_spent)
+            }
+            // Nothing new in order; the kernel sends nothing more once the budget is spent.
+            Ok(None) if rec.budget_spent => Walk {
+                items: Vec::new(),
+                end: Some(End::GaveUp),
+                next_seq: 0,
+                advanced: false,
+            },
+            Ok(None) => return,
+            Err(TableFull) => {
+                self.stats.gave_up += 1;
+                return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
+            }
+        };
 
         // Judged in order; a blocked item ends the flow, and what follows it is moot.
         let policy = Arc::clone(&self.policy);
@@ -735,6 +737,7 @@ mod tests {
             outbound: true,
             seq,
             client_data_seq: 100,
+            stream_seq: 100,
             payload,
             truncated: false,
             budget_spent: false,
@@ -1264,6 +1267,7 @@ mod direction_tests {
             outbound: false,
             seq: 0,
             client_data_seq: 0,
+            stream_seq: 0,
             payload: b"",
             truncated: false,
             budget_spent: false,

@@ -26,8 +26,14 @@ pub struct Stream {
 impl Stream {
     /// A stream whose first byte has sequence number `base_seq`, holding `limit` bytes at most.
     pub fn new(base_seq: u32, limit: usize) -> Stream {
+        Stream::starting(base_seq, base_seq, limit)
+    }
+
+    /// A stream of the flow whose first byte is `origin`, from `base_seq` on (what comes
+    /// before it is decided).
+    pub fn starting(origin: u32, base_seq: u32, limit: usize) -> Stream {
         Stream {
-            origin: base_seq,
+            origin,
             base_seq,
             limit,
             data: Vec::new(),
@@ -153,13 +159,15 @@ impl<T> Reassembler<T> {
         }
     }
 
-    /// Adds a segment of flow `key`, creating its stream (with `meta`) on first sight.
-    /// Returns the stream if its in-order prefix grew, `Ok(None)` if it did not, and
-    /// `Err(TableFull)` if the flow has no stream and no room for one.
+    /// Adds a segment of flow `key`, creating its stream (with `meta`) on first sight:
+    /// `origin` is the flow's first client sequence number (which tells connections on
+    /// a four-tuple apart), `base_seq` where a new stream starts. Returns the stream if
+    /// its in-order prefix grew, `Ok(None)` if it did not, and `Err(TableFull)` if the
+    /// flow has no stream and no room for one.
     pub fn insert(
         &mut self,
         key: FlowKey,
-        base_seq: u32,
+        (origin, base_seq): (u32, u32),
         seq: u32,
         bytes: &[u8],
         meta: impl FnOnce() -> T,
@@ -174,7 +182,7 @@ impl<T> Reassembler<T> {
         if self
             .streams
             .get(&key)
-            .is_some_and(|(s, _)| s.origin != base_seq)
+            .is_some_and(|(s, _)| s.origin != origin)
         {
             self.streams.remove(&key);
             self.superseded += 1;
@@ -182,7 +190,7 @@ impl<T> Reassembler<T> {
         let entry = self
             .streams
             .entry(key)
-            .or_insert_with(|| (Stream::new(base_seq, limit), meta()));
+            .or_insert_with(|| (Stream::starting(origin, base_seq, limit), meta()));
         Ok(if entry.0.insert(seq, bytes) {
             Some(entry)
         } else {
@@ -251,9 +259,11 @@ mod tests {
     fn a_new_connection_on_the_four_tuple_replaces_the_old_stream() {
         let mut table: Reassembler<u8> = Reassembler::new(4, 100);
         let key = FlowKey::default();
-        table.insert(key, 1000, 1000, b"GET /old", || 1).unwrap();
+        table
+            .insert(key, (1000, 1000), 1000, b"GET /old", || 1)
+            .unwrap();
         let (stream, meta) = table
-            .insert(key, 5000, 5000, b"GET /new", || 2)
+            .insert(key, (5000, 5000), 5000, b"GET /new", || 2)
             .unwrap()
             .expect("the new stream grew");
         assert_eq!((stream.contiguous(), *meta), (&b"GET /new"[..], 2));
@@ -337,11 +347,11 @@ mod tests {
             ..Default::default()
         };
         let mut r: Reassembler<()> = Reassembler::new(1, 10);
-        assert!(r.insert(key(1), 0, 0, b"a", || ()).unwrap().is_some());
-        assert_eq!(r.insert(key(2), 0, 0, b"a", || ()).err(), Some(TableFull));
+        assert!(r.insert(key(1), (0, 0), 0, b"a", || ()).unwrap().is_some());
+        assert_eq!(r.insert(key(2), (0, 0), 0, b"a", || ()).err(), Some(TableFull));
         assert_eq!(r.overflows, 1);
-        assert!(r.insert(key(1), 0, 0, b"a", || ()).unwrap().is_none());
-        assert!(r.insert(key(1), 0, 1, b"b", || ()).unwrap().is_some());
+        assert!(r.insert(key(1), (0, 0), 0, b"a", || ()).unwrap().is_none());
+        assert!(r.insert(key(1), (0, 0), 1, b"b", || ()).unwrap().is_some());
         assert!(r.remove(&key(1)).is_some());
         assert!(r.is_empty());
     }

@@ -28,8 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "jq",
     "procps",
-    "rsyslog", // the TCP collector of the sink tests
-    "systemd", // systemd-analyze verify on the unit
+    "rsyslog",       // the TCP collector of the sink tests
+    "systemd",       // systemd-analyze verify on the unit
     "python3-scapy", // hand-built frames: evasion and encapsulations the kernel has no device for
 ];
 

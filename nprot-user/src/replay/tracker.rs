@@ -607,6 +607,11 @@ fn record<'a>(
         outbound: flow.syn_egress,
         seq: lifecycle::data_seq(seg.seq, seg.flags),
         client_data_seq: flow.client_data_seq,
+        stream_seq: if flow.continued {
+            flow.decided_seq
+        } else {
+            flow.client_data_seq
+        },
         payload: &[],
         truncated: false,
         budget_spent: false,
@@ -849,6 +854,24 @@ mod tests {
         assert_eq!(
             (s.syns_deferred, s.flows_superseded, s.flows_new),
             (1, 0, 1)
+        );
+    }
+
+    #[test]
+    fn a_reset_the_server_ignores_does_not_hide_the_next_request() {
+        let c = conv();
+        let mut run = Run::new(Mode::Block, BLOCK_BAD);
+        run.feed_all(&c.handshake());
+        let first = b"GET / HTTP/1.1\r\nHost: good.example\r\n\r\n";
+        run.feed(&c.client(0, first));
+        run.feed(&c.server(0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        // A reset with a bad checksum: reported as a close, ignored by the server.
+        run.feed(&c.flags(true, TCP_RST | TCP_ACK));
+        run.feed(&c.client(first.len() as u32, &get("bad.example")));
+        run.feed(&c.server(40, b"HTTP/1.1 200 OK\r\n\r\n"));
+        assert_eq!(
+            urls(&mut run, ActionType::ExploitGuardNetworkProtectionBlocked),
+            ["http://bad.example/"]
         );
     }
 
