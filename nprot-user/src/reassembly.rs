@@ -348,7 +348,10 @@ mod tests {
         };
         let mut r: Reassembler<()> = Reassembler::new(1, 10);
         assert!(r.insert(key(1), (0, 0), 0, b"a", || ()).unwrap().is_some());
-        assert_eq!(r.insert(key(2), (0, 0), 0, b"a", || ()).err(), Some(TableFull));
+        assert_eq!(
+            r.insert(key(2), (0, 0), 0, b"a", || ()).err(),
+            Some(TableFull)
+        );
         assert_eq!(r.overflows, 1);
         assert!(r.insert(key(1), (0, 0), 0, b"a", || ()).unwrap().is_none());
         assert!(r.insert(key(1), (0, 0), 1, b"b", || ()).unwrap().is_some());
