@@ -4,7 +4,7 @@
 //! tests drive the same code. The kernel side is reached only through [`VerdictTarget`].
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -447,7 +447,18 @@ pub struct Pipeline {
     /// the kernel's capture budget renewed each time as many more came: a quarter of the
     /// budget, so that a renewal lands with most of the last one left.
     renew_after: usize,
+    /// Flows given a final verdict lately, with their first client sequence number and
+    /// the time: segments the kernel captured before it picked the verdict up are still
+    /// in the ring, and must not start a stream whose verdict would replace it.
+    decided: HashMap<FlowKey, (u32, u64)>,
 }
+
+/// Decided flows remembered at once at most.
+const MAX_DECIDED_FLOWS: usize = 65_536;
+
+/// How long a decided flow is remembered: its late segments were captured before the
+/// verdict was written, so they are in the ring by then.
+const DECIDED_KEEP_NS: u64 = 2_000_000_000;
 
 /// Flows reassembled at once at most.
 const MAX_INSPECTED_FLOWS: usize = 65_536;
@@ -479,6 +490,7 @@ impl Pipeline {
             flow_idle_ns: nprot_common::FLOW_IDLE_TIMEOUT_NS_DEFAULT,
             oversized: OversizedAction::default(),
             renew_after: (capture_budget / 4).max(1),
+            decided: HashMap::new(),
         }
     }
 
@@ -586,6 +598,7 @@ impl Pipeline {
     /// Drops the stream of a flow that ended, counting it if bytes still awaited a
     /// decision.
     fn forget(&mut self, key: &FlowKey) {
+        self.decided.remove(key);
         if let Some((stream, inspection)) = self.reassembly.remove(key)
             && inspection.awaits(&stream)
         {
@@ -597,6 +610,13 @@ impl Pipeline {
         self.wake_latency
             .record(monotonic_ns().saturating_sub(rec.ts_ns));
         let key = rec.tuple.key();
+        if self
+            .decided
+            .get(&key)
+            .is_some_and(|&(origin, _)| origin == rec.client_data_seq)
+        {
+            return;
+        }
         let meta = || Inspection {
             last_ns: rec.ts_ns,
             phase: Phase::First,
@@ -668,6 +688,9 @@ impl Pipeline {
         };
         if blocked || walked.end.is_some() {
             self.reassembly.remove(&key);
+            if self.decided.len() < MAX_DECIDED_FLOWS || self.decided.contains_key(&key) {
+                self.decided.insert(key, (rec.client_data_seq, rec.ts_ns));
+            }
         } else if let Some((_, inspection)) = self.reassembly.get_mut(&key) {
             // Every Continue gives the kernel a fresh budget.
             inspection.since_continue = 0;
@@ -899,6 +922,8 @@ impl Pipeline {
             }
         });
         self.stats.gave_up += n as u64;
+        self.decided
+            .retain(|_, &mut (_, at)| now_ns.saturating_sub(at) < DECIDED_KEEP_NS);
         n
     }
 
@@ -1717,6 +1742,33 @@ mod tests {
             feed(&mut p, &mut v, &[req]);
             assert_eq!(v.0, [(tuple().key(), Verdict::Block)], "{req:?}");
         }
+    }
+
+    #[test]
+    fn segments_captured_before_the_verdict_do_not_replace_it() {
+        // The kernel captured more of the burst before it picked the Block up.
+        let head = long_head("/", 9000, "x.example");
+        let mut start = b"GET / HTTP/1.1\r\nHost: blocked.example\r\n".to_vec();
+        start.extend_from_slice(&head[16..]);
+        let (mut p, mut v) = (
+            pipeline_16k(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        let mut first = record(RecordKind::Payload, 100, &start[..CAPTURE_SEG_MAX]);
+        first.truncated = true;
+        p.on_record(&first, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
+        let mut late = record(RecordKind::Payload, 100 + 7240, &start[7240..8000]);
+        late.budget_spent = true;
+        p.on_record(&late, &mut v);
+        assert_eq!(v.0.len(), 1, "no second verdict: {:?}", v.0);
+        // A new connection on the four-tuple is inspected; expiry forgets the old one.
+        let mut next = record(RecordKind::Payload, 5000, REQUEST);
+        next.client_data_seq = 5000;
+        p.on_record(&next, &mut v);
+        assert_eq!(v.0.len(), 2);
+        p.expire(1_000 + DECIDED_KEEP_NS, 5);
+        assert!(p.decided.is_empty());
     }
 }
 
