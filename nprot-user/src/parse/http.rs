@@ -886,6 +886,37 @@ mod tests {
     }
 
     #[test]
+    fn every_head_shape_keeps_the_incremental_contract() {
+        // What the fuzz target checks, on the shapes added with HTTP/0.9 and long heads:
+        // a complete head parses alone, and every prefix of it needs more.
+        let mut long = b"GET / HTTP/1.1\r\nCookie: ".to_vec();
+        long.resize(MAX_HEAD_LEN - 4, b'c');
+        long.extend_from_slice(b"\r\n\r\n");
+        for head in [
+            &b"GET /\r\n"[..],
+            b"GET / \r\n",
+            b"GET /\nGET / HTTP/1.1\r\n\r\n",
+            b"OPTIONS *\r\n",
+            b"OPTIONS http://o.example HTTP/1.1\r\n\r\n",
+            b"CONNECT c.example:443\r\n",
+            &long,
+        ] {
+            let ParseOutcome::Complete(Parsed::Http(req)) = parse_http_request(head) else {
+                panic!("{:?}", String::from_utf8_lossy(head));
+            };
+            let exact = parse_http_request(&head[..req.header_len]);
+            assert_eq!(exact, ParseOutcome::Complete(Parsed::Http(req.clone())));
+            for cut in [0, 1, req.header_len / 2, req.header_len - 1] {
+                assert_eq!(
+                    parse_http_request(&head[..cut]),
+                    ParseOutcome::NeedMore,
+                    "{cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_40_kb_cookie_before_host_is_one_head() {
         let mut buf = b"GET /c HTTP/1.1\r\nCookie: ".to_vec();
         buf.resize(40_000, b'k');
