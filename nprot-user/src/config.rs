@@ -19,7 +19,11 @@ use serde::{
 };
 use toml::de::{DeTable, DeValue};
 
-use crate::{pipeline::KnownProxy, policy::Action, verdict::Mode};
+use crate::{
+    pipeline::{KnownProxy, OversizedAction},
+    policy::Action,
+    verdict::Mode,
+};
 
 /// Where the daemon looks for its configuration without `--config`.
 pub const DEFAULT_PATH: &str = "/etc/nprot/nprot.toml";
@@ -74,6 +78,14 @@ pub struct Config {
     /// Processes the attribution keeps in its cache at most.
     #[serde(deserialize_with = "de_process_cache")]
     pub process_cache: usize,
+    /// What block mode does with an HTTP request head that cannot be judged in full
+    /// (over 64 KiB, or not all captured): `allow` or `block`.
+    #[serde(deserialize_with = "de_oversized")]
+    pub oversized: OversizedAction,
+}
+
+fn de_oversized<'de, D: Deserializer<'de>>(d: D) -> Result<OversizedAction, D::Error> {
+    String::deserialize(d)?.parse().map_err(de::Error::custom)
 }
 
 /// Where the `connect4`/`connect6` hooks of process attribution attach.
@@ -134,6 +146,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             process_cgroup: ProcessCgroup::Auto,
             process_cache: crate::attribution::PROCESS_CACHE_MAX,
+            oversized: OversizedAction::Allow,
         }
     }
 }
@@ -704,6 +717,7 @@ control_socket = "/run/nprot/control.sock"
 verdict_timeout_ms = 250
 rt_priority = 20
 proxies = ["198.18.1.1:3128", "2001:db8::1", "[2001:db8::2]:8080"]
+oversized = "block"
 
 [events]
 stdout = false
@@ -742,6 +756,7 @@ protocol = "udp"
         );
         assert_eq!(c.verdict_timeout_ms, 250);
         assert_eq!(c.rt_priority, 20);
+        assert_eq!(c.oversized, OversizedAction::Block);
         let proxy = |ip: &str, port| KnownProxy {
             ip: ip.parse().unwrap(),
             port,
@@ -835,6 +850,7 @@ protocol = "udp"
         assert_eq!(c.state_dir, Path::new("/var/lib/nprot"));
         assert_eq!(c.control_socket, Path::new("/run/nprot/control.sock"));
         assert_eq!((c.verdict_timeout_ms, c.rt_priority), (500, 10));
+        assert_eq!(c.oversized, OversizedAction::Allow);
         assert_eq!(
             (c.events.file_max_bytes, c.events.file_keep),
             (104857600, 5)
@@ -885,6 +901,10 @@ protocol = "udp"
             (
                 "mode = 1",
                 "line 1, column 8: mode: invalid type: integer `1`, expected a string",
+            ),
+            (
+                "oversized = \"reset\"",
+                "line 1, column 13: oversized: \"reset\" is neither \"allow\" nor \"block\"",
             ),
             (
                 "rt_priority = 100",

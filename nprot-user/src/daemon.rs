@@ -35,7 +35,7 @@ use crate::{
         rotate::RotatingFileSink,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
-    pipeline::{KnownProxy, Pipeline, PipelineStats, VerdictTarget},
+    pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
     policy::{
         self, Action, Indicator, IndicatorType, Indicators, Policy, Subject, Target, load_json,
     },
@@ -96,6 +96,8 @@ pub struct RunOptions {
     pub process_cgroup: ProcessCgroup,
     /// Bound of the attribution's process cache.
     pub process_cache: usize,
+    /// What block mode does with a request head that cannot be judged in full.
+    pub oversized: OversizedAction,
 }
 
 impl RunOptions {
@@ -164,6 +166,7 @@ impl RunOptions {
             proxies: config.proxies.clone(),
             process_cgroup: args.process_cgroup.unwrap_or(config.process_cgroup),
             process_cache: config.process_cache,
+            oversized: config.oversized,
         })
     }
 }
@@ -489,6 +492,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     );
     pipeline.set_known_proxies(opts.proxies.clone());
     pipeline.set_flow_idle_timeout(opts.flow_idle_timeout.as_nanos() as u64);
+    pipeline.set_oversized(opts.oversized);
     let attribution = start_attribution(&mut sensor, &mut pipeline, &opts);
     let guarded: Vec<String> = sensor
         .attached
@@ -890,6 +894,7 @@ impl Daemon {
                 opts.device_groups = fresh.device_groups;
                 opts.config_mode = fresh.config_mode;
                 opts.proxies = fresh.proxies;
+                opts.oversized = fresh.oversized;
             }
             let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
             let merged = self.state.merged(files)?;
@@ -905,6 +910,7 @@ impl Daemon {
                 );
                 self.pipeline.set_policy(Arc::new(policy));
                 self.pipeline.set_known_proxies(opts.proxies.clone());
+                self.pipeline.set_oversized(opts.oversized);
                 let mode = opts.mode.or(self.state.mode).unwrap_or(opts.config_mode);
                 self.opts = opts;
                 if mode != self.mode {
@@ -925,12 +931,14 @@ impl Daemon {
     fn report_totals(&self) {
         let p = self.pipeline.stats();
         info!(
-            "pipeline: records={} tls={} http={} not_recognised={} gave_up={} blocked={} audited={} reassembly_overflows={} verdict_errors={} decode_errors={}",
+            "pipeline: records={} tls={} http={} not_recognised={} gave_up={} oversized={} heads_not_captured={} blocked={} audited={} reassembly_overflows={} verdict_errors={} decode_errors={}",
             p.records,
             p.tls_inspected,
             p.http_inspected,
             p.not_recognised,
             p.gave_up,
+            p.oversized,
+            p.heads_not_captured,
             p.blocked,
             p.audited,
             p.reassembly_overflows,

@@ -4,17 +4,20 @@
 //! tests drive the same code. The kernel side is reached only through [`VerdictTarget`].
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
-use nprot_common::{FlowKey, RecordKind, Verdict, VerdictEntry};
+use nprot_common::{CAPTURE_SEG_MAX, FlowKey, RecordKind, Verdict, VerdictEntry};
 
 use crate::{
     attribution::{ProcessColumns, ProcessInfo, ProcessSource},
     capture::{Record, ip_addr},
-    events::{ActionType, Direction, Event, EventFactory, FlowEnds, ProxyFields, monotonic_ns},
+    events::{
+        ActionType, Direction, Event, EventFactory, FlowEnds, OversizedFields, ProxyFields,
+        monotonic_ns,
+    },
     parse::{
         ParseOutcome, Parsed,
         http::{self, Body},
@@ -61,7 +64,55 @@ pub struct PipelineStats {
     pub requests_not_http: u64,
     /// Connections that switched protocols (`Upgrade`): inspection ends after that request.
     pub upgraded: u64,
+    /// Request heads longer than [`http::MAX_HEAD_LEN`]: judged by what their start says
+    /// and by the `oversized` setting.
+    pub oversized: u64,
+    /// Request heads with bytes the kernel did not capture (a segment cut to its capture
+    /// bound, the capture budget spent, or no room to hold more): treated like oversized
+    /// ones.
+    pub heads_not_captured: u64,
+    /// Capture budgets renewed for a long request head still incomplete.
+    pub budget_renewals: u64,
 }
+
+/// What block mode does with a request head that cannot be judged in full (config key
+/// `oversized`): one over [`http::MAX_HEAD_LEN`], or one whose bytes were not all
+/// captured. Either way the head's start is judged, and the flow is counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizedAction {
+    /// Let it through (unless what its start says is blocked).
+    #[default]
+    Allow,
+    /// Reset it.
+    Block,
+}
+
+impl std::str::FromStr for OversizedAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" => Ok(OversizedAction::Allow),
+            "block" => Ok(OversizedAction::Block),
+            other => Err(format!("{other:?} is neither \"allow\" nor \"block\"")),
+        }
+    }
+}
+
+impl OversizedAction {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OversizedAction::Allow => "allow",
+            OversizedAction::Block => "block",
+        }
+    }
+}
+
+/// Bytes a stream may hold while a long request head is incomplete: the longest head
+/// judged, and one segment's capture past it (what pipelines behind it).
+pub const HEAD_STREAM_LIMIT: usize = http::MAX_HEAD_LEN + CAPTURE_SEG_MAX;
 
 /// Per-flow facts kept while its client bytes are reassembled.
 #[derive(Debug, Clone)]
@@ -70,6 +121,12 @@ struct Inspection {
     phase: Phase,
     /// HTTP requests parsed on the connection so far (`trans_depth` of the last one).
     requests: u32,
+    /// Payload bytes received since the last `Continue` was sent: at least what the
+    /// kernel counted against its capture budget since it applied that `Continue`.
+    since_continue: usize,
+    /// Sequence number just past the captured part of the last segment the kernel cut
+    /// (to its per-segment bound, or its budget): the bytes after it never come.
+    cut_at: Option<u32>,
 }
 
 impl Inspection {
@@ -108,6 +165,44 @@ struct Judged<'p> {
     proxy: ProxyFields,
     /// Its number among the connection's HTTP requests.
     depth: u32,
+    /// A request head judged by its start only.
+    unfinished: Option<Unfinished>,
+}
+
+/// A request head that cannot be judged in full, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unfinished {
+    why: Why,
+    /// Its bytes seen (in order, from its start).
+    seen: usize,
+}
+
+/// Why a request head cannot be judged in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Longer than [`http::MAX_HEAD_LEN`].
+    TooLong,
+    /// Bytes of it were not captured.
+    NotCaptured,
+}
+
+impl Why {
+    /// The `reason` of its event.
+    fn reason(self) -> &'static str {
+        match self {
+            Why::TooLong => "head_too_long",
+            Why::NotCaptured => "head_not_captured",
+        }
+    }
+}
+
+/// One item a walk found, to judge: what was parsed, in which phase, its number among
+/// the connection's requests, and whether it is a head judged by its start only.
+struct Item {
+    phase: Phase,
+    parsed: Parsed,
+    depth: u32,
+    unfinished: Option<Unfinished>,
 }
 
 /// What follows a judged request on its flow.
@@ -170,14 +265,17 @@ enum End {
     RequestsGaveUp,
     /// A request switched protocols.
     Upgraded,
+    /// A request head that cannot be judged in full (the last item, judged by its start).
+    Unfinished,
 }
 
-/// What a flow's in-order bytes held: the items parsed, each with the phase it was
-/// parsed in and its number among the connection's requests, and whether inspection
-/// ends (`None`: more bytes are awaited).
+/// What a flow's in-order bytes held: the items parsed, and whether inspection ends
+/// (`None`: more bytes are awaited).
 struct Walk {
-    items: Vec<(Phase, Parsed, u32)>,
+    items: Vec<Item>,
     end: Option<End>,
+    /// Bytes of an incomplete HTTP request head the walk stopped in, if it did.
+    head_pending: Option<usize>,
     /// Client sequence number just past what was dealt with (the stream's start now).
     next_seq: u32,
     /// The stream's start moved (items, or body chunks skipped): the kernel is told, so
@@ -185,11 +283,24 @@ struct Walk {
     advanced: bool,
 }
 
+/// Whether `buf`, awaited in `phase`, is the start of an HTTP request head.
+fn http_head(phase: &Phase, buf: &[u8]) -> bool {
+    match phase {
+        Phase::Requests => !buf.is_empty(),
+        Phase::First | Phase::Tunnel(_) => {
+            matches!(http::match_method(buf), http::MethodMatch::Method(_))
+        }
+        Phase::Chunked => false,
+    }
+}
+
 /// Parses everything that can be parsed from `stream`, moving it past each item: usually
 /// one ClientHello or request; behind a forward proxy a CONNECT and what the tunnel
-/// starts with, or several requests on one connection.
+/// starts with, or several requests on one connection. `budget_spent`: the kernel
+/// captures nothing more.
 fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) -> Walk {
     let mut items = Vec::new();
+    let mut head_pending = None;
     let start = stream.base_seq();
     let end = loop {
         let buf = stream.contiguous();
@@ -214,13 +325,39 @@ fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) ->
             Phase::Requests => http::parse_http_request(buf),
             Phase::First | Phase::Tunnel(_) => parse_client_payload(buf),
         };
+        // A head that will never be seen in full is judged by its start.
+        let unfinished = |why: Why, items: &mut Vec<Item>, inspection: &mut Inspection| {
+            let Some(req) = http::parse_head_prefix(buf) else {
+                // Unreachable: the bytes so far were a valid start of a head.
+                return End::NotRecognised {
+                    why: "malformed HTTP request head",
+                    first: false,
+                };
+            };
+            inspection.requests = inspection.requests.saturating_add(1);
+            items.push(Item {
+                phase: inspection.phase.clone(),
+                parsed: Parsed::Http(req),
+                depth: inspection.requests,
+                unfinished: Some(Unfinished {
+                    why,
+                    seen: buf.len(),
+                }),
+            });
+            End::Unfinished
+        };
         match outcome {
             ParseOutcome::Complete(parsed) => {
                 let next = next_phase(&inspection.phase, &parsed);
                 if let Parsed::Http(_) = parsed {
                     inspection.requests = inspection.requests.saturating_add(1);
                 }
-                items.push((inspection.phase.clone(), parsed, inspection.requests));
+                items.push(Item {
+                    phase: inspection.phase.clone(),
+                    parsed,
+                    depth: inspection.requests,
+                    unfinished: None,
+                });
                 match next {
                     Next::Done => break Some(End::Done),
                     Next::Upgraded => break Some(End::Upgraded),
@@ -235,19 +372,35 @@ fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) ->
                 let first = items.is_empty() && matches!(inspection.phase, Phase::First);
                 break Some(End::NotRecognised { why, first });
             }
-            // Decided items release what is held; the next one waits for its bytes.
-            ParseOutcome::NeedMore if !items.is_empty() || stream.base_seq() != start => {
+            ParseOutcome::Oversized => {
+                break Some(unfinished(Why::TooLong, &mut items, inspection));
+            }
+            ParseOutcome::NeedMore => {
+                // The missing bytes never come: no room for them, no budget left in the
+                // kernel, or the segment that carried them was cut.
+                let stuck =
+                    stream.is_full() || budget_spent || inspection.cut_at == Some(stream.end_seq());
+                let head = http_head(&inspection.phase, buf);
+                if stuck && head {
+                    break Some(unfinished(Why::NotCaptured, &mut items, inspection));
+                }
+                // Decided items release what is held; the next one waits for its bytes.
+                if !items.is_empty() || stream.base_seq() != start {
+                    head_pending = head.then_some(buf.len());
+                    break None;
+                }
+                if stuck {
+                    break Some(End::GaveUp);
+                }
+                head_pending = head.then_some(buf.len());
                 break None;
             }
-            ParseOutcome::NeedMore if stream.is_full() || budget_spent => {
-                break Some(End::GaveUp);
-            }
-            ParseOutcome::NeedMore => break None,
         }
     };
     Walk {
         items,
         end,
+        head_pending,
         next_seq: stream.base_seq(),
         advanced: stream.base_seq() != start,
     }
@@ -288,21 +441,42 @@ pub struct Pipeline {
     processes: Option<Box<dyn ProcessSource>>,
     /// How long the kernel keeps an idle flow: decided streams are kept as long.
     flow_idle_ns: u64,
+    /// What block mode does with a head that cannot be judged in full.
+    oversized: OversizedAction,
+    /// A long head incomplete after this many bytes raises its stream's limit, and gets
+    /// the kernel's capture budget renewed each time as many more came: a quarter of the
+    /// budget, so that a renewal lands with most of the last one left.
+    renew_after: usize,
+    /// Flows given a final verdict lately, with their first client sequence number and
+    /// the time: segments the kernel captured before it picked the verdict up are still
+    /// in the ring, and must not start a stream whose verdict would replace it.
+    decided: HashMap<FlowKey, (u32, u64)>,
 }
+
+/// Decided flows remembered at once at most.
+const MAX_DECIDED_FLOWS: usize = 65_536;
+
+/// How long a decided flow is remembered: its late segments were captured before the
+/// verdict was written, so they are in the ring by then.
+const DECIDED_KEEP_NS: u64 = 2_000_000_000;
 
 /// Flows reassembled at once at most.
 const MAX_INSPECTED_FLOWS: usize = 65_536;
 
 impl Pipeline {
-    /// A pipeline deciding by `policy` under `mode`, holding `stream_limit` bytes per flow.
+    /// A pipeline deciding by `policy` under `mode`. `capture_budget` is the kernel's
+    /// per-flow capture budget (`SensorConfig::capture_flow_max`): a stream holds as
+    /// much, and up to [`HEAD_STREAM_LIMIT`] while a long request head is incomplete,
+    /// for which the pipeline renews the kernel's budget (a `Continue` at the head's
+    /// start).
     pub fn new(
         factory: EventFactory,
-        stream_limit: usize,
+        capture_budget: usize,
         policy: Arc<Policy>,
         mode: Mode,
     ) -> Pipeline {
         Pipeline {
-            reassembly: Reassembler::new(MAX_INSPECTED_FLOWS, stream_limit),
+            reassembly: Reassembler::new(MAX_INSPECTED_FLOWS, capture_budget),
             factory,
             policy,
             mode,
@@ -314,7 +488,15 @@ impl Pipeline {
             known_proxies: Vec::new(),
             processes: None,
             flow_idle_ns: nprot_common::FLOW_IDLE_TIMEOUT_NS_DEFAULT,
+            oversized: OversizedAction::default(),
+            renew_after: (capture_budget / 4).max(1),
+            decided: HashMap::new(),
         }
+    }
+
+    /// Sets what block mode does with request heads that cannot be judged in full.
+    pub fn set_oversized(&mut self, action: OversizedAction) {
+        self.oversized = action;
     }
 
     /// Names the forward proxies the operator knows of; events mark whether a proxy
@@ -416,6 +598,7 @@ impl Pipeline {
     /// Drops the stream of a flow that ended, counting it if bytes still awaited a
     /// decision.
     fn forget(&mut self, key: &FlowKey) {
+        self.decided.remove(key);
         if let Some((stream, inspection)) = self.reassembly.remove(key)
             && inspection.awaits(&stream)
         {
@@ -427,41 +610,65 @@ impl Pipeline {
         self.wake_latency
             .record(monotonic_ns().saturating_sub(rec.ts_ns));
         let key = rec.tuple.key();
+        if self
+            .decided
+            .get(&key)
+            .is_some_and(|&(origin, _)| origin == rec.client_data_seq)
+        {
+            return;
+        }
         let meta = || Inspection {
             last_ns: rec.ts_ns,
             phase: Phase::First,
             requests: 0,
+            since_continue: 0,
+            cut_at: None,
         };
-        let walked = match self.reassembly.insert(
+        let (walked, since_continue) = match self.reassembly.insert(
             key,
             (rec.client_data_seq, rec.stream_seq),
             rec.seq,
             rec.payload,
             meta,
         ) {
-            Ok(Some((stream, inspection))) => {
+            Ok(((stream, inspection), grew)) => {
                 inspection.last_ns = rec.ts_ns;
-                walk(stream, inspection, rec.budget_spent)
+                inspection.since_continue += rec.payload.len();
+                let cut = rec.truncated || rec.budget_spent;
+                if cut {
+                    inspection.cut_at = Some(rec.seq.wrapping_add(rec.payload.len() as u32));
+                }
+                // Nothing new in order: only a cut changes what the bytes held say.
+                if !grew && !cut {
+                    return;
+                }
+                let walked = walk(stream, inspection, rec.budget_spent);
+                (walked, inspection.since_continue)
             }
-            // Nothing new in order; the kernel sends nothing more once the budget is spent.
-            Ok(None) if rec.budget_spent => Walk {
-                items: Vec::new(),
-                end: Some(End::GaveUp),
-                next_seq: 0,
-                advanced: false,
-            },
-            Ok(None) => return,
             Err(TableFull) => {
                 self.stats.gave_up += 1;
                 return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
             }
         };
 
+        // A long head keeps the kernel capturing: its stream may hold more, and the
+        // kernel's budget is renewed (a Continue at the head's start, which keeps the
+        // server's answer held) before it runs out. Without room for the stream, the
+        // budget runs out and the head is judged by its start.
+        let mut renew = false;
+        match walked.head_pending {
+            Some(len) if walked.end.is_none() && len >= self.renew_after => {
+                renew = self.reassembly.raise_limit(&key, HEAD_STREAM_LIMIT)
+                    && since_continue >= self.renew_after;
+            }
+            _ => self.reassembly.lower_limit(&key),
+        }
+
         // Judged in order; a blocked item ends the flow, and what follows it is moot.
         let policy = Arc::clone(&self.policy);
         let mut judged: Vec<Judged<'_>> = Vec::with_capacity(walked.items.len());
-        for (phase, parsed, depth) in walked.items {
-            let item = self.judge(&policy, rec, &ends, &phase, parsed, depth);
+        for item in walked.items {
+            let item = self.judge(&policy, rec, &ends, item);
             let blocked = item.outcome.verdict == Verdict::Block;
             judged.push(item);
             if blocked {
@@ -476,15 +683,24 @@ impl Pipeline {
             (Some(_), false) => VerdictEntry::new(Verdict::Allow),
             // Requests decided (or a body skipped), the connection goes on: release what
             // is held, and let the kernel skip what is decided.
-            (None, false) if !judged.is_empty() || walked.advanced => {
+            (None, false) if !judged.is_empty() || walked.advanced || renew => {
                 VerdictEntry::continue_after(walked.next_seq)
             }
             (None, false) => return,
         };
         if blocked || walked.end.is_some() {
             self.reassembly.remove(&key);
+            if self.decided.len() < MAX_DECIDED_FLOWS || self.decided.contains_key(&key) {
+                self.decided.insert(key, (rec.client_data_seq, rec.ts_ns));
+            }
+        } else if let Some((_, inspection)) = self.reassembly.get_mut(&key) {
+            // Every Continue gives the kernel a fresh budget.
+            inspection.since_continue = 0;
         }
         self.deliver(rec, &ends, &key, verdict, verdicts);
+        if renew && !blocked && walked.end.is_none() {
+            self.stats.budget_renewals += 1;
+        }
         if !blocked {
             match walked.end {
                 Some(End::NotRecognised { why, first: true }) => {
@@ -498,7 +714,7 @@ impl Pipeline {
                 Some(End::GaveUp) => self.stats.gave_up += 1,
                 Some(End::RequestsGaveUp) => self.stats.requests_gave_up += 1,
                 Some(End::Upgraded) => self.stats.upgraded += 1,
-                Some(End::Done) | None => {}
+                Some(End::Done | End::Unfinished) | None => {}
             }
         }
         for item in &judged {
@@ -528,21 +744,36 @@ impl Pipeline {
 
     /// Matches what was parsed against the policy. Behind a forward proxy the subject is
     /// the real target; the proxy's own address still matches IP indicators.
+    /// A head judged by its start only is blocked in block mode if its start is, or if
+    /// `oversized = "block"`.
     fn judge<'p>(
         &mut self,
         policy: &'p Policy,
         rec: &Record<'_>,
         ends: &FlowEnds,
-        phase: &Phase,
-        parsed: Parsed,
-        depth: u32,
+        item: Item,
     ) -> Judged<'p> {
+        let Item {
+            phase,
+            parsed,
+            depth,
+            unfinished,
+        } = item;
+        // A request that names no host (HTTP/0.9, a Host-less HTTP/1.0 one) goes to the
+        // server's address, as its RemoteUrl says: URL indicators written with it match.
+        let server_host;
         let (host, http_path) = match &parsed {
             Parsed::Tls(hello) => (hello.server_name.as_deref(), None),
-            Parsed::Http(req) => (
-                req.host.as_deref(),
-                (!req.connect).then_some(req.path.as_str()),
-            ),
+            Parsed::Http(req) => {
+                let host = match &req.host {
+                    Some(host) => host.as_str(),
+                    None => {
+                        server_host = ends.server.0.to_string();
+                        server_host.as_str()
+                    }
+                };
+                (Some(host), (!req.connect).then_some(req.path.as_str()))
+            }
         };
         // Indicators are about destinations: the server's address, whichever side it is on.
         let subject = Subject {
@@ -560,13 +791,20 @@ impl Pipeline {
         };
         let decision =
             policy.decide_for(&subject, process.as_deref(), self.factory.wall(rec.ts_ns));
-        let outcome = outcome(&decision, self.mode);
-        let proxy = self.proxy_fields(ends, phase, &parsed);
+        let mut outcome = outcome(&decision, self.mode);
+        if unfinished.is_some()
+            && self.mode == Mode::Block
+            && self.oversized == OversizedAction::Block
+        {
+            outcome.verdict = Verdict::Block;
+        }
+        let proxy = self.proxy_fields(ends, &phase, &parsed);
         Judged {
             parsed,
             outcome,
             proxy,
             depth,
+            unfinished,
         }
     }
 
@@ -616,8 +854,33 @@ impl Pipeline {
             }
             Parsed::Http(req) => {
                 self.stats.http_inspected += 1;
-                self.factory
-                    .http(rec.ts_ns, ends, req, item.proxy.clone(), item.depth)
+                let oversized = item.unfinished.map(|u| {
+                    match u.why {
+                        Why::TooLong => self.stats.oversized += 1,
+                        Why::NotCaptured => self.stats.heads_not_captured += 1,
+                    }
+                    log::debug!(
+                        "flow {}: request head not judged in full ({}, {} bytes seen)",
+                        describe(ends),
+                        u.why.reason(),
+                        u.seen
+                    );
+                    OversizedFields {
+                        oversized: true,
+                        reason: u.why.reason(),
+                        head_bytes: u.seen,
+                        oversized_action: self.oversized.as_str(),
+                        reset: item.outcome.verdict == Verdict::Block,
+                    }
+                });
+                self.factory.http(
+                    rec.ts_ns,
+                    ends,
+                    req,
+                    item.proxy.clone(),
+                    item.depth,
+                    oversized,
+                )
             }
         };
         if item.proxy.proxy {
@@ -661,6 +924,8 @@ impl Pipeline {
             }
         });
         self.stats.gave_up += n as u64;
+        self.decided
+            .retain(|_, &mut (_, at)| now_ns.saturating_sub(at) < DECIDED_KEEP_NS);
         n
     }
 
@@ -697,6 +962,8 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use nprot_common::FlowTuple;
+
+    use serde_json::Value;
 
     use super::*;
     use crate::{capture::raw_addr, events::Clock};
@@ -938,15 +1205,27 @@ mod tests {
     }
 
     #[test]
-    fn spent_budget_gives_up_on_an_incomplete_request() {
+    fn spent_budget_ends_an_incomplete_head_judged_by_its_start() {
         let (mut p, mut v) = (pipeline(), Verdicts::default());
         p.on_record(&record(RecordKind::Payload, 100, &REQUEST[..10]), &mut v);
         assert!(v.0.is_empty());
         let mut last = record(RecordKind::Payload, 110, &REQUEST[10..20]);
         last.budget_spent = true;
         p.on_record(&last, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        let ev = json(&p, 0);
+        assert_eq!(ev["ActionType"], "HttpConnectionInspected");
+        assert_eq!(ev["AdditionalFields"]["reason"], "head_not_captured");
+        assert_eq!(ev["AdditionalFields"]["head_bytes"], 20);
+        assert_eq!(p.stats().heads_not_captured, 1);
+        // What is not an HTTP head is given up, as before.
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        let ch = hello("a.example");
+        let mut part = record(RecordKind::Payload, 100, &ch[..40]);
+        part.budget_spent = true;
+        p.on_record(&part, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
         assert!(p.events.is_empty());
-        assert_eq!(v.0.len(), 1);
         assert_eq!(p.stats().gave_up, 1);
     }
 
@@ -1235,6 +1514,265 @@ mod tests {
         feed(&mut p, &mut v, &[first]);
         p.on_record(&record(RecordKind::Closed, 0, b""), &mut v);
         assert_eq!(p.stats().gave_up, 1, "only the expiry gave up");
+    }
+
+    /// A pipeline with the kernel's real capture budget (16 KiB).
+    fn pipeline_16k(indicators: &str, mode: Mode) -> Pipeline {
+        let loaded = crate::policy::load_json(indicators).unwrap();
+        Pipeline::new(
+            EventFactory::new("h", "d", Clock::anchored(UNIX_EPOCH)),
+            nprot_common::CAPTURE_FLOW_MAX_DEFAULT as usize,
+            Arc::new(Policy::new(loaded.indicators, &[])),
+            mode,
+        )
+    }
+
+    /// `n` bytes of request head: a request line, `pad` bytes of header (a cookie) and
+    /// `host` after it.
+    fn long_head(path: &str, pad: usize, host: &str) -> Vec<u8> {
+        let mut head = format!("GET {path} HTTP/1.1\r\nCookie: ").into_bytes();
+        head.resize(head.len() + pad, b'c');
+        head.extend_from_slice(format!("\r\nHost: {host}\r\n\r\n").as_bytes());
+        head
+    }
+
+    /// Feeds `bytes` in `mss`-byte segments from sequence number 100, as the kernel
+    /// records them: each segment counts against a budget of `budget` bytes that every
+    /// `Continue` renews, and no segment is captured once it is spent.
+    fn feed_segments(
+        p: &mut Pipeline,
+        v: &mut Verdicts,
+        bytes: &[u8],
+        mss: usize,
+        budget: usize,
+    ) -> usize {
+        let mut captured = 0;
+        let mut seen = v.0.len();
+        for (i, seg) in bytes.chunks(mss).enumerate() {
+            if v.0[seen..].iter().any(|(_, v)| *v == Verdict::Continue) {
+                captured = 0;
+            }
+            seen = v.0.len();
+            if v.0.last().is_some_and(|(_, v)| *v != Verdict::Continue) {
+                break;
+            }
+            let len = seg.len().min(budget - captured);
+            if len == 0 {
+                break;
+            }
+            captured += len;
+            let mut rec = record(RecordKind::Payload, 100 + (i * mss) as u32, &seg[..len]);
+            rec.budget_spent = captured == budget;
+            p.on_record(&rec, v);
+        }
+        captured
+    }
+
+    #[test]
+    fn a_40_kb_cookie_before_host_is_judged_in_full() {
+        let budget = nprot_common::CAPTURE_FLOW_MAX_DEFAULT as usize;
+        let (mut p, mut v) = (
+            pipeline_16k(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        let head = long_head("/x", 40_000, "blocked.example");
+        feed_segments(&mut p, &mut v, &head, 1448, budget);
+        let verdicts: Vec<Verdict> = v.0.iter().map(|(_, v)| *v).collect();
+        assert_eq!(verdicts.last(), Some(&Verdict::Block), "{verdicts:?}");
+        // Renewals are Continues at the head's start: nothing before it is decided, and
+        // the server's answer stays held. A few, not one per segment.
+        let renewals = &v.1;
+        assert!(renewals.iter().all(|&seq| seq == 100), "{renewals:?}");
+        assert!((2..=12).contains(&renewals.len()), "{renewals:?}");
+        assert_eq!(p.stats().budget_renewals, renewals.len() as u64);
+        let ev = json(&p, 0);
+        assert_eq!(ev["RemoteUrl"], "http://blocked.example/x");
+        assert_eq!(ev["AdditionalFields"].get("oversized"), None);
+        assert_eq!(
+            json(&p, 1)["ActionType"],
+            "ExploitGuardNetworkProtectionBlocked"
+        );
+        assert_eq!(p.stats().oversized + p.stats().heads_not_captured, 0);
+        assert_eq!(p.reassembly.raised(), 0, "the raised stream is gone");
+    }
+
+    #[test]
+    fn a_small_head_costs_no_renewal() {
+        let (mut p, mut v) = (
+            pipeline_16k(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        let head = long_head("/", 3000, "good.example");
+        feed_segments(&mut p, &mut v, &head, 1448, 16 * 1024);
+        assert_eq!(
+            v.0.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            [Verdict::Continue]
+        );
+        assert_eq!(p.stats().budget_renewals, 0);
+        assert_eq!(p.reassembly.raised(), 0);
+    }
+
+    #[test]
+    fn a_70_kb_head_is_oversized_and_follows_the_setting() {
+        let head = long_head("/big", 70_000, "good.example");
+        let budget = nprot_common::CAPTURE_FLOW_MAX_DEFAULT as usize;
+        for (mode, setting, expect, reset) in [
+            (Mode::Block, OversizedAction::Allow, Verdict::Allow, false),
+            (Mode::Block, OversizedAction::Block, Verdict::Block, true),
+            // Audit mode never resets.
+            (Mode::Audit, OversizedAction::Block, Verdict::Allow, false),
+        ] {
+            let (mut p, mut v) = (pipeline_16k(PROXY_INDICATORS, mode), Verdicts::default());
+            p.set_oversized(setting);
+            let captured = feed_segments(&mut p, &mut v, &head, 1448, budget);
+            assert_eq!(
+                v.0.last().map(|(_, v)| *v),
+                Some(expect),
+                "{mode:?} {setting:?}"
+            );
+            assert!(captured < budget, "renewed in time");
+            let ev = json(&p, 0);
+            assert_eq!(ev["ActionType"], "HttpConnectionInspected");
+            let f = &ev["AdditionalFields"];
+            assert_eq!(f["oversized"], true);
+            assert_eq!(f["reason"], "head_too_long");
+            assert!(f["head_bytes"].as_u64().unwrap() >= http::MAX_HEAD_LEN as u64);
+            assert_eq!(f["oversized_action"], setting.as_str());
+            assert_eq!(f["reset"], reset);
+            assert_eq!(f["uri"], "/big");
+            // The Host comes after the padding: not seen, the server's address stands in.
+            assert_eq!(f["host"], Value::Null);
+            assert_eq!(ev["RemoteUrl"], "http://198.18.0.2:8080/big");
+            assert_eq!(p.events.len(), 1, "no indicator event: none matched");
+            assert_eq!(p.stats().oversized, 1);
+            assert_eq!(p.stats().blocked, u64::from(reset));
+        }
+    }
+
+    #[test]
+    fn an_oversized_head_whose_start_names_a_blocked_host_is_blocked() {
+        let mut head = b"GET / HTTP/1.1\r\nHost: blocked.example\r\nX-Pad: ".to_vec();
+        head.resize(70_000, b'p');
+        let (mut p, mut v) = (
+            pipeline_16k(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed_segments(&mut p, &mut v, &head, 1448, 16 * 1024);
+        assert_eq!(v.0.last().map(|(_, v)| *v), Some(Verdict::Block));
+        assert_eq!(json(&p, 0)["AdditionalFields"]["reset"], true);
+        assert_eq!(json(&p, 0)["RemoteUrl"], "http://blocked.example/");
+        assert_eq!(
+            json(&p, 1)["ActionType"],
+            "ExploitGuardNetworkProtectionBlocked"
+        );
+    }
+
+    #[test]
+    fn a_cut_segment_ends_the_head_at_once() {
+        // A GSO segment cut to the per-segment bound: the rest of the head never comes.
+        let head = long_head("/", 9000, "blocked.example");
+        let (mut p, mut v) = (
+            pipeline_16k(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        let mut rec = record(RecordKind::Payload, 100, &head[..CAPTURE_SEG_MAX]);
+        rec.truncated = true;
+        p.on_record(&rec, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
+        assert_eq!(
+            json(&p, 0)["AdditionalFields"]["reason"],
+            "head_not_captured"
+        );
+        assert_eq!(p.stats().heads_not_captured, 1);
+        // Out of order: the cut waits for the bytes before it, then counts.
+        let (mut p, mut v) = (
+            pipeline_16k(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        p.set_oversized(OversizedAction::Block);
+        let mut late = record(RecordKind::Payload, 1100, &head[1000..2000]);
+        late.truncated = true;
+        p.on_record(&late, &mut v);
+        assert!(v.0.is_empty());
+        p.on_record(&record(RecordKind::Payload, 100, &head[..1000]), &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
+    }
+
+    #[test]
+    fn a_long_head_after_a_kept_alive_request_renews_from_its_own_start() {
+        let first = b"GET /a HTTP/1.1\r\nHost: good.example\r\n\r\n";
+        let mut bytes = first.to_vec();
+        bytes.extend(long_head("/b", 30_000, "blocked.example"));
+        let (mut p, mut v) = (
+            pipeline_16k(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        feed_segments(&mut p, &mut v, &bytes, 1448, 16 * 1024);
+        assert_eq!(v.0.last().map(|(_, v)| *v), Some(Verdict::Block));
+        let second_start = 100 + first.len() as u32;
+        assert!(v.1.len() >= 2, "{:?}", v.1);
+        assert!(v.1.iter().all(|&s| s == second_start), "{:?}", v.1);
+        assert_eq!(json(&p, 1)["AdditionalFields"]["trans_depth"], 2);
+    }
+
+    #[test]
+    fn options_asterisk_and_http_0_9_have_their_remote_url() {
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        feed(
+            &mut p,
+            &mut v,
+            &[b"OPTIONS * HTTP/1.1\r\nHost: good.example\r\n\r\n"],
+        );
+        assert_eq!(json(&p, 0)["RemoteUrl"], "http://good.example");
+        assert_eq!(json(&p, 0)["AdditionalFields"]["uri"], "*");
+        let (mut p, mut v) = (pipeline(), Verdicts::default());
+        feed(&mut p, &mut v, &[b"GET /old\r\n"]);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Continue)]);
+        let ev = json(&p, 0);
+        assert_eq!(ev["RemoteUrl"], "http://198.18.0.2:8080/old");
+        assert_eq!(ev["AdditionalFields"]["method"], "GET");
+        assert_eq!(ev["AdditionalFields"]["host"], Value::Null);
+        assert_eq!(p.stats().http_inspected, 1);
+    }
+
+    #[test]
+    fn a_host_less_request_matches_url_indicators_of_the_server_address() {
+        let indicators = r#"{"indicators": [
+            {"id": "ip", "type": "Url", "value": "http://198.18.0.2:8080/admin", "action": "Block"}
+        ]}"#;
+        for req in [&b"GET /admin/x\r\n"[..], b"GET /admin HTTP/1.0\r\n\r\n"] {
+            let (mut p, mut v) = (pipeline_with(indicators, Mode::Block), Verdicts::default());
+            feed(&mut p, &mut v, &[req]);
+            assert_eq!(v.0, [(tuple().key(), Verdict::Block)], "{req:?}");
+        }
+    }
+
+    #[test]
+    fn segments_captured_before_the_verdict_do_not_replace_it() {
+        // The kernel captured more of the burst before it picked the Block up.
+        let head = long_head("/", 9000, "x.example");
+        let mut start = b"GET / HTTP/1.1\r\nHost: blocked.example\r\n".to_vec();
+        start.extend_from_slice(&head[16..]);
+        let (mut p, mut v) = (
+            pipeline_16k(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        let mut first = record(RecordKind::Payload, 100, &start[..CAPTURE_SEG_MAX]);
+        first.truncated = true;
+        p.on_record(&first, &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
+        let mut late = record(RecordKind::Payload, 100 + 7240, &start[7240..8000]);
+        late.budget_spent = true;
+        p.on_record(&late, &mut v);
+        assert_eq!(v.0.len(), 1, "no second verdict: {:?}", v.0);
+        // A new connection on the four-tuple is inspected; expiry forgets the old one.
+        let mut next = record(RecordKind::Payload, 5000, REQUEST);
+        next.client_data_seq = 5000;
+        next.stream_seq = 5000;
+        p.on_record(&next, &mut v);
+        assert_eq!(v.0.len(), 2);
+        p.expire(1_000 + DECIDED_KEEP_NS, 5);
+        assert!(p.decided.is_empty());
     }
 }
 

@@ -1,7 +1,9 @@
 //! Flow reassembly: puts each flow's captured client segments back in sequence order.
 //!
 //! Only the first bytes of a flow matter to nprot, so a stream is bounded (`limit`), and
-//! the table of streams is bounded too; what does not fit is counted, never grown.
+//! the table of streams is bounded too; what does not fit is counted, never grown. A
+//! few streams at a time may hold more than the usual bound while a large item (a long
+//! request head) is incomplete ([`Reassembler::raise_limit`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,6 +11,10 @@ use nprot_common::FlowKey;
 
 /// Out-of-order segments kept per stream at most.
 const MAX_PENDING_SEGMENTS: usize = 64;
+
+/// Streams whose limit is raised at once at most, by default: this bounds what large
+/// heads can make the table hold (1024 × 68 KiB is 68 MiB), however many are sent.
+pub const MAX_RAISED_STREAMS: usize = 1024;
 
 /// The client→server byte stream of one flow, from its first payload byte.
 #[derive(Debug)]
@@ -49,6 +55,11 @@ impl Stream {
     /// True once `limit` in-order bytes are held: nothing more can be added.
     pub fn is_full(&self) -> bool {
         self.data.len() >= self.limit
+    }
+
+    /// Sequence number just past the in-order bytes.
+    pub fn end_seq(&self) -> u32 {
+        self.base_seq.wrapping_add(self.data.len() as u32)
     }
 
     /// Adds a segment; returns whether the in-order prefix grew.
@@ -141,6 +152,9 @@ pub struct Reassembler<T> {
     streams: HashMap<FlowKey, (Stream, T)>,
     max_flows: usize,
     stream_limit: usize,
+    /// Streams whose limit is above `stream_limit` now, and how many may be.
+    raised: usize,
+    max_raised: usize,
     /// Flows not reassembled because the table was full.
     pub overflows: u64,
     /// Streams dropped because a new connection on their four-tuple began.
@@ -154,16 +168,69 @@ impl<T> Reassembler<T> {
             streams: HashMap::new(),
             max_flows,
             stream_limit,
+            raised: 0,
+            max_raised: MAX_RAISED_STREAMS,
             overflows: 0,
             superseded: 0,
         }
     }
 
-    /// Adds a segment of flow `key`, creating its stream (with `meta`) on first sight:
-    /// `origin` is the flow's first client sequence number (which tells connections on
-    /// a four-tuple apart), `base_seq` where a new stream starts. Returns the stream if
-    /// its in-order prefix grew, `Ok(None)` if it did not, and `Err(TableFull)` if the
-    /// flow has no stream and no room for one.
+    /// Lets at most `n` streams at once hold more than the table's stream limit.
+    pub fn with_max_raised(mut self, n: usize) -> Reassembler<T> {
+        self.max_raised = n;
+        self
+    }
+
+    /// Lets the stream of `key` hold `limit` bytes, more than the table's stream limit,
+    /// while a large item in it is incomplete. False if the flow has no stream, or too
+    /// many streams are raised already (the stream keeps its limit).
+    pub fn raise_limit(&mut self, key: &FlowKey, limit: usize) -> bool {
+        let (default, raised, max) = (self.stream_limit, self.raised, self.max_raised);
+        let Some((stream, _)) = self.streams.get_mut(key) else {
+            return false;
+        };
+        if stream.limit > default {
+            stream.limit = stream.limit.max(limit);
+            return true;
+        }
+        if raised >= max || limit <= default {
+            return false;
+        }
+        stream.limit = limit;
+        self.raised += 1;
+        true
+    }
+
+    /// Puts the stream of `key` back to the table's stream limit (bytes already held
+    /// past it stay).
+    pub fn lower_limit(&mut self, key: &FlowKey) {
+        // Called for most segments: no lookup while no stream is raised.
+        if self.raised == 0 {
+            return;
+        }
+        if let Some((stream, _)) = self.streams.get_mut(key)
+            && stream.limit > self.stream_limit
+        {
+            stream.limit = self.stream_limit;
+            self.raised -= 1;
+        }
+    }
+
+    /// Streams whose limit is raised now.
+    pub fn raised(&self) -> usize {
+        self.raised
+    }
+
+    /// Accounts for a stream leaving the table.
+    fn gone(&mut self, stream: &Stream) {
+        if stream.limit > self.stream_limit {
+            self.raised -= 1;
+        }
+    }
+
+    /// Adds a segment of flow `key`, creating its stream (with `meta`) on first sight.
+    /// Returns the stream and whether its in-order prefix grew, or `Err(TableFull)` if
+    /// the flow has no stream and no room for one.
     pub fn insert(
         &mut self,
         key: FlowKey,
@@ -171,7 +238,7 @@ impl<T> Reassembler<T> {
         seq: u32,
         bytes: &[u8],
         meta: impl FnOnce() -> T,
-    ) -> Result<Option<&mut (Stream, T)>, TableFull> {
+    ) -> Result<(&mut (Stream, T), bool), TableFull> {
         if !self.streams.contains_key(&key) && self.streams.len() >= self.max_flows {
             self.overflows += 1;
             return Err(TableFull);
@@ -183,30 +250,46 @@ impl<T> Reassembler<T> {
             .streams
             .get(&key)
             .is_some_and(|(s, _)| s.origin != origin)
+            && let Some((old, _)) = self.streams.remove(&key)
         {
-            self.streams.remove(&key);
+            self.gone(&old);
             self.superseded += 1;
         }
         let entry = self
             .streams
             .entry(key)
             .or_insert_with(|| (Stream::starting(origin, base_seq, limit), meta()));
-        Ok(if entry.0.insert(seq, bytes) {
-            Some(entry)
-        } else {
-            None
-        })
+        let grew = entry.0.insert(seq, bytes);
+        Ok((entry, grew))
+    }
+
+    /// The stream and metadata of flow `key`, if it has a stream.
+    pub fn get_mut(&mut self, key: &FlowKey) -> Option<&mut (Stream, T)> {
+        self.streams.get_mut(key)
     }
 
     /// Forgets a flow; returns its stream and metadata if it had any.
     pub fn remove(&mut self, key: &FlowKey) -> Option<(Stream, T)> {
-        self.streams.remove(key)
+        let removed = self.streams.remove(key);
+        if let Some((stream, _)) = &removed {
+            self.gone(stream);
+        }
+        removed
     }
 
     /// Keeps only the streams whose metadata `keep` accepts; returns how many were dropped.
     pub fn retain(&mut self, mut keep: impl FnMut(&Stream, &T) -> bool) -> usize {
         let before = self.streams.len();
-        self.streams.retain(|_, (stream, meta)| keep(stream, meta));
+        let default = self.stream_limit;
+        let mut raised_gone = 0;
+        self.streams.retain(|_, (stream, meta)| {
+            let kept = keep(stream, meta);
+            if !kept && stream.limit > default {
+                raised_gone += 1;
+            }
+            kept
+        });
+        self.raised -= raised_gone;
         before - self.streams.len()
     }
 
@@ -262,10 +345,10 @@ mod tests {
         table
             .insert(key, (1000, 1000), 1000, b"GET /old", || 1)
             .unwrap();
-        let (stream, meta) = table
+        let ((stream, meta), grew) = table
             .insert(key, (5000, 5000), 5000, b"GET /new", || 2)
-            .unwrap()
-            .expect("the new stream grew");
+            .unwrap();
+        assert!(grew, "the new stream grew");
         assert_eq!((stream.contiguous(), *meta), (&b"GET /new"[..], 2));
         assert_eq!(table.superseded, 1);
     }
@@ -347,15 +430,45 @@ mod tests {
             ..Default::default()
         };
         let mut r: Reassembler<()> = Reassembler::new(1, 10);
-        assert!(r.insert(key(1), (0, 0), 0, b"a", || ()).unwrap().is_some());
-        assert_eq!(
-            r.insert(key(2), (0, 0), 0, b"a", || ()).err(),
-            Some(TableFull)
-        );
+        assert!(r.insert(key(1), (0, 0), 0, b"a", || ()).unwrap().1);
+        assert!(r.insert(key(2), (0, 0), 0, b"a", || ()).is_err());
         assert_eq!(r.overflows, 1);
-        assert!(r.insert(key(1), (0, 0), 0, b"a", || ()).unwrap().is_none());
-        assert!(r.insert(key(1), (0, 0), 1, b"b", || ()).unwrap().is_some());
+        assert!(!r.insert(key(1), (0, 0), 0, b"a", || ()).unwrap().1);
+        assert!(r.insert(key(1), (0, 0), 1, b"b", || ()).unwrap().1);
         assert!(r.remove(&key(1)).is_some());
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn raised_limits_are_bounded_and_given_back() {
+        let key = |p: u16| FlowKey {
+            lo_port: p,
+            ..Default::default()
+        };
+        let mut r: Reassembler<()> = Reassembler::new(8, 4).with_max_raised(2);
+        for p in 1..=3 {
+            r.insert(key(p), (0, 0), 0, b"abcd", || ()).unwrap();
+        }
+        assert!(!r.raise_limit(&key(9), 16), "no such stream");
+        assert!(!r.raise_limit(&key(1), 4), "not above the table's limit");
+        assert!(r.raise_limit(&key(1), 16) && r.raise_limit(&key(1), 16));
+        assert!(r.raise_limit(&key(2), 16));
+        assert!(!r.raise_limit(&key(3), 16), "two at most");
+        assert_eq!(r.raised(), 2);
+        // A raised stream takes more; the others keep their bound.
+        assert!(r.insert(key(1), (0, 0), 4, b"efgh", || ()).unwrap().1);
+        assert!(!r.insert(key(3), (0, 0), 4, b"efgh", || ()).unwrap().1);
+        // Removal, expiry, a lowered limit and a new connection on the four-tuple all
+        // give the room back.
+        r.lower_limit(&key(1));
+        r.lower_limit(&key(1));
+        assert_eq!(r.raised(), 1);
+        assert!(r.raise_limit(&key(3), 16));
+        r.remove(&key(3));
+        r.insert(key(2), (7, 7), 7, b"new", || ()).unwrap();
+        assert_eq!((r.raised(), r.superseded), (0, 1));
+        assert!(r.raise_limit(&key(1), 16) && r.raise_limit(&key(2), 16));
+        assert_eq!(r.retain(|_, _| false), 2);
+        assert_eq!(r.raised(), 0);
     }
 }

@@ -167,7 +167,8 @@ http {{
     uwsgi_temp_path {d}/tmp/uwsgi;
     scgi_temp_path {d}/tmp/scgi;
     default_type text/plain;
-    keepalive_timeout 5s;"
+    keepalive_timeout 5s;
+    large_client_header_buffers 4 128k;"
     );
     let locations = format!(
         "        location = / {{ return 200 \"{BODY_ROOT}\\n\"; }}

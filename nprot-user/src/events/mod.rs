@@ -7,7 +7,7 @@ pub mod rotate;
 pub mod sink;
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -118,7 +118,28 @@ pub enum AdditionalFields {
         trans_depth: u32,
         #[serde(flatten)]
         proxy: ProxyFields,
+        /// Present only for a head that was not judged in full.
+        #[serde(flatten)]
+        oversized: Option<OversizedFields>,
     },
+}
+
+/// What an `HttpConnectionInspected` says of a request head that could not be judged in
+/// full (too long, or not all captured): it was judged by its start, and by the
+/// `oversized` setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OversizedFields {
+    /// Always true: the mark to hunt for.
+    pub oversized: bool,
+    /// `head_too_long` (over 64 KiB) or `head_not_captured` (bytes the capture missed).
+    pub reason: &'static str,
+    /// Bytes of the head seen, in order from its start.
+    pub head_bytes: usize,
+    /// The `oversized` setting in force: `allow` or `block`.
+    pub oversized_action: &'static str,
+    /// Whether the connection was reset (block mode: the setting, or what the head's
+    /// start matched).
+    pub reset: bool,
 }
 
 /// What an inspected request or ClientHello says about a forward proxy (the
@@ -292,7 +313,8 @@ impl EventFactory {
         self.event(ActionType::SslConnectionInspected, ts_ns, flow, url, fields)
     }
 
-    /// `HttpConnectionInspected`; `RemoteUrl` is the full URL (or CONNECT authority).
+    /// `HttpConnectionInspected`; `RemoteUrl` is the full URL (or CONNECT authority),
+    /// with the server's address for a host the request does not name.
     pub fn http(
         &mut self,
         ts_ns: u64,
@@ -300,6 +322,7 @@ impl EventFactory {
         req: &HttpRequest,
         proxy: ProxyFields,
         trans_depth: u32,
+        oversized: Option<OversizedFields>,
     ) -> Event {
         let fields = AdditionalFields::Http {
             method: req.method.clone(),
@@ -309,8 +332,9 @@ impl EventFactory {
             direction: flow.direction,
             trans_depth,
             proxy,
+            oversized,
         };
-        let url = req.host.as_ref().map(|_| req.url());
+        let url = Some(req.url_at(SocketAddr::from(flow.server)));
         self.event(
             ActionType::HttpConnectionInspected,
             ts_ns,

@@ -4,12 +4,14 @@
 //! servers reject too (bad version, malformed lines) and lenient about what they accept
 //! (bare `\n` line endings, folded headers, runs of spaces in the request line).
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use super::{ParseOutcome, Parsed};
 
-/// Largest request head (request line + headers + blank line) inspected.
-pub const MAX_HEAD_LEN: usize = 16 * 1024;
+/// Largest request head (request line + headers + blank line) judged in full. Servers
+/// accept far less by default (nginx 8 KiB per line, Apache 8 KiB per field); long
+/// cookies and padding before `Host:` still fit.
+pub const MAX_HEAD_LEN: usize = 64 * 1024;
 
 /// Methods recognised when detecting HTTP by content. Methods are case-sensitive.
 pub const METHODS: [&str; 9] = [
@@ -35,7 +37,8 @@ pub struct HttpRequest {
     pub connect: bool,
     /// User-Agent header value, if any.
     pub user_agent: Option<String>,
-    /// "HTTP/1.0" or "HTTP/1.1".
+    /// "HTTP/1.0", "HTTP/1.1", or "HTTP/0.9" for a request line without a version (no
+    /// headers follow it); empty in [`parse_head_prefix`] when the line was cut.
     pub version: &'static str,
     /// Bytes up to and including the blank line ending the header block (so a caller can continue parsing what follows a CONNECT).
     pub header_len: usize,
@@ -99,9 +102,28 @@ impl HttpRequest {
         } else {
             "http".to_owned()
         };
-        // The asterisk-form ("OPTIONS *") names the server itself.
-        let path = if self.path == "*" { "" } else { &self.path };
-        format!("{scheme}://{authority}{path}")
+        format!("{scheme}://{authority}{}", self.url_path())
+    }
+
+    /// [`HttpRequest::url`], with the server's address standing in for a Host the request
+    /// does not name (HTTP/0.9, a Host-less HTTP/1.0 request): where it went, as
+    /// `http://198.18.0.2/path` (`:port` unless 80, IPv6 in brackets).
+    pub fn url_at(&self, server: SocketAddr) -> String {
+        if self.host.is_some() {
+            return self.url();
+        }
+        let authority = match (server.ip(), server.port()) {
+            (IpAddr::V6(ip), 80) => format!("[{ip}]"),
+            (ip, 80) => ip.to_string(),
+            _ => server.to_string(),
+        };
+        format!("http://{authority}{}", self.url_path())
+    }
+
+    /// The path part of the effective request URL: the asterisk-form (`OPTIONS *`)
+    /// names the server itself, so its URL has an empty path (RFC 9112 §3.3).
+    fn url_path(&self) -> &str {
+        if self.path == "*" { "" } else { &self.path }
     }
 }
 
@@ -140,19 +162,32 @@ pub fn match_method(buf: &[u8]) -> MethodMatch {
 
 /// Parse an HTTP/1.x request head from the start of `buf`.
 ///
-/// Returns `NeedMore` until the blank line ending the header block has arrived, and
-/// `NotRecognised` for anything malformed or a head over [`MAX_HEAD_LEN`].
+/// Returns `NeedMore` until the blank line ending the header block has arrived (or, for
+/// an HTTP/0.9 request, the end of its line), `Oversized` for a valid start of a head
+/// that does not end within [`MAX_HEAD_LEN`], and `NotRecognised` for anything malformed.
 pub fn parse_http_request(buf: &[u8]) -> ParseOutcome {
-    match parse_head(buf) {
+    match parse_head(buf, false) {
         Ok(req) => ParseOutcome::Complete(Parsed::Http(req)),
         Err(Stop::NeedMore) => ParseOutcome::NeedMore,
+        Err(Stop::TooLong) => ParseOutcome::Oversized,
         Err(Stop::Bad(why)) => ParseOutcome::NotRecognised(why),
     }
+}
+
+/// What the start of a request head that will not be seen in full says: the request
+/// line and every complete header line in `buf` (up to [`MAX_HEAD_LEN`]), for a head
+/// that is too long or whose bytes were not all captured. A cut request line gives the
+/// target so far and an empty `version`; `header_len` is how far the parse got. `None`
+/// unless `buf` starts with a method.
+pub fn parse_head_prefix(buf: &[u8]) -> Option<HttpRequest> {
+    parse_head(buf, true).ok()
 }
 
 /// Why parsing stopped without a request.
 enum Stop {
     NeedMore,
+    /// No end of the head within [`MAX_HEAD_LEN`].
+    TooLong,
     Bad(&'static str),
 }
 
@@ -176,7 +211,9 @@ fn content_length(value: &str) -> Option<u64> {
     parts.all(|p| p == first).then_some(n)
 }
 
-fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
+/// Parses the head at the start of `buf`; `prefix`: build the request from what is
+/// there when the head is cut (see [`parse_head_prefix`]) instead of stopping.
+fn parse_head(buf: &[u8], prefix: bool) -> Result<HttpRequest, Stop> {
     let method = match match_method(buf) {
         MethodMatch::Method(method) => method,
         MethodMatch::Prefix => return Err(Stop::NeedMore),
@@ -185,82 +222,46 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
     let window = buf.get(..MAX_HEAD_LEN).unwrap_or(buf);
     let mut lines = Lines { window, pos: 0 };
 
-    let request_line = lines.next_line(buf.len())?;
+    let (request_line, line_cut) = match lines.next_line(buf.len()) {
+        Ok(line) => (line, false),
+        Err(Stop::NeedMore | Stop::TooLong) if prefix => {
+            lines.pos = window.len();
+            (window.strip_suffix(b"\r").unwrap_or(window), true)
+        }
+        Err(e) => return Err(e),
+    };
     let mut parts = request_line.split(|&b| b == b' ').filter(|p| !p.is_empty());
-    let (Some(_), Some(target), Some(version), None) =
+    let (Some(_), Some(target), version, rest) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Stop::Bad("malformed HTTP request line"));
     };
-    let version = match version {
-        b"HTTP/1.1" => "HTTP/1.1",
-        b"HTTP/1.0" => "HTTP/1.0",
-        _ => return Err(Stop::Bad("unsupported HTTP version")),
+    let version = match (version, rest) {
+        _ if line_cut => "",
+        (Some(b"HTTP/1.1"), None) => "HTTP/1.1",
+        (Some(b"HTTP/1.0"), None) => "HTTP/1.0",
+        // A request line without a version is HTTP/0.9's simple request: servers that
+        // still answer it take the line as the whole request, so it is judged like one.
+        (None, None) => "HTTP/0.9",
+        (Some(_), None) => return Err(Stop::Bad("unsupported HTTP version")),
+        (_, Some(_)) => return Err(Stop::Bad("malformed HTTP request line")),
     };
     if !target.iter().all(|&b| b > b' ' && b != 0x7f) {
         return Err(Stop::Bad("malformed HTTP request-target"));
     }
 
-    let mut host_header: Option<String> = None;
-    let mut user_agent: Option<String> = None;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut upgrade = false;
-    let mut last = None;
-    loop {
-        let line = lines.next_line(buf.len())?;
-        if line.is_empty() {
-            break;
-        }
-        if let Some(continuation) = line.strip_prefix(b" ").or_else(|| line.strip_prefix(b"\t")) {
-            // Obsolete line folding: a proxy replaces it with a space (RFC 9112 5.2).
-            let value = header_value(continuation);
-            let target = match last {
-                Some(Field::Host) => host_header.as_mut(),
-                Some(Field::UserAgent) => user_agent.as_mut(),
-                Some(Field::Other) => None,
-                None => return Err(Stop::Bad("folded line before any HTTP header")),
-            };
-            if let Some(target) = target.filter(|_| !value.is_empty()) {
-                target.push(' ');
-                target.push_str(&value);
-            }
-            continue;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Err(Stop::Bad("HTTP header line without a colon"));
-        };
-        let (name, value) = (line.get(..colon).unwrap_or_default(), line.get(colon + 1..));
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Err(Stop::Bad("malformed HTTP header name"));
-        }
-        let value = header_value(value.unwrap_or_default());
-        // The first occurrence counts; servers reject a repeated Host anyway.
-        let field = if name.eq_ignore_ascii_case(b"host") {
-            host_header.get_or_insert(value);
-            Field::Host
-        } else if name.eq_ignore_ascii_case(b"user-agent") {
-            user_agent.get_or_insert(value);
-            Field::UserAgent
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            let n = content_length(&value).ok_or(Stop::Bad("malformed Content-Length"))?;
-            if length.is_some_and(|m| m != n) {
-                return Err(Stop::Bad("conflicting Content-Length headers"));
-            }
-            length = Some(n);
-            Field::Other
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade |= !value.is_empty();
-            Field::Other
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Any coding makes the length unknowable from the head (RFC 9112 §6.3).
-            chunked |= !value.is_empty();
-            Field::Other
-        } else {
-            Field::Other
-        };
-        last = Some(field);
-    }
+    // HTTP/0.9 has no header block, and a cut request line is all there is.
+    let Headers {
+        host: host_header,
+        user_agent,
+        length,
+        chunked,
+        upgrade,
+    } = if line_cut || version == "HTTP/0.9" {
+        Headers::default()
+    } else {
+        parse_headers(&mut lines, buf.len(), prefix)?
+    };
 
     let uri = String::from_utf8_lossy(target).into_owned();
     let connect = method == "CONNECT";
@@ -277,6 +278,13 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
     } else {
         let (host, port, path) =
             parse_absolute(&uri).ok_or(Stop::Bad("malformed HTTP request-target"))?;
+        // An absolute-form OPTIONS without a path asks about the server itself, as "*"
+        // does (RFC 9112 §3.2.4); anything else without a path asks for "/".
+        let path = match path {
+            Some(path) => path,
+            None if method == "OPTIONS" => "*".to_owned(),
+            None => "/".to_owned(),
+        };
         (Some(host), port, path, true)
     };
 
@@ -299,6 +307,83 @@ fn parse_head(buf: &[u8]) -> Result<HttpRequest, Stop> {
         },
         upgrade,
     })
+}
+
+/// What the header block says that matters here.
+#[derive(Default)]
+struct Headers {
+    host: Option<String>,
+    user_agent: Option<String>,
+    length: Option<u64>,
+    chunked: bool,
+    upgrade: bool,
+}
+
+/// Reads header lines up to the blank line ending the head; `prefix`: up to the first
+/// line that is not complete either.
+fn parse_headers(lines: &mut Lines<'_>, total: usize, prefix: bool) -> Result<Headers, Stop> {
+    let mut h = Headers::default();
+    let mut last = None;
+    loop {
+        let line = match lines.next_line(total) {
+            Ok(line) => line,
+            Err(Stop::NeedMore | Stop::TooLong) if prefix => break,
+            Err(e) => return Err(e),
+        };
+        if line.is_empty() {
+            break;
+        }
+        if let Some(continuation) = line.strip_prefix(b" ").or_else(|| line.strip_prefix(b"\t")) {
+            // Obsolete line folding: a proxy replaces it with a space (RFC 9112 5.2).
+            let value = header_value(continuation);
+            let target = match last {
+                Some(Field::Host) => h.host.as_mut(),
+                Some(Field::UserAgent) => h.user_agent.as_mut(),
+                Some(Field::Other) => None,
+                None => return Err(Stop::Bad("folded line before any HTTP header")),
+            };
+            if let Some(target) = target.filter(|_| !value.is_empty()) {
+                target.push(' ');
+                target.push_str(&value);
+            }
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(Stop::Bad("HTTP header line without a colon"));
+        };
+        let (name, value) = (line.get(..colon).unwrap_or_default(), line.get(colon + 1..));
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(Stop::Bad("malformed HTTP header name"));
+        }
+        let value = header_value(value.unwrap_or_default());
+        // The first occurrence counts; servers reject a repeated Host anyway.
+        let field = if name.eq_ignore_ascii_case(b"host") {
+            h.host.get_or_insert(value);
+            Field::Host
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            h.user_agent.get_or_insert(value);
+            Field::UserAgent
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let n = content_length(&value).ok_or(Stop::Bad("malformed Content-Length"))?;
+            if h.length.is_some_and(|m| m != n) {
+                return Err(Stop::Bad("conflicting Content-Length headers"));
+            }
+            h.length = Some(n);
+            Field::Other
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            h.upgrade |= !value.is_empty();
+            Field::Other
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Any coding makes the length unknowable from the head (RFC 9112 §6.3).
+            h.chunked |= !value.is_empty();
+            Field::Other
+        } else {
+            Field::Other
+        };
+        last = Some(field);
+    }
+
+    Ok(h)
 }
 
 /// Longest chunk-size line (with extensions) or trailer line accepted in a chunked body.
@@ -381,9 +466,9 @@ impl<'a> Lines<'a> {
         let rest = self.window.get(self.pos..).unwrap_or_default();
         let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
             if total >= MAX_HEAD_LEN {
-                return Err(Stop::Bad("HTTP request head over 16 KiB"));
+                return Err(Stop::TooLong);
             }
-            // Reject binary junk now rather than after 16 KiB of it.
+            // Reject binary junk now rather than after 64 KiB of it.
             let partial = rest.strip_suffix(b"\r").unwrap_or(rest);
             if partial.iter().any(|&b| is_ctl(b)) {
                 return Err(Stop::Bad("control byte in HTTP request head"));
@@ -416,8 +501,8 @@ fn header_value(raw: &[u8]) -> String {
 }
 
 /// Split an absolute-form target `scheme://[userinfo@]authority[/path][?query]` into
-/// host, port and path (a missing path becomes "/").
-fn parse_absolute(uri: &str) -> Option<(String, Option<u16>, String)> {
+/// host, port and path (`None` when there is neither path nor query).
+fn parse_absolute(uri: &str) -> Option<(String, Option<u16>, Option<String>)> {
     let (scheme, rest) = uri.split_once("://")?;
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
         && scheme
@@ -431,10 +516,12 @@ fn parse_absolute(uri: &str) -> Option<(String, Option<u16>, String)> {
     // Userinfo never names the destination: "http://allowed@blocked/" goes to "blocked".
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     let (host, port) = parse_authority(authority.as_bytes())?;
-    let path = if path.starts_with('/') {
-        path.to_owned()
+    let path = if path.is_empty() {
+        None
+    } else if path.starts_with('/') {
+        Some(path.to_owned())
     } else {
-        format!("/{path}")
+        Some(format!("/{path}"))
     };
     Some((host, port, path))
 }
@@ -660,7 +747,8 @@ mod tests {
     fn bad_version_method_and_lines() {
         assert!(not_recognised(b"GET / HTTP/2.0\r\n\r\n"));
         assert!(not_recognised(b"GET / http/1.1\r\n\r\n"));
-        assert!(not_recognised(b"GET /\r\n\r\n"));
+        assert!(not_recognised(b"GET / HTTP/1.1 x\r\n\r\n"));
+        assert!(not_recognised(b"GET\r\n\r\n"));
         assert!(not_recognised(b"get / HTTP/1.1\r\n\r\n"));
         assert!(not_recognised(b"GET / HTTP/1.1\r\nNoColon\r\n\r\n"));
         assert!(not_recognised(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"));
@@ -691,7 +779,11 @@ mod tests {
             parse_http_request(&buf[..MAX_HEAD_LEN - 1]),
             ParseOutcome::NeedMore
         );
-        assert!(not_recognised(&buf));
+        assert_eq!(parse_http_request(&buf), ParseOutcome::Oversized);
+        // A malformed line before the bound is still malformed.
+        let mut bad = b"GET / HTTP/1.1\r\nNo colon here\r\n".to_vec();
+        bad.resize(MAX_HEAD_LEN + 10, b'a');
+        assert!(not_recognised(&bad));
         // A head of exactly the limit still parses.
         let mut exact = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
         exact.resize(MAX_HEAD_LEN - 4, b'p');
@@ -717,6 +809,158 @@ mod tests {
         let req = request(b"OPTIONS * HTTP/1.1\r\nHost: o.example\r\n\r\n");
         assert_eq!(req.path, "*");
         assert_eq!(req.url(), "http://o.example");
+        let req = request(b"OPTIONS * HTTP/1.1\r\nHost: O.Example:8080\r\n\r\n");
+        assert_eq!(req.url(), "http://o.example:8080");
+        // Through a proxy: an absolute-form OPTIONS without a path is the asterisk-form
+        // (RFC 9112 §3.2.4); with a path, or another method, it is that path or "/".
+        let req = request(b"OPTIONS http://o.example:8080 HTTP/1.1\r\n\r\n");
+        assert!(req.absolute);
+        assert_eq!(
+            (req.path.as_str(), req.url()),
+            ("*", "http://o.example:8080".into())
+        );
+        let req = request(b"OPTIONS http://o.example/x HTTP/1.1\r\n\r\n");
+        assert_eq!(req.url(), "http://o.example/x");
+        let req = request(b"GET http://o.example HTTP/1.1\r\n\r\n");
+        assert_eq!(req.url(), "http://o.example/");
+        let req = request(b"OPTIONS http://o.example?q HTTP/1.1\r\n\r\n");
+        assert_eq!(req.url(), "http://o.example/?q");
+        // Without a Host, the server's address stands in.
+        let req = request(b"OPTIONS * HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            req.url_at("198.18.0.2:80".parse().unwrap()),
+            "http://198.18.0.2"
+        );
+    }
+
+    #[test]
+    fn a_request_without_host_is_at_the_server_address() {
+        let req = request(b"GET /x?y HTTP/1.0\r\n\r\n");
+        assert_eq!(req.url(), "/x?y", "as sent");
+        for (server, url) in [
+            ("198.18.0.2:80", "http://198.18.0.2/x?y"),
+            ("198.18.0.2:8080", "http://198.18.0.2:8080/x?y"),
+            ("[2001:db8::2]:80", "http://[2001:db8::2]/x?y"),
+            ("[2001:db8::2]:8080", "http://[2001:db8::2]:8080/x?y"),
+        ] {
+            assert_eq!(req.url_at(server.parse().unwrap()), url);
+        }
+        // A Host (or an absolute-form target) wins over the address.
+        let req = request(b"GET /x HTTP/1.1\r\nHost: h.example\r\n\r\n");
+        assert_eq!(
+            req.url_at("198.18.0.2:8080".parse().unwrap()),
+            "http://h.example/x"
+        );
+    }
+
+    #[test]
+    fn http_0_9_request_line_is_a_request() {
+        let req = request(b"GET /path\r\n");
+        assert_eq!(req.version, "HTTP/0.9");
+        assert_eq!((req.method.as_str(), req.uri.as_str()), ("GET", "/path"));
+        assert_eq!((req.host.as_ref(), req.user_agent.as_ref()), (None, None));
+        assert_eq!((req.header_len, req.body), (11, Body::None));
+        assert_eq!(
+            req.url_at("198.18.0.2:80".parse().unwrap()),
+            "http://198.18.0.2/path"
+        );
+        // A bare LF ends it too; what follows the line is not its header block.
+        let buf = b"GET /\nHost: x.example\r\n\r\n";
+        let req = request(buf);
+        assert_eq!((req.header_len, req.host), (6, None));
+        // Absolute-form names its host.
+        let req = request(b"GET http://a.example/p\r\n");
+        assert_eq!(
+            (req.version, req.url()),
+            ("HTTP/0.9", "http://a.example/p".into())
+        );
+        for cut in 0..b"GET /path\r\n".len() {
+            assert_eq!(
+                parse_http_request(&b"GET /path\r\n"[..cut]),
+                ParseOutcome::NeedMore,
+                "cut {cut}"
+            );
+        }
+        assert!(not_recognised(b"GET /\x01\r\n"));
+        assert!(not_recognised(b"GET relative\r\n"));
+    }
+
+    #[test]
+    fn every_head_shape_keeps_the_incremental_contract() {
+        // What the fuzz target checks, on the shapes added with HTTP/0.9 and long heads:
+        // a complete head parses alone, and every prefix of it needs more.
+        let mut long = b"GET / HTTP/1.1\r\nCookie: ".to_vec();
+        long.resize(MAX_HEAD_LEN - 4, b'c');
+        long.extend_from_slice(b"\r\n\r\n");
+        for head in [
+            &b"GET /\r\n"[..],
+            b"GET / \r\n",
+            b"GET /\nGET / HTTP/1.1\r\n\r\n",
+            b"OPTIONS *\r\n",
+            b"OPTIONS http://o.example HTTP/1.1\r\n\r\n",
+            b"CONNECT c.example:443\r\n",
+            &long,
+        ] {
+            let ParseOutcome::Complete(Parsed::Http(req)) = parse_http_request(head) else {
+                panic!("{:?}", String::from_utf8_lossy(head));
+            };
+            let exact = parse_http_request(&head[..req.header_len]);
+            assert_eq!(exact, ParseOutcome::Complete(Parsed::Http(req.clone())));
+            for cut in [0, 1, req.header_len / 2, req.header_len - 1] {
+                assert_eq!(
+                    parse_http_request(&head[..cut]),
+                    ParseOutcome::NeedMore,
+                    "{cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_40_kb_cookie_before_host_is_one_head() {
+        let mut buf = b"GET /c HTTP/1.1\r\nCookie: ".to_vec();
+        buf.resize(40_000, b'k');
+        buf.extend_from_slice(b"\r\nHost: late.example\r\nUser-Agent: u\r\n\r\n");
+        let req = request(&buf);
+        assert_eq!(req.host.as_deref(), Some("late.example"));
+        assert_eq!(req.user_agent.as_deref(), Some("u"));
+        assert_eq!(req.header_len, buf.len());
+        assert_eq!(
+            parse_http_request(&buf[..buf.len() - 1]),
+            ParseOutcome::NeedMore
+        );
+    }
+
+    #[test]
+    fn the_start_of_an_unfinished_head_says_what_it_can() {
+        let mut buf = b"POST /up HTTP/1.1\r\nHost: early.example\r\nX-Pad: ".to_vec();
+        buf.resize(70_000, b'p');
+        assert_eq!(parse_http_request(&buf), ParseOutcome::Oversized);
+        let req = parse_head_prefix(&buf).expect("a start");
+        assert_eq!((req.method.as_str(), req.uri.as_str()), ("POST", "/up"));
+        assert_eq!(req.host.as_deref(), Some("early.example"));
+        assert_eq!(req.header_len, 40, "up to the cut line");
+        // Host after the cut: unknown.
+        let mut buf = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
+        buf.resize(70_000, b'p');
+        buf.extend_from_slice(b"\r\nHost: late.example\r\n\r\n");
+        assert_eq!(parse_http_request(&buf), ParseOutcome::Oversized);
+        assert_eq!(parse_head_prefix(&buf).and_then(|r| r.host), None);
+        // A cut request line: the target so far, no version; absolute-form has its host.
+        let mut buf = b"GET http://p.example/".to_vec();
+        buf.resize(70_000, b'a');
+        assert_eq!(parse_http_request(&buf), ParseOutcome::Oversized);
+        let req = parse_head_prefix(&buf).expect("a start");
+        assert_eq!((req.version, req.host.as_deref()), ("", Some("p.example")));
+        assert!(req.path.starts_with("/aaa"));
+        // A short incomplete head (its bytes were not all captured).
+        let req =
+            parse_head_prefix(b"GET /s HTTP/1.1\r\nHost: s.example\r\nCook").expect("a start");
+        assert_eq!(
+            (req.version, req.host.as_deref()),
+            ("HTTP/1.1", Some("s.example"))
+        );
+        assert_eq!(parse_head_prefix(b"\x16\x03\x01"), None);
     }
 
     #[test]

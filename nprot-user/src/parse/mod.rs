@@ -33,6 +33,10 @@ pub enum ParseOutcome {
     NeedMore,
     /// Not TLS nor HTTP, or malformed: inspection of this flow ends. The &'static str says why (for debug logs).
     NotRecognised(&'static str),
+    /// A valid start of an HTTP request head that does not end within
+    /// [`http::MAX_HEAD_LEN`]: it cannot be judged in full (see
+    /// [`http::parse_head_prefix`] for what its start says).
+    Oversized,
 }
 
 /// TLS record content type of a handshake record.
