@@ -124,6 +124,8 @@ pub struct Depth {
 impl Depth {
     /// One more encapsulation; [`Skip::TooDeep`] past [`MAX_TUNNELS`].
     pub fn tunnel(&mut self) -> Result<(), Skip> {
+        // What the tunnel carries has its own link header, with its own tags.
+        self.vlan_tags = 0;
         self.tunnels += 1;
         if self.tunnels > MAX_TUNNELS {
             return Err(Skip::TooDeep);
