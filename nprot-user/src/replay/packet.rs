@@ -1157,6 +1157,13 @@ mod tests {
         // Its outer GRE packet (after PPP's 4 bytes) in VXLAN: five.
         let five = vxlan(true, &ethernet(&[], &frame[4..]));
         assert_eq!(decode(LinkType::RawIp, &five), Err(Skip::TooDeep));
+        // VLAN tags are bounded per link header: four outside a tunnel and four inside.
+        let tags = [(0x8100, 1); 4];
+        let tagged = ethernet(&tags, &vxlan(false, &ethernet(&tags, &inner)));
+        assert_eq!(
+            decode(LinkType::Ethernet, &tagged).map(|d| d.tunnels),
+            Ok(1)
+        );
         // Ethernet in Ethernet through 0x6558 needs a tunnel header each time.
         let mut teb = ethernet(&[], &inner);
         for _ in 0..10 {
