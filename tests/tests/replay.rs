@@ -4,12 +4,15 @@
 //! and the same Blocked verdicts — with the capture's timestamps.
 //!
 //! Three recordings cover the link layers a Linux capture has: Ethernet on the veth
-//! (nanosecond pcap), and Linux cooked v1 (with IPv6) and v2 on `any`.
+//! (nanosecond pcap), and Linux cooked v1 (with IPv6) and v2 on `any`. A fourth is taken
+//! on the underlay of a VXLAN tunnel while the live sensor guards the overlay device:
+//! replay must decapsulate it to the same inner flows.
 //!
 //! Run as root, serially: `cargo test -p nprot-tests --test replay -- --test-threads=1`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -18,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nprot_tests::ClientServer;
+use nprot_tests::clients::curl_any;
 use nprot_tests::indicators::{indicator, with};
 use nprot_tests::nginx::{BODY_GOOD, BODY_ROOT};
 use nprot_tests::process::{run_with_timeout, signal, terminate, wait_timeout};
@@ -410,5 +414,181 @@ fn replay_of_a_cooked_v2_capture_matches_the_live_sensor() {
     assert_eq!(
         u32::from_le_bytes([head[20], head[21], head[22], head[23]]),
         276
+    );
+}
+
+/// The VXLAN device in both namespaces.
+const VXLAN_DEV: &str = "npvx0";
+
+/// Runs `ip ARGS…` in namespace `ns`; fails with its stderr.
+fn ip_in(env: &Env, server: bool, args: &[&str]) -> Result<()> {
+    let mut cmd = match server {
+        true => env.topo.server_cmd("ip"),
+        false => env.topo.client_cmd("ip"),
+    };
+    cmd.args(args);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(5))?;
+    if !out.status.success() {
+        bail!(
+            "ip {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A VXLAN overlay (VNI 42, UDP 4789 over the veth's IPv4 addresses) between the two
+/// namespaces, `198.18.4.1/24` and `2001:db8:4::1/64` on the client, `.2`/`::2` on the
+/// server (fixed subnets below `198.18.10.0`, free in these namespaces). Returns the
+/// server's overlay addresses; the devices go with the namespaces.
+fn vxlan_overlay(env: &Env) -> Result<(IpAddr, IpAddr)> {
+    let t = &env.topo;
+    for (server, local, remote, dev, host) in [
+        (false, t.client_v4, t.server_v4, &t.client_if, 1),
+        (true, t.server_v4, t.client_v4, &t.server_if, 2),
+    ] {
+        let (local, remote) = (local.to_string(), remote.to_string());
+        ip_in(
+            env,
+            server,
+            &[
+                "link", "add", VXLAN_DEV, "type", "vxlan", "id", "42", "dstport", "4789", "local",
+                &local, "remote", &remote, "dev", dev,
+            ],
+        )?;
+        let v4 = format!("198.18.4.{host}/24");
+        let v6 = format!("2001:db8:4::{host}/64");
+        ip_in(env, server, &["addr", "add", &v4, "dev", VXLAN_DEV])?;
+        ip_in(
+            env,
+            server,
+            &["-6", "addr", "add", &v6, "dev", VXLAN_DEV, "nodad"],
+        )?;
+        ip_in(env, server, &["link", "set", VXLAN_DEV, "up"])?;
+    }
+    let v4: IpAddr = "198.18.4.2".parse()?;
+    let v6: IpAddr = "2001:db8:4::2".parse()?;
+    // nginx listens on every address, so the overlay's too.
+    t.wait_tcp_ready(
+        &[SocketAddr::new(v4, 443), SocketAddr::new(v6, 443)],
+        Duration::from_secs(5),
+    )?;
+    Ok((v4, v6))
+}
+
+/// Issue 12: tcpdump on the veth records the VXLAN-encapsulated frames (Ethernet, IPv4,
+/// UDP 4789, VXLAN, inner Ethernet, inner IPv4 or IPv6, TCP) while the live sensor guards
+/// the overlay device itself; replaying the underlay recording logs the same inner flows
+/// and the same Blocked verdict.
+#[test]
+fn replay_of_a_vxlan_underlay_capture_matches_the_live_sensor_on_the_overlay() {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let (server4, server6) = vxlan_overlay(&env).expect("vxlan overlay");
+    let file = env.dir().join("underlay.pcap");
+    let client_if = env.topo.client_if.clone();
+    let mut dump = Tcpdump::start(&env, &file, &["-i", &client_if]).expect("tcpdump");
+    env.enforce_on("block", &[block_bad_example()], &[VXLAN_DEV], &[])
+        .expect("sensor on the overlay");
+
+    let curl = |name: &str, port: u16, addr: IpAddr, url: &str| {
+        curl_any(&env.topo, name, port, addr, url, &[]).expect("curl over the overlay")
+    };
+    let good = curl(
+        "good.example",
+        443,
+        server4,
+        "https://good.example:443/good",
+    );
+    assert_ok("https://good.example/good over VXLAN", &good, BODY_GOOD);
+    let bad = curl("bad.example", 443, server4, "https://bad.example:443/");
+    assert_reset("https://bad.example/ over VXLAN", &bad);
+    let bad6 = curl("bad.example", 443, server6, "https://bad.example:443/");
+    assert_reset("https://bad.example/ over VXLAN, IPv6", &bad6);
+    let http = curl("good.example", 80, server4, "http://good.example:80/good");
+    assert_ok("http://good.example/good over VXLAN", &http, BODY_GOOD);
+
+    let wait = |what: &str, action: &str, port: u16| {
+        env.events()
+            .wait_for_described(
+                &format!("{what} ({action}, port {port})"),
+                |e| ev::is(e, action) && ev::local_port(e, port),
+                EVENT_TIMEOUT,
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    wait("good.example", "SslConnectionInspected", good.local_port);
+    wait("bad.example", BLOCKED, bad.local_port);
+    wait("bad.example v6", BLOCKED, bad6.local_port);
+    wait("http /good", "HttpConnectionInspected", http.local_port);
+    for port in [
+        good.local_port,
+        bad.local_port,
+        bad6.local_port,
+        http.local_port,
+    ] {
+        wait("handshake", "ConnectionSuccess", port);
+    }
+    let dump_log = dump.stop().expect("stop tcpdump");
+
+    let indicators = env.dir().join("indicators.json");
+    let out = nprot_replay(&[
+        &file.to_string_lossy(),
+        "--indicators",
+        &indicators.to_string_lossy(),
+        "--mode",
+        "block",
+    ])
+    .expect("nprot replay");
+    let replayed = replay_events(&out).unwrap_or_else(|e| panic!("{e:#}\ntcpdump:\n{dump_log}"));
+    let live = env.events().events().expect("live events");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let live_keys: BTreeSet<Key> = live.iter().map(key).collect();
+    let replay_keys: BTreeSet<Key> = replayed.iter().map(key).collect();
+    assert_eq!(
+        live_keys,
+        replay_keys,
+        "replay of the underlay must log what the live sensor logged on the overlay\n\
+         live:\n{}\nreplayed:\n{}\ntcpdump:\n{dump_log}\nreplay stderr:\n{stderr}",
+        show(&live),
+        show(&replayed),
+    );
+    for want in [
+        ("SslConnectionInspected", "good.example", good.local_port),
+        (BLOCKED, "bad.example", bad.local_port),
+        (BLOCKED, "bad.example", bad6.local_port),
+        (
+            "HttpConnectionInspected",
+            "http://good.example/good",
+            http.local_port,
+        ),
+    ] {
+        let k = (want.0.to_owned(), want.1.to_owned(), u64::from(want.2));
+        assert!(
+            replay_keys.contains(&k),
+            "{want:?} missing from replay:\n{}",
+            show(&replayed)
+        );
+    }
+    // The inner addresses, not the underlay's.
+    let blocked: Vec<&Value> = replayed.iter().filter(|e| ev::is(e, BLOCKED)).collect();
+    let remotes: BTreeSet<String> = blocked
+        .iter()
+        .map(|e| e["RemoteIP"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let want: BTreeSet<String> = [server4.to_string(), server6.to_string()].into();
+    assert_eq!(remotes, want, "{}", show(&replayed));
+    // Every TCP segment came out of the tunnel: "(N TCP, N tunnelled)".
+    let summary = stderr.lines().last().unwrap_or_default();
+    let counts: Vec<&str> = summary
+        .split(['(', ')'])
+        .nth(1)
+        .unwrap_or_default()
+        .split(", ")
+        .collect();
+    assert!(
+        counts.len() == 2
+            && counts[0].strip_suffix(" TCP") == counts[1].strip_suffix(" tunnelled")
+            && counts[0] != "0 TCP",
+        "{summary}"
     );
 }

@@ -1,19 +1,57 @@
-//! Link layers of capture files: where the IP header starts in a frame.
+//! Link layers of capture files and the link-level encapsulations inside them: where
+//! the IP header starts in a frame.
+//!
+//! Decoding is a walk over [`Layer`]s: a link header gives the first layer
+//! ([`link_layer`]), each [`step`] turns one layer into the next (an Ethernet header into
+//! its ethertype, a VLAN tag into the ethertype it carries, PPPoE into PPP, PPP into IP),
+//! and `packet::decode` takes over at the IP layer, where tunnels (GRE, VXLAN, GENEVE)
+//! lead back here with an inner Ethernet frame or ethertype. Every link type shares
+//! these steps; nothing is decoded twice.
+
+use super::packet::Skip;
 
 /// Ethertype of IPv4.
 const ETH_P_IP: u16 = 0x0800;
 /// Ethertype of IPv6.
 const ETH_P_IPV6: u16 = 0x86DD;
+/// Ethertype of PPPoE session frames (RFC 2516); discovery (0x8863) carries no IP.
+const ETH_P_PPP_SES: u16 = 0x8864;
 /// 802.1Q, 802.1ad and the old pre-standard QinQ tag: 4 bytes each, skipped.
 const VLAN_TAGS: [u16; 3] = [0x8100, 0x88A8, 0x9100];
-/// More stacked VLAN tags than this and the frame is not looked at.
-const MAX_VLAN_TAGS: usize = 4;
+/// More stacked VLAN tags than this in one Ethernet header and the frame is skipped.
+pub const MAX_VLAN_TAGS: u8 = 4;
+/// More nested encapsulations (PPPoE, GRE, VXLAN, GENEVE) than this and the frame is
+/// skipped: a crafted capture cannot make decoding loop.
+pub const MAX_TUNNELS: u8 = 4;
+
+/// PPP protocol number of IPv4.
+const PPP_IP: u16 = 0x0021;
+/// PPP protocol number of IPv6.
+const PPP_IPV6: u16 = 0x0057;
+
+/// `AF_INET` in a DLT_NULL / loopback header (the same on every system).
+const AF_INET: u32 = 2;
+/// `AF_INET6` as NetBSD/OpenBSD (24), FreeBSD (28), macOS (30) and Linux (10) number it:
+/// a capture does not say which system wrote it.
+const AF_INET6: [u32; 4] = [24, 28, 30, 10];
 
 /// A link-layer header type replay can decode (tcpdump.org LINKTYPE_* numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkType {
+    /// `LINKTYPE_NULL` (0): BSD loopback, a 4-byte address family in the byte order of
+    /// the host that captured.
+    Null,
+    /// `LINKTYPE_LOOP` (108): OpenBSD loopback, the address family in network order.
+    Loop,
     /// `LINKTYPE_ETHERNET` (1): 14-byte header, 802.1Q / 802.1ad tags skipped.
     Ethernet,
+    /// `LINKTYPE_PPP` (9): PPP, with or without the 0xff 0x03 address and control bytes.
+    Ppp,
+    /// `LINKTYPE_PPP_HDLC` (50): PPP in HDLC-like framing, or Cisco HDLC when the first
+    /// byte is 0x0f or 0x8f.
+    PppHdlc,
+    /// `LINKTYPE_C_HDLC` (104): Cisco HDLC, address, control and an ethertype.
+    CiscoHdlc,
     /// `LINKTYPE_LINUX_SLL` (113): Linux cooked capture v1 (`tcpdump -i any`).
     LinuxSll,
     /// `LINKTYPE_LINUX_SLL2` (276): Linux cooked capture v2.
@@ -27,11 +65,21 @@ pub enum LinkType {
     Ipv6,
 }
 
+/// The link types [`LinkType::from_code`] accepts, for error messages.
+pub const SUPPORTED: &str = "Ethernet (1), BSD loopback (0, 108), PPP (9, 50), Cisco HDLC \
+                             (104), Linux cooked SLL (113) and SLL2 (276), and raw IP (101, \
+                             12, 14, 228, 229)";
+
 impl LinkType {
     /// The link type with tcpdump.org number `code`, if replay supports it.
     pub fn from_code(code: u32) -> Option<LinkType> {
         Some(match code {
+            0 => LinkType::Null,
+            108 => LinkType::Loop,
             1 => LinkType::Ethernet,
+            9 => LinkType::Ppp,
+            50 => LinkType::PppHdlc,
+            104 => LinkType::CiscoHdlc,
             113 => LinkType::LinuxSll,
             276 => LinkType::LinuxSll2,
             101 | 12 | 14 => LinkType::RawIp,
@@ -51,49 +99,193 @@ pub enum IpVersion {
     V6,
 }
 
-/// The IP packet in `frame`, or `None` if the frame carries something else (ARP, LLDP,
-/// other protocols) or is too short for its link header.
-pub fn network_layer(link: LinkType, frame: &[u8]) -> Option<(IpVersion, &[u8])> {
-    let (proto, off) = match link {
-        LinkType::Ethernet => {
-            let mut off = 12;
-            let mut proto = be16(frame, off)?;
-            let mut tags = 0;
-            while VLAN_TAGS.contains(&proto) {
-                tags += 1;
-                if tags > MAX_VLAN_TAGS {
-                    return None;
-                }
-                off += 4;
-                proto = be16(frame, off)?;
-            }
-            (proto, off + 2)
+/// What the bytes at some point of a frame are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer<'a> {
+    /// An Ethernet header and what follows (a frame, or one inside GRE, VXLAN, GENEVE).
+    Ethernet(&'a [u8]),
+    /// The bytes after an ethertype field (or a GRE / GENEVE protocol type) of this value.
+    Ethertype(u16, &'a [u8]),
+    /// A PPP frame: optional 0xff 0x03, then the protocol field (PPP links, PPPoE).
+    Ppp(&'a [u8]),
+    /// An IP packet.
+    Ip(IpVersion, &'a [u8]),
+}
+
+/// How deep a frame's decoding has gone, so that it stays bounded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    /// Encapsulations entered (PPPoE, GRE, VXLAN, GENEVE).
+    pub tunnels: u8,
+    /// VLAN tags in the current Ethernet header.
+    vlan_tags: u8,
+}
+
+impl Depth {
+    /// One more encapsulation; [`Skip::TooDeep`] past [`MAX_TUNNELS`].
+    pub fn tunnel(&mut self) -> Result<(), Skip> {
+        // What the tunnel carries has its own link header, with its own tags.
+        self.vlan_tags = 0;
+        self.tunnels += 1;
+        if self.tunnels > MAX_TUNNELS {
+            return Err(Skip::TooDeep);
         }
-        // packet type, ARPHRD, address length, 8 address bytes, protocol.
-        LinkType::LinuxSll => (be16(frame, 14)?, 16),
-        // protocol, reserved, ifindex, ARPHRD, packet type, address length, 8 address bytes.
-        LinkType::LinuxSll2 => (be16(frame, 0)?, 20),
-        LinkType::RawIp => {
-            let version = frame.first()? >> 4;
-            return match version {
-                4 => Some((IpVersion::V4, frame)),
-                6 => Some((IpVersion::V6, frame)),
-                _ => None,
-            };
-        }
-        LinkType::Ipv4 => return Some((IpVersion::V4, frame)),
-        LinkType::Ipv6 => return Some((IpVersion::V6, frame)),
-    };
-    let ip = frame.get(off..)?;
-    match proto {
-        ETH_P_IP => Some((IpVersion::V4, ip)),
-        ETH_P_IPV6 => Some((IpVersion::V6, ip)),
-        _ => None,
+        Ok(())
     }
 }
 
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+/// The first layer of a frame of link type `link`.
+pub fn link_layer(link: LinkType, frame: &[u8]) -> Result<Layer<'_>, Skip> {
+    Ok(match link {
+        LinkType::Null => {
+            let h: [u8; 4] = bytes(frame, 0)?;
+            // Host order of an unknown host: a family is small, so the order in which
+            // the upper half is zero is the right one.
+            let le = u32::from_le_bytes(h);
+            let family = if le >> 16 == 0 {
+                le
+            } else {
+                u32::from_be_bytes(h)
+            };
+            address_family(family, rest(frame, 4)?)?
+        }
+        LinkType::Loop => address_family(u32::from_be_bytes(bytes(frame, 0)?), rest(frame, 4)?)?,
+        LinkType::Ethernet => Layer::Ethernet(frame),
+        LinkType::Ppp => Layer::Ppp(frame),
+        LinkType::PppHdlc => match frame.first() {
+            Some(0x0f | 0x8f) => cisco_hdlc(frame)?,
+            _ => Layer::Ppp(frame),
+        },
+        LinkType::CiscoHdlc => cisco_hdlc(frame)?,
+        // packet type, ARPHRD, address length, 8 address bytes, protocol.
+        LinkType::LinuxSll => Layer::Ethertype(be16(frame, 14)?, rest(frame, 16)?),
+        // protocol, reserved, ifindex, ARPHRD, packet type, address length, 8 address bytes.
+        LinkType::LinuxSll2 => Layer::Ethertype(be16(frame, 0)?, rest(frame, 20)?),
+        LinkType::RawIp => match frame.first().ok_or(Skip::Truncated)? >> 4 {
+            4 => Layer::Ip(IpVersion::V4, frame),
+            6 => Layer::Ip(IpVersion::V6, frame),
+            _ => return Err(Skip::Malformed),
+        },
+        LinkType::Ipv4 => Layer::Ip(IpVersion::V4, frame),
+        LinkType::Ipv6 => Layer::Ip(IpVersion::V6, frame),
+    })
+}
+
+/// The layer under `layer`, which must not be [`Layer::Ip`] (IP is `packet`'s).
+pub fn step<'a>(layer: Layer<'a>, depth: &mut Depth) -> Result<Layer<'a>, Skip> {
+    match layer {
+        Layer::Ethernet(f) => {
+            // Tags are counted per Ethernet header: an inner frame may have its own.
+            depth.vlan_tags = 0;
+            Ok(Layer::Ethertype(be16(f, 12)?, rest(f, 14)?))
+        }
+        Layer::Ethertype(proto, b) => ethertype(proto, b, depth),
+        Layer::Ppp(b) => ppp(b),
+        Layer::Ip(..) => Err(Skip::Malformed),
+    }
+}
+
+/// The IP packet in `frame` (under any VLAN tags, PPP or PPPoE, but not inside a
+/// tunnel), or `None` if there is none.
+pub fn network_layer(link: LinkType, frame: &[u8]) -> Option<(IpVersion, &[u8])> {
+    let mut depth = Depth::default();
+    let mut layer = link_layer(link, frame).ok()?;
+    loop {
+        match layer {
+            Layer::Ip(v, ip) => return Some((v, ip)),
+            other => layer = step(other, &mut depth).ok()?,
+        }
+    }
+}
+
+/// What follows ethertype `proto`; `b` starts right after the field.
+fn ethertype<'a>(proto: u16, b: &'a [u8], depth: &mut Depth) -> Result<Layer<'a>, Skip> {
+    match proto {
+        ETH_P_IP => Ok(Layer::Ip(IpVersion::V4, b)),
+        ETH_P_IPV6 => Ok(Layer::Ip(IpVersion::V6, b)),
+        _ if VLAN_TAGS.contains(&proto) => {
+            depth.vlan_tags += 1;
+            if depth.vlan_tags > MAX_VLAN_TAGS {
+                return Err(Skip::TooDeep);
+            }
+            // Tag control information, then the next ethertype.
+            Ok(Layer::Ethertype(be16(b, 2)?, rest(b, 4)?))
+        }
+        ETH_P_PPP_SES => {
+            depth.tunnel()?;
+            pppoe(b)
+        }
+        _ => Err(Skip::NotIp),
+    }
+}
+
+/// A PPPoE session header (RFC 2516): version 1, type 1, code 0, session id, length.
+fn pppoe(b: &[u8]) -> Result<Layer<'_>, Skip> {
+    let [ver_type, code]: [u8; 2] = bytes(b, 0)?;
+    if ver_type != 0x11 || code != 0 {
+        return Err(Skip::Malformed);
+    }
+    // The length excludes Ethernet padding; a snapped frame holds less.
+    let len = usize::from(be16(b, 4)?);
+    let payload = rest(b, 6)?;
+    Ok(Layer::Ppp(payload.get(..len).unwrap_or(payload)))
+}
+
+/// A PPP frame: address and control (0xff 0x03) if present, then the protocol field,
+/// one byte if compressed (RFC 1661: an odd first byte ends the field).
+fn ppp(b: &[u8]) -> Result<Layer<'_>, Skip> {
+    let b = match b.first().ok_or(Skip::Truncated)? {
+        0xff => match b.get(1).ok_or(Skip::Truncated)? {
+            0x03 => rest(b, 2)?,
+            _ => return Err(Skip::Malformed),
+        },
+        _ => b,
+    };
+    let (proto, data) = match *b.first().ok_or(Skip::Truncated)? {
+        odd if odd & 1 == 1 => (u16::from(odd), rest(b, 1)?),
+        _ => (be16(b, 0)?, rest(b, 2)?),
+    };
+    match proto {
+        PPP_IP => Ok(Layer::Ip(IpVersion::V4, data)),
+        PPP_IPV6 => Ok(Layer::Ip(IpVersion::V6, data)),
+        // LCP, IPCP, authentication and the rest of PPP's own traffic.
+        _ => Err(Skip::NotIp),
+    }
+}
+
+/// A Cisco HDLC frame: address 0x0f (unicast) or 0x8f (broadcast), control 0, ethertype.
+fn cisco_hdlc(frame: &[u8]) -> Result<Layer<'_>, Skip> {
+    let [address, control]: [u8; 2] = bytes(frame, 0)?;
+    if !matches!(address, 0x0f | 0x8f) || control != 0 {
+        return Err(Skip::Malformed);
+    }
+    Ok(Layer::Ethertype(be16(frame, 2)?, rest(frame, 4)?))
+}
+
+/// The packet after a loopback header naming address family `family`.
+fn address_family(family: u32, b: &[u8]) -> Result<Layer<'_>, Skip> {
+    match family {
+        AF_INET => Ok(Layer::Ip(IpVersion::V4, b)),
+        f if AF_INET6.contains(&f) => Ok(Layer::Ip(IpVersion::V6, b)),
+        _ => Err(Skip::NotIp),
+    }
+}
+
+/// `N` bytes of `b` at `at`, or [`Skip::Truncated`].
+pub fn bytes<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], Skip> {
+    b.get(at..at.saturating_add(N))
+        .and_then(|s| s.try_into().ok())
+        .ok_or(Skip::Truncated)
+}
+
+/// The big-endian u16 at `at`, or [`Skip::Truncated`].
+pub fn be16(b: &[u8], at: usize) -> Result<u16, Skip> {
+    bytes(b, at).map(u16::from_be_bytes)
+}
+
+/// `b` from `at` on, or [`Skip::Truncated`] if it is shorter.
+pub fn rest(b: &[u8], at: usize) -> Result<&[u8], Skip> {
+    b.get(at..).ok_or(Skip::Truncated)
 }
 
 #[cfg(test)]
@@ -114,6 +306,18 @@ mod tests {
         f
     }
 
+    /// The first IP layer of `frame`, or why there is none.
+    fn first_ip(link: LinkType, frame: &[u8]) -> Result<(IpVersion, &[u8]), Skip> {
+        let mut depth = Depth::default();
+        let mut layer = link_layer(link, frame)?;
+        loop {
+            match layer {
+                Layer::Ip(v, ip) => return Ok((v, ip)),
+                other => layer = step(other, &mut depth)?,
+            }
+        }
+    }
+
     #[test]
     fn ethernet_with_and_without_vlan_tags() {
         let plain = eth(&[], 0x0800, IP4);
@@ -131,11 +335,19 @@ mod tests {
             network_layer(LinkType::Ethernet, &qinq),
             Some((IpVersion::V4, IP4))
         );
+        let old_qinq = eth(&[0x9100, 0x9100, 0x8100, 0x8100], 0x0800, IP4);
+        assert_eq!(
+            first_ip(LinkType::Ethernet, &old_qinq),
+            Ok((IpVersion::V4, IP4))
+        );
         let too_many = eth(&[0x8100; 5], 0x0800, IP4);
-        assert_eq!(network_layer(LinkType::Ethernet, &too_many), None);
+        assert_eq!(first_ip(LinkType::Ethernet, &too_many), Err(Skip::TooDeep));
         let arp = eth(&[], 0x0806, IP4);
-        assert_eq!(network_layer(LinkType::Ethernet, &arp), None);
-        assert_eq!(network_layer(LinkType::Ethernet, &plain[..13]), None);
+        assert_eq!(first_ip(LinkType::Ethernet, &arp), Err(Skip::NotIp));
+        assert_eq!(
+            first_ip(LinkType::Ethernet, &plain[..13]),
+            Err(Skip::Truncated)
+        );
     }
 
     #[test]
@@ -174,5 +386,145 @@ mod tests {
         }
         assert_eq!(LinkType::from_code(228), Some(LinkType::Ipv4));
         assert_eq!(LinkType::from_code(105), None);
+    }
+
+    #[test]
+    fn loopback_families_in_either_byte_order() {
+        for (family, want) in [
+            (2u32, IpVersion::V4),
+            (24, IpVersion::V6),
+            (28, IpVersion::V6),
+            (30, IpVersion::V6),
+            (10, IpVersion::V6),
+        ] {
+            let ip = if want == IpVersion::V4 { IP4 } else { IP6 };
+            for header in [family.to_le_bytes(), family.to_be_bytes()] {
+                let f = [&header[..], ip].concat();
+                assert_eq!(first_ip(LinkType::Null, &f), Ok((want, ip)), "{family}");
+            }
+            // LINKTYPE_LOOP is always network order.
+            let f = [&family.to_be_bytes()[..], ip].concat();
+            assert_eq!(first_ip(LinkType::Loop, &f), Ok((want, ip)), "{family}");
+        }
+        let f = [&2u32.to_le_bytes()[..], IP4].concat();
+        assert_eq!(first_ip(LinkType::Loop, &f), Err(Skip::NotIp));
+        // AF_APPLETALK, AF_LINK: not IP.
+        for family in [16u32, 18] {
+            let f = [&family.to_le_bytes()[..], IP4].concat();
+            assert_eq!(first_ip(LinkType::Null, &f), Err(Skip::NotIp));
+        }
+        assert_eq!(first_ip(LinkType::Null, &[2, 0, 0]), Err(Skip::Truncated));
+        assert_eq!(LinkType::from_code(0), Some(LinkType::Null));
+        assert_eq!(LinkType::from_code(108), Some(LinkType::Loop));
+    }
+
+    #[test]
+    fn ppp_with_and_without_address_and_control() {
+        for (proto, ip, want) in [
+            (&[0x00, 0x21][..], IP4, IpVersion::V4),
+            (&[0x00, 0x57][..], IP6, IpVersion::V6),
+            // Protocol-field compression.
+            (&[0x21][..], IP4, IpVersion::V4),
+            (&[0x57][..], IP6, IpVersion::V6),
+        ] {
+            for link in [LinkType::Ppp, LinkType::PppHdlc] {
+                let bare = [proto, ip].concat();
+                assert_eq!(first_ip(link, &bare), Ok((want, ip)));
+                let framed = [&[0xff, 0x03][..], proto, ip].concat();
+                assert_eq!(first_ip(link, &framed), Ok((want, ip)));
+            }
+        }
+        // LCP and IPCP are PPP's own.
+        for proto in [[0xc0, 0x21], [0x80, 0x21]] {
+            let f = [&[0xff, 0x03][..], &proto, IP4].concat();
+            assert_eq!(first_ip(LinkType::Ppp, &f), Err(Skip::NotIp));
+        }
+        assert_eq!(
+            first_ip(LinkType::Ppp, &[0xff, 0x05, 0, 0x21]),
+            Err(Skip::Malformed)
+        );
+        for cut in [&[][..], &[0xff], &[0xff, 0x03], &[0xff, 0x03, 0x00]] {
+            assert_eq!(first_ip(LinkType::Ppp, cut), Err(Skip::Truncated));
+        }
+        assert_eq!(LinkType::from_code(9), Some(LinkType::Ppp));
+        assert_eq!(LinkType::from_code(50), Some(LinkType::PppHdlc));
+    }
+
+    #[test]
+    fn cisco_hdlc_on_its_own_link_type_and_on_ppp_hdlc() {
+        for link in [LinkType::CiscoHdlc, LinkType::PppHdlc] {
+            for address in [0x0f, 0x8f] {
+                let f = [&[address, 0, 0x08, 0x00][..], IP4].concat();
+                assert_eq!(first_ip(link, &f), Ok((IpVersion::V4, IP4)));
+                let f = [&[address, 0, 0x86, 0xdd][..], IP6].concat();
+                assert_eq!(first_ip(link, &f), Ok((IpVersion::V6, IP6)));
+                // SLARP keepalives.
+                let f = [&[address, 0, 0x80, 0x35][..], IP4].concat();
+                assert_eq!(first_ip(link, &f), Err(Skip::NotIp));
+                assert_eq!(first_ip(link, &[address, 0, 8]), Err(Skip::Truncated));
+            }
+        }
+        let f = [&[0x0f, 1, 0x08, 0x00][..], IP4].concat();
+        assert_eq!(first_ip(LinkType::CiscoHdlc, &f), Err(Skip::Malformed));
+        let f = [&[0x11, 0, 0x08, 0x00][..], IP4].concat();
+        assert_eq!(first_ip(LinkType::CiscoHdlc, &f), Err(Skip::Malformed));
+        assert_eq!(LinkType::from_code(104), Some(LinkType::CiscoHdlc));
+    }
+
+    fn pppoe_frame(tags: &[u16], proto: &[u8], ip: &[u8]) -> Vec<u8> {
+        let mut s = vec![0x11, 0x00, 0x12, 0x34];
+        let len = u16::try_from(proto.len() + ip.len()).unwrap();
+        s.extend_from_slice(&len.to_be_bytes());
+        s.extend_from_slice(proto);
+        s.extend_from_slice(ip);
+        eth(tags, 0x8864, &s)
+    }
+
+    #[test]
+    fn pppoe_session_with_and_without_vlan_tags() {
+        let f = pppoe_frame(&[], &[0, 0x21], IP4);
+        assert_eq!(first_ip(LinkType::Ethernet, &f), Ok((IpVersion::V4, IP4)));
+        let f = pppoe_frame(&[0x8100], &[0, 0x57], IP6);
+        assert_eq!(first_ip(LinkType::Ethernet, &f), Ok((IpVersion::V6, IP6)));
+        // Ethernet padding after the PPPoE payload is not part of the packet.
+        let mut padded = pppoe_frame(&[], &[0, 0x21], IP4);
+        padded.resize(60, 0xee);
+        assert_eq!(
+            first_ip(LinkType::Ethernet, &padded),
+            Ok((IpVersion::V4, IP4))
+        );
+        // PPP's own traffic, discovery frames, a wrong version, a session-less code.
+        let lcp = pppoe_frame(&[], &[0xc0, 0x21], IP4);
+        assert_eq!(first_ip(LinkType::Ethernet, &lcp), Err(Skip::NotIp));
+        let mut discovery = pppoe_frame(&[], &[0, 0x21], IP4);
+        discovery[13] = 0x63;
+        assert_eq!(first_ip(LinkType::Ethernet, &discovery), Err(Skip::NotIp));
+        let mut version = pppoe_frame(&[], &[0, 0x21], IP4);
+        version[14] = 0x21;
+        assert_eq!(first_ip(LinkType::Ethernet, &version), Err(Skip::Malformed));
+        let mut code = pppoe_frame(&[], &[0, 0x21], IP4);
+        code[15] = 0x09;
+        assert_eq!(first_ip(LinkType::Ethernet, &code), Err(Skip::Malformed));
+        let whole = pppoe_frame(&[], &[0, 0x21], IP4);
+        for cut in 0..22 {
+            assert_eq!(
+                first_ip(LinkType::Ethernet, &whole[..cut]),
+                Err(Skip::Truncated),
+                "{cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn depth_counts_tunnels() {
+        let mut depth = Depth::default();
+        for _ in 0..MAX_TUNNELS {
+            assert_eq!(depth.tunnel(), Ok(()));
+        }
+        assert_eq!(depth.tunnel(), Err(Skip::TooDeep));
+        assert_eq!(
+            step(Layer::Ip(IpVersion::V4, IP4), &mut Depth::default()),
+            Err(Skip::Malformed)
+        );
     }
 }

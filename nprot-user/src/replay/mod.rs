@@ -1,12 +1,13 @@
 //! `nprot replay`: runs a capture file through the sensor's own pipeline (DESIGN §5).
 //!
-//! The file is read frame by frame ([`pcap`]: pcap or pcapng), the IP/TCP headers are
-//! found ([`link`], [`packet`]), and a user-space copy of the kernel's flow tracker
-//! ([`tracker`]) turns the segments into the same [`Record`](crate::capture::Record)s
-//! the eBPF programs would have emitted. Those go through the live sensor's
-//! [`Pipeline`] — reassembly, parsing, policy, mode — and its events are printed as JSON
-//! lines. Verdicts go back to the tracker, which ends capture of a decided flow as the
-//! kernel would.
+//! The file is read frame by frame ([`pcap`]: pcap or pcapng), the innermost TCP
+//! segment is found through link headers, VLAN tags, PPPoE, GRE, VXLAN, GENEVE and IPv6
+//! extension headers ([`link`], [`packet`]; a frame without one is counted by why), and
+//! a user-space copy of the kernel's flow tracker ([`tracker`]) turns the segments into
+//! the same [`Record`](crate::capture::Record)s the eBPF programs would have emitted.
+//! Those go through the live sensor's [`Pipeline`] — reassembly, parsing, policy, mode —
+//! and its events are printed as JSON lines. Verdicts go back to the tracker, which ends
+//! capture of a decided flow as the kernel would.
 //!
 //! Differences from a live run, by necessity:
 //! - every SYN is taken as outbound (the client is the local end);
@@ -34,8 +35,7 @@ use log::warn;
 use nprot_common::CAPTURE_FLOW_MAX_DEFAULT;
 
 use self::{
-    link::network_layer,
-    packet::tcp_segment,
+    packet::{Skipped, decode},
     pcap::{CaptureFileError, CaptureReader, Frame},
     tracker::{Tracker, TrackerConfig, TrackerStats},
 };
@@ -74,6 +74,10 @@ pub struct Summary {
     pub packets: u64,
     /// Frames that held a TCP segment the tracker looked at.
     pub tcp_segments: u64,
+    /// Of those, segments found inside an encapsulation (PPPoE, GRE, VXLAN, GENEVE).
+    pub tunnelled: u64,
+    /// Frames without a TCP segment, by reason: `packets = tcp_segments + skipped.total()`.
+    pub skipped: Skipped,
     /// Events written.
     pub events: u64,
     /// What the flow tracker did.
@@ -87,10 +91,12 @@ impl fmt::Display for Summary {
         let p = &self.pipeline;
         write!(
             f,
-            "nprot replay: {} packets ({} TCP), {} flows, {} events \
-             (tls={} http={} blocked={} audited={} not_recognised={} gave_up={})",
+            "nprot replay: {} packets ({} TCP, {} tunnelled), {} flows, {} events \
+             (tls={} http={} blocked={} audited={} not_recognised={} gave_up={}), \
+             skipped: {}",
             self.packets,
             self.tcp_segments,
+            self.tunnelled,
             self.tracker.flows_new,
             self.events,
             p.tls_inspected,
@@ -99,6 +105,7 @@ impl fmt::Display for Summary {
             p.audited,
             p.not_recognised,
             p.gave_up,
+            self.skipped,
         )
     }
 }
@@ -124,6 +131,8 @@ pub struct Replay {
     pipeline: Pipeline,
     packets: u64,
     tcp_segments: u64,
+    tunnelled: u64,
+    skipped: Skipped,
     next_housekeeping_ns: u64,
 }
 
@@ -135,6 +144,8 @@ impl Replay {
             pipeline: Pipeline::new(factory, CAPTURE_FLOW_MAX_DEFAULT as usize, policy, mode),
             packets: 0,
             tcp_segments: 0,
+            tunnelled: 0,
+            skipped: Skipped::default(),
             next_housekeeping_ns: 0,
         }
     }
@@ -142,10 +153,14 @@ impl Replay {
     /// Runs one captured frame through the tracker and the pipeline.
     pub fn feed(&mut self, frame: &Frame<'_>) {
         self.packets += 1;
-        let Some(seg) =
-            network_layer(frame.link, frame.data).and_then(|(v, ip)| tcp_segment(v, ip))
-        else {
-            return;
+        let seg = match decode(frame.link, frame.data) {
+            Ok(decoded) => {
+                if decoded.tunnels > 0 {
+                    self.tunnelled += 1;
+                }
+                decoded.segment
+            }
+            Err(why) => return self.skipped.count(why),
         };
         self.tcp_segments += 1;
         if frame.ts_ns >= self.next_housekeeping_ns {
@@ -169,6 +184,8 @@ impl Replay {
         Summary {
             packets: self.packets,
             tcp_segments: self.tcp_segments,
+            tunnelled: self.tunnelled,
+            skipped: self.skipped,
             events: 0,
             tracker: self.tracker.stats(),
             pipeline: self.pipeline.stats(),
@@ -312,7 +329,10 @@ mod tests {
     use serde_json::Value;
 
     use super::{
-        packet::build::{Conv, client_hello, ethernet, sll, sll2},
+        packet::{
+            Skipped,
+            build::{Conv, client_hello, ethernet, ethernet_with, framings, gre, ipv6_ext, vxlan},
+        },
         pcap::build::{Order, epb, idb, pcap, shb},
         *,
     };
@@ -389,24 +409,13 @@ mod tests {
         want
     }
 
+    /// Every link type, VLAN tag, tunnel, IPv4 option and IPv6 extension header that
+    /// [`packet::build::framings`] knows gives the events of the plain packets.
     #[test]
-    fn every_link_type_and_file_format_gives_the_same_events() {
-        type Framing = fn(&[u8]) -> Vec<u8>;
-        let raw: Framing = |ip| ip.to_vec();
-        let eth: Framing = |ip| ethernet(&[], ip);
-        let vlan: Framing = |ip| ethernet(&[(0x88A8, 7), (0x8100, 42)], ip);
-        let links: [(u32, Framing); 7] = [
-            (1, eth),
-            (1, vlan),
-            (113, sll),
-            (276, sll2),
-            (101, raw),
-            (12, raw),
-            (14, raw),
-        ];
+    fn every_link_type_encapsulation_and_file_format_gives_the_same_events() {
         for v6 in [false, true] {
             let packets = traffic(v6, "bad.example");
-            for (code, framing) in links {
+            for (name, code, framing, tunnels) in framings() {
                 let frames: Vec<Vec<u8>> = packets.iter().map(|p| framing(p)).collect();
                 // Classic pcap, µs, one packet per millisecond.
                 let records: Vec<(u32, u32, &[u8])> = frames
@@ -418,10 +427,13 @@ mod tests {
                 let file = pcap(order, false, code, &records);
                 let (events, summary, result) = replay_bytes(&file, Mode::Block);
                 result.unwrap();
-                let what = format!("pcap link {code} v6={v6}");
+                let what = format!("pcap {name} (link {code}) v6={v6}");
                 assert_eq!(summary_of(&events), expected("bad.example", true), "{what}");
                 assert_eq!(summary.packets, frames.len() as u64, "{what}");
                 assert_eq!(summary.tcp_segments, frames.len() as u64, "{what}");
+                let tunnelled = if tunnels > 0 { frames.len() as u64 } else { 0 };
+                assert_eq!(summary.tunnelled, tunnelled, "{what}");
+                assert_eq!(summary.skipped, Skipped::default(), "{what}");
                 assert_eq!(summary.tracker.flows_new, 2, "{what}");
                 assert_eq!(summary.pipeline.blocked, 1, "{what}");
 
@@ -443,7 +455,11 @@ mod tests {
                         41000,
                     ),
                 );
-                assert_eq!(summary_of(&events), want, "pcapng link {code} v6={v6}");
+                assert_eq!(
+                    summary_of(&events),
+                    want,
+                    "pcapng {name} (link {code}) v6={v6}"
+                );
             }
         }
     }
@@ -494,30 +510,82 @@ mod tests {
     }
 
     #[test]
-    fn non_tcp_frames_are_counted_and_skipped() {
-        let arp = {
-            let mut f = vec![0xff; 12];
-            f.extend_from_slice(&[0x08, 0x06]);
-            f.resize(60, 0);
-            f
-        };
+    fn frames_without_tcp_are_counted_by_reason() {
+        let syn = Conv::new("198.18.9.1", 1, "198.18.9.2", 80).syn();
+        let arp = ethernet_with(&[], 0x0806, &[0; 28]);
         let udp = {
-            let mut p = Conv::new("198.18.9.1", 1, "198.18.9.2", 53).syn();
+            let mut p = syn.clone();
             p[9] = 17;
             ethernet(&[], &p)
         };
-        let file = pcap(Order::Le, false, 1, &[(T, 0, &arp), (T, 1, &udp)]);
+        let later_fragment = {
+            let mut p = syn.clone();
+            p[7] = 0x10;
+            ethernet(&[], &p)
+        };
+        let later_fragment6 = {
+            let p = Conv::new("2001:db8:9::1", 1, "2001:db8:9::2", 80).syn();
+            let mut p = ipv6_ext(&p, &[44]);
+            p[43] = 0x08;
+            ethernet(&[], &p)
+        };
+        let snapped = ethernet(&[], &syn)[..30].to_vec();
+        let no_vni = {
+            let mut p = vxlan(false, &ethernet(&[], &syn));
+            p[28] = 0;
+            ethernet(&[], &p)
+        };
+        let too_deep = {
+            let mut p = syn.clone();
+            for _ in 0..5 {
+                p = gre(false, 0, 0x0800, &p);
+            }
+            ethernet(&[], &p)
+        };
+        let frames = [
+            &arp,
+            &udp,
+            &later_fragment,
+            &later_fragment6,
+            &snapped,
+            &no_vni,
+            &too_deep,
+            &ethernet(&[], &syn),
+        ];
+        let records: Vec<(u32, u32, &[u8])> = frames.iter().map(|f| (T, 0, f.as_slice())).collect();
+        let file = pcap(Order::Le, false, 1, &records);
         let (events, summary, result) = replay_bytes(&file, Mode::Audit);
         result.unwrap();
         assert!(events.is_empty());
-        assert_eq!((summary.packets, summary.tcp_segments), (2, 0));
+        assert_eq!((summary.packets, summary.tcp_segments), (8, 1));
+        assert_eq!(
+            summary.skipped,
+            Skipped {
+                not_ip: 1,
+                not_tcp: 1,
+                fragments: 2,
+                truncated: 1,
+                malformed: 1,
+                too_deep: 1,
+            }
+        );
+        assert_eq!(
+            summary.packets,
+            summary.tcp_segments + summary.skipped.total()
+        );
         let line = Summary {
             events: 0,
             ..summary
         }
         .to_string();
         assert!(
-            line.starts_with("nprot replay: 2 packets (0 TCP), 0 flows, 0 events"),
+            line.starts_with("nprot replay: 8 packets (1 TCP, 0 tunnelled), 1 flows, 0 events"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(
+                "skipped: not_ip=1 not_tcp=1 fragments=2 truncated=1 malformed=1 too_deep=1"
+            ),
             "{line}"
         );
     }
@@ -625,6 +693,28 @@ mod tests {
         let file = pcap(Order::Le, false, 101, &records);
         for at in 24..file.len() {
             for byte in [0x00, 0x45, 0xff] {
+                let mut bad = file.clone();
+                bad[at] = byte;
+                let _ = replay_bytes(&bad, Mode::Block);
+            }
+        }
+    }
+
+    /// The same over four tunnels (GRE, VXLAN, GENEVE, PPPoE) around IPv6: every header
+    /// of every layer corrupted in turn.
+    #[test]
+    fn corrupted_tunnel_headers_never_panic_the_replay() {
+        let (_, code, framing, _) = framings().into_iter().find(|f| f.0 == "four-deep").unwrap();
+        let packets = traffic(true, "bad.example");
+        // The ClientHello's flow: handshake and hello.
+        let frames: Vec<Vec<u8>> = packets[..4].iter().map(|p| framing(p)).collect();
+        let records: Vec<(u32, u32, &[u8])> = frames.iter().map(|f| (T, 0, f.as_slice())).collect();
+        let file = pcap(Order::Le, false, code, &records);
+        let (events, _, result) = replay_bytes(&file, Mode::Block);
+        result.unwrap();
+        assert_eq!(events.len(), 3, "{events:?}");
+        for at in 24..file.len() {
+            for byte in [0x00, 0x08, 0xff] {
                 let mut bad = file.clone();
                 bad[at] = byte;
                 let _ = replay_bytes(&bad, Mode::Block);

@@ -1,16 +1,44 @@
-//! IP and TCP headers, read the way the kernel program reads them.
+//! IP and TCP headers, and the tunnels inside IP, read the way the kernel program
+//! reads them.
 //!
-//! Same rules as `nprot-ebpf`: IPv4 non-first fragments are skipped; IPv6 extension
-//! headers are not walked (TCP must be the first next-header); a zero IPv4 total length
-//! or IPv6 payload length (BIG TCP / jumbo super-packets) falls back to the captured
-//! length; the TCP payload length comes from the IP header, so Ethernet padding and
-//! trailers are never taken for payload.
+//! [`decode`] is the one entry point for every link type: it walks the frame's layers
+//! ([`link`] for link headers, VLAN tags, PPPoE and PPP; here for IPv4,
+//! IPv6 extension headers, GRE, VXLAN and GENEVE) down to the innermost TCP segment, or
+//! says why there is none ([`Skip`], counted by replay).
+//!
+//! Same rules as `nprot-ebpf`: IPv4 and IPv6 non-first fragments are skipped; IPv6
+//! hop-by-hop, routing, destination-options and fragment headers are walked, at most
+//! [`MAX_IPV6_EXT_HEADERS`]; a zero IPv4 total length or IPv6 payload length (BIG TCP /
+//! jumbo super-packets) falls back to the captured length; the TCP payload length comes
+//! from the IP header, so Ethernet padding and trailers are never taken for payload.
+//! Where a field is impossible, the frame is skipped as the Linux receiver would drop
+//! it (a version nibble that disagrees with the ethertype, a total length shorter than
+//! the header, a TCP data offset past the packet). Checksums are not verified: captures
+//! taken on the sending host carry offloaded, unfinished ones.
+
+use std::fmt;
 
 use nprot_common::{FAMILY_V4, FAMILY_V6, RawAddr};
 
-use super::link::IpVersion;
+use super::link::{self, Depth, IpVersion, Layer, LinkType, be16, bytes, rest};
 
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_GRE: u8 = 47;
+/// IPv6 extension headers walked on the way to TCP (RFC 8200 §4).
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// More IPv6 extension headers than this before TCP and the packet is skipped.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+/// VXLAN's IANA UDP port (RFC 7348).
+const VXLAN_PORT: u16 = 4789;
+/// GENEVE's IANA UDP port (RFC 8926).
+const GENEVE_PORT: u16 = 6081;
+/// Transparent Ethernet bridging: a GRE or GENEVE payload that is an Ethernet frame.
+const ETH_P_TEB: u16 = 0x6558;
 
 /// TCP flags, as the kernel programs name them.
 pub use nprot_common::lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -40,81 +68,391 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
 }
 
-/// Decodes the TCP segment in an IP packet; `None` for anything the kernel program
-/// would pass over (not TCP, a later fragment, a header that does not fit).
-pub fn tcp_segment(version: IpVersion, ip: &[u8]) -> Option<Segment<'_>> {
-    let (family, src, dst, l4, ip_payload_len) = match version {
-        IpVersion::V4 => {
-            let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            if ihl < 20 || *ip.get(9)? != IPPROTO_TCP {
-                return None;
-            }
-            // Only the first fragment carries the TCP header.
-            if u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x1fff != 0 {
-                return None;
-            }
-            let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            let ip_len = if tot_len != 0 { tot_len } else { ip.len() };
-            let src = word(ip, 12)?;
-            let dst = word(ip, 16)?;
-            (
-                FAMILY_V4,
-                [src, 0, 0, 0],
-                [dst, 0, 0, 0],
-                ihl,
-                ip_len.saturating_sub(ihl),
-            )
-        }
-        IpVersion::V6 => {
-            if *ip.get(6)? != IPPROTO_TCP {
-                return None;
-            }
-            let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-            let plen = if plen != 0 {
-                plen
-            } else {
-                ip.len().saturating_sub(40)
-            };
-            let mut src = [0u32; 4];
-            let mut dst = [0u32; 4];
-            for i in 0..4 {
-                src[i] = word(ip, 8 + 4 * i)?;
-                dst[i] = word(ip, 24 + 4 * i)?;
-            }
-            (FAMILY_V6, src, dst, 40, plen)
-        }
-    };
-    let tcp = ip.get(l4..l4 + 20)?;
-    let doff = usize::from(tcp[12] >> 4) * 4;
-    if doff < 20 {
-        return None;
+/// The innermost TCP segment of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded<'a> {
+    /// The segment.
+    pub segment: Segment<'a>,
+    /// Encapsulations it was found in (PPPoE, GRE, VXLAN, GENEVE); 0 for plain IP.
+    pub tunnels: u8,
+}
+
+/// Why a frame holds no TCP segment for the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The link layer or a tunnel carries no IP: ARP, LLDP, PPP's own protocols, an
+    /// unknown ethertype or address family, PPTP's GRE.
+    NotIp,
+    /// An IP packet of another protocol: ICMP, ESP, UDP to a port that is no tunnel.
+    NotTcp,
+    /// An IPv4 or IPv6 fragment other than the first, which alone has the TCP header.
+    Fragment,
+    /// A header runs past the captured bytes (snapshot length).
+    Truncated,
+    /// A header field that cannot be right (a receiver drops the packet).
+    Malformed,
+    /// More VLAN tags, tunnels or IPv6 extension headers than decoding follows.
+    TooDeep,
+}
+
+/// Frames skipped, by [`Skip`] reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// [`Skip::NotIp`].
+    pub not_ip: u64,
+    /// [`Skip::NotTcp`].
+    pub not_tcp: u64,
+    /// [`Skip::Fragment`].
+    pub fragments: u64,
+    /// [`Skip::Truncated`].
+    pub truncated: u64,
+    /// [`Skip::Malformed`].
+    pub malformed: u64,
+    /// [`Skip::TooDeep`].
+    pub too_deep: u64,
+}
+
+impl Skipped {
+    /// Counts one frame skipped for `why`.
+    pub fn count(&mut self, why: Skip) {
+        let n = match why {
+            Skip::NotIp => &mut self.not_ip,
+            Skip::NotTcp => &mut self.not_tcp,
+            Skip::Fragment => &mut self.fragments,
+            Skip::Truncated => &mut self.truncated,
+            Skip::Malformed => &mut self.malformed,
+            Skip::TooDeep => &mut self.too_deep,
+        };
+        *n += 1;
     }
-    let payload_len = ip_payload_len.saturating_sub(doff);
-    let from = (l4 + doff).min(ip.len());
-    let to = (l4 + doff + payload_len).min(ip.len());
-    Some(Segment {
-        family,
+
+    /// All frames skipped.
+    pub fn total(&self) -> u64 {
+        self.not_ip
+            + self.not_tcp
+            + self.fragments
+            + self.truncated
+            + self.malformed
+            + self.too_deep
+    }
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not_ip={} not_tcp={} fragments={} truncated={} malformed={} too_deep={}",
+            self.not_ip,
+            self.not_tcp,
+            self.fragments,
+            self.truncated,
+            self.malformed,
+            self.too_deep
+        )
+    }
+}
+
+/// The innermost TCP segment of a frame of link type `link`, through any VLAN tags,
+/// PPP, PPPoE, GRE, VXLAN and GENEVE (at most [`link::MAX_TUNNELS`] deep).
+pub fn decode(link: LinkType, frame: &[u8]) -> Result<Decoded<'_>, Skip> {
+    decode_layer(link::link_layer(link, frame)?)
+}
+
+/// Decodes the TCP segment in an IP packet (or in a tunnel it carries); `None` for
+/// anything the kernel program would pass over.
+pub fn tcp_segment(version: IpVersion, ip: &[u8]) -> Option<Segment<'_>> {
+    decode_layer(Layer::Ip(version, ip)).ok().map(|d| d.segment)
+}
+
+/// The walk shared by every link type: link steps until IP, then IP, then either TCP
+/// (done) or a tunnel whose payload starts the walk again one level deeper.
+fn decode_layer(mut layer: Layer<'_>) -> Result<Decoded<'_>, Skip> {
+    let mut depth = Depth::default();
+    loop {
+        layer = match layer {
+            Layer::Ip(version, ip) => match transport(version, ip)? {
+                Transport::Tcp(segment) => {
+                    return Ok(Decoded {
+                        segment,
+                        tunnels: depth.tunnels,
+                    });
+                }
+                Transport::Tunnel(inner) => {
+                    depth.tunnel()?;
+                    inner
+                }
+            },
+            other => link::step(other, &mut depth)?,
+        };
+    }
+}
+
+/// What an IP packet carries.
+enum Transport<'a> {
+    Tcp(Segment<'a>),
+    /// The payload of a GRE, VXLAN or GENEVE header.
+    Tunnel(Layer<'a>),
+}
+
+/// The network header of a packet, as far as the layer above needs it.
+struct Network<'a> {
+    family: u8,
+    src: RawAddr,
+    dst: RawAddr,
+    /// Protocol of the layer above (after IPv6 extension headers).
+    proto: u8,
+    /// That layer's bytes as captured, cut at the end the IP header declares.
+    l4: &'a [u8],
+    /// Its length according to the IP header.
+    l4_len: usize,
+}
+
+fn transport(version: IpVersion, ip: &[u8]) -> Result<Transport<'_>, Skip> {
+    let net = match version {
+        IpVersion::V4 => ipv4(ip)?,
+        IpVersion::V6 => ipv6(ip)?,
+    };
+    match net.proto {
+        IPPROTO_TCP => tcp(&net).map(Transport::Tcp),
+        IPPROTO_GRE => gre(net.l4).map(Transport::Tunnel),
+        IPPROTO_UDP => udp(&net).map(Transport::Tunnel),
+        _ => Err(Skip::NotTcp),
+    }
+}
+
+/// An IPv4 header; options are skipped by IHL.
+fn ipv4(ip: &[u8]) -> Result<Network<'_>, Skip> {
+    let h: [u8; 20] = bytes(ip, 0)?;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Err(Skip::Malformed);
+    }
+    // Only the first fragment carries the next header.
+    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+        return Err(Skip::Fragment);
+    }
+    let tot_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    let ip_len = if tot_len != 0 { tot_len } else { ip.len() };
+    if ip_len < ihl {
+        return Err(Skip::Malformed);
+    }
+    Ok(Network {
+        family: FAMILY_V4,
+        src: [word(&h, 12)?, 0, 0, 0],
+        dst: [word(&h, 16)?, 0, 0, 0],
+        proto: h[9],
+        l4: ip.get(ihl..ip_len.min(ip.len())).ok_or(Skip::Truncated)?,
+        l4_len: ip_len - ihl,
+    })
+}
+
+/// An IPv6 header and the extension headers before the upper layer.
+fn ipv6(ip: &[u8]) -> Result<Network<'_>, Skip> {
+    let h: [u8; 40] = bytes(ip, 0)?;
+    if h[0] >> 4 != 6 {
+        return Err(Skip::Malformed);
+    }
+    let plen = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    let end = if plen != 0 { 40 + plen } else { ip.len() };
+    let pkt = &ip[..end.min(ip.len())];
+    let mut src = [0u32; 4];
+    let mut dst = [0u32; 4];
+    for i in 0..4 {
+        src[i] = word(&h, 8 + 4 * i)?;
+        dst[i] = word(&h, 24 + 4 * i)?;
+    }
+    let mut next = h[6];
+    let mut off = 40;
+    let mut walked = 0;
+    while matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_DSTOPTS
+    ) {
+        walked += 1;
+        if walked > MAX_IPV6_EXT_HEADERS {
+            return Err(Skip::TooDeep);
+        }
+        // Hop-by-hop is only valid right after the fixed header; Linux drops it anywhere else.
+        if next == IPPROTO_HOPOPTS && off != 40 {
+            return Err(Skip::Malformed);
+        }
+        // Every one of these starts with next header and a length or reserved byte and
+        // is at least 8 bytes: the first 4 hold what the walk needs.
+        if off + 8 > end {
+            return Err(Skip::Malformed);
+        }
+        let e: [u8; 4] = bytes(pkt, off)?;
+        let len = if next == IPPROTO_FRAGMENT {
+            if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                return Err(Skip::Fragment);
+            }
+            8
+        } else {
+            (usize::from(e[1]) + 1) * 8
+        };
+        if off + len > end {
+            return Err(Skip::Malformed);
+        }
+        next = e[0];
+        off += len;
+    }
+    Ok(Network {
+        family: FAMILY_V6,
         src,
         dst,
+        proto: next,
+        l4: pkt.get(off..).ok_or(Skip::Truncated)?,
+        l4_len: end - off,
+    })
+}
+
+fn tcp<'a>(net: &Network<'a>) -> Result<Segment<'a>, Skip> {
+    if net.l4_len < 20 {
+        return Err(Skip::Malformed);
+    }
+    let tcp: [u8; 20] = bytes(net.l4, 0)?;
+    let doff = usize::from(tcp[12] >> 4) * 4;
+    if doff < 20 || doff > net.l4_len {
+        return Err(Skip::Malformed);
+    }
+    let payload_len = net.l4_len - doff;
+    Ok(Segment {
+        family: net.family,
+        src: net.src,
+        dst: net.dst,
         sport: u16::from_be_bytes([tcp[0], tcp[1]]),
         dport: u16::from_be_bytes([tcp[2], tcp[3]]),
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         flags: tcp[13],
         payload_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
-        payload: &ip[from..to],
+        // `l4` already ends where the IP header says; options may be cut by the snap.
+        payload: net.l4.get(doff..).unwrap_or_default(),
     })
 }
 
-/// Four address bytes read as the kernel reads them: a native-endian load of wire bytes.
-fn word(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+/// A UDP datagram: VXLAN or GENEVE by destination port, anything else is not TCP.
+fn udp<'a>(net: &Network<'a>) -> Result<Layer<'a>, Skip> {
+    let dport = be16(net.l4, 2)?;
+    if dport != VXLAN_PORT && dport != GENEVE_PORT {
+        return Err(Skip::NotTcp);
+    }
+    if net.l4_len < 8 {
+        return Err(Skip::Malformed);
+    }
+    let ulen = usize::from(be16(net.l4, 4)?);
+    // 0 only in IPv6 jumbograms: the IP length rules. Past the IP length: dropped by Linux.
+    let end = match ulen {
+        0 => net.l4_len,
+        1..8 => return Err(Skip::Malformed),
+        n if n > net.l4_len => return Err(Skip::Malformed),
+        n => n,
+    };
+    let payload = net
+        .l4
+        .get(8..end.min(net.l4.len()))
+        .ok_or(Skip::Truncated)?;
+    if dport == VXLAN_PORT {
+        vxlan(payload)
+    } else {
+        geneve(payload)
+    }
 }
 
-/// Builders of IP/TCP packets for tests (here and in the tracker and replay tests).
+/// A VXLAN header (RFC 7348): flags with I (valid VNI) set, VNI, then an Ethernet
+/// frame. Reserved bits are ignored on receipt, as the RFC says.
+fn vxlan(b: &[u8]) -> Result<Layer<'_>, Skip> {
+    let [flags, ..]: [u8; 8] = bytes(b, 0)?;
+    if flags & 0x08 == 0 {
+        return Err(Skip::Malformed);
+    }
+    Ok(Layer::Ethernet(rest(b, 8)?))
+}
+
+/// A GENEVE header (RFC 8926): version 0, options length in 4-byte words, protocol
+/// type (Ethernet, IPv4 or IPv6 here), VNI, options.
+fn geneve(b: &[u8]) -> Result<Layer<'_>, Skip> {
+    let h: [u8; 8] = bytes(b, 0)?;
+    if h[0] >> 6 != 0 {
+        return Err(Skip::Malformed);
+    }
+    let len = 8 + usize::from(h[0] & 0x3f) * 4;
+    Ok(tunnel_payload(
+        u16::from_be_bytes([h[2], h[3]]),
+        rest(b, len)?,
+    ))
+}
+
+/// A GRE header (RFC 2784, with RFC 2890's key and sequence number): checksum, key and
+/// sequence present by the C, K and S bits, 4 bytes each. As Linux does, the routing
+/// bit (RFC 1701 only) is refused and version 1 is PPTP's, which carries no IP here.
+fn gre(b: &[u8]) -> Result<Layer<'_>, Skip> {
+    let [f0, f1, p0, p1]: [u8; 4] = bytes(b, 0)?;
+    if f0 & 0x40 != 0 {
+        return Err(Skip::Malformed);
+    }
+    match f1 & 0x07 {
+        0 => {}
+        1 => return Err(Skip::NotIp),
+        _ => return Err(Skip::Malformed),
+    }
+    let options = [0x80, 0x20, 0x10]
+        .iter()
+        .filter(|&&bit| f0 & bit != 0)
+        .count();
+    Ok(tunnel_payload(
+        u16::from_be_bytes([p0, p1]),
+        rest(b, 4 + 4 * options)?,
+    ))
+}
+
+/// The payload of a tunnel whose protocol field is an ethertype.
+fn tunnel_payload(proto: u16, b: &[u8]) -> Layer<'_> {
+    if proto == ETH_P_TEB {
+        Layer::Ethernet(b)
+    } else {
+        Layer::Ethertype(proto, b)
+    }
+}
+
+/// Four address bytes read as the kernel reads them: a native-endian load of wire bytes.
+fn word(b: &[u8], at: usize) -> Result<u32, Skip> {
+    bytes(b, at).map(u32::from_ne_bytes)
+}
+
+/// Builders of IP/TCP packets and of the framings around them, for tests (here and in
+/// the tracker and replay tests).
 #[cfg(test)]
 pub mod build {
     use std::net::IpAddr;
+
+    /// An IP packet from `src` to `dst` (same family) carrying `payload` of protocol
+    /// `proto`.
+    pub fn ip(src: IpAddr, dst: IpAddr, proto: u8, payload: &[u8]) -> Vec<u8> {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let total = u16::try_from(20 + payload.len()).expect("test packet fits");
+                let mut ip = vec![0x45, 0];
+                ip.extend_from_slice(&total.to_be_bytes());
+                ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+                ip.extend_from_slice(&s.octets());
+                ip.extend_from_slice(&d.octets());
+                ip.extend_from_slice(payload);
+                ip
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let plen = u16::try_from(payload.len()).expect("test packet fits");
+                let mut ip = vec![0x60, 0, 0, 0];
+                ip.extend_from_slice(&plen.to_be_bytes());
+                ip.extend_from_slice(&[proto, 64]);
+                ip.extend_from_slice(&s.octets());
+                ip.extend_from_slice(&d.octets());
+                ip.extend_from_slice(payload);
+                ip
+            }
+            _ => panic!("mixed address families"),
+        }
+    }
 
     /// A TCP/IP packet from `src` to `dst` (same family) with `flags`, `seq` and `payload`.
     pub fn tcp(
@@ -145,69 +483,350 @@ pub mod build {
         tcp.extend_from_slice(&[0x80, flags, 0xff, 0xff, 0, 0, 0, 0]);
         tcp.extend_from_slice(&[1; 12]);
         tcp.extend_from_slice(payload);
-        match (src.0, dst.0) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let total = u16::try_from(20 + tcp.len()).expect("test packet fits");
-                let mut ip = vec![0x45, 0];
-                ip.extend_from_slice(&total.to_be_bytes());
-                ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
-                ip.extend_from_slice(&s.octets());
-                ip.extend_from_slice(&d.octets());
-                ip.extend(tcp);
-                ip
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let plen = u16::try_from(tcp.len()).expect("test packet fits");
-                let mut ip = vec![0x60, 0, 0, 0];
-                ip.extend_from_slice(&plen.to_be_bytes());
-                ip.extend_from_slice(&[6, 64]);
-                ip.extend_from_slice(&s.octets());
-                ip.extend_from_slice(&d.octets());
-                ip.extend(tcp);
-                ip
-            }
-            _ => panic!("mixed address families"),
-        }
+        ip(src.0, dst.0, 6, &tcp)
     }
 
-    fn ethertype(ip: &[u8]) -> [u8; 2] {
-        if ip[0] >> 4 == 6 {
-            0x86DDu16.to_be_bytes()
-        } else {
-            0x0800u16.to_be_bytes()
-        }
+    /// The ethertype of an IP packet, by its version nibble.
+    pub fn ethertype(ip: &[u8]) -> u16 {
+        if ip[0] >> 4 == 6 { 0x86DD } else { 0x0800 }
     }
 
-    /// `ip` in an Ethernet frame with the given VLAN tags (TPID, VLAN id), padded to 60
-    /// bytes like a short frame on the wire.
-    pub fn ethernet(tags: &[(u16, u16)], ip: &[u8]) -> Vec<u8> {
+    /// `payload` of `ethertype` in an Ethernet frame with the given VLAN tags (TPID,
+    /// VLAN id), padded to 60 bytes like a short frame on the wire.
+    pub fn ethernet_with(tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
         for (tpid, vid) in tags {
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&vid.to_be_bytes());
         }
-        f.extend_from_slice(&ethertype(ip));
-        f.extend_from_slice(ip);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
         if f.len() < 60 {
             f.resize(60, 0);
         }
         f
     }
 
+    /// `ip` in an Ethernet frame with the given VLAN tags (TPID, VLAN id), padded to 60
+    /// bytes like a short frame on the wire.
+    pub fn ethernet(tags: &[(u16, u16)], ip: &[u8]) -> Vec<u8> {
+        ethernet_with(tags, ethertype(ip), ip)
+    }
+
     /// `ip` behind a Linux cooked v1 header (`tcpdump -i any`), sent by us.
     pub fn sll(ip: &[u8]) -> Vec<u8> {
         let mut f = vec![0, 4, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
-        f.extend_from_slice(&ethertype(ip));
+        f.extend_from_slice(&ethertype(ip).to_be_bytes());
         f.extend_from_slice(ip);
         f
     }
 
     /// `ip` behind a Linux cooked v2 header.
     pub fn sll2(ip: &[u8]) -> Vec<u8> {
-        let mut f = ethertype(ip).to_vec();
+        let mut f = ethertype(ip).to_be_bytes().to_vec();
         f.extend_from_slice(&[0, 0, 0, 0, 0, 7, 0, 1, 4, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
         f.extend_from_slice(ip);
         f
+    }
+
+    /// `ip` behind a BSD loopback header: address family `family` as a 4-byte integer,
+    /// big-endian (LINKTYPE_LOOP, or DLT_NULL written on a big-endian host) or little.
+    pub fn null(family: u32, big_endian: bool, ip: &[u8]) -> Vec<u8> {
+        let mut f = match big_endian {
+            true => family.to_be_bytes().to_vec(),
+            false => family.to_le_bytes().to_vec(),
+        };
+        f.extend_from_slice(ip);
+        f
+    }
+
+    /// The loopback address family of `ip` as macOS and as Linux number it.
+    pub fn family(ip: &[u8], linux: bool) -> u32 {
+        match (ip[0] >> 4, linux) {
+            (6, true) => 10,
+            (6, false) => 30,
+            _ => 2,
+        }
+    }
+
+    /// The PPP protocol number of an IP packet.
+    pub fn ppp_protocol(ip: &[u8]) -> u16 {
+        if ip[0] >> 4 == 6 { 0x0057 } else { 0x0021 }
+    }
+
+    /// `ip` in a PPP frame, after 0xff 0x03 (address, control) if `hdlc`.
+    pub fn ppp(hdlc: bool, ip: &[u8]) -> Vec<u8> {
+        let mut f = if hdlc { vec![0xff, 0x03] } else { vec![] };
+        f.extend_from_slice(&ppp_protocol(ip).to_be_bytes());
+        f.extend_from_slice(ip);
+        f
+    }
+
+    /// `ip` in a Cisco HDLC frame (unicast address).
+    pub fn cisco_hdlc(ip: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x0f, 0];
+        f.extend_from_slice(&ethertype(ip).to_be_bytes());
+        f.extend_from_slice(ip);
+        f
+    }
+
+    /// `ip` in a PPPoE session frame on Ethernet with the given VLAN tags.
+    pub fn pppoe(tags: &[(u16, u16)], ip: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(2 + ip.len()).expect("test packet fits");
+        let mut s = vec![0x11, 0x00, 0x00, 0x2a];
+        s.extend_from_slice(&len.to_be_bytes());
+        s.extend_from_slice(&ppp_protocol(ip).to_be_bytes());
+        s.extend_from_slice(ip);
+        ethernet_with(tags, 0x8864, &s)
+    }
+
+    /// Tunnel endpoints of tests: an IPv4 or IPv6 pair.
+    fn outer(v6: bool) -> (IpAddr, IpAddr) {
+        let (a, b) = match v6 {
+            true => ("2001:db8:ff::1", "2001:db8:ff::2"),
+            false => ("192.0.2.1", "192.0.2.2"),
+        };
+        (a.parse().expect("address"), b.parse().expect("address"))
+    }
+
+    /// `inner` (of GRE protocol type `proto`) in GRE over IPv4 or IPv6, with the
+    /// checksum (0x80), key (0x20) and sequence number (0x10) fields `flags` asks for.
+    pub fn gre(v6: bool, flags: u8, proto: u16, inner: &[u8]) -> Vec<u8> {
+        let mut g = vec![flags, 0];
+        g.extend_from_slice(&proto.to_be_bytes());
+        for (bit, field) in [
+            (0x80, [0xc5, 0xc5, 0, 0]),
+            (0x20, [0, 0, 0, 7]),
+            (0x10, [0, 0, 0, 1]),
+        ] {
+            if flags & bit != 0 {
+                g.extend_from_slice(&field);
+            }
+        }
+        g.extend_from_slice(inner);
+        let (s, d) = outer(v6);
+        ip(s, d, 47, &g)
+    }
+
+    /// `payload` in a UDP datagram to `dport` over IPv4 or IPv6 (no checksum).
+    pub fn udp(v6: bool, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(8 + payload.len()).expect("test packet fits");
+        let mut u = 54321u16.to_be_bytes().to_vec();
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&len.to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        let (s, d) = outer(v6);
+        ip(s, d, 17, &u)
+    }
+
+    /// The Ethernet frame `frame` in VXLAN (VNI 42).
+    pub fn vxlan(v6: bool, frame: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        v.extend_from_slice(frame);
+        udp(v6, 4789, &v)
+    }
+
+    /// `inner` of protocol type `proto` in GENEVE (VNI 42) with `words` 4-byte words of
+    /// options.
+    pub fn geneve(v6: bool, words: u8, proto: u16, inner: &[u8]) -> Vec<u8> {
+        let mut g = vec![words & 0x3f, 0];
+        g.extend_from_slice(&proto.to_be_bytes());
+        g.extend_from_slice(&[0, 0, 42, 0]);
+        for i in 0..words {
+            g.extend_from_slice(&[0x01, 0x02, 0x80 | i, 0]);
+        }
+        g.extend_from_slice(inner);
+        udp(v6, 6081, &g)
+    }
+
+    /// `ip4` with `words` 4-byte words of options (NOPs, then end of options).
+    pub fn ipv4_options(ip4: &[u8], words: u8) -> Vec<u8> {
+        let extra = usize::from(words) * 4;
+        let mut p = ip4[..20].to_vec();
+        p[0] = 0x40 | (5 + words);
+        let total = u16::from_be_bytes([p[2], p[3]]) + u16::from(words) * 4;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend(std::iter::repeat_n(1u8, extra.saturating_sub(1)));
+        if extra > 0 {
+            p.push(0);
+        }
+        p.extend_from_slice(&ip4[20..]);
+        p
+    }
+
+    /// `ip6` with extension headers of the given kinds (0 hop-by-hop, 43 routing, 60
+    /// destination options: 8 bytes, or 16 for destination options; 44 a first
+    /// fragment) between its fixed header and its upper layer.
+    pub fn ipv6_ext(ip6: &[u8], kinds: &[u8]) -> Vec<u8> {
+        let mut next = ip6[6];
+        let mut chain = Vec::new();
+        for &kind in kinds.iter().rev() {
+            let mut h = match kind {
+                // PadN over the rest of the header.
+                0 => vec![next, 0, 1, 4, 0, 0, 0, 0],
+                60 => vec![next, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                // Type 4 (segment routing), no segments left.
+                43 => vec![next, 0, 4, 0, 0, 0, 0, 0],
+                // Offset 0, more fragments, identification 7.
+                44 => vec![next, 0, 0, 1, 0, 0, 0, 7],
+                _ => panic!("not an extension header walked: {kind}"),
+            };
+            h.extend(chain);
+            chain = h;
+            next = kind;
+        }
+        let mut p = ip6[..40].to_vec();
+        p[6] = next;
+        let plen = u16::from_be_bytes([p[4], p[5]]) + u16::try_from(chain.len()).expect("fits");
+        p[4..6].copy_from_slice(&plen.to_be_bytes());
+        p.extend(chain);
+        p.extend_from_slice(&ip6[40..]);
+        p
+    }
+
+    /// How a test frames an IP packet for a link type.
+    pub type Framing = fn(&[u8]) -> Vec<u8>;
+
+    /// Every framing replay decodes: a name, the tcpdump.org link type, the framing
+    /// and how many tunnels it wraps the packet in.
+    pub fn framings() -> Vec<(&'static str, u32, Framing, u8)> {
+        // A call, so that each closure is coerced to the `fn` pointer.
+        fn f(
+            name: &'static str,
+            link: u32,
+            framing: Framing,
+            tunnels: u8,
+        ) -> (&'static str, u32, Framing, u8) {
+            (name, link, framing, tunnels)
+        }
+        vec![
+            f("raw", 101, |ip| ip.to_vec(), 0),
+            f("raw-12", 12, |ip| ip.to_vec(), 0),
+            f("raw-14", 14, |ip| ip.to_vec(), 0),
+            f("ethernet", 1, |ip| ethernet(&[], ip), 0),
+            f("802.1q", 1, |ip| ethernet(&[(0x8100, 42)], ip), 0),
+            f(
+                "qinq",
+                1,
+                |ip| ethernet(&[(0x88A8, 7), (0x8100, 42)], ip),
+                0,
+            ),
+            f(
+                "qinq-9100",
+                1,
+                |ip| ethernet(&[(0x9100, 7), (0x8100, 42)], ip),
+                0,
+            ),
+            f("sll", 113, sll, 0),
+            f("sll2", 276, sll2, 0),
+            f("null-le", 0, |ip| null(family(ip, false), false, ip), 0),
+            f("null-be", 0, |ip| null(family(ip, false), true, ip), 0),
+            f("null-linux", 0, |ip| null(family(ip, true), false, ip), 0),
+            f(
+                "null-freebsd",
+                0,
+                |ip| null(if ip[0] >> 4 == 6 { 28 } else { 2 }, false, ip),
+                0,
+            ),
+            f("loop", 108, |ip| null(family(ip, false), true, ip), 0),
+            f("ppp", 9, |ip| ppp(true, ip), 0),
+            f("ppp-bare", 9, |ip| ppp(false, ip), 0),
+            f("ppp-hdlc", 50, |ip| ppp(true, ip), 0),
+            f("ppp-hdlc-cisco", 50, cisco_hdlc, 0),
+            f("c-hdlc", 104, cisco_hdlc, 0),
+            f(
+                "ipv4-options/ipv6-ext",
+                101,
+                |ip| match ip[0] >> 4 {
+                    6 => ipv6_ext(ip, &[0, 60, 43, 44, 60]),
+                    _ => ipv4_options(ip, 10),
+                },
+                0,
+            ),
+            f("pppoe", 1, |ip| pppoe(&[], ip), 1),
+            f("pppoe-vlan", 1, |ip| pppoe(&[(0x8100, 5)], ip), 1),
+            f(
+                "gre4",
+                1,
+                |ip| ethernet(&[], &gre(false, 0, ethertype(ip), ip)),
+                1,
+            ),
+            f(
+                "gre6-cks",
+                1,
+                |ip| ethernet(&[], &gre(true, 0xb0, ethertype(ip), ip)),
+                1,
+            ),
+            f(
+                "gre-key-sll",
+                113,
+                |ip| sll(&gre(false, 0x20, ethertype(ip), ip)),
+                1,
+            ),
+            f(
+                "gre-teb",
+                1,
+                |ip| ethernet(&[], &gre(false, 0x10, 0x6558, &ethernet(&[], ip))),
+                1,
+            ),
+            f(
+                "vxlan4",
+                1,
+                |ip| ethernet(&[], &vxlan(false, &ethernet(&[], ip))),
+                1,
+            ),
+            f(
+                "vxlan6-qinq-inner",
+                1,
+                |ip| {
+                    ethernet(
+                        &[(0x8100, 9)],
+                        &vxlan(true, &ethernet(&[(0x88A8, 1), (0x8100, 2)], ip)),
+                    )
+                },
+                1,
+            ),
+            f(
+                "geneve-eth",
+                1,
+                |ip| ethernet(&[], &geneve(false, 0, 0x6558, &ethernet(&[], ip))),
+                1,
+            ),
+            f(
+                "geneve-ip-opts",
+                1,
+                |ip| ethernet(&[], &geneve(true, 5, ethertype(ip), ip)),
+                1,
+            ),
+            f(
+                "geneve-raw",
+                101,
+                |ip| geneve(false, 2, ethertype(ip), ip),
+                1,
+            ),
+            f(
+                "vxlan-in-gre-in-pppoe",
+                1,
+                |ip| {
+                    pppoe(
+                        &[(0x88A8, 3)],
+                        &gre(false, 0x20, 0x0800, &vxlan(false, &ethernet(&[], ip))),
+                    )
+                },
+                3,
+            ),
+            f(
+                "four-deep",
+                9,
+                |ip| {
+                    let l1 = geneve(true, 1, 0x6558, &pppoe(&[], ip));
+                    let l2 = vxlan(false, &ethernet(&[], &l1));
+                    ppp(true, &gre(false, 0, 0x0800, &l2))
+                },
+                4,
+            ),
+        ]
     }
 
     /// Packets of one TCP connection: both ends and both initial sequence numbers.
@@ -326,93 +945,345 @@ pub mod build {
 mod tests {
     use std::net::IpAddr;
 
-    use super::*;
+    // Not `super::*`: the builders are named after the decoders.
+    use super::{
+        FAMILY_V4, FAMILY_V6, IpVersion, LinkType, Segment, Skip, Skipped, TCP_ACK, build::*,
+        decode, link, tcp_segment,
+    };
     use crate::capture::raw_addr;
 
-    fn ip(s: &str) -> IpAddr {
+    fn addr(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    fn v4_packet(payload: &[u8]) -> Vec<u8> {
+        tcp(
+            (addr("198.18.0.1"), 40000),
+            (addr("198.18.0.2"), 80),
+            TCP_ACK,
+            7,
+            payload,
+        )
+    }
+
+    fn v6_packet(payload: &[u8]) -> Vec<u8> {
+        tcp(
+            (addr("2001:db8::1"), 50000),
+            (addr("2001:db8::2"), 443),
+            TCP_ACK,
+            99,
+            payload,
+        )
+    }
+
+    fn link_type(code: u32) -> LinkType {
+        LinkType::from_code(code).unwrap()
     }
 
     #[test]
     fn ipv4_segment_ignores_ethernet_padding() {
-        let pkt = build::tcp(
-            (ip("198.18.0.1"), 40000),
-            (ip("198.18.0.2"), 80),
-            TCP_ACK,
-            7,
-            b"GET",
-        );
+        let pkt = v4_packet(b"GET");
         let mut padded = pkt.clone();
         padded.extend_from_slice(&[0; 10]);
         let seg = tcp_segment(IpVersion::V4, &padded).unwrap();
         assert_eq!(seg.payload, b"GET");
         assert_eq!(seg.payload_len, 3);
         assert_eq!((seg.sport, seg.dport, seg.seq), (40000, 80, 7));
-        assert_eq!(seg.src, raw_addr(ip("198.18.0.1")).1);
+        assert_eq!(seg.src, raw_addr(addr("198.18.0.1")).1);
         assert_eq!(seg.family, FAMILY_V4);
     }
 
     #[test]
     fn snapped_payload_is_shorter_than_its_length() {
-        let pkt = build::tcp(
-            (ip("198.18.0.1"), 1),
-            (ip("198.18.0.2"), 2),
-            TCP_ACK,
-            0,
-            b"abcdef",
-        );
+        let pkt = v4_packet(b"abcdef");
         let seg = tcp_segment(IpVersion::V4, &pkt[..pkt.len() - 4]).unwrap();
         assert_eq!((seg.payload, seg.payload_len), (&b"ab"[..], 6));
         // The TCP header itself cut off: nothing the kernel could parse.
-        assert!(tcp_segment(IpVersion::V4, &pkt[..30]).is_none());
+        assert_eq!(decode(LinkType::RawIp, &pkt[..30]), Err(Skip::Truncated));
     }
 
     #[test]
     fn non_first_fragments_and_other_protocols_are_skipped() {
-        let mut pkt = build::tcp(
-            (ip("198.18.0.1"), 1),
-            (ip("198.18.0.2"), 2),
-            TCP_ACK,
-            0,
-            b"x",
-        );
+        let mut pkt = v4_packet(b"x");
         pkt[7] = 0x10; // fragment offset 16 × 8 bytes
-        assert!(tcp_segment(IpVersion::V4, &pkt).is_none());
+        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::Fragment));
         pkt[6] = 0x20; // More Fragments on the first fragment: still read
         pkt[7] = 0;
         assert!(tcp_segment(IpVersion::V4, &pkt).is_some());
-        pkt[9] = 17; // UDP
-        assert!(tcp_segment(IpVersion::V4, &pkt).is_none());
+        pkt[9] = 17; // UDP, not to a tunnel port
+        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::NotTcp));
+        pkt[9] = 1; // ICMP
+        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::NotTcp));
     }
 
     #[test]
-    fn ipv6_segment_and_unwalked_extension_headers() {
-        let mut pkt = build::tcp(
-            (ip("2001:db8::1"), 50000),
-            (ip("2001:db8::2"), 443),
-            TCP_SYN,
-            99,
-            b"",
-        );
-        let seg = tcp_segment(IpVersion::V6, &pkt).unwrap();
-        assert_eq!(seg.family, FAMILY_V6);
-        assert_eq!(seg.dst, raw_addr(ip("2001:db8::2")).1);
-        assert_eq!((seg.flags, seg.payload_len), (TCP_SYN, 0));
-        pkt[6] = 0; // hop-by-hop options first
-        assert!(tcp_segment(IpVersion::V6, &pkt).is_none());
+    fn ipv4_options_are_skipped_by_the_header_length() {
+        let plain = v4_packet(b"GET / HTTP/1.1\r\n");
+        let want = tcp_segment(IpVersion::V4, &plain).unwrap();
+        for words in 1..=10 {
+            let pkt = ipv4_options(&plain, words);
+            assert_eq!(pkt.len(), plain.len() + 4 * usize::from(words));
+            assert_eq!(tcp_segment(IpVersion::V4, &pkt), Some(want), "{words}");
+        }
+        let mut pkt = ipv4_options(&plain, 10);
+        // Options cut by the snapshot length.
+        assert_eq!(decode(LinkType::RawIp, &pkt[..50]), Err(Skip::Truncated));
+        // A header length below 5 words, a total length below the header.
+        pkt[0] = 0x44;
+        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::Malformed));
+        let mut pkt = ipv4_options(&plain, 10);
+        pkt[2..4].copy_from_slice(&40u16.to_be_bytes());
+        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::Malformed));
+        // Version 6 where the link said IPv4.
+        let mut pkt = plain.clone();
+        pkt[0] = 0x65;
+        assert_eq!(decode(LinkType::Ipv4, &pkt), Err(Skip::Malformed));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_tcp() {
+        let plain = v6_packet(b"\x16\x03\x01hello");
+        let want = tcp_segment(IpVersion::V6, &plain).unwrap();
+        assert_eq!(want.family, FAMILY_V6);
+        assert_eq!(want.dst, raw_addr(addr("2001:db8::2")).1);
+        for kinds in [
+            &[0][..],
+            &[43],
+            &[60],
+            &[44],
+            &[0, 60, 43, 44, 60],
+            // The bound, exactly.
+            &[0, 60, 43, 60, 43, 60, 43, 44],
+        ] {
+            let pkt = ipv6_ext(&plain, kinds);
+            assert_eq!(tcp_segment(IpVersion::V6, &pkt), Some(want), "{kinds:?}");
+        }
+        let nine = ipv6_ext(&plain, &[0, 60, 43, 60, 43, 60, 43, 60, 44]);
+        assert_eq!(decode(LinkType::Ipv6, &nine), Err(Skip::TooDeep));
+        // Hop-by-hop anywhere but first: Linux drops the packet.
+        let late = ipv6_ext(&plain, &[60, 0]);
+        assert_eq!(decode(LinkType::Ipv6, &late), Err(Skip::Malformed));
+        // A later fragment.
+        let mut frag = ipv6_ext(&plain, &[44]);
+        frag[42..44].copy_from_slice(&0x0b91u16.to_be_bytes());
+        assert_eq!(decode(LinkType::Ipv6, &frag), Err(Skip::Fragment));
+        // An extension header longer than the payload length.
+        let mut long = ipv6_ext(&plain, &[60]);
+        long[41] = 200;
+        assert_eq!(decode(LinkType::Ipv6, &long), Err(Skip::Malformed));
+        // No next header, and an unwalked one (AH) before TCP.
+        for proto in [59, 51] {
+            let mut pkt = ipv6_ext(&plain, &[60]);
+            pkt[40] = proto;
+            assert_eq!(decode(LinkType::Ipv6, &pkt), Err(Skip::NotTcp));
+        }
     }
 
     #[test]
     fn zero_total_length_falls_back_to_the_captured_length() {
-        let mut pkt = build::tcp(
-            (ip("198.18.0.1"), 1),
-            (ip("198.18.0.2"), 2),
-            TCP_ACK,
-            0,
-            b"big",
-        );
+        let mut pkt = v4_packet(b"big");
         pkt[2] = 0;
         pkt[3] = 0;
         assert_eq!(tcp_segment(IpVersion::V4, &pkt).unwrap().payload, b"big");
+        let mut pkt = ipv6_ext(&v6_packet(b"jumbo"), &[0]);
+        pkt[4] = 0;
+        pkt[5] = 0;
+        assert_eq!(tcp_segment(IpVersion::V6, &pkt).unwrap().payload, b"jumbo");
+    }
+
+    /// The inner packets of the framing tests: one of each family.
+    fn packets() -> [Vec<u8>; 2] {
+        let hello = client_hello("bad.example", 0);
+        [
+            v4_packet(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            v6_packet(&hello),
+        ]
+    }
+
+    #[test]
+    fn every_framing_decodes_to_the_plain_segment() {
+        for inner in packets() {
+            let want = decode(LinkType::RawIp, &inner).unwrap().segment;
+            for (name, code, framing, tunnels) in framings() {
+                let frame = framing(&inner);
+                let got = decode(link_type(code), &frame);
+                assert_eq!(got.map(|d| d.tunnels), Ok(tunnels), "{name}");
+                // IPv4 options and IPv6 extension headers change nothing above IP.
+                assert_eq!(got.map(|d| d.segment), Ok(want), "{name}");
+            }
+        }
+    }
+
+    /// Every cut of every framing: a frame cut before the end of the inner TCP header is
+    /// `Truncated`; one cut after it is the segment with what was captured of the payload.
+    #[test]
+    fn every_cut_of_every_framing_is_truncated_or_a_shorter_payload() {
+        for inner in packets() {
+            let want = decode(LinkType::RawIp, &inner).unwrap().segment;
+            for (name, code, framing, _) in framings() {
+                let frame = framing(&inner);
+                // The payload is the last thing of the packet, which framings leave whole.
+                let payload_at = frame
+                    .windows(want.payload.len())
+                    .position(|w| w == want.payload)
+                    .unwrap();
+                for cut in 0..frame.len() {
+                    let got = decode(link_type(code), &frame[..cut]).map(|d| d.segment);
+                    // The 12 bytes of TCP options before it may be cut: the kernel
+                    // reads only the fixed header.
+                    if cut < payload_at - 12 {
+                        assert_eq!(got, Err(Skip::Truncated), "{name} cut at {cut}");
+                    } else {
+                        let n = cut.saturating_sub(payload_at).min(want.payload.len());
+                        let part = Segment {
+                            payload: &want.payload[..n],
+                            ..want
+                        };
+                        assert_eq!(got, Ok(part), "{name} cut at {cut}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_corrupted_byte_makes_decoding_panic() {
+        for inner in packets() {
+            for (_, code, framing, _) in framings() {
+                let frame = framing(&inner);
+                for at in 0..frame.len() {
+                    for byte in [0x00, 0x01, 0x08, 0x0f, 0x11, 0x3f, 0x45, 0x60, 0x80, 0xff] {
+                        let mut bad = frame.clone();
+                        bad[at] = byte;
+                        let _ = decode(link_type(code), &bad);
+                        bad[at] = frame[at] ^ byte;
+                        let _ = decode(link_type(code), &bad);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let [inner, _] = packets();
+        let mut pkt = inner.clone();
+        for n in 1..=200u8 {
+            pkt = gre(n % 2 == 0, 0x20, ethertype(&pkt), &pkt);
+            let got = decode(LinkType::RawIp, &pkt).map(|d| d.tunnels);
+            if n <= link::MAX_TUNNELS {
+                assert_eq!(got, Ok(n));
+            } else {
+                assert_eq!(got, Err(Skip::TooDeep), "{n}");
+            }
+        }
+        // One more of any kind past four is too deep, whatever the mix.
+        let four = framings().into_iter().find(|f| f.0 == "four-deep").unwrap();
+        let frame = (four.2)(&inner);
+        assert_eq!(decode(LinkType::Ppp, &frame).map(|d| d.tunnels), Ok(4));
+        // Its outer GRE packet (after PPP's 4 bytes) in VXLAN: five.
+        let five = vxlan(true, &ethernet(&[], &frame[4..]));
+        assert_eq!(decode(LinkType::RawIp, &five), Err(Skip::TooDeep));
+        // VLAN tags are bounded per link header: four outside a tunnel and four inside.
+        let tags = [(0x8100, 1); 4];
+        let tagged = ethernet(&tags, &vxlan(false, &ethernet(&tags, &inner)));
+        assert_eq!(
+            decode(LinkType::Ethernet, &tagged).map(|d| d.tunnels),
+            Ok(1)
+        );
+        // Ethernet in Ethernet through 0x6558 needs a tunnel header each time.
+        let mut teb = ethernet(&[], &inner);
+        for _ in 0..10 {
+            teb = ethernet_with(&[], 0x6558, &teb);
+        }
+        assert_eq!(decode(LinkType::Ethernet, &teb), Err(Skip::NotIp));
+    }
+
+    #[test]
+    fn tunnel_headers_that_cannot_be_right() {
+        let [inner, inner6] = packets();
+        let gre4 = gre(false, 0, 0x0800, &inner);
+        assert!(decode(LinkType::RawIp, &gre4).is_ok());
+        let at = 20; // the GRE header in the IPv4 packet
+        let mut routing = gre4.clone();
+        routing[at] = 0x40;
+        assert_eq!(decode(LinkType::RawIp, &routing), Err(Skip::Malformed));
+        let mut pptp = gre4.clone();
+        pptp[at + 1] = 0x01;
+        assert_eq!(decode(LinkType::RawIp, &pptp), Err(Skip::NotIp));
+        let mut version = gre4.clone();
+        version[at + 1] = 0x03;
+        assert_eq!(decode(LinkType::RawIp, &version), Err(Skip::Malformed));
+        // Reserved flag bits are ignored, as by Linux.
+        let mut reserved = gre4.clone();
+        reserved[at] = 0x0b;
+        reserved[at + 1] = 0xf8;
+        assert!(decode(LinkType::RawIp, &reserved).is_ok());
+        // MPLS, and an inner packet that is not the version the protocol type says.
+        assert_eq!(
+            decode(LinkType::RawIp, &gre(false, 0, 0x8847, &inner)),
+            Err(Skip::NotIp)
+        );
+        assert_eq!(
+            decode(LinkType::RawIp, &gre(true, 0, 0x86DD, &inner)),
+            Err(Skip::Malformed)
+        );
+        // An outer later fragment.
+        let mut frag = gre4.clone();
+        frag[7] = 0x40;
+        assert_eq!(decode(LinkType::RawIp, &frag), Err(Skip::Fragment));
+
+        let vx = vxlan(false, &ethernet(&[], &inner6));
+        assert!(decode(LinkType::RawIp, &vx).is_ok());
+        let mut no_vni = vx.clone();
+        no_vni[28] = 0;
+        assert_eq!(decode(LinkType::RawIp, &no_vni), Err(Skip::Malformed));
+        // UDP length below its header, or past the IP packet.
+        for len in [7u16, 4000] {
+            let mut bad = vx.clone();
+            bad[24..26].copy_from_slice(&len.to_be_bytes());
+            assert_eq!(decode(LinkType::RawIp, &bad), Err(Skip::Malformed), "{len}");
+        }
+        // VXLAN to another port is only UDP.
+        let mut other = vx.clone();
+        other[22..24].copy_from_slice(&4790u16.to_be_bytes());
+        assert_eq!(decode(LinkType::RawIp, &other), Err(Skip::NotTcp));
+
+        let gv = geneve(false, 3, 0x6558, &ethernet(&[], &inner));
+        assert!(decode(LinkType::RawIp, &gv).is_ok());
+        let mut version = gv.clone();
+        version[28] |= 0x40;
+        assert_eq!(decode(LinkType::RawIp, &version), Err(Skip::Malformed));
+        // Options longer than the datagram.
+        let mut long = gv.clone();
+        long[28] = 0x3f;
+        let got = decode(LinkType::RawIp, &long);
+        assert!(
+            matches!(got, Err(Skip::Truncated | Skip::Malformed)),
+            "{got:?}"
+        );
+        let unknown = geneve(false, 0, 0x88B5, &inner);
+        assert_eq!(decode(LinkType::RawIp, &unknown), Err(Skip::NotIp));
+    }
+
+    #[test]
+    fn skip_counts_name_every_reason() {
+        let mut s = Skipped::default();
+        for why in [
+            Skip::NotIp,
+            Skip::NotTcp,
+            Skip::NotTcp,
+            Skip::Fragment,
+            Skip::Truncated,
+            Skip::Malformed,
+            Skip::TooDeep,
+        ] {
+            s.count(why);
+        }
+        assert_eq!(s.total(), 7);
+        assert_eq!(
+            s.to_string(),
+            "not_ip=1 not_tcp=2 fragments=1 truncated=1 malformed=1 too_deep=1"
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::io::{self, Read};
 
 use thiserror::Error;
 
-use super::link::LinkType;
+use super::link::{self, LinkType};
 
 /// Largest packet or block the readers accept: far above any real snapshot length, low
 /// enough that a corrupt length cannot make us allocate gigabytes.
@@ -77,8 +77,8 @@ pub enum CaptureFileError {
     /// A link type replay cannot decode.
     #[error(
         "unsupported link type {link_type} ({origin}) for the packet at offset {offset}: \
-         nprot replay reads Ethernet (1), Linux cooked SLL (113) and SLL2 (276), and raw \
-         IP (101, 12, 14, 228, 229)"
+         nprot replay reads {supported}",
+        supported = link::SUPPORTED
     )]
     UnsupportedLinkType {
         /// The link-type number from the file.
@@ -1159,8 +1159,9 @@ mod tests {
             error(&f),
             format!(
                 "unsupported link type 147 (pcapng interface 1, block at offset {idb_at}) for \
-                 the packet at offset {at}: nprot replay reads Ethernet (1), Linux cooked SLL \
-                 (113) and SLL2 (276), and raw IP (101, 12, 14, 228, 229)"
+                 the packet at offset {at}: nprot replay reads Ethernet (1), BSD loopback (0, \
+                 108), PPP (9, 50), Cisco HDLC (104), Linux cooked SLL (113) and SLL2 (276), \
+                 and raw IP (101, 12, 14, 228, 229)"
             )
         );
     }
