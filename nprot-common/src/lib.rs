@@ -16,12 +16,19 @@ pub const FAMILY_V6: u8 = 6;
 /// Largest number of payload bytes copied from one segment into the ring buffer.
 ///
 /// A power of two so that the eBPF side can bound the copy length with a mask. An
-/// egress skb can be a GSO super-packet far larger than the MTU; its first
-/// `CAPTURE_SEG_MAX` bytes are captured and the record is marked truncated.
-pub const CAPTURE_SEG_MAX: usize = 4096;
+/// egress skb can be a GSO super-packet far larger than the MTU (up to 64 KiB): it is
+/// captured whole, so that a request head written in one go is seen in full; anything
+/// larger (BIG TCP) is cut and its record marked truncated.
+pub const CAPTURE_SEG_MAX: usize = 64 * 1024;
 
-/// Default bound on the client payload bytes captured per flow.
-pub const CAPTURE_FLOW_MAX_DEFAULT: u32 = 16 * 1024;
+/// Name of the scratch map the daemon sizes to the number of possible CPUs.
+pub const SCRATCH_MAP: &str = "SCRATCH";
+
+/// Default bound on the client payload bytes captured per flow while its verdict is
+/// pending: a request head of up to 64 KiB written in one go, and the record that holds
+/// its end. Capture stops when the verdict arrives (usually after the first segment),
+/// so only flows that send more before their verdict copy more than a few KiB.
+pub const CAPTURE_FLOW_MAX_DEFAULT: u32 = 68 * 1024;
 
 /// Maximum number of flows the kernel tracks at once (LRU map).
 pub const MAX_FLOWS: u32 = 262_144;
@@ -503,8 +510,11 @@ pub mod stat {
     /// Packets of blocked flows inside a tunnel (GRE, VXLAN, GENEVE), turned into resets
     /// for their receiver without a reflected copy.
     pub const TUNNELED_RESETS: u32 = 22;
+    /// Segments not captured because the scratch map had no slot for this CPU (it is
+    /// sized at load; should stay 0).
+    pub const SCRATCH_MISSING: u32 = 23;
     /// Number of counters.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -530,6 +540,7 @@ pub mod stat {
         "syns_deferred",
         "syn_payloads",
         "tunneled_resets",
+        "scratch_missing",
     ];
 }
 

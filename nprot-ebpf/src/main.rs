@@ -22,7 +22,8 @@ mod programs {
         },
         helpers::{
             bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-            bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_load_bytes,
+            bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect,
+            bpf_skb_load_bytes,
         },
         macros::{cgroup_sock_addr, classifier, map},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -67,7 +68,9 @@ mod programs {
 
     /// Per-CPU scratch space where a payload record is assembled before it is copied out.
     #[map]
-    static SCRATCH: PerCpuArray<PayloadRecord> = PerCpuArray::with_max_entries(1, 0);
+    /// An array rather than a per-CPU one: a per-CPU value is at most 32 KiB, and a record
+    /// holds up to 64 KiB. The daemon sizes it to the number of possible CPUs at load.
+    static SCRATCH: Array<PayloadRecord> = Array::with_max_entries(1, 0);
 
     /// Who connected each TCP socket, by socket cookie (connect hooks).
     #[map]
@@ -1024,7 +1027,10 @@ mod programs {
         if budget == 0 {
             return;
         }
-        let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        // Programs run with migration disabled: this CPU's slot has no other user now.
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let Some(rec) = SCRATCH.get_ptr_mut(cpu) else {
+            bump(stat::SCRATCH_MISSING);
             return;
         };
         let rec = unsafe { &mut *rec };

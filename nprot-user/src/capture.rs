@@ -125,14 +125,21 @@ impl Sensor {
         }
         raise_memlock_limit();
 
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| {
-            let text = e.to_string();
-            if is_permission_error(&text) {
-                CaptureError::Privileges(text)
-            } else {
-                CaptureError::Load(text)
-            }
-        })?;
+        // One capture scratch slot per possible CPU (see SCRATCH in nprot-ebpf).
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| CaptureError::Load(format!("{what}: {e}")))?;
+        let cpus = u32::try_from(cpus).unwrap_or(u32::MAX).max(1);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(nprot_common::SCRATCH_MAP, cpus)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                let text = e.to_string();
+                if is_permission_error(&text) {
+                    CaptureError::Privileges(text)
+                } else {
+                    CaptureError::Load(text)
+                }
+            })?;
 
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let mut sensor = Sensor {

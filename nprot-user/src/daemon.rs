@@ -486,7 +486,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         unsafe { AsyncFd::register(ring) }.context("registering the ring buffer with tokio")?;
     let mut pipeline = Pipeline::new(
         EventFactory::for_this_host(),
-        CAPTURE_FLOW_MAX_DEFAULT as usize,
+        crate::pipeline::STREAM_LIMIT,
         Arc::new(policy),
         mode,
     );

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use nprot_common::{CAPTURE_SEG_MAX, FlowKey, RecordKind, Verdict, VerdictEntry};
+use nprot_common::{FlowKey, RecordKind, Verdict, VerdictEntry};
 
 use crate::{
     attribution::{ProcessColumns, ProcessInfo, ProcessSource},
@@ -112,7 +112,11 @@ impl OversizedAction {
 
 /// Bytes a stream may hold while a long request head is incomplete: the longest head
 /// judged, and one segment's capture past it (what pipelines behind it).
-pub const HEAD_STREAM_LIMIT: usize = http::MAX_HEAD_LEN + CAPTURE_SEG_MAX;
+pub const HEAD_STREAM_LIMIT: usize = http::MAX_HEAD_LEN + 4096;
+
+/// Bytes a stream holds normally (one request head or ClientHello, with room to spare);
+/// raised to [`HEAD_STREAM_LIMIT`] while a long head is incomplete.
+pub const STREAM_LIMIT: usize = 16 * 1024;
 
 /// Per-flow facts kept while its client bytes are reassembled.
 #[derive(Debug, Clone)]
@@ -1521,7 +1525,7 @@ mod tests {
         let loaded = crate::policy::load_json(indicators).unwrap();
         Pipeline::new(
             EventFactory::new("h", "d", Clock::anchored(UNIX_EPOCH)),
-            nprot_common::CAPTURE_FLOW_MAX_DEFAULT as usize,
+            STREAM_LIMIT,
             Arc::new(Policy::new(loaded.indicators, &[])),
             mode,
         )
@@ -1570,7 +1574,7 @@ mod tests {
 
     #[test]
     fn a_40_kb_cookie_before_host_is_judged_in_full() {
-        let budget = nprot_common::CAPTURE_FLOW_MAX_DEFAULT as usize;
+        let budget = STREAM_LIMIT;
         let (mut p, mut v) = (
             pipeline_16k(PROXY_INDICATORS, Mode::Block),
             Verdicts::default(),
@@ -1615,7 +1619,7 @@ mod tests {
     #[test]
     fn a_70_kb_head_is_oversized_and_follows_the_setting() {
         let head = long_head("/big", 70_000, "good.example");
-        let budget = nprot_common::CAPTURE_FLOW_MAX_DEFAULT as usize;
+        let budget = STREAM_LIMIT;
         for (mode, setting, expect, reset) in [
             (Mode::Block, OversizedAction::Allow, Verdict::Allow, false),
             (Mode::Block, OversizedAction::Block, Verdict::Block, true),
@@ -1675,7 +1679,7 @@ mod tests {
             pipeline_16k(PROXY_INDICATORS, Mode::Block),
             Verdicts::default(),
         );
-        let mut rec = record(RecordKind::Payload, 100, &head[..CAPTURE_SEG_MAX]);
+        let mut rec = record(RecordKind::Payload, 100, &head[..4096]);
         rec.truncated = true;
         p.on_record(&rec, &mut v);
         assert_eq!(v.0, [(tuple().key(), Verdict::Allow)]);
@@ -1757,7 +1761,7 @@ mod tests {
             pipeline_16k(PROXY_INDICATORS, Mode::Block),
             Verdicts::default(),
         );
-        let mut first = record(RecordKind::Payload, 100, &start[..CAPTURE_SEG_MAX]);
+        let mut first = record(RecordKind::Payload, 100, &start[..4096]);
         first.truncated = true;
         p.on_record(&first, &mut v);
         assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);

@@ -30,9 +30,9 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
+use crate::pipeline::STREAM_LIMIT;
 use anyhow::Context as _;
 use log::warn;
-use nprot_common::CAPTURE_FLOW_MAX_DEFAULT;
 
 use self::{
     packet::{Skipped, decode},
@@ -141,7 +141,7 @@ impl Replay {
     pub fn new(factory: EventFactory, policy: Arc<Policy>, mode: Mode) -> Replay {
         Replay {
             tracker: Tracker::new(TrackerConfig::for_mode(mode)),
-            pipeline: Pipeline::new(factory, CAPTURE_FLOW_MAX_DEFAULT as usize, policy, mode),
+            pipeline: Pipeline::new(factory, STREAM_LIMIT, policy, mode),
             packets: 0,
             tcp_segments: 0,
             tunnelled: 0,

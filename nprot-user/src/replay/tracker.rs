@@ -1125,10 +1125,13 @@ mod tests {
         let mut tracker = Tracker::new(TrackerConfig::for_mode(Mode::Audit));
         let mut sizes = Vec::new();
         let mut flags = Vec::new();
-        let data = vec![b'x'; 6000];
+        // GSO-sized segments are captured whole, until the flow's budget is spent.
+        let sizes_sent = [20_000usize, 20_000, 30_000, 10_000];
         let mut packets = c.handshake();
-        for i in 0..4 {
-            packets.push(c.client(i * 6000, &data));
+        let mut at = 0u32;
+        for n in sizes_sent {
+            packets.push(c.client(at, &vec![b'x'; n]));
+            at += n as u32;
         }
         for pkt in &packets {
             let (v, ip) = network_layer(LinkType::RawIp, pkt).unwrap();
@@ -1142,13 +1145,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(sizes, [4096, 4096, 4096, 4096]);
-        assert_eq!(
-            flags,
-            [(true, false), (true, false), (true, false), (true, true)]
-        );
+        let budget = CAPTURE_FLOW_MAX_DEFAULT as usize;
+        assert_eq!(sizes, [20_000, 20_000, budget - 40_000]);
+        assert_eq!(flags, [(false, false), (false, false), (true, true)]);
         let s = tracker.stats();
-        assert_eq!((s.segments_truncated, s.flow_budget_spent), (4, 1));
+        assert_eq!((s.segments_truncated, s.flow_budget_spent), (1, 1));
     }
 
     #[test]
