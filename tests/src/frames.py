@@ -384,8 +384,10 @@ class Wrap:
         if k == "qinq9100":
             return Ether(src=src, dst=dst, type=0x9100) / Dot1Q(vlan=300) / inner
         if k == "pppoe":
-            proto = 0x0057 if isinstance(inner, IPv6) else 0x0021
-            return eth / PPPoE(sessionid=0x1234) / PPP(proto=proto) / inner
+            # The PPP protocol in full (two bytes): scapy's PPP layer would compress it to
+            # one, which RFC 2516 advises against.
+            proto = b"\x00\x57" if isinstance(inner, IPv6) else b"\x00\x21"
+            return eth / PPPoE(sessionid=0x1234) / Raw(proto) / inner
         outer = IP(src=usrc, dst=udst)
         if k == "gre":
             return eth / outer / GRE() / inner
@@ -410,7 +412,7 @@ class Wrap:
         raise ValueError("unknown encapsulation " + k)
 
 
-def scripted_flow(client, server, wrap, caddr, saddr, cport, request, response, wait=0.3):
+def scripted_flow(client, server, wrap, caddr, saddr, cport, request, response, wait=0.2):
     """One TCP conversation, both sides scripted: SYN from the client (sent on `client`),
     SYN-ACK from the server (sent on `server`), ACK, the request, then — `wait` seconds
     later, once the sensor had time to decide — the server's response (sent again if
@@ -434,6 +436,9 @@ def scripted_flow(client, server, wrap, caddr, saddr, cport, request, response, 
     def s2c(seg):
         return seg["sport"] == 80 and seg["dport"] == cport
 
+    def answered():
+        return [g for g in client.segments("stack", s2c) if g["payload"] or g["rst"]]
+
     gap = 0.02
     client.send(pkt(True, "S", cisn, 0))
     time.sleep(gap)
@@ -448,12 +453,16 @@ def scripted_flow(client, server, wrap, caddr, saddr, cport, request, response, 
     for _ in range(3):
         server.send(resp)
         sends += 1
-        client.poll(0.4)
-        if client.segments("stack", s2c):
+        # A response the sensor holds (no verdict yet) is dropped after a while: the
+        # server sends it again, as a real one would.
+        deadline = time.monotonic() + 0.4
+        while time.monotonic() < deadline and not answered():
+            client.poll(0.05)
+        if answered():
             break
     client.send(pkt(True, "A", (cisn + 1 + len(request)) % m32, (sisn + 1 + len(response)) % m32))
-    client.poll(0.2)
-    server.poll(0.3)
+    client.poll(0.1)
+    server.poll(0.15)
     return {
         "cport": cport,
         "response_sends": sends,
