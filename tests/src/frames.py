@@ -34,10 +34,12 @@ from scapy.all import (  # noqa: F401 (re-exported for the scripts)
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
     PPPoE,
     Raw,
 )
-from scapy.layers.inet import IPOption_NOP, IPOption_Router_Alert  # noqa: F401
+from scapy.layers.inet import IPOption_NOP, IPOption_Router_Alert, fragment  # noqa: F401
+from scapy.layers.inet6 import fragment6  # noqa: F401
 from scapy.layers.vxlan import VXLAN  # noqa: F401
 from scapy.contrib.geneve import GENEVE  # noqa: F401
 
@@ -270,6 +272,25 @@ def headers_for(kind, src, dst):
         return lambda: IP(src=src, dst=dst, options=opts)
     if kind == "ipv6-hbh-dst":
         return lambda: IPv6(src=src, dst=dst) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+    if kind == "ipv6-hbh-dst-rt":
+        # A type 0 routing header with no segment left: the receiver skips it.
+        return lambda: (
+            IPv6(src=src, dst=dst)
+            / IPv6ExtHdrHopByHop()
+            / IPv6ExtHdrDestOpt()
+            / IPv6ExtHdrRouting(type=0, segleft=0, addresses=[])
+        )
+    if kind.startswith("ipv6-dst*"):
+        # Hop-by-hop, then N destination-options headers.
+        count = int(kind[len("ipv6-dst*"):])
+
+        def many():
+            p = IPv6(src=src, dst=dst) / IPv6ExtHdrHopByHop()
+            for _ in range(count):
+                p = p / IPv6ExtHdrDestOpt()
+            return p
+
+        return many
     if kind == "ipv6-hbh-dst-frag":
         return lambda: (
             IPv6(src=src, dst=dst)
@@ -291,7 +312,9 @@ class TcpClient:
         self.port = port
         self.peer_mac = peer_mac
         self.src, self.dst, self.dport = src, dst, dport
-        self.sport = sport or random.randint(42000, 48000)
+        # Below the ephemeral range: no socket of the host's own (one in TIME_WAIT from a
+        # readiness probe, say) can hold the port and answer for it.
+        self.sport = sport or random.randint(20000, 32000)
         self.isn = random.randrange(1 << 32)
         self.rcv = 0
         self.headers = headers or (lambda: l3(self.src, self.dst))
@@ -315,6 +338,21 @@ class TcpClient:
 
     def send(self, flags, data=b"", off=0, **kw):
         self.port.send(self.frame(flags, data, off, **kw))
+
+    def send_fragmented(self, flags, data, off, size):
+        """Sends the segment as IP fragments that carry at most `size` bytes (a multiple
+        of 8) of it each: the first one the TCP header and the first bytes of data."""
+        p = self.frame(flags, data, off)
+        ip = p.payload
+        if isinstance(ip, IPv6):
+            # The unfragmentable part is the IPv6 header (40 bytes) and the fragment
+            # header (8).
+            ip = IPv6(bytes(IPv6(src=self.src, dst=self.dst) / IPv6ExtHdrFragment(id=random.randrange(1 << 32)) / ip.payload))
+            parts = fragment6(ip, 48 + size)
+        else:
+            parts = fragment(IP(bytes(ip)), fragsize=size)
+        for part in parts:
+            self.port.send(Ether(src=self.port.mac, dst=self.peer_mac) / part)
 
     def from_server(self, seg):
         return seg["sport"] == self.dport and seg["dport"] == self.sport and seg["src"] == self.dst
