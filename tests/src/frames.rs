@@ -37,7 +37,7 @@ const NFT_TABLE: &str = "nprot_tests_norst";
 
 /// Writes `nprot_frames.py` into `dir` and runs the python3 `script` in the namespace
 /// `ns` with `args` (JSON) as its only argument, `dir` on its module path; returns the
-/// JSON object printed on the last line of its stdout. Fails (with its stderr) if it
+/// JSON value printed on the last line of its stdout. Fails (with its stderr) if it
 /// exits non-zero, prints no JSON or runs longer than `timeout`.
 pub fn run_script(
     ns: &str,

@@ -192,7 +192,7 @@ fn tricks(env: &Env, cases: &[(&str, &str, bool)]) -> Vec<Value> {
     out.as_array().cloned().unwrap_or_else(|| panic!("{out}"))
 }
 
-/// Technique 1: a SYN with another ISN on an established connection. The server
+/// Forged SYN: a SYN with another ISN on an established connection. The server
 /// answers it with a challenge ACK (RFC 5961) and goes on with the connection; so must
 /// the sensor (the SYN is deferred until a SYN-ACK acknowledges it, which never comes).
 #[test]
@@ -225,7 +225,7 @@ fn forged_syn_with_another_isn_does_not_restart_inspection() {
     assert_eq!(kernel_stat(&env, "flows_superseded"), 0);
 }
 
-/// Technique 2: a reset the server drops for its bad TCP checksum, and a FIN out of the
+/// Ignored RST or FIN: a reset the server drops for its bad TCP checksum, and a FIN out of the
 /// window, each sent before the request. The server ignores both (the allowed request
 /// after them is answered); the sensor reports a close but must go on inspecting.
 #[test]
@@ -247,7 +247,7 @@ fn ignored_rst_and_fin_before_the_request_do_not_end_inspection() {
     assert_socket_blocked(&env, "the request after an out-of-window FIN", &out[3]);
 }
 
-/// Technique 2 again, the ignored reset or FIN sent between the two halves of the
+/// Ignored RST or FIN again, the ignored reset or FIN sent between the two halves of the
 /// request.
 #[test]
 #[ignore = "sensor bug: an ignored RST/FIN between two segments of a request makes user \
@@ -269,7 +269,7 @@ fn ignored_rst_inside_the_request_does_not_end_inspection() {
     assert_socket_blocked(&env, "a split request around an out-of-window FIN", &out[2]);
 }
 
-/// Techniques 1 and 2 together: an ignored reset, then a SYN with another ISN.
+/// Forged SYN and ignored RST together: an ignored reset, then a SYN with another ISN.
 #[test]
 #[ignore = "sensor bug: an ignored RST marks the flow Closed, so a forged SYN with another \
             ISN after it restarts the flow at once instead of being deferred; the real \
@@ -399,7 +399,7 @@ fn assert_frames_allowed(env: &Env, r: &Value, starts: &str) {
     );
 }
 
-/// Technique 5 (IPv6 half): hop-by-hop and destination-options headers before TCP (with
+/// IPv6 extension headers: hop-by-hop and destination-options headers before TCP (with
 /// an atomic fragment header, a routing header with no segment left, or four more
 /// destination-options headers after them), on every packet of a conversation with nginx.
 #[test]
@@ -492,7 +492,7 @@ fn fragmented_request_segments_are_judged() {
     }
 }
 
-/// Technique 5 (IPv4 half): a 28-byte IPv4 header (Router Alert and NOP options) on every
+/// IPv4 options: a 28-byte IPv4 header (Router Alert and NOP options) on every
 /// packet of a conversation with nginx.
 #[test]
 fn ipv4_options_do_not_hide_the_request() {
@@ -562,7 +562,7 @@ for server, host in cfg["cases"]:
 print(json.dumps(out))
 "#;
 
-/// Techniques 5 with a real client: the kernel adds the options to every packet of the
+/// IPv6 extension headers and IPv4 options with a real client: the kernel adds the options to every packet of the
 /// connection (SYN included).
 #[test]
 fn sticky_ip_options_on_real_sockets_do_not_hide_the_request() {
@@ -592,7 +592,7 @@ fn sticky_ip_options_on_real_sockets_do_not_hide_the_request() {
     assert_socket_blocked(&env, "IPv4 with options", &out[3]);
 }
 
-/// Technique 4: segments out of order. The request in three segments sent last first:
+/// Segments out of order. The request in three segments sent last first:
 /// the server's stack puts them back in order, and so must the sensor.
 #[test]
 fn out_of_order_segments_are_reassembled() {
@@ -694,7 +694,7 @@ fn seg(off: usize, text: &str) -> (usize, Vec<u8>) {
     (off, text.as_bytes().to_vec())
 }
 
-/// Technique 3, in order: a first segment naming one host, then a retransmission of the
+/// Overlapping segments whose bytes differ, in order: a first segment naming one host, then a retransmission of the
 /// same bytes naming another (of the same length), then the end of the head. Linux keeps
 /// the bytes it already has (the retransmitted range is trimmed), whichever host that is.
 #[test]
@@ -727,7 +727,7 @@ fn overlapping_retransmission_is_judged_as_the_server_reads_it() {
     assert_eq!(seen, ["bad.example", "www.example", "bad.example"]);
 }
 
-/// Technique 3, out of order: overlapping segments beyond a gap, then the gap filled.
+/// Overlapping segments whose bytes differ, out of order: overlapping segments beyond a gap, then the gap filled.
 /// Linux keeps the first of two copies of the same range, lets a longer segment with the
 /// same start replace a shorter one, and lets an in-order segment win over the part of a
 /// queued one it overlaps.
