@@ -16,6 +16,7 @@ pub mod bpf;
 pub mod bulk;
 pub mod clients;
 pub mod events;
+pub mod frames;
 pub mod gateway;
 pub mod indicators;
 pub mod netns;

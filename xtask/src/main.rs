@@ -31,6 +31,7 @@ const APT_PACKAGES: &[&str] = &[
     "rsyslog",       // the TCP collector of the sink tests
     "systemd",       // systemd-analyze verify on the unit
     "python3-scapy", // hand-built frames: evasion and encapsulations the kernel has no device for
+    "nftables",      // keeps a namespace's own stack quiet under hand-built TCP conversations
 ];
 
 /// What the Debian package must contain (`dpkg-deb -c` paths).
