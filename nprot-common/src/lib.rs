@@ -513,8 +513,14 @@ pub mod stat {
     /// Segments not captured because the scratch map had no slot for this CPU (it is
     /// sized at load; should stay 0).
     pub const SCRATCH_MISSING: u32 = 23;
+    /// TCP packets that came in IP fragments: bytes past a first fragment are not read
+    /// (a TCP stack with path-MTU discovery never fragments; a crafted one may).
+    pub const TCP_FRAGMENTS: u32 = 24;
+    /// Packets with more extension headers or tunnels than the walk reads
+    /// (`nprot_common::encap` bounds): not tracked.
+    pub const HEADERS_TOO_DEEP: u32 = 25;
     /// Number of counters.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 26;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -541,6 +547,8 @@ pub mod stat {
         "syn_payloads",
         "tunneled_resets",
         "scratch_missing",
+        "tcp_fragments",
+        "headers_too_deep",
     ];
 }
 

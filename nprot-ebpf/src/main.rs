@@ -240,6 +240,11 @@ mod programs {
                 return None;
             }
             let frag: u16 = u16::from_be(ctx.load(off + 6).ok()?);
+            let proto: u8 = ctx.load(off + 9).ok()?;
+            // More fragments, or a later one: bytes past the first fragment are not read.
+            if frag & 0x3fff != 0 && proto == IPPROTO_TCP {
+                bump(stat::TCP_FRAGMENTS);
+            }
             if frag & 0x1fff != 0 {
                 return None;
             }
@@ -256,7 +261,7 @@ mod programs {
                 family: FAMILY_V4,
                 src: [src, 0, 0, 0],
                 dst: [dst, 0, 0, 0],
-                proto: ctx.load(off + 9).ok()?,
+                proto,
                 l4_off: off + ihl,
                 payload_len: ip_len.saturating_sub(ihl as u32),
             });
@@ -283,6 +288,10 @@ mod programs {
                 encap::Ipv6Next::Skip(len) => len,
                 encap::Ipv6Next::Fragment => {
                     let offset: u16 = u16::from_be(ctx.load(at + 2).ok()?);
+                    // Fragments carry whatever they carry: counted, the first one read.
+                    if offset & 0xfff9 != 0 {
+                        bump(stat::TCP_FRAGMENTS);
+                    }
                     if encap::ipv6_later_fragment(offset) {
                         return None;
                     }
@@ -293,6 +302,11 @@ mod programs {
             next = ctx.load(at).ok()?;
             at += len;
             plen = plen.saturating_sub(len as u32);
+        }
+        if encap::ipv6_next(next, 0) != encap::Ipv6Next::Upper {
+            // More extension headers than the walk reads: what they hide is not seen.
+            bump(stat::HEADERS_TOO_DEEP);
+            return None;
         }
         Some(IpHeader {
             family: FAMILY_V6,
@@ -336,6 +350,9 @@ mod programs {
                 break;
             }
             if depth == MAX_TUNNELS {
+                if hdr.proto == IPPROTO_GRE || hdr.proto == IPPROTO_UDP {
+                    bump(stat::HEADERS_TOO_DEEP);
+                }
                 return None;
             }
             // Into a tunnel: the inner packet is an Ethernet frame or an IP packet.
@@ -466,7 +483,10 @@ mod programs {
         // close is not reported (user space holds nothing for it any more), but noted, so
         // that the entry is known to be over: one flag test, a write only on the change.
         if flow.inspect == Inspect::Done as u8 && flow.phase >= TcpPhase::Established as u8 {
-            if lifecycle::ends_flow(pkt.flags) && flow.phase != TcpPhase::Closed as u8 {
+            if lifecycle::ends_flow(pkt.flags)
+                && flow.phase != TcpPhase::Closed as u8
+                && flow.flags & FLOW_CLOSE_REPORTED == 0
+            {
                 flow.phase = TcpPhase::Closed as u8;
                 bump(stat::FLOWS_CLOSED);
             }
@@ -823,9 +843,12 @@ mod programs {
         } else {
             Inspect::Done as u8
         };
+        // A flow whose close was seen ended; one that went quiet was superseded.
+        if flow.flags & FLOW_CLOSE_REPORTED == 0 {
+            bump(stat::FLOWS_SUPERSEDED);
+        }
         *flow = state;
         let _ = VERDICTS.remove(key);
-        bump(stat::FLOWS_SUPERSEDED);
         count_new(&state);
     }
 
@@ -940,8 +963,10 @@ mod programs {
         if flow.flags & FLOW_CLOSE_REPORTED != 0 {
             return;
         }
+        // The phase stays: a RST with a bad checksum or a FIN out of window looks the
+        // same here and the server ignores it, so the flow is still inspected, and a SYN
+        // on its ports waits for the server's answer (see `lifecycle::SynStep::Defer`).
         flow.flags |= FLOW_CLOSE_REPORTED;
-        flow.phase = TcpPhase::Closed as u8;
         bump(stat::FLOWS_CLOSED);
         emit(pkt, flow, from_client, RecordKind::Closed, now);
     }

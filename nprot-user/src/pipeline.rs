@@ -131,6 +131,10 @@ struct Inspection {
     /// Sequence number just past the captured part of the last segment the kernel cut
     /// (to its per-segment bound, or its budget): the bytes after it never come.
     cut_at: Option<u32>,
+    /// When the kernel reported a FIN or RST while bytes awaited a decision: the stream
+    /// is kept for [`CLOSE_GRACE_NS`], since the server may have ignored it (a bad
+    /// checksum, out of window) and the request go on.
+    closed_ns: Option<u64>,
 }
 
 impl Inspection {
@@ -460,6 +464,10 @@ pub struct Pipeline {
 /// Decided flows remembered at once at most.
 const MAX_DECIDED_FLOWS: usize = 65_536;
 
+/// How long a stream whose flow reported a close is kept while bytes of it await a
+/// decision: long enough for a request to go on past a RST or FIN its server ignored.
+pub const CLOSE_GRACE_NS: u64 = 2_000_000_000;
+
 /// How long a decided flow is remembered: its late segments were captured before the
 /// verdict was written, so they are in the ring by then.
 const DECIDED_KEEP_NS: u64 = 2_000_000_000;
@@ -587,7 +595,7 @@ impl Pipeline {
                     .connection(ActionType::ConnectionFailed, rec.ts_ns, &ends);
                 self.events.push(ev);
             }
-            RecordKind::Closed => self.forget(&rec.tuple.key()),
+            RecordKind::Closed => self.closed(&rec.tuple.key(), rec.ts_ns),
             RecordKind::Payload => self.on_payload(rec, ends, verdicts),
         }
         if self.events.len() > first
@@ -601,6 +609,20 @@ impl Pipeline {
 
     /// Drops the stream of a flow that ended, counting it if bytes still awaited a
     /// decision.
+    /// A FIN or RST of a flow under inspection: a stream with bytes awaiting a decision
+    /// is kept for a grace period (the rest of its request may still come), any other
+    /// is forgotten.
+    fn closed(&mut self, key: &FlowKey, ts_ns: u64) {
+        if let Some((stream, inspection)) = self.reassembly.get_mut(key)
+            && inspection.awaits(stream)
+            && !stream.contiguous().is_empty()
+        {
+            inspection.closed_ns = Some(ts_ns);
+            return;
+        }
+        self.forget(key);
+    }
+
     fn forget(&mut self, key: &FlowKey) {
         self.decided.remove(key);
         if let Some((stream, inspection)) = self.reassembly.remove(key)
@@ -627,6 +649,7 @@ impl Pipeline {
             requests: 0,
             since_continue: 0,
             cut_at: None,
+            closed_ns: None,
         };
         let (walked, since_continue) = match self.reassembly.insert(
             key,
@@ -637,6 +660,8 @@ impl Pipeline {
         ) {
             Ok(((stream, inspection), grew)) => {
                 inspection.last_ns = rec.ts_ns;
+                // Bytes after a reported close: the server ignored it.
+                inspection.closed_ns = None;
                 inspection.since_continue += rec.payload.len();
                 let cut = rec.truncated || rec.budget_spent;
                 if cut {
@@ -920,6 +945,9 @@ impl Pipeline {
     pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> usize {
         let decided_idle_ns = self.flow_idle_ns;
         let n = self.reassembly.retain(|stream, i| {
+            if let Some(closed) = i.closed_ns {
+                return now_ns.saturating_sub(closed) < CLOSE_GRACE_NS;
+            }
             let idle = now_ns.saturating_sub(i.last_ns);
             if i.awaits(stream) {
                 idle < idle_ns
@@ -1238,10 +1266,27 @@ mod tests {
         let (mut p, mut v) = (pipeline(), Verdicts::default());
         p.on_record(&record(RecordKind::Payload, 100, &REQUEST[..10]), &mut v);
         p.on_record(&record(RecordKind::Closed, 0, b""), &mut v);
+        // The server may have ignored that close: the half request waits a while.
+        assert_eq!(p.stats().gave_up, 0);
+        assert_eq!(p.expire(1_000 + CLOSE_GRACE_NS - 1, u64::MAX), 0);
+        assert_eq!(p.expire(1_000 + CLOSE_GRACE_NS, u64::MAX), 1);
         assert_eq!(p.stats().gave_up, 1);
         p.on_record(&record(RecordKind::Payload, 100, &REQUEST[..10]), &mut v);
         assert_eq!(p.expire(1_000 + 10, 5), 1);
         assert_eq!(p.stats().gave_up, 2);
+    }
+
+    #[test]
+    fn a_request_goes_on_past_a_close_its_server_ignored() {
+        let (mut p, mut v) = (
+            pipeline_with(PROXY_INDICATORS, Mode::Block),
+            Verdicts::default(),
+        );
+        let req = b"GET / HTTP/1.1\r\nHost: blocked.example\r\n\r\n";
+        p.on_record(&record(RecordKind::Payload, 100, &req[..20]), &mut v);
+        p.on_record(&record(RecordKind::Closed, 0, b""), &mut v);
+        p.on_record(&record(RecordKind::Payload, 120, &req[20..]), &mut v);
+        assert_eq!(v.0, [(tuple().key(), Verdict::Block)]);
     }
 
     const PROXY_INDICATORS: &str = r#"{"indicators": [
