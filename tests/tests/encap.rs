@@ -485,7 +485,6 @@ fn replay_of_vlan_frames_matches_the_live_sensor() {
 
 /// B.3 for tunnels and PPPoE.
 #[test]
-#[ignore = "replay decoding of encapsulations lands separately"]
 fn replay_of_tunnelled_and_pppoe_frames_matches_the_live_sensor() {
     live_and_replay(&[
         case("gre", false, "bad.example", 46001),
