@@ -396,6 +396,33 @@ where
     );
 }
 
+/// ActionType of an enforced block.
+pub const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
+
+/// An environment whose sensor blocks `bad.example` (a DomainName Block, id `i1`).
+pub fn start_blocking_bad() -> Env {
+    Env::start_enforcing(
+        "block",
+        &[indicators::indicator(
+            "i1",
+            "DomainName",
+            "bad.example",
+            "Block",
+        )],
+        &[],
+    )
+    .expect("test environment with the sensor")
+}
+
+/// Waits for the event `what` matching `pred`; panics with every event and the sensor's
+/// stderr.
+#[track_caller]
+pub fn wait_event(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    env.events()
+        .wait_for_described(what, pred, EVENT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 #[cfg(test)]
 mod self_check {
     //! Checks of the harness itself; they need root but not the sensor.

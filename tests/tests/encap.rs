@@ -11,43 +11,26 @@
 //!
 //! Run as root, serially: `cargo test -p nprot-tests --test encap -- --test-threads=1`.
 
+use nprot_tests::{BLOCKED, start_blocking_bad, wait_event as wait};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use nprot_tests::{
-    ClientServer, EVENT_TIMEOUT, Env, Value,
+    ClientServer, Env, Value,
     clients::curl_any,
     ev,
     frames::{self, Tcpdump},
-    indicators::indicator,
     nginx::BODY_GOOD,
     process::{run_ok, run_with_timeout},
     sensor::sensor_binary,
 };
 
-const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 /// Bound on one frame script.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(40);
 /// The scripted server's response.
 const RESPONSE: &str = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world\n";
-
-fn start_blocking_bad() -> Env {
-    Env::start_enforcing(
-        "block",
-        &[indicator("i1", "DomainName", "bad.example", "Block")],
-        &[],
-    )
-    .expect("test environment with the sensor")
-}
-
-#[track_caller]
-fn wait(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    env.events()
-        .wait_for_described(what, pred, EVENT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn kernel_stat(env: &Env, name: &str) -> u64 {
     let stats = env.stats().expect("stats");

@@ -10,34 +10,17 @@
 //!
 //! Run as root, serially: `cargo test -p nprot-tests --test evasion -- --test-threads=1`.
 
+use nprot_tests::{BLOCKED, start_blocking_bad, wait_event as wait};
 use std::time::Duration;
 
 use nprot_tests::{
     ClientServer, Env, Value, ev,
     frames::{self, HostEcho},
-    indicators::indicator,
     nginx::BODY_ROOT,
 };
 
-const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 /// Bound on one frame script (scapy's import alone takes about two seconds).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn start_blocking_bad() -> Env {
-    Env::start_enforcing(
-        "block",
-        &[indicator("i1", "DomainName", "bad.example", "Block")],
-        &[],
-    )
-    .expect("test environment with the sensor")
-}
-
-#[track_caller]
-fn wait(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    env.events()
-        .wait_for_described(what, pred, nprot_tests::EVENT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn kernel_stat(env: &Env, name: &str) -> u64 {
     let stats = env.stats().expect("stats");

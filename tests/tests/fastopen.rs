@@ -5,18 +5,8 @@
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test fastopen -- --test-threads=1`).
 
-use nprot_tests::{
-    ClientServer, Env, Value, ev, indicators::indicator, netns::sysctl, nginx::BODY_GOOD,
-};
-
-const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
-
-#[track_caller]
-fn wait(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    env.events()
-        .wait_for_described(what, pred, nprot_tests::EVENT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"))
-}
+use nprot_tests::{BLOCKED, wait_event as wait};
+use nprot_tests::{ClientServer, Env, ev, indicators::indicator, netns::sysctl, nginx::BODY_GOOD};
 
 fn syn_payloads(env: &Env) -> u64 {
     let stats = env.stats().expect("stats");

@@ -5,17 +5,15 @@
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test lifecycle -- --test-threads=1`).
 
+use nprot_tests::{BLOCKED, start_blocking_bad, wait_event as wait};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nprot_tests::{
     Env, Value, ev,
-    indicators::indicator,
     netns::{netns_cmd, sysctl},
     nginx::BODY_ROOT,
 };
-
-const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 
 /// One HTTP/1.0 request from an explicitly bound local port (SO_REUSEADDR), read to the
 /// end: prints `bytes_received end` where end is `eof`, `reset` or `timeout`. HTTP/1.0
@@ -76,22 +74,6 @@ fn bound_get(env: &Env, lport: u16, name: &str) -> Result<Got> {
         end: parts.next().unwrap_or("").to_owned(),
         body: body.to_owned(),
     })
-}
-
-fn start_blocking_bad() -> Env {
-    Env::start_enforcing(
-        "block",
-        &[indicator("i1", "DomainName", "bad.example", "Block")],
-        &[],
-    )
-    .expect("test environment with the sensor")
-}
-
-#[track_caller]
-fn wait(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    env.events()
-        .wait_for_described(what, pred, nprot_tests::EVENT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn http_for(host: &'static str, lport: u16) -> impl Fn(&Value) -> bool {

@@ -7,14 +7,13 @@
 //! `cargo test -p nprot-tests --test requests -- --test-threads=1`).
 
 use anyhow::{Context, Result};
+use nprot_tests::{BLOCKED, wait_event as wait};
 use nprot_tests::{
     Env, Value, ev,
     indicators::indicator,
     netns::netns_cmd,
     nginx::{BODY_BAD, BODY_GOOD},
 };
-
-const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 
 /// A `Url` Block on one path of a server whose other paths are fine.
 fn start() -> Env {
@@ -24,13 +23,6 @@ fn start() -> Env {
         &[],
     )
     .expect("test environment with the sensor")
-}
-
-#[track_caller]
-fn wait(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    env.events()
-        .wait_for_described(what, pred, nprot_tests::EVENT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn inspected(uri: &'static str, depth: u64) -> impl Fn(&Value) -> bool {
