@@ -44,14 +44,19 @@ def block(kind, body):
     return struct.pack("<II", kind, n) + body + struct.pack("<I", n)
 
 
-def pcapng(packets, link):
-    """One section, one interface with if_tsresol = 9 (nanoseconds), Enhanced Packet Blocks."""
+def pcapng(packets, link, nanos=True, tsoffset=None, shift=True):
+    """One section, one interface (if_tsresol 9 or the default 6, if_tsoffset seconds),
+    Enhanced Packet Blocks; `shift`: stored times less the offset (same capture times)."""
     shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-    opts = struct.pack("<HH", 9, 1) + pad4(b"\x09") + struct.pack("<HH", 0, 0)
-    idb = block(1, struct.pack("<HHI", link, 0, 262144) + opts)
+    opts = struct.pack("<HH", 9, 1) + pad4(b"\x09") if nanos else b""
+    if tsoffset is not None:
+        opts += struct.pack("<HHq", 14, 8, tsoffset)
+    idb = block(1, struct.pack("<HHI", link, 0, 262144) + opts + struct.pack("<HH", 0, 0))
     out = shb + idb
     for sec, usec, frame in packets:
-        ts = sec * 10**9 + usec * 1000
+        if tsoffset is not None and shift:
+            sec -= tsoffset
+        ts = sec * 10**9 + usec * 1000 if nanos else sec * 10**6 + usec
         body = struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(frame), len(frame))
         out += block(6, body + pad4(frame))
     return out
@@ -103,6 +108,12 @@ def main():
 
     # Other file formats and link types of the same traffic.
     write("replay", "tls-curl.pcapng", pcapng(curl, 1))
+    write("replay", "http-v4-usec-tsoffset.pcapng",
+          pcapng(read_pcap(REPLAY / "http-v4.pcap")[1], 1, nanos=False, tsoffset=1_700_000_000))
+    # Issue 11: an if_tsoffset that puts the times just under u64::MAX ns (2554), where
+    # "time + 1 s" overflowed.
+    write("replay", "tsoffset-2554.pcapng",
+          pcapng(curl, 1, tsoffset=(2**64 - 1) // 10**9 - curl[0][0], shift=False))
     write("replay", "tls-openssl-sll2-be-ns.pcap",
           pcap([(s, u, sll2(f)) for s, u, f in openssl], 276, ">", nanos=True))
     write("replay", "http-v6-raw.pcap", pcap([(s, u, f[14:]) for s, u, f in http6], 101))
@@ -145,6 +156,11 @@ def main():
           "IpAddress,198.18.0.0/15,,Audit,informational,Bench net,,,,,,false\r\n"
           "Url,http://shop.example/checkout,,allowed,,,,,,,,\r\n"
           "FileSha256,0000000000000000000000000000000000000000000000000000000000000000,,Block,,,,,,,,\r\n")
+    # Issue 11: one value in two device groups, no id column (the ids derived for both
+    # rows were equal, so the export did not load).
+    write("indicators", "defender-groups.csv",
+          "IndicatorType,IndicatorValue,Action,RbacGroups\nDomainName,a.example,Block,grp1\n"
+          "DomainName,a.example,Block,grp2\n")
     write("indicators", "defender-ids.csv",
           "action,indicatorvalue,INDICATORTYPE,IndicatorId\nWarn,example.org,domainname,feed-17\n"
           "Alert,example.net,DomainName,\n")

@@ -42,6 +42,11 @@ const DEB_CONTENTS: &[&str] = &[
     "./usr/share/doc/nprot/README.packaging.md",
 ];
 
+/// How fuzz targets are built and run. No AddressSanitizer: the code they reach is safe
+/// Rust, where ASan finds nothing that a panic or an overflow check (still on) would
+/// not, and without it a target runs 2-5 times as many inputs in the same seconds.
+const FUZZ_BUILD_FLAGS: &[&str] = &["--sanitizer", "none"];
+
 /// LLVM major version of the nightly toolchain; bpf-linker must be built against it.
 const LLVM_MAJOR: u32 = 22;
 
@@ -501,55 +506,69 @@ fn fuzz(root: &Path, seconds: u64, targets: &[String]) -> Result<(u64, u64)> {
     let fuzz_dir = root.join("fuzz");
     let started = std::time::Instant::now();
     // One build for all targets, with its progress shown; each `fuzz run` then finds it
-    // up to date (same default flags: release, debug assertions, AddressSanitizer).
+    // up to date (same flags: release, debug assertions and overflow checks).
     let mut build = Command::new("cargo");
-    build.args(["+nightly", "fuzz", "build"]).current_dir(root);
+    build
+        .args(["+nightly", "fuzz", "build"])
+        .args(FUZZ_BUILD_FLAGS)
+        .current_dir(root);
     if let [only] = targets {
         build.arg(only);
     }
     run(&mut build)?;
     let built = started.elapsed().as_secs();
 
+    // libFuzzer uses one core: run as many targets at once as there are cores.
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (mut passed, mut failed) = (0, 0);
-    for target in targets {
-        // libFuzzer adds what it finds to its first corpus directory: a scratch one, so
-        // the committed seeds (read, second) stay as they are.
-        let scratch = fuzz_dir.join("target/corpus").join(target);
-        fs::create_dir_all(&scratch)?;
-        let log_path = fuzz_dir.join("target").join(format!("{target}.log"));
-        let log = fs::File::create(&log_path)?;
-        let mut cmd = Command::new("cargo");
-        cmd.args(["+nightly", "fuzz", "run", target])
-            .arg(&scratch)
-            .arg(fuzz_dir.join("corpus").join(target))
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            // An input that takes this long is a hang: fail on it, not at the end.
-            .arg("-timeout=10")
-            .current_dir(root)
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        eprintln!("xtask: {cmd:?}");
-        let status = cmd.status().context("cannot start cargo fuzz run")?;
-        let text = fs::read_to_string(&log_path).unwrap_or_default();
-        let line = if status.success() {
-            passed += 1;
-            format!("fuzz {target}: ok, {}", fuzz_stats(&text))
-        } else {
-            failed += 1;
-            for l in failure_report(&text) {
-                eprintln!("{l}");
-            }
-            let artifact = text
-                .lines()
-                .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim()))
-                .unwrap_or("no input saved");
-            format!(
-                "fuzz {target}: FAILED ({status}), input {artifact}; log {}",
-                log_path.display()
-            )
-        };
-        println!("{line}");
+    for group in targets.chunks(jobs) {
+        let mut running = Vec::new();
+        for target in group {
+            // libFuzzer adds what it finds to its first corpus directory: a scratch one,
+            // so the committed seeds (read, second) stay as they are.
+            let scratch = fuzz_dir.join("target/corpus").join(target);
+            fs::create_dir_all(&scratch)?;
+            let log_path = fuzz_dir.join("target").join(format!("{target}.log"));
+            let log = fs::File::create(&log_path)?;
+            let mut cmd = Command::new("cargo");
+            cmd.args(["+nightly", "fuzz", "run"])
+                .args(FUZZ_BUILD_FLAGS)
+                .arg(target)
+                .arg(&scratch)
+                .arg(fuzz_dir.join("corpus").join(target))
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                // An input that takes this long is a hang: fail on it, not at the end.
+                .arg("-timeout=10")
+                .current_dir(root)
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            eprintln!("xtask: {cmd:?}");
+            let child = cmd.spawn().context("cannot start cargo fuzz run")?;
+            running.push((target, log_path, child));
+        }
+        for (target, log_path, mut child) in running {
+            let status = child.wait()?;
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            let line = if status.success() {
+                passed += 1;
+                format!("fuzz {target}: ok, {}", fuzz_stats(&text))
+            } else {
+                failed += 1;
+                for l in failure_report(&text) {
+                    eprintln!("{l}");
+                }
+                let artifact = text
+                    .lines()
+                    .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim()))
+                    .unwrap_or("no input saved");
+                format!(
+                    "fuzz {target}: FAILED ({status}), input {artifact}; log {}",
+                    log_path.display()
+                )
+            };
+            println!("{line}");
+        }
     }
     println!(
         "fuzz: {passed} passed, {failed} failed in {} s ({built} s building)",
