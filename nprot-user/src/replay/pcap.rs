@@ -308,22 +308,16 @@ impl<R: Read> CaptureReader<R> {
     /// Appends up to `n` bytes to `buf`; returns how many came (fewer only at the end).
     fn append(&mut self, n: usize) -> Result<usize, CaptureFileError> {
         let start = self.buf.len();
-        self.buf.resize(start + n, 0);
-        let mut got = 0;
-        while got < n {
-            match self.inner.read(&mut self.buf[start + got..]) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(CaptureFileError::Io {
-                        offset: self.offset + got as u64,
-                        source,
-                    });
-                }
-            }
+        // The buffer grows with the bytes that come: a header that claims a huge record
+        // costs nothing until its bytes are there.
+        let result = (&mut self.inner).take(n as u64).read_to_end(&mut self.buf);
+        let got = self.buf.len() - start;
+        if let Err(source) = result {
+            return Err(CaptureFileError::Io {
+                offset: self.offset + got as u64,
+                source,
+            });
         }
-        self.buf.truncate(start + got);
         self.offset += got as u64;
         Ok(got)
     }
