@@ -1,7 +1,9 @@
 //! How to walk from a frame's outer header to the TCP segment it carries: VLAN tags,
 //! PPPoE sessions, IPv6 extension headers, GRE, VXLAN and GENEVE. The length rules are
-//! written once here for the eBPF programs and for replay; each is a pure function of a
-//! few header bytes, and every walk is bounded.
+//! written once here for the eBPF programs and for replay, and so are the checks that
+//! skip what a Linux receiver would drop (a version nibble that disagrees with the
+//! ethertype, lengths shorter than their header or longer than their packet); each is a
+//! pure function of a few header bytes, and every walk is bounded.
 
 /// Ethertype: IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
@@ -40,12 +42,18 @@ pub const PPPOE_HLEN: usize = 8;
 /// Length of one VLAN tag.
 pub const VLAN_HLEN: usize = 4;
 
-/// Tunnels (GRE, VXLAN, GENEVE) walked into at most, one inside the other.
+// The bounds are the kernel program's and replay's alike: past one, the frame is not
+// tracked (replay counts it `too_deep`). Each multiplies the states the verifier walks:
+// raise one only if the programs still load (the `capture` tests).
+
+/// Tunnels (GRE, VXLAN, GENEVE) walked into at most, one inside the other. PPPoE and
+/// VLAN tags are walked at every level and are not tunnels.
 pub const MAX_TUNNELS: usize = 2;
-/// VLAN tags walked at most per Ethernet header (QinQ).
-pub const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers walked at most before TCP.
-pub const MAX_IPV6_EXT: usize = 6;
+/// VLAN tags walked at most per level (outside any tunnel, or inside each): QinQ and
+/// more.
+pub const MAX_VLAN_TAGS: usize = 4;
+/// IPv6 extension headers walked at most before the upper layer, per IP header.
+pub const MAX_IPV6_EXT: usize = 8;
 
 /// True for the ethertypes of a VLAN tag (802.1Q, 802.1ad, 0x9100).
 #[inline(always)]
@@ -129,6 +137,95 @@ pub fn ipv6_later_fragment(offset_flags: u16) -> bool {
     offset_flags & 0xfff8 != 0
 }
 
+/// True if `next`, the next-header field of an IPv6 extension header, is hop-by-hop
+/// options, which may only follow the fixed header (RFC 8200 §4.1): Linux drops the
+/// packet (an unknown next header) when it comes later. A test of the byte read, not of
+/// where the header is: the verifier can decide a comparison of offsets, and such a
+/// test made it walk ten times the states.
+#[inline(always)]
+pub fn ipv6_misplaced(next: u8) -> bool {
+    next == 0
+}
+
+/// The IPv6 payload length `plen` left after an extension header of `len` bytes, or
+/// `None` if the header does not fit in it (a receiver drops such a packet).
+#[inline(always)]
+pub fn ipv6_after_ext(plen: u32, len: usize) -> Option<u32> {
+    plen.checked_sub(len as u32)
+}
+
+/// True if the first byte of an IP header (its version nibble) is the version that
+/// `ethertype` names, IPv4 or IPv6; false for any other ethertype. Linux drops an IP
+/// packet whose version disagrees with its ethertype.
+#[inline(always)]
+pub fn ip_version_ok(ethertype: u16, first: u8) -> bool {
+    match ethertype {
+        ETH_P_IP => first >> 4 == 4,
+        ETH_P_IPV6 => first >> 4 == 6,
+        _ => false,
+    }
+}
+
+/// Length of an IPv4 header from its first byte (version and IHL in 4-byte words):
+/// options are skipped by it. At least the 20 fixed bytes.
+#[inline(always)]
+pub fn ipv4_header_len(ver_ihl: u8) -> Option<usize> {
+    let len = usize::from(ver_ihl & 0x0f) * 4;
+    if len < 20 { None } else { Some(len) }
+}
+
+/// True if an IPv4 header's flags and fragment offset (bytes 6..8, host order) mark a
+/// later fragment (one without the upper-layer header); a first fragment with More
+/// Fragments set is read.
+#[inline(always)]
+pub fn ipv4_later_fragment(flags_offset: u16) -> bool {
+    flags_offset & 0x1fff != 0
+}
+
+/// True if an IPv4 total length (host order) covers the `ihl`-byte header; 0 is allowed
+/// (BIG TCP super-packets: the captured length stands in). Linux drops the packet
+/// otherwise.
+#[inline(always)]
+pub fn ipv4_total_len_ok(tot_len: u32, ihl: usize) -> bool {
+    tot_len == 0 || tot_len as usize >= ihl
+}
+
+/// True if a UDP length field (host order) fits the `ip_payload` bytes the IP header
+/// gives the datagram: at least its own 8-byte header, at most the IP payload. 0 is
+/// allowed over IPv6 only (jumbograms: the IP length stands in), as Linux does.
+#[inline(always)]
+pub fn udp_len_ok(ulen: u16, ip_payload: u32, family: u8) -> bool {
+    if ulen == 0 {
+        return family == crate::FAMILY_V6;
+    }
+    usize::from(ulen) >= UDP_HLEN && u32::from(ulen) <= ip_payload
+}
+
+/// Length of a VXLAN header (RFC 7348) from its flags byte: [`VXLAN_HLEN`], if the I flag
+/// (a valid VNI) is set, which Linux requires. Reserved bits are ignored on receipt, as
+/// the RFC says.
+#[inline(always)]
+pub fn vxlan_header_len(flags: u8) -> Option<usize> {
+    if flags & 0x08 == 0 {
+        None
+    } else {
+        Some(VXLAN_HLEN)
+    }
+}
+
+/// Length of a TCP header from its data-offset byte (byte 12): at least the 20 fixed
+/// bytes and no more than the `segment_len` bytes the IP header gives the segment (a
+/// receiver drops a header longer than its packet).
+#[inline(always)]
+pub fn tcp_header_len(doff_byte: u8, segment_len: u32) -> Option<u32> {
+    let len = u32::from(doff_byte >> 4) * 4;
+    if len < 20 || len > segment_len {
+        None
+    } else {
+        Some(len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +251,30 @@ mod tests {
         assert_eq!(ipv6_next(6, 0), Ipv6Next::Upper);
         assert!(!ipv6_later_fragment(0x0001), "first fragment, more to come");
         assert!(ipv6_later_fragment(0x0008));
+    }
+
+    #[test]
+    fn receiver_rules() {
+        assert!(ip_version_ok(ETH_P_IP, 0x45) && ip_version_ok(ETH_P_IPV6, 0x60));
+        assert!(!ip_version_ok(ETH_P_IP, 0x65) && !ip_version_ok(ETH_P_IPV6, 0x45));
+        assert!(!ip_version_ok(ETH_P_8021Q, 0x45));
+        assert_eq!(ipv4_header_len(0x45), Some(20));
+        assert_eq!(ipv4_header_len(0x4f), Some(60));
+        assert_eq!(ipv4_header_len(0x44), None);
+        assert!(ipv4_later_fragment(0x0001) && !ipv4_later_fragment(0x2000));
+        assert!(ipv4_total_len_ok(0, 60) && ipv4_total_len_ok(20, 20));
+        assert!(!ipv4_total_len_ok(40, 60));
+        assert!(ipv6_misplaced(0) && !ipv6_misplaced(60));
+        assert_eq!(ipv6_after_ext(16, 16), Some(0));
+        assert_eq!(ipv6_after_ext(8, 16), None);
+        assert!(udp_len_ok(8, 8, crate::FAMILY_V4) && udp_len_ok(0, 100, crate::FAMILY_V6));
+        assert!(!udp_len_ok(0, 100, crate::FAMILY_V4));
+        assert!(!udp_len_ok(7, 100, crate::FAMILY_V6) && !udp_len_ok(101, 100, crate::FAMILY_V4));
+        assert_eq!(vxlan_header_len(0x08), Some(8));
+        assert_eq!(vxlan_header_len(0xf7), None);
+        assert_eq!(tcp_header_len(0x50, 20), Some(20));
+        assert_eq!(tcp_header_len(0x80, 31), None, "options past the segment");
+        assert_eq!(tcp_header_len(0x40, 100), None);
     }
 
     #[test]

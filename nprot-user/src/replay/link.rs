@@ -3,31 +3,22 @@
 //!
 //! Decoding is a walk over [`Layer`]s: a link header gives the first layer
 //! ([`link_layer`]), each [`step`] turns one layer into the next (an Ethernet header into
-//! its ethertype, a VLAN tag into the ethertype it carries, PPPoE into PPP, PPP into IP),
-//! and `packet::decode` takes over at the IP layer, where tunnels (GRE, VXLAN, GENEVE)
-//! lead back here with an inner Ethernet frame or ethertype. Every link type shares
-//! these steps; nothing is decoded twice.
+//! its ethertype, a VLAN tag into the ethertype it carries, PPPoE into IP), and
+//! `packet::decode` takes over at the IP layer, where tunnels (GRE, VXLAN, GENEVE) lead
+//! back here with an inner Ethernet frame or ethertype. Every link type shares these
+//! steps; nothing is decoded twice.
+//!
+//! What the kernel program also walks (VLAN tags, PPPoE, the bounds) follows its rules in
+//! `nprot_common::encap`, so that a frame replays as the kernel would have seen it; the
+//! link headers of capture files (loopback, PPP, Cisco HDLC, Linux cooked) are replay's
+//! own, as no packet at a TC hook has them.
+
+use nprot_common::encap::{
+    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_P_PPP_SES, MAX_TUNNELS, MAX_VLAN_TAGS, PPPOE_HLEN,
+    VLAN_HLEN, is_vlan, ppp_ethertype,
+};
 
 use super::packet::Skip;
-
-/// Ethertype of IPv4.
-const ETH_P_IP: u16 = 0x0800;
-/// Ethertype of IPv6.
-const ETH_P_IPV6: u16 = 0x86DD;
-/// Ethertype of PPPoE session frames (RFC 2516); discovery (0x8863) carries no IP.
-const ETH_P_PPP_SES: u16 = 0x8864;
-/// 802.1Q, 802.1ad and the old pre-standard QinQ tag: 4 bytes each, skipped.
-const VLAN_TAGS: [u16; 3] = [0x8100, 0x88A8, 0x9100];
-/// More stacked VLAN tags than this in one Ethernet header and the frame is skipped.
-pub const MAX_VLAN_TAGS: u8 = 4;
-/// More nested encapsulations (PPPoE, GRE, VXLAN, GENEVE) than this and the frame is
-/// skipped: a crafted capture cannot make decoding loop.
-pub const MAX_TUNNELS: u8 = 4;
-
-/// PPP protocol number of IPv4.
-const PPP_IP: u16 = 0x0021;
-/// PPP protocol number of IPv6.
-const PPP_IPV6: u16 = 0x0057;
 
 /// `AF_INET` in a DLT_NULL / loopback header (the same on every system).
 const AF_INET: u32 = 2;
@@ -106,23 +97,26 @@ pub enum Layer<'a> {
     Ethernet(&'a [u8]),
     /// The bytes after an ethertype field (or a GRE / GENEVE protocol type) of this value.
     Ethertype(u16, &'a [u8]),
-    /// A PPP frame: optional 0xff 0x03, then the protocol field (PPP links, PPPoE).
+    /// A frame of a PPP link: optional 0xff 0x03, then the protocol field.
     Ppp(&'a [u8]),
     /// An IP packet.
     Ip(IpVersion, &'a [u8]),
 }
 
-/// How deep a frame's decoding has gone, so that it stays bounded.
+/// How deep a frame's decoding has gone, so that it stays bounded as the kernel
+/// program's walk is.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Depth {
-    /// Encapsulations entered (PPPoE, GRE, VXLAN, GENEVE).
-    pub tunnels: u8,
-    /// VLAN tags in the current Ethernet header.
-    vlan_tags: u8,
+    /// Tunnels entered (GRE, VXLAN, GENEVE), at most [`MAX_TUNNELS`]. PPPoE and VLAN
+    /// tags are walked at every level and are not tunnels.
+    pub tunnels: usize,
+    /// VLAN tags at the current level (outside any tunnel, or inside the last one), at
+    /// most [`MAX_VLAN_TAGS`].
+    vlan_tags: usize,
 }
 
 impl Depth {
-    /// One more encapsulation; [`Skip::TooDeep`] past [`MAX_TUNNELS`].
+    /// One more tunnel; [`Skip::TooDeep`] past [`MAX_TUNNELS`].
     pub fn tunnel(&mut self) -> Result<(), Skip> {
         // What the tunnel carries has its own link header, with its own tags.
         self.vlan_tags = 0;
@@ -174,11 +168,7 @@ pub fn link_layer(link: LinkType, frame: &[u8]) -> Result<Layer<'_>, Skip> {
 /// The layer under `layer`, which must not be [`Layer::Ip`] (IP is `packet`'s).
 pub fn step<'a>(layer: Layer<'a>, depth: &mut Depth) -> Result<Layer<'a>, Skip> {
     match layer {
-        Layer::Ethernet(f) => {
-            // Tags are counted per Ethernet header: an inner frame may have its own.
-            depth.vlan_tags = 0;
-            Ok(Layer::Ethertype(be16(f, 12)?, rest(f, 14)?))
-        }
+        Layer::Ethernet(f) => Ok(Layer::Ethertype(be16(f, 12)?, rest(f, ETH_HLEN)?)),
         Layer::Ethertype(proto, b) => ethertype(proto, b, depth),
         Layer::Ppp(b) => ppp(b),
         Layer::Ip(..) => Err(Skip::Malformed),
@@ -203,36 +193,35 @@ fn ethertype<'a>(proto: u16, b: &'a [u8], depth: &mut Depth) -> Result<Layer<'a>
     match proto {
         ETH_P_IP => Ok(Layer::Ip(IpVersion::V4, b)),
         ETH_P_IPV6 => Ok(Layer::Ip(IpVersion::V6, b)),
-        _ if VLAN_TAGS.contains(&proto) => {
+        _ if is_vlan(proto) => {
             depth.vlan_tags += 1;
             if depth.vlan_tags > MAX_VLAN_TAGS {
                 return Err(Skip::TooDeep);
             }
             // Tag control information, then the next ethertype.
-            Ok(Layer::Ethertype(be16(b, 2)?, rest(b, 4)?))
+            Ok(Layer::Ethertype(be16(b, 2)?, rest(b, VLAN_HLEN)?))
         }
-        ETH_P_PPP_SES => {
-            depth.tunnel()?;
-            pppoe(b)
-        }
+        ETH_P_PPP_SES => pppoe(b),
         _ => Err(Skip::NotIp),
     }
 }
 
-/// A PPPoE session header (RFC 2516): version 1, type 1, code 0, session id, length.
+/// A PPPoE session (RFC 2516), read as the kernel program reads it: the 2-byte PPP
+/// protocol after the 6-byte session header (PPPoE has no address and control bytes),
+/// IP behind it. Like Linux's PPPoE receiver it does not check the version, type and
+/// code bytes, and the IP header's length, not the session's, ends the packet. A
+/// compressed 1-byte protocol field is not read, as the kernel program does not read it.
 fn pppoe(b: &[u8]) -> Result<Layer<'_>, Skip> {
-    let [ver_type, code]: [u8; 2] = bytes(b, 0)?;
-    if ver_type != 0x11 || code != 0 {
-        return Err(Skip::Malformed);
-    }
-    // The length excludes Ethernet padding; a snapped frame holds less.
-    let len = usize::from(be16(b, 4)?);
-    let payload = rest(b, 6)?;
-    Ok(Layer::Ppp(payload.get(..len).unwrap_or(payload)))
+    let proto = be16(b, PPPOE_HLEN - 2)?;
+    let ip = rest(b, PPPOE_HLEN)?;
+    Ok(Layer::Ethertype(
+        ppp_ethertype(proto).ok_or(Skip::NotIp)?,
+        ip,
+    ))
 }
 
-/// A PPP frame: address and control (0xff 0x03) if present, then the protocol field,
-/// one byte if compressed (RFC 1661: an odd first byte ends the field).
+/// A frame of a PPP link: address and control (0xff 0x03) if present, then the protocol
+/// field, one byte if compressed (RFC 1661: an odd first byte ends the field).
 fn ppp(b: &[u8]) -> Result<Layer<'_>, Skip> {
     let b = match b.first().ok_or(Skip::Truncated)? {
         0xff => match b.get(1).ok_or(Skip::Truncated)? {
@@ -245,12 +234,9 @@ fn ppp(b: &[u8]) -> Result<Layer<'_>, Skip> {
         odd if odd & 1 == 1 => (u16::from(odd), rest(b, 1)?),
         _ => (be16(b, 0)?, rest(b, 2)?),
     };
-    match proto {
-        PPP_IP => Ok(Layer::Ip(IpVersion::V4, data)),
-        PPP_IPV6 => Ok(Layer::Ip(IpVersion::V6, data)),
-        // LCP, IPCP, authentication and the rest of PPP's own traffic.
-        _ => Err(Skip::NotIp),
-    }
+    // LCP, IPCP, authentication and the rest of PPP's own traffic carry no IP.
+    let ethertype = ppp_ethertype(proto).ok_or(Skip::NotIp)?;
+    Ok(Layer::Ethertype(ethertype, data))
 }
 
 /// A Cisco HDLC frame: address 0x0f (unicast) or 0x8f (broadcast), control 0, ethertype.
@@ -335,12 +321,18 @@ mod tests {
             network_layer(LinkType::Ethernet, &qinq),
             Some((IpVersion::V4, IP4))
         );
-        let old_qinq = eth(&[0x9100, 0x9100, 0x8100, 0x8100], 0x0800, IP4);
+        let old_qinq = eth(&[0x9100, 0x8100], 0x0800, IP4);
         assert_eq!(
             first_ip(LinkType::Ethernet, &old_qinq),
             Ok((IpVersion::V4, IP4))
         );
-        let too_many = eth(&[0x8100; 5], 0x0800, IP4);
+        // The kernel program's bound, exactly; one more tag is counted, not decoded.
+        let most = eth(&[0x8100; MAX_VLAN_TAGS], 0x0800, IP4);
+        assert_eq!(
+            first_ip(LinkType::Ethernet, &most),
+            Ok((IpVersion::V4, IP4))
+        );
+        let too_many = eth(&[0x8100; MAX_VLAN_TAGS + 1], 0x0800, IP4);
         assert_eq!(first_ip(LinkType::Ethernet, &too_many), Err(Skip::TooDeep));
         let arp = eth(&[], 0x0806, IP4);
         assert_eq!(first_ip(LinkType::Ethernet, &arp), Err(Skip::NotIp));
@@ -486,25 +478,35 @@ mod tests {
         assert_eq!(first_ip(LinkType::Ethernet, &f), Ok((IpVersion::V4, IP4)));
         let f = pppoe_frame(&[0x8100], &[0, 0x57], IP6);
         assert_eq!(first_ip(LinkType::Ethernet, &f), Ok((IpVersion::V6, IP6)));
-        // Ethernet padding after the PPPoE payload is not part of the packet.
+        // PPPoE is walked at its level, not counted as a tunnel.
+        let mut depth = Depth::default();
+        let mut layer = link_layer(LinkType::Ethernet, &f).unwrap();
+        while !matches!(layer, Layer::Ip(..)) {
+            layer = step(layer, &mut depth).unwrap();
+        }
+        assert_eq!(depth.tunnels, 0);
+        // Ethernet padding after the PPPoE payload is left to the IP header's length, as
+        // the kernel program leaves it.
         let mut padded = pppoe_frame(&[], &[0, 0x21], IP4);
         padded.resize(60, 0xee);
-        assert_eq!(
-            first_ip(LinkType::Ethernet, &padded),
-            Ok((IpVersion::V4, IP4))
-        );
-        // PPP's own traffic, discovery frames, a wrong version, a session-less code.
+        let (v, ip) = first_ip(LinkType::Ethernet, &padded).unwrap();
+        assert_eq!((v, &ip[..4]), (IpVersion::V4, IP4));
+        // PPP's own traffic, discovery frames, a compressed protocol field.
         let lcp = pppoe_frame(&[], &[0xc0, 0x21], IP4);
         assert_eq!(first_ip(LinkType::Ethernet, &lcp), Err(Skip::NotIp));
         let mut discovery = pppoe_frame(&[], &[0, 0x21], IP4);
         discovery[13] = 0x63;
         assert_eq!(first_ip(LinkType::Ethernet, &discovery), Err(Skip::NotIp));
+        let compressed = pppoe_frame(&[], &[0x21], IP4);
+        assert_eq!(first_ip(LinkType::Ethernet, &compressed), Err(Skip::NotIp));
+        // Version, type and code are not checked, by Linux's receiver either.
         let mut version = pppoe_frame(&[], &[0, 0x21], IP4);
         version[14] = 0x21;
-        assert_eq!(first_ip(LinkType::Ethernet, &version), Err(Skip::Malformed));
-        let mut code = pppoe_frame(&[], &[0, 0x21], IP4);
-        code[15] = 0x09;
-        assert_eq!(first_ip(LinkType::Ethernet, &code), Err(Skip::Malformed));
+        version[15] = 0x09;
+        assert_eq!(
+            first_ip(LinkType::Ethernet, &version),
+            Ok((IpVersion::V4, IP4))
+        );
         let whole = pppoe_frame(&[], &[0, 0x21], IP4);
         for cut in 0..22 {
             assert_eq!(

@@ -2,43 +2,33 @@
 //! reads them.
 //!
 //! [`decode`] is the one entry point for every link type: it walks the frame's layers
-//! ([`link`] for link headers, VLAN tags, PPPoE and PPP; here for IPv4,
-//! IPv6 extension headers, GRE, VXLAN and GENEVE) down to the innermost TCP segment, or
-//! says why there is none ([`Skip`], counted by replay).
+//! ([`link`] for link headers, VLAN tags and PPPoE; here for IPv4, IPv6 extension
+//! headers, GRE, VXLAN and GENEVE) down to the innermost TCP segment, or says why there
+//! is none ([`Skip`], counted by replay).
 //!
-//! Same rules as `nprot-ebpf`: IPv4 and IPv6 non-first fragments are skipped; IPv6
-//! hop-by-hop, routing, destination-options and fragment headers are walked, at most
-//! [`MAX_IPV6_EXT_HEADERS`]; a zero IPv4 total length or IPv6 payload length (BIG TCP /
-//! jumbo super-packets) falls back to the captured length; the TCP payload length comes
-//! from the IP header, so Ethernet padding and trailers are never taken for payload.
-//! Where a field is impossible, the frame is skipped as the Linux receiver would drop
-//! it (a version nibble that disagrees with the ethertype, a total length shorter than
-//! the header, a TCP data offset past the packet). Checksums are not verified: captures
-//! taken on the sending host carry offloaded, unfinished ones.
+//! Every rule the kernel program also applies is its own, from `nprot_common::encap`:
+//! header lengths (IHL, IPv6 extension headers including AH, GRE, VXLAN, GENEVE, TCP
+//! data offset), which fragments carry TCP, the tunnel ports, the bounds
+//! ([`MAX_TUNNELS`](nprot_common::encap::MAX_TUNNELS), [`MAX_IPV6_EXT`]), and the
+//! receiver's checks that skip what Linux would drop (a version nibble that disagrees
+//! with the ethertype, a total length below the header, hop-by-hop options anywhere but
+//! first, an extension header, UDP length or TCP data offset past the packet, VXLAN without the I flag, GRE or GENEVE of an unknown version). A zero IPv4
+//! total length or IPv6 payload length (BIG TCP / jumbo super-packets) falls back to the
+//! captured length; the TCP payload length comes from the IP header, so Ethernet
+//! padding and trailers are never taken for payload. Checksums are not verified:
+//! captures taken on the sending host carry offloaded, unfinished ones.
 
 use std::fmt;
 
-use nprot_common::{FAMILY_V4, FAMILY_V6, RawAddr};
+use nprot_common::{
+    FAMILY_V4, FAMILY_V6, RawAddr,
+    encap::{
+        self, ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, GENEVE_PORT, IPPROTO_GRE, IPPROTO_TCP, IPPROTO_UDP,
+        Ipv6Next, MAX_IPV6_EXT, UDP_HLEN, VXLAN_HLEN, VXLAN_PORT,
+    },
+};
 
 use super::link::{self, Depth, IpVersion, Layer, LinkType, be16, bytes, rest};
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_GRE: u8 = 47;
-/// IPv6 extension headers walked on the way to TCP (RFC 8200 §4).
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_DSTOPTS: u8 = 60;
-/// More IPv6 extension headers than this before TCP and the packet is skipped.
-pub const MAX_IPV6_EXT_HEADERS: usize = 8;
-
-/// VXLAN's IANA UDP port (RFC 7348).
-const VXLAN_PORT: u16 = 4789;
-/// GENEVE's IANA UDP port (RFC 8926).
-const GENEVE_PORT: u16 = 6081;
-/// Transparent Ethernet bridging: a GRE or GENEVE payload that is an Ethernet frame.
-const ETH_P_TEB: u16 = 0x6558;
 
 /// TCP flags, as the kernel programs name them.
 pub use nprot_common::lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -73,15 +63,17 @@ pub struct Segment<'a> {
 pub struct Decoded<'a> {
     /// The segment.
     pub segment: Segment<'a>,
-    /// Encapsulations it was found in (PPPoE, GRE, VXLAN, GENEVE); 0 for plain IP.
-    pub tunnels: u8,
+    /// Tunnels it was found in (GRE, VXLAN, GENEVE; PPPoE is no tunnel); 0 for plain IP,
+    /// as the kernel program's `tunneled`.
+    pub tunnels: usize,
 }
 
 /// Why a frame holds no TCP segment for the tracker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
     /// The link layer or a tunnel carries no IP: ARP, LLDP, PPP's own protocols, an
-    /// unknown ethertype or address family, PPTP's GRE.
+    /// unknown ethertype or address family, GRE the kernel does not walk (PPTP's
+    /// version 1, source routing).
     NotIp,
     /// An IP packet of another protocol: ICMP, ESP, UDP to a port that is no tunnel.
     NotTcp,
@@ -153,7 +145,8 @@ impl fmt::Display for Skipped {
 }
 
 /// The innermost TCP segment of a frame of link type `link`, through any VLAN tags,
-/// PPP, PPPoE, GRE, VXLAN and GENEVE (at most [`link::MAX_TUNNELS`] deep).
+/// PPP, PPPoE, GRE, VXLAN and GENEVE (at most
+/// [`MAX_TUNNELS`](nprot_common::encap::MAX_TUNNELS) tunnels deep).
 pub fn decode(link: LinkType, frame: &[u8]) -> Result<Decoded<'_>, Skip> {
     decode_layer(link::link_layer(link, frame)?)
 }
@@ -223,33 +216,38 @@ fn transport(version: IpVersion, ip: &[u8]) -> Result<Transport<'_>, Skip> {
 /// An IPv4 header; options are skipped by IHL.
 fn ipv4(ip: &[u8]) -> Result<Network<'_>, Skip> {
     let h: [u8; 20] = bytes(ip, 0)?;
-    let ihl = usize::from(h[0] & 0x0f) * 4;
-    if h[0] >> 4 != 4 || ihl < 20 {
+    if !encap::ip_version_ok(ETH_P_IP, h[0]) {
         return Err(Skip::Malformed);
     }
+    let ihl = encap::ipv4_header_len(h[0]).ok_or(Skip::Malformed)?;
     // Only the first fragment carries the next header.
-    if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+    if encap::ipv4_later_fragment(u16::from_be_bytes([h[6], h[7]])) {
         return Err(Skip::Fragment);
     }
-    let tot_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    let ip_len = if tot_len != 0 { tot_len } else { ip.len() };
-    if ip_len < ihl {
+    let tot_len = u16::from_be_bytes([h[2], h[3]]);
+    if !encap::ipv4_total_len_ok(u32::from(tot_len), ihl) {
         return Err(Skip::Malformed);
     }
+    let ip_len = if tot_len != 0 {
+        usize::from(tot_len)
+    } else {
+        ip.len()
+    };
     Ok(Network {
         family: FAMILY_V4,
         src: [word(&h, 12)?, 0, 0, 0],
         dst: [word(&h, 16)?, 0, 0, 0],
         proto: h[9],
         l4: ip.get(ihl..ip_len.min(ip.len())).ok_or(Skip::Truncated)?,
-        l4_len: ip_len - ihl,
+        l4_len: ip_len.saturating_sub(ihl),
     })
 }
 
-/// An IPv6 header and the extension headers before the upper layer.
+/// An IPv6 header and the extension headers before the upper layer, walked by
+/// [`encap::ipv6_next`] at most [`MAX_IPV6_EXT`] of them.
 fn ipv6(ip: &[u8]) -> Result<Network<'_>, Skip> {
     let h: [u8; 40] = bytes(ip, 0)?;
-    if h[0] >> 4 != 6 {
+    if !encap::ip_version_ok(ETH_P_IPV6, h[0]) {
         return Err(Skip::Malformed);
     }
     let plen = usize::from(u16::from_be_bytes([h[4], h[5]]));
@@ -263,37 +261,33 @@ fn ipv6(ip: &[u8]) -> Result<Network<'_>, Skip> {
     }
     let mut next = h[6];
     let mut off = 40;
+    // What is left of the payload after the extension headers so far.
+    let mut left = u32::try_from(end - 40).unwrap_or(u32::MAX);
     let mut walked = 0;
-    while matches!(
-        next,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_DSTOPTS
-    ) {
+    while encap::ipv6_next(next, 0) != Ipv6Next::Upper {
         walked += 1;
-        if walked > MAX_IPV6_EXT_HEADERS {
+        if walked > MAX_IPV6_EXT {
             return Err(Skip::TooDeep);
         }
-        // Hop-by-hop is only valid right after the fixed header; Linux drops it anywhere else.
-        if next == IPPROTO_HOPOPTS && off != 40 {
-            return Err(Skip::Malformed);
-        }
-        // Every one of these starts with next header and a length or reserved byte and
-        // is at least 8 bytes: the first 4 hold what the walk needs.
-        if off + 8 > end {
-            return Err(Skip::Malformed);
-        }
+        // Every one of these starts with next header and a length or reserved byte, and
+        // a fragment header's offset follows: the first 4 bytes hold what the walk needs.
         let e: [u8; 4] = bytes(pkt, off)?;
-        let len = if next == IPPROTO_FRAGMENT {
-            if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
-                return Err(Skip::Fragment);
+        let len = match encap::ipv6_next(next, e[1]) {
+            Ipv6Next::Skip(len) => len,
+            Ipv6Next::Fragment => {
+                if encap::ipv6_later_fragment(u16::from_be_bytes([e[2], e[3]])) {
+                    return Err(Skip::Fragment);
+                }
+                8
             }
-            8
-        } else {
-            (usize::from(e[1]) + 1) * 8
+            // Decided by `next` alone, which the loop has checked.
+            Ipv6Next::Upper => break,
         };
-        if off + len > end {
+        left = encap::ipv6_after_ext(left, len).ok_or(Skip::Malformed)?;
+        next = e[0];
+        if encap::ipv6_misplaced(next) {
             return Err(Skip::Malformed);
         }
-        next = e[0];
         off += len;
     }
     Ok(Network {
@@ -302,20 +296,15 @@ fn ipv6(ip: &[u8]) -> Result<Network<'_>, Skip> {
         dst,
         proto: next,
         l4: pkt.get(off..).ok_or(Skip::Truncated)?,
-        l4_len: end - off,
+        l4_len: left as usize,
     })
 }
 
 fn tcp<'a>(net: &Network<'a>) -> Result<Segment<'a>, Skip> {
-    if net.l4_len < 20 {
-        return Err(Skip::Malformed);
-    }
     let tcp: [u8; 20] = bytes(net.l4, 0)?;
-    let doff = usize::from(tcp[12] >> 4) * 4;
-    if doff < 20 || doff > net.l4_len {
-        return Err(Skip::Malformed);
-    }
-    let payload_len = net.l4_len - doff;
+    let segment_len = u32::try_from(net.l4_len).unwrap_or(u32::MAX);
+    let doff = encap::tcp_header_len(tcp[12], segment_len).ok_or(Skip::Malformed)?;
+    let payload_len = segment_len - doff;
     Ok(Segment {
         family: net.family,
         src: net.src,
@@ -325,33 +314,29 @@ fn tcp<'a>(net: &Network<'a>) -> Result<Segment<'a>, Skip> {
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         flags: tcp[13],
-        payload_len: u32::try_from(payload_len).unwrap_or(u32::MAX),
+        payload_len,
         // `l4` already ends where the IP header says; options may be cut by the snap.
-        payload: net.l4.get(doff..).unwrap_or_default(),
+        payload: net.l4.get(doff as usize..).unwrap_or_default(),
     })
 }
 
-/// A UDP datagram: VXLAN or GENEVE by destination port, anything else is not TCP.
+/// A UDP datagram: VXLAN or GENEVE by destination port, anything else is not TCP. Like
+/// the kernel program, what the tunnel carries is read by its own headers' lengths, not
+/// cut at the UDP length.
 fn udp<'a>(net: &Network<'a>) -> Result<Layer<'a>, Skip> {
     let dport = be16(net.l4, 2)?;
     if dport != VXLAN_PORT && dport != GENEVE_PORT {
         return Err(Skip::NotTcp);
     }
-    if net.l4_len < 8 {
+    let ulen = be16(net.l4, 4)?;
+    if !encap::udp_len_ok(
+        ulen,
+        u32::try_from(net.l4_len).unwrap_or(u32::MAX),
+        net.family,
+    ) {
         return Err(Skip::Malformed);
     }
-    let ulen = usize::from(be16(net.l4, 4)?);
-    // 0 only in IPv6 jumbograms: the IP length rules. Past the IP length: dropped by Linux.
-    let end = match ulen {
-        0 => net.l4_len,
-        1..8 => return Err(Skip::Malformed),
-        n if n > net.l4_len => return Err(Skip::Malformed),
-        n => n,
-    };
-    let payload = net
-        .l4
-        .get(8..end.min(net.l4.len()))
-        .ok_or(Skip::Truncated)?;
+    let payload = rest(net.l4, UDP_HLEN)?;
     if dport == VXLAN_PORT {
         vxlan(payload)
     } else {
@@ -359,51 +344,31 @@ fn udp<'a>(net: &Network<'a>) -> Result<Layer<'a>, Skip> {
     }
 }
 
-/// A VXLAN header (RFC 7348): flags with I (valid VNI) set, VNI, then an Ethernet
-/// frame. Reserved bits are ignored on receipt, as the RFC says.
+/// A VXLAN header (RFC 7348): flags with I (valid VNI) set, VNI, then an Ethernet frame.
 fn vxlan(b: &[u8]) -> Result<Layer<'_>, Skip> {
-    let [flags, ..]: [u8; 8] = bytes(b, 0)?;
-    if flags & 0x08 == 0 {
-        return Err(Skip::Malformed);
-    }
-    Ok(Layer::Ethernet(rest(b, 8)?))
+    let [flags, ..]: [u8; VXLAN_HLEN] = bytes(b, 0)?;
+    let len = encap::vxlan_header_len(flags).ok_or(Skip::Malformed)?;
+    Ok(Layer::Ethernet(rest(b, len)?))
 }
 
 /// A GENEVE header (RFC 8926): version 0, options length in 4-byte words, protocol
-/// type (Ethernet, IPv4 or IPv6 here), VNI, options.
+/// type (Ethernet, IPv4 or IPv6 here), VNI, options. The O and C bits are not acted on.
 fn geneve(b: &[u8]) -> Result<Layer<'_>, Skip> {
     let h: [u8; 8] = bytes(b, 0)?;
-    if h[0] >> 6 != 0 {
-        return Err(Skip::Malformed);
-    }
-    let len = 8 + usize::from(h[0] & 0x3f) * 4;
+    let len = encap::geneve_header_len(h[0]).ok_or(Skip::Malformed)?;
     Ok(tunnel_payload(
         u16::from_be_bytes([h[2], h[3]]),
         rest(b, len)?,
     ))
 }
 
-/// A GRE header (RFC 2784, with RFC 2890's key and sequence number): checksum, key and
-/// sequence present by the C, K and S bits, 4 bytes each. As Linux does, the routing
-/// bit (RFC 1701 only) is refused and version 1 is PPTP's, which carries no IP here.
+/// A GRE header (RFC 2784, with RFC 2890's key and sequence number), by
+/// [`encap::gre_header_len`]: version 0 without source routing; version 1 is PPTP's,
+/// which carries no IP here.
 fn gre(b: &[u8]) -> Result<Layer<'_>, Skip> {
     let [f0, f1, p0, p1]: [u8; 4] = bytes(b, 0)?;
-    if f0 & 0x40 != 0 {
-        return Err(Skip::Malformed);
-    }
-    match f1 & 0x07 {
-        0 => {}
-        1 => return Err(Skip::NotIp),
-        _ => return Err(Skip::Malformed),
-    }
-    let options = [0x80, 0x20, 0x10]
-        .iter()
-        .filter(|&&bit| f0 & bit != 0)
-        .count();
-    Ok(tunnel_payload(
-        u16::from_be_bytes([p0, p1]),
-        rest(b, 4 + 4 * options)?,
-    ))
+    let len = encap::gre_header_len(u16::from_be_bytes([f0, f1])).ok_or(Skip::NotIp)?;
+    Ok(tunnel_payload(u16::from_be_bytes([p0, p1]), rest(b, len)?))
 }
 
 /// The payload of a tunnel whose protocol field is an ethertype.
@@ -425,6 +390,8 @@ fn word(b: &[u8], at: usize) -> Result<u32, Skip> {
 #[cfg(test)]
 pub mod build {
     use std::net::IpAddr;
+
+    use nprot_common::encap::MAX_TUNNELS;
 
     /// An IP packet from `src` to `dst` (same family) carrying `payload` of protocol
     /// `proto`.
@@ -656,8 +623,9 @@ pub mod build {
     }
 
     /// `ip6` with extension headers of the given kinds (0 hop-by-hop, 43 routing, 60
-    /// destination options: 8 bytes, or 16 for destination options; 44 a first
-    /// fragment) between its fixed header and its upper layer.
+    /// destination options, 51 authentication: 8 bytes, or 16 for destination options
+    /// and 24 for authentication; 44 a first fragment) between its fixed header and its
+    /// upper layer.
     pub fn ipv6_ext(ip6: &[u8], kinds: &[u8]) -> Vec<u8> {
         let mut next = ip6[6];
         let mut chain = Vec::new();
@@ -670,6 +638,12 @@ pub mod build {
                 43 => vec![next, 0, 4, 0, 0, 0, 0, 0],
                 // Offset 0, more fragments, identification 7.
                 44 => vec![next, 0, 0, 1, 0, 0, 0, 7],
+                // (4 + 2) × 4 bytes: SPI 0x100, sequence number 1, a 96-bit ICV.
+                51 => {
+                    let mut h = vec![next, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1];
+                    h.extend_from_slice(&[0xa5; 12]);
+                    h
+                }
                 _ => panic!("not an extension header walked: {kind}"),
             };
             h.extend(chain);
@@ -690,14 +664,14 @@ pub mod build {
 
     /// Every framing replay decodes: a name, the tcpdump.org link type, the framing
     /// and how many tunnels it wraps the packet in.
-    pub fn framings() -> Vec<(&'static str, u32, Framing, u8)> {
+    pub fn framings() -> Vec<(&'static str, u32, Framing, usize)> {
         // A call, so that each closure is coerced to the `fn` pointer.
         fn f(
             name: &'static str,
             link: u32,
             framing: Framing,
-            tunnels: u8,
-        ) -> (&'static str, u32, Framing, u8) {
+            tunnels: usize,
+        ) -> (&'static str, u32, Framing, usize) {
             (name, link, framing, tunnels)
         }
         vec![
@@ -744,8 +718,9 @@ pub mod build {
                 },
                 0,
             ),
-            f("pppoe", 1, |ip| pppoe(&[], ip), 1),
-            f("pppoe-vlan", 1, |ip| pppoe(&[(0x8100, 5)], ip), 1),
+            // PPPoE is walked at every level, like VLAN tags, but is no tunnel.
+            f("pppoe", 1, |ip| pppoe(&[], ip), 0),
+            f("pppoe-vlan", 1, |ip| pppoe(&[(0x8100, 5)], ip), 0),
             f(
                 "gre4",
                 1,
@@ -814,17 +789,25 @@ pub mod build {
                         &gre(false, 0x20, 0x0800, &vxlan(false, &ethernet(&[], ip))),
                     )
                 },
-                3,
+                2,
             ),
             f(
-                "four-deep",
+                "deepest",
                 9,
                 |ip| {
-                    let l1 = geneve(true, 1, 0x6558, &pppoe(&[], ip));
-                    let l2 = vxlan(false, &ethernet(&[], &l1));
-                    ppp(true, &gre(false, 0, 0x0800, &l2))
+                    // As many tunnels as the kernel program enters, innermost first:
+                    // GENEVE around PPPoE, GRE, VXLAN, GENEVE again …
+                    let mut p = ip.to_vec();
+                    for level in 0..MAX_TUNNELS {
+                        p = match level % 3 {
+                            0 => geneve(true, 1, 0x6558, &pppoe(&[(0x8100, 4)], &p)),
+                            1 => gre(false, 0x20, ethertype(&p), &p),
+                            _ => vxlan(false, &ethernet(&[(0x88A8, 1)], &p)),
+                        };
+                    }
+                    ppp(true, &p)
                 },
-                4,
+                MAX_TUNNELS,
             ),
         ]
     }
@@ -946,9 +929,11 @@ mod tests {
     use std::net::IpAddr;
 
     // Not `super::*`: the builders are named after the decoders.
+    use nprot_common::encap::{MAX_IPV6_EXT, MAX_TUNNELS, MAX_VLAN_TAGS};
+
     use super::{
         FAMILY_V4, FAMILY_V6, IpVersion, LinkType, Segment, Skip, Skipped, TCP_ACK, build::*,
-        decode, link, tcp_segment,
+        decode, tcp_segment,
     };
     use crate::capture::raw_addr;
 
@@ -1041,25 +1026,51 @@ mod tests {
     }
 
     #[test]
+    fn tcp_data_offset_within_the_segment() {
+        // 32 bytes of header and 1 of payload: 15 words of header would not fit.
+        let mut pkt = v4_packet(b"x");
+        pkt[32] = 0xf0;
+        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::Malformed));
+        pkt[32] = 0x40;
+        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::Malformed));
+        // The whole segment as header: no payload.
+        let mut pkt = v4_packet(b"abcd");
+        pkt[32] = 0x90;
+        let seg = tcp_segment(IpVersion::V4, &pkt).unwrap();
+        assert_eq!((seg.payload_len, seg.payload), (0, &b""[..]));
+    }
+
+    #[test]
     fn ipv6_extension_headers_are_walked_to_tcp() {
         let plain = v6_packet(b"\x16\x03\x01hello");
         let want = tcp_segment(IpVersion::V6, &plain).unwrap();
         assert_eq!(want.family, FAMILY_V6);
         assert_eq!(want.dst, raw_addr(addr("2001:db8::2")).1);
+        // The kernel program's bound, exactly: hop-by-hop, then routing and destination
+        // options, a fragment last.
+        let most: Vec<u8> = (0..MAX_IPV6_EXT)
+            .map(|i| match i {
+                0 => 0,
+                i if i + 1 == MAX_IPV6_EXT => 44,
+                i if i % 2 == 0 => 43,
+                _ => 60,
+            })
+            .collect();
         for kinds in [
             &[0][..],
             &[43],
             &[60],
             &[44],
-            &[0, 60, 43, 44, 60],
-            // The bound, exactly.
-            &[0, 60, 43, 60, 43, 60, 43, 44],
+            &[51],
+            &[0, 60, 51, 44, 60],
+            &most,
         ] {
             let pkt = ipv6_ext(&plain, kinds);
             assert_eq!(tcp_segment(IpVersion::V6, &pkt), Some(want), "{kinds:?}");
         }
-        let nine = ipv6_ext(&plain, &[0, 60, 43, 60, 43, 60, 43, 60, 44]);
-        assert_eq!(decode(LinkType::Ipv6, &nine), Err(Skip::TooDeep));
+        // One more is counted, not decoded.
+        let too_many = ipv6_ext(&plain, &[&most[..], &[60]].concat());
+        assert_eq!(decode(LinkType::Ipv6, &too_many), Err(Skip::TooDeep));
         // Hop-by-hop anywhere but first: Linux drops the packet.
         let late = ipv6_ext(&plain, &[60, 0]);
         assert_eq!(decode(LinkType::Ipv6, &late), Err(Skip::Malformed));
@@ -1071,12 +1082,16 @@ mod tests {
         let mut long = ipv6_ext(&plain, &[60]);
         long[41] = 200;
         assert_eq!(decode(LinkType::Ipv6, &long), Err(Skip::Malformed));
-        // No next header, and an unwalked one (AH) before TCP.
-        for proto in [59, 51] {
+        // No next header, and one not walked (ESP) before TCP.
+        for proto in [59, 50] {
             let mut pkt = ipv6_ext(&plain, &[60]);
             pkt[40] = proto;
             assert_eq!(decode(LinkType::Ipv6, &pkt), Err(Skip::NotTcp));
         }
+        // Version 4 where the link said IPv6.
+        let mut pkt = plain.clone();
+        pkt[0] = 0x45;
+        assert_eq!(decode(LinkType::Ipv6, &pkt), Err(Skip::Malformed));
     }
 
     #[test]
@@ -1168,29 +1183,45 @@ mod tests {
     fn nesting_is_bounded() {
         let [inner, _] = packets();
         let mut pkt = inner.clone();
-        for n in 1..=200u8 {
+        for n in 1..=200usize {
             pkt = gre(n % 2 == 0, 0x20, ethertype(&pkt), &pkt);
             let got = decode(LinkType::RawIp, &pkt).map(|d| d.tunnels);
-            if n <= link::MAX_TUNNELS {
+            if n <= MAX_TUNNELS {
                 assert_eq!(got, Ok(n));
             } else {
                 assert_eq!(got, Err(Skip::TooDeep), "{n}");
             }
         }
-        // One more of any kind past four is too deep, whatever the mix.
-        let four = framings().into_iter().find(|f| f.0 == "four-deep").unwrap();
-        let frame = (four.2)(&inner);
-        assert_eq!(decode(LinkType::Ppp, &frame).map(|d| d.tunnels), Ok(4));
-        // Its outer GRE packet (after PPP's 4 bytes) in VXLAN: five.
-        let five = vxlan(true, &ethernet(&[], &frame[4..]));
-        assert_eq!(decode(LinkType::RawIp, &five), Err(Skip::TooDeep));
-        // VLAN tags are bounded per link header: four outside a tunnel and four inside.
-        let tags = [(0x8100, 1); 4];
+        // One more of any kind past the bound is too deep, whatever the mix.
+        let deepest = framings().into_iter().find(|f| f.0 == "deepest").unwrap();
+        let frame = (deepest.2)(&inner);
+        assert_eq!(
+            decode(LinkType::Ppp, &frame).map(|d| d.tunnels),
+            Ok(MAX_TUNNELS)
+        );
+        // Its outer packet (after PPP's 4 bytes) in VXLAN: one too many.
+        let over = vxlan(true, &ethernet(&[], &frame[4..]));
+        assert_eq!(decode(LinkType::RawIp, &over), Err(Skip::TooDeep));
+        // PPPoE in every tunnel is no tunnel of its own.
+        let mut pkt = inner.clone();
+        for _ in 0..MAX_TUNNELS {
+            pkt = vxlan(false, &pppoe(&[], &pkt));
+        }
+        assert_eq!(
+            decode(LinkType::Ethernet, &pppoe(&[], &pkt)).map(|d| d.tunnels),
+            Ok(MAX_TUNNELS)
+        );
+        // VLAN tags are bounded per level: the most outside a tunnel and inside it; one
+        // more inside is counted, not decoded.
+        let tags = [(0x8100, 1); MAX_VLAN_TAGS];
         let tagged = ethernet(&tags, &vxlan(false, &ethernet(&tags, &inner)));
         assert_eq!(
             decode(LinkType::Ethernet, &tagged).map(|d| d.tunnels),
             Ok(1)
         );
+        let more = [(0x8100, 1); MAX_VLAN_TAGS + 1];
+        let tagged = ethernet(&tags, &vxlan(false, &ethernet(&more, &inner)));
+        assert_eq!(decode(LinkType::Ethernet, &tagged), Err(Skip::TooDeep));
         // Ethernet in Ethernet through 0x6558 needs a tunnel header each time.
         let mut teb = ethernet(&[], &inner);
         for _ in 0..10 {
@@ -1205,15 +1236,15 @@ mod tests {
         let gre4 = gre(false, 0, 0x0800, &inner);
         assert!(decode(LinkType::RawIp, &gre4).is_ok());
         let at = 20; // the GRE header in the IPv4 packet
+        // Source routing, PPTP's version 1 and other versions: not walked by the kernel.
         let mut routing = gre4.clone();
         routing[at] = 0x40;
-        assert_eq!(decode(LinkType::RawIp, &routing), Err(Skip::Malformed));
-        let mut pptp = gre4.clone();
-        pptp[at + 1] = 0x01;
-        assert_eq!(decode(LinkType::RawIp, &pptp), Err(Skip::NotIp));
-        let mut version = gre4.clone();
-        version[at + 1] = 0x03;
-        assert_eq!(decode(LinkType::RawIp, &version), Err(Skip::Malformed));
+        assert_eq!(decode(LinkType::RawIp, &routing), Err(Skip::NotIp));
+        for v in [0x01, 0x03] {
+            let mut version = gre4.clone();
+            version[at + 1] = v;
+            assert_eq!(decode(LinkType::RawIp, &version), Err(Skip::NotIp), "{v}");
+        }
         // Reserved flag bits are ignored, as by Linux.
         let mut reserved = gre4.clone();
         reserved[at] = 0x0b;
@@ -1238,12 +1269,15 @@ mod tests {
         let mut no_vni = vx.clone();
         no_vni[28] = 0;
         assert_eq!(decode(LinkType::RawIp, &no_vni), Err(Skip::Malformed));
-        // UDP length below its header, or past the IP packet.
-        for len in [7u16, 4000] {
+        // UDP length below its header, or past the IP packet; 0 only over IPv6.
+        for len in [7u16, 4000, 0] {
             let mut bad = vx.clone();
             bad[24..26].copy_from_slice(&len.to_be_bytes());
             assert_eq!(decode(LinkType::RawIp, &bad), Err(Skip::Malformed), "{len}");
         }
+        let mut jumbo = vxlan(true, &ethernet(&[], &inner6));
+        jumbo[44..46].copy_from_slice(&0u16.to_be_bytes());
+        assert!(decode(LinkType::RawIp, &jumbo).is_ok());
         // VXLAN to another port is only UDP.
         let mut other = vx.clone();
         other[22..24].copy_from_slice(&4790u16.to_be_bytes());
