@@ -39,7 +39,7 @@ mod programs {
         encap::{
             self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_P_PPP_SES, ETH_P_TEB, GENEVE_PORT,
             IPPROTO_GRE, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT, MAX_TUNNELS, MAX_VLAN_TAGS,
-            PPPOE_HLEN, UDP_HLEN, VLAN_HLEN, VXLAN_HLEN, VXLAN_PORT,
+            PPPOE_HLEN, UDP_HLEN, VLAN_HLEN, VXLAN_PORT,
         },
         lifecycle::{self, SynStep, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
         owner_stat, seq_after, stat,
@@ -233,22 +233,26 @@ mod programs {
     /// ([`encap::ipv6_next`]); a later fragment (v4 or v6) has no transport header.
     #[inline(always)]
     fn parse_ip(ctx: &TcContext, ethertype: u16, off: usize) -> Option<IpHeader> {
+        // What the receiver drops is not tracked either (the same rules as replay's).
+        let first: u8 = ctx.load(off).ok()?;
+        if !encap::ip_version_ok(ethertype, first) {
+            return None;
+        }
         if ethertype == ETH_P_IP {
-            let ver_ihl: u8 = ctx.load(off).ok()?;
-            let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-            if ihl < 20 {
-                return None;
-            }
+            let ihl = encap::ipv4_header_len(first)?;
             let frag: u16 = u16::from_be(ctx.load(off + 6).ok()?);
             let proto: u8 = ctx.load(off + 9).ok()?;
             // More fragments, or a later one: bytes past the first fragment are not read.
             if frag & 0x3fff != 0 && proto == IPPROTO_TCP {
                 bump(stat::TCP_FRAGMENTS);
             }
-            if frag & 0x1fff != 0 {
+            if encap::ipv4_later_fragment(frag) {
                 return None;
             }
             let tot_len = u16::from_be(ctx.load(off + 2).ok()?) as u32;
+            if !encap::ipv4_total_len_ok(tot_len, ihl) {
+                return None;
+            }
             let src: u32 = ctx.load(off + 12).ok()?;
             let dst: u32 = ctx.load(off + 16).ok()?;
             // tot_len is 0 on BIG TCP super-packets; fall back to the skb length then.
@@ -300,8 +304,11 @@ mod programs {
                 encap::Ipv6Next::Upper => break,
             };
             next = ctx.load(at).ok()?;
+            if encap::ipv6_misplaced(next) {
+                return None;
+            }
             at += len;
-            plen = plen.saturating_sub(len as u32);
+            plen = encap::ipv6_after_ext(plen, len)?;
         }
         if encap::ipv6_next(next, 0) != encap::Ipv6Next::Upper {
             // More extension headers than the walk reads: what they hide is not seen.
@@ -365,9 +372,13 @@ mod programs {
                 )
             } else if hdr.proto == IPPROTO_UDP {
                 let dport = u16::from_be(ctx.load(hdr.l4_off + 2).ok()?);
+                let ulen = u16::from_be(ctx.load(hdr.l4_off + 4).ok()?);
+                if !encap::udp_len_ok(ulen, hdr.payload_len, hdr.family) {
+                    return None;
+                }
                 let at = hdr.l4_off + UDP_HLEN;
                 if dport == VXLAN_PORT {
-                    (at + VXLAN_HLEN, ETH_P_TEB)
+                    (at + encap::vxlan_header_len(ctx.load(at).ok()?)?, ETH_P_TEB)
                 } else if dport == GENEVE_PORT {
                     let len = encap::geneve_header_len(ctx.load(at).ok()?)?;
                     (at + len, u16::from_be(ctx.load(at + 2).ok()?))
@@ -391,10 +402,7 @@ mod programs {
         let ports: [u16; 2] = ctx.load(l4_off).ok()?;
         let seq_ack: [u32; 2] = ctx.load(l4_off + 4).ok()?;
         let doff_flags: [u8; 2] = ctx.load(l4_off + 12).ok()?;
-        let doff = ((doff_flags[0] >> 4) as u32) * 4;
-        if doff < 20 {
-            return None;
-        }
+        let doff = encap::tcp_header_len(doff_flags[0], ip.payload_len)?;
         Some(Packet {
             family: ip.family,
             src: ip.src,
