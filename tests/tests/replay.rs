@@ -11,117 +11,24 @@
 //! Run as root, serially: `cargo test -p nprot-tests --test replay -- --test-threads=1`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nprot_tests::ClientServer;
 use nprot_tests::clients::curl_any;
+use nprot_tests::frames::Tcpdump;
 use nprot_tests::indicators::{indicator, with};
 use nprot_tests::nginx::{BODY_GOOD, BODY_ROOT};
-use nprot_tests::process::{run_with_timeout, signal, terminate, wait_timeout};
+use nprot_tests::process::run_with_timeout;
 use nprot_tests::sensor::sensor_binary;
 use nprot_tests::{CurlRun, EVENT_TIMEOUT, Env, Value, ev};
 
 const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
-/// How long tcpdump may take to start capturing, and to exit after SIGINT.
-const TCPDUMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on one `nprot replay` run.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// tcpdump writing a capture file in the client namespace.
-struct Tcpdump {
-    child: Option<Child>,
-    stderr: mpsc::Receiver<String>,
-    lines: Vec<String>,
-}
-
-impl Tcpdump {
-    /// Starts `tcpdump -U --immediate-mode -w FILE ARGS…` in the client namespace and waits until it says
-    /// it is listening.
-    fn start(env: &Env, file: &Path, args: &[&str]) -> Result<Tcpdump> {
-        let mut cmd = env.topo.client_cmd("tcpdump");
-        // --immediate-mode: TPACKET_V3 otherwise hands packets over in blocks, once a
-        // second, and a capture stopped sooner would be empty.
-        cmd.args(["-n", "-U", "--immediate-mode", "-w"])
-            .arg(file)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {cmd:?}"))?;
-        let (tx, rx) = mpsc::channel();
-        if let Some(pipe) = child.stderr.take() {
-            thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        let mut dump = Tcpdump {
-            child: Some(child),
-            stderr: rx,
-            lines: Vec::new(),
-        };
-        loop {
-            match dump.stderr.recv_timeout(TCPDUMP_TIMEOUT) {
-                Ok(line) => {
-                    let ready = line.contains("listening on");
-                    dump.lines.push(line);
-                    if ready {
-                        return Ok(dump);
-                    }
-                }
-                Err(_) => bail!(
-                    "tcpdump {args:?} did not start listening within {TCPDUMP_TIMEOUT:?}; \
-                     stderr:\n{}",
-                    dump.lines.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Stops tcpdump with SIGINT (it flushes the file) and returns its stderr.
-    fn stop(&mut self) -> Result<String> {
-        let Some(mut child) = self.child.take() else {
-            bail!("tcpdump already stopped");
-        };
-        signal(child.id(), libc::SIGINT)?;
-        let status = match wait_timeout(&mut child, TCPDUMP_TIMEOUT)? {
-            Some(status) => status,
-            None => {
-                terminate(&mut child, Duration::ZERO)?;
-                bail!("tcpdump did not exit within {TCPDUMP_TIMEOUT:?} of SIGINT");
-            }
-        };
-        // The reader thread ends with the pipe; collect what it read.
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
-            self.lines.push(line);
-        }
-        let text = self.lines.join("\n");
-        if !status.success() {
-            bail!("tcpdump exited with {status}; stderr:\n{text}");
-        }
-        Ok(text)
-    }
-}
-
-impl Drop for Tcpdump {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = terminate(&mut child, Duration::from_secs(2));
-        }
-    }
-}
 
 /// `bad.example` → Block, as in the enforcement tests.
 fn block_bad_example() -> Value {
@@ -218,7 +125,7 @@ fn live_and_replay(tcpdump_args: &[&str], v6: bool) -> (Env, PathBuf) {
     if !args.contains(&"-i") {
         args.extend(["-i", &client_if]);
     }
-    let mut dump = Tcpdump::start(&env, &file, &args).expect("tcpdump");
+    let mut dump = Tcpdump::start(&env.topo.client_ns, &file, &args).expect("tcpdump");
     env.enforce("block", &[block_bad_example()], &[])
         .expect("sensor");
 
@@ -486,7 +393,8 @@ fn replay_of_a_vxlan_underlay_capture_matches_the_live_sensor_on_the_overlay() {
     let (server4, server6) = vxlan_overlay(&env).expect("vxlan overlay");
     let file = env.dir().join("underlay.pcap");
     let client_if = env.topo.client_if.clone();
-    let mut dump = Tcpdump::start(&env, &file, &["-i", &client_if]).expect("tcpdump");
+    let mut dump =
+        Tcpdump::start(&env.topo.client_ns, &file, &["-i", &client_if]).expect("tcpdump");
     env.enforce_on("block", &[block_bad_example()], &[VXLAN_DEV], &[])
         .expect("sensor on the overlay");
 
