@@ -1,14 +1,21 @@
 //! The HTTP/1.x request-head parser on arbitrary bytes: no panic, and the same
-//! incremental contract as TLS (a head split anywhere is still found).
+//! incremental contract as TLS (a head split anywhere is still found); and the chunked
+//! body walker: no panic, and an end it finds lies within the bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use nprot::parse::{
-    ParseOutcome, Parsed, http::MethodMatch, http::match_method, http::parse_http_request,
+    ParseOutcome, Parsed,
+    http::{ChunkStep, MethodMatch, chunk_step, match_method, parse_http_request},
     parse_client_payload,
 };
 
 fuzz_target!(|data: &[u8]| {
+    match chunk_step(data) {
+        ChunkStep::End(n) => assert!(n >= 3 && n as usize <= data.len(), "end {n}"),
+        ChunkStep::Chunk(n) => assert!(n >= 4, "chunk {n}"),
+        ChunkStep::NeedMore | ChunkStep::Bad(_) => {}
+    }
     let outcome = parse_http_request(data);
     if matches!(match_method(data), MethodMatch::Method(_)) {
         assert_eq!(
