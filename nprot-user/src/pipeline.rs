@@ -59,6 +59,9 @@ pub struct PipelineStats {
     /// Connections left uninspected after a request whose end could not be found (a
     /// body over [`MAX_BODY_SKIP`], or a malformed chunked body).
     pub requests_gave_up: u64,
+    /// Decided flows not remembered because the table of them was full: a segment of
+    /// such a flow captured before its verdict applied may start a stream again.
+    pub decided_overflows: u64,
     /// Connections whose client bytes stopped being HTTP/1.x (or TLS, in a tunnel) after
     /// a request without an `Upgrade`: what follows cannot be judged; counted, never silent.
     pub requests_not_http: u64,
@@ -721,6 +724,8 @@ impl Pipeline {
             self.reassembly.remove(&key);
             if self.decided.len() < MAX_DECIDED_FLOWS || self.decided.contains_key(&key) {
                 self.decided.insert(key, (rec.client_data_seq, rec.ts_ns));
+            } else {
+                self.stats.decided_overflows += 1;
             }
         } else if let Some((_, inspection)) = self.reassembly.get_mut(&key) {
             // Every Continue gives the kernel a fresh budget.
@@ -944,18 +949,23 @@ impl Pipeline {
     /// its next request would find no stream to continue.
     pub fn expire(&mut self, now_ns: u64, idle_ns: u64) -> usize {
         let decided_idle_ns = self.flow_idle_ns;
+        // Only a stream with bytes awaiting a decision gave up; a kept-alive connection
+        // between requests that went quiet did not.
+        let mut gave_up = 0;
         let n = self.reassembly.retain(|stream, i| {
-            if let Some(closed) = i.closed_ns {
-                return now_ns.saturating_sub(closed) < CLOSE_GRACE_NS;
-            }
-            let idle = now_ns.saturating_sub(i.last_ns);
-            if i.awaits(stream) {
-                idle < idle_ns
+            let awaits = i.awaits(stream);
+            let keep = if let Some(closed) = i.closed_ns {
+                now_ns.saturating_sub(closed) < CLOSE_GRACE_NS
             } else {
-                idle < decided_idle_ns
+                let idle = now_ns.saturating_sub(i.last_ns);
+                idle < if awaits { idle_ns } else { decided_idle_ns }
+            };
+            if !keep && awaits {
+                gave_up += 1;
             }
+            keep
         });
-        self.stats.gave_up += n as u64;
+        self.stats.gave_up += gave_up;
         self.decided
             .retain(|_, &mut (_, at)| now_ns.saturating_sub(at) < DECIDED_KEEP_NS);
         n
@@ -1562,7 +1572,11 @@ mod tests {
         assert_eq!(p.expire(1_000 + 101, 5), 1);
         feed(&mut p, &mut v, &[first]);
         p.on_record(&record(RecordKind::Closed, 0, b""), &mut v);
-        assert_eq!(p.stats().gave_up, 1, "only the expiry gave up");
+        assert_eq!(
+            p.stats().gave_up,
+            0,
+            "a quiet connection between requests, and its close, give nothing up"
+        );
     }
 
     /// A pipeline with the kernel's real capture budget (16 KiB).
