@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nprot::parse::{
+use nprot::datapath::parse::{
     ParseOutcome, Parsed,
     http::{ChunkStep, MethodMatch, chunk_step, match_method, parse_http_request},
     parse_client_payload,

@@ -13,7 +13,7 @@ use nprot::{
     events::{Clock, EventFactory},
     policy::{Policy, load_json},
     replay::Replay,
-    verdict::Mode,
+    datapath::verdict::Mode,
 };
 
 /// One name and one address blocked, so that verdicts flow back into the tracker.

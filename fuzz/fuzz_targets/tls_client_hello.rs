@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nprot::parse::{ParseOutcome, Parsed, parse_client_payload, tls::parse_client_hello};
+use nprot::datapath::parse::{ParseOutcome, Parsed, parse_client_payload, tls::parse_client_hello};
 
 fuzz_target!(|data: &[u8]| {
     let outcome = parse_client_hello(data);

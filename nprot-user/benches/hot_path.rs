@@ -5,7 +5,7 @@ use std::{hint::black_box, net::IpAddr, time::SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use nprot::{
-    parse::{
+    datapath::parse::{
         parse_client_payload,
         testdata::{ClientHelloBuilder, X25519, X25519_MLKEM768},
     },

@@ -20,9 +20,9 @@ use serde::{
 use toml::de::{DeTable, DeValue};
 
 use crate::{
-    pipeline::{KnownProxy, OversizedAction},
+    datapath::pipeline::{KnownProxy, OversizedAction},
+    datapath::verdict::Mode,
     policy::Action,
-    verdict::Mode,
 };
 
 /// Where the daemon looks for its configuration without `--config`.
@@ -145,7 +145,7 @@ impl Default for Config {
             proxies: Vec::new(),
             events: EventsConfig::default(),
             process_cgroup: ProcessCgroup::Auto,
-            process_cache: crate::attribution::PROCESS_CACHE_MAX,
+            process_cache: crate::datapath::attribution::PROCESS_CACHE_MAX,
             oversized: OversizedAction::Allow,
         }
     }

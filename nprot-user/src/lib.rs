@@ -1,23 +1,16 @@
 //! nprot user space: the daemon and CLI of a transparent network-protection sensor.
 //!
-//! Data flows one way: [`capture`] (kernel records) → [`reassembly`] → [`parse`] →
-//! [`pipeline`] ([`policy`] match, [`verdict`] under the mode) → [`events`] (JSON lines to
-//! sinks). [`daemon`] drives it live; [`replay`] drives it from a capture file.
+//! Data flows one way through the stages:
+//! [`datapath`] (kernel records → reassembly → parse → pipeline, which asks [`policy`] and
+//! applies the mode) → [`events`] (JSON lines to sinks). [`control`] runs it live (daemon,
+//! control socket, admin CLI, persisted state); [`replay`] runs the same data path from a
+//! capture file. [`config`] and [`time`] are shared by every stage.
 
-pub mod admin;
-pub mod attribution;
-pub mod capture;
-pub mod cli;
 pub mod config;
 pub mod control;
-pub mod daemon;
+pub mod datapath;
 pub mod events;
-pub mod parse;
-pub mod pipeline;
 pub mod policy;
-pub mod reassembly;
+pub mod process;
 pub mod replay;
-pub mod sdnotify;
-pub mod state;
-pub mod stats;
-pub mod verdict;
+pub mod time;

@@ -4,9 +4,9 @@ use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 use nprot::{
-    admin,
-    cli::{Cli, Command},
-    daemon::{self, RunOptions},
+    control::admin,
+    control::cli::{Cli, Command},
+    control::daemon::{self, RunOptions},
     replay::{self, ReplayOptions},
 };
 

@@ -15,10 +15,10 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    attribution::ProcessColumns,
-    parse::{http::HttpRequest, tls::ClientHelloInfo},
+    datapath::parse::{http::HttpRequest, tls::ClientHelloInfo},
+    datapath::verdict::{Enforcement, Mode},
     policy::indicator::Action,
-    verdict::{Enforcement, Mode},
+    process::ProcessColumns,
 };
 
 /// The advanced-hunting table an event belongs to.
@@ -450,7 +450,7 @@ pub fn rfc3339_micros(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = crate::policy::rfc3339::civil_from_days(days as i64);
+    let (y, m, d) = crate::time::civil_from_days(days as i64);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
         rem / 3600,

@@ -20,13 +20,11 @@ use std::{
     time::SystemTime,
 };
 
-use super::{
-    indicator::{
-        Action, Indicator, IndicatorError, IndicatorRef, IndicatorType, Indicators, Loaded,
-        Severity, Target, clip, group_key, load_file,
-    },
-    rfc3339,
+use super::indicator::{
+    Action, Indicator, IndicatorError, IndicatorRef, IndicatorType, Indicators, Loaded, Severity,
+    Target, clip, group_key, load_file,
 };
+use crate::time as rfc3339;
 
 /// Warnings kept by one import; the rest are counted in a final line (as for JSON).
 const MAX_WARNINGS: usize = 100;

@@ -25,7 +25,7 @@ use serde::{
     ser::SerializeStruct,
 };
 
-use super::rfc3339::{self, Timestamp};
+use crate::time::{self as rfc3339, Timestamp};
 
 /// Declares a closed set of names with serde names equal to the variant names.
 macro_rules! named_enum {

@@ -20,11 +20,10 @@ use std::{
     time::SystemTime,
 };
 
-use crate::attribution::ProcessInfo;
+use crate::{process::ProcessInfo, time::Timestamp};
 
-use super::{
-    indicator::{Action, IndicatorRef, IndicatorType, Indicators, canonical_path, mask4, mask6},
-    rfc3339::Timestamp,
+use super::indicator::{
+    Action, IndicatorRef, IndicatorType, Indicators, canonical_path, mask4, mask6,
 };
 
 /// What a flow offers for matching.
@@ -858,7 +857,7 @@ mod tests {
         );
         assert!(d.audits.is_empty());
         // At the expiration instant itself it no longer matches.
-        let at = crate::policy::rfc3339::parse_system_time("2030-01-01T00:00:00Z").unwrap();
+        let at = crate::time::parse_system_time("2030-01-01T00:00:00Z").unwrap();
         let d = p.decide(
             &Subject {
                 ip: ELSEWHERE,
@@ -906,8 +905,8 @@ mod tests {
         assert_eq!(p.indicators().get(0).map(|r| r.id()), Some("everywhere"));
     }
 
-    fn proc_named(exe: &str) -> crate::attribution::ProcessInfo {
-        crate::attribution::ProcessInfo {
+    fn proc_named(exe: &str) -> crate::process::ProcessInfo {
+        crate::process::ProcessInfo {
             pid: 1,
             file_name: exe.rsplit('/').next().unwrap_or(exe).to_string(),
             folder_path: Some(exe.to_string()),
@@ -919,7 +918,7 @@ mod tests {
     fn tls_by(
         p: &Policy,
         host: &str,
-        process: Option<&crate::attribution::ProcessInfo>,
+        process: Option<&crate::process::ProcessInfo>,
     ) -> Option<String> {
         let s = Subject {
             ip: ELSEWHERE,

@@ -9,7 +9,6 @@
 pub mod import;
 pub mod indicator;
 pub mod matcher;
-pub mod rfc3339;
 
 pub use import::{load_any, load_defender_csv, load_list};
 pub use indicator::{

@@ -935,7 +935,7 @@ mod tests {
         FAMILY_V4, FAMILY_V6, IpVersion, LinkType, Segment, Skip, Skipped, TCP_ACK, build::*,
         decode, tcp_segment,
     };
-    use crate::capture::raw_addr;
+    use crate::datapath::record::raw_addr;
 
     fn addr(s: &str) -> IpAddr {
         s.parse().unwrap()

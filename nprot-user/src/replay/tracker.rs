@@ -1,6 +1,6 @@
 //! The kernel's flow tracker, in user space: turns captured TCP segments into the
 //! [`Record`]s that `nprot-ebpf` would have sent through its ring buffer, so that replay
-//! feeds the [`Pipeline`](crate::pipeline::Pipeline) exactly what the live sensor gets.
+//! feeds the [`Pipeline`](crate::datapath::pipeline::Pipeline) exactly what the live sensor gets.
 //!
 //! It follows `nprot-ebpf/src/main.rs` step for step, and takes the lifecycle rules from
 //! the same code ([`nprot_common::lifecycle`]): flows keyed by [`FlowKey::canonical`],
@@ -33,7 +33,7 @@ use nprot_common::{
 };
 
 use super::packet::Segment;
-use crate::{capture::Record, pipeline::VerdictTarget, verdict::Mode};
+use crate::{datapath::pipeline::VerdictTarget, datapath::record::Record, datapath::verdict::Mode};
 
 /// The kernel settings replay mirrors (`SensorConfig`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

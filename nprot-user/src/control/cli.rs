@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::verdict::Mode;
+use crate::datapath::verdict::Mode;
 
 /// nprot: a transparent network-protection sensor.
 #[derive(Debug, Parser)]
@@ -121,7 +121,7 @@ pub struct ReplayArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The daemon's control socket.
-    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = crate::control::socket::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Print the daemon's answer as JSON.
     #[arg(long)]

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::{
+    datapath::verdict::Mode,
     policy::{Indicator, IndicatorError, Indicators, load_json},
-    verdict::Mode,
 };
 
 /// The state file inside the state directory.

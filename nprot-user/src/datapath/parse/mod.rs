@@ -13,6 +13,7 @@ pub mod tls;
 
 /// ClientHello builder for tests and benchmarks (not part of the API).
 #[doc(hidden)]
+#[cfg(any(test, feature = "testdata"))]
 pub mod testdata;
 
 /// What the first client bytes of a flow turned out to be.

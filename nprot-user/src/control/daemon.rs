@@ -21,12 +21,20 @@ use tokio::{
 };
 
 use crate::{
-    attribution::{Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root},
-    capture::{self, Record, Sensor},
-    capture::{ConnectHooks, HookCounters},
-    cli::RunArgs,
     config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
-    control::{self, Request, Response},
+    control::cli::RunArgs,
+    control::sdnotify,
+    control::socket::{self, Request, Response},
+    control::state::State,
+    control::stats::LatencySummary,
+    datapath::attribution::{
+        Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root,
+    },
+    datapath::capture::{self, Sensor},
+    datapath::capture::{ConnectHooks, HookCounters},
+    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
+    datapath::record::Record,
+    datapath::verdict::Mode,
     events::rfc3339_micros,
     events::{
         EventFactory,
@@ -35,14 +43,9 @@ use crate::{
         rotate::RotatingFileSink,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
-    pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
     policy::{
         self, Action, Indicator, IndicatorType, Indicators, Policy, Subject, Target, load_json,
     },
-    sdnotify,
-    state::State,
-    stats::LatencySummary,
-    verdict::Mode,
 };
 
 /// Reassembly state of a flow that sent nothing for this long is dropped.
@@ -477,7 +480,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
 
     let (calls_tx, mut calls) = mpsc::channel(16);
-    let _socket = control::serve(&opts.control_socket, calls_tx)?;
+    let _socket = socket::serve(&opts.control_socket, calls_tx)?;
 
     let mut sensor = Sensor::start(&opts.interfaces, kernel_config(mode, &opts))?;
     let ring = sensor.take_records().context("ring buffer already taken")?;
@@ -486,7 +489,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         unsafe { AsyncFd::register(ring) }.context("registering the ring buffer with tokio")?;
     let mut pipeline = Pipeline::new(
         EventFactory::for_this_host(),
-        crate::pipeline::STREAM_LIMIT,
+        crate::datapath::pipeline::STREAM_LIMIT,
         Arc::new(policy),
         mode,
     );

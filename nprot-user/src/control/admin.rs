@@ -11,9 +11,9 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    cli::{ClientArgs, IndicatorCommand},
-    control::{Request, Response, call},
-    verdict::Mode,
+    control::cli::{ClientArgs, IndicatorCommand},
+    control::socket::{Request, Response, call},
+    datapath::verdict::Mode,
 };
 
 fn send(client: &ClientArgs, request: &Request) -> anyhow::Result<Value> {

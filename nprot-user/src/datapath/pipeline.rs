@@ -12,21 +12,22 @@ use std::{
 use nprot_common::{FlowKey, RecordKind, Verdict, VerdictEntry};
 
 use crate::{
-    attribution::{ProcessColumns, ProcessInfo, ProcessSource},
-    capture::{Record, ip_addr},
-    events::{
-        ActionType, Direction, Event, EventFactory, FlowEnds, OversizedFields, ProxyFields,
-        monotonic_ns,
-    },
-    parse::{
+    control::stats::Histogram,
+    datapath::attribution::ProcessSource,
+    datapath::parse::{
         ParseOutcome, Parsed,
         http::{self, Body},
         parse_client_payload,
     },
+    datapath::reassembly::{Reassembler, Stream, TableFull},
+    datapath::record::{Record, ip_addr},
+    datapath::verdict::{Mode, Outcome, outcome},
+    events::{
+        ActionType, Direction, Event, EventFactory, FlowEnds, OversizedFields, ProxyFields,
+        monotonic_ns,
+    },
     policy::{Policy, matcher::Subject},
-    reassembly::{Reassembler, Stream, TableFull},
-    stats::Histogram,
-    verdict::{Mode, Outcome, outcome},
+    process::{ProcessColumns, ProcessInfo},
 };
 
 /// Where the pipeline's decisions go: the kernel verdict map, or nowhere in replay.
@@ -1008,7 +1009,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{capture::raw_addr, events::Clock};
+    use crate::{datapath::record::raw_addr, events::Clock};
 
     /// Verdicts in order, and the decided sequence number of each `Continue`.
     #[derive(Default)]
@@ -1139,7 +1140,7 @@ mod tests {
 
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n";
 
-    struct Fake(Arc<crate::attribution::ProcessInfo>);
+    struct Fake(Arc<crate::process::ProcessInfo>);
 
     impl ProcessSource for Fake {
         fn process(&mut self, cookie: u64, _need_exe: bool) -> Option<Arc<ProcessInfo>> {
@@ -1320,7 +1321,7 @@ mod tests {
     }
 
     fn hello(sni: &str) -> Vec<u8> {
-        crate::parse::testdata::ClientHelloBuilder::new()
+        crate::datapath::parse::testdata::ClientHelloBuilder::new()
             .sni(sni)
             .build()
     }
@@ -1847,7 +1848,7 @@ mod direction_tests {
 
     use super::flow_ends;
     use crate::{
-        capture::{Record, raw_addr},
+        datapath::record::{Record, raw_addr},
         events::Direction,
     };
 
