@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod assert;
 pub mod bpf;
 pub mod bulk;
 pub mod clients;
@@ -38,6 +39,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+pub use assert::{ClientResult, assert_reset};
 pub use bulk::BulkServer;
 pub use clients::{CurlOutcome, CurlRun, Exchange, ExchangeEnd, RawOutcome};
 pub use events::{EventLog, ev};
