@@ -12,6 +12,8 @@
 
 #![warn(missing_docs)]
 
+pub mod assert;
+pub mod barrier;
 pub mod bpf;
 pub mod bulk;
 pub mod clients;
@@ -38,6 +40,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+pub use assert::{ClientResult, assert_reset};
+pub use barrier::Barrier;
 pub use bulk::BulkServer;
 pub use clients::{CurlOutcome, CurlRun, Exchange, ExchangeEnd, RawOutcome};
 pub use events::{EventLog, ev};
@@ -412,6 +416,19 @@ pub fn start_blocking_bad() -> Env {
         &[],
     )
     .expect("test environment with the sensor")
+}
+
+/// Asserts that the sensor reported no event matching `unwanted` for anything the test did
+/// so far: makes a [`Barrier::http`] flow from the client of `world`, waits for its events
+/// in `events` and checks the events written before them.
+#[track_caller]
+pub fn assert_absent_so_far(
+    world: &impl ClientServer,
+    events: &EventLog,
+    what: &str,
+    unwanted: impl Fn(&Value) -> bool,
+) {
+    Barrier::http(world, events).assert_absent(events, what, unwanted);
 }
 
 /// Waits for the event `what` matching `pred`; panics with every event and the sensor's

@@ -64,6 +64,8 @@ pub struct Transfer {
     pub exit_code: i32,
     /// New connections this transfer opened (0 when it reused one).
     pub num_connects: u32,
+    /// curl's error message for this transfer (`%{errormsg}`; empty on success).
+    pub errormsg: String,
 }
 
 impl ProxyEnv {
@@ -172,7 +174,8 @@ impl ProxyEnv {
         cmd.args(["-sS", "-k", "--max-time", "5", "-x", &proxy])
             .args([
                 "-w",
-                "transfer: %{local_port} %{http_code} %{size_download} %{exitcode} %{num_connects}\n",
+                "transfer: %{local_port} %{http_code} %{size_download} %{exitcode} %{num_connects} \
+                 %{errormsg}\n",
             ])
             .args(extra);
         for url in urls {
@@ -229,7 +232,8 @@ impl ProxyEnv {
 }
 
 fn parse_transfer(line: &str) -> Result<Transfer> {
-    let f: Vec<&str> = line.split_whitespace().collect();
+    // Five numbers, then the error message (which has spaces, or is empty).
+    let f: Vec<&str> = line.splitn(6, ' ').collect();
     let num = |i: usize| -> Result<u64> {
         f.get(i)
             .and_then(|v| v.parse().ok())
@@ -241,6 +245,7 @@ fn parse_transfer(line: &str) -> Result<Transfer> {
         size_download: num(2)?,
         exit_code: i32::try_from(num(3)?)?,
         num_connects: u32::try_from(num(4)?)?,
+        errormsg: f.get(5).map_or("", |m| m.trim()).to_owned(),
     })
 }
 

@@ -338,6 +338,7 @@ fn thousands_of_short_lived_processes_stay_within_the_cache_bound() {
             Instant::now() < deadline,
             "connects not all attributed: {a}"
         );
+        // Poll interval of a wait on the connects counter (deadline above).
         std::thread::sleep(Duration::from_millis(100));
     }
     let a = &last["attribution"];

@@ -14,7 +14,7 @@ use std::{
 
 use nprot_tests::ClientServer;
 use nprot_tests::{
-    CurlRun, Env,
+    CurlRun, Env, assert_reset,
     indicators::{indicator, write_file},
     process::signal,
     sensor::{READY_TIMEOUT, control_socket_for, sensor_binary},
@@ -55,15 +55,6 @@ fn assert_passes(env: &Env, run: &CurlRun) {
     assert_eq!(run.http_code, 200, "{run:?}\n{}", env.diagnostics());
 }
 
-#[track_caller]
-fn assert_reset(env: &Env, run: &CurlRun) {
-    assert!(
-        run.was_reset() && run.body.is_empty(),
-        "expected a reset with no body: {run:?}\n{}",
-        env.diagnostics()
-    );
-}
-
 #[test]
 fn mode_switch_changes_the_next_flow() {
     let env = Env::start_enforcing(
@@ -77,7 +68,7 @@ fn mode_switch_changes_the_next_flow() {
     nprot_ok(&sock, &["mode", "block"]);
     let status = nprot_ok(&sock, &["status", "--json"]);
     assert!(status.contains("\"mode\":\"Block\""), "{status}");
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
     nprot_ok(&sock, &["mode", "audit"]);
     assert_passes(&env, &curl_bad(&env));
 }
@@ -92,7 +83,7 @@ fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
         let run = env
             .curl_http_any("good.example", 80, false, "/bad/", &[])
             .expect("curl runs");
-        assert_reset(env, &run);
+        assert_reset("http://good.example/bad/", &run, || env.diagnostics());
     };
     file_blocks(&env);
     assert_passes(&env, &curl_bad(&env));
@@ -114,7 +105,7 @@ fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
         ],
     );
     assert!(added.contains("added 1"), "{added}");
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
     file_blocks(&env);
     let list = nprot_ok(&sock, &["indicator", "list"]);
     assert!(
@@ -138,7 +129,7 @@ fn indicator_added_by_cli_blocks_the_next_flow_and_persists() {
     env.start_sensor(&["--indicators", &file]).expect("restart");
     let status = nprot_ok(&sock, &["status", "--json"]);
     assert!(status.contains("\"mode\":\"Block\""), "{status}");
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
 
     // Removal takes effect at once, and an unknown id is a clear error.
     nprot_ok(&sock, &["indicator", "remove", "cli-1"]);
@@ -212,7 +203,7 @@ fn sighup_reloads_files_and_a_bad_file_keeps_the_running_policy() {
     let file = env.dir().join("indicators.json");
     let sensor = env.sensor.as_ref().expect("sensor");
     let pid = sensor.pid().expect("pid") as i32;
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
 
     std::fs::write(&file, "{\"indicators\": [ {\"type\": \"DomainName\"").expect("write");
     // SAFETY: signalling our own child.
@@ -224,7 +215,7 @@ fn sighup_reloads_files_and_a_bad_file_keeps_the_running_policy() {
         "{}",
         env.diagnostics()
     );
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
 
     std::fs::write(&file, "{\"indicators\": []}").expect("write");
     // SAFETY: as above.
@@ -265,7 +256,7 @@ fn defender_csv_import_is_all_or_nothing() {
     std::fs::write(&good, format!("{header}\r\n{good_row}\r\n")).expect("write");
     let added = nprot_ok(&sock, &["indicator", "import", &good.to_string_lossy()]);
     assert!(added.contains("added 1"), "{added}");
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
 }
 
 /// Issue 11: the same value in two device groups (a Defender CSV without ids) is two
@@ -356,7 +347,7 @@ fn export_import_export_is_the_identity() {
         !out.status.success() && err.contains("f1") && err.contains("indicator file"),
         "{err}"
     );
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
 }
 
 /// A sensor configured by file alone: mode and a plain-list indicator file from the TOML.
@@ -376,7 +367,7 @@ fn config_file_sets_mode_and_indicator_lists() {
     .expect("write");
     env.start_sensor(&["--config", &config.to_string_lossy()])
         .expect("sensor from config");
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
     let status = nprot_ok(&socket(&env), &["status", "--json"]);
     assert!(status.contains("\"mode\":\"Block\""), "{status}");
 }
@@ -399,7 +390,7 @@ fn bypass_lets_a_warned_target_through_and_is_logged() {
         env.curl_https_any("warn.example", 443, false, "/")
             .expect("curl")
     };
-    assert_reset(&env, &warn());
+    assert_reset("https://warn.example", &warn(), || env.diagnostics());
     let out = nprot_ok(&sock, &["bypass", "warn.example", "--for", "1h"]);
     assert!(out.contains("bypassing Warn indicator w"), "{out}");
     assert_passes(&env, &warn());
@@ -421,7 +412,7 @@ fn bypass_lets_a_warned_target_through_and_is_logged() {
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("only Warn indicators can be bypassed")
     );
-    assert_reset(&env, &curl_bad(&env));
+    assert_reset("https://bad.example", &curl_bad(&env), || env.diagnostics());
 }
 
 /// Reads notifications from `sock` until one contains `want`, for up to `timeout`;

@@ -18,14 +18,12 @@ use nprot_tests::indicators::{indicator, with, write_file, write_raw};
 use nprot_tests::nginx::{BODY_BAD, BODY_GOOD, BODY_ROOT};
 use nprot_tests::sensor::READY_MARKER;
 use nprot_tests::{
-    CurlRun, EVENT_TIMEOUT, Env, Exchange, ExchangeEnd, HelloSpec, Launch, Value, client_hello, ev,
+    CurlRun, EVENT_TIMEOUT, Env, Exchange, ExchangeEnd, HelloSpec, Launch, Value,
+    assert_absent_so_far, assert_reset, client_hello, ev,
 };
 
 const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 const AUDITED: &str = "ExploitGuardNetworkProtectionAudited";
-/// How long an absent event must stay absent, once a positive event of the same flow
-/// shows the sensor has processed it.
-const ABSENCE: Duration = Duration::from_millis(300);
 
 fn start(mode: &str, indicators: &[Value]) -> Env {
     Env::start_enforcing(mode, indicators, &[]).expect("test environment with the sensor")
@@ -47,11 +45,11 @@ fn wait(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Panics if an event matching `pred` shows up within [`ABSENCE`].
+/// Panics if an event matching `pred` was reported for anything done so far (checked
+/// against a later, allowed flow: [`assert_absent_so_far`]).
+#[track_caller]
 fn absent(env: &Env, what: &str, pred: impl Fn(&Value) -> bool) {
-    env.events()
-        .assert_absent(what, pred, ABSENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_absent_so_far(env, env.events(), what, pred);
 }
 
 use nprot_tests::check_field as check;
@@ -163,17 +161,6 @@ fn check_verdict(env: &Env, local_port: u16, want: &Verdict) -> Value {
     e
 }
 
-/// Asserts that curl's connection was reset and that it received no response byte.
-#[track_caller]
-fn assert_reset(env: &Env, what: &str, r: &CurlRun) {
-    assert!(
-        r.was_reset() && r.http_code == 0 && r.size_download == 0 && r.body_len == 0,
-        "{what}: expected a connection reset (curl exit 35/56, \"reset by peer\") with no \
-         response byte; got {r:?}\n{}",
-        env.diagnostics()
-    );
-}
-
 /// Asserts that curl succeeded with status 200 and `body`.
 #[track_caller]
 fn assert_ok(env: &Env, what: &str, r: &CurlRun, body: &str) {
@@ -203,7 +190,7 @@ fn blocked_name_and_allowed_name(v6: bool) {
     let bad = env
         .curl_https_any("bad.example", 443, v6, "/bad/")
         .expect("curl bad.example");
-    assert_reset(&env, "https://bad.example", &bad);
+    assert_reset("https://bad.example", &bad, || env.diagnostics());
     check_verdict(
         &env,
         bad.local_port,
@@ -248,7 +235,7 @@ fn http_url_path_blocked_good_path_passes() {
     let bad = env
         .curl_http_any("good.example", 80, false, "/bad/x", &[])
         .expect("curl good.example/bad/x");
-    assert_reset(&env, "http://good.example/bad/x", &bad);
+    assert_reset("http://good.example/bad/x", &bad, || env.diagnostics());
     check_verdict(
         &env,
         bad.local_port,
@@ -315,7 +302,7 @@ fn ip_indicator_blocks() {
         // a reset (curl: "connection refused", exit 7, local port unknown).
         let refused_at_connect = r.exit_code == Some(7) && r.size_download == 0;
         if !refused_at_connect {
-            assert_reset(&env, &format!("https to {value}"), &r);
+            assert_reset(&format!("https to {value}"), &r, || env.diagnostics());
         }
         let e = wait(&env, &format!("Blocked event for {value}"), |e| {
             ev::is(e, BLOCKED)
@@ -376,7 +363,7 @@ fn warn_resets_in_block_mode() {
     let r = env
         .curl_https_any("warn.example", 443, false, "/")
         .expect("curl warn.example");
-    assert_reset(&env, "https://warn.example", &r);
+    assert_reset("https://warn.example", &r, || env.diagnostics());
     check_verdict(
         &env,
         r.local_port,
@@ -436,7 +423,7 @@ fn subdomain_blocked_lookalike_allowed() {
     let sub = env
         .curl_https_any("www.bad.example", 443, false, "/")
         .expect("curl www.bad.example");
-    assert_reset(&env, "https://www.bad.example", &sub);
+    assert_reset("https://www.bad.example", &sub, || env.diagnostics());
     check_verdict(
         &env,
         sub.local_port,
@@ -484,7 +471,7 @@ fn more_specific_allowed_and_expired_indicators_pass() {
     let blocked = env
         .curl_https_any("x.bad.example", 443, false, "/")
         .expect("curl x.bad.example");
-    assert_reset(&env, "https://x.bad.example", &blocked);
+    assert_reset("https://x.bad.example", &blocked, || env.diagnostics());
 
     let ok_path = env
         .curl_http_any("good.example", 80, false, "/bad/ok/x", &[])
@@ -498,7 +485,9 @@ fn more_specific_allowed_and_expired_indicators_pass() {
     let blocked_path = env
         .curl_http_any("good.example", 80, false, "/bad/no", &[])
         .expect("curl /bad/no");
-    assert_reset(&env, "http://good.example/bad/no", &blocked_path);
+    assert_reset("http://good.example/bad/no", &blocked_path, || {
+        env.diagnostics()
+    });
 
     let expired = env
         .curl_https_any("warn.example", 443, false, "/")
@@ -551,7 +540,9 @@ fn device_group_scoping() {
     let bad = env
         .curl_https_any("bad.example", 443, false, "/")
         .expect("curl bad.example");
-    assert_reset(&env, "https://bad.example (group lab)", &bad);
+    assert_reset("https://bad.example (group lab)", &bad, || {
+        env.diagnostics()
+    });
     let other = env
         .curl_https_any("warn.example", 443, false, "/")
         .expect("curl warn.example");
@@ -680,7 +671,7 @@ fn no_leak_from_instant_large_response() {
     let r = env
         .curl_http_any("bad.example", PORT, false, "/", &[])
         .expect("curl bad.example:8081");
-    assert_reset(&env, "curl http://bad.example:8081/", &r);
+    assert_reset("curl http://bad.example:8081/", &r, || env.diagnostics());
     let r = env
         .curl_http_any("good.example", PORT, false, "/", &[])
         .expect("curl good.example:8081");

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use nprot_tests::{
-    ClientServer, CurlRun, EVENT_TIMEOUT, Env, Exchange, ExchangeEnd, Value, ev,
+    ClientServer, CurlRun, EVENT_TIMEOUT, Env, Exchange, ExchangeEnd, Value, assert_reset, ev,
     indicators::{indicator, write_file},
     nginx::{BODY_GOOD, BODY_ROOT},
 };
@@ -47,15 +47,6 @@ fn curl(env: &Env, name: &str, headers: &[String]) -> CurlRun {
     }
     env.curl_http_any(name, 80, false, "/", &extra)
         .expect("curl")
-}
-
-#[track_caller]
-fn assert_reset(env: &Env, what: &str, r: &CurlRun) {
-    assert!(
-        r.was_reset() && r.http_code == 0 && r.size_download == 0 && r.body_len == 0,
-        "{what}: expected a reset with no response byte; got {r:?}\n{}",
-        env.diagnostics()
-    );
 }
 
 #[track_caller]
@@ -122,7 +113,7 @@ fn a_blocked_name_behind_40_kb_of_headers_is_reset() {
         "bad.example",
         &[pad(40_000), "Host: bad.example".into()],
     );
-    assert_reset(&env, "bad.example behind 40 KB", &r);
+    assert_reset("bad.example behind 40 KB", &r, || env.diagnostics());
     let e = wait(&env, "the request's event", http_for(r.local_port));
     assert_eq!(e["AdditionalFields"]["host"], "bad.example", "{e}");
     let b = wait(&env, "the block", |e| {
@@ -204,7 +195,9 @@ fn an_oversized_head_is_allowed_by_default_and_says_so() {
 fn an_oversized_head_is_reset_with_oversized_block() {
     let env = start_with_config("oversized = \"block\"");
     let r = curl(&env, "good.example", &[pad(70_000)]);
-    assert_reset(&env, "a 70 KB head with oversized = block", &r);
+    assert_reset("a 70 KB head with oversized = block", &r, || {
+        env.diagnostics()
+    });
     let e = wait(&env, "the oversized event", http_for(r.local_port));
     let f = &e["AdditionalFields"];
     assert_eq!(

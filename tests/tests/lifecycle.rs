@@ -254,6 +254,7 @@ fn flood_of_short_connections_is_reported_or_counted() {
         if reported + lost >= TOTAL || Instant::now() > deadline {
             break (reported, stats);
         }
+        // Poll interval of a wait on the counters (deadline above).
         std::thread::sleep(Duration::from_millis(200));
     };
     let delta = |name: &str| kernel_counter(&stats, name) - kernel_counter(&before, name);

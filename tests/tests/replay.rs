@@ -24,7 +24,7 @@ use nprot_tests::indicators::{indicator, with};
 use nprot_tests::nginx::{BODY_GOOD, BODY_ROOT};
 use nprot_tests::process::run_with_timeout;
 use nprot_tests::sensor::sensor_binary;
-use nprot_tests::{CurlRun, EVENT_TIMEOUT, Env, Value, ev};
+use nprot_tests::{CurlRun, EVENT_TIMEOUT, Env, Value, assert_reset, ev};
 
 const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 /// Bound on one `nprot replay` run.
@@ -100,14 +100,6 @@ fn show(events: &[Value]) -> String {
 }
 
 #[track_caller]
-fn assert_reset(what: &str, r: &CurlRun) {
-    assert!(
-        r.was_reset() && r.size_download == 0,
-        "{what}: expected a reset without response bytes, got {r:?}"
-    );
-}
-
-#[track_caller]
 fn assert_ok(what: &str, r: &CurlRun, body: &str) {
     assert!(
         r.exit_code == Some(0) && r.http_code == 200 && r.body.trim() == body,
@@ -136,7 +128,7 @@ fn live_and_replay(tcpdump_args: &[&str], v6: bool) -> (Env, PathBuf) {
     let bad = env
         .curl_https_any("bad.example", 443, v6, "/")
         .expect("curl https bad.example");
-    assert_reset("https://bad.example/", &bad);
+    assert_reset("https://bad.example/", &bad, || env.diagnostics());
     let http = env
         .curl_http_any("good.example", 80, v6, "/", &[])
         .expect("curl http good.example");
@@ -409,9 +401,13 @@ fn replay_of_a_vxlan_underlay_capture_matches_the_live_sensor_on_the_overlay() {
     );
     assert_ok("https://good.example/good over VXLAN", &good, BODY_GOOD);
     let bad = curl("bad.example", 443, server4, "https://bad.example:443/");
-    assert_reset("https://bad.example/ over VXLAN", &bad);
+    assert_reset("https://bad.example/ over VXLAN", &bad, || {
+        env.diagnostics()
+    });
     let bad6 = curl("bad.example", 443, server6, "https://bad.example:443/");
-    assert_reset("https://bad.example/ over VXLAN, IPv6", &bad6);
+    assert_reset("https://bad.example/ over VXLAN, IPv6", &bad6, || {
+        env.diagnostics()
+    });
     let http = curl("good.example", 80, server4, "http://good.example:80/good");
     assert_ok("http://good.example/good over VXLAN", &http, BODY_GOOD);
 

@@ -72,6 +72,7 @@ impl Stream {
                 .collect();
             self.published += n;
             self.fanout.publish(&mut events);
+            // Not a synchronisation: the pause makes a steady stream, as from a sensor.
             std::thread::sleep(PAUSE);
         }
     }
@@ -266,6 +267,7 @@ fn wait_until(
             std::time::Instant::now() < deadline,
             "timed out: {what}; {c:?}"
         );
+        // Poll interval of a wait on the counters (deadline above).
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -419,6 +421,7 @@ fn daemon_sends_its_events_to_rsyslog_and_reports_sink_counters() {
             std::time::Instant::now() < deadline,
             "collector never counted {n} sent: {stats}"
         );
+        // Poll interval of a wait on the `sent` counter (deadline above).
         std::thread::sleep(Duration::from_millis(100));
     };
     let written = stats["events_written"].as_u64().expect("events_written");
@@ -578,6 +581,7 @@ fn wait_for_stats(
             return stats;
         }
         assert!(Instant::now() < deadline, "timed out: {what}; {stats}");
+        // Poll interval of a wait on the stats (deadline above).
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -15,15 +15,12 @@ use nprot_tests::netns::link_type;
 use nprot_tests::nginx::{BODY_BAD, BODY_GOOD};
 use nprot_tests::recorder::RECORDER_BODY;
 use nprot_tests::{
-    ConnEnd, ConnRecord, ConnRecorder, CurlRun, EVENT_TIMEOUT, Env, EventLog, GatewayEnv,
-    TunnelLink, Value, clients, ev,
+    Barrier, ConnEnd, ConnRecord, ConnRecorder, CurlRun, EVENT_TIMEOUT, Env, EventLog, GatewayEnv,
+    TunnelLink, Value, assert_absent_so_far, assert_reset, clients, ev,
 };
 
 const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 const AUDITED: &str = "ExploitGuardNetworkProtectionAudited";
-/// How long an absent event must stay absent, once a positive event of the same flow
-/// shows the sensor has processed it.
-const ABSENCE: Duration = Duration::from_millis(300);
 /// Port of the [`ConnRecorder`] (nginx has 80, 443, 8080 and 8443).
 const RECORDER_PORT: u16 = 8081;
 /// A recorder connection with nothing happening for this long is recorded as still open.
@@ -48,13 +45,6 @@ fn wait(events: &EventLog, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     events
         .wait_for_described(what, pred, EVENT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-/// Panics if an event matching `pred` shows up within [`ABSENCE`].
-fn absent(events: &EventLog, what: &str, pred: impl Fn(&Value) -> bool) {
-    events
-        .assert_absent(what, pred, ABSENCE)
-        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// The value at `key` (a JSON pointer if it starts with `/`).
@@ -173,16 +163,6 @@ fn check_blocked(events: &EventLog, event: &Value, sides: &Sides, url: &str) {
     check(events, event, "/AdditionalFields/Mode", "Block");
 }
 
-/// Asserts that curl's connection was reset and that it received no response byte.
-#[track_caller]
-fn assert_reset(diagnostics: &str, what: &str, r: &CurlRun) {
-    assert!(
-        r.was_reset() && r.http_code == 0 && r.size_download == 0 && r.body_len == 0,
-        "{what}: expected a connection reset (curl exit 35/56, \"reset by peer\") with no \
-         response byte; got {r:?}\n{diagnostics}"
-    );
-}
-
 /// Asserts that curl succeeded with status 200 and `body`.
 #[track_caller]
 fn assert_ok(diagnostics: &str, what: &str, r: &CurlRun, body: &str) {
@@ -286,7 +266,8 @@ fn gateway_forwarded_flows_are_inspected_and_reset() {
             flow_event("ConnectionSuccess", good.local_port),
         );
         check_sides(&events, &e, &sides(good.local_port, 443));
-        absent(
+        assert_absent_so_far(
+            &env,
             &events,
             &format!("verdict event for good.example ({family})"),
             verdict_for(good.local_port),
@@ -298,9 +279,9 @@ fn gateway_forwarded_flows_are_inspected_and_reset() {
             .curl_https_any("bad.example", 443, v6, "/bad/")
             .expect("curl bad.example");
         assert_reset(
-            &diagnostics(),
             &format!("https://bad.example via the router ({family})"),
             &bad,
+            diagnostics,
         );
         let e = wait(
             &events,
@@ -323,9 +304,9 @@ fn gateway_forwarded_flows_are_inspected_and_reset() {
             .curl_http_any("bad.example", RECORDER_PORT, v6, "/", &[])
             .expect("curl bad.example:8081");
         assert_reset(
-            &diagnostics(),
             &format!("http://bad.example:{RECORDER_PORT} via the router ({family})"),
             &bad,
+            diagnostics,
         );
         assert_server_saw_reset(
             recorder,
@@ -449,7 +430,18 @@ fn l3_only_device_is_guarded() {
         "ConnectionSuccess over the tunnel",
         flow_event("ConnectionSuccess", good.local_port),
     );
-    absent(
+    // The barrier goes over the tunnel too: the sensor guards only the tunnel device.
+    let barrier = Barrier::run(&events, "a later request over the tunnel", || {
+        let r = curl_tunnel(&env, &tun, "http", "good.example", "/good");
+        assert_ok(
+            &diagnostics(),
+            "http://good.example over TUN (barrier)",
+            &r,
+            BODY_GOOD,
+        );
+        r.local_port
+    });
+    barrier.assert_absent(
         &events,
         "verdict event for good.example over the tunnel",
         verdict_for(good.local_port),
@@ -457,7 +449,7 @@ fn l3_only_device_is_guarded() {
 
     // Host bad.example: reset, nothing delivered, verdict logged.
     let bad = curl_tunnel(&env, &tun, "http", "bad.example", "/bad/");
-    assert_reset(&diagnostics(), "http://bad.example over TUN", &bad);
+    assert_reset("http://bad.example over TUN", &bad, diagnostics);
     let e = wait(
         &events,
         "Blocked event over the tunnel",
@@ -490,7 +482,7 @@ fn l3_only_device_is_guarded() {
     );
     check(&events, &e, "RemoteUrl", "good.example");
     let bad = curl_tunnel(&env, &tun, "https", "bad.example", "/bad/");
-    assert_reset(&diagnostics(), "https://bad.example over TUN", &bad);
+    assert_reset("https://bad.example over TUN", &bad, diagnostics);
     wait(
         &events,
         "Blocked event for TLS over the tunnel",
@@ -508,7 +500,7 @@ fn l3_only_device_is_guarded() {
         &[],
     )
     .expect("curl the recorder over the tunnel");
-    assert_reset(&diagnostics(), &format!("{url} over TUN"), &bad);
+    assert_reset(&format!("{url} over TUN"), &bad, diagnostics);
     assert_server_saw_reset(
         &recorder,
         diagnostics,
@@ -591,16 +583,12 @@ fn two_interfaces_guarded_at_once() {
         .curl_https_any("bad.example", 443, true, "/bad/")
         .expect("curl bad.example over the veth");
     assert_reset(
-        &diagnostics(),
         "https://bad.example over the veth (IPv6)",
         &bad_veth,
+        diagnostics,
     );
     let bad_tun = curl_tunnel(&env, &tun, "http", "bad.example", "/bad/");
-    assert_reset(
-        &diagnostics(),
-        "http://bad.example over the tunnel",
-        &bad_tun,
-    );
+    assert_reset("http://bad.example over the tunnel", &bad_tun, diagnostics);
     for (what, port) in [
         ("veth", bad_veth.local_port),
         ("tunnel", bad_tun.local_port),
@@ -679,14 +667,14 @@ fn gateway_guarding_both_router_interfaces_reports_each_flow_once() {
     let bad = env
         .curl_https_any("bad.example", 443, false, "/bad/")
         .expect("curl bad.example");
-    assert_reset(&diagnostics(), "https://bad.example", &bad);
+    assert_reset("https://bad.example", &bad, diagnostics);
     if let Err(e) = env.wait_server_socket_gone(bad.local_port, SERVER_RESET_WITHIN) {
         panic!("the reset did not reach nginx: {e:#}\n{}", diagnostics());
     }
     let recorded = env
         .curl_http_any("bad.example", RECORDER_PORT, false, "/", &[])
         .expect("curl bad.example:8081");
-    assert_reset(&diagnostics(), "http://bad.example:8081", &recorded);
+    assert_reset("http://bad.example:8081", &recorded, diagnostics);
     assert_server_saw_reset(
         env.recorder().expect("recorder"),
         diagnostics,
@@ -784,7 +772,7 @@ fn gateway_reset_passes_a_client_sensor_with_a_pending_verdict() {
     let r = env
         .curl_http_any("bad.example", RECORDER_PORT, false, "/", &[])
         .expect("curl");
-    assert_reset(&diagnostics(), &format!("{url} through both sensors"), &r);
+    assert_reset(&format!("{url} through both sensors"), &r, diagnostics);
     assert_server_saw_reset(recorder, diagnostics, &url, r.local_port);
 
     let stalled = Stalled::new(endpoint.pid().expect("client sensor pid"));
@@ -800,11 +788,14 @@ fn gateway_reset_passes_a_client_sensor_with_a_pending_verdict() {
         .expect("curl");
     let took = started.elapsed();
     assert_server_saw_reset(recorder, diagnostics, &url, r.local_port);
+    let what = format!(
+        "{url} with the client's sensor stalled: the gateway reset the flow (the server saw \
+         it), so the client should see a reset within {SERVER_RESET_WITHIN:?}"
+    );
+    assert_reset(&what, &r, diagnostics);
     assert!(
-        r.was_reset() && r.size_download == 0 && took < SERVER_RESET_WITHIN,
-        "{url} with the client's sensor stalled: the gateway reset the flow (the server \
-         saw it), so the client should see a reset within {SERVER_RESET_WITHIN:?}; got \
-         {r:?} after {took:?}\n{}",
+        took < SERVER_RESET_WITHIN,
+        "{what}; it took {took:?}: {r:?}\n{}",
         diagnostics()
     );
     drop(stalled);

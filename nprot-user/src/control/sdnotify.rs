@@ -6,7 +6,9 @@
 //! SIGHUP reload and `STOPPING=1` on shutdown; `STATUS=…` lines can ride along.
 
 use std::{
-    env, io,
+    env,
+    ffi::OsStr,
+    io,
     os::{linux::net::SocketAddrExt, unix::net::SocketAddr, unix::net::UnixDatagram},
     time::Duration,
 };
@@ -15,12 +17,17 @@ use std::{
 /// `Ok(false)` when the variable is unset or empty: not started by systemd with
 /// `Type=notify`, nothing to do. Names starting with `@` are abstract sockets.
 pub fn notify(state: &str) -> io::Result<bool> {
-    match env::var_os("NOTIFY_SOCKET") {
+    notify_socket(env::var_os("NOTIFY_SOCKET").as_deref(), state)
+}
+
+/// [`notify`] with the value of `$NOTIFY_SOCKET` given (`None`: unset).
+fn notify_socket(socket: Option<&OsStr>, state: &str) -> io::Result<bool> {
+    match socket {
         Some(path) if !path.is_empty() => {
-            let path = path.into_string().map_err(|_| {
+            let path = path.to_str().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "NOTIFY_SOCKET is not UTF-8")
             })?;
-            notify_to(&path, state).map(|()| true)
+            notify_to(path, state).map(|()| true)
         }
         _ => Ok(false),
     }
@@ -55,9 +62,22 @@ pub fn notify_to(socket: &str, state: &str) -> io::Result<()> {
 /// How often to send `WATCHDOG=1`: half of `$WATCHDOG_USEC`, if the watchdog is on and
 /// meant for this process (`$WATCHDOG_PID` unset or ours).
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = env::var("WATCHDOG_PID")
-        && pid.parse::<u32>().ok()? != std::process::id()
+    let usec = env::var_os("WATCHDOG_USEC");
+    let pid = env::var_os("WATCHDOG_PID");
+    watchdog_interval_for(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+/// [`watchdog_interval`] with the values of `$WATCHDOG_USEC` and `$WATCHDOG_PID` given
+/// (`None`: unset) and this process's id. A value that is not UTF-8 counts as unset, as
+/// `env::var` makes it.
+fn watchdog_interval_for(
+    usec: Option<&OsStr>,
+    pid: Option<&OsStr>,
+    own_pid: u32,
+) -> Option<Duration> {
+    let usec: u64 = usec?.to_str()?.parse().ok()?;
+    if let Some(pid) = pid.and_then(OsStr::to_str)
+        && pid.parse::<u32>().ok()? != own_pid
     {
         return None;
     }
@@ -66,6 +86,8 @@ pub fn watchdog_interval() -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
     use super::*;
 
     fn recv(sock: &UnixDatagram) -> String {
@@ -75,7 +97,9 @@ mod tests {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
-    // One test touches the environment, so parallel tests do not race on it.
+    // The environment is read only by the public functions; these tests give the values
+    // to the inner ones, so they never touch the process environment that other tests
+    // (in parallel threads) read.
     #[test]
     fn notifies_path_and_abstract_sockets() {
         let dir = env::temp_dir().join(format!("nprot-sdnotify-{}", std::process::id()));
@@ -84,37 +108,67 @@ mod tests {
         let path = dir.join("notify.sock");
         let listener = UnixDatagram::bind(&path).unwrap();
 
-        // SAFETY (edition 2024 marks these unsafe): no other test reads these variables.
-        unsafe { env::remove_var("NOTIFY_SOCKET") };
-        assert!(!notify("READY=1").unwrap(), "no socket, nothing sent");
+        assert!(
+            !notify_socket(None, "READY=1").unwrap(),
+            "no socket, nothing sent"
+        );
+        assert!(
+            !notify_socket(Some(OsStr::new("")), "READY=1").unwrap(),
+            "an empty variable is no socket"
+        );
 
-        unsafe { env::set_var("NOTIFY_SOCKET", &path) };
-        assert!(notify("READY=1\nSTATUS=guarding lo").unwrap());
+        assert!(notify_socket(Some(path.as_os_str()), "READY=1\nSTATUS=guarding lo").unwrap());
         assert_eq!(recv(&listener), "READY=1\nSTATUS=guarding lo");
 
         let name = format!("nprot-sdnotify-test-{}", std::process::id());
         let abs = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let abstract_listener = UnixDatagram::bind_addr(&abs).unwrap();
-        unsafe { env::set_var("NOTIFY_SOCKET", format!("@{name}")) };
-        assert!(notify("WATCHDOG=1").unwrap());
+        let abstract_name = OsString::from(format!("@{name}"));
+        assert!(notify_socket(Some(&abstract_name), "WATCHDOG=1").unwrap());
         assert_eq!(recv(&abstract_listener), "WATCHDOG=1");
 
-        unsafe { env::set_var("NOTIFY_SOCKET", "relative/path") };
-        assert!(notify("READY=1").is_err());
-        unsafe { env::set_var("NOTIFY_SOCKET", dir.join("missing.sock")) };
-        assert!(notify("READY=1").is_err(), "nobody listening");
-        unsafe { env::remove_var("NOTIFY_SOCKET") };
-
-        unsafe { env::set_var("WATCHDOG_USEC", "30000000") };
-        unsafe { env::remove_var("WATCHDOG_PID") };
-        assert_eq!(watchdog_interval(), Some(Duration::from_secs(15)));
-        unsafe { env::set_var("WATCHDOG_PID", "1") };
-        assert_eq!(watchdog_interval(), None, "meant for another process");
-        unsafe { env::set_var("WATCHDOG_PID", std::process::id().to_string()) };
-        assert_eq!(watchdog_interval(), Some(Duration::from_secs(15)));
-        unsafe { env::remove_var("WATCHDOG_USEC") };
-        unsafe { env::remove_var("WATCHDOG_PID") };
-        assert_eq!(watchdog_interval(), None);
+        assert!(notify_socket(Some(OsStr::new("relative/path")), "READY=1").is_err());
+        let missing = dir.join("missing.sock");
+        assert!(
+            notify_socket(Some(missing.as_os_str()), "READY=1").is_err(),
+            "nobody listening"
+        );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn non_utf8_socket_name_is_an_error() {
+        use std::os::unix::ffi::OsStrExt;
+        let name = OsStr::from_bytes(b"/tmp/\xff.sock");
+        let err = notify_socket(Some(name), "READY=1").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn watchdog_interval_is_half_the_timeout_for_this_process() {
+        let me = 4242;
+        let usec = Some(OsStr::new("30000000"));
+        let half = Some(Duration::from_secs(15));
+        assert_eq!(watchdog_interval_for(usec, None, me), half);
+        assert_eq!(
+            watchdog_interval_for(usec, Some(OsStr::new("1")), me),
+            None,
+            "meant for another process"
+        );
+        assert_eq!(
+            watchdog_interval_for(usec, Some(OsStr::new("4242")), me),
+            half
+        );
+        assert_eq!(
+            watchdog_interval_for(usec, Some(OsStr::new("x")), me),
+            None,
+            "an unreadable pid is not ours"
+        );
+        assert_eq!(watchdog_interval_for(None, None, me), None);
+        assert_eq!(watchdog_interval_for(Some(OsStr::new("0")), None, me), None);
+        assert_eq!(
+            watchdog_interval_for(Some(OsStr::new("soon")), None, me),
+            None
+        );
     }
 }

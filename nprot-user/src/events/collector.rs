@@ -154,6 +154,8 @@ pub struct CollectorStats {
     reconnects: AtomicU64,
     resent: AtomicU64,
     connected: AtomicBool,
+    /// TCP connect attempts that failed (not in the snapshot: the tests wait on it).
+    connect_failures: AtomicU64,
 }
 
 /// A snapshot of [`CollectorStats`].
@@ -776,6 +778,10 @@ impl TcpSender {
                 true
             }
             Err(e) => {
+                self.shared
+                    .stats
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 if self.backoff == self.config.backoff_min {
                     log::warn!("{}: cannot connect: {e}", self.describe());
                 }
@@ -1147,6 +1153,15 @@ mod tests {
         String::from_utf8(got).unwrap()
     }
 
+    /// Bytes that have arrived on `stream` and not been read (`FIONREAD`).
+    fn unread_bytes(stream: &TcpStream) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: valid fd; FIONREAD writes one int.
+        let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0, "FIONREAD: {}", io::Error::last_os_error());
+        usize::try_from(n).unwrap()
+    }
+
     /// Reads whatever else arrives within `quiet`.
     fn read_more(stream: &mut TcpStream, quiet: Duration) -> String {
         stream.set_read_timeout(Some(quiet)).unwrap();
@@ -1221,12 +1236,19 @@ mod tests {
         // The collector stops reading, acknowledges the next lines in its kernel, then
         // goes away with them unread: a reset, so the sink resends them.
         sink.enqueue(lines(5..10).as_bytes());
-        thread::sleep(Duration::from_millis(50));
+        let unread = lines(5..10).len();
+        wait_for("the lines to arrive unread", || {
+            unread_bytes(&first) >= unread
+        });
         drop(listener);
         drop(first);
         wait_for("the reset to be seen", || !handle.counters().connected);
         assert_eq!(handle.counters().sent, 5);
-        thread::sleep(Duration::from_millis(150));
+        // The collector stays away until the sink has tried to reconnect and been refused.
+        let failures = handle.0.stats.connect_failures.load(Ordering::Relaxed);
+        wait_for("a refused reconnect", || {
+            handle.0.stats.connect_failures.load(Ordering::Relaxed) > failures
+        });
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let (mut second, _) = listener.accept().unwrap();
         assert_eq!(read_lines(&mut second, 5), lines(5..10));
