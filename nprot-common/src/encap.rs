@@ -55,6 +55,61 @@ pub const MAX_VLAN_TAGS: usize = 4;
 /// IPv6 extension headers walked at most before the upper layer, per IP header.
 pub const MAX_IPV6_EXT: usize = 8;
 
+/// Where the fields the programs read sit in their headers, in bytes from the header's
+/// start: one table for the kernel's loads and stores and replay's decoder.
+pub mod off {
+    /// Ethernet: the ethertype.
+    pub const ETH_TYPE: usize = 12;
+    /// 802.1Q/802.1ad tag: the ethertype that follows it.
+    pub const VLAN_TYPE: usize = 2;
+    /// PPPoE session header: the PPP protocol number.
+    pub const PPPOE_PROTO: usize = 6;
+    /// IPv4: total length.
+    pub const IPV4_TOT_LEN: usize = 2;
+    /// IPv4: flags and fragment offset.
+    pub const IPV4_FRAG: usize = 6;
+    /// IPv4: protocol.
+    pub const IPV4_PROTO: usize = 9;
+    /// IPv4: source address (the destination follows at +4).
+    pub const IPV4_SADDR: usize = 12;
+    /// IPv4: destination address.
+    pub const IPV4_DADDR: usize = 16;
+    /// IPv6: payload length.
+    pub const IPV6_PLEN: usize = 4;
+    /// IPv6: next header.
+    pub const IPV6_NEXT: usize = 6;
+    /// IPv6: source address.
+    pub const IPV6_SADDR: usize = 8;
+    /// IPv6: destination address.
+    pub const IPV6_DADDR: usize = 24;
+    /// IPv6: the fixed header's length.
+    pub const IPV6_HLEN: usize = 40;
+    /// IPv6 extension header: its length byte (the next header is at 0).
+    pub const IPV6_EXT_LEN: usize = 1;
+    /// IPv6 fragment header: offset and flags.
+    pub const IPV6_FRAG_OFFSET: usize = 2;
+    /// UDP: destination port.
+    pub const UDP_DPORT: usize = 2;
+    /// UDP: length.
+    pub const UDP_LEN: usize = 4;
+    /// GRE: the protocol type.
+    pub const GRE_PROTO: usize = 2;
+    /// GENEVE: the protocol type.
+    pub const GENEVE_PROTO: usize = 2;
+    /// TCP: source and destination ports.
+    pub const TCP_PORTS: usize = 0;
+    /// TCP: sequence number (the acknowledgement number follows at +4).
+    pub const TCP_SEQ: usize = 4;
+    /// TCP: acknowledgement number.
+    pub const TCP_ACK: usize = 8;
+    /// TCP: data offset byte (the flags byte follows).
+    pub const TCP_DOFF: usize = 12;
+    /// TCP: flags byte.
+    pub const TCP_FLAGS: usize = 13;
+    /// TCP: checksum.
+    pub const TCP_CSUM: usize = 16;
+}
+
 /// True for the ethertypes of a VLAN tag (802.1Q, 802.1ad, 0x9100).
 #[inline(always)]
 pub fn is_vlan(ethertype: u16) -> bool {

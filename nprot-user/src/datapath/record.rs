@@ -66,7 +66,16 @@ impl<'a> Record<'a> {
                 carried: payload.len(),
             });
         }
-        Ok(Record {
+        Ok(Record::from_header(
+            &hdr,
+            kind,
+            &payload[..hdr.len as usize],
+        ))
+    }
+
+    /// The record a header of `kind` and its captured `payload` describe.
+    pub fn from_header(hdr: &RecordHeader, kind: RecordKind, payload: &'a [u8]) -> Record<'a> {
+        Record {
             kind,
             tuple: hdr.tuple,
             ts_ns: hdr.ts_ns,
@@ -74,12 +83,12 @@ impl<'a> Record<'a> {
             seq: hdr.seq,
             client_data_seq: hdr.client_data_seq,
             stream_seq: hdr.stream_seq,
-            payload: &payload[..hdr.len as usize],
+            payload,
             truncated: hdr.flags & RECORD_TRUNCATED != 0,
             budget_spent: hdr.flags & RECORD_BUDGET_SPENT != 0,
             socket_cookie: hdr.socket_cookie,
             ifindex: hdr.ifindex,
-        })
+        }
     }
 }
 

@@ -12,7 +12,9 @@
 //! ([`MAX_TUNNELS`](nprot_common::encap::MAX_TUNNELS), [`MAX_IPV6_EXT`]), and the
 //! receiver's checks that skip what Linux would drop (a version nibble that disagrees
 //! with the ethertype, a total length below the header, hop-by-hop options anywhere but
-//! first, an extension header, UDP length or TCP data offset past the packet, VXLAN without the I flag, GRE or GENEVE of an unknown version). A zero IPv4
+//! first, an extension header, UDP length or TCP data offset past the packet, VXLAN
+//! without the I flag, GRE or GENEVE of an unknown version), and where each field sits
+//! ([`encap::off`]). A zero IPv4
 //! total length or IPv6 payload length (BIG TCP / jumbo super-packets) falls back to the
 //! captured length; the TCP payload length comes from the IP header, so Ethernet
 //! padding and trailers are never taken for payload. Checksums are not verified:
@@ -24,8 +26,9 @@ use nprot_common::{
     FAMILY_V4, FAMILY_V6, RawAddr,
     encap::{
         self, ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, GENEVE_PORT, IPPROTO_GRE, IPPROTO_TCP, IPPROTO_UDP,
-        Ipv6Next, MAX_IPV6_EXT, UDP_HLEN, VXLAN_HLEN, VXLAN_PORT,
+        Ipv6Next, MAX_IPV6_EXT, UDP_HLEN, VXLAN_HLEN, VXLAN_PORT, off,
     },
+    lifecycle, track,
 };
 
 use super::link::{self, Depth, IpVersion, Layer, LinkType, be16, bytes, rest};
@@ -33,28 +36,13 @@ use super::link::{self, Depth, IpVersion, Layer, LinkType, be16, bytes, rest};
 /// TCP flags, as the kernel programs name them.
 pub use nprot_common::lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
-/// A TCP segment as the kernel program sees it.
+/// A TCP segment as the kernel program sees it: the fields the tracker reads, and the
+/// payload bytes the capture holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment<'a> {
-    /// `FAMILY_V4` or `FAMILY_V6`.
-    pub family: u8,
-    /// Source address as on the wire (`RawAddr` layout).
-    pub src: RawAddr,
-    /// Destination address.
-    pub dst: RawAddr,
-    /// Source port, host order.
-    pub sport: u16,
-    /// Destination port.
-    pub dport: u16,
-    /// Sequence number, host order.
-    pub seq: u32,
-    /// Acknowledgement number, host order.
-    pub ack: u32,
-    /// TCP flags byte.
-    pub flags: u8,
-    /// Payload length according to the IP header.
-    pub payload_len: u32,
-    /// The payload bytes that were captured (at most `payload_len`).
+    /// The fields the flow rules read (`nprot_common::track`).
+    pub tcp: track::Segment,
+    /// The payload bytes that were captured (at most `tcp.payload_len`).
     pub payload: &'a [u8],
 }
 
@@ -221,10 +209,10 @@ fn ipv4(ip: &[u8]) -> Result<Network<'_>, Skip> {
     }
     let ihl = encap::ipv4_header_len(h[0]).ok_or(Skip::Malformed)?;
     // Only the first fragment carries the next header.
-    if encap::ipv4_later_fragment(u16::from_be_bytes([h[6], h[7]])) {
+    if encap::ipv4_later_fragment(be16(&h, off::IPV4_FRAG)?) {
         return Err(Skip::Fragment);
     }
-    let tot_len = u16::from_be_bytes([h[2], h[3]]);
+    let tot_len = be16(&h, off::IPV4_TOT_LEN)?;
     if !encap::ipv4_total_len_ok(u32::from(tot_len), ihl) {
         return Err(Skip::Malformed);
     }
@@ -235,9 +223,9 @@ fn ipv4(ip: &[u8]) -> Result<Network<'_>, Skip> {
     };
     Ok(Network {
         family: FAMILY_V4,
-        src: [word(&h, 12)?, 0, 0, 0],
-        dst: [word(&h, 16)?, 0, 0, 0],
-        proto: h[9],
+        src: [word(&h, off::IPV4_SADDR)?, 0, 0, 0],
+        dst: [word(&h, off::IPV4_DADDR)?, 0, 0, 0],
+        proto: h[off::IPV4_PROTO],
         l4: ip.get(ihl..ip_len.min(ip.len())).ok_or(Skip::Truncated)?,
         l4_len: ip_len.saturating_sub(ihl),
     })
@@ -246,23 +234,27 @@ fn ipv4(ip: &[u8]) -> Result<Network<'_>, Skip> {
 /// An IPv6 header and the extension headers before the upper layer, walked by
 /// [`encap::ipv6_next`] at most [`MAX_IPV6_EXT`] of them.
 fn ipv6(ip: &[u8]) -> Result<Network<'_>, Skip> {
-    let h: [u8; 40] = bytes(ip, 0)?;
+    let h: [u8; off::IPV6_HLEN] = bytes(ip, 0)?;
     if !encap::ip_version_ok(ETH_P_IPV6, h[0]) {
         return Err(Skip::Malformed);
     }
-    let plen = usize::from(u16::from_be_bytes([h[4], h[5]]));
-    let end = if plen != 0 { 40 + plen } else { ip.len() };
+    let plen = usize::from(be16(&h, off::IPV6_PLEN)?);
+    let end = if plen != 0 {
+        off::IPV6_HLEN + plen
+    } else {
+        ip.len()
+    };
     let pkt = &ip[..end.min(ip.len())];
     let mut src = [0u32; 4];
     let mut dst = [0u32; 4];
     for i in 0..4 {
-        src[i] = word(&h, 8 + 4 * i)?;
-        dst[i] = word(&h, 24 + 4 * i)?;
+        src[i] = word(&h, off::IPV6_SADDR + 4 * i)?;
+        dst[i] = word(&h, off::IPV6_DADDR + 4 * i)?;
     }
-    let mut next = h[6];
-    let mut off = 40;
+    let mut next = h[off::IPV6_NEXT];
+    let mut at = off::IPV6_HLEN;
     // What is left of the payload after the extension headers so far.
-    let mut left = u32::try_from(end - 40).unwrap_or(u32::MAX);
+    let mut left = u32::try_from(end - off::IPV6_HLEN).unwrap_or(u32::MAX);
     let mut walked = 0;
     while encap::ipv6_next(next, 0) != Ipv6Next::Upper {
         walked += 1;
@@ -271,11 +263,11 @@ fn ipv6(ip: &[u8]) -> Result<Network<'_>, Skip> {
         }
         // Every one of these starts with next header and a length or reserved byte, and
         // a fragment header's offset follows: the first 4 bytes hold what the walk needs.
-        let e: [u8; 4] = bytes(pkt, off)?;
-        let len = match encap::ipv6_next(next, e[1]) {
+        let e: [u8; 4] = bytes(pkt, at)?;
+        let len = match encap::ipv6_next(next, e[off::IPV6_EXT_LEN]) {
             Ipv6Next::Skip(len) => len,
             Ipv6Next::Fragment => {
-                if encap::ipv6_later_fragment(u16::from_be_bytes([e[2], e[3]])) {
+                if encap::ipv6_later_fragment(be16(&e, off::IPV6_FRAG_OFFSET)?) {
                     return Err(Skip::Fragment);
                 }
                 8
@@ -288,14 +280,14 @@ fn ipv6(ip: &[u8]) -> Result<Network<'_>, Skip> {
         if encap::ipv6_misplaced(next) {
             return Err(Skip::Malformed);
         }
-        off += len;
+        at += len;
     }
     Ok(Network {
         family: FAMILY_V6,
         src,
         dst,
         proto: next,
-        l4: pkt.get(off..).ok_or(Skip::Truncated)?,
+        l4: pkt.get(at..).ok_or(Skip::Truncated)?,
         l4_len: left as usize,
     })
 }
@@ -303,18 +295,22 @@ fn ipv6(ip: &[u8]) -> Result<Network<'_>, Skip> {
 fn tcp<'a>(net: &Network<'a>) -> Result<Segment<'a>, Skip> {
     let tcp: [u8; 20] = bytes(net.l4, 0)?;
     let segment_len = u32::try_from(net.l4_len).unwrap_or(u32::MAX);
-    let doff = encap::tcp_header_len(tcp[12], segment_len).ok_or(Skip::Malformed)?;
-    let payload_len = segment_len - doff;
+    let doff = encap::tcp_header_len(tcp[off::TCP_DOFF], segment_len).ok_or(Skip::Malformed)?;
+    let seq = be32(&tcp, off::TCP_SEQ)?;
+    let flags = tcp[off::TCP_FLAGS];
     Ok(Segment {
-        family: net.family,
-        src: net.src,
-        dst: net.dst,
-        sport: u16::from_be_bytes([tcp[0], tcp[1]]),
-        dport: u16::from_be_bytes([tcp[2], tcp[3]]),
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-        flags: tcp[13],
-        payload_len,
+        tcp: track::Segment {
+            family: net.family,
+            flags,
+            sport: be16(&tcp, off::TCP_PORTS)?,
+            dport: be16(&tcp, off::TCP_PORTS + 2)?,
+            src: net.src,
+            dst: net.dst,
+            seq,
+            ack: be32(&tcp, off::TCP_ACK)?,
+            data_seq: lifecycle::data_seq(seq, flags),
+            payload_len: segment_len - doff,
+        },
         // `l4` already ends where the IP header says; options may be cut by the snap.
         payload: net.l4.get(doff as usize..).unwrap_or_default(),
     })
@@ -324,11 +320,11 @@ fn tcp<'a>(net: &Network<'a>) -> Result<Segment<'a>, Skip> {
 /// the kernel program, what the tunnel carries is read by its own headers' lengths, not
 /// cut at the UDP length.
 fn udp<'a>(net: &Network<'a>) -> Result<Layer<'a>, Skip> {
-    let dport = be16(net.l4, 2)?;
+    let dport = be16(net.l4, off::UDP_DPORT)?;
     if dport != VXLAN_PORT && dport != GENEVE_PORT {
         return Err(Skip::NotTcp);
     }
-    let ulen = be16(net.l4, 4)?;
+    let ulen = be16(net.l4, off::UDP_LEN)?;
     if !encap::udp_len_ok(
         ulen,
         u32::try_from(net.l4_len).unwrap_or(u32::MAX),
@@ -356,10 +352,7 @@ fn vxlan(b: &[u8]) -> Result<Layer<'_>, Skip> {
 fn geneve(b: &[u8]) -> Result<Layer<'_>, Skip> {
     let h: [u8; 8] = bytes(b, 0)?;
     let len = encap::geneve_header_len(h[0]).ok_or(Skip::Malformed)?;
-    Ok(tunnel_payload(
-        u16::from_be_bytes([h[2], h[3]]),
-        rest(b, len)?,
-    ))
+    Ok(tunnel_payload(be16(&h, off::GENEVE_PROTO)?, rest(b, len)?))
 }
 
 /// A GRE header (RFC 2784, with RFC 2890's key and sequence number), by
@@ -383,6 +376,11 @@ fn tunnel_payload(proto: u16, b: &[u8]) -> Layer<'_> {
 /// Four address bytes read as the kernel reads them: a native-endian load of wire bytes.
 fn word(b: &[u8], at: usize) -> Result<u32, Skip> {
     bytes(b, at).map(u32::from_ne_bytes)
+}
+
+/// A big-endian 32-bit field.
+fn be32(b: &[u8], at: usize) -> Result<u32, Skip> {
+    bytes(b, at).map(u32::from_be_bytes)
 }
 
 /// Builders of IP/TCP packets and of the framings around them, for tests (here and in
@@ -972,17 +970,17 @@ mod tests {
         padded.extend_from_slice(&[0; 10]);
         let seg = tcp_segment(IpVersion::V4, &padded).unwrap();
         assert_eq!(seg.payload, b"GET");
-        assert_eq!(seg.payload_len, 3);
-        assert_eq!((seg.sport, seg.dport, seg.seq), (40000, 80, 7));
-        assert_eq!(seg.src, raw_addr(addr("198.18.0.1")).1);
-        assert_eq!(seg.family, FAMILY_V4);
+        assert_eq!(seg.tcp.payload_len, 3);
+        assert_eq!((seg.tcp.sport, seg.tcp.dport, seg.tcp.seq), (40000, 80, 7));
+        assert_eq!(seg.tcp.src, raw_addr(addr("198.18.0.1")).1);
+        assert_eq!(seg.tcp.family, FAMILY_V4);
     }
 
     #[test]
     fn snapped_payload_is_shorter_than_its_length() {
         let pkt = v4_packet(b"abcdef");
         let seg = tcp_segment(IpVersion::V4, &pkt[..pkt.len() - 4]).unwrap();
-        assert_eq!((seg.payload, seg.payload_len), (&b"ab"[..], 6));
+        assert_eq!((seg.payload, seg.tcp.payload_len), (&b"ab"[..], 6));
         // The TCP header itself cut off: nothing the kernel could parse.
         assert_eq!(decode(LinkType::RawIp, &pkt[..30]), Err(Skip::Truncated));
     }
@@ -1037,15 +1035,15 @@ mod tests {
         let mut pkt = v4_packet(b"abcd");
         pkt[32] = 0x90;
         let seg = tcp_segment(IpVersion::V4, &pkt).unwrap();
-        assert_eq!((seg.payload_len, seg.payload), (0, &b""[..]));
+        assert_eq!((seg.tcp.payload_len, seg.payload), (0, &b""[..]));
     }
 
     #[test]
     fn ipv6_extension_headers_are_walked_to_tcp() {
         let plain = v6_packet(b"\x16\x03\x01hello");
         let want = tcp_segment(IpVersion::V6, &plain).unwrap();
-        assert_eq!(want.family, FAMILY_V6);
-        assert_eq!(want.dst, raw_addr(addr("2001:db8::2")).1);
+        assert_eq!(want.tcp.family, FAMILY_V6);
+        assert_eq!(want.tcp.dst, raw_addr(addr("2001:db8::2")).1);
         // The kernel program's bound, exactly: hop-by-hop, then routing and destination
         // options, a fragment last.
         let most: Vec<u8> = (0..MAX_IPV6_EXT)

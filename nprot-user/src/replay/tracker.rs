@@ -1,22 +1,13 @@
 //! The kernel's flow tracker, in user space: turns captured TCP segments into the
 //! [`Record`]s that `nprot-ebpf` would have sent through its ring buffer, so that replay
-//! feeds the [`Pipeline`](crate::datapath::pipeline::Pipeline) exactly what the live sensor gets.
+//! feeds the [`Pipeline`](crate::datapath::pipeline::Pipeline) exactly what the live sensor
+//! gets.
 //!
-//! It follows `nprot-ebpf/src/main.rs` step for step, and takes the lifecycle rules from
-//! the same code ([`nprot_common::lifecycle`]): flows keyed by [`FlowKey::canonical`],
-//! created by a SYN (the opening SYN sent again leaves its flow alone, any other SYN on
-//! the four-tuple starts a new flow), taken up mid-stream when first seen without a SYN,
-//! retired when idle past the timeout, closed by a FIN or RST on every path; `Established` when the
-//! client acknowledges the SYN-ACK, `Failed` when the server answers the SYN with a RST,
-//! `Closed` once on the first FIN or RST after that; client payload captured while the
-//! flow is inspecting, bounded per segment ([`CAPTURE_SEG_MAX`]) and per flow; server
-//! payload before any client payload ends inspection (server-first protocols); in block
-//! mode a pending verdict fails open after the verdict timeout.
-//!
-//! Verdicts come back through [`VerdictTarget`] and, as with the kernel's `VERDICTS` map,
-//! are picked up by the flow's next packet: inspection ends there, and a blocked flow
-//! reports nothing more (the kernel turns its packets into resets); `Continue` (a forward
-//! proxy's connection) keeps the flow inspecting after the bytes the daemon decided.
+//! Each segment takes the step the eBPF programs take, by the same code
+//! ([`nprot_common::track`]); this module holds only what is replay's own: the flow
+//! table (a bounded map evicting like the kernel's LRU), the verdicts waiting for their
+//! flow's next packet (like the kernel's `VERDICTS` map), the counters, and records made
+//! from the capture's bytes instead of a ring buffer.
 //!
 //! What replay cannot know, it assumes: every SYN is taken as leaving through an egress
 //! hook, so the client is the local end (`direction` = `Outbound`); records carry no
@@ -25,15 +16,14 @@
 use std::collections::HashMap;
 
 use nprot_common::{
-    CAPTURE_FLOW_MAX_DEFAULT, CAPTURE_SEG_MAX, FLOW_IDLE_TIMEOUT_NS_DEFAULT, FlowKey, FlowTuple,
-    Inspect, MAX_FLOWS, MAX_PENDING_VERDICTS, RecordKind, TcpPhase, VERDICT_TIMEOUT_NS_DEFAULT,
-    Verdict, VerdictEntry,
-    lifecycle::{self, SynStep, TCP_ACK, TCP_RST, TCP_SYN},
-    seq_after,
+    CAPTURE_FLOW_MAX_DEFAULT, FLOW_CLIENT_IS_LO, FLOW_IDLE_TIMEOUT_NS_DEFAULT, FLOW_SYN_EGRESS,
+    FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, REQUEUE_NS_DEFAULT, RecordHeader,
+    RecordKind, SensorConfig, VERDICT_TIMEOUT_NS_DEFAULT, Verdict, VerdictEntry, stat,
+    track::{self, Action, Host},
 };
 
 use super::packet::Segment;
-use crate::{datapath::pipeline::VerdictTarget, datapath::record::Record, datapath::verdict::Mode};
+use crate::datapath::{pipeline::VerdictTarget, record::Record, verdict::Mode};
 
 /// The kernel settings replay mirrors (`SensorConfig`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +52,19 @@ impl TrackerConfig {
             flow_idle_timeout_ns: FLOW_IDLE_TIMEOUT_NS_DEFAULT,
         }
     }
+
+    /// The kernel's form of these settings.
+    fn sensor_config(&self) -> SensorConfig {
+        SensorConfig {
+            capture: u8::from(self.capture),
+            hold: u8::from(self.hold),
+            capture_flow_max: self.capture_flow_max,
+            verdict_timeout_ns: self.verdict_timeout_ns,
+            requeue_ns: REQUEUE_NS_DEFAULT,
+            flow_idle_timeout_ns: self.flow_idle_timeout_ns,
+            ..SensorConfig::default()
+        }
+    }
 }
 
 /// What the tracker did, named like the kernel's `STATS` counters.
@@ -71,7 +74,7 @@ pub struct TrackerStats {
     pub flows_new: u64,
     /// Payload records produced.
     pub segments_captured: u64,
-    /// Segments longer than what was captured (the 4096-byte bound, or the file's
+    /// Segments longer than what was captured (the per-segment bound, or the file's
     /// snapshot length).
     pub segments_truncated: u64,
     /// Flows whose capture budget ran out.
@@ -104,67 +107,6 @@ pub struct TrackerStats {
     pub flows_closed: u64,
 }
 
-/// Per-flow state, as in the kernel's `FlowState`.
-#[derive(Debug, Clone, Copy)]
-struct Flow {
-    client_is_lo: bool,
-    /// The SYN was taken as leaving through egress (always, in replay).
-    syn_egress: bool,
-    close_reported: bool,
-    client_data_seq: u32,
-    captured: u32,
-    payload_ns: u64,
-    /// The daemon answered `Continue`: bytes before `decided_seq` need no decision.
-    continued: bool,
-    decided_seq: u32,
-    capture_end_seq: u32,
-    last_ns: u64,
-    /// A SYN on this live flow awaits its server's SYN-ACK: (its client is `lo`, its ISN).
-    restart: Option<(bool, u32)>,
-    phase: TcpPhase,
-    inspect: Inspect,
-    verdict: Verdict,
-}
-
-impl Flow {
-    /// What every entry starts with, as the kernel's `base_state`: a SYN's entry once
-    /// given its phase and inspection.
-    fn base(client_is_lo: bool, client_data_seq: u32, ts_ns: u64) -> Flow {
-        Flow {
-            client_is_lo,
-            // Replay cannot tell which side of a hook the client was on: every SYN is
-            // taken as outbound, so the client is the local end.
-            syn_egress: true,
-            close_reported: false,
-            client_data_seq,
-            captured: 0,
-            payload_ns: 0,
-            continued: false,
-            decided_seq: 0,
-            capture_end_seq: client_data_seq,
-            last_ns: ts_ns,
-            restart: None,
-            phase: TcpPhase::SynSent,
-            inspect: Inspect::Done,
-            verdict: Verdict::Pending,
-        }
-    }
-
-    /// A flow taken up without its SYN (the kernel's `midstream_state`): its sender is
-    /// taken as the client; tracked, never inspected.
-    fn midstream(seg: &Segment<'_>, src_is_lo: bool, ts_ns: u64) -> Flow {
-        Flow {
-            phase: if lifecycle::ends_flow(seg.flags) {
-                TcpPhase::Closed
-            } else {
-                TcpPhase::Established
-            },
-            verdict: Verdict::Allow,
-            ..Flow::base(src_is_lo, seg.seq, ts_ns)
-        }
-    }
-}
-
 /// At most two records come out of one packet (a handshake or close record, then payload).
 #[derive(Debug, Default)]
 pub struct Records<'a> {
@@ -191,11 +133,116 @@ impl<'a> IntoIterator for Records<'a> {
 /// The flow table and the verdicts waiting for their flow's next packet.
 #[derive(Debug)]
 pub struct Tracker {
-    config: TrackerConfig,
-    flows: HashMap<FlowKey, Flow>,
+    config: SensorConfig,
+    flows: HashMap<FlowKey, FlowState>,
     pending: HashMap<FlowKey, VerdictEntry>,
     max_flows: usize,
-    stats: TrackerStats,
+    /// Indexed by `nprot_common::stat`, as the kernel's `STATS`.
+    counters: [u64; stat::COUNT as usize],
+    flows_evicted: u64,
+}
+
+/// The tracker's view of one segment: everything but the flow table.
+struct Replay<'t, 'a> {
+    config: &'t SensorConfig,
+    pending: &'t mut HashMap<FlowKey, VerdictEntry>,
+    counters: &'t mut [u64; stat::COUNT as usize],
+    out: Records<'a>,
+    payload: &'a [u8],
+    now: u64,
+}
+
+impl<'a> Host for Replay<'_, 'a> {
+    fn config(&self) -> Option<&SensorConfig> {
+        Some(self.config)
+    }
+
+    fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Replay cannot tell a hook's direction; server payload is taken as coming in.
+    fn egress(&self) -> bool {
+        false
+    }
+
+    fn bump(&mut self, index: u32) {
+        if let Some(c) = self.counters.get_mut(index as usize) {
+            *c += 1;
+        }
+    }
+
+    /// Every SYN is taken as outbound; no socket, no interface.
+    fn base(&self, client_is_lo: bool, _egress: bool) -> FlowState {
+        FlowState {
+            first_ns: self.now,
+            last_ns: self.now,
+            verdict: Verdict::Pending as u8,
+            flags: FLOW_SYN_EGRESS | if client_is_lo { FLOW_CLIENT_IS_LO } else { 0 },
+            ..FlowState::default()
+        }
+    }
+
+    fn on_flow_interface(&self, _flow: &FlowState) -> bool {
+        true
+    }
+
+    fn take_verdict(&mut self, key: &FlowKey) -> Option<VerdictEntry> {
+        self.pending.remove(key)
+    }
+
+    fn drop_verdict(&mut self, key: &FlowKey) {
+        self.pending.remove(key);
+    }
+
+    fn available(&self) -> u32 {
+        u32::try_from(self.payload.len()).unwrap_or(u32::MAX)
+    }
+
+    fn emit(
+        &mut self,
+        seg: &track::Segment,
+        flow: &FlowState,
+        from_client: bool,
+        kind: RecordKind,
+    ) {
+        let rec = record(seg, flow, from_client, kind, self.now, &[], 0);
+        self.out.push(rec);
+    }
+
+    fn capture(&mut self, seg: &track::Segment, flow: &FlowState, len: u32, flags: u8) -> bool {
+        let Some(payload) = self.payload.get(..len as usize) else {
+            return false;
+        };
+        let rec = record(
+            seg,
+            flow,
+            true,
+            RecordKind::Payload,
+            self.now,
+            payload,
+            flags,
+        );
+        self.out.push(rec);
+        true
+    }
+}
+
+/// The record the kernel would send, with the header it would fill.
+fn record<'a>(
+    seg: &track::Segment,
+    flow: &FlowState,
+    from_client: bool,
+    kind: RecordKind,
+    now: u64,
+    payload: &'a [u8],
+    flags: u8,
+) -> Record<'a> {
+    let mut hdr = RecordHeader::default();
+    track::fill_header(&mut hdr, seg, flow, from_client, kind, now);
+    hdr.len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    hdr.flags |= flags;
+    Record::from_header(&hdr, kind, payload)
 }
 
 impl Tracker {
@@ -207,17 +254,37 @@ impl Tracker {
     /// An empty tracker holding at most `max_flows` flows.
     pub fn with_capacity(config: TrackerConfig, max_flows: usize) -> Tracker {
         Tracker {
-            config,
+            config: config.sensor_config(),
             flows: HashMap::new(),
             pending: HashMap::new(),
             max_flows: max_flows.max(1),
-            stats: TrackerStats::default(),
+            counters: [0; stat::COUNT as usize],
+            flows_evicted: 0,
         }
     }
 
     /// What the tracker did so far.
     pub fn stats(&self) -> TrackerStats {
-        self.stats
+        let c = |index: u32| self.counters[index as usize];
+        TrackerStats {
+            flows_new: c(stat::FLOWS_NEW),
+            segments_captured: c(stat::SEGMENTS_CAPTURED),
+            segments_truncated: c(stat::SEGMENTS_TRUNCATED),
+            flow_budget_spent: c(stat::FLOW_BUDGET_SPENT),
+            verdicts_applied: c(stat::VERDICTS_APPLIED),
+            held_packets: c(stat::HELD_PACKETS),
+            fail_open: c(stat::FAIL_OPEN),
+            flows_reset: c(stat::FLOWS_RESET),
+            reset_packets: c(stat::RESET_PACKETS),
+            flows_evicted: self.flows_evicted,
+            syn_retransmits: c(stat::SYN_RETRANSMITS),
+            syns_deferred: c(stat::SYNS_DEFERRED),
+            syn_payloads: c(stat::SYN_PAYLOADS),
+            flows_superseded: c(stat::FLOWS_SUPERSEDED),
+            flows_midstream: c(stat::FLOWS_MIDSTREAM),
+            flows_expired: c(stat::FLOWS_EXPIRED),
+            flows_closed: c(stat::FLOWS_CLOSED),
+        }
     }
 
     /// Flows in the table now.
@@ -227,199 +294,71 @@ impl Tracker {
 
     /// Tracks one segment seen at `ts_ns`; returns the records the kernel would emit.
     pub fn on_segment<'a>(&mut self, seg: &Segment<'a>, ts_ns: u64) -> Records<'a> {
-        let mut out = Records::default();
-        let (key, src_is_lo) =
-            FlowKey::canonical(seg.family, &seg.src, seg.sport, &seg.dst, seg.dport);
-        if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            return self.new_flow(seg, key, src_is_lo, ts_ns);
-        }
+        let tcp = &seg.tcp;
+        let (key, src_is_lo) = tcp.key();
         let Tracker {
             config,
             flows,
             pending,
-            stats,
-            ..
+            counters,
+            max_flows,
+            flows_evicted,
         } = self;
+        let mut host = Replay {
+            config,
+            pending,
+            counters,
+            out: Records::default(),
+            payload: seg.payload,
+            now: ts_ns,
+        };
+        if tcp.is_syn() {
+            let state = track::syn_state(&host, tcp, src_is_lo);
+            if let Some(old) = flows.get_mut(&key) {
+                track::syn_on_entry(&mut host, tcp, &key, src_is_lo, old, state);
+            } else {
+                let flow = insert(flows, *max_flows, flows_evicted, key, state);
+                track::flow_started(&mut host, tcp, flow);
+            }
+            return host.out;
+        }
         let Some(flow) = flows.get_mut(&key) else {
-            if lifecycle::picks_up_midstream(seg.flags) {
-                self.insert(key, Flow::midstream(seg, src_is_lo, ts_ns));
-                self.stats.flows_midstream += 1;
+            if let Some(state) = track::midstream(&host, tcp, src_is_lo) {
+                insert(flows, *max_flows, flows_evicted, key, state);
+                host.bump(stat::FLOWS_MIDSTREAM);
             }
-            return out;
+            return host.out;
         };
-        if lifecycle::idle_expired(
-            flow.verdict as u8,
-            flow.last_ns,
-            ts_ns,
-            config.flow_idle_timeout_ns,
-        ) {
-            stats.flows_expired += 1;
-            stats.flows_midstream += 1;
-            pending.remove(&key);
-            *flow = Flow::midstream(seg, src_is_lo, ts_ns);
+        match track::step(&mut host, tcp, &key, src_is_lo, flow) {
+            // What the kernel does to the packet changes nothing replay reports; the
+            // step counted it.
+            Action::Pass | Action::Reset => {}
+            Action::Hold { .. } => host.bump(stat::HELD_PACKETS),
         }
-        if let Some((client_is_lo, isn)) = flow.restart
-            && lifecycle::confirms_restart(seg.flags, src_is_lo != client_is_lo, seg.ack, isn)
-        {
-            // The server accepted the deferred SYN: a new connection supersedes the flow.
-            let mut state = Flow::base(client_is_lo, isn.wrapping_add(1), ts_ns);
-            state.phase = TcpPhase::SynAckSeen;
-            state.inspect = if config.capture {
-                Inspect::Capturing
-            } else {
-                Inspect::Done
-            };
-            if !flow.close_reported {
-                stats.flows_superseded += 1;
-            }
-            *flow = state;
-            pending.remove(&key);
-            stats.flows_new += 1;
-            return out;
-        }
-        let from_client = src_is_lo == flow.client_is_lo;
-        flow.last_ns = ts_ns;
-
-        if flow.verdict == Verdict::Block {
-            if seg.flags & TCP_RST == 0 {
-                stats.reset_packets += 1;
-            }
-            return out;
-        }
-        // As in the kernel: flows no longer inspected do not report their close, but
-        // note it.
-        if flow.inspect == Inspect::Done && phase_at_least(flow.phase, TcpPhase::Established) {
-            if lifecycle::ends_flow(seg.flags)
-                && flow.phase != TcpPhase::Closed
-                && !flow.close_reported
-            {
-                flow.phase = TcpPhase::Closed;
-                stats.flows_closed += 1;
-            }
-            return out;
-        }
-
-        handshake(&mut out, stats, seg, flow, from_client, ts_ns);
-
-        if flow.inspect != Inspect::Capturing {
-            return out;
-        }
-        // As in the kernel: only a flow with bytes awaiting a decision looks one up.
-        let entry = if flow.payload_ns != 0 {
-            pending.remove(&key)
-        } else {
-            None
-        };
-        if let Some(entry) = entry {
-            stats.verdicts_applied += 1;
-            let verdict = Verdict::from_raw(entry.verdict);
-            if verdict == Verdict::Continue {
-                flow.continued = true;
-                flow.decided_seq = entry.decided_seq;
-                flow.captured = 0;
-                flow.payload_ns = if seq_after(flow.capture_end_seq, entry.decided_seq) {
-                    ts_ns
-                } else {
-                    0
-                };
-            } else {
-                flow.verdict = verdict;
-                flow.inspect = Inspect::Done;
-                if verdict == Verdict::Block {
-                    flow.phase = TcpPhase::Closed;
-                    stats.flows_closed += 1;
-                    stats.flows_reset += 1;
-                    if seg.flags & TCP_RST == 0 {
-                        stats.reset_packets += 1;
-                    }
-                }
-                return out;
-            }
-        }
-        if seg.payload_len == 0 || seg.flags & TCP_RST != 0 {
-            return out;
-        }
-        if from_client {
-            let end = lifecycle::data_seq(seg.seq, seg.flags).wrapping_add(seg.payload_len);
-            if flow.continued && !seq_after(end, flow.decided_seq) {
-                return out;
-            }
-            if flow.payload_ns == 0 {
-                flow.payload_ns = ts_ns;
-            }
-            capture(&mut out, config, stats, seg, flow, ts_ns);
-        } else {
-            hold(config, stats, flow, ts_ns);
-        }
-        out
+        host.out
     }
+}
 
-    fn new_flow<'a>(
-        &mut self,
-        seg: &Segment<'a>,
-        key: FlowKey,
-        src_is_lo: bool,
-        ts_ns: u64,
-    ) -> Records<'a> {
-        let mut state = Flow::base(src_is_lo, seg.seq.wrapping_add(1), ts_ns);
-        state.inspect = if self.config.capture {
-            Inspect::Capturing
-        } else {
-            Inspect::Done
-        };
-        let mut out = Records::default();
-        if let Some(old) = self.flows.get_mut(&key) {
-            let same_client = src_is_lo == old.client_is_lo;
-            let mut step =
-                lifecycle::syn_step(old.phase as u8, old.client_data_seq, seg.seq, same_client);
-            // As in the kernel: data in the SYN is captured now or never.
-            if step == SynStep::Defer && seg.payload_len != 0 {
-                self.stats.flows_superseded += 1;
-                step = SynStep::Restart;
-            }
-            match step {
-                SynStep::Retransmit => self.stats.syn_retransmits += 1,
-                SynStep::Defer => {
-                    old.restart = Some((src_is_lo, seg.seq));
-                    self.stats.syns_deferred += 1;
-                }
-                SynStep::Restart => {
-                    *old = state;
-                    self.pending.remove(&key);
-                    self.stats.flows_new += 1;
-                    syn_payload(&mut out, &self.config, &mut self.stats, seg, old, ts_ns);
-                }
-            }
-            return out;
-        }
-        self.insert(key, state);
-        self.stats.flows_new += 1;
-        if let Some(flow) = self.flows.get_mut(&key) {
-            syn_payload(&mut out, &self.config, &mut self.stats, seg, flow, ts_ns);
-        }
-        out
-    }
-
-    /// Adds a flow not in the table, making room first if it is full.
-    fn insert(&mut self, key: FlowKey, flow: Flow) {
-        if self.flows.len() >= self.max_flows {
-            self.evict_oldest();
-        }
-        self.flows.insert(key, flow);
-    }
-
-    /// Makes room like an LRU map would, an eighth of the table at a time so that a
-    /// capture with more flows than the table does not rescan it for every SYN.
-    fn evict_oldest(&mut self) {
-        let mut ages: Vec<(u64, FlowKey)> =
-            self.flows.iter().map(|(k, f)| (f.last_ns, *k)).collect();
+/// Adds a flow not in the table, making room first if it is full, like an LRU map would:
+/// an eighth of the table at a time, so that a capture with more flows than the table
+/// does not rescan it for every SYN.
+fn insert<'f>(
+    flows: &'f mut HashMap<FlowKey, FlowState>,
+    max_flows: usize,
+    evicted: &mut u64,
+    key: FlowKey,
+    state: FlowState,
+) -> &'f mut FlowState {
+    if flows.len() >= max_flows {
+        let mut ages: Vec<(u64, FlowKey)> = flows.iter().map(|(k, f)| (f.last_ns, *k)).collect();
         let n = (ages.len() / 8).max(1);
         ages.select_nth_unstable_by_key(n - 1, |(ns, _)| *ns);
-        for (_, key) in &ages[..n] {
-            self.flows.remove(key);
+        for (_, old) in &ages[..n] {
+            flows.remove(old);
         }
-        self.stats.flows_evicted += n as u64;
+        *evicted += n as u64;
     }
+    flows.entry(key).insert_entry(state).into_mut()
 }
 
 impl VerdictTarget for Tracker {
@@ -434,197 +373,6 @@ impl VerdictTarget for Tracker {
     }
 }
 
-fn phase_at_least(phase: TcpPhase, than: TcpPhase) -> bool {
-    phase as u8 >= than as u8
-}
-
-fn handshake<'a>(
-    out: &mut Records<'a>,
-    stats: &mut TrackerStats,
-    seg: &Segment<'a>,
-    flow: &mut Flow,
-    from_client: bool,
-    ts_ns: u64,
-) {
-    match flow.phase {
-        TcpPhase::SynSent if !from_client => {
-            if seg.flags & TCP_RST != 0 {
-                flow.phase = TcpPhase::Failed;
-                flow.inspect = Inspect::Done;
-                out.push(record(RecordKind::Failed, seg, flow, from_client, ts_ns));
-            } else if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-                flow.phase = TcpPhase::SynAckSeen;
-            }
-        }
-        TcpPhase::SynAckSeen if from_client && seg.flags & (TCP_ACK | TCP_RST) == TCP_ACK => {
-            flow.phase = TcpPhase::Established;
-            out.push(record(
-                RecordKind::Established,
-                seg,
-                flow,
-                from_client,
-                ts_ns,
-            ));
-        }
-        phase
-            if phase_at_least(phase, TcpPhase::Established)
-                && lifecycle::ends_flow(seg.flags)
-                && flow.inspect == Inspect::Capturing =>
-        {
-            report_close(out, stats, seg, flow, from_client, ts_ns);
-        }
-        _ => {}
-    }
-}
-
-fn report_close<'a>(
-    out: &mut Records<'a>,
-    stats: &mut TrackerStats,
-    seg: &Segment<'a>,
-    flow: &mut Flow,
-    from_client: bool,
-    ts_ns: u64,
-) {
-    if flow.close_reported {
-        return;
-    }
-    // As in the kernel, the phase stays: the server may ignore this FIN or RST.
-    flow.close_reported = true;
-    stats.flows_closed += 1;
-    out.push(record(RecordKind::Closed, seg, flow, from_client, ts_ns));
-}
-
-fn capture<'a>(
-    out: &mut Records<'a>,
-    config: &TrackerConfig,
-    stats: &mut TrackerStats,
-    seg: &Segment<'a>,
-    flow: &mut Flow,
-    ts_ns: u64,
-) {
-    let budget = config.capture_flow_max.saturating_sub(flow.captured);
-    if budget == 0 {
-        return;
-    }
-    let mut len = seg.payload_len;
-    let mut truncated = false;
-    if len > CAPTURE_SEG_MAX as u32 {
-        len = CAPTURE_SEG_MAX as u32;
-        truncated = true;
-    }
-    // A capture file's snapshot length may have cut the segment: take what is there.
-    let available = u32::try_from(seg.payload.len()).unwrap_or(u32::MAX);
-    if available < len {
-        len = available;
-        truncated = true;
-    }
-    if truncated {
-        stats.segments_truncated += 1;
-    }
-    let mut budget_spent = false;
-    if len >= budget {
-        len = budget;
-        budget_spent = true;
-        stats.flow_budget_spent += 1;
-    }
-    if len == 0 {
-        return;
-    }
-    flow.captured += len;
-    let end = lifecycle::data_seq(seg.seq, seg.flags).wrapping_add(seg.payload_len);
-    if seq_after(end, flow.capture_end_seq) {
-        flow.capture_end_seq = end;
-    }
-    stats.segments_captured += 1;
-    let mut rec = record(RecordKind::Payload, seg, flow, true, ts_ns);
-    rec.payload = &seg.payload[..len as usize];
-    rec.truncated = truncated;
-    rec.budget_spent = budget_spent;
-    out.push(rec);
-}
-
-/// Data in a SYN (TCP Fast Open), captured like a first client segment (the kernel's
-/// `syn_payload`).
-fn syn_payload<'a>(
-    out: &mut Records<'a>,
-    config: &TrackerConfig,
-    stats: &mut TrackerStats,
-    seg: &Segment<'a>,
-    flow: &mut Flow,
-    ts_ns: u64,
-) {
-    if seg.payload_len == 0 || flow.inspect != Inspect::Capturing {
-        return;
-    }
-    stats.syn_payloads += 1;
-    flow.payload_ns = ts_ns;
-    capture(out, config, stats, seg, flow, ts_ns);
-}
-
-/// Server payload while the flow is inspecting.
-fn hold(config: &TrackerConfig, stats: &mut TrackerStats, flow: &mut Flow, ts_ns: u64) {
-    if flow.payload_ns == 0 {
-        // Nothing awaits a decision on a continued flow.
-        if flow.continued {
-            return;
-        }
-        // The server spoke first: not a client-first protocol nprot can judge.
-        flow.inspect = Inspect::Done;
-        flow.verdict = Verdict::Allow;
-        return;
-    }
-    if !config.hold {
-        return;
-    }
-    if ts_ns.saturating_sub(flow.payload_ns) > config.verdict_timeout_ns {
-        flow.inspect = Inspect::Done;
-        flow.verdict = Verdict::Allow;
-        stats.fail_open += 1;
-        return;
-    }
-    stats.held_packets += 1;
-}
-
-/// A record of `kind` for the flow of `seg`.
-fn record<'a>(
-    kind: RecordKind,
-    seg: &Segment<'a>,
-    flow: &Flow,
-    from_client: bool,
-    ts_ns: u64,
-) -> Record<'a> {
-    let (client_addr, client_port, server_addr, server_port) = if from_client {
-        (seg.src, seg.sport, seg.dst, seg.dport)
-    } else {
-        (seg.dst, seg.dport, seg.src, seg.sport)
-    };
-    Record {
-        kind,
-        tuple: FlowTuple {
-            client_addr,
-            server_addr,
-            client_port,
-            server_port,
-            family: seg.family,
-            _pad: [0; 3],
-        },
-        ts_ns,
-        outbound: flow.syn_egress,
-        seq: lifecycle::data_seq(seg.seq, seg.flags),
-        client_data_seq: flow.client_data_seq,
-        stream_seq: if flow.continued {
-            flow.decided_seq
-        } else {
-            flow.client_data_seq
-        },
-        payload: &[],
-        truncated: false,
-        budget_spent: false,
-        socket_cookie: 0,
-        ifindex: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{sync::Arc, time::UNIX_EPOCH};
@@ -633,7 +381,7 @@ mod tests {
     use crate::{
         events::{ActionType, Clock, EventFactory},
         policy::{Policy, load_json},
-        replay::packet::TCP_FIN,
+        replay::packet::{TCP_ACK, TCP_FIN, TCP_RST},
         replay::{
             Replay,
             link::{LinkType, network_layer},

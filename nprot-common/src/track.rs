@@ -1,0 +1,608 @@
+//! The TCP flow tracker, written once for the eBPF programs and for replay.
+//!
+//! Each function takes one packet's step on a flow entry ([`FlowState`]): a SYN makes or
+//! restarts an entry, a packet of an unknown flow is taken up mid-stream, and every other
+//! packet goes through [`step`], which follows the handshake, reports connection records,
+//! captures client payload while the flow is inspected, applies the daemon's verdict and
+//! says what to do with the packet ([`Action`]). What differs between the kernel and
+//! replay — the flow table, the verdict map, the ring buffer, the clock, the counters — is
+//! behind [`Host`]; the flow table itself stays with the caller, which looks the entry up
+//! and hands it in.
+//!
+//! Everything is `#[inline(always)]` and free of loops and allocation, so that the eBPF
+//! programs compile it into their own bodies for the verifier.
+
+use crate::{
+    CAPTURE_SEG_MAX, FLOW_CLIENT_IS_LO, FLOW_CLOSE_REPORTED, FLOW_CONTINUED, FLOW_MIDSTREAM,
+    FLOW_RESTART_CLIENT_LO, FLOW_RESTART_PENDING, FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple,
+    Inspect, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr, RecordHeader,
+    RecordKind, SensorConfig, TcpPhase, Verdict, VerdictEntry,
+    lifecycle::{self, SynStep, TCP_ACK, TCP_RST, TCP_SYN},
+    seq_after, stat,
+};
+
+/// The fields of a TCP segment the tracker reads, in host byte order (addresses as on
+/// the wire, [`RawAddr`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// [`FAMILY_V4`](crate::FAMILY_V4) or [`FAMILY_V6`](crate::FAMILY_V6).
+    pub family: u8,
+    /// TCP header flags.
+    pub flags: u8,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// Source address.
+    pub src: RawAddr,
+    /// Destination address.
+    pub dst: RawAddr,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgement number.
+    pub ack: u32,
+    /// Sequence number of the first payload byte (after a SYN's own, for Fast Open).
+    pub data_seq: u32,
+    /// Payload length according to the IP header.
+    pub payload_len: u32,
+}
+
+impl Segment {
+    /// The flow map key of this segment, and whether its source is the key's `lo` end.
+    #[inline(always)]
+    pub fn key(&self) -> (FlowKey, bool) {
+        FlowKey::canonical(self.family, &self.src, self.sport, &self.dst, self.dport)
+    }
+
+    /// A SYN without ACK: the opening of a connection.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// The flow's tuple oriented client → server, from a segment travelling either way.
+    #[inline(always)]
+    pub fn tuple(&self, from_client: bool) -> FlowTuple {
+        let (client_addr, client_port, server_addr, server_port) = if from_client {
+            (self.src, self.sport, self.dst, self.dport)
+        } else {
+            (self.dst, self.dport, self.src, self.sport)
+        };
+        FlowTuple {
+            client_addr,
+            server_addr,
+            client_port,
+            server_port,
+            family: self.family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What becomes of the packet after its step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// It goes on unchanged.
+    Pass,
+    /// The flow is blocked: the packet (never itself a reset) is turned into resets.
+    Reset,
+    /// Server payload while the client's bytes await a verdict: held back. `requeue`
+    /// when it arrived on ingress within the requeue window, so that it may come back a
+    /// moment later instead of being dropped.
+    Hold {
+        /// The packet may be requeued rather than dropped.
+        requeue: bool,
+    },
+}
+
+/// Where the tracker runs: the kernel's maps and helpers, or replay's tables.
+pub trait Host {
+    /// The sensor's settings; `None` if the daemon has not written them.
+    fn config(&self) -> Option<&SensorConfig>;
+    /// Monotonic ns of this packet.
+    fn now(&self) -> u64;
+    /// This packet passes an egress hook.
+    fn egress(&self) -> bool;
+    /// Adds one to counter `index` ([`stat`]).
+    fn bump(&mut self, index: u32);
+    /// A fresh entry: its times, the side of the client and what the hook knows about the
+    /// flow (interface, local socket); `egress` when its SYN passes an egress hook.
+    fn base(&self, client_is_lo: bool, egress: bool) -> FlowState;
+    /// This packet was seen where the flow was first seen (a gateway guarding both its
+    /// sides inspects a flow once).
+    fn on_flow_interface(&self, flow: &FlowState) -> bool;
+    /// Takes the daemon's verdict for `key`, if there is one.
+    fn take_verdict(&mut self, key: &FlowKey) -> Option<VerdictEntry>;
+    /// Forgets any verdict for `key` (its flow was replaced).
+    fn drop_verdict(&mut self, key: &FlowKey);
+    /// Payload bytes of this packet at hand (a capture file's snapshot length may have
+    /// cut them).
+    fn available(&self) -> u32;
+    /// Sends a connection record; counts it itself if it is lost.
+    fn emit(&mut self, seg: &Segment, flow: &FlowState, from_client: bool, kind: RecordKind);
+    /// Sends a payload record of the first `len` payload bytes, with `RECORD_*` `flags`
+    /// added; true if it went out (the host counts what it loses).
+    fn capture(&mut self, seg: &Segment, flow: &FlowState, len: u32, flags: u8) -> bool;
+}
+
+/// The entry a SYN opens.
+#[inline(always)]
+pub fn syn_state<H: Host>(host: &H, seg: &Segment, src_is_lo: bool) -> FlowState {
+    let capture = matches!(host.config(), Some(cfg) if cfg.capture != 0);
+    let mut state = host.base(src_is_lo, host.egress());
+    state.c2s_packets = 1;
+    state.client_data_seq = seg.seq.wrapping_add(1);
+    state.capture_end_seq = seg.seq.wrapping_add(1);
+    state.phase = TcpPhase::SynSent as u8;
+    state.inspect = if capture {
+        Inspect::Capturing as u8
+    } else {
+        Inspect::Done as u8
+    };
+    state
+}
+
+/// A SYN on the key of an entry `old`: a retransmission leaves it, a SYN on an ended flow
+/// replaces it with `state` (from [`syn_state`]), and a SYN on a live flow waits for its
+/// server's answer ([`lifecycle::syn_step`]).
+#[inline(always)]
+pub fn syn_on_entry<H: Host>(
+    host: &mut H,
+    seg: &Segment,
+    key: &FlowKey,
+    src_is_lo: bool,
+    old: &mut FlowState,
+    state: FlowState,
+) {
+    let same_client = src_is_lo == (old.flags & FLOW_CLIENT_IS_LO != 0);
+    let mut step = lifecycle::syn_step(old.phase, old.client_data_seq, seg.seq, same_client);
+    // Data in the SYN (Fast Open) cannot wait for the server's answer: it is captured now
+    // or never.
+    if step == SynStep::Defer && seg.payload_len != 0 {
+        host.bump(stat::FLOWS_SUPERSEDED);
+        step = SynStep::Restart;
+    }
+    match step {
+        SynStep::Retransmit => host.bump(stat::SYN_RETRANSMITS),
+        SynStep::Defer => {
+            old.flags |= FLOW_RESTART_PENDING;
+            if src_is_lo {
+                old.flags |= FLOW_RESTART_CLIENT_LO;
+            } else {
+                old.flags &= !FLOW_RESTART_CLIENT_LO;
+            }
+            old.restart_seq = seg.seq;
+            old.restart_cookie = state.socket_cookie;
+            host.bump(stat::SYNS_DEFERRED);
+        }
+        SynStep::Restart => {
+            // In place: the kernel's entry keeps its LRU slot.
+            *old = state;
+            host.drop_verdict(key);
+            flow_started(host, seg, old);
+        }
+    }
+}
+
+/// A new entry is in the table: it is counted, and data its SYN carried is captured.
+#[inline(always)]
+pub fn flow_started<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
+    host.bump(stat::FLOWS_NEW);
+    if flow.socket_cookie != 0 {
+        host.bump(stat::FLOWS_NEW_LOCAL);
+    }
+    if seg.payload_len == 0 || flow.inspect != Inspect::Capturing as u8 {
+        return;
+    }
+    host.bump(stat::SYN_PAYLOADS);
+    flow.payload_ns = host.now();
+    capture(host, seg, flow);
+}
+
+/// The entry of a packet whose flow the table does not hold (its SYN went unseen, or its
+/// entry was evicted), if the packet may start one: tracked, never inspected, its sender
+/// taken as the client.
+#[inline(always)]
+pub fn midstream<H: Host>(host: &H, seg: &Segment, src_is_lo: bool) -> Option<FlowState> {
+    if lifecycle::picks_up_midstream(seg.flags) {
+        Some(midstream_state(host, seg, src_is_lo))
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn midstream_state<H: Host>(host: &H, seg: &Segment, src_is_lo: bool) -> FlowState {
+    let mut state = host.base(src_is_lo, host.egress());
+    state.flags |= FLOW_MIDSTREAM;
+    state.client_data_seq = seg.seq;
+    state.capture_end_seq = seg.seq;
+    state.phase = if lifecycle::ends_flow(seg.flags) {
+        TcpPhase::Closed as u8
+    } else {
+        TcpPhase::Established as u8
+    };
+    state.inspect = Inspect::Done as u8;
+    state.verdict = Verdict::Allow as u8;
+    state
+}
+
+/// Any packet but a SYN, on the flow entry `flow` under `key`.
+#[inline(always)]
+pub fn step<H: Host>(
+    host: &mut H,
+    seg: &Segment,
+    key: &FlowKey,
+    src_is_lo: bool,
+    flow: &mut FlowState,
+) -> Action {
+    let now = host.now();
+    let idle_timeout = match host.config() {
+        Some(cfg) => cfg.flow_idle_timeout_ns,
+        None => u64::MAX,
+    };
+    if lifecycle::idle_expired(flow.verdict, flow.last_ns, now, idle_timeout) {
+        // Whatever the entry knew is stale: take the flow up again as if first seen now.
+        host.bump(stat::FLOWS_EXPIRED);
+        host.drop_verdict(key);
+        *flow = midstream_state(host, seg, src_is_lo);
+        host.bump(stat::FLOWS_MIDSTREAM);
+    }
+    if flow.flags & FLOW_RESTART_PENDING != 0 {
+        let from_new_server = src_is_lo != (flow.flags & FLOW_RESTART_CLIENT_LO != 0);
+        if lifecycle::confirms_restart(seg.flags, from_new_server, seg.ack, flow.restart_seq) {
+            restart_confirmed(host, key, flow);
+            return Action::Pass;
+        }
+    }
+    let from_client = src_is_lo == (flow.flags & FLOW_CLIENT_IS_LO != 0);
+    flow.last_ns = now;
+    // Flow counters are statistics: a lost increment when egress and ingress race on two
+    // CPUs costs nothing that matters (the bpfel target has no 64-bit atomics in core).
+    if from_client {
+        flow.c2s_packets = flow.c2s_packets.wrapping_add(1);
+        flow.c2s_bytes = flow.c2s_bytes.wrapping_add(u64::from(seg.payload_len));
+    } else {
+        flow.s2c_packets = flow.s2c_packets.wrapping_add(1);
+        flow.s2c_bytes = flow.s2c_bytes.wrapping_add(u64::from(seg.payload_len));
+    }
+
+    if flow.verdict == Verdict::Block as u8 {
+        return reset(host, seg);
+    }
+
+    // Fast path: a flow whose inspection ended and whose handshake is settled. Its close
+    // is not reported (user space holds nothing for it any more), but noted, so that the
+    // entry is known to be over: one flag test, a write only on the change.
+    if flow.inspect == Inspect::Done as u8 && flow.phase >= TcpPhase::Established as u8 {
+        if lifecycle::ends_flow(seg.flags)
+            && flow.phase != TcpPhase::Closed as u8
+            && flow.flags & FLOW_CLOSE_REPORTED == 0
+        {
+            flow.phase = TcpPhase::Closed as u8;
+            host.bump(stat::FLOWS_CLOSED);
+        }
+        return Action::Pass;
+    }
+
+    handshake(host, seg, flow, from_client);
+
+    if flow.inspect != Inspect::Capturing as u8 || !host.on_flow_interface(flow) {
+        return Action::Pass;
+    }
+    // A verdict answers captured bytes, which start the verdict clock: with nothing
+    // awaiting one (a kept-alive connection between requests) there is none to look up,
+    // and such a connection costs about what the fast path does.
+    let pending = if flow.payload_ns != 0 {
+        host.take_verdict(key)
+    } else {
+        None
+    };
+    if let Some(entry) = pending {
+        host.bump(stat::VERDICTS_APPLIED);
+        if entry.verdict == Verdict::Continue as u8 {
+            continue_inspection(flow, entry.decided_seq, now);
+        } else {
+            flow.verdict = entry.verdict;
+            flow.inspect = Inspect::Done as u8;
+            if flow.verdict == Verdict::Block as u8 {
+                // Reset from here on: the connection is over, and a new SYN on its
+                // four-tuple starts a new flow without superseding anything.
+                flow.phase = TcpPhase::Closed as u8;
+                host.bump(stat::FLOWS_CLOSED);
+                host.bump(stat::FLOWS_RESET);
+                return reset(host, seg);
+            }
+            return Action::Pass;
+        }
+    }
+    // Resets are never held: one may carry data (ours do) and must reach the socket at
+    // once, e.g. from an upstream nprot that blocked this flow.
+    if seg.payload_len == 0 || seg.flags & TCP_RST != 0 {
+        return Action::Pass;
+    }
+    if from_client {
+        // Bytes the daemon already decided (a request body it skips) need nothing.
+        if flow.flags & FLOW_CONTINUED != 0
+            && !seq_after(seg.data_seq.wrapping_add(seg.payload_len), flow.decided_seq)
+        {
+            return Action::Pass;
+        }
+        if flow.payload_ns == 0 {
+            flow.payload_ns = now;
+        }
+        capture(host, seg, flow);
+        Action::Pass
+    } else {
+        hold(host, flow)
+    }
+}
+
+/// A blocked flow's packet becomes resets, unless it is one already (ours included, when
+/// they come back through a hook).
+#[inline(always)]
+fn reset<H: Host>(host: &mut H, seg: &Segment) -> Action {
+    if seg.flags & TCP_RST != 0 {
+        return Action::Pass;
+    }
+    host.bump(stat::RESET_PACKETS);
+    Action::Reset
+}
+
+/// A SYN-ACK that confirms a deferred SYN ([`SynStep::Defer`]): the live flow under the
+/// key was superseded by a new connection, which starts here.
+#[inline(always)]
+fn restart_confirmed<H: Host>(host: &mut H, key: &FlowKey, flow: &mut FlowState) {
+    let capture = matches!(host.config(), Some(cfg) if cfg.capture != 0);
+    let client_is_lo = flow.flags & FLOW_RESTART_CLIENT_LO != 0;
+    let data_seq = flow.restart_seq.wrapping_add(1);
+    // The SYN went the other way through this hook (egress when its answer comes in).
+    let mut state = host.base(client_is_lo, !host.egress());
+    state.socket_cookie = flow.restart_cookie;
+    state.c2s_packets = 1;
+    state.s2c_packets = 1;
+    state.client_data_seq = data_seq;
+    state.capture_end_seq = data_seq;
+    state.phase = TcpPhase::SynAckSeen as u8;
+    state.inspect = if capture {
+        Inspect::Capturing as u8
+    } else {
+        Inspect::Done as u8
+    };
+    // A flow whose close was seen ended; one that went quiet was superseded.
+    if flow.flags & FLOW_CLOSE_REPORTED == 0 {
+        host.bump(stat::FLOWS_SUPERSEDED);
+    }
+    *flow = state;
+    host.drop_verdict(key);
+    host.bump(stat::FLOWS_NEW);
+    if flow.socket_cookie != 0 {
+        host.bump(stat::FLOWS_NEW_LOCAL);
+    }
+}
+
+/// Applies [`Verdict::Continue`]: what is held goes, inspection goes on after
+/// `decided_seq` with a fresh capture budget, and the verdict clock restarts only if
+/// client bytes past it were captured already (a pipelined request).
+#[inline(always)]
+fn continue_inspection(flow: &mut FlowState, decided_seq: u32, now: u64) {
+    flow.flags |= FLOW_CONTINUED;
+    flow.decided_seq = decided_seq;
+    flow.captured = 0;
+    flow.payload_ns = if seq_after(flow.capture_end_seq, decided_seq) {
+        now
+    } else {
+        0
+    };
+}
+
+/// Server payload of a flow still under inspection is held back while the verdict is
+/// pending, up to the verdict timeout (then the flow fails open).
+#[inline(always)]
+fn hold<H: Host>(host: &mut H, flow: &mut FlowState) -> Action {
+    if flow.payload_ns == 0 {
+        // Nothing awaits a decision on a continued flow: the proxy's answer passes.
+        if flow.flags & FLOW_CONTINUED != 0 {
+            return Action::Pass;
+        }
+        // The server spoke first: not a client-first protocol nprot can judge.
+        flow.inspect = Inspect::Done as u8;
+        flow.verdict = Verdict::Allow as u8;
+        return Action::Pass;
+    }
+    let (hold, verdict_timeout_ns, requeue_ns) = match host.config() {
+        Some(cfg) => (cfg.hold, cfg.verdict_timeout_ns, cfg.requeue_ns),
+        None => return Action::Pass,
+    };
+    if hold == 0 {
+        return Action::Pass;
+    }
+    let waited = host.now().saturating_sub(flow.payload_ns);
+    if waited > verdict_timeout_ns {
+        flow.inspect = Inspect::Done as u8;
+        flow.verdict = Verdict::Allow as u8;
+        host.bump(stat::FAIL_OPEN);
+        return Action::Pass;
+    }
+    Action::Hold {
+        requeue: !host.egress() && waited < requeue_ns,
+    }
+}
+
+/// Follows the handshake and reports its outcome, and the close of a flow still under
+/// inspection.
+#[inline(always)]
+fn handshake<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState, from_client: bool) {
+    let phase = flow.phase;
+    if phase == TcpPhase::SynSent as u8 && !from_client {
+        if seg.flags & TCP_RST != 0 {
+            flow.phase = TcpPhase::Failed as u8;
+            flow.inspect = Inspect::Done as u8;
+            host.emit(seg, flow, from_client, RecordKind::Failed);
+        } else if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            flow.phase = TcpPhase::SynAckSeen as u8;
+        }
+    } else if phase == TcpPhase::SynAckSeen as u8
+        && from_client
+        && seg.flags & (TCP_ACK | TCP_RST) == TCP_ACK
+    {
+        flow.phase = TcpPhase::Established as u8;
+        host.emit(seg, flow, from_client, RecordKind::Established);
+    } else if phase >= TcpPhase::Established as u8
+        && lifecycle::ends_flow(seg.flags)
+        && flow.inspect == Inspect::Capturing as u8
+        && flow.flags & FLOW_CLOSE_REPORTED == 0
+    {
+        // The phase stays: a RST with a bad checksum or a FIN out of window looks the
+        // same here and the server ignores it, so the flow is still inspected, and a SYN
+        // on its ports waits for the server's answer (see `lifecycle::SynStep::Defer`).
+        flow.flags |= FLOW_CLOSE_REPORTED;
+        host.bump(stat::FLOWS_CLOSED);
+        host.emit(seg, flow, from_client, RecordKind::Closed);
+    }
+}
+
+/// Captures client payload, bounded per segment ([`CAPTURE_SEG_MAX`]) and per flow
+/// (`capture_flow_max`).
+#[inline(always)]
+fn capture<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
+    let flow_max = match host.config() {
+        Some(cfg) => cfg.capture_flow_max,
+        None => return,
+    };
+    let Some((len, flags)) =
+        capture_len(seg.payload_len, host.available(), flow.captured, flow_max)
+    else {
+        return;
+    };
+    if flags & RECORD_TRUNCATED != 0 {
+        host.bump(stat::SEGMENTS_TRUNCATED);
+    }
+    if flags & RECORD_BUDGET_SPENT != 0 {
+        host.bump(stat::FLOW_BUDGET_SPENT);
+    }
+    if len == 0 || !host.capture(seg, flow, len, flags) {
+        return;
+    }
+    flow.captured += len;
+    let end = seg.data_seq.wrapping_add(seg.payload_len);
+    if seq_after(end, flow.capture_end_seq) {
+        flow.capture_end_seq = end;
+    }
+    host.bump(stat::SEGMENTS_CAPTURED);
+}
+
+/// How many of a segment's `payload_len` bytes (`available` of them at hand) a flow that
+/// captured `captured` of `flow_max` bytes takes, and the `RECORD_*` flags saying why it
+/// is fewer; `None` once the flow's budget is spent.
+#[inline(always)]
+pub fn capture_len(
+    payload_len: u32,
+    available: u32,
+    captured: u32,
+    flow_max: u32,
+) -> Option<(u32, u8)> {
+    let budget = flow_max.saturating_sub(captured);
+    if budget == 0 {
+        return None;
+    }
+    let mut len = payload_len;
+    let mut flags = 0;
+    if len > CAPTURE_SEG_MAX as u32 {
+        len = CAPTURE_SEG_MAX as u32;
+        flags |= RECORD_TRUNCATED;
+    }
+    if available < len {
+        len = available;
+        flags |= RECORD_TRUNCATED;
+    }
+    if len >= budget {
+        len = budget;
+        flags |= RECORD_BUDGET_SPENT;
+    }
+    Some((len, flags))
+}
+
+/// Fills a record header for `seg` of `flow` in place (the kernel builds records where
+/// they are sent, not on its 512-byte stack); `len` is 0 (a payload record sets it).
+#[inline(always)]
+pub fn fill_header(
+    hdr: &mut RecordHeader,
+    seg: &Segment,
+    flow: &FlowState,
+    from_client: bool,
+    kind: RecordKind,
+    now: u64,
+) {
+    hdr.tuple = seg.tuple(from_client);
+    hdr.ts_ns = now;
+    hdr.socket_cookie = flow.socket_cookie;
+    hdr.seq = seg.data_seq;
+    hdr.len = 0;
+    hdr.seg_len = seg.payload_len;
+    hdr.ifindex = flow.ifindex;
+    hdr.client_data_seq = flow.client_data_seq;
+    hdr.stream_seq = if flow.flags & FLOW_CONTINUED != 0 {
+        flow.decided_seq
+    } else {
+        flow.client_data_seq
+    };
+    hdr._pad2 = 0;
+    hdr.kind = kind as u8;
+    hdr.flags = if flow.flags & FLOW_SYN_EGRESS != 0 {
+        RECORD_EGRESS
+    } else {
+        0
+    };
+    hdr._pad = [0; 2];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_is_bounded_per_segment_per_flow_and_by_what_is_at_hand() {
+        let seg_max = CAPTURE_SEG_MAX as u32;
+        assert_eq!(capture_len(100, u32::MAX, 0, 1000), Some((100, 0)));
+        assert_eq!(
+            capture_len(seg_max + 1, u32::MAX, 0, u32::MAX),
+            Some((seg_max, RECORD_TRUNCATED))
+        );
+        assert_eq!(capture_len(100, 40, 0, 1000), Some((40, RECORD_TRUNCATED)));
+        assert_eq!(
+            capture_len(100, u32::MAX, 950, 1000),
+            Some((50, RECORD_BUDGET_SPENT))
+        );
+        // Exactly filling the budget spends it: nothing more will be captured.
+        assert_eq!(
+            capture_len(50, u32::MAX, 950, 1000),
+            Some((50, RECORD_BUDGET_SPENT))
+        );
+        assert_eq!(capture_len(100, u32::MAX, 1000, 1000), None);
+    }
+
+    #[test]
+    fn the_tuple_is_oriented_client_to_server_either_way() {
+        let seg = Segment {
+            family: crate::FAMILY_V4,
+            flags: TCP_ACK,
+            sport: 443,
+            dport: 40000,
+            src: [2, 0, 0, 0],
+            dst: [1, 0, 0, 0],
+            seq: 0,
+            ack: 0,
+            data_seq: 0,
+            payload_len: 0,
+        };
+        let from_server = seg.tuple(false);
+        assert_eq!(
+            (from_server.client_port, from_server.server_port),
+            (40000, 443)
+        );
+        assert_eq!(from_server.client_addr, [1, 0, 0, 0]);
+        let as_client = seg.tuple(true);
+        assert_eq!((as_client.client_port, as_client.server_port), (443, 40000));
+    }
+}

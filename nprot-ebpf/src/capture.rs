@@ -1,0 +1,103 @@
+//! Reporting to the daemon through `RECORDS`: connection records, and client payload copied
+//! out of the skb (how much is `nprot_common::track`'s decision).
+
+use core::mem::{offset_of, size_of};
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_smp_processor_id, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use nprot_common::{
+    CAPTURE_SEG_MAX, FlowState, PayloadRecord, RecordHeader, RecordKind, stat,
+    track::{self, Segment},
+};
+
+use crate::{
+    maps::{RECORDS, SCRATCH, bump},
+    parse::Packet,
+};
+
+/// Reports a connection-level record. These are not urgent: they wake nobody and are read
+/// with the next payload record or by the daemon's periodic drain, which saves a wake-up
+/// per record on the verdict loop.
+#[inline(always)]
+pub fn emit(seg: &Segment, flow: &FlowState, from_client: bool, kind: RecordKind, now: u64) {
+    match RECORDS.reserve::<RecordHeader>(0) {
+        Some(mut entry) => {
+            // SAFETY: fill_header writes every field of the reserved record.
+            let hdr = unsafe { &mut *entry.as_mut_ptr() };
+            track::fill_header(hdr, seg, flow, from_client, kind, now);
+            entry.submit(BPF_RB_NO_WAKEUP as u64);
+        }
+        None => {
+            bump(stat::RINGBUF_DROPS);
+            bump(stat::CONNECTION_RECORDS_LOST);
+        }
+    }
+}
+
+/// Sends the first `len` payload bytes of the packet as a payload record; true if it went
+/// out.
+#[inline(always)]
+pub fn payload(
+    ctx: &TcContext,
+    pkt: &Packet,
+    seg: &Segment,
+    flow: &FlowState,
+    len: u32,
+    flags: u8,
+    now: u64,
+) -> bool {
+    // SAFETY: a helper without arguments. Programs run with migration disabled: this
+    // CPU's slot has no other user now.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(rec) = SCRATCH.get_ptr_mut(cpu) else {
+        bump(stat::SCRATCH_MISSING);
+        return false;
+    };
+    // SAFETY: a pointer into the map value, valid for this program run.
+    let rec = unsafe { &mut *rec };
+    // LLVM knows `len` is within bounds and would drop a plain re-check, but the verifier
+    // loses track of it across the caller's arithmetic. A volatile read hides the value
+    // from LLVM so that the check below stays, on the register the helper gets.
+    // SAFETY: reads a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    if len == 0 || len > CAPTURE_SEG_MAX as u32 {
+        return false;
+    }
+    // SAFETY: the destination holds CAPTURE_SEG_MAX bytes and `len` is at most that.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            pkt.payload_off,
+            rec.data.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    if ret != 0 {
+        return false;
+    }
+    track::fill_header(&mut rec.header, seg, flow, true, RecordKind::Payload, now);
+    rec.header.len = len;
+    rec.header.flags |= flags;
+
+    let total = offset_of!(PayloadRecord, data) + len as usize;
+    if total > size_of::<PayloadRecord>() {
+        return false;
+    }
+    // SAFETY: `total` bytes of the record are initialised and within it (checked above).
+    let bytes =
+        unsafe { core::slice::from_raw_parts((rec as *const PayloadRecord).cast::<u8>(), total) };
+    // Payload is what a verdict waits for: always wake the reader (an adaptive wake-up
+    // would be skipped while unwoken connection records are still unread).
+    if RECORDS
+        .output::<[u8]>(bytes, BPF_RB_FORCE_WAKEUP as u64)
+        .is_ok()
+    {
+        true
+    } else {
+        bump(stat::RINGBUF_DROPS);
+        false
+    }
+}

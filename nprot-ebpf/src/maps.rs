@@ -1,0 +1,73 @@
+//! The maps the programs share with the daemon (names in `nprot_common::names` must match
+//! these statics), and the counter helpers.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use nprot_common::{
+    FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord,
+    SensorConfig, SocketOwner, VerdictEntry, owner_stat, stat,
+};
+
+/// Every TCP flow seen since its SYN.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Decisions written by the daemon, consumed (and removed) by the next packet of the flow.
+#[map]
+pub static VERDICTS: HashMap<FlowKey, VerdictEntry> =
+    HashMap::with_max_entries(MAX_PENDING_VERDICTS, 0);
+
+/// Handshake outcomes and captured client payload for the daemon.
+#[map]
+pub static RECORDS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Sensor settings (index 0), written by the daemon before attaching.
+#[map]
+pub static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `nprot_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per-CPU scratch space where a payload record is assembled before it is copied out.
+/// An array rather than a per-CPU one: a per-CPU value is at most 32 KiB, and a record
+/// holds up to 64 KiB. The daemon sizes it to the number of possible CPUs at load.
+#[map]
+pub static SCRATCH: Array<PayloadRecord> = Array::with_max_entries(1, 0);
+
+/// Who connected each TCP socket, by socket cookie (connect hooks).
+#[map]
+pub static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> =
+    LruHashMap::with_max_entries(MAX_SOCKET_OWNERS, 0);
+
+/// The same, as a stream, so that the daemon reads /proc while the process lives.
+#[map]
+pub static CONNECTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Per CPU, the last process that connected and when: `[tgid, ns]`.
+#[map]
+pub static LAST_CONNECT: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counters of the connect hooks, indexed by `nprot_common::owner_stat`.
+#[map]
+pub static OWNER_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(owner_stat::COUNT, 0);
+
+/// Adds one to the flow counter `index`.
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; programs run with migration disabled, so no other writer.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Adds one to the connect-hook counter `index`.
+#[inline(always)]
+pub fn owner_bump(index: u32) {
+    if let Some(counter) = OWNER_STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot; programs run with migration disabled, so no other writer.
+        unsafe { *counter += 1 };
+    }
+}

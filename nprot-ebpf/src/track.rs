@@ -1,0 +1,163 @@
+//! Flow tracking on TC: looks the packet's flow up in `FLOWS` and takes its step with
+//! `nprot_common::track`, the code replay runs too, over the kernel's maps and helpers.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    programs::TcContext,
+};
+use nprot_common::{
+    FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig, Verdict,
+    VerdictEntry, stat,
+    track::{self, Action, Host, Segment},
+};
+
+use crate::{
+    capture,
+    enforce::{self, PASS},
+    maps::{CONFIG, FLOWS, VERDICTS, bump},
+    parse::Packet,
+};
+
+/// The tracker's view of one program run on one packet.
+struct Tc<'a> {
+    ctx: &'a TcContext,
+    pkt: &'a Packet,
+    egress: bool,
+    now: u64,
+}
+
+impl Host for Tc<'_> {
+    #[inline(always)]
+    fn config(&self) -> Option<&SensorConfig> {
+        CONFIG.get(0)
+    }
+
+    #[inline(always)]
+    fn now(&self) -> u64 {
+        self.now
+    }
+
+    #[inline(always)]
+    fn egress(&self) -> bool {
+        self.egress
+    }
+
+    #[inline(always)]
+    fn bump(&mut self, index: u32) {
+        bump(index);
+    }
+
+    #[inline(always)]
+    fn base(&self, client_is_lo: bool, egress: bool) -> FlowState {
+        let mut flags = if client_is_lo { FLOW_CLIENT_IS_LO } else { 0 };
+        if egress {
+            flags |= FLOW_SYN_EGRESS;
+        }
+        FlowState {
+            first_ns: self.now,
+            last_ns: self.now,
+            // Only egress skbs carry the local socket.
+            socket_cookie: if egress {
+                // SAFETY: the skb pointer is the program's context.
+                unsafe { bpf_get_socket_cookie(self.ctx.skb.skb.cast()) }
+            } else {
+                0
+            },
+            ifindex: self.ifindex(),
+            verdict: Verdict::Pending as u8,
+            flags,
+            ..FlowState::default()
+        }
+    }
+
+    #[inline(always)]
+    fn on_flow_interface(&self, flow: &FlowState) -> bool {
+        self.ifindex() == flow.ifindex
+    }
+
+    #[inline(always)]
+    fn take_verdict(&mut self, key: &FlowKey) -> Option<VerdictEntry> {
+        // SAFETY: the value is copied out before the entry is removed.
+        let entry = unsafe { VERDICTS.get(key) }.copied()?;
+        let _ = VERDICTS.remove(key);
+        Some(entry)
+    }
+
+    #[inline(always)]
+    fn drop_verdict(&mut self, key: &FlowKey) {
+        let _ = VERDICTS.remove(key);
+    }
+
+    #[inline(always)]
+    fn available(&self) -> u32 {
+        u32::MAX
+    }
+
+    #[inline(always)]
+    fn emit(&mut self, seg: &Segment, flow: &FlowState, from_client: bool, kind: RecordKind) {
+        capture::emit(seg, flow, from_client, kind, self.now);
+    }
+
+    #[inline(always)]
+    fn capture(&mut self, seg: &Segment, flow: &FlowState, len: u32, flags: u8) -> bool {
+        capture::payload(self.ctx, self.pkt, seg, flow, len, flags, self.now)
+    }
+}
+
+impl Tc<'_> {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the skb pointer is the program's context.
+        unsafe { (*self.ctx.skb.skb).ifindex }
+    }
+}
+
+/// Tracks one TCP packet and says what becomes of it.
+#[inline(always)]
+pub fn track<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
+    let seg = &pkt.seg;
+    let (key, src_is_lo) = seg.key();
+    let key = &key;
+    let mut host = Tc {
+        ctx,
+        pkt,
+        egress,
+        // SAFETY: a helper without arguments.
+        now: unsafe { bpf_ktime_get_ns() },
+    };
+
+    if seg.is_syn() {
+        let state = track::syn_state(&host, seg, src_is_lo);
+        if let Some(old) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: a pointer into the map value, valid for this program run.
+            let old = unsafe { &mut *old };
+            track::syn_on_entry(&mut host, seg, key, src_is_lo, old, state);
+        } else if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_err() {
+            bump(stat::FLOW_INSERT_FAILED);
+        } else if let Some(flow) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: a pointer into the map value, valid for this program run.
+            track::flow_started(&mut host, seg, unsafe { &mut *flow });
+        }
+        return PASS;
+    }
+
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
+        // The flow's SYN went unseen: tracked from here, never inspected, counted once.
+        if let Some(state) = track::midstream(&host, seg, src_is_lo) {
+            if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_ok() {
+                bump(stat::FLOWS_MIDSTREAM);
+            } else {
+                bump(stat::FLOW_INSERT_FAILED);
+            }
+        }
+        return PASS;
+    };
+    // SAFETY: a pointer into the map value, valid for this program run.
+    let flow = unsafe { &mut *flow };
+    match track::step(&mut host, seg, key, src_is_lo, flow) {
+        Action::Pass => PASS,
+        Action::Reset => enforce::reset::<L2>(ctx, pkt, egress),
+        Action::Hold { requeue } => enforce::hold(ctx, requeue),
+    }
+}
