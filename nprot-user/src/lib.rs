@@ -1,16 +1,20 @@
 //! nprot user space: the daemon and CLI of a transparent network-protection sensor.
 //!
-//! Data flows one way through the stages:
-//! [`datapath`] (kernel records → reassembly → parse → pipeline, which asks [`policy`] and
-//! applies the mode) → [`events`] (JSON lines to sinks). [`control`] runs it live (daemon,
-//! control socket, admin CLI, persisted state); [`replay`] runs the same data path from a
-//! capture file. [`config`] and [`time`] are shared by every stage.
+//! Data flows one way through the stages (see `shared/ARCHITECTURE.md`): [`capture`] loads
+//! the eBPF programs and reads what they report (and names the process behind a flow);
+//! [`datapath`] reassembles, parses and judges each flow, asking [`policy`], and hands
+//! what happened to [`events`], which writes JSON lines to the sinks. [`control`] runs it
+//! live (daemon, control socket, admin CLI, configuration, persisted state); [`replay`]
+//! runs the same data path from a capture file. Below them all are the shared types:
+//! [`record`] (what the kernel reports), [`process`], [`time`] and [`histogram`].
 
-pub mod config;
+pub mod capture;
 pub mod control;
 pub mod datapath;
 pub mod events;
+pub mod histogram;
 pub mod policy;
 pub mod process;
+pub mod record;
 pub mod replay;
 pub mod time;

@@ -18,7 +18,7 @@ pub struct ProcessInfo {
     /// The executable's full path (`/proc/PID/exe`), as Defender's `FolderPath` holds
     /// the image's full path.
     pub folder_path: Option<String>,
-    /// Arguments joined by spaces, at most [`MAX_COMMAND_LINE`](crate::datapath::attribution::MAX_COMMAND_LINE) bytes.
+    /// Arguments joined by spaces, at most [`MAX_COMMAND_LINE`](crate::capture::attribution::MAX_COMMAND_LINE) bytes.
     pub command_line: Option<String>,
     /// The user name of the uid that connected.
     pub account_name: Option<Arc<str>>,

@@ -95,7 +95,7 @@ pub struct RunArgs {
     /// (`auto`: the root of the cgroup v2 mount), or `off`
     /// [config: process_cgroup, default auto].
     #[arg(long, value_name = "DIR|auto|off")]
-    pub process_cgroup: Option<crate::config::ProcessCgroup>,
+    pub process_cgroup: Option<crate::control::config::ProcessCgroup>,
     /// On exit, write counters and verdict-latency percentiles to FILE (JSON).
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,

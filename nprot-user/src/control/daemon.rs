@@ -21,19 +21,17 @@ use tokio::{
 };
 
 use crate::{
-    config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
+    capture::attribution::{
+        Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root,
+    },
+    capture::{self, Sensor},
+    capture::{ConnectHooks, HookCounters},
     control::cli::RunArgs,
+    control::config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
     control::sdnotify,
     control::socket::{self, Request, Response},
     control::state::State,
-    control::stats::LatencySummary,
-    datapath::attribution::{
-        Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root,
-    },
-    datapath::capture::{self, Sensor},
-    datapath::capture::{ConnectHooks, HookCounters},
     datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
-    datapath::record::Record,
     datapath::verdict::Mode,
     events::rfc3339_micros,
     events::{
@@ -43,9 +41,11 @@ use crate::{
         rotate::RotatingFileSink,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
+    histogram::LatencySummary,
     policy::{
         self, Action, Indicator, IndicatorType, Indicators, Policy, Subject, Target, load_json,
     },
+    record::Record,
 };
 
 /// Reassembly state of a flow that sent nothing for this long is dropped.

@@ -1,11 +1,11 @@
-//! Running the sensor: the [`daemon`] that drives the data path, its control [`socket`],
-//! the [`cli`] and the [`admin`] commands that talk to it, the persisted [`state`],
-//! [`sdnotify`] for systemd, and the latency histograms of [`stats`].
+//! Running the sensor: the [`daemon`] that wires capture, data path, policy and events
+//! together under its [`config`], its control [`socket`], the [`cli`] and the [`admin`]
+//! commands that talk to it, the persisted [`state`] and [`sdnotify`] for systemd.
 
 pub mod admin;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod sdnotify;
 pub mod socket;
 pub mod state;
-pub mod stats;

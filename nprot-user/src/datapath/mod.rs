@@ -1,12 +1,9 @@
-//! The data path, in the order a flow goes through it: [`capture`] loads the eBPF programs
-//! and reads their [`record`]s, [`attribution`] names the process behind a flow,
-//! [`reassembly`] orders client bytes, [`parse`] reads TLS and HTTP heads, and [`pipeline`]
-//! matches them against the policy and turns the decision into a [`verdict`] and events.
+//! The data path, in the order a flow goes through it: [`reassembly`] orders the client
+//! bytes of the [`record`](crate::record)s capture hands in, [`parse`] reads TLS and HTTP
+//! heads, and [`pipeline`] matches them against the policy and turns the decision into a
+//! [`verdict`] and events.
 
-pub mod attribution;
-pub mod capture;
 pub mod parse;
 pub mod pipeline;
 pub mod reassembly;
-pub mod record;
 pub mod verdict;

@@ -12,22 +12,22 @@ use std::{
 use nprot_common::{FlowKey, RecordKind, Verdict, VerdictEntry};
 
 use crate::{
-    control::stats::Histogram,
-    datapath::attribution::ProcessSource,
+    capture::attribution::ProcessSource,
     datapath::parse::{
         ParseOutcome, Parsed,
         http::{self, Body},
         parse_client_payload,
     },
     datapath::reassembly::{Reassembler, Stream, TableFull},
-    datapath::record::{Record, ip_addr},
     datapath::verdict::{Mode, Outcome, outcome},
     events::{
         ActionType, Direction, Event, EventFactory, FlowEnds, OversizedFields, ProxyFields,
         monotonic_ns,
     },
+    histogram::Histogram,
     policy::{Policy, matcher::Subject},
     process::{ProcessColumns, ProcessInfo},
+    record::{Record, ip_addr},
 };
 
 /// Where the pipeline's decisions go: the kernel verdict map, or nowhere in replay.
@@ -1009,7 +1009,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::{datapath::record::raw_addr, events::Clock};
+    use crate::{events::Clock, record::raw_addr};
 
     /// Verdicts in order, and the decided sequence number of each `Continue`.
     #[derive(Default)]
@@ -1848,8 +1848,8 @@ mod direction_tests {
 
     use super::flow_ends;
     use crate::{
-        datapath::record::{Record, raw_addr},
         events::Direction,
+        record::{Record, raw_addr},
     };
 
     fn inbound_syn() -> Record<'static> {

@@ -4,7 +4,7 @@
 //! segment is found through link headers, VLAN tags, PPPoE, GRE, VXLAN, GENEVE and IPv6
 //! extension headers ([`link`], [`packet`]; a frame without one is counted by why), and
 //! a user-space copy of the kernel's flow tracker ([`tracker`]) turns the segments into
-//! the same [`Record`](crate::datapath::record::Record)s the eBPF programs would have emitted.
+//! the same [`Record`](crate::record::Record)s the eBPF programs would have emitted.
 //! Those go through the live sensor's [`Pipeline`] — reassembly, parsing, policy, mode —
 //! and its events are printed as JSON lines. Verdicts go back to the tracker, which ends
 //! capture of a decided flow as the kernel would.

@@ -933,7 +933,7 @@ mod tests {
         FAMILY_V4, FAMILY_V6, IpVersion, LinkType, Segment, Skip, Skipped, TCP_ACK, build::*,
         decode, tcp_segment,
     };
-    use crate::datapath::record::raw_addr;
+    use crate::record::raw_addr;
 
     fn addr(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -23,7 +23,10 @@ use nprot_common::{
 };
 
 use super::packet::Segment;
-use crate::datapath::{pipeline::VerdictTarget, record::Record, verdict::Mode};
+use crate::{
+    datapath::{pipeline::VerdictTarget, verdict::Mode},
+    record::Record,
+};
 
 /// The kernel settings replay mirrors (`SensorConfig`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

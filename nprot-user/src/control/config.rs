@@ -145,7 +145,7 @@ impl Default for Config {
             proxies: Vec::new(),
             events: EventsConfig::default(),
             process_cgroup: ProcessCgroup::Auto,
-            process_cache: crate::datapath::attribution::PROCESS_CACHE_MAX,
+            process_cache: crate::capture::attribution::PROCESS_CACHE_MAX,
             oversized: OversizedAction::Allow,
         }
     }
@@ -795,13 +795,13 @@ protocol = "udp"
 
     #[test]
     fn documented_examples_parse() {
-        let doc = include_str!("../../docs/config.md");
+        let doc = include_str!("../../../docs/config.md");
         let blocks = toml_blocks(doc);
         assert!(!blocks.is_empty());
         for b in &blocks {
             Config::parse(b).unwrap_or_else(|e| panic!("docs/config.md example: {e}\n{b}"));
         }
-        let packaged = Config::parse(include_str!("../../packaging/nprot.toml")).unwrap();
+        let packaged = Config::parse(include_str!("../../../packaging/nprot.toml")).unwrap();
         assert_eq!(
             packaged.events.file.as_deref(),
             Some(Path::new("/var/log/nprot/events.jsonl"))
@@ -810,7 +810,7 @@ protocol = "udp"
 
     #[test]
     fn every_key_is_documented() {
-        let doc = include_str!("../../docs/config.md");
+        let doc = include_str!("../../../docs/config.md");
         // The unknown-field error lists every key of a table.
         for (table, probe) in [
             ("", "zzz = 1"),

@@ -5,6 +5,8 @@
 //! otherwise. TCX links belong to this process, so they vanish with it even on a crash;
 //! a clsact qdisc that nprot added itself is removed again when the sensor stops.
 
+pub mod attribution;
+
 use std::{
     collections::HashSet,
     fs,
