@@ -605,4 +605,172 @@ mod tests {
         let as_client = seg.tuple(true);
         assert_eq!((as_client.client_port, as_client.server_port), (443, 40000));
     }
+
+    /// A host with one pending verdict slot, counters and the records it was asked for.
+    #[derive(Default)]
+    struct Fake {
+        config: SensorConfig,
+        now: u64,
+        counters: [u64; stat::COUNT as usize],
+        verdict: Option<VerdictEntry>,
+        emitted: [Option<RecordKind>; 4],
+        captured: u32,
+    }
+
+    impl Host for Fake {
+        fn config(&self) -> Option<&SensorConfig> {
+            Some(&self.config)
+        }
+        fn now(&self) -> u64 {
+            self.now
+        }
+        fn egress(&self) -> bool {
+            false
+        }
+        fn bump(&mut self, index: u32) {
+            self.counters[index as usize] += 1;
+        }
+        fn base(&self, client_is_lo: bool, _egress: bool) -> FlowState {
+            FlowState {
+                first_ns: self.now,
+                last_ns: self.now,
+                verdict: Verdict::Pending as u8,
+                flags: if client_is_lo { FLOW_CLIENT_IS_LO } else { 0 },
+                ..FlowState::default()
+            }
+        }
+        fn on_flow_interface(&self, _flow: &FlowState) -> bool {
+            true
+        }
+        fn take_verdict(&mut self, _key: &FlowKey) -> Option<VerdictEntry> {
+            self.verdict.take()
+        }
+        fn drop_verdict(&mut self, _key: &FlowKey) {
+            self.verdict = None;
+        }
+        fn available(&self) -> u32 {
+            u32::MAX
+        }
+        fn emit(
+            &mut self,
+            _seg: &Segment,
+            _flow: &FlowState,
+            _from_client: bool,
+            kind: RecordKind,
+        ) {
+            if let Some(slot) = self.emitted.iter_mut().find(|s| s.is_none()) {
+                *slot = Some(kind);
+            }
+        }
+        fn capture(&mut self, _seg: &Segment, _flow: &FlowState, len: u32, _flags: u8) -> bool {
+            self.captured += len;
+            true
+        }
+    }
+
+    fn seg(from_client: bool, flags: u8, seq: u32, ack: u32, payload_len: u32) -> Segment {
+        let (c, s) = ([1, 0, 0, 0], [2, 0, 0, 0]);
+        let (src, dst, sport, dport) = if from_client {
+            (c, s, 40000, 80)
+        } else {
+            (s, c, 80, 40000)
+        };
+        Segment {
+            family: crate::FAMILY_V4,
+            flags,
+            sport,
+            dport,
+            src,
+            dst,
+            seq,
+            ack,
+            data_seq: lifecycle::data_seq(seq, flags),
+            payload_len,
+        }
+    }
+
+    /// SYN, SYN-ACK, ACK, a request, then the server's answer: held until the verdict,
+    /// which blocks, and from then on every packet but a reset becomes resets.
+    #[test]
+    fn a_flow_is_established_captured_held_and_reset_once_blocked() {
+        let mut host = Fake {
+            config: SensorConfig {
+                hold: 1,
+                ..SensorConfig::default()
+            },
+            now: 1_000,
+            ..Fake::default()
+        };
+        let syn = seg(true, TCP_SYN, 100, 0, 0);
+        let (key, lo) = syn.key();
+        let mut flow = syn_state(&host, &syn, lo);
+        flow_started(&mut host, &syn, &mut flow);
+        assert_eq!(flow.phase, TcpPhase::SynSent as u8);
+
+        let synack = seg(false, TCP_SYN | TCP_ACK, 500, 101, 0);
+        let (_, from_server_lo) = synack.key();
+        assert_eq!(
+            step(&mut host, &synack, &key, from_server_lo, &mut flow),
+            Action::Pass
+        );
+        let ack = seg(true, TCP_ACK, 101, 501, 0);
+        assert_eq!(step(&mut host, &ack, &key, lo, &mut flow), Action::Pass);
+        assert_eq!(host.emitted[0], Some(RecordKind::Established));
+
+        let request = seg(true, TCP_ACK, 101, 501, 40);
+        assert_eq!(step(&mut host, &request, &key, lo, &mut flow), Action::Pass);
+        assert_eq!(host.captured, 40);
+        assert_eq!(flow.capture_end_seq, 141);
+
+        host.now += 10;
+        let answer = seg(false, TCP_ACK, 501, 141, 300);
+        assert_eq!(
+            step(&mut host, &answer, &key, from_server_lo, &mut flow),
+            Action::Hold { requeue: true }
+        );
+
+        host.verdict = Some(VerdictEntry::new(Verdict::Block));
+        assert_eq!(
+            step(&mut host, &answer, &key, from_server_lo, &mut flow),
+            Action::Reset
+        );
+        assert_eq!(host.counters[stat::FLOWS_RESET as usize], 1);
+        let rst = seg(true, TCP_RST | TCP_ACK, 141, 501, 0);
+        assert_eq!(step(&mut host, &rst, &key, lo, &mut flow), Action::Pass);
+        assert_eq!(
+            step(&mut host, &request, &key, lo, &mut flow),
+            Action::Reset
+        );
+        assert_eq!(host.counters[stat::RESET_PACKETS as usize], 2);
+    }
+
+    /// A SYN with a new ISN on a live flow waits for its server's SYN-ACK before the flow
+    /// is replaced; the old flow goes on being inspected meanwhile.
+    #[test]
+    fn a_syn_on_a_live_flow_is_deferred_until_its_server_answers() {
+        let mut host = Fake {
+            now: 1,
+            ..Fake::default()
+        };
+        let syn = seg(true, TCP_SYN, 100, 0, 0);
+        let (key, lo) = syn.key();
+        let mut flow = syn_state(&host, &syn, lo);
+        flow_started(&mut host, &syn, &mut flow);
+        let again = seg(true, TCP_SYN, 7000, 0, 0);
+        let state = syn_state(&host, &again, lo);
+        syn_on_entry(&mut host, &again, &key, lo, &mut flow, state);
+        assert_eq!(host.counters[stat::SYNS_DEFERRED as usize], 1);
+        assert_eq!(flow.client_data_seq, 101, "the live flow is kept");
+
+        let synack = seg(false, TCP_SYN | TCP_ACK, 9000, 7001, 0);
+        let (_, server_lo) = synack.key();
+        assert_eq!(
+            step(&mut host, &synack, &key, server_lo, &mut flow),
+            Action::Pass
+        );
+        assert_eq!(flow.client_data_seq, 7001, "the new connection took over");
+        assert_eq!(flow.phase, TcpPhase::SynAckSeen as u8);
+        assert_eq!(host.counters[stat::FLOWS_SUPERSEDED as usize], 1);
+        assert_eq!(host.counters[stat::FLOWS_NEW as usize], 2);
+    }
 }
