@@ -445,19 +445,11 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// `2026-11-23T10:00:00.123456Z`: always six fractional digits, as Defender writes them.
+/// `2026-11-23T10:00:00.123456Z`: always six fractional digits (truncated), as Defender
+/// writes them; an instant before the epoch is written as the epoch.
 pub fn rfc3339_micros(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = crate::time::civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_micros()
-    )
+    let t = crate::time::Timestamp::from_system_time(t.max(UNIX_EPOCH));
+    format!("{:.6}Z", crate::time::utc_datetime(t))
 }
 
 fn host_name() -> String {
@@ -490,6 +482,11 @@ mod tests {
         assert_eq!(rfc3339_micros(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339_micros(leap), "2000-02-29T00:00:00.000000Z");
+        // Truncated, not rounded; before the epoch is the epoch.
+        let t = UNIX_EPOCH + Duration::from_nanos(999_999_999);
+        assert_eq!(rfc3339_micros(t), "1970-01-01T00:00:00.999999Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339_micros(before), "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]
