@@ -1,10 +1,22 @@
-//! A small RFC 3339 timestamp parser and formatter (no date crate needed).
+//! RFC 3339 timestamps: parsing and formatting.
 //!
 //! Accepted: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, with `t` and `z` also in lower
-//! case (RFC 3339 §5.6 allows it). A leap second (`:60`) is accepted and lands on the
-//! following second. Fractions longer than nanoseconds are truncated.
+//! case (RFC 3339 §5.6 allows it), offsets up to ±23:59, and instants within the years
+//! 0000 to 9999 in UTC (so that every parsed instant formats back to a 4-digit year). A
+//! leap second (`:60`) is accepted and lands on the following second. Fractions longer
+//! than nanoseconds are truncated.
+//!
+//! The grammar is checked here, because jiff's parser reads the wider ISO 8601 /
+//! RFC 9557 grammar (a space for `T`, `+0200`, offsets to ±25:59:59, omitted seconds,
+//! `[zone]` annotations) and clamps leap seconds; the calendar (month lengths, leap years,
+//! days since the epoch) and the formatting are jiff's.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jiff::{
+    SignedDuration,
+    civil::{self, DateTime},
+};
 
 /// Why a string is not an RFC 3339 timestamp.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,46 +79,32 @@ impl Timestamp {
     }
 }
 
-/// Days since 1970-01-01 of the proleptic Gregorian date `y-m-d` (Howard Hinnant's
-/// `days_from_civil`). `m` is 1..=12, `d` 1..=31; no range checks.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400; // [0, 399]
-    let m = i64::from(m);
-    let mp = if m > 2 { m - 3 } else { m + 9 }; // March = 0
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
+/// 1970-01-01T00:00:00, the civil datetime of the epoch in UTC.
+const EPOCH: DateTime = civil::date(1970, 1, 1).at(0, 0, 0, 0);
+
+/// Seconds since the epoch of 0000-01-01T00:00:00Z, the earliest instant accepted.
+const FIRST_SEC: i64 = -62_167_219_200;
+/// Seconds since the epoch of 9999-12-31T23:59:59Z, the last whole second accepted.
+const LAST_SEC: i64 = 253_402_300_799;
+
+/// The civil datetime of `t` in UTC, saturating outside jiff's years -9999 to 9999.
+pub fn utc_datetime(t: Timestamp) -> DateTime {
+    // nanos < 1e9 fits an i32; SignedDuration normalises it.
+    let nanos = i32::try_from(t.nanos).unwrap_or(999_999_999);
+    EPOCH.saturating_add(SignedDuration::new(t.secs, nanos))
 }
 
-/// The civil date `(year, month, day)` of a day count since 1970-01-01 (inverse of
-/// [`days_from_civil`]).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097; // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    let d = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let m = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    // Both casts are in range by the bounds noted above.
-    (y, m as u32, d as u32)
-}
-
-fn is_leap(y: i64) -> bool {
-    y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
+/// The fields of a string in the RFC 3339 shape, not yet checked for range.
+struct Fields {
+    year: u32,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    nanos: u32,
+    /// The UTC offset in seconds east.
+    offset_secs: i64,
 }
 
 /// Reads exactly `n` ASCII digits at `*pos`, advancing it.
@@ -132,88 +130,105 @@ fn expect(b: &[u8], pos: &mut usize, c: u8, what: &'static str) -> Result<(), Rf
     }
 }
 
+impl Fields {
+    /// Checks the shape `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` and splits it.
+    fn lex(s: &str) -> Result<Fields, Rfc3339Error> {
+        let b = s.as_bytes();
+        let mut p = 0;
+        let year = digits(b, &mut p, 4, "expected a 4-digit year")?;
+        expect(b, &mut p, b'-', "expected '-' after the year")?;
+        let month = digits(b, &mut p, 2, "expected a 2-digit month")?;
+        expect(b, &mut p, b'-', "expected '-' after the month")?;
+        let day = digits(b, &mut p, 2, "expected a 2-digit day")?;
+        match b.get(p) {
+            Some(b'T' | b't') => p += 1,
+            _ => return Err(err("expected 'T' between date and time")),
+        }
+        let hour = digits(b, &mut p, 2, "expected a 2-digit hour")?;
+        expect(b, &mut p, b':', "expected ':' after the hour")?;
+        let minute = digits(b, &mut p, 2, "expected 2-digit minutes")?;
+        expect(b, &mut p, b':', "expected ':' after the minutes")?;
+        let second = digits(b, &mut p, 2, "expected 2-digit seconds")?;
+
+        let mut nanos = 0u32;
+        if b.get(p) == Some(&b'.') {
+            p += 1;
+            let start = p;
+            while let Some(c) = b.get(p).filter(|c| c.is_ascii_digit()) {
+                if p - start < 9 {
+                    nanos = nanos * 10 + u32::from(c - b'0');
+                }
+                p += 1;
+            }
+            let n = p - start;
+            if n == 0 {
+                return Err(err("expected digits after '.'"));
+            }
+            for _ in n..9 {
+                nanos *= 10;
+            }
+        }
+
+        let offset_secs: i64 = match b.get(p) {
+            Some(b'Z' | b'z') => {
+                p += 1;
+                0
+            }
+            Some(&sign @ (b'+' | b'-')) => {
+                p += 1;
+                let oh = digits(b, &mut p, 2, "expected a 2-digit offset hour")?;
+                expect(b, &mut p, b':', "expected ':' in the UTC offset")?;
+                let om = digits(b, &mut p, 2, "expected 2-digit offset minutes")?;
+                if oh > 23 || om > 59 {
+                    return Err(err("UTC offset out of range"));
+                }
+                let off = i64::from(oh * 3600 + om * 60);
+                if sign == b'-' { -off } else { off }
+            }
+            _ => return Err(err("expected 'Z' or a UTC offset (±HH:MM)")),
+        };
+        if p != b.len() {
+            return Err(err("unexpected characters after the timestamp"));
+        }
+        Ok(Fields {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            nanos,
+            offset_secs,
+        })
+    }
+}
+
 /// Parses an RFC 3339 timestamp.
 pub fn parse(s: &str) -> Result<Timestamp, Rfc3339Error> {
-    let b = s.as_bytes();
-    let mut p = 0;
-    let year = digits(b, &mut p, 4, "expected a 4-digit year")?;
-    expect(b, &mut p, b'-', "expected '-' after the year")?;
-    let month = digits(b, &mut p, 2, "expected a 2-digit month")?;
-    expect(b, &mut p, b'-', "expected '-' after the month")?;
-    let day = digits(b, &mut p, 2, "expected a 2-digit day")?;
-    match b.get(p) {
-        Some(b'T' | b't') => p += 1,
-        _ => return Err(err("expected 'T' between date and time")),
-    }
-    let hour = digits(b, &mut p, 2, "expected a 2-digit hour")?;
-    expect(b, &mut p, b':', "expected ':' after the hour")?;
-    let minute = digits(b, &mut p, 2, "expected 2-digit minutes")?;
-    expect(b, &mut p, b':', "expected ':' after the minutes")?;
-    let second = digits(b, &mut p, 2, "expected 2-digit seconds")?;
-
-    let mut nanos = 0u32;
-    if b.get(p) == Some(&b'.') {
-        p += 1;
-        let start = p;
-        while let Some(c) = b.get(p).filter(|c| c.is_ascii_digit()) {
-            if p - start < 9 {
-                nanos = nanos * 10 + u32::from(c - b'0');
-            }
-            p += 1;
-        }
-        let n = p - start;
-        if n == 0 {
-            return Err(err("expected digits after '.'"));
-        }
-        for _ in n..9 {
-            nanos *= 10;
-        }
-    }
-
-    let offset_secs: i64 = match b.get(p) {
-        Some(b'Z' | b'z') => {
-            p += 1;
-            0
-        }
-        Some(&sign @ (b'+' | b'-')) => {
-            p += 1;
-            let oh = digits(b, &mut p, 2, "expected a 2-digit offset hour")?;
-            expect(b, &mut p, b':', "expected ':' in the UTC offset")?;
-            let om = digits(b, &mut p, 2, "expected 2-digit offset minutes")?;
-            if oh > 23 || om > 59 {
-                return Err(err("UTC offset out of range"));
-            }
-            let off = i64::from(oh * 3600 + om * 60);
-            if sign == b'-' { -off } else { off }
-        }
-        _ => return Err(err("expected 'Z' or a UTC offset (±HH:MM)")),
-    };
-    if p != b.len() {
-        return Err(err("unexpected characters after the timestamp"));
-    }
-
-    let year = i64::from(year);
-    if !(1..=12).contains(&month) {
+    let f = Fields::lex(s)?;
+    // All fields are at most 4 digits, so the narrowing casts below are lossless.
+    if !(1..=12).contains(&f.month) {
         return Err(err("month out of range"));
     }
-    if day == 0 || day > days_in_month(year, month) {
-        return Err(err("day out of range"));
-    }
-    if hour > 23 {
-        return Err(err("hour out of range"));
-    }
-    if minute > 59 {
-        return Err(err("minutes out of range"));
-    }
-    // 60 is a leap second; it counts as the first second of the next minute.
-    if second > 60 {
+    // Year (0000–9999) and month are valid, so only the day can be out of range.
+    let date = civil::Date::new(f.year as i16, f.month as i8, f.day as i8)
+        .map_err(|_| err("day out of range"))?;
+    // 60 is a leap second; it counts as the first second of the next minute. jiff's
+    // times stop at :59, so it is read as :59 and one second added.
+    if f.second > 60 {
         return Err(err("seconds out of range"));
     }
-    let days = days_from_civil(year, month, day);
-    let local = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    let leap = i64::from(f.second == 60);
+    let time = civil::Time::new(f.hour as i8, f.minute as i8, f.second.min(59) as i8, 0)
+        .map_err(|_| err("hour or minutes out of range"))?;
+    let local = date.to_datetime(time).duration_since(EPOCH).as_secs() + leap;
+    let secs = local - f.offset_secs;
+    if !(FIRST_SEC..=LAST_SEC).contains(&secs) {
+        return Err(err("outside the years 0000 to 9999 in UTC"));
+    }
     Ok(Timestamp {
-        secs: local - offset_secs,
-        nanos,
+        secs,
+        nanos: f.nanos,
     })
 }
 
@@ -225,29 +240,15 @@ pub fn parse_system_time(s: &str) -> Result<SystemTime, Rfc3339Error> {
 }
 
 /// Formats `t` as RFC 3339 UTC (`…Z`), with as many fractional digits as needed
-/// (none for whole seconds), so that [`parse`] gives back the same instant.
+/// (none for whole seconds), so that [`parse`] gives back the same instant (for any
+/// instant [`parse`] accepts; others saturate at jiff's years -9999 and 9999).
 pub fn format(t: SystemTime) -> String {
     format_timestamp(Timestamp::from_system_time(t))
 }
 
 /// Formats `t` like [`format`].
 pub fn format_timestamp(t: Timestamp) -> String {
-    let days = t.secs.div_euclid(86_400);
-    let sod = t.secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let mut out = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
-    if t.nanos != 0 {
-        let frac = format!("{:09}", t.nanos);
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
-    }
-    out.push('Z');
-    out
+    format!("{}Z", utc_datetime(t))
 }
 
 #[cfg(test)]
@@ -322,12 +323,36 @@ mod tests {
 
     #[test]
     fn civil_round_trip() {
-        for z in (-800_000..800_000).step_by(97) {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z);
+        // Every 97th day of the years 0000 to 9999 formats and parses back.
+        for z in (-719_528..2_932_897).step_by(97) {
+            let t = Timestamp {
+                secs: z * 86_400,
+                nanos: 0,
+            };
+            assert_eq!(parse(&format_timestamp(t)), Ok(t));
         }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(
+            format_timestamp(Timestamp { secs: 0, nanos: 0 }),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(ts("2000-03-01T00:00:00Z"), (11_017 * 86_400, 0));
+        assert_eq!(ts("0000-01-01T00:00:00Z"), (FIRST_SEC, 0));
+        assert_eq!(ts("9999-12-31T23:59:59Z"), (LAST_SEC, 0));
+    }
+
+    #[test]
+    fn outside_years_0000_to_9999_in_utc() {
+        for bad in [
+            "0000-01-01T00:00:00+00:01",
+            "9999-12-31T23:59:60Z",
+            "9999-12-31T23:00:00-01:00",
+        ] {
+            assert_eq!(
+                parse(bad),
+                Err(err("outside the years 0000 to 9999 in UTC")),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

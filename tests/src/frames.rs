@@ -288,7 +288,7 @@ impl Tcpdump {
         let Some(mut child) = self.child.take() else {
             bail!("tcpdump already stopped");
         };
-        signal(child.id(), libc::SIGINT)?;
+        signal(child.id(), nix::sys::signal::Signal::SIGINT)?;
         let status = match wait_timeout(&mut child, TCPDUMP_TIMEOUT)? {
             Some(status) => status,
             None => {

@@ -65,8 +65,7 @@ static STALE_CLEANUP: Once = Once::new();
 
 /// Fails unless the process runs as root.
 pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("end-to-end tests need root: run `cargo xtask test` as root");
     }
     Ok(())

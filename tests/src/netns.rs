@@ -2,12 +2,12 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use nix::sched::{CloneFlags, setns};
 
 use crate::process::{pid_alive, run_ok, run_with_timeout, signal};
 
@@ -27,12 +27,8 @@ where
         scope
             .spawn(move || -> Result<T> {
                 let file = File::open(&path).with_context(|| format!("cannot open {path}"))?;
-                // SAFETY: setns on a valid namespace fd; it only changes this thread,
-                // which ends when `f` returns.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .with_context(|| format!("setns({path})"));
-                }
+                // Only this thread changes namespace, and it ends when `f` returns.
+                setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns({path})"))?;
                 Ok(f())
             })
             .join()
@@ -293,7 +289,7 @@ pub fn netns_pids(ns: &str) -> Vec<u32> {
 fn kill_netns_pids(ns: &str) {
     let pids = netns_pids(ns);
     for &pid in &pids {
-        let _ = signal(pid, libc::SIGKILL);
+        let _ = signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     while pids.iter().any(|&p| pid_alive(p)) && Instant::now() < deadline {

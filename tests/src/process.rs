@@ -6,6 +6,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
 /// Poll interval while waiting for a process to exit.
 const POLL: Duration = Duration::from_millis(10);
@@ -90,14 +94,16 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitS
     }
 }
 
-/// Sends `signal` to the process `pid` (one process, never a group).
-pub fn signal(pid: u32, signal: libc::c_int) -> Result<()> {
-    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, signal) } != 0 {
-        return Err(std::io::Error::last_os_error()).context(format!("kill({pid}, {signal})"));
-    }
-    Ok(())
+/// Sends `signal` (a [`Signal`] or a signal number) to the process `pid` (one process,
+/// never a group).
+pub fn signal<S>(pid: u32, signal: S) -> Result<()>
+where
+    S: TryInto<Signal>,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let signal = signal.try_into().context("not a signal")?;
+    let pid = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
+    kill(pid, signal).with_context(|| format!("kill({pid}, {signal})"))
 }
 
 /// Stops a child the harness started: SIGTERM, then SIGKILL if it has not exited after
@@ -107,7 +113,7 @@ pub fn terminate(child: &mut Child, grace: Duration) -> Result<ExitStatus> {
         return Ok(status);
     }
     // The process may exit between try_wait and kill; that is fine.
-    let _ = signal(child.id(), libc::SIGTERM);
+    let _ = signal(child.id(), Signal::SIGTERM);
     if let Some(status) = wait_timeout(child, grace)? {
         return Ok(status);
     }
@@ -117,9 +123,6 @@ pub fn terminate(child: &mut Child, grace: Duration) -> Result<ExitStatus> {
 
 /// Whether a process with this pid exists.
 pub fn pid_alive(pid: u32) -> bool {
-    match libc::pid_t::try_from(pid) {
-        // SAFETY: kill with signal 0 only checks for existence.
-        Ok(pid) => unsafe { libc::kill(pid, 0) == 0 },
-        Err(_) => false,
-    }
+    // No signal: kill only checks for existence.
+    i32::try_from(pid).is_ok_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
 }

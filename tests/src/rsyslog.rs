@@ -148,7 +148,7 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="collect")
         let Some(mut child) = self.child.take() else {
             bail!("rsyslog is not running");
         };
-        crate::process::signal(child.id(), libc::SIGTERM)?;
+        crate::process::signal(child.id(), nix::sys::signal::Signal::SIGTERM)?;
         match wait_timeout(&mut child, RSYSLOG_TIMEOUT)? {
             Some(status) => Ok(status),
             None => {

@@ -322,7 +322,7 @@ impl Sensor {
             return Ok(status);
         }
         // It may exit between try_wait and kill.
-        let _ = signal(child.id(), libc::SIGTERM);
+        let _ = signal(child.id(), nix::sys::signal::Signal::SIGTERM);
         match wait_timeout(&mut child, timeout)? {
             Some(status) => {
                 self.exit = Some(status);

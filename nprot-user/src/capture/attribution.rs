@@ -15,7 +15,6 @@
 
 use std::{
     collections::HashMap,
-    ffi::CStr,
     fs,
     hash::Hash,
     path::{Path, PathBuf},
@@ -165,26 +164,8 @@ pub fn comm_str(comm: &[u8; 16]) -> String {
 
 /// The user name of `uid` from the system's user database (NSS), if it has one.
 fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: zeroed passwd is a valid out-parameter for getpwuid_r.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid and `buf` outlives the use of `pw`'s strings.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() || pw.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded, so pw_name points to a NUL-terminated string in buf.
-    let name = unsafe { CStr::from_ptr(pw.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
+    Some(user.name)
 }
 
 /// A cached process.
@@ -497,7 +478,8 @@ impl AttributionThread {
         resolver: Resolver,
         rt_priority: u8,
     ) -> std::io::Result<AttributionThread> {
-        use std::os::fd::AsRawFd;
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
@@ -505,6 +487,7 @@ impl AttributionThread {
             .spawn(move || {
                 if rt_priority > 0 {
                     let param = libc::sched_param { sched_priority: 1 };
+                    // By hand: nix has no sched_setscheduler.
                     // SAFETY: plain syscall on the calling thread with a valid parameter.
                     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
                         log::debug!(
@@ -513,16 +496,11 @@ impl AttributionThread {
                         );
                     }
                 }
-                let fd = ring.as_raw_fd();
                 while !stopping.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd. The timeout bounds how long a stop waits and
-                    // how long records that woke nobody wait.
-                    unsafe { libc::poll(&mut pfd, 1, 50) };
+                    // The timeout bounds how long a stop waits and how long records that
+                    // woke nobody wait. Whatever poll says, the ring is read.
+                    let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut fds, PollTimeout::from(50u8));
                     while let Some(item) = ring.next() {
                         if item.len() < size_of::<SocketOwner>() {
                             continue;
@@ -569,28 +547,17 @@ pub fn open_cgroup2_root() -> Result<(fs::File, String), String> {
     let dir = std::env::temp_dir().join(format!("nprot-cgroup2-{}", std::process::id()));
     fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let result = (|| {
-        let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
-        let target = c(&dir.to_string_lossy())?;
-        let fstype = c("cgroup2")?;
-        // SAFETY: valid NUL-terminated strings; no mount data.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(format!(
+        use nix::mount::{MntFlags, MsFlags, mount, umount2};
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("cgroup2"), &dir, Some("cgroup2"), flags, None::<&str>).map_err(|e| {
+            format!(
                 "no cgroup v2 hierarchy is mounted and mounting one failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+                std::io::Error::from(e)
+            )
+        })?;
         let opened = fs::File::open(&dir).map_err(|e| format!("cannot open cgroup2: {e}"));
-        // SAFETY: as above; the open directory, if any, stays valid after the detach.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        // The open directory, if any, stays valid after the detach.
+        let _ = umount2(&dir, MntFlags::MNT_DETACH);
         opened
     })();
     let _ = fs::remove_dir(&dir);

@@ -10,7 +10,7 @@ pub mod attribution;
 use std::{
     collections::HashSet,
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -437,45 +437,22 @@ fn first_line(text: &str) -> String {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
+    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_err() {
         debug!("could not raise RLIMIT_MEMLOCK; fine on kernels ≥ 5.11");
     }
 }
 
 /// The addresses of this host's interfaces (in the sensor's network namespace).
 pub fn local_addrs() -> std::io::Result<std::collections::HashSet<IpAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
     let mut out = std::collections::HashSet::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: the family says which sockaddr type the pointer holds.
-            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
-                libc::AF_INET => {
-                    let sa = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-                    out.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
-                }
-                libc::AF_INET6 => {
-                    let sa = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
-                    out.insert(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)));
-                }
-                _ => {}
-            }
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(sa) = addr.as_sockaddr_in() {
+            out.insert(IpAddr::V4(sa.ip()));
+        } else if let Some(sa) = addr.as_sockaddr_in6() {
+            out.insert(IpAddr::V6(sa.ip()));
         }
-        cur = ifa.ifa_next;
     }
-    // SAFETY: frees the list from getifaddrs exactly once.
-    unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }

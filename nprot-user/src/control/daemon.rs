@@ -352,6 +352,7 @@ fn set_realtime(priority: u8) {
     let param = libc::sched_param {
         sched_priority: i32::from(priority),
     };
+    // By hand: nix has no sched_setscheduler.
     // SAFETY: plain syscall on the calling thread with a valid parameter.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
         warn!(

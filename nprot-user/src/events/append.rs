@@ -232,7 +232,7 @@ pub(crate) mod tests {
         };
         let mut log = AppendLog::new(file);
         let err = log.append(b"{\"n\":1}\n").unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::ENOSPC as i32));
         assert_eq!(log.truncate_errors(), 0);
         assert!(log.torn_at.is_none());
     }

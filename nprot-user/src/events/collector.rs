@@ -65,7 +65,7 @@ use std::{
     io::{self, Write},
     mem,
     net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -75,8 +75,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{
+    errno::Errno,
+    sys::socket::{MsgFlags, recv},
+};
 use serde::Serialize;
 use serde_json::Value;
+use socket2::{SockRef, TcpKeepalive};
 
 use super::sink::Sink;
 
@@ -585,8 +590,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
     }
 
     /// Bytes of our data the peer's kernel acknowledged.
@@ -613,37 +618,22 @@ impl Conn {
     fn classify_end(&self) -> Option<Loss> {
         let mut buf = [0u8; 4096];
         loop {
-            // SAFETY: valid fd and buffer.
-            let n = unsafe {
-                libc::recv(
-                    self.fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n == 0 {
-                return Some(Loss::Clean);
-            }
-            if n > 0 {
+            match recv(self.fd().as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return Some(Loss::Clean),
                 // A collector that talks back: ignore what it says.
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) => None,
-                Some(libc::EINTR) => continue,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return None,
                 // Reset after our late data reached a socket it had closed cleanly.
-                Some(libc::EPIPE) => Some(Loss::Clean),
-                _ => Some(Loss::Unclean),
-            };
+                Err(Errno::EPIPE) => return Some(Loss::Clean),
+                Err(_) => return Some(Loss::Unclean),
+            }
         }
     }
 }
 
 fn classify_write_error(e: &io::Error) -> Loss {
     // EPIPE: the collector had closed (FIN) and reset what we sent after.
-    if e.raw_os_error() == Some(libc::EPIPE) {
+    if e.kind() == io::ErrorKind::BrokenPipe {
         Loss::Clean
     } else {
         Loss::Unclean
@@ -804,7 +794,7 @@ impl TcpSender {
                 Ok(stream) => {
                     configure_tcp(&stream, self.config.user_timeout)?;
                     stream.set_nonblocking(true)?;
-                    let acked_base = bytes_acked(stream.as_raw_fd())?;
+                    let acked_base = bytes_acked(stream.as_fd())?;
                     return Ok(Conn {
                         stream,
                         acked_base,
@@ -880,9 +870,9 @@ impl TcpSender {
                     self.chunk.ever_written = self.chunk.ever_written.max(self.chunk.written);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let events = libc::POLLOUT | libc::POLLIN | libc::POLLRDHUP;
-                    match poll_fd(conn.fd(), events, SLICE) {
-                        Ok(r) if r & (libc::POLLIN | libc::POLLRDHUP) != 0 => {
+                    let ends = libc::POLLIN | libc::POLLRDHUP;
+                    match poll_fd(conn.fd(), libc::POLLOUT | ends, SLICE) {
+                        Ok(r) if r & ends != 0 => {
                             if let Some(loss) = conn.classify_end() {
                                 return Err(Some(loss));
                             }
@@ -949,42 +939,27 @@ impl TcpSender {
 /// Keepalive and user timeout, so that a silent peer breaks the connection.
 fn configure_tcp(stream: &TcpStream, user_timeout: Duration) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let fd = stream.as_raw_fd();
-    let ms = i32::try_from(user_timeout.as_millis()).unwrap_or(i32::MAX);
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)
-}
-
-fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: valid fd; the option value is an int of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let sock = SockRef::from(stream);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    sock.set_tcp_keepalive(&keepalive)?;
+    // The kernel reads an int and refuses a negative one: at most i32::MAX ms.
+    let max = Duration::from_millis(i32::MAX as u64);
+    sock.set_tcp_user_timeout(Some(user_timeout.min(max)))
 }
 
 /// `tcpi_bytes_acked` of a TCP socket (Linux ≥ 4.1); still readable after a reset.
-fn bytes_acked(fd: RawFd) -> io::Result<u64> {
+/// By hand: neither nix nor socket2 reads `TCP_INFO`.
+fn bytes_acked(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: tcp_info is plain data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: valid fd; `info` is writable for `len` bytes.
     let rc = unsafe {
         libc::getsockopt(
-            fd,
+            fd.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
@@ -997,10 +972,15 @@ fn bytes_acked(fd: RawFd) -> io::Result<u64> {
     Ok(info.tcpi_bytes_acked)
 }
 
-/// poll(2) on one fd; returns the `revents` (0 on timeout).
-fn poll_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<libc::c_short> {
+/// poll(2) on one fd; returns the `revents` (0 on timeout). By hand: nix's `PollFlags`
+/// has no `POLLRDHUP`, and its `revents()` gives nothing when the kernel sets it.
+fn poll_fd(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    timeout: Duration,
+) -> io::Result<libc::c_short> {
     let mut pfd = libc::pollfd {
-        fd,
+        fd: fd.as_raw_fd(),
         events,
         revents: 0,
     };

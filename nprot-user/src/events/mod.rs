@@ -436,39 +436,23 @@ impl Clock {
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // CLOCK_MONOTONIC always exists on Linux; 0 if it somehow failed, as before.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    })
 }
 
-/// `2026-11-23T10:00:00.123456Z`: always six fractional digits, as Defender writes them.
+/// `2026-11-23T10:00:00.123456Z`: always six fractional digits (truncated), as Defender
+/// writes them; an instant before the epoch is written as the epoch.
 pub fn rfc3339_micros(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = crate::time::civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_micros()
-    )
+    let t = crate::time::Timestamp::from_system_time(t.max(UNIX_EPOCH));
+    format!("{:.6}Z", crate::time::utc_datetime(t))
 }
 
 fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buffer and length agree.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn machine_id() -> String {
@@ -490,6 +474,11 @@ mod tests {
         assert_eq!(rfc3339_micros(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339_micros(leap), "2000-02-29T00:00:00.000000Z");
+        // Truncated, not rounded; before the epoch is the epoch.
+        let t = UNIX_EPOCH + Duration::from_nanos(999_999_999);
+        assert_eq!(rfc3339_micros(t), "1970-01-01T00:00:00.999999Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339_micros(before), "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]

@@ -525,7 +525,7 @@ mod tests {
         assert_eq!(read(&sink.rotated_path(1)), line(0) + &line(1));
         // Nothing written at all: the plain error, the whole batch lost.
         let err = sink.write_batch(line(5).as_bytes()).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(err.raw_os_error(), Some(nix::errno::Errno::ENOSPC as i32));
         let _ = fs::remove_dir_all(&dir);
     }
 }

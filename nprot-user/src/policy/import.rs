@@ -24,7 +24,7 @@ use super::indicator::{
     Action, Indicator, IndicatorError, IndicatorRef, IndicatorType, Indicators, Loaded, Severity,
     Target, clip, group_key, load_file,
 };
-use crate::time as rfc3339;
+use crate::time;
 
 /// Warnings kept by one import; the rest are counted in a final line (as for JSON).
 const MAX_WARNINGS: usize = 100;
@@ -170,7 +170,7 @@ impl Import {
                 format!(
                     "line {line} (value {:?}): already expired ({}); it will never match",
                     clip(&ind.value),
-                    rfc3339::format(exp)
+                    time::format(exp)
                 )
             });
         }
@@ -595,7 +595,7 @@ fn parse_row(row: &Row<'_>) -> Result<RowResult, IndicatorError> {
 
     let exp = row.get(Col::ExpirationTime);
     if !exp.is_empty() {
-        let t = rfc3339::parse_system_time(exp).map_err(|e| {
+        let t = time::parse_system_time(exp).map_err(|e| {
             row.error(
                 Col::ExpirationTime,
                 format!(
@@ -940,7 +940,7 @@ mod tests {
         assert_eq!(d.action, Action::Block);
         assert_eq!(
             d.expiration,
-            Some(rfc3339::parse_system_time("2099-01-01T00:00:00Z").unwrap())
+            Some(time::parse_system_time("2099-01-01T00:00:00Z").unwrap())
         );
         assert_eq!(d.severity, Some(Severity::High));
         assert_eq!(d.title.as_deref(), Some("Bad, very bad"));

@@ -25,7 +25,7 @@ use serde::{
     ser::SerializeStruct,
 };
 
-use crate::time::{self as rfc3339, Timestamp};
+use crate::time::{self, Timestamp};
 
 /// Declares a closed set of names with serde names equal to the variant names.
 macro_rules! named_enum {
@@ -1474,7 +1474,7 @@ impl Serialize for Indicator {
             kind: self.kind,
             value: &self.value,
             action: self.action,
-            expiration: self.expiration.map(rfc3339::format),
+            expiration: self.expiration.map(time::format),
             title: self.title.as_deref(),
             description: self.description.as_deref(),
             severity: self.severity,
@@ -1494,7 +1494,7 @@ impl Serialize for IndicatorRef<'_> {
             kind: self.kind(),
             value: self.value(),
             action: self.action(),
-            expiration: self.expiration().map(rfc3339::format),
+            expiration: self.expiration().map(time::format),
             title: self.title(),
             description: self.description(),
             severity: self.severity(),
@@ -1644,7 +1644,7 @@ impl Builder {
         let expiration = match &raw.expiration {
             None => None,
             Some(s) => {
-                let t = rfc3339::parse(&s.0)
+                let t = time::parse(&s.0)
                     .map_err(|e| fail(format!("bad expiration {:?}: {e}", s.0)))?;
                 if t.to_system_time().is_none() {
                     return Err(fail(format!("bad expiration {:?}: out of range", s.0)));
@@ -1678,7 +1678,7 @@ impl Builder {
                 format!(
                     "indicator #{index}{}: already expired ({}); it will never match",
                     name(),
-                    rfc3339::format_timestamp(t)
+                    time::format_timestamp(t)
                 )
             });
         }
@@ -1912,7 +1912,7 @@ mod tests {
         assert!(i.generate_alert);
         assert_eq!(
             i.expiration,
-            Some(rfc3339::parse_system_time("2099-01-01T00:00:00Z").unwrap())
+            Some(time::parse_system_time("2099-01-01T00:00:00Z").unwrap())
         );
     }
 
