@@ -13,7 +13,7 @@ use nprot::{
     events::{Clock, EventFactory},
     policy::{Policy, load_json},
     replay::Replay,
-    datapath::verdict::Mode,
+    mode::Mode,
 };
 
 /// One name and one address blocked, so that verdicts flow back into the tracker.

@@ -6,13 +6,15 @@
 //! what happened to [`events`], which writes JSON lines to the sinks. [`control`] runs it
 //! live (daemon, control socket, admin CLI, configuration, persisted state); [`replay`]
 //! runs the same data path from a capture file. Below them all are the shared types:
-//! [`record`] (what the kernel reports), [`process`], [`time`] and [`histogram`].
+//! [`record`] (what the kernel reports), [`mode`], [`process`], [`time`] and
+//! [`histogram`].
 
 pub mod capture;
 pub mod control;
 pub mod datapath;
 pub mod events;
 pub mod histogram;
+pub mod mode;
 pub mod policy;
 pub mod process;
 pub mod record;

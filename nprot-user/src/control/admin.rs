@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::{
     control::cli::{ClientArgs, IndicatorCommand},
     control::socket::{Request, Response, call},
-    datapath::verdict::Mode,
+    mode::Mode,
 };
 
 fn send(client: &ClientArgs, request: &Request) -> anyhow::Result<Value> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::datapath::verdict::Mode;
+use crate::mode::Mode;
 
 /// nprot: a transparent network-protection sensor.
 #[derive(Debug, Parser)]

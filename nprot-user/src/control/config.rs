@@ -21,7 +21,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::{
     datapath::pipeline::{KnownProxy, OversizedAction},
-    datapath::verdict::Mode,
+    mode::Mode,
     policy::Action,
 };
 

@@ -32,7 +32,6 @@ use crate::{
     control::socket::{self, Request, Response},
     control::state::State,
     datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
-    datapath::verdict::Mode,
     events::rfc3339_micros,
     events::{
         EventFactory,
@@ -42,6 +41,7 @@ use crate::{
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
     histogram::LatencySummary,
+    mode::Mode,
     policy::{
         self, Action, Indicator, IndicatorType, Indicators, Policy, Subject, Target, load_json,
     },

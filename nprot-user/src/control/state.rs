@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::{
-    datapath::verdict::Mode,
+    mode::Mode,
     policy::{Indicator, IndicatorError, Indicators, load_json},
 };
 

@@ -15,16 +15,18 @@ use crate::{
     capture::attribution::ProcessSource,
     datapath::parse::{
         ParseOutcome, Parsed,
-        http::{self, Body},
+        http::{self, Body, HttpRequest},
         parse_client_payload,
+        tls::ClientHelloInfo,
     },
     datapath::reassembly::{Reassembler, Stream, TableFull},
-    datapath::verdict::{Mode, Outcome, outcome},
+    datapath::verdict::{Enforcement, Outcome, outcome},
     events::{
-        ActionType, Direction, Event, EventFactory, FlowEnds, OversizedFields, ProxyFields,
-        monotonic_ns,
+        ActionType, Direction, Event, EventFactory, FlowEnds, HttpSeen, OversizedFields,
+        Protection, ProxyFields, TlsSeen, monotonic_ns,
     },
     histogram::Histogram,
+    mode::Mode,
     policy::{Policy, matcher::Subject},
     process::{ProcessColumns, ProcessInfo},
     record::{Record, ip_addr},
@@ -885,7 +887,8 @@ impl Pipeline {
         let event = match &item.parsed {
             Parsed::Tls(hello) => {
                 self.stats.tls_inspected += 1;
-                self.factory.tls(rec.ts_ns, ends, hello, item.proxy.clone())
+                self.factory
+                    .tls(rec.ts_ns, ends, tls_seen(hello), item.proxy.clone())
             }
             Parsed::Http(req) => {
                 self.stats.http_inspected += 1;
@@ -911,7 +914,7 @@ impl Pipeline {
                 self.factory.http(
                     rec.ts_ns,
                     ends,
-                    req,
+                    http_seen(req, ends),
                     item.proxy.clone(),
                     item.depth,
                     oversized,
@@ -934,7 +937,7 @@ impl Pipeline {
                 rec.ts_ns,
                 ends,
                 remote_url.clone(),
-                enforcement,
+                protection(enforcement),
                 self.mode,
             );
             self.events.push(ev);
@@ -998,6 +1001,40 @@ fn flow_ends(rec: &Record<'_>, local: Option<&HashSet<IpAddr>>) -> FlowEnds {
 fn describe(ends: &FlowEnds) -> String {
     let (c, s) = (ends.client, ends.server);
     format!("{}:{} -> {}:{}", c.0, c.1, s.0, s.1)
+}
+
+/// What events report of a ClientHello.
+fn tls_seen(hello: &ClientHelloInfo) -> TlsSeen {
+    TlsSeen {
+        server_name: hello.server_name.clone(),
+        alpn: hello.alpn.clone(),
+        tls_version: hello.tls_version,
+        ech: hello.ech,
+    }
+}
+
+/// What events report of a request head; a host the request does not name is the
+/// server's address.
+fn http_seen(req: &HttpRequest, ends: &FlowEnds) -> HttpSeen {
+    HttpSeen {
+        method: req.method.clone(),
+        host: req.host.clone(),
+        uri: req.uri.clone(),
+        user_agent: req.user_agent.clone(),
+        url: req.url_at(SocketAddr::from(ends.server)),
+    }
+}
+
+/// What events report of the indicator behind an enforcement.
+fn protection(enforcement: &Enforcement<'_>) -> Protection {
+    let ind = enforcement.indicator;
+    Protection {
+        indicator_id: ind.id().to_owned(),
+        indicator_value: ind.value().to_owned(),
+        action: ind.action().as_str(),
+        display_name: ind.title().map(str::to_owned),
+        is_audit: enforcement.is_audit,
+    }
 }
 
 #[cfg(test)]

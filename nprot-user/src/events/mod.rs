@@ -7,19 +7,14 @@ pub mod rotate;
 pub mod sink;
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
 
-use crate::{
-    datapath::parse::{http::HttpRequest, tls::ClientHelloInfo},
-    datapath::verdict::{Enforcement, Mode},
-    policy::indicator::Action,
-    process::ProcessColumns,
-};
+use crate::{mode::Mode, process::ProcessColumns};
 
 /// The advanced-hunting table an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -80,7 +75,8 @@ pub enum AdditionalFields {
         is_audit: bool,
         indicator_id: String,
         indicator_value: String,
-        action: Action,
+        /// The indicator's action, by its name in indicator files.
+        action: &'static str,
         display_name: Option<String>,
         mode: Mode,
         /// Lower case like every other event's `direction`.
@@ -298,48 +294,46 @@ impl EventFactory {
         &mut self,
         ts_ns: u64,
         flow: &FlowEnds,
-        hello: &ClientHelloInfo,
+        hello: TlsSeen,
         proxy: ProxyFields,
     ) -> Event {
+        let url = hello.server_name.clone();
         let fields = AdditionalFields::Ssl {
-            server_name: hello.server_name.clone(),
-            alpn: hello.alpn.clone(),
+            server_name: hello.server_name,
+            alpn: hello.alpn,
             tls_version: hello.tls_version,
             ech: hello.ech,
             direction: flow.direction,
             proxy,
         };
-        let url = hello.server_name.clone();
         self.event(ActionType::SslConnectionInspected, ts_ns, flow, url, fields)
     }
 
-    /// `HttpConnectionInspected`; `RemoteUrl` is the full URL (or CONNECT authority),
-    /// with the server's address for a host the request does not name.
+    /// `HttpConnectionInspected`; `RemoteUrl` is the request's full URL.
     pub fn http(
         &mut self,
         ts_ns: u64,
         flow: &FlowEnds,
-        req: &HttpRequest,
+        req: HttpSeen,
         proxy: ProxyFields,
         trans_depth: u32,
         oversized: Option<OversizedFields>,
     ) -> Event {
         let fields = AdditionalFields::Http {
-            method: req.method.clone(),
-            host: req.host.clone(),
-            uri: req.uri.clone(),
-            user_agent: req.user_agent.clone(),
+            method: req.method,
+            host: req.host,
+            uri: req.uri,
+            user_agent: req.user_agent,
             direction: flow.direction,
             trans_depth,
             proxy,
             oversized,
         };
-        let url = Some(req.url_at(SocketAddr::from(flow.server)));
         self.event(
             ActionType::HttpConnectionInspected,
             ts_ns,
             flow,
-            url,
+            Some(req.url),
             fields,
         )
     }
@@ -352,27 +346,69 @@ impl EventFactory {
         ts_ns: u64,
         flow: &FlowEnds,
         remote_url: Option<String>,
-        enforcement: &Enforcement<'_>,
+        protection: Protection,
         mode: Mode,
     ) -> Event {
-        let ind = enforcement.indicator;
-        let action_type = if enforcement.is_audit {
+        let action_type = if protection.is_audit {
             ActionType::ExploitGuardNetworkProtectionAudited
         } else {
             ActionType::ExploitGuardNetworkProtectionBlocked
         };
         let fields = AdditionalFields::NetworkProtection {
             response_category: "CustomBlockList",
-            is_audit: enforcement.is_audit,
-            indicator_id: ind.id().to_owned(),
-            indicator_value: ind.value().to_owned(),
-            action: ind.action(),
-            display_name: ind.title().map(str::to_owned),
+            is_audit: protection.is_audit,
+            indicator_id: protection.indicator_id,
+            indicator_value: protection.indicator_value,
+            action: protection.action,
+            display_name: protection.display_name,
             mode,
             direction: flow.direction,
         };
         self.event(action_type, ts_ns, flow, remote_url, fields)
     }
+}
+
+/// What a ClientHello showed, for `SslConnectionInspected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSeen {
+    /// The SNI.
+    pub server_name: Option<String>,
+    /// The offered ALPN protocols.
+    pub alpn: Vec<String>,
+    /// The highest version offered.
+    pub tls_version: &'static str,
+    /// An encrypted_client_hello extension was present.
+    pub ech: bool,
+}
+
+/// What a request head showed, for `HttpConnectionInspected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSeen {
+    /// The method.
+    pub method: String,
+    /// The Host header.
+    pub host: Option<String>,
+    /// The request target as sent.
+    pub uri: String,
+    /// The User-Agent header.
+    pub user_agent: Option<String>,
+    /// The full URL (`RemoteUrl`), or the CONNECT authority.
+    pub url: String,
+}
+
+/// The indicator behind a protection event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protection {
+    /// The indicator's id.
+    pub indicator_id: String,
+    /// The indicator's value.
+    pub indicator_value: String,
+    /// Its action, by its name in indicator files.
+    pub action: &'static str,
+    /// Its title.
+    pub display_name: Option<String>,
+    /// Audited rather than blocked.
+    pub is_audit: bool,
 }
 
 impl EventFactory {

@@ -41,8 +41,8 @@ use self::{
 };
 use crate::{
     datapath::pipeline::{Pipeline, PipelineStats},
-    datapath::verdict::Mode,
     events::{Clock, Event, EventFactory},
+    mode::Mode,
     policy::{Policy, indicator},
 };
 

@@ -23,10 +23,7 @@ use nprot_common::{
 };
 
 use super::packet::Segment;
-use crate::{
-    datapath::{pipeline::VerdictTarget, verdict::Mode},
-    record::Record,
-};
+use crate::{datapath::pipeline::VerdictTarget, mode::Mode, record::Record};
 
 /// The kernel settings replay mirrors (`SensorConfig`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
