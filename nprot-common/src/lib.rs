@@ -7,6 +7,7 @@
 
 pub mod encap;
 pub mod lifecycle;
+pub mod names;
 
 /// Address family of a flow: IPv4.
 pub const FAMILY_V4: u8 = 4;

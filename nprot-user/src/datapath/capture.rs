@@ -22,7 +22,7 @@ use aya::{
     util::KernelVersion,
 };
 use log::{debug, info, warn};
-use nprot_common::{FlowKey, SensorConfig, SocketOwner, VerdictEntry, owner_stat, stat};
+use nprot_common::{FlowKey, SensorConfig, SocketOwner, VerdictEntry, names, owner_stat, stat};
 use thiserror::Error;
 
 /// The compiled eBPF object, built by `build.rs` with aya-build.
@@ -83,12 +83,12 @@ impl LinkKind {
     fn programs(self) -> [(&'static str, TcAttachType); 2] {
         match self {
             LinkKind::Ethernet => [
-                ("nprot_eth_egress", TcAttachType::Egress),
-                ("nprot_eth_ingress", TcAttachType::Ingress),
+                (names::PROG_ETH_EGRESS, TcAttachType::Egress),
+                (names::PROG_ETH_INGRESS, TcAttachType::Ingress),
             ],
             LinkKind::L3 => [
-                ("nprot_l3_egress", TcAttachType::Egress),
-                ("nprot_l3_ingress", TcAttachType::Ingress),
+                (names::PROG_L3_EGRESS, TcAttachType::Egress),
+                (names::PROG_L3_INGRESS, TcAttachType::Ingress),
             ],
         }
     }
@@ -127,7 +127,7 @@ impl Sensor {
             aya::util::nr_cpus().map_err(|(what, e)| CaptureError::Load(format!("{what}: {e}")))?;
         let cpus = u32::try_from(cpus).unwrap_or(u32::MAX).max(1);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(nprot_common::SCRATCH_MAP, cpus)
+            .map_max_entries(names::SCRATCH, cpus)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let text = e.to_string();
@@ -140,11 +140,11 @@ impl Sensor {
 
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let mut sensor = Sensor {
-            records: Some(take_map(&mut ebpf, "RECORDS")?),
-            verdicts: take_map(&mut ebpf, "VERDICTS")?,
+            records: Some(take_map(&mut ebpf, names::RECORDS)?),
+            verdicts: take_map(&mut ebpf, names::VERDICTS)?,
             verdicts_written: std::collections::HashMap::new(),
             stale_verdicts: 0,
-            stats: take_map(&mut ebpf, "STATS")?,
+            stats: take_map(&mut ebpf, names::STATS)?,
             ebpf,
             added_qdiscs: Vec::new(),
             attached: Vec::new(),
@@ -216,15 +216,15 @@ impl Sensor {
     pub fn configure(&mut self, config: SensorConfig) -> Result<(), CaptureError> {
         let map = self
             .ebpf
-            .map_mut("CONFIG")
-            .ok_or(CaptureError::Missing("CONFIG"))?;
+            .map_mut(names::CONFIG)
+            .ok_or(CaptureError::Missing(names::CONFIG))?;
         let mut cfg: Array<_, SensorConfig> =
             Array::try_from(map).map_err(|source| CaptureError::Map {
-                map: "CONFIG",
+                map: names::CONFIG,
                 source,
             })?;
         cfg.set(0, config, 0).map_err(|source| CaptureError::Map {
-            map: "CONFIG",
+            map: names::CONFIG,
             source,
         })
     }
@@ -243,7 +243,7 @@ impl Sensor {
         self.verdicts
             .insert(key, verdict, 0)
             .map_err(|source| CaptureError::Map {
-                map: "VERDICTS",
+                map: names::VERDICTS,
                 source,
             })?;
         self.verdicts_written.insert(*key, Instant::now());
@@ -283,7 +283,7 @@ impl Sensor {
                 .stats
                 .get(&(i as u32), 0)
                 .map_err(|source| CaptureError::Map {
-                    map: "STATS",
+                    map: names::STATS,
                     source,
                 })?;
             *slot = values.iter().sum();
@@ -337,7 +337,7 @@ impl Sensor {
         };
         let mut attached: Vec<(&str, cgroup_sock_addr::CgroupSockAddrLinkId)> = Vec::new();
         let mut failure = None;
-        for name in ["nprot_connect4", "nprot_connect6"] {
+        for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
             let result = (|| -> Result<cgroup_sock_addr::CgroupSockAddrLinkId, String> {
                 let program: &mut CgroupSockAddr = self
                     .ebpf
@@ -375,9 +375,9 @@ impl Sensor {
         }
         let map = |e: CaptureError| e.to_string();
         Ok(ConnectHooks {
-            connects: take_map(&mut self.ebpf, "CONNECTS").map_err(map)?,
-            owners: take_map(&mut self.ebpf, "SOCKET_OWNERS").map_err(map)?,
-            counters: HookCounters(take_map(&mut self.ebpf, "OWNER_STATS").map_err(map)?),
+            connects: take_map(&mut self.ebpf, names::CONNECTS).map_err(map)?,
+            owners: take_map(&mut self.ebpf, names::SOCKET_OWNERS).map_err(map)?,
+            counters: HookCounters(take_map(&mut self.ebpf, names::OWNER_STATS).map_err(map)?),
         })
     }
 }
@@ -476,4 +476,193 @@ pub fn local_addrs() -> std::io::Result<std::collections::HashSet<IpAddr>> {
     // SAFETY: frees the list from getifaddrs exactly once.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The embedded object against what the loader takes from it: no root needed, so a
+    //! renamed map or a changed layout fails here rather than at `nprot run`.
+
+    use std::mem::size_of;
+
+    use aya_obj::{
+        Object, ProgramSection,
+        generated::bpf_map_type::{self, *},
+        programs::CgroupSockAddrAttachType,
+    };
+    use nprot_common::{
+        FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord,
+    };
+
+    use super::*;
+
+    fn object() -> Object {
+        Object::parse(EBPF_OBJECT).expect("the embedded eBPF object parses")
+    }
+
+    /// What a map must be: type, key and value size, and `max_entries` where the object
+    /// fixes it (ring buffers: their byte size, checked for what the kernel demands).
+    struct Want {
+        name: &'static str,
+        kind: bpf_map_type,
+        key: usize,
+        value: usize,
+        max_entries: Option<u32>,
+    }
+
+    #[test]
+    fn every_map_the_daemon_takes_exists_with_its_layout() {
+        let obj = object();
+        let want = [
+            Want {
+                name: names::FLOWS,
+                kind: BPF_MAP_TYPE_LRU_HASH,
+                key: size_of::<FlowKey>(),
+                value: size_of::<FlowState>(),
+                max_entries: Some(MAX_FLOWS),
+            },
+            Want {
+                name: names::VERDICTS,
+                kind: BPF_MAP_TYPE_HASH,
+                key: size_of::<FlowKey>(),
+                value: size_of::<VerdictEntry>(),
+                max_entries: Some(MAX_PENDING_VERDICTS),
+            },
+            Want {
+                name: names::RECORDS,
+                kind: BPF_MAP_TYPE_RINGBUF,
+                key: 0,
+                value: 0,
+                max_entries: None,
+            },
+            Want {
+                name: names::CONFIG,
+                kind: BPF_MAP_TYPE_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<SensorConfig>(),
+                max_entries: Some(1),
+            },
+            Want {
+                name: names::STATS,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<u64>(),
+                max_entries: Some(stat::COUNT),
+            },
+            Want {
+                name: names::SCRATCH,
+                kind: BPF_MAP_TYPE_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<PayloadRecord>(),
+                // Sized to the possible CPUs at load (`map_max_entries`).
+                max_entries: None,
+            },
+            Want {
+                name: names::SOCKET_OWNERS,
+                kind: BPF_MAP_TYPE_LRU_HASH,
+                key: size_of::<u64>(),
+                value: size_of::<SocketOwner>(),
+                max_entries: Some(MAX_SOCKET_OWNERS),
+            },
+            Want {
+                name: names::CONNECTS,
+                kind: BPF_MAP_TYPE_RINGBUF,
+                key: 0,
+                value: 0,
+                max_entries: None,
+            },
+            Want {
+                name: names::LAST_CONNECT,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<[u64; 2]>(),
+                max_entries: Some(1),
+            },
+            Want {
+                name: names::OWNER_STATS,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<u64>(),
+                max_entries: Some(owner_stat::COUNT),
+            },
+        ];
+        for w in &want {
+            let map = obj
+                .maps
+                .get(w.name)
+                .unwrap_or_else(|| panic!("map {} missing from the object", w.name));
+            let got = (
+                map.map_type(),
+                map.key_size() as usize,
+                map.value_size() as usize,
+            );
+            assert_eq!(got, (w.kind as u32, w.key, w.value), "map {}", w.name);
+            match w.max_entries {
+                Some(n) => assert_eq!(map.max_entries(), n, "max_entries of {}", w.name),
+                None if w.kind == BPF_MAP_TYPE_RINGBUF => {
+                    let size = map.max_entries();
+                    assert!(
+                        size.is_power_of_two() && size.is_multiple_of(4096),
+                        "ring buffer {} of {size} bytes: the kernel wants a power of two \
+                         multiple of the page size",
+                        w.name
+                    );
+                }
+                None => assert!(map.max_entries() >= 1, "map {}", w.name),
+            }
+        }
+        // No map the daemon does not know of (it would be loaded, never read).
+        let mut extra: Vec<&String> = obj
+            .maps
+            .keys()
+            .filter(|name| !want.iter().any(|w| w.name == name.as_str()))
+            .collect();
+        extra.sort();
+        assert!(
+            extra.is_empty(),
+            "maps not named in nprot_common::names: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn every_program_the_daemon_attaches_exists_with_its_section() {
+        let obj = object();
+        let section = |name: &str| {
+            &obj.programs
+                .get(name)
+                .unwrap_or_else(|| panic!("program {name} missing from the object"))
+                .section
+        };
+        let classifiers = [LinkKind::Ethernet, LinkKind::L3]
+            .into_iter()
+            .flat_map(|kind| kind.programs().map(|(name, _)| name));
+        for name in classifiers {
+            assert!(
+                matches!(section(name), ProgramSection::SchedClassifier),
+                "{name}: {:?}",
+                section(name)
+            );
+        }
+        assert!(
+            matches!(
+                section(names::PROG_CONNECT4),
+                ProgramSection::CgroupSockAddr {
+                    attach_type: CgroupSockAddrAttachType::Connect4
+                }
+            ),
+            "{:?}",
+            section(names::PROG_CONNECT4)
+        );
+        assert!(
+            matches!(
+                section(names::PROG_CONNECT6),
+                ProgramSection::CgroupSockAddr {
+                    attach_type: CgroupSockAddrAttachType::Connect6
+                }
+            ),
+            "{:?}",
+            section(names::PROG_CONNECT6)
+        );
+        assert_eq!(obj.programs.len(), 6, "{:?}", obj.programs.keys());
+    }
 }
