@@ -4,21 +4,27 @@
 //! Attachment uses TCX links on kernels that have them (≥ 6.6) and the clsact qdisc
 //! otherwise. TCX links belong to this process, so they vanish with it even on a crash;
 //! a clsact qdisc that nprot added itself is removed again when the sensor stops.
+//!
+//! Errors from aya are told apart by their variant and the errno they carry
+//! ([`Errno`]), never by their text.
 
 use std::{
     collections::HashSet,
-    fs,
+    fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::{Duration, Instant},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    BtfError, Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    pin::PinError,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, cgroup_sock_addr, tc,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TcError,
+        cgroup_sock_addr, tc,
     },
+    sys::{NetlinkError, SyscallError},
     util::KernelVersion,
 };
 use log::{debug, info, warn};
@@ -130,11 +136,10 @@ impl Sensor {
             .map_max_entries(names::SCRATCH, cpus)
             .load(EBPF_OBJECT)
             .map_err(|e| {
-                let text = e.to_string();
-                if is_permission_error(&text) {
-                    CaptureError::Privileges(text)
+                if is_permission_error(&e) {
+                    CaptureError::Privileges(chain(&e))
                 } else {
-                    CaptureError::Load(text)
+                    CaptureError::Load(chain(&e))
                 }
             })?;
 
@@ -161,13 +166,13 @@ impl Sensor {
             match tc::qdisc_add_clsact(interface) {
                 Ok(()) => self.added_qdiscs.push(interface.to_owned()),
                 // An existing clsact qdisc belongs to someone else: share it, leave it.
-                Err(e) if e.to_string().contains("exists") => {}
+                Err(e) if qdisc_exists(&e) => {}
                 Err(e) => {
                     return Err(CaptureError::Attach {
                         program: "clsact qdisc".into(),
                         interface: interface.into(),
                         direction: "both",
-                        reason: e.to_string(),
+                        reason: chain(&e),
                     });
                 }
             }
@@ -182,17 +187,15 @@ impl Sensor {
                 .program_mut(name)
                 .ok_or(CaptureError::Missing("a TC program"))?
                 .try_into()
-                .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
+                .map_err(|e: ProgramError| CaptureError::Load(chain(&e)))?;
             if program.fd().is_err() {
                 program.load().map_err(|e| {
-                    let text = e.to_string();
-                    if is_permission_error(&text) {
-                        CaptureError::Privileges(text)
+                    if is_permission_error(&e) {
+                        CaptureError::Privileges(chain(&e))
                     } else {
-                        debug!("verifier output for {name}: {text}");
                         CaptureError::Rejected {
                             program: name.to_owned(),
-                            reason: first_line(&text),
+                            reason: rejection(name, &e),
                         }
                     }
                 })?;
@@ -203,7 +206,7 @@ impl Sensor {
                     program: name.to_owned(),
                     interface: interface.to_owned(),
                     direction,
-                    reason: format!("{e:#}"),
+                    reason: chain(&e),
                 })?;
         }
         let mechanism = if tcx { "tcx" } else { "clsact" };
@@ -344,11 +347,10 @@ impl Sensor {
                     .program_mut(name)
                     .ok_or_else(|| format!("{name} is missing from the eBPF object"))?
                     .try_into()
-                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                    .map_err(|e: ProgramError| chain(&e))?;
                 if program.fd().is_err() {
                     program.load().map_err(|e| {
-                        debug!("verifier output for {name}: {e}");
-                        format!("the kernel rejected {name}: {}", first_line(&e.to_string()))
+                        format!("the kernel rejected {name}: {}", rejection(name, &e))
                     })?;
                 }
                 program
@@ -412,9 +414,118 @@ fn remove_clsact(interface: &str) -> std::io::Result<()> {
     }
 }
 
+/// The errno an aya error carries, found by its variant, never by its text.
+trait Errno {
+    /// The raw OS error code, if the error came from a syscall.
+    fn errno(&self) -> Option<i32>;
+}
+
+impl Errno for io::Error {
+    fn errno(&self) -> Option<i32> {
+        self.raw_os_error()
+    }
+}
+
+impl Errno for SyscallError {
+    fn errno(&self) -> Option<i32> {
+        self.io_error.errno()
+    }
+}
+
+impl Errno for NetlinkError {
+    fn errno(&self) -> Option<i32> {
+        self.raw_os_error()
+    }
+}
+
+impl Errno for EbpfError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            EbpfError::FileError { error, .. } => error.errno(),
+            EbpfError::BtfError(e) => e.errno(),
+            EbpfError::MapError(e) => e.errno(),
+            EbpfError::ProgramError(e) => e.errno(),
+            _ => None,
+        }
+    }
+}
+
+impl Errno for BtfError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            BtfError::LoadError { io_error, .. } => io_error.errno(),
+            _ => None,
+        }
+    }
+}
+
+impl Errno for MapError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            MapError::CreateError { io_error, .. } | MapError::IoError(io_error) => {
+                io_error.errno()
+            }
+            MapError::SyscallError(e) => e.errno(),
+            MapError::PinError {
+                error: PinError::SyscallError(e),
+                ..
+            } => e.errno(),
+            _ => None,
+        }
+    }
+}
+
+impl Errno for TcError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            TcError::NetlinkError(e) => e.errno(),
+            TcError::IoError(e) => e.errno(),
+            _ => None,
+        }
+    }
+}
+
+impl Errno for ProgramError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            ProgramError::LoadError { io_error, .. } | ProgramError::IOError(io_error) => {
+                io_error.errno()
+            }
+            ProgramError::SyscallError(e) => e.errno(),
+            ProgramError::MapError(e) => e.errno(),
+            ProgramError::TcError(e) => e.errno(),
+            ProgramError::NetlinkError(e) => e.errno(),
+            ProgramError::Btf(e) => e.errno(),
+            _ => None,
+        }
+    }
+}
+
 /// EPERM means missing capabilities; EACCES from BPF_PROG_LOAD is the verifier saying no.
-fn is_permission_error(text: &str) -> bool {
-    text.contains("Operation not permitted")
+fn is_permission_error(e: &impl Errno) -> bool {
+    e.errno() == Some(libc::EPERM)
+}
+
+/// Whether adding the clsact qdisc failed because the interface has one already.
+fn qdisc_exists(e: &TcError) -> bool {
+    matches!(e, TcError::AlreadyAttached) || e.errno() == Some(libc::EEXIST)
+}
+
+/// Why the kernel refused to load `name`, in one line; the verifier's full output goes to
+/// the debug log.
+fn rejection(name: &str, e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            debug!("verifier output for {name}: {verifier_log}");
+            format!(
+                "the BPF_PROG_LOAD syscall returned {io_error} (verifier output at debug level)"
+            )
+        }
+        other => chain(other),
+    }
 }
 
 /// An error with its sources, `a: b: c`.
@@ -422,15 +533,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // `#[error("outer: {0}")]` wrappers already show their source; say it once.
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = s.source();
     }
     text
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().to_owned()
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
