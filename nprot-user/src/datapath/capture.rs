@@ -2,8 +2,9 @@
 //! what the kernel reports through the ring buffer.
 //!
 //! Attachment uses TCX links on kernels that have them (≥ 6.6) and the clsact qdisc
-//! otherwise. TCX links belong to this process, so they vanish with it even on a crash;
-//! a clsact qdisc that nprot added itself is removed again when the sensor stops.
+//! otherwise ([`TcAttach`]). TCX links belong to this process, so they vanish with it even
+//! on a crash; a clsact qdisc that nprot added itself is removed again when the sensor
+//! stops.
 //!
 //! Errors from aya are told apart by their variant and the errno they carry
 //! ([`Errno`]), never by their text.
@@ -21,8 +22,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     pin::PinError,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TcError,
-        cgroup_sock_addr, tc,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        TcError, cgroup_sock_addr,
+        tc::{self, NlOptions, TcAttachOptions},
     },
     sys::{NetlinkError, SyscallError},
     util::KernelVersion,
@@ -100,6 +102,25 @@ impl LinkKind {
     }
 }
 
+/// How the TC programs are attached to the guarded interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcAttach {
+    /// TCX links on kernels that have them (≥ 6.6), the clsact qdisc otherwise.
+    #[default]
+    Auto,
+    /// The clsact qdisc even where TCX exists: the older kernels' path, for tests
+    /// (`nprot run --force-clsact`, hidden).
+    Clsact,
+}
+
+impl TcAttach {
+    /// Whether this kernel gets TCX links.
+    fn tcx(self) -> bool {
+        self == TcAttach::Auto
+            && KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+    }
+}
+
 /// The loaded and attached programs; dropping it detaches everything.
 pub struct Sensor {
     // Field order matters for drop: maps first, then the object that owns the links.
@@ -117,8 +138,13 @@ pub struct Sensor {
 }
 
 impl Sensor {
-    /// Loads the programs, writes `config`, and attaches to every interface in `interfaces`.
-    pub fn start(interfaces: &[String], config: SensorConfig) -> Result<Sensor, CaptureError> {
+    /// Loads the programs, writes `config`, and attaches to every interface in `interfaces`
+    /// the way `how` says.
+    pub fn start(
+        interfaces: &[String],
+        config: SensorConfig,
+        how: TcAttach,
+    ) -> Result<Sensor, CaptureError> {
         let mut kinds = Vec::with_capacity(interfaces.len());
         for (i, name) in interfaces.iter().enumerate() {
             if interfaces[..i].contains(name) {
@@ -143,7 +169,7 @@ impl Sensor {
                 }
             })?;
 
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let tcx = how.tcx();
         let mut sensor = Sensor {
             records: Some(take_map(&mut ebpf, names::RECORDS)?),
             verdicts: take_map(&mut ebpf, names::VERDICTS)?,
@@ -200,8 +226,14 @@ impl Sensor {
                     }
                 })?;
             }
+            // Explicit either way: aya's plain `attach` picks TCX by itself on ≥ 6.6.
+            let options = if tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            } else {
+                TcAttachOptions::Netlink(NlOptions::default())
+            };
             program
-                .attach(interface, attach_type)
+                .attach_with_options(interface, attach_type, options)
                 .map_err(|e| CaptureError::Attach {
                     program: name.to_owned(),
                     interface: interface.to_owned(),
