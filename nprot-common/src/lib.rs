@@ -7,6 +7,7 @@
 
 pub mod encap;
 pub mod lifecycle;
+pub mod names;
 pub mod track;
 
 /// Address family of a flow: IPv4.

@@ -2,29 +2,37 @@
 //! what the kernel reports through the ring buffer.
 //!
 //! Attachment uses TCX links on kernels that have them (≥ 6.6) and the clsact qdisc
-//! otherwise. TCX links belong to this process, so they vanish with it even on a crash;
-//! a clsact qdisc that nprot added itself is removed again when the sensor stops.
+//! otherwise ([`TcAttach`]). TCX links belong to this process, so they vanish with it even
+//! on a crash; a clsact qdisc that nprot added itself is removed again when the sensor
+//! stops.
+//!
+//! Errors from aya are told apart by their variant and the errno they carry
+//! ([`Errno`]), never by their text.
 
 pub mod attribution;
 
 use std::{
     collections::HashSet,
-    fs,
+    fs, io,
     net::IpAddr,
     path::Path,
     time::{Duration, Instant},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    BtfError, Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    pin::PinError,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, cgroup_sock_addr, tc,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        TcError, cgroup_sock_addr,
+        tc::{self, NlOptions, TcAttachOptions},
     },
+    sys::{NetlinkError, SyscallError},
     util::KernelVersion,
 };
 use log::{debug, info, warn};
-use nprot_common::{FlowKey, SensorConfig, SocketOwner, VerdictEntry, owner_stat, stat};
+use nprot_common::{FlowKey, SensorConfig, SocketOwner, VerdictEntry, names, owner_stat, stat};
 use thiserror::Error;
 
 /// The compiled eBPF object, built by `build.rs` with aya-build.
@@ -85,14 +93,33 @@ impl LinkKind {
     fn programs(self) -> [(&'static str, TcAttachType); 2] {
         match self {
             LinkKind::Ethernet => [
-                ("nprot_eth_egress", TcAttachType::Egress),
-                ("nprot_eth_ingress", TcAttachType::Ingress),
+                (names::PROG_ETH_EGRESS, TcAttachType::Egress),
+                (names::PROG_ETH_INGRESS, TcAttachType::Ingress),
             ],
             LinkKind::L3 => [
-                ("nprot_l3_egress", TcAttachType::Egress),
-                ("nprot_l3_ingress", TcAttachType::Ingress),
+                (names::PROG_L3_EGRESS, TcAttachType::Egress),
+                (names::PROG_L3_INGRESS, TcAttachType::Ingress),
             ],
         }
+    }
+}
+
+/// How the TC programs are attached to the guarded interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TcAttach {
+    /// TCX links on kernels that have them (≥ 6.6), the clsact qdisc otherwise.
+    #[default]
+    Auto,
+    /// The clsact qdisc even where TCX exists: the older kernels' path, for tests
+    /// (`nprot run --force-clsact`, hidden).
+    Clsact,
+}
+
+impl TcAttach {
+    /// Whether this kernel gets TCX links.
+    fn tcx(self) -> bool {
+        self == TcAttach::Auto
+            && KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
     }
 }
 
@@ -113,8 +140,13 @@ pub struct Sensor {
 }
 
 impl Sensor {
-    /// Loads the programs, writes `config`, and attaches to every interface in `interfaces`.
-    pub fn start(interfaces: &[String], config: SensorConfig) -> Result<Sensor, CaptureError> {
+    /// Loads the programs, writes `config`, and attaches to every interface in `interfaces`
+    /// the way `how` says.
+    pub fn start(
+        interfaces: &[String],
+        config: SensorConfig,
+        how: TcAttach,
+    ) -> Result<Sensor, CaptureError> {
         let mut kinds = Vec::with_capacity(interfaces.len());
         for (i, name) in interfaces.iter().enumerate() {
             if interfaces[..i].contains(name) {
@@ -129,24 +161,23 @@ impl Sensor {
             aya::util::nr_cpus().map_err(|(what, e)| CaptureError::Load(format!("{what}: {e}")))?;
         let cpus = u32::try_from(cpus).unwrap_or(u32::MAX).max(1);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(nprot_common::SCRATCH_MAP, cpus)
+            .map_max_entries(names::SCRATCH, cpus)
             .load(EBPF_OBJECT)
             .map_err(|e| {
-                let text = e.to_string();
-                if is_permission_error(&text) {
-                    CaptureError::Privileges(text)
+                if is_permission_error(&e) {
+                    CaptureError::Privileges(chain(&e))
                 } else {
-                    CaptureError::Load(text)
+                    CaptureError::Load(chain(&e))
                 }
             })?;
 
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let tcx = how.tcx();
         let mut sensor = Sensor {
-            records: Some(take_map(&mut ebpf, "RECORDS")?),
-            verdicts: take_map(&mut ebpf, "VERDICTS")?,
+            records: Some(take_map(&mut ebpf, names::RECORDS)?),
+            verdicts: take_map(&mut ebpf, names::VERDICTS)?,
             verdicts_written: std::collections::HashMap::new(),
             stale_verdicts: 0,
-            stats: take_map(&mut ebpf, "STATS")?,
+            stats: take_map(&mut ebpf, names::STATS)?,
             ebpf,
             added_qdiscs: Vec::new(),
             attached: Vec::new(),
@@ -163,13 +194,13 @@ impl Sensor {
             match tc::qdisc_add_clsact(interface) {
                 Ok(()) => self.added_qdiscs.push(interface.to_owned()),
                 // An existing clsact qdisc belongs to someone else: share it, leave it.
-                Err(e) if e.to_string().contains("exists") => {}
+                Err(e) if qdisc_exists(&e) => {}
                 Err(e) => {
                     return Err(CaptureError::Attach {
                         program: "clsact qdisc".into(),
                         interface: interface.into(),
                         direction: "both",
-                        reason: e.to_string(),
+                        reason: chain(&e),
                     });
                 }
             }
@@ -184,28 +215,32 @@ impl Sensor {
                 .program_mut(name)
                 .ok_or(CaptureError::Missing("a TC program"))?
                 .try_into()
-                .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
+                .map_err(|e: ProgramError| CaptureError::Load(chain(&e)))?;
             if program.fd().is_err() {
                 program.load().map_err(|e| {
-                    let text = e.to_string();
-                    if is_permission_error(&text) {
-                        CaptureError::Privileges(text)
+                    if is_permission_error(&e) {
+                        CaptureError::Privileges(chain(&e))
                     } else {
-                        debug!("verifier output for {name}: {text}");
                         CaptureError::Rejected {
                             program: name.to_owned(),
-                            reason: first_line(&text),
+                            reason: rejection(name, &e),
                         }
                     }
                 })?;
             }
+            // Explicit either way: aya's plain `attach` picks TCX by itself on ≥ 6.6.
+            let options = if tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            } else {
+                TcAttachOptions::Netlink(NlOptions::default())
+            };
             program
-                .attach(interface, attach_type)
+                .attach_with_options(interface, attach_type, options)
                 .map_err(|e| CaptureError::Attach {
                     program: name.to_owned(),
                     interface: interface.to_owned(),
                     direction,
-                    reason: format!("{e:#}"),
+                    reason: chain(&e),
                 })?;
         }
         let mechanism = if tcx { "tcx" } else { "clsact" };
@@ -218,15 +253,15 @@ impl Sensor {
     pub fn configure(&mut self, config: SensorConfig) -> Result<(), CaptureError> {
         let map = self
             .ebpf
-            .map_mut("CONFIG")
-            .ok_or(CaptureError::Missing("CONFIG"))?;
+            .map_mut(names::CONFIG)
+            .ok_or(CaptureError::Missing(names::CONFIG))?;
         let mut cfg: Array<_, SensorConfig> =
             Array::try_from(map).map_err(|source| CaptureError::Map {
-                map: "CONFIG",
+                map: names::CONFIG,
                 source,
             })?;
         cfg.set(0, config, 0).map_err(|source| CaptureError::Map {
-            map: "CONFIG",
+            map: names::CONFIG,
             source,
         })
     }
@@ -245,7 +280,7 @@ impl Sensor {
         self.verdicts
             .insert(key, verdict, 0)
             .map_err(|source| CaptureError::Map {
-                map: "VERDICTS",
+                map: names::VERDICTS,
                 source,
             })?;
         self.verdicts_written.insert(*key, Instant::now());
@@ -285,7 +320,7 @@ impl Sensor {
                 .stats
                 .get(&(i as u32), 0)
                 .map_err(|source| CaptureError::Map {
-                    map: "STATS",
+                    map: names::STATS,
                     source,
                 })?;
             *slot = values.iter().sum();
@@ -339,18 +374,17 @@ impl Sensor {
         };
         let mut attached: Vec<(&str, cgroup_sock_addr::CgroupSockAddrLinkId)> = Vec::new();
         let mut failure = None;
-        for name in ["nprot_connect4", "nprot_connect6"] {
+        for name in [names::PROG_CONNECT4, names::PROG_CONNECT6] {
             let result = (|| -> Result<cgroup_sock_addr::CgroupSockAddrLinkId, String> {
                 let program: &mut CgroupSockAddr = self
                     .ebpf
                     .program_mut(name)
                     .ok_or_else(|| format!("{name} is missing from the eBPF object"))?
                     .try_into()
-                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                    .map_err(|e: ProgramError| chain(&e))?;
                 if program.fd().is_err() {
                     program.load().map_err(|e| {
-                        debug!("verifier output for {name}: {e}");
-                        format!("the kernel rejected {name}: {}", first_line(&e.to_string()))
+                        format!("the kernel rejected {name}: {}", rejection(name, &e))
                     })?;
                 }
                 program
@@ -377,9 +411,9 @@ impl Sensor {
         }
         let map = |e: CaptureError| e.to_string();
         Ok(ConnectHooks {
-            connects: take_map(&mut self.ebpf, "CONNECTS").map_err(map)?,
-            owners: take_map(&mut self.ebpf, "SOCKET_OWNERS").map_err(map)?,
-            counters: HookCounters(take_map(&mut self.ebpf, "OWNER_STATS").map_err(map)?),
+            connects: take_map(&mut self.ebpf, names::CONNECTS).map_err(map)?,
+            owners: take_map(&mut self.ebpf, names::SOCKET_OWNERS).map_err(map)?,
+            counters: HookCounters(take_map(&mut self.ebpf, names::OWNER_STATS).map_err(map)?),
         })
     }
 }
@@ -414,9 +448,118 @@ fn remove_clsact(interface: &str) -> std::io::Result<()> {
     }
 }
 
+/// The errno an aya error carries, found by its variant, never by its text.
+trait Errno {
+    /// The raw OS error code, if the error came from a syscall.
+    fn errno(&self) -> Option<i32>;
+}
+
+impl Errno for io::Error {
+    fn errno(&self) -> Option<i32> {
+        self.raw_os_error()
+    }
+}
+
+impl Errno for SyscallError {
+    fn errno(&self) -> Option<i32> {
+        self.io_error.errno()
+    }
+}
+
+impl Errno for NetlinkError {
+    fn errno(&self) -> Option<i32> {
+        self.raw_os_error()
+    }
+}
+
+impl Errno for EbpfError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            EbpfError::FileError { error, .. } => error.errno(),
+            EbpfError::BtfError(e) => e.errno(),
+            EbpfError::MapError(e) => e.errno(),
+            EbpfError::ProgramError(e) => e.errno(),
+            _ => None,
+        }
+    }
+}
+
+impl Errno for BtfError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            BtfError::LoadError { io_error, .. } => io_error.errno(),
+            _ => None,
+        }
+    }
+}
+
+impl Errno for MapError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            MapError::CreateError { io_error, .. } | MapError::IoError(io_error) => {
+                io_error.errno()
+            }
+            MapError::SyscallError(e) => e.errno(),
+            MapError::PinError {
+                error: PinError::SyscallError(e),
+                ..
+            } => e.errno(),
+            _ => None,
+        }
+    }
+}
+
+impl Errno for TcError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            TcError::NetlinkError(e) => e.errno(),
+            TcError::IoError(e) => e.errno(),
+            _ => None,
+        }
+    }
+}
+
+impl Errno for ProgramError {
+    fn errno(&self) -> Option<i32> {
+        match self {
+            ProgramError::LoadError { io_error, .. } | ProgramError::IOError(io_error) => {
+                io_error.errno()
+            }
+            ProgramError::SyscallError(e) => e.errno(),
+            ProgramError::MapError(e) => e.errno(),
+            ProgramError::TcError(e) => e.errno(),
+            ProgramError::NetlinkError(e) => e.errno(),
+            ProgramError::Btf(e) => e.errno(),
+            _ => None,
+        }
+    }
+}
+
 /// EPERM means missing capabilities; EACCES from BPF_PROG_LOAD is the verifier saying no.
-fn is_permission_error(text: &str) -> bool {
-    text.contains("Operation not permitted")
+fn is_permission_error(e: &impl Errno) -> bool {
+    e.errno() == Some(libc::EPERM)
+}
+
+/// Whether adding the clsact qdisc failed because the interface has one already.
+fn qdisc_exists(e: &TcError) -> bool {
+    matches!(e, TcError::AlreadyAttached) || e.errno() == Some(libc::EEXIST)
+}
+
+/// Why the kernel refused to load `name`, in one line; the verifier's full output goes to
+/// the debug log.
+fn rejection(name: &str, e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            debug!("verifier output for {name}: {verifier_log}");
+            format!(
+                "the BPF_PROG_LOAD syscall returned {io_error} (verifier output at debug level)"
+            )
+        }
+        other => chain(other),
+    }
 }
 
 /// An error with its sources, `a: b: c`.
@@ -424,15 +567,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // `#[error("outer: {0}")]` wrappers already show their source; say it once.
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = s.source();
     }
     text
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().to_owned()
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
@@ -455,4 +598,193 @@ pub fn local_addrs() -> std::io::Result<std::collections::HashSet<IpAddr>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The embedded object against what the loader takes from it: no root needed, so a
+    //! renamed map or a changed layout fails here rather than at `nprot run`.
+
+    use std::mem::size_of;
+
+    use aya_obj::{
+        Object, ProgramSection,
+        generated::bpf_map_type::{self, *},
+        programs::CgroupSockAddrAttachType,
+    };
+    use nprot_common::{
+        FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord,
+    };
+
+    use super::*;
+
+    fn object() -> Object {
+        Object::parse(EBPF_OBJECT).expect("the embedded eBPF object parses")
+    }
+
+    /// What a map must be: type, key and value size, and `max_entries` where the object
+    /// fixes it (ring buffers: their byte size, checked for what the kernel demands).
+    struct Want {
+        name: &'static str,
+        kind: bpf_map_type,
+        key: usize,
+        value: usize,
+        max_entries: Option<u32>,
+    }
+
+    #[test]
+    fn every_map_the_daemon_takes_exists_with_its_layout() {
+        let obj = object();
+        let want = [
+            Want {
+                name: names::FLOWS,
+                kind: BPF_MAP_TYPE_LRU_HASH,
+                key: size_of::<FlowKey>(),
+                value: size_of::<FlowState>(),
+                max_entries: Some(MAX_FLOWS),
+            },
+            Want {
+                name: names::VERDICTS,
+                kind: BPF_MAP_TYPE_HASH,
+                key: size_of::<FlowKey>(),
+                value: size_of::<VerdictEntry>(),
+                max_entries: Some(MAX_PENDING_VERDICTS),
+            },
+            Want {
+                name: names::RECORDS,
+                kind: BPF_MAP_TYPE_RINGBUF,
+                key: 0,
+                value: 0,
+                max_entries: None,
+            },
+            Want {
+                name: names::CONFIG,
+                kind: BPF_MAP_TYPE_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<SensorConfig>(),
+                max_entries: Some(1),
+            },
+            Want {
+                name: names::STATS,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<u64>(),
+                max_entries: Some(stat::COUNT),
+            },
+            Want {
+                name: names::SCRATCH,
+                kind: BPF_MAP_TYPE_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<PayloadRecord>(),
+                // Sized to the possible CPUs at load (`map_max_entries`).
+                max_entries: None,
+            },
+            Want {
+                name: names::SOCKET_OWNERS,
+                kind: BPF_MAP_TYPE_LRU_HASH,
+                key: size_of::<u64>(),
+                value: size_of::<SocketOwner>(),
+                max_entries: Some(MAX_SOCKET_OWNERS),
+            },
+            Want {
+                name: names::CONNECTS,
+                kind: BPF_MAP_TYPE_RINGBUF,
+                key: 0,
+                value: 0,
+                max_entries: None,
+            },
+            Want {
+                name: names::LAST_CONNECT,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<[u64; 2]>(),
+                max_entries: Some(1),
+            },
+            Want {
+                name: names::OWNER_STATS,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<u64>(),
+                max_entries: Some(owner_stat::COUNT),
+            },
+        ];
+        for w in &want {
+            let map = obj
+                .maps
+                .get(w.name)
+                .unwrap_or_else(|| panic!("map {} missing from the object", w.name));
+            let got = (
+                map.map_type(),
+                map.key_size() as usize,
+                map.value_size() as usize,
+            );
+            assert_eq!(got, (w.kind as u32, w.key, w.value), "map {}", w.name);
+            match w.max_entries {
+                Some(n) => assert_eq!(map.max_entries(), n, "max_entries of {}", w.name),
+                None if w.kind == BPF_MAP_TYPE_RINGBUF => {
+                    let size = map.max_entries();
+                    assert!(
+                        size.is_power_of_two() && size.is_multiple_of(4096),
+                        "ring buffer {} of {size} bytes: the kernel wants a power of two \
+                         multiple of the page size",
+                        w.name
+                    );
+                }
+                None => assert!(map.max_entries() >= 1, "map {}", w.name),
+            }
+        }
+        // No map the daemon does not know of (it would be loaded, never read).
+        let mut extra: Vec<&String> = obj
+            .maps
+            .keys()
+            .filter(|name| !want.iter().any(|w| w.name == name.as_str()))
+            .collect();
+        extra.sort();
+        assert!(
+            extra.is_empty(),
+            "maps not named in nprot_common::names: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn every_program_the_daemon_attaches_exists_with_its_section() {
+        let obj = object();
+        let section = |name: &str| {
+            &obj.programs
+                .get(name)
+                .unwrap_or_else(|| panic!("program {name} missing from the object"))
+                .section
+        };
+        let classifiers = [LinkKind::Ethernet, LinkKind::L3]
+            .into_iter()
+            .flat_map(|kind| kind.programs().map(|(name, _)| name));
+        for name in classifiers {
+            assert!(
+                matches!(section(name), ProgramSection::SchedClassifier),
+                "{name}: {:?}",
+                section(name)
+            );
+        }
+        assert!(
+            matches!(
+                section(names::PROG_CONNECT4),
+                ProgramSection::CgroupSockAddr {
+                    attach_type: CgroupSockAddrAttachType::Connect4
+                }
+            ),
+            "{:?}",
+            section(names::PROG_CONNECT4)
+        );
+        assert!(
+            matches!(
+                section(names::PROG_CONNECT6),
+                ProgramSection::CgroupSockAddr {
+                    attach_type: CgroupSockAddrAttachType::Connect6
+                }
+            ),
+            "{:?}",
+            section(names::PROG_CONNECT6)
+        );
+        assert_eq!(obj.programs.len(), 6, "{:?}", obj.programs.keys());
+    }
 }

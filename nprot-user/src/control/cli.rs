@@ -99,6 +99,10 @@ pub struct RunArgs {
     /// On exit, write counters and verdict-latency percentiles to FILE (JSON).
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
+    /// Attach with the clsact qdisc even where TCX links exist (for tests of the
+    /// older kernels' path).
+    #[arg(long, hide = true)]
+    pub force_clsact: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -25,7 +25,7 @@ use crate::{
         Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root,
     },
     capture::{self, Sensor},
-    capture::{ConnectHooks, HookCounters},
+    capture::{ConnectHooks, HookCounters, TcAttach},
     control::cli::RunArgs,
     control::config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
     control::sdnotify,
@@ -483,7 +483,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let (calls_tx, mut calls) = mpsc::channel(16);
     let _socket = socket::serve(&opts.control_socket, calls_tx)?;
 
-    let mut sensor = Sensor::start(&opts.interfaces, kernel_config(mode, &opts))?;
+    let attach = if opts.args.force_clsact {
+        TcAttach::Clsact
+    } else {
+        TcAttach::Auto
+    };
+    let mut sensor = Sensor::start(&opts.interfaces, kernel_config(mode, &opts), attach)?;
     let ring = sensor.take_records().context("ring buffer already taken")?;
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut ring: AsyncFd<RingBuf<MapData>> =

@@ -1,0 +1,41 @@
+//! Names of the maps and programs in the eBPF object, as the daemon looks them up.
+//!
+//! aya's `#[map]`, `#[classifier]` and `#[cgroup_sock_addr]` macros take the name from the
+//! identifier of the static or function they mark, so nprot-ebpf spells these names as
+//! identifiers; the daemon uses these constants. A unit test of nprot-user (capture.rs)
+//! parses the built object and checks that every name here exists there, with the map
+//! type, key and value sizes and program section the daemon expects.
+
+/// LRU hash: [`crate::FlowKey`] → [`crate::FlowState`], every TCP flow since its SYN.
+pub const FLOWS: &str = "FLOWS";
+/// Hash: [`crate::FlowKey`] → [`crate::VerdictEntry`], decisions waiting for the kernel.
+pub const VERDICTS: &str = "VERDICTS";
+/// Ring buffer: handshake outcomes and captured client payload.
+pub const RECORDS: &str = "RECORDS";
+/// Array of one [`crate::SensorConfig`].
+pub const CONFIG: &str = "CONFIG";
+/// Per-CPU array of `u64` counters, indexed by [`crate::stat`].
+pub const STATS: &str = "STATS";
+/// Array of [`crate::PayloadRecord`], one per possible CPU (sized at load).
+pub const SCRATCH: &str = crate::SCRATCH_MAP;
+/// LRU hash: socket cookie (`u64`) → [`crate::SocketOwner`].
+pub const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
+/// Ring buffer of [`crate::SocketOwner`] records, one per TCP connect.
+pub const CONNECTS: &str = "CONNECTS";
+/// Per-CPU array of one `[u64; 2]`: the last connect on that CPU (kernel-only).
+pub const LAST_CONNECT: &str = "LAST_CONNECT";
+/// Per-CPU array of `u64` counters of the connect hooks, indexed by [`crate::owner_stat`].
+pub const OWNER_STATS: &str = "OWNER_STATS";
+
+/// TC classifier, egress of an interface with an Ethernet header.
+pub const PROG_ETH_EGRESS: &str = "nprot_eth_egress";
+/// TC classifier, ingress of an interface with an Ethernet header.
+pub const PROG_ETH_INGRESS: &str = "nprot_eth_ingress";
+/// TC classifier, egress of an L3 interface (packets start at the IP header).
+pub const PROG_L3_EGRESS: &str = "nprot_l3_egress";
+/// TC classifier, ingress of an L3 interface.
+pub const PROG_L3_INGRESS: &str = "nprot_l3_ingress";
+/// cgroup sock_addr hook on IPv4 `connect(2)`.
+pub const PROG_CONNECT4: &str = "nprot_connect4";
+/// cgroup sock_addr hook on IPv6 `connect(2)`.
+pub const PROG_CONNECT6: &str = "nprot_connect6";
