@@ -329,7 +329,7 @@ impl Sensor {
     }
 }
 
-/// What the cgroup connect hooks hand to user space (see [`crate::attribution`]).
+/// What the cgroup connect hooks hand to user space (see [`attribution`]).
 pub struct ConnectHooks {
     /// Every TCP connect, as it happens.
     pub connects: RingBuf<MapData>,
