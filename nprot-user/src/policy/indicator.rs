@@ -130,70 +130,56 @@ impl Action {
 }
 
 /// An IP network: an address with its host bits cleared and a prefix length.
+///
+/// A thin wrapper over [`ipnet::IpNet`] that keeps nprot's rules: the host bits are
+/// always clear, and IPv4-mapped IPv6 networks (`::ffff:0:0/96` and longer) are held as
+/// IPv4 networks, as flows carry plain IPv4 addresses. The only ways to build one are
+/// [`IpNet::new`] and [`FromStr`], so every value keeps both rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IpNet {
-    /// The network address (host bits zero).
-    pub addr: IpAddr,
-    /// The prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
-    pub prefix: u8,
-}
-
-/// `a` with all but the first `prefix` bits cleared.
-pub(crate) fn mask4(a: u32, prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        a & (u32::MAX << (32 - u32::from(prefix.min(32))))
-    }
-}
-
-/// `a` with all but the first `prefix` bits cleared.
-pub(crate) fn mask6(a: u128, prefix: u8) -> u128 {
-    if prefix == 0 {
-        0
-    } else {
-        a & (u128::MAX << (128 - u32::from(prefix.min(128))))
-    }
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// The network of `addr` with `prefix` bits (host bits cleared); `None` if the prefix
     /// is longer than the address. IPv4-mapped IPv6 networks (`::ffff:0:0/96` and
     /// longer) become IPv4 networks, as flows carry plain IPv4 addresses.
     pub fn new(addr: IpAddr, prefix: u8) -> Option<IpNet> {
-        match addr {
-            IpAddr::V4(a) => (prefix <= 32).then(|| IpNet {
-                addr: IpAddr::V4(Ipv4Addr::from(mask4(u32::from(a), prefix))),
-                prefix,
-            }),
-            IpAddr::V6(_) if prefix > 128 => None,
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) if prefix >= 96 => IpNet::new(IpAddr::V4(v4), prefix - 96),
-                _ => Some(IpNet {
-                    addr: IpAddr::V6(Ipv6Addr::from(mask6(u128::from(a), prefix))),
-                    prefix,
-                }),
+        let addr = match addr {
+            IpAddr::V6(a) if (96..=128).contains(&prefix) => match a.to_ipv4_mapped() {
+                Some(v4) => return IpNet::new(IpAddr::V4(v4), prefix - 96),
+                None => addr,
             },
-        }
+            _ => addr,
+        };
+        ipnet::IpNet::new(addr, prefix)
+            .ok()
+            .map(|n| IpNet(n.trunc()))
+    }
+
+    /// The network address (host bits zero).
+    pub fn addr(&self) -> IpAddr {
+        self.0.addr()
+    }
+
+    /// The prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+    pub fn prefix(&self) -> u8 {
+        self.0.prefix_len()
     }
 
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                mask4(u32::from(ip), self.prefix) == u32::from(net)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                mask6(u128::from(ip), self.prefix) == u128::from(net)
-            }
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl From<IpNet> for ipnet::IpNet {
+    fn from(net: IpNet) -> ipnet::IpNet {
+        net.0
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
@@ -219,22 +205,16 @@ impl FromStr for IpNet {
                 _ => return Err(format!("bad prefix length {p:?} (0..={max})")),
             },
         };
-        let net = IpNet::new(ip, prefix).ok_or_else(|| format!("bad prefix length {prefix}"))?;
-        // Compare in the original family: a mapped IPv6 net is re-expressed as IPv4.
-        let host_bits = match ip {
-            IpAddr::V4(a) => mask4(u32::from(a), prefix) != u32::from(a),
-            IpAddr::V6(a) => mask6(u128::from(a), prefix) != u128::from(a),
-        };
-        if host_bits {
-            let masked = match ip {
-                IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(mask4(u32::from(a), prefix))),
-                IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(mask6(u128::from(a), prefix))),
-            };
+        // Checked in the original family, before a mapped IPv6 net is re-expressed as IPv4.
+        let block =
+            ipnet::IpNet::new(ip, prefix).map_err(|_| format!("bad prefix length {prefix}"))?;
+        if block.trunc() != block {
             return Err(format!(
-                "host bits set in CIDR block {s} (did you mean {masked}/{prefix}?)"
+                "host bits set in CIDR block {s} (did you mean {}?)",
+                block.trunc()
             ));
         }
-        Ok(net)
+        IpNet::new(ip, prefix).ok_or_else(|| format!("bad prefix length {prefix}"))
     }
 }
 
@@ -983,9 +963,9 @@ impl Indicators {
     pub fn push(&mut self, indicator: &Indicator) -> Result<(), IndicatorError> {
         let groups: Vec<&str> = indicator.device_groups.iter().map(String::as_str).collect();
         let target = indicator.target.as_parsed();
-        // Keep the store's invariants even for hand-made targets.
+        // Keep the store's invariants even for hand-made targets (an `IpNet` keeps its
+        // own: it cannot be built with host bits set or as IPv4-mapped IPv6).
         let target = match target {
-            ParsedTarget::Ip(n) => ParsedTarget::Ip(IpNet::new(n.addr, n.prefix).unwrap_or(n)),
             ParsedTarget::Url { host, path, https } => ParsedTarget::Url {
                 host,
                 path: match path {

@@ -22,9 +22,7 @@ use std::{
 
 use crate::{process::ProcessInfo, time::Timestamp};
 
-use super::indicator::{
-    Action, IndicatorRef, IndicatorType, Indicators, canonical_path, mask4, mask6,
-};
+use super::indicator::{Action, IndicatorRef, IndicatorType, Indicators, canonical_path};
 
 /// What a flow offers for matching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +71,23 @@ fn rank(class: u64, len: usize, scoped: bool, action: Action) -> u64 {
         | ((len as u64 & 0xffff_ffff) << 8)
         | (u64::from(scoped) << 4)
         | u64::from(action.precedence() & 0xf)
+}
+
+/// `a` with all but the first `prefix` bits cleared: the key of an IPv4 lookup at that
+/// prefix length (stored networks have their host bits cleared, by `IpNet`).
+fn mask4(a: u32, prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p => a & (u32::MAX << (32 - u32::from(p.min(32)))),
+    }
+}
+
+/// `a` with all but the first `prefix` bits cleared, as [`mask4`] for IPv6.
+fn mask6(a: u128, prefix: u8) -> u128 {
+    match prefix {
+        0 => 0,
+        p => a & (u128::MAX << (128 - u32::from(p.min(128)))),
+    }
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -369,14 +384,14 @@ impl Policy {
                 }
                 IndicatorType::IpAddress => {
                     let net = set.net(r);
-                    match net.addr {
+                    match net.addr() {
                         IpAddr::V4(a) => {
-                            if let Some(v) = ip4.get_mut(usize::from(net.prefix)) {
+                            if let Some(v) = ip4.get_mut(usize::from(net.prefix())) {
                                 v.push((u32::from(a), i));
                             }
                         }
                         IpAddr::V6(a) => {
-                            if let Some(v) = ip6.get_mut(usize::from(net.prefix)) {
+                            if let Some(v) = ip6.get_mut(usize::from(net.prefix())) {
                                 v.push((u128::from(a), i));
                             }
                         }
