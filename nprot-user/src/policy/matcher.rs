@@ -22,7 +22,11 @@ use std::{
 
 use crate::{process::ProcessInfo, time::Timestamp};
 
-use super::indicator::{Action, IndicatorRef, IndicatorType, Indicators, canonical_path};
+use super::{
+    indicator::{Action, IndicatorType},
+    store::{IndicatorRef, Indicators},
+    targets::canonical_path,
+};
 
 /// What a flow offers for matching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -612,7 +616,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::policy::indicator::load_json;
+    use crate::policy::load_json;
 
     /// `(id, type, value, action)` and optional extra JSON fields.
     fn policy_with(entries: &[(&str, &str, &str, &str, &str)], groups: &[&str]) -> Policy {
@@ -1037,7 +1041,7 @@ mod tests {
             {"type":"DomainName","value":"a.test","action":"Block"}]}"#;
         let loaded = load_json(text).unwrap();
         let set = &loaded.indicators;
-        let plain = crate::policy::indicator::derived_id::<&str>(
+        let plain = crate::policy::derived_id::<&str>(
             &set.get(2).unwrap().target(),
             Action::Block,
             &[],
@@ -1428,7 +1432,7 @@ mod tests {
         // Reset the peak so that VmHWM covers only what follows (Linux ≥ 4.0).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let t = Instant::now();
-        let loaded = crate::policy::indicator::load_file(&path).unwrap();
+        let loaded = crate::policy::load_file(&path).unwrap();
         let load_file = t.elapsed();
         let p = Policy::new(loaded.indicators, &[]);
         let after = rss_kib("VmRSS:");
