@@ -802,7 +802,7 @@ impl Daemon {
         let subject_host;
         let subject = match &allow.target {
             Target::Ip(net) => Subject {
-                ip: net.addr,
+                ip: net.addr(),
                 host: None,
                 http_path: None,
             },

@@ -20,9 +20,11 @@ use std::{
     time::SystemTime,
 };
 
-use super::indicator::{
+use super::{
     Action, Indicator, IndicatorError, IndicatorRef, IndicatorType, Indicators, Loaded, Severity,
-    Target, clip, group_key, load_file,
+    Target,
+    indicator::{clip, group_key},
+    load_file,
 };
 use crate::time;
 

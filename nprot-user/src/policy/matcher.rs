@@ -22,8 +22,10 @@ use std::{
 
 use crate::{process::ProcessInfo, time::Timestamp};
 
-use super::indicator::{
-    Action, IndicatorRef, IndicatorType, Indicators, canonical_path, mask4, mask6,
+use super::{
+    indicator::{Action, IndicatorType},
+    store::{IndicatorRef, Indicators},
+    targets::canonical_path,
 };
 
 /// What a flow offers for matching.
@@ -73,6 +75,23 @@ fn rank(class: u64, len: usize, scoped: bool, action: Action) -> u64 {
         | ((len as u64 & 0xffff_ffff) << 8)
         | (u64::from(scoped) << 4)
         | u64::from(action.precedence() & 0xf)
+}
+
+/// `a` with all but the first `prefix` bits cleared: the key of an IPv4 lookup at that
+/// prefix length (stored networks have their host bits cleared, by `IpNet`).
+fn mask4(a: u32, prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p => a & (u32::MAX << (32 - u32::from(p.min(32)))),
+    }
+}
+
+/// `a` with all but the first `prefix` bits cleared, as [`mask4`] for IPv6.
+fn mask6(a: u128, prefix: u8) -> u128 {
+    match prefix {
+        0 => 0,
+        p => a & (u128::MAX << (128 - u32::from(p.min(128)))),
+    }
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -369,14 +388,14 @@ impl Policy {
                 }
                 IndicatorType::IpAddress => {
                     let net = set.net(r);
-                    match net.addr {
+                    match net.addr() {
                         IpAddr::V4(a) => {
-                            if let Some(v) = ip4.get_mut(usize::from(net.prefix)) {
+                            if let Some(v) = ip4.get_mut(usize::from(net.prefix())) {
                                 v.push((u32::from(a), i));
                             }
                         }
                         IpAddr::V6(a) => {
-                            if let Some(v) = ip6.get_mut(usize::from(net.prefix)) {
+                            if let Some(v) = ip6.get_mut(usize::from(net.prefix())) {
                                 v.push((u128::from(a), i));
                             }
                         }
@@ -597,7 +616,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::policy::indicator::load_json;
+    use crate::policy::load_json;
 
     /// `(id, type, value, action)` and optional extra JSON fields.
     fn policy_with(entries: &[(&str, &str, &str, &str, &str)], groups: &[&str]) -> Policy {
@@ -1022,7 +1041,7 @@ mod tests {
             {"type":"DomainName","value":"a.test","action":"Block"}]}"#;
         let loaded = load_json(text).unwrap();
         let set = &loaded.indicators;
-        let plain = crate::policy::indicator::derived_id::<&str>(
+        let plain = crate::policy::derived_id::<&str>(
             &set.get(2).unwrap().target(),
             Action::Block,
             &[],
@@ -1413,7 +1432,7 @@ mod tests {
         // Reset the peak so that VmHWM covers only what follows (Linux ≥ 4.0).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let t = Instant::now();
-        let loaded = crate::policy::indicator::load_file(&path).unwrap();
+        let loaded = crate::policy::load_file(&path).unwrap();
         let load_file = t.elapsed();
         let p = Policy::new(loaded.indicators, &[]);
         let after = rss_kib("VmRSS:");

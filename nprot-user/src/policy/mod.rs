@@ -8,11 +8,14 @@
 
 pub mod import;
 pub mod indicator;
+pub mod loading;
 pub mod matcher;
+pub mod store;
+pub mod targets;
 
 pub use import::{load_any, load_defender_csv, load_list};
-pub use indicator::{
-    Action, Indicator, IndicatorError, IndicatorRef, IndicatorType, Indicators, IpNet, Loaded,
-    Severity, Target, derived_id, load_file, load_json,
-};
+pub use indicator::{Action, Indicator, IndicatorType, Severity, derived_id};
+pub use loading::{IndicatorError, Loaded, load_file, load_json};
 pub use matcher::{Decision, Policy, Subject};
+pub use store::{IndicatorRef, Indicators};
+pub use targets::{IpNet, Target};
