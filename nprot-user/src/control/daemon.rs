@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
 use nprot_common::{CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, VerdictEntry, stat};
-use serde_json::{Value, json};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -28,10 +27,14 @@ use crate::{
     capture::{ConnectHooks, HookCounters, TcAttach},
     control::cli::RunArgs,
     control::config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
+    control::protocol::{
+        AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, RemovedReply, Request,
+        Response, RunReport, StatusReply,
+    },
     control::sdnotify,
-    control::socket::{self, Request, Response},
+    control::socket,
     control::state::State,
-    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
+    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, VerdictTarget},
     events::rfc3339_micros,
     events::{
         EventFactory,
@@ -229,60 +232,6 @@ fn notify(state: &str) {
         Ok(_) => {}
         Err(e) => warn!("sd_notify {:?}: {e}", state.lines().next().unwrap_or("")),
     }
-}
-
-/// What the sensor did, as written by `--stats` on exit and answered to `nprot stats`.
-#[derive(Debug, serde::Serialize)]
-pub struct RunReport {
-    pub mode: Mode,
-    pub indicators: usize,
-    pub indicator_load_ms: f64,
-    pub verdict_latency: LatencySummary,
-    pub wake_latency: LatencySummary,
-    pub pipeline: PipelineStats,
-    pub kernel: std::collections::BTreeMap<&'static str, u64>,
-    pub events_written: u64,
-    pub events_dropped: u64,
-    /// Every sink's name, drops and own counters (see `Fanout::sink_stats`).
-    pub sinks: Value,
-    pub decode_errors: u64,
-    /// Where every connection went.
-    pub flows: FlowAccount,
-    /// Process attribution; absent when it is off.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attribution: Option<AttributionReport>,
-}
-
-/// Where every connection went: tracked, or counted as not tracked or not reported.
-/// `tracked + not_tracked` is every new connection through a guarded interface; compare
-/// `tracked_local` with `connect_hook_connects` (which also counts connections that use
-/// no guarded interface) to see a gap.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct FlowAccount {
-    /// TCP connects the cgroup hooks saw, on any interface (absent without attribution).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_hook_connects: Option<u64>,
-    /// Flows tracked from their SYN.
-    pub tracked: u64,
-    /// Of those, flows opened by a socket on this host.
-    pub tracked_local: u64,
-    /// SYNs that found no room in the flow table: connections not tracked.
-    pub not_tracked: u64,
-    /// Flows first seen without their SYN: tracked, not inspected.
-    pub midstream: u64,
-    /// SYNs taken as retransmissions (not new connections).
-    pub syn_retransmits: u64,
-    /// Flows replaced by a new connection on their four-tuple before their end was seen.
-    pub superseded: u64,
-    /// Flows seen to end.
-    pub closed: u64,
-    /// Flow entries retired idle.
-    pub expired: u64,
-    /// Connection records (established, failed, closed) lost in a full ring buffer:
-    /// flows whose connection events are missing.
-    pub records_lost: u64,
-    /// Verdicts removed because their flow ended before picking them up.
-    pub stale_verdicts: u64,
 }
 
 impl FlowAccount {
@@ -648,7 +597,7 @@ impl Daemon {
             wake_latency: LatencySummary::from(&self.pipeline.wake_latency),
             pipeline: self.pipeline.stats(),
             kernel: kernel
-                .map(|k| stat::NAMES.iter().copied().zip(k).collect())
+                .map(|k| stat::NAMES.iter().map(|n| (*n).to_owned()).zip(k).collect())
                 .unwrap_or_default(),
             flows: kernel
                 .map(|k| FlowAccount::new(&k, self.sensor.stale_verdicts, hook.map(|h| h.0)))
@@ -671,38 +620,55 @@ impl Daemon {
     /// Answers one control request. Changes are persisted before they are applied, so
     /// what runs is always what a restart would bring back.
     fn handle(&mut self, request: Request) -> Response {
-        let result = match request {
-            Request::Status => Ok(json!({
-                "mode": self.mode,
-                "interfaces": self.sensor.attached.iter().map(|(i, m)| json!({"name": i, "attach": m})).collect::<Vec<_>>(),
-                "indicators": self.pipeline.policy().len(),
-                "runtime_indicators": self.state.indicators.len(),
-                "indicator_files": self.opts.indicators,
-                "state_dir": self.opts.state_dir,
-                "uptime_s": self.started.elapsed().as_secs(),
-                "pid": std::process::id(),
-            })),
-            Request::Stats => serde_json::to_value(self.report()).map_err(|e| e.to_string()),
-            Request::Mode { mode } => self.set_mode(&mode),
-            Request::IndicatorAdd { json } => self.add_indicators(&json, "json", None),
+        let reply = match request {
+            Request::Status => Ok(Response::reply(&self.status())),
+            Request::Stats => Ok(Response::reply(&self.report())),
+            Request::Mode { mode } => self.set_mode(&mode).map(|r| Response::reply(&r)),
+            Request::IndicatorAdd { json } => self
+                .add_indicators(&json, "json", None)
+                .map(|r| Response::reply(&r)),
             Request::IndicatorImport {
                 format,
                 text,
                 action,
-            } => self.add_indicators(&text, &format, action.as_deref()),
-            Request::IndicatorRemove { ids } => self.remove_indicators(&ids),
-            Request::Bypass { target, for_secs } => self.bypass(&target, for_secs),
-            Request::IndicatorList => {
-                serde_json::to_value(self.pipeline.policy().indicators()).map_err(|e| e.to_string())
+            } => self
+                .add_indicators(&text, &format, action.as_deref())
+                .map(|r| Response::reply(&r)),
+            Request::IndicatorRemove { ids } => {
+                self.remove_indicators(&ids).map(|r| Response::reply(&r))
             }
+            Request::Bypass { target, for_secs } => {
+                self.bypass(&target, for_secs).map(|r| Response::reply(&r))
+            }
+            // The indicator file format, serialised straight from the policy (it may
+            // hold millions); the CLI reads it as `protocol::IndicatorList`.
+            Request::IndicatorList => Ok(Response::reply(self.pipeline.policy().indicators())),
         };
-        match result {
-            Ok(data) => Response::ok(data),
-            Err(e) => Response::error(e),
+        reply.unwrap_or_else(Response::error)
+    }
+
+    fn status(&self) -> StatusReply {
+        StatusReply {
+            mode: self.mode,
+            interfaces: self
+                .sensor
+                .attached
+                .iter()
+                .map(|(name, attach)| InterfaceStatus {
+                    name: name.clone(),
+                    attach: (*attach).to_owned(),
+                })
+                .collect(),
+            indicators: self.pipeline.policy().len(),
+            runtime_indicators: self.state.indicators.len(),
+            indicator_files: self.opts.indicators.clone(),
+            state_dir: self.opts.state_dir.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            pid: std::process::id(),
         }
     }
 
-    fn set_mode(&mut self, mode: &str) -> Result<Value, String> {
+    fn set_mode(&mut self, mode: &str) -> Result<ModeReply, String> {
         let mode: Mode = mode.parse()?;
         let mut next = self.state.clone();
         next.mode = Some(mode);
@@ -714,7 +680,7 @@ impl Daemon {
         self.mode = mode;
         self.pipeline.set_mode(mode);
         info!("mode set to {mode}");
-        Ok(json!({ "mode": mode }))
+        Ok(ModeReply { mode })
     }
 
     fn add_indicators(
@@ -722,7 +688,7 @@ impl Daemon {
         text: &str,
         format: &str,
         list_action: Option<&str>,
-    ) -> Result<Value, String> {
+    ) -> Result<AddedReply, String> {
         let list_action = match list_action {
             Some(a) => Action::from_name(a).ok_or_else(|| format!("unknown action '{a}'"))?,
             None => Action::Block,
@@ -749,13 +715,13 @@ impl Daemon {
             done.added,
             done.replaced.len()
         );
-        Ok(json!({
-            "added": done.added,
-            "unchanged": done.unchanged,
-            "replaced": done.replaced.len(),
-            "replaced_ids": done.replaced,
-            "warnings": loaded.warnings,
-        }))
+        Ok(AddedReply {
+            added: done.added,
+            unchanged: done.unchanged,
+            replaced: done.replaced.len(),
+            replaced_ids: done.replaced,
+            warnings: loaded.warnings,
+        })
     }
 
     /// The ids of `incoming` that an indicator file defines, each with the same row (an
@@ -790,7 +756,7 @@ impl Daemon {
     /// `nprot bypass`: an Allowed indicator for `target` that expires after `for_secs`.
     /// Allowed beats Warn among equally specific indicators, so the warned target passes
     /// until then; a target that is blocked, not warned, cannot be bypassed.
-    fn bypass(&mut self, target: &str, for_secs: u64) -> Result<Value, String> {
+    fn bypass(&mut self, target: &str, for_secs: u64) -> Result<BypassReply, String> {
         let kind = if target.contains("://") {
             IndicatorType::Url
         } else if target.parse::<IpAddr>().is_ok() || target.contains('/') {
@@ -848,10 +814,14 @@ impl Daemon {
             "{target} bypassed for {for_secs} s (Warn indicator {})",
             warned_by.0
         );
-        Ok(json!({ "id": id, "until": rfc3339_micros(until), "warned_by": warned_by.0 }))
+        Ok(BypassReply {
+            id,
+            until: rfc3339_micros(until),
+            warned_by: warned_by.0,
+        })
     }
 
-    fn remove_indicators(&mut self, ids: &[String]) -> Result<Value, String> {
+    fn remove_indicators(&mut self, ids: &[String]) -> Result<RemovedReply, String> {
         let mut next = self.state.clone();
         let missing = next.remove(ids);
         if missing.len() == ids.len() {
@@ -861,7 +831,10 @@ impl Daemon {
             ));
         }
         self.apply_state(next)?;
-        Ok(json!({ "removed": ids.len() - missing.len(), "not_found": missing }))
+        Ok(RemovedReply {
+            removed: ids.len() - missing.len(),
+            not_found: missing,
+        })
     }
 
     /// Builds the policy for `next`, persists `next`, then switches to both.
