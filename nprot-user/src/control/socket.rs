@@ -1,6 +1,6 @@
-//! Control plane: the daemon's root-only Unix socket and its protocol — one JSON request
+//! Control plane: the daemon's root-only Unix socket and its wire form — one JSON request
 //! per line, one JSON response per line — with the server half (the daemon) and the
-//! client half (the `nprot` CLI).
+//! client half (the `nprot` CLI). The messages are in [`super::protocol`].
 //!
 //! The socket is created mode 0600 in a directory of its own, and the server also checks
 //! the peer's uid (SO_PEERCRED), so an unprivileged account is refused twice over.
