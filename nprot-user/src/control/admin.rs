@@ -87,11 +87,14 @@ fn human_status(out: &mut dyn Write, d: &StatusReply) -> io::Result<()> {
 
 /// `nprot stats`.
 pub fn stats(client: &ClientArgs) -> anyhow::Result<()> {
-    let reply = send(client, &Request::Stats)?;
-    print(client, &reply, &human_stats)
+    let (data, report): (Value, RunReport) = send(client, &Request::Stats)?;
+    // Each kind of sink has counters of its own: read as far as they are common.
+    let sinks: Vec<SinkReport> = decode(&report.sinks)
+        .context("the daemon's sink counters do not have the expected form")?;
+    print(client, &(data, (report, sinks)), &human_stats)
 }
 
-fn human_stats(out: &mut dyn Write, d: &RunReport) -> io::Result<()> {
+fn human_stats(out: &mut dyn Write, (d, sinks): &(RunReport, Vec<SinkReport>)) -> io::Result<()> {
     let l = &d.verdict_latency;
     writeln!(
         out,
@@ -103,9 +106,7 @@ fn human_stats(out: &mut dyn Write, d: &RunReport) -> io::Result<()> {
         "events: written {}  dropped {}",
         d.events_written, d.events_dropped
     )?;
-    // Each kind of sink has counters of its own: read as far as they are common.
-    let sinks: Vec<SinkReport> = decode(&d.sinks).map_err(io::Error::other)?;
-    for sink in &sinks {
+    for sink in sinks {
         writeln!(out, "{}", sink_line(sink))?;
     }
     // Every counter by name, in name order.
@@ -115,7 +116,8 @@ fn human_stats(out: &mut dyn Write, d: &RunReport) -> io::Result<()> {
         ("kernel", serde_json::to_value(&d.kernel)),
     ];
     for (section, counters) in sections {
-        if let Value::Object(map) = counters.map_err(io::Error::other)? {
+        // Plain counters by name: serialising them cannot fail.
+        if let Ok(Value::Object(map)) = counters {
             for (k, v) in map {
                 writeln!(out, "{section:<9} {k:<24} {v}")?;
             }
@@ -348,10 +350,10 @@ mod tests {
         );
     }
 
-    fn stats() -> RunReport {
+    fn stats() -> (RunReport, Vec<SinkReport>) {
         let latency =
             json!({"count": 1, "p50_us": 1.0, "p99_us": 2.0, "p999_us": 3.0, "max_us": 4.0});
-        decode(
+        let report = decode(
             &json!({"mode": "Block", "indicators": 1, "indicator_load_ms": 0.5,
             "verdict_latency": latency, "wake_latency": latency,
             "pipeline": crate::datapath::pipeline::PipelineStats::default(),
@@ -360,8 +362,10 @@ mod tests {
             "decode_errors": 0, "flows": {"tracked": 2, "tracked_local": 1, "not_tracked": 0,
             "midstream": 0, "syn_retransmits": 0, "superseded": 0, "closed": 0, "expired": 0,
             "records_lost": 0, "stale_verdicts": 0}}),
-        )
-        .unwrap()
+        );
+        let report: RunReport = report.unwrap();
+        let sinks = decode(&report.sinks).unwrap();
+        (report, sinks)
     }
 
     /// Issue 11: `nprot status | head -0` panicked. A closed reader ends every
