@@ -27,7 +27,7 @@ use std::{
 };
 
 use nprot_common::SocketOwner;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::process::ProcessInfo;
 
@@ -179,7 +179,7 @@ struct Cached {
 }
 
 /// Counters of the attribution, for `nprot stats`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributionStats {
     /// Connect records read from the kernel.
     pub connects: u64,
@@ -214,7 +214,7 @@ pub struct AttributionStats {
 }
 
 /// The attribution's part of `nprot stats`.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AttributionReport {
     #[serde(flatten)]
     pub stats: AttributionStats,

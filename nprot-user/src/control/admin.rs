@@ -8,32 +8,45 @@
 use std::io::{self, Write};
 
 use anyhow::{Context as _, bail};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::{
     control::cli::{ClientArgs, IndicatorCommand},
-    control::socket::{Request, Response, call},
+    control::protocol::{
+        AddedReply, BypassReply, IndicatorList, ModeReply, RemovedReply, Request, Response,
+        RunReport, SinkReport, StatusReply, decode,
+    },
+    control::socket::call,
     mode::Mode,
 };
 
-fn send(client: &ClientArgs, request: &Request) -> anyhow::Result<Value> {
+/// Sends `request` and returns the daemon's reply as it came (what `--json` prints)
+/// and read into its type `T` (what people are shown).
+fn send<T: DeserializeOwned>(client: &ClientArgs, request: &Request) -> anyhow::Result<(Value, T)> {
     let Response { ok, error, data } = call(&client.socket, request)?;
     if !ok {
         bail!("{}", error.unwrap_or_else(|| "the daemon refused".into()));
     }
-    Ok(data)
+    let reply = decode(&data).context("the daemon's reply does not have the expected form")?;
+    Ok((data, reply))
 }
 
-/// How a command renders the daemon's answer for people.
-type Human<'a> = &'a dyn Fn(&mut dyn Write, &Value) -> io::Result<()>;
+/// How a command renders the daemon's reply for people.
+type Human<'a, T> = &'a dyn Fn(&mut dyn Write, &T) -> io::Result<()>;
 
-/// Prints the daemon's answer on stdout: as one JSON line with `--json`, else `human`.
-fn print(client: &ClientArgs, data: &Value, human: Human<'_>) -> anyhow::Result<()> {
+/// Prints the daemon's reply on stdout: as one JSON line (as sent) with `--json`, else
+/// `human`.
+fn print<T>(
+    client: &ClientArgs,
+    (data, reply): &(Value, T),
+    human: Human<'_, T>,
+) -> anyhow::Result<()> {
     emit(&mut io::stdout().lock(), |out| {
         if client.json {
             writeln!(out, "{data}")
         } else {
-            human(out, data)
+            human(out, reply)
         }
     })
 }
@@ -53,59 +66,58 @@ fn emit(
 
 /// `nprot status`.
 pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
-    let data = send(client, &Request::Status)?;
-    print(client, &data, &human_status)
+    let reply = send(client, &Request::Status)?;
+    print(client, &reply, &human_status)
 }
 
-fn human_status(out: &mut dyn Write, d: &Value) -> io::Result<()> {
-    writeln!(out, "mode:        {}", d["mode"].as_str().unwrap_or("?"))?;
-    for i in d["interfaces"].as_array().into_iter().flatten() {
-        writeln!(
-            out,
-            "interface:   {} ({})",
-            i["name"].as_str().unwrap_or("?"),
-            i["attach"].as_str().unwrap_or("?")
-        )?;
+fn human_status(out: &mut dyn Write, d: &StatusReply) -> io::Result<()> {
+    // The mode as it is sent (`Block`), as this line always showed it.
+    writeln!(out, "mode:        {:?}", d.mode)?;
+    for i in &d.interfaces {
+        writeln!(out, "interface:   {} ({})", i.name, i.attach)?;
     }
     writeln!(
         out,
         "indicators:  {} in force, {} added at run time",
-        d["indicators"], d["runtime_indicators"]
+        d.indicators, d.runtime_indicators
     )?;
-    writeln!(
-        out,
-        "state dir:   {}",
-        d["state_dir"].as_str().unwrap_or("?")
-    )?;
-    writeln!(out, "uptime:      {} s (pid {})", d["uptime_s"], d["pid"])
+    writeln!(out, "state dir:   {}", d.state_dir.display())?;
+    writeln!(out, "uptime:      {} s (pid {})", d.uptime_s, d.pid)
 }
 
 /// `nprot stats`.
 pub fn stats(client: &ClientArgs) -> anyhow::Result<()> {
-    let data = send(client, &Request::Stats)?;
-    print(client, &data, &human_stats)
+    let (data, report): (Value, RunReport) = send(client, &Request::Stats)?;
+    // Each kind of sink has counters of its own: read as far as they are common.
+    let sinks: Vec<SinkReport> = decode(&report.sinks)
+        .context("the daemon's sink counters do not have the expected form")?;
+    print(client, &(data, (report, sinks)), &human_stats)
 }
 
-fn human_stats(out: &mut dyn Write, d: &Value) -> io::Result<()> {
-    let l = &d["verdict_latency"];
+fn human_stats(out: &mut dyn Write, (d, sinks): &(RunReport, Vec<SinkReport>)) -> io::Result<()> {
+    let l = &d.verdict_latency;
     writeln!(
         out,
         "verdict latency: p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  (n={})",
-        l["p50_us"].as_f64().unwrap_or(0.0),
-        l["p99_us"].as_f64().unwrap_or(0.0),
-        l["p999_us"].as_f64().unwrap_or(0.0),
-        l["count"]
+        l.p50_us, l.p99_us, l.p999_us, l.count
     )?;
     writeln!(
         out,
         "events: written {}  dropped {}",
-        d["events_written"], d["events_dropped"]
+        d.events_written, d.events_dropped
     )?;
-    for sink in d["sinks"].as_array().into_iter().flatten() {
+    for sink in sinks {
         writeln!(out, "{}", sink_line(sink))?;
     }
-    for section in ["flows", "pipeline", "kernel"] {
-        if let Some(map) = d[section].as_object() {
+    // Every counter by name, in name order.
+    let sections = [
+        ("flows", serde_json::to_value(&d.flows)),
+        ("pipeline", serde_json::to_value(d.pipeline)),
+        ("kernel", serde_json::to_value(&d.kernel)),
+    ];
+    for (section, counters) in sections {
+        // Plain counters by name: serialising them cannot fail.
+        if let Ok(Value::Object(map)) = counters {
             for (k, v) in map {
                 writeln!(out, "{section:<9} {k:<24} {v}")?;
             }
@@ -115,13 +127,9 @@ fn human_stats(out: &mut dyn Write, d: &Value) -> io::Result<()> {
 }
 
 /// One sink of `nprot stats`: `sink <name>  dropped N  <its own counters>`.
-fn sink_line(sink: &Value) -> String {
-    let mut line = format!(
-        "sink      {}  dropped {}",
-        sink["sink"].as_str().unwrap_or("?"),
-        sink["dropped"]
-    );
-    if let Some(own) = sink["stats"].as_object() {
+fn sink_line(sink: &SinkReport) -> String {
+    let mut line = format!("sink      {}  dropped {}", sink.sink, sink.dropped);
+    if let Some(own) = sink.stats.as_object() {
         for (k, v) in own {
             if k != "dropped" {
                 line.push_str(&format!("  {k} {v}"));
@@ -133,13 +141,15 @@ fn sink_line(sink: &Value) -> String {
 
 /// `nprot mode MODE`.
 pub fn mode(client: &ClientArgs, mode: Mode) -> anyhow::Result<()> {
-    let data = send(
+    let reply = send(
         client,
         &Request::Mode {
             mode: mode.as_str().into(),
         },
     )?;
-    print(client, &data, &|out, _| writeln!(out, "mode set to {mode}"))
+    print(client, &reply, &|out, r: &ModeReply| {
+        writeln!(out, "mode set to {}", r.mode)
+    })
 }
 
 /// `nprot indicator …`.
@@ -167,25 +177,26 @@ pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
                 }
             }
             let json = json!({ "indicators": [ind] }).to_string();
-            let data = send(&client, &Request::IndicatorAdd { json })?;
-            print(&client, &data, &report_added)
+            let reply = send(&client, &Request::IndicatorAdd { json })?;
+            print(&client, &reply, &report_added)
         }
         IndicatorCommand::Remove { ids, client } => {
-            let data = send(&client, &Request::IndicatorRemove { ids })?;
-            print(&client, &data, &|out, d| {
-                writeln!(out, "removed {}", d["removed"])?;
-                for id in d["not_found"].as_array().into_iter().flatten() {
-                    writeln!(out, "not found: {id}")?;
+            let reply = send(&client, &Request::IndicatorRemove { ids })?;
+            print(&client, &reply, &|out, d: &RemovedReply| {
+                writeln!(out, "removed {}", d.removed)?;
+                for id in &d.not_found {
+                    // Quoted, as the JSON string it always was printed as.
+                    writeln!(out, "not found: {}", Value::from(id.as_str()))?;
                 }
                 Ok(())
             })
         }
         IndicatorCommand::List(client) => {
-            let data = send(&client, &Request::IndicatorList)?;
-            print(&client, &data, &human_list)
+            let reply = send(&client, &Request::IndicatorList)?;
+            print(&client, &reply, &human_list)
         }
         IndicatorCommand::Export(client) => {
-            let data = send(&client, &Request::IndicatorList)?;
+            let (data, _): (Value, IndicatorList) = send(&client, &Request::IndicatorList)?;
             // Always the file format, whatever `--json` says.
             let text = serde_json::to_string_pretty(&data)?;
             emit(&mut io::stdout().lock(), |out| writeln!(out, "{text}"))
@@ -206,7 +217,7 @@ pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
                 Some("csv") => "csv",
                 _ => "list",
             };
-            let data = send(
+            let reply = send(
                 &client,
                 &Request::IndicatorImport {
                     format: format.into(),
@@ -214,27 +225,26 @@ pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
                     action: Some(list_action),
                 },
             )?;
-            print(&client, &data, &report_added)
+            print(&client, &reply, &report_added)
         }
     }
 }
 
-fn human_list(out: &mut dyn Write, d: &Value) -> io::Result<()> {
+fn human_list(out: &mut dyn Write, d: &IndicatorList) -> io::Result<()> {
     writeln!(
         out,
         "{:<24} {:<11} {:<8} {:<40} TITLE",
         "ID", "TYPE", "ACTION", "VALUE"
     )?;
-    for i in d["indicators"].as_array().into_iter().flatten() {
-        let f = |k: &str| i[k].as_str().unwrap_or("");
+    for i in &d.indicators {
         writeln!(
             out,
             "{:<24} {:<11} {:<8} {:<40} {}",
-            f("id"),
-            f("type"),
-            f("action"),
-            f("value"),
-            f("title")
+            i.id,
+            i.kind.as_str(),
+            i.action.as_str(),
+            i.value,
+            i.title.as_deref().unwrap_or("")
         )?;
     }
     Ok(())
@@ -243,19 +253,18 @@ fn human_list(out: &mut dyn Write, d: &Value) -> io::Result<()> {
 /// `nprot bypass TARGET --for DURATION`.
 pub fn bypass(client: &ClientArgs, target: &str, duration: &str) -> anyhow::Result<()> {
     let for_secs = parse_duration(duration)?;
-    let data = send(
+    let reply = send(
         client,
         &Request::Bypass {
             target: target.to_owned(),
             for_secs,
         },
     )?;
-    print(client, &data, &|out, d| {
+    print(client, &reply, &|out, d: &BypassReply| {
         writeln!(
             out,
             "{target} allowed until {} (bypassing Warn indicator {})",
-            d["until"].as_str().unwrap_or("?"),
-            d["warned_by"].as_str().unwrap_or("?")
+            d.until, d.warned_by
         )
     })
 }
@@ -281,20 +290,18 @@ fn parse_duration(text: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("duration '{text}' must be positive and not absurdly long"))
 }
 
-fn report_added(out: &mut dyn Write, d: &Value) -> io::Result<()> {
+fn report_added(out: &mut dyn Write, d: &AddedReply) -> io::Result<()> {
     writeln!(
         out,
         "added {}, replaced {}, unchanged {}",
-        d["added"],
-        d["replaced"],
-        d["unchanged"].as_u64().unwrap_or(0)
+        d.added, d.replaced, d.unchanged
     )?;
     // Replacing an existing run-time indicator is said by id, never silently.
-    for id in d["replaced_ids"].as_array().into_iter().flatten() {
-        writeln!(out, "replaced: {}", id.as_str().unwrap_or_default())?;
+    for id in &d.replaced_ids {
+        writeln!(out, "replaced: {id}")?;
     }
-    for w in d["warnings"].as_array().into_iter().flatten() {
-        writeln!(out, "warning: {}", w.as_str().unwrap_or_default())?;
+    for w in &d.warnings {
+        writeln!(out, "warning: {w}")?;
     }
     Ok(())
 }
@@ -305,6 +312,9 @@ mod tests {
 
     use super::{
         Human, emit, human_list, human_stats, human_status, parse_duration, report_added, sink_line,
+    };
+    use crate::control::protocol::{
+        AddedReply, IndicatorList, RunReport, SinkReport, StatusReply, decode,
     };
     use serde_json::json;
 
@@ -321,42 +331,107 @@ mod tests {
         }
     }
 
+    /// `human` on `reply`: some text, one write only to a closed reader, and other
+    /// write errors reported with context.
+    fn ends_quietly<T>(name: &str, reply: &T, human: Human<'_, T>) {
+        let mut text = Vec::new();
+        emit(&mut text, |out| human(out, reply)).unwrap();
+        assert!(!text.is_empty(), "{name}");
+
+        let mut closed = Failing(io::ErrorKind::BrokenPipe, 0);
+        emit(&mut closed, |out| human(out, reply)).unwrap();
+        assert_eq!(closed.1, 1, "{name} went on writing after EPIPE");
+
+        let mut full = Failing(io::ErrorKind::StorageFull, 0);
+        let e = emit(&mut full, |out| human(out, reply)).unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("cannot write to standard output: "),
+            "{name}: {e:#}"
+        );
+    }
+
+    fn stats() -> (RunReport, Vec<SinkReport>) {
+        let latency =
+            json!({"count": 1, "p50_us": 1.0, "p99_us": 2.0, "p999_us": 3.0, "max_us": 4.0});
+        let report = decode(
+            &json!({"mode": "Block", "indicators": 1, "indicator_load_ms": 0.5,
+            "verdict_latency": latency, "wake_latency": latency,
+            "pipeline": crate::datapath::pipeline::PipelineStats::default(),
+            "kernel": {"flows_new": 2}, "events_written": 3, "events_dropped": 0,
+            "sinks": [{"sink": "stdout", "written": 3, "dropped": 0, "stats": null}],
+            "decode_errors": 0, "flows": {"tracked": 2, "tracked_local": 1, "not_tracked": 0,
+            "midstream": 0, "syn_retransmits": 0, "superseded": 0, "closed": 0, "expired": 0,
+            "records_lost": 0, "stale_verdicts": 0}}),
+        );
+        let report: RunReport = report.unwrap();
+        let sinks = decode(&report.sinks).unwrap();
+        (report, sinks)
+    }
+
     /// Issue 11: `nprot status | head -0` panicked. A closed reader ends every
     /// command's output quietly, after one failed write; other errors are errors.
     #[test]
     fn a_closed_stdout_ends_the_output_without_an_error() {
-        let data = json!({"mode": "Block", "interfaces": [{"name": "eth0", "attach": "tcx"}],
-            "verdict_latency": {"count": 1}, "sinks": [{"sink": "stdout", "dropped": 0}],
-            "pipeline": {"flows": 1}, "indicators": [{"id": "a", "type": "DomainName"}],
-            "added": 1, "replaced": 1, "replaced_ids": ["a"], "warnings": ["w"]});
-        let renderers: [(&str, Human<'_>); 4] = [
-            ("status", &human_status),
-            ("stats", &human_stats),
-            ("list", &human_list),
-            ("added", &report_added),
-        ];
-        for (name, human) in renderers {
-            let mut text = Vec::new();
-            emit(&mut text, |out| human(out, &data)).unwrap();
-            assert!(!text.is_empty(), "{name}");
+        let status: StatusReply = decode(&json!({"mode": "Block",
+            "interfaces": [{"name": "eth0", "attach": "tcx"}], "indicators": 1,
+            "runtime_indicators": 0, "indicator_files": [], "state_dir": "/var/lib/nprot",
+            "uptime_s": 1, "pid": 2}))
+        .unwrap();
+        ends_quietly("status", &status, &human_status);
+        ends_quietly("stats", &stats(), &human_stats);
+        let list: IndicatorList = decode(&json!({"indicators": [{"id": "a",
+            "type": "DomainName", "value": "a.example", "action": "Block"}]}))
+        .unwrap();
+        ends_quietly("list", &list, &human_list);
+        let added: AddedReply = decode(&json!({"added": 1, "unchanged": 0, "replaced": 1,
+            "replaced_ids": ["a"], "warnings": ["w"]}))
+        .unwrap();
+        ends_quietly("added", &added, &report_added);
+    }
 
-            let mut closed = Failing(io::ErrorKind::BrokenPipe, 0);
-            emit(&mut closed, |out| human(out, &data)).unwrap();
-            assert_eq!(closed.1, 1, "{name} went on writing after EPIPE");
-
-            let mut full = Failing(io::ErrorKind::StorageFull, 0);
-            let e = emit(&mut full, |out| human(out, &data)).unwrap_err();
-            assert!(
-                format!("{e:#}").starts_with("cannot write to standard output: "),
-                "{name}: {e:#}"
-            );
-        }
+    #[test]
+    fn status_and_stats_read_as_before() {
+        let status: StatusReply = decode(&json!({"mode": "Block",
+            "interfaces": [{"name": "eth0", "attach": "tcx"}], "indicators": 3,
+            "runtime_indicators": 1, "indicator_files": [["/etc/i.json", "Block"]],
+            "state_dir": "/var/lib/nprot", "uptime_s": 7, "pid": 42}))
+        .unwrap();
+        let mut text = Vec::new();
+        human_status(&mut text, &status).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "mode:        Block\ninterface:   eth0 (tcx)\nindicators:  3 in force, 1 added at run time\nstate dir:   /var/lib/nprot\nuptime:      7 s (pid 42)\n"
+        );
+        let mut text = Vec::new();
+        human_stats(&mut text, &stats()).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.starts_with("verdict latency: p50 1.0 µs  p99 2.0 µs  p99.9 3.0 µs  (n=1)\nevents: written 3  dropped 0\nsink      stdout  dropped 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nflows     tracked                  2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\npipeline  records                  0\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\nkernel    flows_new                2\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn replaced_indicators_are_named() {
         let mut text = Vec::new();
-        let d = json!({"added": 1, "replaced": 2, "replaced_ids": ["a", "b"], "warnings": []});
+        let d = AddedReply {
+            added: 1,
+            replaced: 2,
+            replaced_ids: vec!["a".into(), "b".into()],
+            ..AddedReply::default()
+        };
         report_added(&mut text, &d).unwrap();
         assert_eq!(
             String::from_utf8(text).unwrap(),
@@ -366,13 +441,15 @@ mod tests {
 
     #[test]
     fn sink_lines_show_drops_and_own_counters() {
-        let collector = json!({"sink": "tcp collector 198.18.0.9:514", "dropped": 3,
-            "stats": {"queued": 1, "sent": 40, "dropped": 3, "connected": true}});
+        let collector: SinkReport = decode(&json!({"sink": "tcp collector 198.18.0.9:514",
+            "dropped": 3, "stats": {"queued": 1, "sent": 40, "dropped": 3, "connected": true}}))
+        .unwrap();
         assert_eq!(
             sink_line(&collector),
             "sink      tcp collector 198.18.0.9:514  dropped 3  connected true  queued 1  sent 40"
         );
-        let stdout = json!({"sink": "stdout", "dropped": 0, "stats": null});
+        let stdout: SinkReport =
+            decode(&json!({"sink": "stdout", "dropped": 0, "stats": null})).unwrap();
         assert_eq!(sink_line(&stdout), "sink      stdout  dropped 0");
     }
 

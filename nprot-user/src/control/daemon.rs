@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
 use nprot_common::{CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, VerdictEntry, stat};
-use serde_json::{Value, json};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -28,10 +27,14 @@ use crate::{
     capture::{ConnectHooks, HookCounters, TcAttach},
     control::cli::RunArgs,
     control::config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
+    control::protocol::{
+        AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, RemovedReply, Request,
+        Response, RunReport, StatusReply,
+    },
     control::sdnotify,
-    control::socket::{self, Request, Response},
+    control::socket,
     control::state::State,
-    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
+    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, VerdictTarget},
     events::rfc3339_micros,
     events::{
         EventFactory,
@@ -231,60 +234,6 @@ fn notify(state: &str) {
     }
 }
 
-/// What the sensor did, as written by `--stats` on exit and answered to `nprot stats`.
-#[derive(Debug, serde::Serialize)]
-pub struct RunReport {
-    pub mode: Mode,
-    pub indicators: usize,
-    pub indicator_load_ms: f64,
-    pub verdict_latency: LatencySummary,
-    pub wake_latency: LatencySummary,
-    pub pipeline: PipelineStats,
-    pub kernel: std::collections::BTreeMap<&'static str, u64>,
-    pub events_written: u64,
-    pub events_dropped: u64,
-    /// Every sink's name, drops and own counters (see `Fanout::sink_stats`).
-    pub sinks: Value,
-    pub decode_errors: u64,
-    /// Where every connection went.
-    pub flows: FlowAccount,
-    /// Process attribution; absent when it is off.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attribution: Option<AttributionReport>,
-}
-
-/// Where every connection went: tracked, or counted as not tracked or not reported.
-/// `tracked + not_tracked` is every new connection through a guarded interface; compare
-/// `tracked_local` with `connect_hook_connects` (which also counts connections that use
-/// no guarded interface) to see a gap.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct FlowAccount {
-    /// TCP connects the cgroup hooks saw, on any interface (absent without attribution).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_hook_connects: Option<u64>,
-    /// Flows tracked from their SYN.
-    pub tracked: u64,
-    /// Of those, flows opened by a socket on this host.
-    pub tracked_local: u64,
-    /// SYNs that found no room in the flow table: connections not tracked.
-    pub not_tracked: u64,
-    /// Flows first seen without their SYN: tracked, not inspected.
-    pub midstream: u64,
-    /// SYNs taken as retransmissions (not new connections).
-    pub syn_retransmits: u64,
-    /// Flows replaced by a new connection on their four-tuple before their end was seen.
-    pub superseded: u64,
-    /// Flows seen to end.
-    pub closed: u64,
-    /// Flow entries retired idle.
-    pub expired: u64,
-    /// Connection records (established, failed, closed) lost in a full ring buffer:
-    /// flows whose connection events are missing.
-    pub records_lost: u64,
-    /// Verdicts removed because their flow ended before picking them up.
-    pub stale_verdicts: u64,
-}
-
 impl FlowAccount {
     fn new(kernel: &[u64; stat::COUNT as usize], stale_verdicts: u64, hook: Option<u64>) -> Self {
         let k = |i: u32| kernel[i as usize];
@@ -374,10 +323,39 @@ fn kernel_config(mode: Mode, opts: &RunOptions) -> SensorConfig {
     }
 }
 
-/// The running sensor: everything the verdict loop and the control socket act on.
-struct Daemon {
+/// What the control handlers need of the kernel side: the live [`Sensor`], or a stand-in
+/// in tests (which run without root and without eBPF).
+trait Kernel {
+    /// Writes the kernel's settings (a mode change).
+    fn set_config(&mut self, config: SensorConfig) -> Result<(), String>;
+    /// The guarded interfaces and how each is attached.
+    fn interfaces(&self) -> &[(String, &'static str)];
+    /// The kernel's counters, `None` if they cannot be read.
+    fn counters(&self) -> Option<[u64; stat::COUNT as usize]>;
+    /// Verdicts removed so far because their flow had ended.
+    fn stale_verdict_count(&self) -> u64;
+}
+
+impl Kernel for Sensor {
+    fn set_config(&mut self, config: SensorConfig) -> Result<(), String> {
+        self.configure(config).map_err(|e| e.to_string())
+    }
+    fn interfaces(&self) -> &[(String, &'static str)] {
+        &self.attached
+    }
+    fn counters(&self) -> Option<[u64; stat::COUNT as usize]> {
+        self.kernel_stats().ok()
+    }
+    fn stale_verdict_count(&self) -> u64 {
+        self.stale_verdicts
+    }
+}
+
+/// The running sensor: everything the verdict loop and the control socket act on. The
+/// control handlers work on any [`Kernel`]; the verdict loop needs the [`Sensor`].
+struct Daemon<K = Sensor> {
     opts: RunOptions,
-    sensor: Sensor,
+    sensor: K,
     pipeline: Pipeline,
     fanout: Fanout,
     state: State,
@@ -636,9 +614,11 @@ impl Daemon {
             }
         }
     }
+}
 
+impl<K: Kernel> Daemon<K> {
     fn report(&mut self) -> RunReport {
-        let kernel = self.sensor.kernel_stats().ok();
+        let kernel = self.sensor.counters();
         let hook = self.attribution.as_ref().map(|a| a.counters.get());
         RunReport {
             mode: self.mode,
@@ -648,10 +628,10 @@ impl Daemon {
             wake_latency: LatencySummary::from(&self.pipeline.wake_latency),
             pipeline: self.pipeline.stats(),
             kernel: kernel
-                .map(|k| stat::NAMES.iter().copied().zip(k).collect())
+                .map(|k| stat::NAMES.iter().map(|n| (*n).to_owned()).zip(k).collect())
                 .unwrap_or_default(),
             flows: kernel
-                .map(|k| FlowAccount::new(&k, self.sensor.stale_verdicts, hook.map(|h| h.0)))
+                .map(|k| FlowAccount::new(&k, self.sensor.stale_verdict_count(), hook.map(|h| h.0)))
                 .unwrap_or_default(),
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped(),
@@ -671,50 +651,65 @@ impl Daemon {
     /// Answers one control request. Changes are persisted before they are applied, so
     /// what runs is always what a restart would bring back.
     fn handle(&mut self, request: Request) -> Response {
-        let result = match request {
-            Request::Status => Ok(json!({
-                "mode": self.mode,
-                "interfaces": self.sensor.attached.iter().map(|(i, m)| json!({"name": i, "attach": m})).collect::<Vec<_>>(),
-                "indicators": self.pipeline.policy().len(),
-                "runtime_indicators": self.state.indicators.len(),
-                "indicator_files": self.opts.indicators,
-                "state_dir": self.opts.state_dir,
-                "uptime_s": self.started.elapsed().as_secs(),
-                "pid": std::process::id(),
-            })),
-            Request::Stats => serde_json::to_value(self.report()).map_err(|e| e.to_string()),
-            Request::Mode { mode } => self.set_mode(&mode),
-            Request::IndicatorAdd { json } => self.add_indicators(&json, "json", None),
+        let reply = match request {
+            Request::Status => Ok(Response::reply(&self.status())),
+            Request::Stats => Ok(Response::reply(&self.report())),
+            Request::Mode { mode } => self.set_mode(&mode).map(|r| Response::reply(&r)),
+            Request::IndicatorAdd { json } => self
+                .add_indicators(&json, "json", None)
+                .map(|r| Response::reply(&r)),
             Request::IndicatorImport {
                 format,
                 text,
                 action,
-            } => self.add_indicators(&text, &format, action.as_deref()),
-            Request::IndicatorRemove { ids } => self.remove_indicators(&ids),
-            Request::Bypass { target, for_secs } => self.bypass(&target, for_secs),
-            Request::IndicatorList => {
-                serde_json::to_value(self.pipeline.policy().indicators()).map_err(|e| e.to_string())
+            } => self
+                .add_indicators(&text, &format, action.as_deref())
+                .map(|r| Response::reply(&r)),
+            Request::IndicatorRemove { ids } => {
+                self.remove_indicators(&ids).map(|r| Response::reply(&r))
             }
+            Request::Bypass { target, for_secs } => {
+                self.bypass(&target, for_secs).map(|r| Response::reply(&r))
+            }
+            // The indicator file format, serialised straight from the policy (it may
+            // hold millions); the CLI reads it as `protocol::IndicatorList`.
+            Request::IndicatorList => Ok(Response::reply(self.pipeline.policy().indicators())),
         };
-        match result {
-            Ok(data) => Response::ok(data),
-            Err(e) => Response::error(e),
+        reply.unwrap_or_else(Response::error)
+    }
+
+    fn status(&self) -> StatusReply {
+        StatusReply {
+            mode: self.mode,
+            interfaces: self
+                .sensor
+                .interfaces()
+                .iter()
+                .map(|(name, attach)| InterfaceStatus {
+                    name: name.clone(),
+                    attach: (*attach).to_owned(),
+                })
+                .collect(),
+            indicators: self.pipeline.policy().len(),
+            runtime_indicators: self.state.indicators.len(),
+            indicator_files: self.opts.indicators.clone(),
+            state_dir: self.opts.state_dir.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            pid: std::process::id(),
         }
     }
 
-    fn set_mode(&mut self, mode: &str) -> Result<Value, String> {
+    fn set_mode(&mut self, mode: &str) -> Result<ModeReply, String> {
         let mode: Mode = mode.parse()?;
         let mut next = self.state.clone();
         next.mode = Some(mode);
         next.save(&self.opts.state_dir).map_err(|e| e.to_string())?;
-        self.sensor
-            .configure(kernel_config(mode, &self.opts))
-            .map_err(|e| e.to_string())?;
+        self.sensor.set_config(kernel_config(mode, &self.opts))?;
         self.state = next;
         self.mode = mode;
         self.pipeline.set_mode(mode);
         info!("mode set to {mode}");
-        Ok(json!({ "mode": mode }))
+        Ok(ModeReply { mode })
     }
 
     fn add_indicators(
@@ -722,7 +717,7 @@ impl Daemon {
         text: &str,
         format: &str,
         list_action: Option<&str>,
-    ) -> Result<Value, String> {
+    ) -> Result<AddedReply, String> {
         let list_action = match list_action {
             Some(a) => Action::from_name(a).ok_or_else(|| format!("unknown action '{a}'"))?,
             None => Action::Block,
@@ -749,13 +744,13 @@ impl Daemon {
             done.added,
             done.replaced.len()
         );
-        Ok(json!({
-            "added": done.added,
-            "unchanged": done.unchanged,
-            "replaced": done.replaced.len(),
-            "replaced_ids": done.replaced,
-            "warnings": loaded.warnings,
-        }))
+        Ok(AddedReply {
+            added: done.added,
+            unchanged: done.unchanged,
+            replaced: done.replaced.len(),
+            replaced_ids: done.replaced,
+            warnings: loaded.warnings,
+        })
     }
 
     /// The ids of `incoming` that an indicator file defines, each with the same row (an
@@ -790,7 +785,7 @@ impl Daemon {
     /// `nprot bypass`: an Allowed indicator for `target` that expires after `for_secs`.
     /// Allowed beats Warn among equally specific indicators, so the warned target passes
     /// until then; a target that is blocked, not warned, cannot be bypassed.
-    fn bypass(&mut self, target: &str, for_secs: u64) -> Result<Value, String> {
+    fn bypass(&mut self, target: &str, for_secs: u64) -> Result<BypassReply, String> {
         let kind = if target.contains("://") {
             IndicatorType::Url
         } else if target.parse::<IpAddr>().is_ok() || target.contains('/') {
@@ -848,10 +843,14 @@ impl Daemon {
             "{target} bypassed for {for_secs} s (Warn indicator {})",
             warned_by.0
         );
-        Ok(json!({ "id": id, "until": rfc3339_micros(until), "warned_by": warned_by.0 }))
+        Ok(BypassReply {
+            id,
+            until: rfc3339_micros(until),
+            warned_by: warned_by.0,
+        })
     }
 
-    fn remove_indicators(&mut self, ids: &[String]) -> Result<Value, String> {
+    fn remove_indicators(&mut self, ids: &[String]) -> Result<RemovedReply, String> {
         let mut next = self.state.clone();
         let missing = next.remove(ids);
         if missing.len() == ids.len() {
@@ -861,7 +860,10 @@ impl Daemon {
             ));
         }
         self.apply_state(next)?;
-        Ok(json!({ "removed": ids.len() - missing.len(), "not_found": missing }))
+        Ok(RemovedReply {
+            removed: ids.len() - missing.len(),
+            not_found: missing,
+        })
     }
 
     /// Builds the policy for `next`, persists `next`, then switches to both.
@@ -923,7 +925,7 @@ impl Daemon {
                 let mode = opts.mode.or(self.state.mode).unwrap_or(opts.config_mode);
                 self.opts = opts;
                 if mode != self.mode {
-                    match self.sensor.configure(kernel_config(mode, &self.opts)) {
+                    match self.sensor.set_config(kernel_config(mode, &self.opts)) {
                         Ok(()) => {
                             self.mode = mode;
                             self.pipeline.set_mode(mode);
@@ -936,7 +938,9 @@ impl Daemon {
             Err(e) => warn!("reload refused, the running policy stays: {e:#}"),
         }
     }
+}
 
+impl Daemon {
     fn report_totals(&self) {
         let p = self.pipeline.stats();
         info!(
@@ -989,5 +993,507 @@ impl Daemon {
                 serde_json::to_string(&flows).unwrap_or_default()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The control handlers, without root and without eBPF: a [`Daemon`] over a stand-in
+    //! kernel, with indicator files and a state directory of its own.
+
+    use std::{
+        io,
+        sync::{Arc, Mutex},
+        time::UNIX_EPOCH,
+    };
+
+    use clap::Parser as _;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::{
+        control::{
+            cli::{Cli, Command},
+            protocol::{IndicatorList, decode},
+        },
+        events::Clock,
+    };
+
+    /// The kernel side: records what it is told, refuses when `fail` is set.
+    #[derive(Default)]
+    struct FakeKernel {
+        attached: Vec<(String, &'static str)>,
+        configs: Vec<SensorConfig>,
+        fail: bool,
+    }
+
+    impl Kernel for FakeKernel {
+        fn set_config(&mut self, config: SensorConfig) -> Result<(), String> {
+            if self.fail {
+                return Err("cannot write the sensor config: no such map".into());
+            }
+            self.configs.push(config);
+            Ok(())
+        }
+        fn interfaces(&self) -> &[(String, &'static str)] {
+            &self.attached
+        }
+        fn counters(&self) -> Option<[u64; stat::COUNT as usize]> {
+            let mut k = [0; stat::COUNT as usize];
+            k[stat::FLOWS_NEW as usize] = 5;
+            Some(k)
+        }
+        fn stale_verdict_count(&self) -> u64 {
+            2
+        }
+    }
+
+    /// A sink that keeps the lines it is given.
+    struct Memory(Arc<Mutex<Vec<u8>>>);
+
+    impl Sink for Memory {
+        fn write_batch(&mut self, lines: &[u8]) -> io::Result<()> {
+            self.0.lock().unwrap().extend_from_slice(lines);
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    /// A directory of its own, removed at the end.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const FILE: &str = r#"{"indicators": [
+        {"id": "f1", "type": "DomainName", "value": "blocked.example", "action": "Block"},
+        {"id": "w1", "type": "DomainName", "value": "warned.example", "action": "Warn"}
+    ]}"#;
+
+    struct Fixture {
+        daemon: Daemon<FakeKernel>,
+        events: Arc<Mutex<Vec<u8>>>,
+        dir: Scratch,
+    }
+
+    impl Fixture {
+        /// A daemon in audit mode guarding eth0, with `FILE` as its indicator file.
+        fn new(name: &str) -> Fixture {
+            let dir = Scratch(
+                std::env::temp_dir().join(format!("nprot-daemon-{}-{name}", std::process::id())),
+            );
+            let _ = std::fs::remove_dir_all(&dir.0);
+            std::fs::create_dir_all(&dir.0).unwrap();
+            let file = dir.0.join("indicators.json");
+            std::fs::write(&file, FILE).unwrap();
+            let state_dir = dir.0.join("state");
+            let Command::Run(args) = Cli::try_parse_from([
+                "nprot".as_ref(),
+                "run".as_ref(),
+                "-i".as_ref(),
+                "eth0".as_ref(),
+                "--indicators".as_ref(),
+                file.as_os_str(),
+                "--state-dir".as_ref(),
+                state_dir.as_os_str(),
+            ])
+            .unwrap()
+            .command
+            else {
+                panic!("not a run command");
+            };
+            let opts = RunOptions::merge(args, None, Config::default()).unwrap();
+            let state = State::load(&opts.state_dir).unwrap();
+            let (files, file_len) = load_files(&opts.indicators, &opts.device_groups).unwrap();
+            let policy = Policy::new(state.merged(files).unwrap(), &opts.device_groups);
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let pipeline = Pipeline::new(
+                EventFactory::new("h", "d", Clock::anchored(UNIX_EPOCH)),
+                crate::datapath::pipeline::STREAM_LIMIT,
+                Arc::new(policy),
+                Mode::Audit,
+            );
+            let daemon = Daemon {
+                opts,
+                sensor: FakeKernel {
+                    attached: vec![("eth0".into(), "tcx")],
+                    ..FakeKernel::default()
+                },
+                pipeline,
+                fanout: Fanout::new(vec![Box::new(Memory(events.clone()))]),
+                state,
+                mode: Mode::Audit,
+                file_len,
+                indicator_load: Duration::from_millis(3),
+                decode_errors: 0,
+                reported_drops: 0,
+                housekeeping_rounds: 0,
+                started: Instant::now(),
+                attribution: None,
+            };
+            Fixture {
+                daemon,
+                events,
+                dir,
+            }
+        }
+
+        /// The reply to `request`, which must be carried out.
+        fn ok<T: serde::de::DeserializeOwned>(&mut self, request: Request) -> T {
+            let response = self.daemon.handle(request);
+            assert!(response.ok, "{response:?}");
+            assert_eq!(response.error, None);
+            decode(&response.data).unwrap()
+        }
+
+        /// The refusal of `request`, which must change nothing: not the policy, the
+        /// state on disk, the mode or the kernel's settings.
+        fn refused(&mut self, request: Request) -> String {
+            let before = self.snapshot();
+            let response = self.daemon.handle(request);
+            assert!(!response.ok, "{response:?}");
+            assert_eq!(response.data, Value::Null);
+            assert_eq!(
+                self.snapshot(),
+                before,
+                "a refused request changed something"
+            );
+            response.error.unwrap()
+        }
+
+        fn snapshot(&self) -> (Value, Option<Mode>, Vec<String>, Mode, usize) {
+            let on_disk = State::load(&self.daemon.opts.state_dir).unwrap();
+            let ids = on_disk.indicators.iter().map(|i| i.id.clone()).collect();
+            (
+                serde_json::to_value(self.daemon.pipeline.policy().indicators()).unwrap(),
+                on_disk.mode,
+                ids,
+                self.daemon.mode,
+                self.daemon.sensor.configs.len(),
+            )
+        }
+
+        fn ids(&mut self) -> Vec<String> {
+            let list: IndicatorList = self.ok(Request::IndicatorList);
+            list.indicators.into_iter().map(|i| i.id).collect()
+        }
+    }
+
+    fn add(indicators: Value) -> Request {
+        Request::IndicatorAdd {
+            json: json!({ "indicators": indicators }).to_string(),
+        }
+    }
+
+    #[test]
+    fn status_says_what_runs() {
+        let mut f = Fixture::new("status");
+        let s: StatusReply = f.ok(Request::Status);
+        assert_eq!(s.mode, Mode::Audit);
+        assert_eq!(
+            s.interfaces,
+            vec![InterfaceStatus {
+                name: "eth0".into(),
+                attach: "tcx".into()
+            }]
+        );
+        assert_eq!((s.indicators, s.runtime_indicators), (2, 0));
+        assert_eq!(s.indicator_files, f.daemon.opts.indicators);
+        assert_eq!(s.state_dir, f.dir.0.join("state"));
+        assert_eq!(s.pid, std::process::id());
+    }
+
+    #[test]
+    fn stats_report_the_counters() {
+        let mut f = Fixture::new("stats");
+        let r: RunReport = f.ok(Request::Stats);
+        assert_eq!((r.mode, r.indicators), (Mode::Audit, 2));
+        assert_eq!(r.indicator_load_ms, 3.0);
+        assert_eq!(r.kernel["flows_new"], 5);
+        assert_eq!(r.kernel.len(), stat::NAMES.len());
+        assert_eq!((r.flows.tracked, r.flows.stale_verdicts), (5, 2));
+        assert_eq!(r.flows.connect_hook_connects, None);
+        assert!(r.attribution.is_none());
+        assert_eq!(r.sinks[0]["sink"], "memory");
+    }
+
+    #[test]
+    fn mode_is_persisted_then_applied() {
+        let mut f = Fixture::new("mode");
+        let r: ModeReply = f.ok(Request::Mode {
+            mode: "block".into(),
+        });
+        assert_eq!(r.mode, Mode::Block);
+        assert_eq!(f.daemon.mode, Mode::Block);
+        let written = f.daemon.sensor.configs.last().unwrap();
+        assert_eq!((written.capture, written.hold), (1, 1));
+        assert_eq!(
+            State::load(&f.daemon.opts.state_dir).unwrap().mode,
+            Some(Mode::Block)
+        );
+        let _: ModeReply = f.ok(Request::Mode {
+            mode: "disabled".into(),
+        });
+        let written = f.daemon.sensor.configs.last().unwrap();
+        assert_eq!((written.capture, written.hold), (0, 0));
+    }
+
+    #[test]
+    fn a_bad_mode_changes_nothing() {
+        let mut f = Fixture::new("bad-mode");
+        let e = f.refused(Request::Mode {
+            mode: "Block".into(),
+        });
+        assert!(e.contains("unknown mode 'Block'"), "{e}");
+        let e = f.refused(Request::Mode { mode: "".into() });
+        assert!(e.contains("unknown mode"), "{e}");
+    }
+
+    /// The kernel refusing the new settings leaves the running mode as it was. (The
+    /// state was saved first, so the saved mode is the refused one: not checked here.)
+    #[test]
+    fn a_mode_the_kernel_refuses_is_not_applied() {
+        let mut f = Fixture::new("mode-kernel");
+        f.daemon.sensor.fail = true;
+        let response = f.daemon.handle(Request::Mode {
+            mode: "block".into(),
+        });
+        assert!(!response.ok);
+        let e = response.error.unwrap();
+        assert!(e.contains("no such map"), "{e}");
+        assert_eq!(f.daemon.mode, Mode::Audit);
+        assert_eq!(f.daemon.state.mode, None);
+        let s: StatusReply = f.ok(Request::Status);
+        assert_eq!(s.mode, Mode::Audit);
+    }
+
+    #[test]
+    fn indicators_are_added_replaced_and_persisted() {
+        let mut f = Fixture::new("add");
+        let a =
+            json!({"id": "r1", "type": "IpAddress", "value": "198.51.100.7", "action": "Block"});
+        let r: AddedReply = f.ok(add(json!([a])));
+        assert_eq!(
+            r,
+            AddedReply {
+                added: 1,
+                ..AddedReply::default()
+            }
+        );
+        assert_eq!(f.ids(), ["f1", "w1", "r1"]);
+        let on_disk = State::load(&f.daemon.opts.state_dir).unwrap();
+        assert_eq!(on_disk.indicators.len(), 1);
+
+        // The same row again: unchanged; another row under its id: replaced, by name.
+        let r: AddedReply = f.ok(add(json!([a])));
+        assert_eq!((r.added, r.unchanged, r.replaced), (0, 1, 0));
+        let b =
+            json!({"id": "r1", "type": "IpAddress", "value": "198.51.100.8", "action": "Audit"});
+        let r: AddedReply = f.ok(add(json!([b])));
+        assert_eq!((r.added, r.replaced), (0, 1));
+        assert_eq!(r.replaced_ids, ["r1"]);
+        let s: StatusReply = f.ok(Request::Status);
+        assert_eq!((s.indicators, s.runtime_indicators), (3, 1));
+    }
+
+    #[test]
+    fn a_bad_indicator_leaves_the_running_policy_unchanged() {
+        let mut f = Fixture::new("bad-add");
+        let _: AddedReply = f.ok(add(json!([
+            {"id": "r1", "type": "DomainName", "value": "one.example", "action": "Block"}
+        ])));
+        // One bad row among good ones: none of them is taken.
+        let e = f.refused(add(json!([
+            {"id": "r2", "type": "DomainName", "value": "two.example", "action": "Block"},
+            {"id": "r3", "type": "IpAddress", "value": "not an address", "action": "Block"}
+        ])));
+        assert!(!e.is_empty());
+        f.refused(Request::IndicatorAdd {
+            json: "{not json".into(),
+        });
+        f.refused(add(json!([
+            {"id": "r4", "type": "Colour", "value": "red", "action": "Block"}
+        ])));
+        assert_eq!(f.ids(), ["f1", "w1", "r1"]);
+    }
+
+    #[test]
+    fn a_file_indicator_is_changed_in_its_file_only() {
+        let mut f = Fixture::new("file-id");
+        let e = f.refused(add(json!([
+            {"id": "f1", "type": "DomainName", "value": "blocked.example", "action": "Audit"}
+        ])));
+        assert!(
+            e.contains("indicator f1 is defined by an indicator file"),
+            "{e}"
+        );
+        // An export imported again: the file's rows are unchanged, not added twice.
+        let list = serde_json::to_string(f.daemon.pipeline.policy().indicators()).unwrap();
+        let r: AddedReply = f.ok(Request::IndicatorImport {
+            format: "json".into(),
+            text: list,
+            action: None,
+        });
+        assert_eq!((r.added, r.unchanged), (0, 2));
+        assert_eq!(f.ids(), ["f1", "w1"]);
+    }
+
+    #[test]
+    fn imports_read_lists_with_their_action() {
+        let mut f = Fixture::new("import");
+        let r: AddedReply = f.ok(Request::IndicatorImport {
+            format: "list".into(),
+            text: "# ads\nads.example\n203.0.113.0/24\n".into(),
+            action: Some("Audit".into()),
+        });
+        assert_eq!(r.added, 2);
+        let list: IndicatorList = f.ok(Request::IndicatorList);
+        let added: Vec<_> = list.indicators[2..]
+            .iter()
+            .map(|i| (i.kind, i.action, i.value.as_str()))
+            .collect();
+        assert_eq!(
+            added,
+            [
+                (IndicatorType::DomainName, Action::Audit, "ads.example"),
+                (IndicatorType::IpAddress, Action::Audit, "203.0.113.0/24")
+            ]
+        );
+        let e = f.refused(Request::IndicatorImport {
+            format: "list".into(),
+            text: "more.example\n".into(),
+            action: Some("audit".into()),
+        });
+        assert_eq!(e, "unknown action 'audit'");
+        let e = f.refused(Request::IndicatorImport {
+            format: "xml".into(),
+            text: "<indicators/>".into(),
+            action: None,
+        });
+        assert_eq!(e, "unknown indicator format 'xml'");
+    }
+
+    #[test]
+    fn indicators_are_removed_by_id() {
+        let mut f = Fixture::new("remove");
+        let _: AddedReply = f.ok(add(json!([
+            {"id": "r1", "type": "DomainName", "value": "one.example", "action": "Block"},
+            {"id": "r2", "type": "DomainName", "value": "two.example", "action": "Block"}
+        ])));
+        let e = f.refused(Request::IndicatorRemove {
+            ids: vec!["nope".into()],
+        });
+        assert_eq!(e, "no run-time indicator with id nope");
+        // A file's indicator is not a run-time one.
+        f.refused(Request::IndicatorRemove {
+            ids: vec!["f1".into()],
+        });
+        let r: RemovedReply = f.ok(Request::IndicatorRemove {
+            ids: vec!["r1".into(), "nope".into()],
+        });
+        assert_eq!(
+            r,
+            RemovedReply {
+                removed: 1,
+                not_found: vec!["nope".into()]
+            }
+        );
+        assert_eq!(f.ids(), ["f1", "w1", "r2"]);
+        let on_disk = State::load(&f.daemon.opts.state_dir).unwrap();
+        assert_eq!(on_disk.indicators.len(), 1);
+    }
+
+    #[test]
+    fn the_list_is_the_indicator_file_format() {
+        let mut f = Fixture::new("list");
+        let response = f.daemon.handle(Request::IndicatorList);
+        assert!(response.ok);
+        // What `nprot indicator export` prints loads back as an indicator file.
+        let loaded = load_json(&response.data.to_string()).unwrap();
+        assert_eq!(loaded.indicators.len(), 2);
+        let list: IndicatorList = decode(&response.data).unwrap();
+        assert_eq!(list.indicators[1].kind, IndicatorType::DomainName);
+        assert_eq!(list.indicators[1].action, Action::Warn);
+        assert_eq!(list.indicators[1].value, "warned.example");
+    }
+
+    #[test]
+    fn a_warned_target_is_bypassed_and_logged() {
+        let mut f = Fixture::new("bypass");
+        let r: BypassReply = f.ok(Request::Bypass {
+            target: "warned.example".into(),
+            for_secs: 3600,
+        });
+        assert_eq!(r.id, "bypass:warned.example");
+        assert_eq!(r.warned_by, "w1");
+        assert!(
+            crate::time::parse_system_time(&r.until).is_ok(),
+            "{}",
+            r.until
+        );
+        assert_eq!(f.ids(), ["f1", "w1", "bypass:warned.example"]);
+        let events = String::from_utf8(f.events.lock().unwrap().clone()).unwrap();
+        assert_eq!(events.lines().count(), 1, "{events}");
+        assert!(events.contains("bypass:warned.example"), "{events}");
+        // Under the bypass it is Allowed, not warned: no second bypass of it.
+        let e = f.refused(Request::Bypass {
+            target: "warned.example".into(),
+            for_secs: 60,
+        });
+        assert!(e.contains("not warned"), "{e}");
+    }
+
+    #[test]
+    fn only_warned_targets_can_be_bypassed() {
+        let mut f = Fixture::new("bypass-refused");
+        let e = f.refused(Request::Bypass {
+            target: "blocked.example".into(),
+            for_secs: 60,
+        });
+        assert!(
+            e.contains("not warned but decided by Block indicator f1"),
+            "{e}"
+        );
+        let e = f.refused(Request::Bypass {
+            target: "198.51.100.1".into(),
+            for_secs: 60,
+        });
+        assert_eq!(e, "no Warn indicator matches 198.51.100.1");
+        f.refused(Request::Bypass {
+            target: "http://".into(),
+            for_secs: 60,
+        });
+        assert!(f.events.lock().unwrap().is_empty());
+    }
+
+    /// SIGHUP: a broken indicator file keeps the running policy; a fixed one is taken.
+    #[test]
+    fn a_reload_takes_valid_files_only() {
+        let mut f = Fixture::new("reload");
+        let _: AddedReply = f.ok(add(json!([
+            {"id": "r1", "type": "DomainName", "value": "one.example", "action": "Block"}
+        ])));
+        let file = f.daemon.opts.indicators[0].0.clone();
+        std::fs::write(&file, "{\"indicators\": [").unwrap();
+        f.daemon.reload();
+        assert_eq!(f.ids(), ["f1", "w1", "r1"]);
+        std::fs::write(
+            &file,
+            r#"{"indicators": [{"id": "f9", "type": "DomainName", "value": "new.example", "action": "Block"}]}"#,
+        )
+        .unwrap();
+        f.daemon.reload();
+        assert_eq!(f.ids(), ["f9", "r1"]);
+        // The run-time indicators still follow the files' new length.
+        let r: RemovedReply = f.ok(Request::IndicatorRemove {
+            ids: vec!["r1".into()],
+        });
+        assert_eq!(r.removed, 1);
+        assert_eq!(f.ids(), ["f9"]);
     }
 }

@@ -1,6 +1,6 @@
-//! Control plane: the daemon's root-only Unix socket and its protocol — one JSON request
+//! Control plane: the daemon's root-only Unix socket and its wire form — one JSON request
 //! per line, one JSON response per line — with the server half (the daemon) and the
-//! client half (the `nprot` CLI).
+//! client half (the `nprot` CLI). The messages are in [`super::protocol`].
 //!
 //! The socket is created mode 0600 in a directory of its own, and the server also checks
 //! the peer's uid (SO_PEERCRED), so an unprivileged account is refused twice over.
@@ -12,72 +12,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
 
+pub use super::protocol::{Request, Response};
+
 /// Default path of the control socket.
 pub const DEFAULT_SOCKET: &str = "/run/nprot/control.sock";
-
-/// A request to the daemon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    /// Mode, interfaces, indicator counts.
-    Status,
-    /// Kernel and pipeline counters, latency percentiles.
-    Stats,
-    /// Switch the enforcement mode.
-    Mode { mode: String },
-    /// Add (or replace by id) indicators given in the JSON file format.
-    IndicatorAdd { json: String },
-    /// Remove run-time indicators by id.
-    IndicatorRemove { ids: Vec<String> },
-    /// List every indicator in force (files and run-time ones).
-    IndicatorList,
-    /// Allow a target that a Warn indicator resets, for `for_secs`.
-    Bypass { target: String, for_secs: u64 },
-    /// Import a file's content: `format` is json, csv or list.
-    IndicatorImport {
-        format: String,
-        text: String,
-        action: Option<String>,
-    },
-}
-
-/// The daemon's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub data: Value,
-}
-
-impl Response {
-    /// A successful answer carrying `data`.
-    pub fn ok(data: Value) -> Response {
-        Response {
-            ok: true,
-            error: None,
-            data,
-        }
-    }
-
-    /// A refusal saying why.
-    pub fn error(message: impl Into<String>) -> Response {
-        Response {
-            ok: false,
-            error: Some(message.into()),
-            data: Value::Null,
-        }
-    }
-}
 
 /// A request with the channel its answer goes back on.
 pub type Call = (Request, oneshot::Sender<Response>);
@@ -175,17 +119,6 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_have_a_stable_wire_form() {
-        let r = Request::Mode {
-            mode: "block".into(),
-        };
-        let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(text, r#"{"cmd":"mode","mode":"block"}"#);
-        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
-    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn round_trip_over_a_socket() {

@@ -39,7 +39,7 @@ pub trait VerdictTarget {
 }
 
 /// Counters of what the pipeline did, for `nprot stats` and the exit summary.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PipelineStats {
     pub records: u64,
     pub tls_inspected: u64,
