@@ -556,15 +556,24 @@ pub mod stat {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
+    use super::{
+        FlowKey, FlowState, FlowTuple, RecordHeader, SensorConfig, SocketOwner, VerdictEntry,
+    };
     // SAFETY: all of these are repr(C) plain data without padding holes that matter
     // to the kernel (explicit `_pad` fields), valid for any bit pattern.
+    // SAFETY: FlowKey is repr(C) plain data for which every bit pattern is valid.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: FlowTuple is repr(C) plain data for which every bit pattern is valid.
     unsafe impl aya::Pod for FlowTuple {}
+    // SAFETY: FlowState is repr(C) plain data for which every bit pattern is valid.
     unsafe impl aya::Pod for FlowState {}
+    // SAFETY: RecordHeader is repr(C) plain data for which every bit pattern is valid.
     unsafe impl aya::Pod for RecordHeader {}
+    // SAFETY: SensorConfig is repr(C) plain data for which every bit pattern is valid.
     unsafe impl aya::Pod for SensorConfig {}
+    // SAFETY: VerdictEntry is repr(C) plain data for which every bit pattern is valid.
     unsafe impl aya::Pod for VerdictEntry {}
+    // SAFETY: SocketOwner is repr(C) plain data for which every bit pattern is valid.
     unsafe impl aya::Pod for SocketOwner {}
 }
 

@@ -1,5 +1,13 @@
 //! Micro-benchmarks of the verdict hot path's user-space steps: ClientHello and HTTP
 //! parsing, and policy matching at 10^6 indicators (`cargo bench -p nprot-user`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
 use std::{hint::black_box, net::IpAddr, time::SystemTime};
 
@@ -29,13 +37,13 @@ fn parsers(c: &mut Criterion) {
         .build();
     let http = b"GET /index.html?q=1 HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\n\r\n".to_vec();
     c.bench_function("parse ClientHello (~250 B)", |b| {
-        b.iter(|| parse_client_payload(black_box(&small)))
+        b.iter(|| parse_client_payload(black_box(&small)));
     });
     c.bench_function("parse ClientHello, post-quantum (~1.7 KB)", |b| {
-        b.iter(|| parse_client_payload(black_box(&pq)))
+        b.iter(|| parse_client_payload(black_box(&pq)));
     });
     c.bench_function("parse HTTP GET", |b| {
-        b.iter(|| parse_client_payload(black_box(&http)))
+        b.iter(|| parse_client_payload(black_box(&http)));
     });
 }
 
@@ -78,10 +86,10 @@ fn matcher(c: &mut Criterion) {
         http_path: Some("/a/b"),
     };
     c.bench_function("match, 10^6 indicators, domain hit", |b| {
-        b.iter(|| policy.decide(black_box(&hit), now).winner.is_some())
+        b.iter(|| policy.decide(black_box(&hit), now).winner.is_some());
     });
     c.bench_function("match, 10^6 indicators, miss", |b| {
-        b.iter(|| policy.decide(black_box(&miss), now).winner.is_some())
+        b.iter(|| policy.decide(black_box(&miss), now).winner.is_some());
     });
 }
 

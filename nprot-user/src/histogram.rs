@@ -77,7 +77,7 @@ fn bucket(ns: u64) -> usize {
     if ns < SUB_BUCKETS {
         return ns as usize;
     }
-    let octave = 63 - u64::from(ns.leading_zeros()) - SUB_BUCKETS.trailing_zeros() as u64;
+    let octave = 63 - u64::from(ns.leading_zeros()) - u64::from(SUB_BUCKETS.trailing_zeros());
     let sub = (ns >> octave) - SUB_BUCKETS;
     ((octave + 1) * SUB_BUCKETS + sub) as usize
 }

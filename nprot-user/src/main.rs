@@ -4,9 +4,11 @@ use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 use nprot::{
-    control::admin,
-    control::cli::{Cli, Command},
-    control::daemon::{self, RunOptions},
+    control::{
+        admin,
+        cli::{Cli, Command},
+        daemon::{self, RunOptions},
+    },
     replay::{self, ReplayOptions},
 };
 

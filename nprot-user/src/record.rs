@@ -128,7 +128,7 @@ mod tests {
         // SAFETY: reading the bytes of a plain-data struct.
         unsafe {
             std::slice::from_raw_parts(
-                (hdr as *const RecordHeader).cast::<u8>(),
+                std::ptr::from_ref::<RecordHeader>(hdr).cast::<u8>(),
                 size_of::<RecordHeader>(),
             )
         }

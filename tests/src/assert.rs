@@ -1,7 +1,6 @@
 //! Strict assertions on what a client saw, shared by every test file.
 
-use crate::clients::CurlRun;
-use crate::proxy::Transfer;
+use crate::{clients::CurlRun, proxy::Transfer};
 
 /// curl's exit codes for a connection reset by the peer: 35 when it comes during the TLS
 /// handshake (`SSL_connect: Connection reset by peer`), 56 when it comes while receiving

@@ -9,15 +9,19 @@
 //! inspection event are in the file, whatever the sensor had to say about a connection
 //! that ended before the barrier began is in the file too, above them.
 
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 use serde_json::Value;
 
-use crate::EVENT_TIMEOUT;
-use crate::events::{EventLog, ev};
-use crate::world::ClientServer;
+use crate::{
+    EVENT_TIMEOUT,
+    events::{EventLog, ev},
+    world::ClientServer,
+};
 
 /// How often the event file is re-read while waiting for the barrier.
 const POLL: Duration = Duration::from_millis(20);

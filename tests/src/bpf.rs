@@ -2,8 +2,7 @@
 //! bpftool of a recent enough version), legacy `tc` clsact filters, XDP, and
 //! `bpftool net show` output where bpftool is installed.
 
-use std::process::Command;
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -19,8 +18,7 @@ use object::{
     write::{Object, Symbol, SymbolSection},
 };
 
-use crate::netns::in_netns;
-use crate::process::run_with_timeout;
+use crate::{netns::in_netns, process::run_with_timeout};
 
 /// The TCX ingress hook.
 pub const BPF_TCX_INGRESS: TcAttachType = TcAttachType::Ingress;
@@ -132,7 +130,10 @@ pub fn which(program: &str) -> bool {
 pub fn tcx_query(dev: &str, attach_type: TcAttachType) -> Result<Vec<u32>> {
     let (_revision, programs) = SchedClassifier::query_tcx(dev, attach_type)
         .with_context(|| format!("querying TCX {attach_type:?} of {dev}"))?;
-    Ok(programs.iter().map(|p| p.id()).collect())
+    Ok(programs
+        .iter()
+        .map(aya::programs::ProgramInfo::id)
+        .collect())
 }
 
 /// A TCX link the harness made itself (to check that [`attachments`] sees one); dropping

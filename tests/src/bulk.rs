@@ -2,15 +2,19 @@
 //! connection at once with a large response, without waiting for a complete request:
 //! the worst case for a sensor that must not leak response bytes before its verdict.
 
-use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::{Child, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 
-use crate::clients::python3;
-use crate::netns::{netns_cmd, wait_tcp_ready_in};
-use crate::process::terminate;
+use crate::{
+    clients::python3,
+    netns::{netns_cmd, wait_tcp_ready_in},
+    process::terminate,
+};
 
 /// Python: listen on ADDR:PORT; for each connection, as soon as recv() returns bytes,
 /// sendall(HEADER + BODY_LEN bytes of 'x') and close. A connection closed before sending

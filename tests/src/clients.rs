@@ -1,14 +1,14 @@
 //! Clients run in the client namespace (the `_in` variants in any namespace): curl,
 //! `openssl s_client`, and python3 raw TCP.
 
-use std::net::IpAddr;
-use std::process::Output;
-use std::time::Duration;
+use std::{net::IpAddr, process::Output, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{Topology, netns_cmd};
-use crate::process::run_with_timeout;
+use crate::{
+    netns::{Topology, netns_cmd},
+    process::run_with_timeout,
+};
 
 /// Outer bound on any client command (curl itself has `--max-time 5`).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);

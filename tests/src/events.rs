@@ -1,8 +1,10 @@
 //! Reading the sensor's JSON-lines event file.
 
-use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 use serde_json::Value;

@@ -14,20 +14,24 @@
 //! Also here: [`HostEcho`], a server that records the `Host` each connection's request
 //! head carried as the server's stack delivered it, and [`Tcpdump`] for captures.
 
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::clients::python3;
-use crate::netns::{netns_cmd, wait_tcp_ready_in};
-use crate::process::{run_ok, run_with_timeout, signal, terminate, wait_timeout};
+use crate::{
+    clients::python3,
+    netns::{netns_cmd, wait_tcp_ready_in},
+    process::{run_ok, run_with_timeout, signal, terminate, wait_timeout},
+};
 
 /// The python module `nprot_frames`.
 pub const FRAMES_PY: &str = include_str!("frames.py");
@@ -289,12 +293,11 @@ impl Tcpdump {
             bail!("tcpdump already stopped");
         };
         signal(child.id(), nix::sys::signal::Signal::SIGINT)?;
-        let status = match wait_timeout(&mut child, TCPDUMP_TIMEOUT)? {
-            Some(status) => status,
-            None => {
-                terminate(&mut child, Duration::ZERO)?;
-                bail!("tcpdump did not exit within {TCPDUMP_TIMEOUT:?} of SIGINT");
-            }
+        let status = if let Some(status) = wait_timeout(&mut child, TCPDUMP_TIMEOUT)? {
+            status
+        } else {
+            terminate(&mut child, Duration::ZERO)?;
+            bail!("tcpdump did not exit within {TCPDUMP_TIMEOUT:?} of SIGINT");
         };
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
             self.lines.push(line);

@@ -13,25 +13,27 @@
 //! addresses are the only ones in the three namespaces. Names are unique per test
 //! (`np-<pid>-<n>-c|r|s`); everything is removed on drop, also on panic.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::MutexGuard;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::MutexGuard,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::ClientServer;
-use crate::bpf;
-
-use crate::events::EventLog;
-use crate::netns::{add_namespace, delete_namespaces, ip, sysctl};
-use crate::nginx::Nginx;
-use crate::process::run_ok;
-use crate::recorder::ConnRecorder;
-use crate::sensor::{Sensor, StderrLog};
+use crate::{
+    ClientServer, bpf,
+    events::EventLog,
+    netns::{add_namespace, delete_namespaces, ip, sysctl},
+    nginx::Nginx,
+    process::run_ok,
+    recorder::ConnRecorder,
+    sensor::{Sensor, StderrLog},
+};
 
 /// The three namespaces, the two veth pairs and their addresses.
 #[derive(Debug, Clone)]

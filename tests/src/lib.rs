@@ -9,7 +9,14 @@
 //! [`gateway::GatewayEnv`] instead: client ↔ router ↔ server, the sensor in the router.
 //! Everything is removed when the `Env` is dropped, also when a test panics. Tests are
 //! serialised by a global lock.
-
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 #![warn(missing_docs)]
 
 pub mod assert;
@@ -32,14 +39,17 @@ pub mod tls;
 pub mod tunnel;
 pub mod world;
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
-use std::time::Duration;
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Mutex, MutexGuard, Once,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
-
 pub use assert::{ClientResult, assert_reset};
 pub use barrier::Barrier;
 pub use bulk::BulkServer;
@@ -75,7 +85,9 @@ pub fn require_root() -> Result<()> {
 /// by killed runs (once per process), and returns the lock with this test's number and
 /// its fresh, empty temp dir `<tmp>/nprot-e2e-<pid>-<n>`.
 pub(crate) fn begin_test() -> Result<(MutexGuard<'static, ()>, u32, PathBuf)> {
-    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     STALE_CLEANUP.call_once(netns::remove_stale_namespaces);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
     let dir = std::env::temp_dir().join(format!("nprot-e2e-{}-{n}", std::process::id()));

@@ -1,17 +1,21 @@
 //! nginx in the server namespace: TLS vhosts `good.example` and `bad.example` on 443 and
 //! 8443, plain HTTP on 80 and 8080, IPv4 and IPv6.
 
-use std::fmt::Write as _;
-use std::fs;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 
-use crate::netns::{Topology, netns_cmd, wait_tcp_ready_in};
-use crate::process::{run_ok, terminate};
+use crate::{
+    netns::{Topology, netns_cmd, wait_tcp_ready_in},
+    process::{run_ok, terminate},
+};
 
 /// Path of the Debian nginx binary.
 pub const NGINX_BIN: &str = "/usr/sbin/nginx";

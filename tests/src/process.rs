@@ -1,9 +1,11 @@
 //! Running commands with a time bound, and stopping the processes the harness started.
 
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    io::Read,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use nix::{
@@ -28,15 +30,14 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> 
     let err_reader = spawn_reader(child.stderr.take());
     let status = wait_timeout(&mut child, timeout)?;
     let timed_out = status.is_none();
-    let status = match status {
-        Some(status) => status,
-        None => {
-            // Ignore errors: the process may have exited just now.
-            let _ = child.kill();
-            child
-                .wait()
-                .with_context(|| format!("cannot reap {shown}"))?
-        }
+    let status = if let Some(status) = status {
+        status
+    } else {
+        // Ignore errors: the process may have exited just now.
+        let _ = child.kill();
+        child
+            .wait()
+            .with_context(|| format!("cannot reap {shown}"))?
     };
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();

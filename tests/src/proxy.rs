@@ -10,21 +10,25 @@
 //!  client ns (curl, sensor) ── router ns (proxy :8888) ── server ns (nginx)
 //! ```
 
-use std::fs;
-use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::clients::url_host;
-use crate::gateway::GatewayEnv;
-use crate::netns::{netns_cmd, wait_tcp_ready_in};
-use crate::nginx::TLS_HOSTS;
-use crate::process::{run_with_timeout, terminate};
+use crate::{
+    clients::url_host,
+    gateway::GatewayEnv,
+    netns::{netns_cmd, wait_tcp_ready_in},
+    nginx::TLS_HOSTS,
+    process::{run_with_timeout, terminate},
+};
 
 /// The proxy's port.
 pub const PROXY_PORT: u16 = 8888;

@@ -4,19 +4,19 @@
 //! server does, and a sensor in the path has a server packet to hold or reset — and then
 //! keeps reading until end of stream, a reset, or `linger` without anything happening.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::clients::python3;
-use crate::netns::netns_cmd;
-use crate::process::terminate;
+use crate::{clients::python3, netns::netns_cmd, process::terminate};
 
 /// How long [`ConnRecorder::start`] waits for the listeners.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,7 +155,7 @@ impl ConnRecorder {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     lines
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(format!("{mark}{line}"));
                 }
             });
@@ -188,7 +188,10 @@ impl ConnRecorder {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Everything the recorder printed, for failure messages.

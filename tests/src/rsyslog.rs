@@ -2,18 +2,23 @@
 //! 127.0.0.1 inside a network namespace of its own, every message written raw (`%rawmsg%`)
 //! to a file, nothing else loaded.
 
-use std::fs;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::MutexGuard;
-use std::time::{Duration, Instant};
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::MutexGuard,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{add_namespace, delete_namespaces, in_netns, netns_cmd, wait_tcp_ready_in};
-use crate::process::{terminate, wait_timeout};
-use crate::{begin_test, remove_test_dir, require_root};
+use crate::{
+    begin_test,
+    netns::{add_namespace, delete_namespaces, in_netns, netns_cmd, wait_tcp_ready_in},
+    process::{terminate, wait_timeout},
+    remove_test_dir, require_root,
+};
 
 /// How long rsyslog gets to start listening or to stop.
 const RSYSLOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,13 +154,12 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="collect")
             bail!("rsyslog is not running");
         };
         crate::process::signal(child.id(), nix::sys::signal::Signal::SIGTERM)?;
-        match wait_timeout(&mut child, RSYSLOG_TIMEOUT)? {
-            Some(status) => Ok(status),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("rsyslogd ignored SIGTERM for {RSYSLOG_TIMEOUT:?}")
-            }
+        if let Some(status) = wait_timeout(&mut child, RSYSLOG_TIMEOUT)? {
+            Ok(status)
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("rsyslogd ignored SIGTERM for {RSYSLOG_TIMEOUT:?}")
         }
     }
 
@@ -201,8 +205,7 @@ impl Drop for Rsyslog {
 
 fn which(program: &str) -> Result<()> {
     let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
         || Path::new("/usr/sbin").join(program).is_file();
     if !found {
         bail!("{program} not found: install Debian's rsyslog (`cargo xtask setup`)");
@@ -215,7 +218,7 @@ fn which(program: &str) -> Result<()> {
 pub fn systemd_analyze_verify(unit: &Path) -> Result<String> {
     let out = crate::process::run_with_timeout(
         Command::new("systemd-analyze").arg("verify").arg(unit),
-        Duration::from_secs(60),
+        Duration::from_mins(1),
     )
     .context("systemd-analyze (Debian package systemd) must be installed")?;
     let text = format!(

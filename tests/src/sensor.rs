@@ -1,17 +1,21 @@
 //! The sensor under test: `nprot run` in the client namespace (or another one, guarding
 //! other interfaces: [`Sensor::start_in`]).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{Topology, netns_cmd};
-use crate::process::{signal, terminate, wait_timeout};
+use crate::{
+    netns::{Topology, netns_cmd},
+    process::{signal, terminate, wait_timeout},
+};
 
 /// The line the sensor prints on stderr once its programs are attached.
 pub const READY_MARKER: &str = "nprot ready";
@@ -20,15 +24,14 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The `nprot` binary: `$NPROT_BIN`, else `<workspace>/target/debug/nprot`.
 pub fn sensor_binary() -> Result<PathBuf> {
-    let path = match std::env::var_os("NPROT_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-            manifest
-                .parent()
-                .unwrap_or(manifest)
-                .join("target/debug/nprot")
-        }
+    let path = if let Some(p) = std::env::var_os("NPROT_BIN") {
+        PathBuf::from(p)
+    } else {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        manifest
+            .parent()
+            .unwrap_or(manifest)
+            .join("target/debug/nprot")
     };
     if !path.is_file() {
         bail!(
@@ -54,14 +57,18 @@ struct StderrState {
 impl StderrLog {
     /// Everything read so far, one line per line.
     pub fn text(&self) -> String {
-        let state = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self
+            .inner
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.lines.join("\n")
     }
 
     fn push(&self, line: String) {
         let (lock, cvar) = &*self.inner;
         lock.lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .lines
             .push(line);
         cvar.notify_all();
@@ -69,7 +76,9 @@ impl StderrLog {
 
     fn close(&self) {
         let (lock, cvar) = &*self.inner;
-        lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        lock.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .closed = true;
         cvar.notify_all();
     }
 
@@ -77,7 +86,9 @@ impl StderrLog {
     fn wait_closed(&self, timeout: Duration) -> bool {
         let (lock, cvar) = &*self.inner;
         let deadline = Instant::now() + timeout;
-        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while !state.closed {
             let now = Instant::now();
             if now >= deadline {
@@ -85,7 +96,7 @@ impl StderrLog {
             }
             state = cvar
                 .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         true
@@ -96,7 +107,9 @@ impl StderrLog {
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
         let (lock, cvar) = &*self.inner;
         let deadline = Instant::now() + timeout;
-        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             if state.lines.iter().any(|l| l.contains(needle)) {
                 return true;
@@ -107,7 +120,7 @@ impl StderrLog {
             }
             state = cvar
                 .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
     }
@@ -196,25 +209,22 @@ impl Sensor {
             Some(child) => wait_timeout(child, deadline.saturating_duration_since(Instant::now()))?,
             None => None,
         };
-        match status {
-            Some(status) => {
-                sensor.exit = Some(status);
-                sensor.child = None;
-                // The reader thread closes the log at end of file, right after exit.
-                sensor.stderr.wait_closed(Duration::from_secs(1));
-                Ok(Launch::Exited {
-                    status,
-                    stderr: sensor.stderr.text(),
-                })
-            }
-            None => {
-                let state = sensor.stop(Duration::from_secs(2));
-                bail!(
-                    "sensor neither printed `{READY_MARKER}` nor exited within {timeout:?} \
-                     (stopped: {state:?}); args {extra_args:?}; stderr:\n{}",
-                    sensor.stderr.text()
-                )
-            }
+        if let Some(status) = status {
+            sensor.exit = Some(status);
+            sensor.child = None;
+            // The reader thread closes the log at end of file, right after exit.
+            sensor.stderr.wait_closed(Duration::from_secs(1));
+            Ok(Launch::Exited {
+                status,
+                stderr: sensor.stderr.text(),
+            })
+        } else {
+            let state = sensor.stop(Duration::from_secs(2));
+            bail!(
+                "sensor neither printed `{READY_MARKER}` nor exited within {timeout:?} \
+                 (stopped: {state:?}); args {extra_args:?}; stderr:\n{}",
+                sensor.stderr.text()
+            )
         }
     }
 
@@ -323,20 +333,17 @@ impl Sensor {
         }
         // It may exit between try_wait and kill.
         let _ = signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-        match wait_timeout(&mut child, timeout)? {
-            Some(status) => {
-                self.exit = Some(status);
-                Ok(status)
-            }
-            None => {
-                let status = terminate(&mut child, Duration::ZERO)?;
-                self.exit = Some(status);
-                bail!(
-                    "sensor did not exit within {timeout:?} of SIGTERM; killed ({status}); \
-                     stderr:\n{}",
-                    self.stderr.text()
-                )
-            }
+        if let Some(status) = wait_timeout(&mut child, timeout)? {
+            self.exit = Some(status);
+            Ok(status)
+        } else {
+            let status = terminate(&mut child, Duration::ZERO)?;
+            self.exit = Some(status);
+            bail!(
+                "sensor did not exit within {timeout:?} of SIGTERM; killed ({status}); \
+                 stderr:\n{}",
+                self.stderr.text()
+            )
         }
     }
 }

@@ -11,18 +11,22 @@
 //! Inner addresses: client `198.18.3.1/30`, server `198.18.3.2/30` (the veth subnets of
 //! [`Topology`] start at `198.18.10.0/24`, so they never overlap).
 
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    process::{Child, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
 
-use crate::clients::python3;
-use crate::netns::{Topology, in_netns, ip, netns_cmd};
-use crate::process::terminate;
+use crate::{
+    clients::python3,
+    netns::{Topology, in_netns, ip, netns_cmd},
+    process::terminate,
+};
 
 /// Client end of the tunnel.
 pub const TUNNEL_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);

@@ -1,13 +1,14 @@
 //! What every test world ([`Env`](crate::Env), [`GatewayEnv`](crate::GatewayEnv)) offers
 //! its tests: clients in the client namespace against servers in the server namespace.
 
-use std::net::IpAddr;
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::Result;
 
-use crate::bulk::BulkServer;
-use crate::clients::{self, CurlRun, Exchange};
+use crate::{
+    bulk::BulkServer,
+    clients::{self, CurlRun, Exchange},
+};
 
 /// A client namespace and a server namespace, however they are connected.
 pub trait ClientServer {

@@ -7,16 +7,29 @@
 //! child's pid is the client's pid and this test process is its parent.
 //!
 //! Run as root, serially: `cargo test -p nprot-tests --test attribution -- --test-threads=1`.
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    time::{Duration, Instant},
+};
 
-use nprot_tests::clients::python3;
-use nprot_tests::indicators::{indicator, with};
-use nprot_tests::sensor::{control_socket_for, sensor_binary};
-use nprot_tests::{EVENT_TIMEOUT, Env, Value, ev};
+use nprot_tests::{
+    EVENT_TIMEOUT, Env, Value,
+    clients::python3,
+    ev,
+    indicators::{indicator, with},
+    sensor::{control_socket_for, sensor_binary},
+};
 
 const CURL: &str = "/usr/bin/curl";
 
@@ -87,7 +100,7 @@ fn curl_args(env: &Env, name: &str) -> Vec<String> {
         &format!("https://{name}/"),
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(ToString::to_string)
     .collect()
 }
 
@@ -117,12 +130,12 @@ except (ConnectionResetError, ssl.SSLError, OSError) as e:
 
 /// Python: connect to ADDR:80, print the local port and exit at once (no payload, no
 /// close: the kernel closes the socket when the process is gone).
-const CONNECT_AND_EXIT_PY: &str = r#"
+const CONNECT_AND_EXIT_PY: &str = r"
 import os, socket, sys
 s = socket.create_connection((sys.argv[1], 80), timeout=5)
 print(s.getsockname()[1], flush=True)
 os._exit(0)
-"#;
+";
 
 /// Checks the `InitiatingProcess*` columns of `event`.
 #[track_caller]

@@ -4,6 +4,14 @@
 //!
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests -- --test-threads=1`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
 use std::time::Duration;
 
@@ -303,7 +311,7 @@ fn client_hello_split_over_three_segments() {
     let b = &hello.bytes;
     // First cut inside the extension list (well before server_name), second inside the
     // host name ("split" | ".example").
-    let first = (hello.extensions_start + hello.sni_extension) / 2;
+    let first = usize::midpoint(hello.extensions_start, hello.sni_extension);
     let second = hello.sni_name + "split".len();
     assert!(hello.extensions_start < first && first < hello.sni_extension);
     let r = env

@@ -7,17 +7,28 @@
 //!
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test clsact -- --test-threads=1`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use std::process::Command;
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
-use nprot_tests::bpf::Attachments;
-use nprot_tests::indicators::indicator;
-use nprot_tests::netns::netns_cmd;
-use nprot_tests::nginx::{BODY_BAD, BODY_GOOD};
-use nprot_tests::process::run_ok;
-use nprot_tests::sensor::{control_socket_for, sensor_binary};
-use nprot_tests::{BLOCKED, ClientServer, CurlRun, Env, Value, clients, ev, wait_event};
+use nprot_tests::{
+    BLOCKED, ClientServer, CurlRun, Env, Value,
+    bpf::Attachments,
+    clients, ev,
+    indicators::indicator,
+    netns::netns_cmd,
+    nginx::{BODY_BAD, BODY_GOOD},
+    process::run_ok,
+    sensor::{control_socket_for, sensor_binary},
+    wait_event,
+};
 
 const FORCE_CLSACT: &str = "--force-clsact";
 

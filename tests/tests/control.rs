@@ -1,6 +1,14 @@
 //! End-to-end tests of the control plane: `nprot mode`, `nprot indicator …`, `nprot
 //! status` against a running sensor, persistence across a restart, and the refusal of an
 //! unprivileged account.
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
 use std::{
     os::{
@@ -12,9 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nprot_tests::ClientServer;
 use nprot_tests::{
-    CurlRun, Env, assert_reset,
+    ClientServer, CurlRun, Env, assert_reset,
     indicators::{indicator, write_file},
     process::signal,
     sensor::{READY_TIMEOUT, control_socket_for, sensor_binary},

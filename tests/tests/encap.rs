@@ -10,21 +10,26 @@
 //! - the same frames recorded with tcpdump and replayed (`nprot replay`).
 //!
 //! Run as root, serially: `cargo test -p nprot-tests --test encap -- --test-threads=1`.
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use nprot_tests::{BLOCKED, start_blocking_bad, wait_event as wait};
-use std::collections::BTreeSet;
-use std::net::IpAddr;
-use std::process::Command;
-use std::time::Duration;
+use std::{collections::BTreeSet, net::IpAddr, process::Command, time::Duration};
 
 use nprot_tests::{
-    ClientServer, Env, Value,
+    BLOCKED, ClientServer, Env, Value,
     clients::curl_any,
     ev,
     frames::{self, Tcpdump},
     nginx::BODY_GOOD,
     process::{run_ok, run_with_timeout},
     sensor::sensor_binary,
+    start_blocking_bad, wait_event as wait,
 };
 
 /// Bound on one frame script.

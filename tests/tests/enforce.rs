@@ -9,17 +9,26 @@
 //!
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test enforce -- --test-threads=1`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
-use nprot_tests::ClientServer;
-use nprot_tests::indicators::{indicator, with, write_file, write_raw};
-use nprot_tests::nginx::{BODY_BAD, BODY_GOOD, BODY_ROOT};
-use nprot_tests::sensor::READY_MARKER;
 use nprot_tests::{
-    CurlRun, EVENT_TIMEOUT, Env, Exchange, ExchangeEnd, HelloSpec, Launch, Value,
+    ClientServer, CurlRun, EVENT_TIMEOUT, Env, Exchange, ExchangeEnd, HelloSpec, Launch, Value,
     assert_absent_so_far, assert_reset, client_hello, ev,
+    indicators::{indicator, with, write_file, write_raw},
+    nginx::{BODY_BAD, BODY_GOOD, BODY_ROOT},
+    sensor::READY_MARKER,
 };
 
 const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
@@ -579,7 +588,7 @@ fn split_client_hello_still_blocked() {
         let hello = client_hello(&HelloSpec::new(sni));
         let b = &hello.bytes;
         // Cuts inside the extension list and inside the host name.
-        let first = (hello.extensions_start + hello.sni_extension) / 2;
+        let first = usize::midpoint(hello.extensions_start, hello.sni_extension);
         let second = hello.sni_name + 3;
         let x = env
             .exchange(

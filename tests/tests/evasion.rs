@@ -9,14 +9,22 @@
 //! frames (the client's own stack is then kept quiet with [`frames::drop_kernel_resets`]).
 //!
 //! Run as root, serially: `cargo test -p nprot-tests --test evasion -- --test-threads=1`.
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use nprot_tests::{BLOCKED, start_blocking_bad, wait_event as wait};
 use std::time::Duration;
 
 use nprot_tests::{
-    ClientServer, Env, Value, ev,
+    BLOCKED, ClientServer, Env, Value, ev,
     frames::{self, HostEcho},
     nginx::BODY_ROOT,
+    start_blocking_bad, wait_event as wait,
 };
 
 /// Bound on one frame script (scapy's import alone takes about two seconds).

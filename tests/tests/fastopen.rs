@@ -4,9 +4,19 @@
 //!
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test fastopen -- --test-threads=1`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use nprot_tests::{BLOCKED, wait_event as wait};
-use nprot_tests::{ClientServer, Env, ev, indicators::indicator, netns::sysctl, nginx::BODY_GOOD};
+use nprot_tests::{
+    BLOCKED, ClientServer, Env, ev, indicators::indicator, netns::sysctl, nginx::BODY_GOOD,
+    wait_event as wait,
+};
 
 fn syn_payloads(env: &Env) -> u64 {
     let stats = env.stats().expect("stats");

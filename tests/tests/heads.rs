@@ -5,6 +5,14 @@
 //!
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test heads -- --test-threads=1`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
 use std::time::Duration;
 

@@ -4,11 +4,21 @@
 //!
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test proxy -- --test-threads=1`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use nprot_tests::indicators::indicator;
-use nprot_tests::nginx::{BODY_BAD, BODY_GOOD};
-use nprot_tests::proxy::{PROXY_PORT, ProxyKind};
-use nprot_tests::{Barrier, EVENT_TIMEOUT, ProxyEnv, Transfer, Value, assert_reset, ev};
+use nprot_tests::{
+    Barrier, EVENT_TIMEOUT, ProxyEnv, Transfer, Value, assert_reset, ev,
+    indicators::indicator,
+    nginx::{BODY_BAD, BODY_GOOD},
+    proxy::{PROXY_PORT, ProxyKind},
+};
 
 const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 const AUDITED: &str = "ExploitGuardNetworkProtectionAudited";

@@ -9,22 +9,34 @@
 //! replay must decapsulate it to the same inner flows.
 //!
 //! Run as root, serially: `cargo test -p nprot-tests --test replay -- --test-threads=1`.
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
-use nprot_tests::ClientServer;
-use nprot_tests::clients::curl_any;
-use nprot_tests::frames::Tcpdump;
-use nprot_tests::indicators::{indicator, with};
-use nprot_tests::nginx::{BODY_GOOD, BODY_ROOT};
-use nprot_tests::process::run_with_timeout;
-use nprot_tests::sensor::sensor_binary;
-use nprot_tests::{CurlRun, EVENT_TIMEOUT, Env, Value, assert_reset, ev};
+use nprot_tests::{
+    ClientServer, CurlRun, EVENT_TIMEOUT, Env, Value, assert_reset,
+    clients::curl_any,
+    ev,
+    frames::Tcpdump,
+    indicators::{indicator, with},
+    nginx::{BODY_GOOD, BODY_ROOT},
+    process::run_with_timeout,
+    sensor::sensor_binary,
+};
 
 const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 /// Bound on one `nprot replay` run.
@@ -321,9 +333,10 @@ const VXLAN_DEV: &str = "npvx0";
 
 /// Runs `ip ARGS…` in namespace `ns`; fails with its stderr.
 fn ip_in(env: &Env, server: bool, args: &[&str]) -> Result<()> {
-    let mut cmd = match server {
-        true => env.topo.server_cmd("ip"),
-        false => env.topo.client_cmd("ip"),
+    let mut cmd = if server {
+        env.topo.server_cmd("ip")
+    } else {
+        env.topo.client_cmd("ip")
     };
     cmd.args(args);
     let out = run_with_timeout(&mut cmd, Duration::from_secs(5))?;

@@ -5,14 +5,22 @@
 //!
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test requests -- --test-threads=1`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
 use anyhow::{Context, Result};
-use nprot_tests::{BLOCKED, wait_event as wait};
 use nprot_tests::{
-    Env, Value, ev,
+    BLOCKED, Env, Value, ev,
     indicators::indicator,
     netns::netns_cmd,
     nginx::{BODY_BAD, BODY_GOOD},
+    wait_event as wait,
 };
 
 /// A `Url` Block on one path of a server whose other paths are fine.

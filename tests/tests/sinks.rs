@@ -1,6 +1,14 @@
 //! Event sinks end to end: the TCP collector sink against a real rsyslog that is stopped
 //! and started again mid-stream, the daemon's configured sinks with real traffic, the
 //! event file on a disk that fills up, and the systemd unit under `systemd-analyze verify`.
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
 use std::{
     collections::BTreeMap,
@@ -11,7 +19,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-
 use nprot::events::{
     ActionType, Clock, Direction, Event, EventFactory, FlowEnds,
     collector::{CollectorConfig, CollectorCounters, CollectorHandle, CollectorSink, Transport},
@@ -257,16 +264,13 @@ fn wait_until(
     handle: &CollectorHandle,
     mut cond: impl FnMut(&CollectorCounters) -> bool,
 ) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let c = handle.counters();
         if cond(&c) {
             return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out: {what}; {c:?}"
-        );
+        assert!(Instant::now() < deadline, "timed out: {what}; {c:?}");
         // Poll interval of a wait on the counters (deadline above).
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -318,7 +322,7 @@ fn systemd_unit_verifies() {
 /// `nprot … --socket SOCK --json` against the test's sensor, parsed.
 fn nprot_json(env: &Env, args: &[&str]) -> serde_json::Value {
     let bin = sensor_binary().expect("sensor binary");
-    let out = std::process::Command::new(bin)
+    let out = Command::new(bin)
         .args(args)
         .arg("--socket")
         .arg(control_socket_for(env.events().path()))
@@ -410,7 +414,7 @@ fn daemon_sends_its_events_to_rsyslog_and_reports_sink_counters() {
 
     // The counters: a chunk counts as sent once its confirmation time is over.
     let n = in_file.len() as u64;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     let stats = loop {
         let stats = nprot_json(&env, &["stats", "--json"]);
         let up = sink_named(&stats, &format!("tcp collector 127.0.0.1:{PORT}"));
@@ -418,7 +422,7 @@ fn daemon_sends_its_events_to_rsyslog_and_reports_sink_counters() {
             break stats;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "collector never counted {n} sent: {stats}"
         );
         // Poll interval of a wait on the `sent` counter (deadline above).
@@ -458,7 +462,7 @@ fn daemon_sends_its_events_to_rsyslog_and_reports_sink_counters() {
 
     // The table for people names each sink with its counters.
     let bin = sensor_binary().expect("sensor binary");
-    let table = std::process::Command::new(bin)
+    let table = Command::new(bin)
         .args(["stats", "--socket"])
         .arg(control_socket_for(env.events().path()))
         .output()

@@ -5,18 +5,27 @@
 //!
 //! Run as root, serially: `cargo xtask test` (or
 //! `cargo test -p nprot-tests --test topologies -- --test-threads=1`).
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
-use nprot_tests::ClientServer;
-use nprot_tests::indicators::{indicator, with};
-use nprot_tests::netns::link_type;
-use nprot_tests::nginx::{BODY_BAD, BODY_GOOD};
-use nprot_tests::recorder::RECORDER_BODY;
 use nprot_tests::{
-    Barrier, ConnEnd, ConnRecord, ConnRecorder, CurlRun, EVENT_TIMEOUT, Env, EventLog, GatewayEnv,
-    TunnelLink, Value, assert_absent_so_far, assert_reset, clients, ev,
+    Barrier, ClientServer, ConnEnd, ConnRecord, ConnRecorder, CurlRun, EVENT_TIMEOUT, Env,
+    EventLog, GatewayEnv, TunnelLink, Value, assert_absent_so_far, assert_reset, clients, ev,
+    indicators::{indicator, with},
+    netns::link_type,
+    nginx::{BODY_BAD, BODY_GOOD},
+    recorder::RECORDER_BODY,
 };
 
 const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";

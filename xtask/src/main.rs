@@ -233,7 +233,7 @@ fn setup_toolchain(root: &Path) -> Result<()> {
     }
     let libllvm = fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .map(|e| e.path())
         .find(|p| {
             p.file_name()
@@ -489,7 +489,7 @@ fn fuzz_targets(root: &Path, filter: Option<&str>) -> Result<Vec<String>> {
     let dir = root.join("fuzz/fuzz_targets");
     let mut targets: Vec<String> = fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             Some(name.strip_suffix(".rs")?.to_owned())
@@ -520,7 +520,7 @@ fn fuzz(root: &Path, seconds: u64, targets: &[String]) -> Result<(u64, u64)> {
     let built = started.elapsed().as_secs();
 
     // libFuzzer uses one core: run as many targets at once as there are cores.
-    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let (mut passed, mut failed) = (0, 0);
     for group in targets.chunks(jobs) {
         let mut running = Vec::new();

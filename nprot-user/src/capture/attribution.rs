@@ -258,7 +258,9 @@ impl Resolver {
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Attributes a connect the kernel reported and publishes it under its cookie.
@@ -478,8 +480,9 @@ impl AttributionThread {
         resolver: Resolver,
         rt_priority: u8,
     ) -> std::io::Result<AttributionThread> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         use std::os::fd::AsFd;
+
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
@@ -489,7 +492,9 @@ impl AttributionThread {
                     let param = libc::sched_param { sched_priority: 1 };
                     // By hand: nix has no sched_setscheduler.
                     // SAFETY: plain syscall on the calling thread with a valid parameter.
-                    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+                    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) }
+                        != 0
+                    {
                         log::debug!(
                             "attribution thread stays at normal priority: {}",
                             std::io::Error::last_os_error()
@@ -605,7 +610,7 @@ mod tests {
             parse_stat(text),
             Some(ProcStat {
                 ppid: 17,
-                start_time: 987654
+                start_time: 987_654
             })
         );
         assert_eq!(parse_stat("1 (x) S"), None);

@@ -62,7 +62,7 @@ pub enum CaptureError {
     Map {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: MapError,
     },
     #[error("loading the eBPF object: {0}")]
     Load(String),
@@ -345,12 +345,7 @@ pub struct HookCounters(PerCpuArray<MapData, u64>);
 impl HookCounters {
     /// Connects seen and connect records lost, summed over CPUs.
     pub fn get(&self) -> (u64, u64) {
-        let sum = |i: u32| {
-            self.0
-                .get(&i, 0)
-                .map(|v| v.iter().sum::<u64>())
-                .unwrap_or(0)
-        };
+        let sum = |i: u32| self.0.get(&i, 0).map_or(0, |v| v.iter().sum::<u64>());
         (sum(owner_stat::CONNECTS), sum(owner_stat::RING_DROPS))
     }
 }
@@ -431,20 +426,20 @@ impl Drop for Sensor {
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
 where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    T: TryFrom<aya::maps::Map, Error = MapError>,
 {
     let map = ebpf.take_map(name).ok_or(CaptureError::Missing(name))?;
     T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
 }
 
-fn remove_clsact(interface: &str) -> std::io::Result<()> {
+fn remove_clsact(interface: &str) -> io::Result<()> {
     let status = std::process::Command::new("tc")
         .args(["qdisc", "del", "dev", interface, "clsact"])
         .status()?;
     if status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("tc exited with {status}")))
+        Err(io::Error::other(format!("tc exited with {status}")))
     }
 }
 
@@ -493,6 +488,10 @@ impl Errno for BtfError {
     }
 }
 
+#[allow(
+    clippy::match_same_arms,
+    reason = "one arm per error shape that carries an errno"
+)]
 impl Errno for MapError {
     fn errno(&self) -> Option<i32> {
         match self {
@@ -587,8 +586,8 @@ fn raise_memlock_limit() {
 }
 
 /// The addresses of this host's interfaces (in the sensor's network namespace).
-pub fn local_addrs() -> std::io::Result<std::collections::HashSet<IpAddr>> {
-    let mut out = std::collections::HashSet::new();
+pub fn local_addrs() -> io::Result<HashSet<IpAddr>> {
+    let mut out = HashSet::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
         let Some(addr) = ifa.address else { continue };
         if let Some(sa) = addr.as_sockaddr_in() {

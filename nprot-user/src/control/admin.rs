@@ -5,19 +5,24 @@
 //! Everything is written through [`emit`], so a reader that goes away (`nprot status |
 //! head -0`) ends the output quietly instead of panicking the CLI.
 
-use std::io::{self, Write};
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+};
 
 use anyhow::{Context as _, bail};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::{
-    control::cli::{ClientArgs, IndicatorCommand},
-    control::protocol::{
-        AddedReply, BypassReply, IndicatorList, ModeReply, RemovedReply, Request, Response,
-        RunReport, SinkReport, StatusReply, decode,
+    control::{
+        cli::{ClientArgs, IndicatorCommand},
+        protocol::{
+            AddedReply, BypassReply, IndicatorList, ModeReply, RemovedReply, Request, Response,
+            RunReport, SinkReport, StatusReply, decode,
+        },
+        socket::call,
     },
-    control::socket::call,
     mode::Mode,
 };
 
@@ -132,7 +137,7 @@ fn sink_line(sink: &SinkReport) -> String {
     if let Some(own) = sink.stats.as_object() {
         for (k, v) in own {
             if k != "dropped" {
-                line.push_str(&format!("  {k} {v}"));
+                let _ = write!(line, "  {k} {v}");
             }
         }
     }
@@ -310,13 +315,14 @@ fn report_added(out: &mut dyn Write, d: &AddedReply) -> io::Result<()> {
 mod tests {
     use std::io::{self, Write};
 
+    use serde_json::json;
+
     use super::{
         Human, emit, human_list, human_stats, human_status, parse_duration, report_added, sink_line,
     };
     use crate::control::protocol::{
         AddedReply, IndicatorList, RunReport, SinkReport, StatusReply, decode,
     };
-    use serde_json::json;
 
     /// A writer that fails every write with `kind`, counting the attempts.
     struct Failing(io::ErrorKind, usize);

@@ -324,7 +324,7 @@ impl Config {
                 key,
                 message,
             },
-            e => e,
+            e @ ConfigError::Io { .. } => e,
         })?;
         if let Some(dir) = path.parent() {
             config.resolve_paths(dir);
@@ -421,7 +421,7 @@ fn error_at(text: &str, doc: Option<&DeTable<'_>>, e: &toml::de::Error) -> Confi
 /// table given by a `[header]` covers only the header, so every table is searched.
 fn key_at(doc: &DeTable<'_>, pos: usize) -> Option<String> {
     fn in_table(table: &DeTable<'_>, pos: usize, prefix: &str) -> Option<String> {
-        for (k, v) in table.iter() {
+        for (k, v) in table {
             let path = if prefix.is_empty() {
                 k.get_ref().to_string()
             } else {
@@ -775,7 +775,10 @@ protocol = "udp"
             c.events.file.as_deref(),
             Some(Path::new("/var/log/nprot/events.jsonl"))
         );
-        assert_eq!((c.events.file_max_bytes, c.events.file_keep), (1048576, 3));
+        assert_eq!(
+            (c.events.file_max_bytes, c.events.file_keep),
+            (1_048_576, 3)
+        );
         assert_eq!(
             c.events.collector,
             [
@@ -853,7 +856,7 @@ protocol = "udp"
         assert_eq!(c.oversized, OversizedAction::Allow);
         assert_eq!(
             (c.events.file_max_bytes, c.events.file_keep),
-            (104857600, 5)
+            (104_857_600, 5)
         );
         let c = Config::parse("[events]\n").unwrap();
         assert_eq!(c, Config::default());

@@ -20,26 +20,27 @@ use tokio::{
 };
 
 use crate::{
-    capture::attribution::{
-        Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root,
+    capture::{
+        self, ConnectHooks, HookCounters, Sensor, TcAttach,
+        attribution::{
+            Attribution, AttributionReport, AttributionThread, Resolver, open_cgroup2_root,
+        },
     },
-    capture::{self, Sensor},
-    capture::{ConnectHooks, HookCounters, TcAttach},
-    control::cli::RunArgs,
-    control::config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
-    control::protocol::{
-        AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, RemovedReply, Request,
-        Response, RunReport, StatusReply,
+    control::{
+        cli::RunArgs,
+        config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
+        protocol::{
+            AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, RemovedReply,
+            Request, Response, RunReport, StatusReply,
+        },
+        sdnotify, socket,
+        state::State,
     },
-    control::sdnotify,
-    control::socket,
-    control::state::State,
     datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, VerdictTarget},
-    events::rfc3339_micros,
     events::{
         EventFactory,
         collector::{CollectorConfig, CollectorSink, Transport},
-        monotonic_ns,
+        monotonic_ns, rfc3339_micros,
         rotate::RotatingFileSink,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
@@ -55,7 +56,7 @@ use crate::{
 const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// A verdict its flow has not picked up for this long is stale (the flow ended first).
 /// Far above any wait for a flow's next packet, so a live flow never loses one.
-const VERDICT_STALE: Duration = Duration::from_secs(60);
+const VERDICT_STALE: Duration = Duration::from_mins(1);
 /// Housekeeping rounds between two sweeps of stale verdicts.
 const VERDICT_SWEEP_EVERY: u32 = 10;
 /// How often records that woke nobody (handshake outcomes) are drained.
@@ -303,7 +304,7 @@ fn set_realtime(priority: u8) {
     };
     // By hand: nix has no sched_setscheduler.
     // SAFETY: plain syscall on the calling thread with a valid parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) } != 0 {
         warn!(
             "cannot run the verdict loop at SCHED_FIFO priority {priority} ({}); verdicts may lose races against fast servers",
             std::io::Error::last_os_error()
@@ -997,6 +998,11 @@ impl Daemon {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::needless_pass_by_value,
+    clippy::float_cmp,
+    reason = "test helpers and exact reported figures"
+)]
 mod tests {
     //! The control handlers, without root and without eBPF: a [`Daemon`] over a stand-in
     //! kernel, with indicator files and a state directory of its own.
@@ -1250,7 +1256,9 @@ mod tests {
             mode: "Block".into(),
         });
         assert!(e.contains("unknown mode 'Block'"), "{e}");
-        let e = f.refused(Request::Mode { mode: "".into() });
+        let e = f.refused(Request::Mode {
+            mode: String::new(),
+        });
         assert!(e.contains("unknown mode"), "{e}");
     }
 

@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::{
-    capture::attribution::AttributionReport, datapath::pipeline::PipelineStats,
-    histogram::LatencySummary, mode::Mode, policy::Action, policy::IndicatorType,
+    capture::attribution::AttributionReport,
+    datapath::pipeline::PipelineStats,
+    histogram::LatencySummary,
+    mode::Mode,
+    policy::{Action, IndicatorType},
 };
 
 /// A request to the daemon.

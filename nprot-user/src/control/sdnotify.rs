@@ -9,7 +9,10 @@ use std::{
     env,
     ffi::OsStr,
     io,
-    os::{linux::net::SocketAddrExt, unix::net::SocketAddr, unix::net::UnixDatagram},
+    os::{
+        linux::net::SocketAddrExt,
+        unix::net::{SocketAddr, UnixDatagram},
+    },
     time::Duration,
 };
 

@@ -67,9 +67,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
     let (read, mut write) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(read).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let response = if uid != Some(0) {
-            Response::error("permission denied: only root may use the nprot control socket")
-        } else {
+        let response = if uid == Some(0) {
             match serde_json::from_str::<Request>(&line) {
                 Err(e) => Response::error(format!("bad request: {e}")),
                 Ok(request) => {
@@ -81,6 +79,8 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
                         .unwrap_or_else(|_| Response::error("the daemon is stopping"))
                 }
             }
+        } else {
+            Response::error("permission denied: only root may use the nprot control socket")
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
         out.push(b'\n');

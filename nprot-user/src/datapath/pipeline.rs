@@ -13,14 +13,16 @@ use nprot_common::{FlowKey, RecordKind, Verdict, VerdictEntry};
 
 use crate::{
     capture::attribution::ProcessSource,
-    datapath::parse::{
-        ParseOutcome, Parsed,
-        http::{self, Body, HttpRequest},
-        parse_client_payload,
-        tls::ClientHelloInfo,
+    datapath::{
+        parse::{
+            ParseOutcome, Parsed,
+            http::{self, Body, HttpRequest},
+            parse_client_payload,
+            tls::ClientHelloInfo,
+        },
+        reassembly::{Reassembler, Stream},
+        verdict::{Enforcement, Outcome, outcome},
     },
-    datapath::reassembly::{Reassembler, Stream, TableFull},
-    datapath::verdict::{Enforcement, Outcome, outcome},
     events::{
         ActionType, Direction, Event, EventFactory, FlowEnds, HttpSeen, OversizedFields,
         Protection, ProxyFields, TlsSeen, monotonic_ns,
@@ -657,33 +659,31 @@ impl Pipeline {
             cut_at: None,
             closed_ns: None,
         };
-        let (walked, since_continue) = match self.reassembly.insert(
-            key,
-            (rec.client_data_seq, rec.stream_seq),
-            rec.seq,
-            rec.payload,
-            meta,
-        ) {
-            Ok(((stream, inspection), grew)) => {
-                inspection.last_ns = rec.ts_ns;
-                // Bytes after a reported close: the server ignored it.
-                inspection.closed_ns = None;
-                inspection.since_continue += rec.payload.len();
-                let cut = rec.truncated || rec.budget_spent;
-                if cut {
-                    inspection.cut_at = Some(rec.seq.wrapping_add(rec.payload.len() as u32));
-                }
-                // Nothing new in order: only a cut changes what the bytes held say.
-                if !grew && !cut {
-                    return;
-                }
-                let walked = walk(stream, inspection, rec.budget_spent);
-                (walked, inspection.since_continue)
+        let (walked, since_continue) = if let Ok(((stream, inspection), grew)) =
+            self.reassembly.insert(
+                key,
+                (rec.client_data_seq, rec.stream_seq),
+                rec.seq,
+                rec.payload,
+                meta,
+            ) {
+            inspection.last_ns = rec.ts_ns;
+            // Bytes after a reported close: the server ignored it.
+            inspection.closed_ns = None;
+            inspection.since_continue += rec.payload.len();
+            let cut = rec.truncated || rec.budget_spent;
+            if cut {
+                inspection.cut_at = Some(rec.seq.wrapping_add(rec.payload.len() as u32));
             }
-            Err(TableFull) => {
-                self.stats.gave_up += 1;
-                return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
+            // Nothing new in order: only a cut changes what the bytes held say.
+            if !grew && !cut {
+                return;
             }
+            let walked = walk(stream, inspection, rec.budget_spent);
+            (walked, inspection.since_continue)
+        } else {
+            self.stats.gave_up += 1;
+            return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
         };
 
         // A long head keeps the kernel capturing: its stream may hold more, and the
@@ -802,12 +802,11 @@ impl Pipeline {
         let (host, http_path) = match &parsed {
             Parsed::Tls(hello) => (hello.server_name.as_deref(), None),
             Parsed::Http(req) => {
-                let host = match &req.host {
-                    Some(host) => host.as_str(),
-                    None => {
-                        server_host = ends.server.0.to_string();
-                        server_host.as_str()
-                    }
+                let host = if let Some(host) = &req.host {
+                    host.as_str()
+                } else {
+                    server_host = ends.server.0.to_string();
+                    server_host.as_str()
                 };
                 (Some(host), (!req.connect).then_some(req.path.as_str()))
             }
@@ -1042,7 +1041,6 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use nprot_common::FlowTuple;
-
     use serde_json::Value;
 
     use super::*;
@@ -1177,7 +1175,7 @@ mod tests {
 
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n";
 
-    struct Fake(Arc<crate::process::ProcessInfo>);
+    struct Fake(Arc<ProcessInfo>);
 
     impl ProcessSource for Fake {
         fn process(&mut self, cookie: u64, _need_exe: bool) -> Option<Arc<ProcessInfo>> {
@@ -1353,7 +1351,7 @@ mod tests {
         seq
     }
 
-    fn json(p: &Pipeline, i: usize) -> serde_json::Value {
+    fn json(p: &Pipeline, i: usize) -> Value {
         serde_json::to_value(&p.events[i]).unwrap()
     }
 

@@ -468,7 +468,7 @@ mod tests {
         r.insert(key(2), (7, 7), 7, b"new", || ()).unwrap();
         assert_eq!((r.raised(), r.superseded), (0, 1));
         assert!(r.raise_limit(&key(1), 16) && r.raise_limit(&key(2), 16));
-        assert_eq!(r.retain(|_, _| false), 2);
+        assert_eq!(r.retain(|_, ()| false), 2);
         assert_eq!(r.raised(), 0);
     }
 }

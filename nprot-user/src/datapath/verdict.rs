@@ -1,6 +1,8 @@
 //! Verdicts: what a policy decision means under the sensor's enforcement mode — the
 //! kernel verdict, and the network-protection events to log.
 
+use nprot_common::Verdict;
+
 use crate::{
     mode::Mode,
     policy::{
@@ -8,7 +10,6 @@ use crate::{
         matcher::Decision,
     },
 };
-use nprot_common::Verdict;
 
 /// A network-protection event to log for one indicator.
 #[derive(Debug, Clone, PartialEq, Eq)]

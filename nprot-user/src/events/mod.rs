@@ -487,8 +487,7 @@ pub fn rfc3339_micros(t: SystemTime) -> String {
 
 fn host_name() -> String {
     nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".into())
+        .map_or_else(|_| "unknown".into(), |h| h.to_string_lossy().into_owned())
 }
 
 fn machine_id() -> String {
@@ -508,7 +507,7 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456);
         assert_eq!(rfc3339_micros(t), "2026-11-18T11:06:40.123456Z");
         assert_eq!(rfc3339_micros(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        let leap = UNIX_EPOCH + Duration::from_hours(264_384); // 2000-02-29
         assert_eq!(rfc3339_micros(leap), "2000-02-29T00:00:00.000000Z");
         // Truncated, not rounded; before the epoch is the epoch.
         let t = UNIX_EPOCH + Duration::from_nanos(999_999_999);

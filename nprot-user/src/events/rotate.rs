@@ -263,7 +263,7 @@ mod tests {
         let mut all = String::new();
         for batch in 0..7 {
             // Batches of 1, 2, 3 … lines: some fit, some straddle a rotation.
-            let text: String = (0..batch % 4 + 1).map(|i| line(batch * 10 + i)).collect();
+            let text: String = (0..=(batch % 4)).map(|i| line(batch * 10 + i)).collect();
             sink.write_batch(text.as_bytes()).unwrap();
             all.push_str(&text);
         }

@@ -14,6 +14,7 @@
 use std::{
     collections::HashMap,
     ffi::OsStr,
+    fmt::Write as _,
     hash::{DefaultHasher, Hash, Hasher},
     net::IpAddr,
     path::Path,
@@ -116,7 +117,7 @@ impl Import {
             let prev_line = self.lines[prev as usize];
             let mut what = ind.target.to_string();
             if !prev_groups.is_empty() {
-                what.push_str(&format!(" (device groups {prev_groups})"));
+                let _ = write!(what, " (device groups {prev_groups})");
             }
             if prev_action == ind.action {
                 self.warn(|| {
@@ -544,28 +545,25 @@ enum RowResult {
 
 fn parse_row(row: &Row<'_>) -> Result<RowResult, IndicatorError> {
     let type_name = row.get(Col::IndicatorType);
-    let kind = match IndicatorType::ALL
+    let Some(&kind) = IndicatorType::ALL
         .iter()
         .find(|t| t.as_str().eq_ignore_ascii_case(type_name))
-    {
-        Some(&t) => t,
-        None => {
-            if let Some(t) = NON_NETWORK_TYPES
-                .into_iter()
-                .find(|t| t.eq_ignore_ascii_case(type_name))
-            {
-                return Ok(RowResult::Skipped(t));
-            }
-            let reason = if type_name.is_empty() {
-                "empty (expected IpAddress, DomainName or Url)".to_string()
-            } else {
-                format!(
-                    "unknown indicator type {:?} (expected IpAddress, DomainName or Url)",
-                    clip(type_name)
-                )
-            };
-            return Err(row.error(Col::IndicatorType, reason));
+    else {
+        if let Some(t) = NON_NETWORK_TYPES
+            .into_iter()
+            .find(|t| t.eq_ignore_ascii_case(type_name))
+        {
+            return Ok(RowResult::Skipped(t));
         }
+        let reason = if type_name.is_empty() {
+            "empty (expected IpAddress, DomainName or Url)".to_string()
+        } else {
+            format!(
+                "unknown indicator type {:?} (expected IpAddress, DomainName or Url)",
+                clip(type_name)
+            )
+        };
+        return Err(row.error(Col::IndicatorType, reason));
     };
 
     let action_name = row.get(Col::Action);
@@ -1312,6 +1310,7 @@ mod tests {
 
     #[test]
     fn plain_list() {
+        use IndicatorType::*;
         let text = "\u{feff}# blocklist\r\n\
                     \r\n\
                     example.com\r\n\
@@ -1327,7 +1326,6 @@ mod tests {
         let v = all(&l);
         let got: Vec<(IndicatorType, String)> =
             v.iter().map(|i| (i.kind, i.target.to_string())).collect();
-        use IndicatorType::*;
         assert_eq!(
             got,
             [

@@ -10,14 +10,13 @@ use std::{
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::targets::ParsedTarget;
-use crate::time;
-
 // Paths from before the split of this module (`policy::indicator::Indicators`, …).
 pub use super::{
     loading::{IndicatorError, Loaded, load_file, load_json},
     store::{IndicatorRef, Indicators},
     targets::{IpNet, Target},
 };
+use crate::time;
 
 /// Declares a closed set of names with serde names equal to the variant names.
 macro_rules! named_enum {
@@ -331,6 +330,10 @@ fn is_empty_list(v: &&[String]) -> bool {
     v.is_empty()
 }
 
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
 fn is_false(b: &bool) -> bool {
     !*b
 }

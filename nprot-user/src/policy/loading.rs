@@ -249,6 +249,10 @@ impl Builder {
     }
 
     /// Turns a serde error into ours, blaming the entry being read if it is about data.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "takes the error it turns into ours"
+    )]
     fn json_error(&self, e: serde_json::Error) -> IndicatorError {
         use serde_json::error::Category;
         match (e.classify(), self.current) {
@@ -636,7 +640,7 @@ pub(crate) mod tests {
             e.starts_with("not a valid indicator file: invalid type: map"),
             "{e}"
         );
-        let e = load_json(r#"{}"#).unwrap_err().to_string();
+        let e = load_json(r"{}").unwrap_err().to_string();
         assert!(
             e.starts_with("not a valid indicator file: missing field `indicators`"),
             "{e}"

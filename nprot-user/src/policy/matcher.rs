@@ -20,13 +20,12 @@ use std::{
     time::SystemTime,
 };
 
-use crate::{process::ProcessInfo, time::Timestamp};
-
 use super::{
     indicator::{Action, IndicatorType},
     store::{IndicatorRef, Indicators},
     targets::canonical_path,
 };
+use crate::{process::ProcessInfo, time::Timestamp};
 
 /// What a flow offers for matching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,14 +188,13 @@ impl<K: Hash + Eq + Ord + Copy> Multi<K> {
         let mut heads = HashMap::with_capacity_and_hasher(keys, Mix);
         let mut spill = Vec::new();
         for run in pairs.chunk_by(|a, b| a.0 == b.0) {
-            let v = match run {
-                [(_, i)] => *i,
-                _ => {
-                    let start = spill.len() as u32;
-                    spill.push(run.len() as u32);
-                    spill.extend(run.iter().map(|p| p.1));
-                    SPILL | start
-                }
+            let v = if let [(_, i)] = run {
+                *i
+            } else {
+                let start = spill.len() as u32;
+                spill.push(run.len() as u32);
+                spill.extend(run.iter().map(|p| p.1));
+                SPILL | start
             };
             heads.insert(run[0].0, v);
         }
@@ -627,7 +625,7 @@ mod tests {
             })
             .collect();
         let loaded = load_json(&format!("{{\"indicators\":[{}]}}", list.join(","))).unwrap();
-        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let groups: Vec<String> = groups.iter().map(ToString::to_string).collect();
         Policy::new(loaded.indicators, &groups)
     }
 
@@ -642,7 +640,7 @@ mod tests {
     const ELSEWHERE: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
 
     fn now() -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_800_000_000) // 2027-01-15
+        UNIX_EPOCH + Duration::from_hours(500_000) // 2027-01-15
     }
 
     /// The winner's id for a TLS flow to `host` (or a bare IP flow if `host` is empty).
@@ -683,6 +681,10 @@ mod tests {
         d.winner.map(|w| w.id().to_string())
     }
 
+    #[allow(
+        clippy::unnecessary_wraps,
+        reason = "reads as the Option it stands for"
+    )]
     fn some(s: &str) -> Option<String> {
         Some(s.to_string())
     }
@@ -924,8 +926,8 @@ mod tests {
         assert_eq!(p.indicators().get(0).map(|r| r.id()), Some("everywhere"));
     }
 
-    fn proc_named(exe: &str) -> crate::process::ProcessInfo {
-        crate::process::ProcessInfo {
+    fn proc_named(exe: &str) -> ProcessInfo {
+        ProcessInfo {
             pid: 1,
             file_name: exe.rsplit('/').next().unwrap_or(exe).to_string(),
             folder_path: Some(exe.to_string()),
@@ -934,11 +936,7 @@ mod tests {
     }
 
     /// The winner's id for a TLS flow to `host` opened by `process`.
-    fn tls_by(
-        p: &Policy,
-        host: &str,
-        process: Option<&crate::process::ProcessInfo>,
-    ) -> Option<String> {
+    fn tls_by(p: &Policy, host: &str, process: Option<&ProcessInfo>) -> Option<String> {
         let s = Subject {
             ip: ELSEWHERE,
             host: Some(host),
@@ -1073,7 +1071,7 @@ mod tests {
         );
         assert_eq!(d.winner.map(|w| w.id()), Some("block"));
         assert_eq!(d.action(), Some(Action::Block));
-        let audits: Vec<&str> = d.audits.iter().map(|a| a.id()).collect();
+        let audits: Vec<&str> = d.audits.iter().map(IndicatorRef::id).collect();
         assert_eq!(audits, ["audit-exact", "audit-parent", "audit-ip"]);
 
         let d = p.decide(
@@ -1086,7 +1084,7 @@ mod tests {
         );
         assert_eq!(d.winner, None);
         assert_eq!(d.action(), None);
-        let audits: Vec<&str> = d.audits.iter().map(|a| a.id()).collect();
+        let audits: Vec<&str> = d.audits.iter().map(IndicatorRef::id).collect();
         assert_eq!(audits, ["audit-parent", "audit-ip"]);
     }
 
@@ -1367,7 +1365,7 @@ mod tests {
         }
         json.push_str("\n]}\n");
         assert_eq!(n, 1_000_000);
-        let json_mib = json.len() as f64 / (1 << 20) as f64;
+        let json_mib = json.len() as f64 / f64::from(1 << 20);
 
         let t = Instant::now();
         let loaded = load_json(&json).unwrap();

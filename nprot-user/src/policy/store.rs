@@ -228,21 +228,18 @@ impl Indicators {
         let process = self.intern_process(p.process)?;
 
         let off = self.text.len();
-        let id_len = match p.id {
-            Some(id) => {
-                let len = text_len("id", id)?;
-                self.text.push_str(id);
-                len
-            }
-            None => {
-                // Writing into a String cannot fail.
-                let _ = write!(
-                    self.text,
-                    "ind-{:016x}",
-                    derived_hash(p.target, p.action, p.device_groups, p.process)
-                );
-                20
-            }
+        let id_len = if let Some(id) = p.id {
+            let len = text_len("id", id)?;
+            self.text.push_str(id);
+            len
+        } else {
+            // Writing into a String cannot fail.
+            let _ = write!(
+                self.text,
+                "ind-{:016x}",
+                derived_hash(p.target, p.action, p.device_groups, p.process)
+            );
+            20
         };
         self.text.push_str(p.value);
 
@@ -275,14 +272,13 @@ impl Indicators {
                 .map(|(i, _)| i)
                 .find(|&i| p.value[i + host.len()..].starts_with(path))
         };
-        let canon_rel = match found.and_then(|i| u16::try_from(i).ok()) {
-            Some(i) => i,
-            None => {
-                flags |= F_CANON_APPENDED;
-                self.text.push_str(host);
-                self.text.push_str(path);
-                value_len
-            }
+        let canon_rel = if let Some(i) = found.and_then(|i| u16::try_from(i).ok()) {
+            i
+        } else {
+            flags |= F_CANON_APPENDED;
+            self.text.push_str(host);
+            self.text.push_str(path);
+            value_len
         };
         if let Some(t) = p.title {
             flags |= F_TITLE;

@@ -30,7 +30,6 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use crate::datapath::pipeline::STREAM_LIMIT;
 use anyhow::Context as _;
 use log::warn;
 
@@ -40,7 +39,7 @@ use self::{
     tracker::{Tracker, TrackerConfig, TrackerStats},
 };
 use crate::{
-    datapath::pipeline::{Pipeline, PipelineStats},
+    datapath::pipeline::{Pipeline, PipelineStats, STREAM_LIMIT},
     events::{Clock, Event, EventFactory},
     mode::Mode,
     policy::{Policy, indicator},
@@ -247,9 +246,12 @@ pub fn run(opts: &ReplayOptions) -> anyhow::Result<()> {
     let _ = writeln!(io::stderr(), "{summary}");
     match result {
         Err(ReplayError::OutputClosed) => Ok(()),
-        result => result.with_context(|| match stdin {
-            true => "replaying standard input".to_owned(),
-            false => format!("replaying {}", opts.file.display()),
+        result => result.with_context(|| {
+            if stdin {
+                "replaying standard input".to_owned()
+            } else {
+                format!("replaying {}", opts.file.display())
+            }
         }),
     }
 }

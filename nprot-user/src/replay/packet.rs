@@ -22,6 +22,8 @@
 
 use std::fmt;
 
+/// TCP flags, as the kernel programs name them.
+pub use nprot_common::lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use nprot_common::{
     FAMILY_V4, FAMILY_V6, RawAddr,
     encap::{
@@ -32,9 +34,6 @@ use nprot_common::{
 };
 
 use super::link::{self, Depth, IpVersion, Layer, LinkType, be16, bytes, rest};
-
-/// TCP flags, as the kernel programs name them.
-pub use nprot_common::lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// A TCP segment as the kernel program sees it: the fields the tracker reads, and the
 /// payload bytes the capture holds.
@@ -497,9 +496,10 @@ pub mod build {
     /// `ip` behind a BSD loopback header: address family `family` as a 4-byte integer,
     /// big-endian (LINKTYPE_LOOP, or DLT_NULL written on a big-endian host) or little.
     pub fn null(family: u32, big_endian: bool, ip: &[u8]) -> Vec<u8> {
-        let mut f = match big_endian {
-            true => family.to_be_bytes().to_vec(),
-            false => family.to_le_bytes().to_vec(),
+        let mut f = if big_endian {
+            family.to_be_bytes().to_vec()
+        } else {
+            family.to_le_bytes().to_vec()
         };
         f.extend_from_slice(ip);
         f
@@ -547,9 +547,10 @@ pub mod build {
 
     /// Tunnel endpoints of tests: an IPv4 or IPv6 pair.
     fn outer(v6: bool) -> (IpAddr, IpAddr) {
-        let (a, b) = match v6 {
-            true => ("2001:db8:ff::1", "2001:db8:ff::2"),
-            false => ("192.0.2.1", "192.0.2.2"),
+        let (a, b) = if v6 {
+            ("2001:db8:ff::1", "2001:db8:ff::2")
+        } else {
+            ("192.0.2.1", "192.0.2.2")
         };
         (a.parse().expect("address"), b.parse().expect("address"))
     }
@@ -673,9 +674,9 @@ pub mod build {
             (name, link, framing, tunnels)
         }
         vec![
-            f("raw", 101, |ip| ip.to_vec(), 0),
-            f("raw-12", 12, |ip| ip.to_vec(), 0),
-            f("raw-14", 14, |ip| ip.to_vec(), 0),
+            f("raw", 101, <[u8]>::to_vec, 0),
+            f("raw-12", 12, <[u8]>::to_vec, 0),
+            f("raw-14", 14, <[u8]>::to_vec, 0),
             f("ethernet", 1, |ip| ethernet(&[], ip), 0),
             f("802.1q", 1, |ip| ethernet(&[(0x8100, 42)], ip), 0),
             f(

@@ -322,6 +322,10 @@ impl<R: Read> CaptureReader<R> {
         Ok(got)
     }
 
+    #[allow(
+        clippy::unused_self,
+        reason = "one error constructor beside the others, all methods"
+    )]
     fn truncated(
         &self,
         what: &'static str,
@@ -622,45 +626,42 @@ impl<R: Read> CaptureReader<R> {
         };
         let endian = *endian;
         let b = &self.buf;
-        let (iface_id, ts, data_at, caplen, orig_len) = match block_type {
-            SPB => {
-                if body_len < 4 {
-                    return Err(Self::corrupt(start, "simple packet block without a length"));
-                }
-                let orig_len = endian.u32(b);
-                let snaplen = interfaces.first().map_or(0, |i| i.snaplen);
-                let mut caplen = (orig_len as usize).min(body_len - 4);
-                if snaplen != 0 {
-                    caplen = caplen.min(snaplen as usize);
-                }
-                (0, None, 4, caplen, orig_len)
+        let (iface_id, ts, data_at, caplen, orig_len) = if block_type == SPB {
+            if body_len < 4 {
+                return Err(Self::corrupt(start, "simple packet block without a length"));
             }
-            _ => {
-                let head = 20;
-                if body_len < head {
-                    return Err(Self::corrupt(
-                        start,
-                        format!("packet block body of {body_len} bytes is shorter than {head}"),
-                    ));
-                }
-                let iface_id = if block_type == EPB {
-                    endian.u32(b) as usize
-                } else {
-                    endian.u16(b) as usize
-                };
-                let ts = (u64::from(endian.u32(&b[4..])) << 32) | u64::from(endian.u32(&b[8..]));
-                let caplen = endian.u32(&b[12..]) as usize;
-                if caplen > body_len - head {
-                    return Err(Self::corrupt(
-                        start,
-                        format!(
-                            "captured length {caplen} overruns the block ({} bytes of packet data at most)",
-                            body_len - head
-                        ),
-                    ));
-                }
-                (iface_id, Some(ts), head, caplen, endian.u32(&b[16..]))
+            let orig_len = endian.u32(b);
+            let snaplen = interfaces.first().map_or(0, |i| i.snaplen);
+            let mut caplen = (orig_len as usize).min(body_len - 4);
+            if snaplen != 0 {
+                caplen = caplen.min(snaplen as usize);
             }
+            (0, None, 4, caplen, orig_len)
+        } else {
+            let head = 20;
+            if body_len < head {
+                return Err(Self::corrupt(
+                    start,
+                    format!("packet block body of {body_len} bytes is shorter than {head}"),
+                ));
+            }
+            let iface_id = if block_type == EPB {
+                endian.u32(b) as usize
+            } else {
+                endian.u16(b) as usize
+            };
+            let ts = (u64::from(endian.u32(&b[4..])) << 32) | u64::from(endian.u32(&b[8..]));
+            let caplen = endian.u32(&b[12..]) as usize;
+            if caplen > body_len - head {
+                return Err(Self::corrupt(
+                    start,
+                    format!(
+                        "captured length {caplen} overruns the block ({} bytes of packet data at most)",
+                        body_len - head
+                    ),
+                ));
+            }
+            (iface_id, Some(ts), head, caplen, endian.u32(&b[16..]))
         };
         let Some(iface) = interfaces.get(iface_id) else {
             return Err(Self::corrupt(
@@ -992,7 +993,7 @@ mod tests {
         let o = Order::Be;
         let mut f = shb(o);
         f.extend(idb(o, 113, Some(9), None));
-        f.extend(idb(o, 101, Some(0x80 | 10), Some(100)));
+        f.extend(idb(o, 101, Some(0x80 | 0x0a), Some(100)));
         f.extend(idb(o, 276, Some(3), None));
         f.extend(epb(o, 0, T * 1_000_000_000 + 7, b"a"));
         f.extend(epb(o, 1, 3 * 1024 + 512, b"b"));

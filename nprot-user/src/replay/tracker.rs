@@ -152,7 +152,7 @@ struct Replay<'t, 'a> {
     now: u64,
 }
 
-impl<'a> Host for Replay<'_, 'a> {
+impl Host for Replay<'_, '_> {
     fn config(&self) -> Option<&SensorConfig> {
         Some(self.config)
     }
@@ -381,11 +381,11 @@ mod tests {
     use crate::{
         events::{ActionType, Clock, EventFactory},
         policy::{Policy, load_json},
-        replay::packet::{TCP_ACK, TCP_FIN, TCP_RST},
         replay::{
             Replay,
             link::{LinkType, network_layer},
             packet::{
+                TCP_ACK, TCP_FIN, TCP_RST,
                 build::{Conv, client_hello},
                 tcp_segment,
             },

@@ -7,6 +7,14 @@
 //! from the sensor's own histogram, indicator-set scale (load time, daemon RSS, match
 //! cost), and ring-buffer drops, held packets and fail-open releases during the flood.
 //! Run through `cargo xtask bench [--quick]`, which builds in release first.
+// A test harness: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::format_collect,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value
+)]
 
 use std::{
     fs,
@@ -57,8 +65,7 @@ fn main() -> Result<()> {
         .iter()
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("bench-results/bench.json"));
+        .map_or_else(|| PathBuf::from("bench-results/bench.json"), PathBuf::from);
     let plan = if quick { QUICK } else { FULL };
     let results = run(&plan)?;
     print_table(&results);
@@ -444,7 +451,7 @@ fn sensor_rss(env: &Env) -> Result<Value> {
     let pid = env
         .sensor
         .as_ref()
-        .and_then(|s| s.pid())
+        .and_then(nprot_tests::Sensor::pid)
         .context("sensor not running")?;
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> Option<f64> {
@@ -460,7 +467,7 @@ fn sensor_rss(env: &Env) -> Result<Value> {
 
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 

@@ -553,6 +553,10 @@ fn parse_authority(raw: &[u8]) -> Option<(String, Option<u16>)> {
 }
 
 /// Port digits; an empty port is allowed (RFC 3986) and means none.
+#[allow(
+    clippy::option_option,
+    reason = "no port, a port, or not a port: three answers"
+)]
 fn parse_port(digits: &str) -> Option<Option<u16>> {
     if digits.is_empty() {
         return Some(None);

@@ -66,8 +66,7 @@ pub fn parse_client_payload(buf: &[u8]) -> ParseOutcome {
 
 #[cfg(test)]
 mod tests {
-    use super::testdata::ClientHelloBuilder;
-    use super::*;
+    use super::{testdata::ClientHelloBuilder, *};
 
     #[test]
     fn empty_and_tiny_prefixes_need_more() {

@@ -283,8 +283,10 @@ fn dns_name(raw: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testdata::{ClientHelloBuilder, X25519, X25519_MLKEM768};
-    use super::*;
+    use super::{
+        super::testdata::{ClientHelloBuilder, X25519, X25519_MLKEM768},
+        *,
+    };
 
     fn complete(buf: &[u8]) -> ClientHelloInfo {
         match parse_client_hello(buf) {

@@ -40,7 +40,9 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A panic elsewhere cannot leave the queue half-updated: keep going.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Queues whole lines (a final line without a newline gets one), dropping the oldest
@@ -157,8 +159,7 @@ pub(super) fn wait_lines(shared: &Shared, wait: Duration) -> Waited {
         q = shared
             .wake
             .wait_timeout(q, wait)
-            .map(|(q, _)| q)
-            .unwrap_or_else(|p| p.into_inner().0);
+            .map_or_else(|p| p.into_inner().0, |(q, _)| q);
     }
     match (q.lines.is_empty(), q.closing.is_some()) {
         (false, _) => Waited::Lines,

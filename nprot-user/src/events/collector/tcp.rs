@@ -71,6 +71,10 @@ impl Conn {
         }
     }
 
+    #[allow(
+        clippy::match_same_arms,
+        reason = "each outcome of the read is named for what it means"
+    )]
     fn classify_end(&self) -> Option<Loss> {
         let mut buf = [0u8; 4096];
         loop {
@@ -409,15 +413,15 @@ fn configure_tcp(stream: &TcpStream, user_timeout: Duration) -> io::Result<()> {
 fn bytes_acked(fd: BorrowedFd<'_>) -> io::Result<u64> {
     // SAFETY: tcp_info is plain data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: valid fd; `info` is writable for `len` bytes.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
+            (&raw mut info).cast(),
+            &raw mut len,
         )
     };
     if rc != 0 {
@@ -443,7 +447,7 @@ fn poll_fd(
     let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
     loop {
         // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
         if rc >= 0 {
             return Ok(if rc == 0 { 0 } else { pfd.revents });
         }
