@@ -1,3 +1,4 @@
+//! Build script of the eBPF crate: reruns the build when bpf-linker changes.
 use which::which;
 
 /// Rebuild when bpf-linker changes: it is the linker of this crate, not a cargo dependency.

@@ -1,3 +1,4 @@
+//! Build script of the daemon: builds the eBPF object that `capture` embeds.
 use aya_build::{Package, Toolchain};
 
 /// Builds the eBPF object into OUT_DIR, where `capture` embeds it.

@@ -55,6 +55,7 @@ pub struct FlowTuple {
     pub server_port: u16,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
+    /// Padding, zero.
     pub _pad: [u8; 3],
 }
 
@@ -66,11 +67,17 @@ pub struct FlowTuple {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
+    /// Address of the endpoint that compares lower.
     pub lo_addr: RawAddr,
+    /// Address of the endpoint that compares higher.
     pub hi_addr: RawAddr,
+    /// Port of the `lo` endpoint, host byte order.
     pub lo_port: u16,
+    /// Port of the `hi` endpoint, host byte order.
     pub hi_port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
+    /// Padding, zero.
     pub _pad: [u8; 3],
 }
 
@@ -204,6 +211,7 @@ impl Verdict {
 pub struct VerdictEntry {
     /// [`Verdict`] as u8.
     pub verdict: u8,
+    /// Padding, zero.
     pub _pad: [u8; 3],
     /// Client sequence number up to which bytes are decided (Continue only). Client
     /// segments that end at or before it (a request body being skipped) are neither held
@@ -269,9 +277,13 @@ pub struct FlowState {
     pub first_ns: u64,
     /// Monotonic ns of the last packet.
     pub last_ns: u64,
+    /// Client→server packets seen.
     pub c2s_packets: u64,
+    /// Client→server TCP payload bytes seen.
     pub c2s_bytes: u64,
+    /// Server→client packets seen.
     pub s2c_packets: u64,
+    /// Server→client TCP payload bytes seen.
     pub s2c_bytes: u64,
     /// Socket cookie of a local socket, 0 where the skb has none.
     pub socket_cookie: u64,
@@ -300,6 +312,7 @@ pub struct FlowState {
     pub restart_cookie: u64,
     /// Sequence number of a deferred SYN.
     pub restart_seq: u32,
+    /// Padding, zero.
     pub _pad: u32,
 }
 
@@ -361,12 +374,14 @@ pub struct RecordHeader {
     pub kind: u8,
     /// `RECORD_*` bits.
     pub flags: u8,
+    /// Padding, zero.
     pub _pad: [u8; 2],
     /// Where the client bytes still to be decided start: `decided_seq` once the daemon
     /// answered [`Verdict::Continue`], else `client_data_seq`. A stream the daemon has
     /// to start again (it forgot it, or was told of a close the server ignored) starts
     /// here, not at the flow's first byte.
     pub stream_seq: u32,
+    /// Padding, zero.
     pub _pad2: u32,
 }
 
@@ -374,7 +389,9 @@ pub struct RecordHeader {
 /// copying `size_of::<RecordHeader>() + header.len` bytes of it into the ring buffer.
 #[repr(C)]
 pub struct PayloadRecord {
+    /// The record header; `header.len` is the number of `data` bytes that are sent.
     pub header: RecordHeader,
+    /// The copied payload bytes.
     pub data: [u8; CAPTURE_SEG_MAX],
 }
 
@@ -396,7 +413,9 @@ pub struct SocketOwner {
     pub tgid: u32,
     /// Thread id of the connecting thread.
     pub pid: u32,
+    /// User id of the task, in the initial user namespace.
     pub uid: u32,
+    /// Group id of the task, in the initial user namespace.
     pub gid: u32,
     /// The task's name (`comm`), NUL-padded.
     pub comm: [u8; 16],
@@ -429,6 +448,7 @@ pub struct SensorConfig {
     pub capture: u8,
     /// 1: hold server→client payload back while a flow's verdict is pending (block mode).
     pub hold: u8,
+    /// Padding, zero.
     pub _pad: [u8; 2],
     /// Client payload bytes captured per flow at most.
     pub capture_flow_max: u32,
@@ -559,22 +579,39 @@ mod pod {
     use super::{
         FlowKey, FlowState, FlowTuple, RecordHeader, SensorConfig, SocketOwner, VerdictEntry,
     };
-    // SAFETY: all of these are repr(C) plain data without padding holes that matter
-    // to the kernel (explicit `_pad` fields), valid for any bit pattern.
-    // SAFETY: FlowKey is repr(C) plain data for which every bit pattern is valid.
+
+    // SAFETY: repr(C), only integer fields and arrays of them (`RawAddr` is `[u32; 4]`),
+    // explicit `_pad` and no implicit padding (40 bytes, align 4): any bit pattern is valid.
     unsafe impl aya::Pod for FlowKey {}
-    // SAFETY: FlowTuple is repr(C) plain data for which every bit pattern is valid.
+    // SAFETY: as `FlowKey`: repr(C) integers with explicit `_pad`, 40 bytes, no implicit
+    // padding; any bit pattern is valid.
     unsafe impl aya::Pod for FlowTuple {}
-    // SAFETY: FlowState is repr(C) plain data for which every bit pattern is valid.
+    // SAFETY: repr(C), only integer fields (enums are stored as u8), explicit `_pad`, no
+    // implicit padding (104 bytes, align 8); any bit pattern is valid.
     unsafe impl aya::Pod for FlowState {}
-    // SAFETY: RecordHeader is repr(C) plain data for which every bit pattern is valid.
+    // SAFETY: repr(C), a `FlowTuple` and integer fields with explicit `_pad`/`_pad2`, no
+    // implicit padding (88 bytes, align 8); any bit pattern is valid.
     unsafe impl aya::Pod for RecordHeader {}
-    // SAFETY: SensorConfig is repr(C) plain data for which every bit pattern is valid.
+    // SAFETY: repr(C), only integer fields with explicit `_pad`, no implicit padding
+    // (32 bytes, align 8); any bit pattern is valid.
     unsafe impl aya::Pod for SensorConfig {}
-    // SAFETY: VerdictEntry is repr(C) plain data for which every bit pattern is valid.
+    // SAFETY: repr(C), `verdict` is a raw u8 (decoded by `Verdict::from_raw`), explicit
+    // `_pad`, no implicit padding (8 bytes); any bit pattern is valid.
     unsafe impl aya::Pod for VerdictEntry {}
-    // SAFETY: SocketOwner is repr(C) plain data for which every bit pattern is valid.
+    // SAFETY: repr(C), only integer fields and a byte array, no padding at all (48 bytes,
+    // align 8); any bit pattern is valid.
     unsafe impl aya::Pod for SocketOwner {}
+
+    // The sizes the comments above rely on: a field added with an implicit hole fails here.
+    const _: () = {
+        assert!(size_of::<FlowKey>() == 40);
+        assert!(size_of::<FlowTuple>() == 40);
+        assert!(size_of::<FlowState>() == 104);
+        assert!(size_of::<RecordHeader>() == 88);
+        assert!(size_of::<SensorConfig>() == 32);
+        assert!(size_of::<VerdictEntry>() == 8);
+        assert!(size_of::<SocketOwner>() == 48);
+    };
 }
 
 #[cfg(test)]

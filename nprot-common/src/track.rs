@@ -530,6 +530,10 @@ pub fn capture_len(
     reason = "padding is zeroed, not left to chance"
 )]
 #[inline(always)]
+#[allow(
+    clippy::used_underscore_binding,
+    reason = "the padding fields are zeroed on purpose: the record goes to user space whole"
+)]
 pub fn fill_header(
     hdr: &mut RecordHeader,
     seg: &Segment,

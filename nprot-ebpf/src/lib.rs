@@ -1,3 +1,5 @@
+//! Empty library target of the eBPF crate (the programs are its binary).
+//!
+//! It exists so that `nprot-user` can name this crate as a build dependency, which makes
+//! cargo rebuild the user side when the eBPF code changes.
 #![no_std]
-// This file exists to give the crate a library target, which lets `nprot-user` name it as a
-// build dependency so that cargo rebuilds the user side when the eBPF code changes.
