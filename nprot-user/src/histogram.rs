@@ -128,10 +128,15 @@ mod tests {
 /// Percentiles of a histogram in microseconds, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LatencySummary {
+    /// Number of values recorded.
     pub count: u64,
+    /// Median.
     pub p50_us: f64,
+    /// 99th percentile.
     pub p99_us: f64,
+    /// 99.9th percentile.
     pub p999_us: f64,
+    /// Largest value recorded.
     pub max_us: f64,
 }
 

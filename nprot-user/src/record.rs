@@ -41,12 +41,20 @@ pub struct Record<'a> {
 /// Why a ring-buffer record could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RecordError {
+    /// The record is shorter than a `RecordHeader`; holds its length.
     #[error("record of {0} bytes is shorter than its header")]
     Short(usize),
+    /// The header's kind byte is no `RecordKind`; holds it.
     #[error("record kind {0} is unknown")]
     Kind(u8),
+    /// The header announces more payload bytes (`len`) than follow it.
     #[error("record announces {announced} payload bytes but carries {carried}")]
-    Length { announced: u32, carried: usize },
+    Length {
+        /// Payload bytes the header announces (`len`).
+        announced: u32,
+        /// Payload bytes the record carries after its header.
+        carried: usize,
+    },
 }
 
 impl<'a> Record<'a> {

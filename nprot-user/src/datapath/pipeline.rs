@@ -43,8 +43,11 @@ pub trait VerdictTarget {
 /// Counters of what the pipeline did, for `nprot stats` and the exit summary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PipelineStats {
+    /// Kernel records handled.
     pub records: u64,
+    /// ClientHellos parsed and judged.
     pub tls_inspected: u64,
+    /// HTTP requests parsed and judged.
     pub http_inspected: u64,
     /// Flows whose first bytes were neither TLS nor HTTP (or malformed).
     pub not_recognised: u64,
@@ -52,6 +55,7 @@ pub struct PipelineStats {
     pub gave_up: u64,
     /// Flows not reassembled because the table was full.
     pub reassembly_overflows: u64,
+    /// Verdicts that could not be written to the kernel verdict map.
     pub verdict_errors: u64,
     /// Flows given a block verdict.
     pub blocked: u64,
@@ -431,7 +435,9 @@ fn same_host(a: &str, b: &str) -> bool {
 /// A configured forward proxy: its address, and its port if given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownProxy {
+    /// Address of the proxy.
     pub ip: IpAddr,
+    /// Port of the proxy; `None` matches any port on `ip`.
     pub port: Option<u16>,
 }
 

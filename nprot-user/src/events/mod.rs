@@ -19,7 +19,9 @@ use crate::{mode::Mode, process::ProcessColumns};
 /// The advanced-hunting table an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Table {
+    /// Connections and inspected ClientHellos and requests.
     DeviceNetworkEvents,
+    /// Network-protection blocks, audits and bypasses.
     DeviceEvents,
 }
 
@@ -71,47 +73,72 @@ pub enum AdditionalFields {
     /// `ExploitGuardNetworkProtectionBlocked` / `…Audited`, named as Defender names them.
     #[serde(rename_all = "PascalCase")]
     NetworkProtection {
+        /// Where the indicator comes from; always `CustomBlockList` (operator indicators).
         response_category: &'static str,
+        /// Audited rather than blocked.
         is_audit: bool,
+        /// The indicator's id.
         indicator_id: String,
+        /// The indicator's value (the domain, URL, address or range it names).
         indicator_value: String,
         /// The indicator's action, by its name in indicator files.
         action: &'static str,
+        /// The indicator's title.
         display_name: Option<String>,
+        /// The sensor's mode when the flow was judged.
         mode: Mode,
         /// Lower case like every other event's `direction`.
         #[serde(rename = "direction")]
         direction: Direction,
     },
     /// TCP-level events.
-    Connection { direction: Direction },
+    Connection {
+        /// Which side opened the flow.
+        direction: Direction,
+    },
     /// `SslConnectionInspected`.
     Ssl {
+        /// The SNI.
         server_name: Option<String>,
+        /// The offered ALPN protocols.
         alpn: Vec<String>,
+        /// The highest version offered.
         tls_version: &'static str,
+        /// An encrypted_client_hello extension was present.
         ech: bool,
+        /// Which side opened the flow.
         direction: Direction,
+        /// What the flow says about a forward proxy.
         #[serde(flatten)]
         proxy: ProxyFields,
     },
     /// `NetworkProtectionUserBypassEvent`.
     #[serde(rename_all = "PascalCase")]
     Bypass {
+        /// Id of the Warn indicator bypassed.
         indicator_id: String,
+        /// Value of the Warn indicator bypassed.
         indicator_value: String,
+        /// Id of the bypass.
         bypass_id: String,
+        /// When the bypass ends (RFC 3339, UTC).
         bypass_until: String,
     },
     /// `HttpConnectionInspected`.
     Http {
+        /// The method.
         method: String,
+        /// The Host header.
         host: Option<String>,
+        /// The request target as sent.
         uri: String,
+        /// The User-Agent header.
         user_agent: Option<String>,
+        /// Which side opened the flow.
         direction: Direction,
         /// The request's number on its connection, from 1 (Zeek's `trans_depth`).
         trans_depth: u32,
+        /// What the request says about a forward proxy.
         #[serde(flatten)]
         proxy: ProxyFields,
         /// Present only for a head that was not judged in full.
@@ -165,10 +192,15 @@ pub struct ProxyFields {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Event {
+    /// Wall-clock time of the event, RFC 3339 UTC with microseconds.
     pub timestamp: String,
+    /// The table the event belongs to (follows from `action_type`).
     pub table: Table,
+    /// What happened.
     pub action_type: ActionType,
+    /// This host's name.
     pub device_name: Arc<str>,
+    /// This host's id (/etc/machine-id).
     pub device_id: Arc<str>,
     /// The flow's columns; absent on events about no flow (a bypass granted).
     #[serde(flatten)]
@@ -176,9 +208,12 @@ pub struct Event {
     /// `InitiatingProcess*`: the local program that opened the flow, where known.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessColumns>,
+    /// The SNI, the request's URL, or the bypassed target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_url: Option<String>,
+    /// Per-action details.
     pub additional_fields: AdditionalFields,
+    /// Number of the event, from 1, in the order this sensor made them.
     pub report_id: u64,
 }
 
@@ -186,20 +221,28 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct FlowColumns {
+    /// Address of this host's end (the client's for a forwarded flow).
     #[serde(rename = "LocalIP")]
     pub local_ip: IpAddr,
+    /// Port of this host's end.
     pub local_port: u16,
+    /// Address of the far end (the server's unless the flow is inbound).
     #[serde(rename = "RemoteIP")]
     pub remote_ip: IpAddr,
+    /// Port of the far end.
     pub remote_port: u16,
+    /// Always `Tcp`.
     pub protocol: &'static str,
 }
 
 /// A flow as events describe it: both ends, and which one is local.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowEnds {
+    /// The end that sent the SYN.
     pub client: (IpAddr, u16),
+    /// The end that answered it.
     pub server: (IpAddr, u16),
+    /// Which side of the guarded interface the client is on.
     pub direction: Direction,
 }
 

@@ -79,8 +79,9 @@ fn lost_of(err: &io::Error, n: u64) -> u64 {
 
 /// Lines in `buf`; a tail without a final newline counts as one.
 pub(crate) fn count_lines(buf: &[u8]) -> u64 {
-    let newlines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
-    newlines + u64::from(buf.last().is_some_and(|&b| b != b'\n'))
+    // Each piece ends with its newline, but the last may have none; an empty buffer has
+    // no pieces.
+    buf.split_inclusive(|&b| b == b'\n').count() as u64
 }
 
 /// Standard output.
@@ -406,6 +407,7 @@ mod tests {
         assert_eq!(count_lines(b""), 0);
         assert_eq!(count_lines(b"a\n"), 1);
         assert_eq!(count_lines(b"a\nb"), 2);
+        assert_eq!(count_lines(b"\n\n"), 2);
         let plain = io::Error::other("x");
         assert_eq!(lost_of(&plain, 7), 7);
         let partly = PartlyLost {

@@ -236,6 +236,16 @@ const OPT_ENDOFOPT: u16 = 0;
 const IF_TSRESOL: u16 = 9;
 const IF_TSOFFSET: u16 = 14;
 
+/// `what`, which starts at `offset` and takes `needed` bytes, ends after `got`.
+fn truncated(what: &'static str, offset: u64, needed: usize, got: usize) -> CaptureFileError {
+    CaptureFileError::Truncated {
+        what,
+        offset,
+        needed: needed as u64,
+        available: got as u64,
+    }
+}
+
 impl<R: Read> CaptureReader<R> {
     /// Reads the file header (pcap) or first section header (pcapng).
     pub fn new(inner: R) -> Result<CaptureReader<R>, CaptureFileError> {
@@ -254,7 +264,7 @@ impl<R: Read> CaptureReader<R> {
             return Err(CaptureFileError::Empty);
         }
         if got < 4 {
-            return Err(reader.truncated("file header", 0, 4, got));
+            return Err(truncated("file header", 0, 4, got));
         }
         let magic =
             u32::from_be_bytes([reader.buf[0], reader.buf[1], reader.buf[2], reader.buf[3]]);
@@ -322,31 +332,12 @@ impl<R: Read> CaptureReader<R> {
         Ok(got)
     }
 
-    #[allow(
-        clippy::unused_self,
-        reason = "one error constructor beside the others, all methods"
-    )]
-    fn truncated(
-        &self,
-        what: &'static str,
-        offset: u64,
-        needed: usize,
-        got: usize,
-    ) -> CaptureFileError {
-        CaptureFileError::Truncated {
-            what,
-            offset,
-            needed: needed as u64,
-            available: got as u64,
-        }
-    }
-
     // ---- classic pcap ----
 
     fn read_pcap_header(&mut self, magic: u32) -> Result<(), CaptureFileError> {
         let got = self.append(20)?;
         if got < 20 {
-            return Err(self.truncated("pcap file header", 0, 24, 4 + got));
+            return Err(truncated("pcap file header", 0, 24, 4 + got));
         }
         let (endian, nanos) = match magic {
             0xa1b2_c3d4 => (Endian::Big, false),
@@ -388,7 +379,7 @@ impl<R: Read> CaptureReader<R> {
             return Ok(None);
         }
         if got < 16 {
-            return Err(self.truncated("packet record header", start, 16, got));
+            return Err(truncated("packet record header", start, 16, got));
         }
         let h = &self.buf;
         let (secs, frac) = (endian.u32(h), endian.u32(&h[4..]));
@@ -402,7 +393,12 @@ impl<R: Read> CaptureReader<R> {
         }
         let got = self.fill(caplen as usize)?;
         if got < caplen as usize {
-            return Err(self.truncated("packet record", start, 16 + caplen as usize, 16 + got));
+            return Err(truncated(
+                "packet record",
+                start,
+                16 + caplen as usize,
+                16 + got,
+            ));
         }
         let link = link.map_err(|code| CaptureFileError::UnsupportedLinkType {
             link_type: code,
@@ -468,7 +464,7 @@ impl<R: Read> CaptureReader<R> {
         let total = body_len + 12;
         let got = self.fill(body_len + 4)?;
         if got < body_len + 4 {
-            return Err(self.truncated("pcapng block", start, total, 8 + got));
+            return Err(truncated("pcapng block", start, total, 8 + got));
         }
         let trailer = self.endian().u32(&self.buf[body_len..]);
         if trailer as usize != total {
@@ -486,7 +482,7 @@ impl<R: Read> CaptureReader<R> {
         let mut head = [0u8; 8];
         let got = self.fill(8)?;
         if got < 8 {
-            return Err(self.truncated("pcapng section header", start, 28, 4 + got));
+            return Err(truncated("pcapng section header", start, 28, 4 + got));
         }
         head.copy_from_slice(&self.buf[..8]);
         let endian = match u32::from_le_bytes([head[4], head[5], head[6], head[7]]) {
@@ -512,7 +508,12 @@ impl<R: Read> CaptureReader<R> {
         // trailing length (4) follow.
         let got = self.fill(body_len)?;
         if got < body_len {
-            return Err(self.truncated("pcapng section header", start, total as usize, 12 + got));
+            return Err(truncated(
+                "pcapng section header",
+                start,
+                total as usize,
+                12 + got,
+            ));
         }
         let major = endian.u16(&self.buf);
         if major != 1 {
@@ -544,7 +545,7 @@ impl<R: Read> CaptureReader<R> {
                 return Ok(None);
             }
             if got < 4 {
-                return Err(self.truncated("pcapng block header", start, 8, got));
+                return Err(truncated("pcapng block header", start, 8, got));
             }
             let endian = self.endian();
             let block_type = endian.u32(&self.buf);
@@ -554,7 +555,7 @@ impl<R: Read> CaptureReader<R> {
             }
             let got = self.fill(4)?;
             if got < 4 {
-                return Err(self.truncated("pcapng block header", start, 8, 4 + got));
+                return Err(truncated("pcapng block header", start, 8, 4 + got));
             }
             let total = endian.u32(&self.buf);
             let body_len = Self::body_len(start, total, 12)?;
@@ -993,6 +994,7 @@ mod tests {
         let o = Order::Be;
         let mut f = shb(o);
         f.extend(idb(o, 113, Some(9), None));
+        // if_tsresol with its high bit set: units of 2^-10 s.
         f.extend(idb(o, 101, Some(0x80 | 0x0a), Some(100)));
         f.extend(idb(o, 276, Some(3), None));
         f.extend(epb(o, 0, T * 1_000_000_000 + 7, b"a"));

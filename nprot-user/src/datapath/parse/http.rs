@@ -533,15 +533,17 @@ fn parse_authority(raw: &[u8]) -> Option<(String, Option<u16>)> {
     if let Some(bracketed) = text.strip_prefix('[') {
         let (literal, after) = bracketed.split_once(']')?;
         let addr: Ipv6Addr = literal.parse().ok()?;
+        // An empty port is allowed (RFC 3986) and means none.
         let port = match after {
-            "" => None,
-            _ => parse_port(after.strip_prefix(':')?)?,
+            "" | ":" => None,
+            _ => Some(parse_port(after.strip_prefix(':')?)?),
         };
         return Some((addr.to_string(), port));
     }
     // More than one colon is a bare IPv6 literal or junk: both invalid here.
     let (host, port) = match text.split_once(':') {
-        Some((host, port)) => (host, parse_port(port)?),
+        Some((host, "")) => (host, None),
+        Some((host, port)) => (host, Some(parse_port(port)?)),
         None => (text, None),
     };
     let host = host.strip_suffix('.').unwrap_or(host);
@@ -552,19 +554,13 @@ fn parse_authority(raw: &[u8]) -> Option<(String, Option<u16>)> {
     valid.then(|| (host.to_ascii_lowercase(), port))
 }
 
-/// Port digits; an empty port is allowed (RFC 3986) and means none.
-#[allow(
-    clippy::option_option,
-    reason = "no port, a port, or not a port: three answers"
-)]
-fn parse_port(digits: &str) -> Option<Option<u16>> {
-    if digits.is_empty() {
-        return Some(None);
-    }
+/// Port digits (non-empty: callers take an empty port as none); `None` if they are not
+/// a port number.
+fn parse_port(digits: &str) -> Option<u16> {
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok().map(Some)
+    digits.parse().ok()
 }
 
 #[cfg(test)]

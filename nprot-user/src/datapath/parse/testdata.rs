@@ -2,7 +2,7 @@
 //! that tests do not depend on the parser they check.
 #![allow(
     clippy::expect_used,
-    reason = "test inputs: a length that does not fit is a bug in the test"
+    reason = "a test-data builder: a length that does not fit its field is a bug in the test"
 )]
 
 /// Named group X25519 (RFC 8446).
