@@ -153,7 +153,7 @@ mod tests {
         let path = dir.join("events.jsonl");
         std::fs::write(
             &path,
-            lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+            lines.iter().flat_map(|l| [*l, "\n"]).collect::<String>(),
         )
         .unwrap();
         (EventLog::new(&path, StderrLog::default()), dir)

@@ -293,9 +293,7 @@ impl Tcpdump {
             bail!("tcpdump already stopped");
         };
         signal(child.id(), nix::sys::signal::Signal::SIGINT)?;
-        let status = if let Some(status) = wait_timeout(&mut child, TCPDUMP_TIMEOUT)? {
-            status
-        } else {
+        let Some(status) = wait_timeout(&mut child, TCPDUMP_TIMEOUT)? else {
             terminate(&mut child, Duration::ZERO)?;
             bail!("tcpdump did not exit within {TCPDUMP_TIMEOUT:?} of SIGINT");
         };

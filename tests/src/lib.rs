@@ -415,6 +415,10 @@ where
 pub const BLOCKED: &str = "ExploitGuardNetworkProtectionBlocked";
 
 /// An environment whose sensor blocks `bad.example` (a DomainName Block, id `i1`).
+#[allow(
+    clippy::expect_used,
+    reason = "a test helper: an environment that cannot start fails the test that asked for it"
+)]
 pub fn start_blocking_bad() -> Env {
     Env::start_enforcing(
         "block",

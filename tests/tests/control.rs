@@ -540,12 +540,8 @@ fn sd_notify_without_watchdog_sends_no_pings() {
 fn closed_pipe() -> Stdio {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new descriptors into the array.
-    assert_eq!(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        0,
-        "pipe2: {}",
-        std::io::Error::last_os_error()
-    );
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
     // SAFETY: both descriptors are new and owned by nothing else.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(read);

@@ -19,7 +19,7 @@
     clippy::needless_pass_by_value
 )]
 
-use std::{collections::BTreeSet, net::IpAddr, process::Command, time::Duration};
+use std::{collections::BTreeSet, fmt::Write as _, net::IpAddr, process::Command, time::Duration};
 
 use nprot_tests::{
     BLOCKED, ClientServer, Env, Value,
@@ -443,7 +443,13 @@ fn live_and_replay(cases: &[Case]) {
     };
     let live = env.events().events().expect("live events");
     let (live_keys, replay_keys) = (keys(&live), keys(&replayed));
-    let show = |v: &[Value]| v.iter().map(|e| format!("{e}\n")).collect::<String>();
+    let show = |v: &[Value]| {
+        v.iter().fold(String::new(), |mut out, e| {
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "{e}");
+            out
+        })
+    };
     assert_eq!(
         live_keys,
         replay_keys,

@@ -644,7 +644,7 @@ type Overlap = (&'static str, Vec<(usize, Vec<u8>)>);
 /// stack delivered decides the expectation. The sensor must have judged that same host
 /// (its `HttpConnectionInspected` event), and blocked the connection exactly when it is
 /// bad.example. Returns the host the server saw per scenario.
-fn overlaps_as_the_server_reads_them(scenarios: Vec<Overlap>) -> Vec<String> {
+fn overlaps_as_the_server_reads_them(scenarios: &[Overlap]) -> Vec<String> {
     let env = start_blocking_bad();
     let echo = HostEcho::start_in(env.server_ns(), env.server_ip(false), ECHO_PORT, env.dir())
         .expect("host-echo server");
@@ -710,7 +710,7 @@ fn overlapping_retransmission_is_judged_as_the_server_reads_it() {
             seg(HEAD.len() + a.len(), TAIL),
         ]
     };
-    let seen = overlaps_as_the_server_reads_them(vec![
+    let seen = overlaps_as_the_server_reads_them(&[
         (
             "bad first, www retransmitted",
             first("bad.example", "www.example"),
@@ -738,7 +738,7 @@ fn overlapping_retransmission_is_judged_as_the_server_reads_it() {
 #[test]
 fn overlapping_out_of_order_segments_are_judged_as_the_server_reads_them() {
     let p = HEAD.len();
-    let seen = overlaps_as_the_server_reads_them(vec![
+    let seen = overlaps_as_the_server_reads_them(&[
         (
             "same range twice beyond a gap, bad first",
             vec![

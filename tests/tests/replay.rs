@@ -20,6 +20,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -108,7 +109,11 @@ fn time_of_day(ts: &str) -> Option<(&str, f64)> {
 }
 
 fn show(events: &[Value]) -> String {
-    events.iter().map(|e| format!("{e}\n")).collect()
+    events.iter().fold(String::new(), |mut out, e| {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{e}");
+        out
+    })
 }
 
 #[track_caller]

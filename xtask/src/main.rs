@@ -133,7 +133,7 @@ fn main() -> Result<()> {
             filter,
             unit_only,
             fuzz_seconds,
-        } => test(&root, filter, unit_only, fuzz_seconds),
+        } => test(&root, filter.as_deref(), unit_only, fuzz_seconds),
         Task::Fuzz { seconds, target } => {
             // nprot-user's build script builds the eBPF programs even for fuzzing.
             setup_toolchain(&root)?;
@@ -162,6 +162,10 @@ fn main() -> Result<()> {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "a dev tool, and an invariant: xtask's manifest dir is <workspace>/xtask"
+)]
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -173,9 +177,9 @@ fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: {cmd:?}");
     let status = cmd
         .status()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+        .with_context(|| format!("cannot start {}", cmd.get_program().display()))?;
     if !status.success() {
-        bail!("{:?} failed: {status}", cmd.get_program());
+        bail!("{} failed: {status}", cmd.get_program().display());
     }
     Ok(())
 }
@@ -183,11 +187,11 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+        .with_context(|| format!("cannot start {}", cmd.get_program().display()))?;
     if !out.status.success() {
         bail!(
-            "{:?} failed: {}",
-            cmd.get_program(),
+            "{} failed: {}",
+            cmd.get_program().display(),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -340,7 +344,7 @@ fn deb() -> Result<()> {
         .lines()
         .rev()
         .map(str::trim)
-        .find(|l| l.ends_with(".deb"))
+        .find(|l| Path::new(l).extension().is_some_and(|e| e == "deb"))
         .map(PathBuf::from)
         .with_context(|| format!("cargo deb printed no package path: {printed:?}"))?;
     let listing = output(Command::new("dpkg-deb").arg("-c").arg(&deb))?;
@@ -405,7 +409,7 @@ fn lint() -> Result<()> {
 
 fn test(
     root: &Path,
-    filter: Option<String>,
+    filter: Option<&str>,
     unit_only: bool,
     fuzz_seconds: Option<u64>,
 ) -> Result<()> {
@@ -422,7 +426,7 @@ fn test(
         "nprot-user",
     ])
     .args(["--package", "xtask", "--lib", "--bins", "--tests"]);
-    if let Some(f) = &filter {
+    if let Some(f) = filter {
         unit.arg(f);
     }
     let mut totals = run_tests(&mut unit)?;
@@ -434,7 +438,7 @@ fn test(
         30
     });
     if seconds > 0 {
-        let targets = fuzz_targets(root, filter.as_deref())?;
+        let targets = fuzz_targets(root, filter)?;
         if !targets.is_empty() {
             let (passed, failed) = fuzz(root, seconds, &targets)?;
             totals.0 += passed;
@@ -455,7 +459,7 @@ fn test(
         e2e.args(["test", "--package", "nprot-tests", "--lib", "--tests"])
             .env("NPROT_BIN", &bin)
             .arg("--");
-        if let Some(f) = &filter {
+        if let Some(f) = filter {
             e2e.arg(f);
         }
         // Tests share the kernel and the tools; each builds its own namespaces, one at a time.
