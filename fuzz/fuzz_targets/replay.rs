@@ -11,9 +11,9 @@ use std::{
 use libfuzzer_sys::fuzz_target;
 use nprot::{
     events::{Clock, EventFactory},
+    mode::Mode,
     policy::{Policy, load_json},
     replay::Replay,
-    mode::Mode,
 };
 
 /// One name and one address blocked, so that verdicts flow back into the tracker.

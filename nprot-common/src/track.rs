@@ -525,10 +525,6 @@ pub fn capture_len(
 
 /// Fills a record header for `seg` of `flow` in place (the kernel builds records where
 /// they are sent, not on its 512-byte stack); `len` is 0 (a payload record sets it).
-#[allow(
-    clippy::used_underscore_binding,
-    reason = "padding is zeroed, not left to chance"
-)]
 #[inline(always)]
 #[allow(
     clippy::used_underscore_binding,

@@ -213,14 +213,17 @@ fn setup_toolchain(root: &Path) -> Result<()> {
         "--installed",
     ]))
     .unwrap_or_default();
-    if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    // rustfmt too: the import grouping of rustfmt.toml is a nightly option.
+    for component in ["rust-src", "rustfmt", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
     }
 
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
@@ -376,10 +379,17 @@ fn deb() -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    // Nightly: `group_imports` and `imports_granularity` (rustfmt.toml) are unstable.
+    run(Command::new("cargo").args(["+nightly", "fmt", "--all", "--check"]))?;
     // The fuzz crate is a workspace of its own (nightly, sanitizers): only its format is
     // checked here, as clippy would need a third full build of nprot-user.
-    run(Command::new("cargo").args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
+    run(Command::new("cargo").args([
+        "+nightly",
+        "fmt",
+        "--check",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+    ]))?;
     run(Command::new("cargo").args([
         "clippy",
         "--workspace",

@@ -112,6 +112,7 @@ impl<K: Hash + Eq + Copy, V: Clone> Bounded<K, V> {
 /// The fields of `/proc/PID/stat` attribution uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStat {
+    /// The parent's process id.
     pub ppid: u32,
     /// Clock ticks after boot at which the process started.
     pub start_time: u64,
@@ -205,17 +206,20 @@ pub struct AttributionStats {
     pub unknown: u64,
     /// Entries in the process cache, and its bound.
     pub process_cache: usize,
+    /// The process cache's bound.
     pub process_cache_max: usize,
     /// Processes dropped from the cache to keep it within its bound.
     pub process_cache_evicted: u64,
     /// Entries in the cookie table, and its bound.
     pub cookie_table: usize,
+    /// The cookie table's bound.
     pub cookie_table_max: usize,
 }
 
 /// The attribution's part of `nprot stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AttributionReport {
+    /// The attribution thread's own counters.
     #[serde(flatten)]
     pub stats: AttributionStats,
     /// TCP connects the kernel hooks saw.

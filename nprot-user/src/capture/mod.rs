@@ -42,29 +42,48 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, Error)]
 pub enum CaptureError {
     #[error("interface '{0}' does not exist")]
+    /// No interface has this name.
     NoSuchInterface(String),
     #[error("interface '{0}' is given twice")]
+    /// The interface was named twice.
     DuplicateInterface(String),
     #[error("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {0}")]
+    /// The kernel refused for lack of privileges (EPERM); what it refused.
     Privileges(String),
     #[error("the kernel rejected eBPF program {program}: {reason}")]
-    Rejected { program: String, reason: String },
-    #[error("cannot attach {program} to {interface} ({direction}): {reason}")]
-    Attach {
+    /// The verifier (or the kernel) refused a program.
+    Rejected {
+        /// The program.
         program: String,
+        /// The syscall's error.
+        reason: String,
+    },
+    #[error("cannot attach {program} to {interface} ({direction}): {reason}")]
+    /// A program could not be attached to an interface.
+    Attach {
+        /// The program.
+        program: String,
+        /// The interface.
         interface: String,
+        /// `ingress` or `egress`.
         direction: &'static str,
+        /// Why.
         reason: String,
     },
     #[error("eBPF object is missing {0}; the build is inconsistent")]
+    /// The object lacks a map or program the daemon takes.
     Missing(&'static str),
     #[error("eBPF map {map}: {source}")]
+    /// A map could not be taken or written.
     Map {
+        /// The map's name.
         map: &'static str,
+        /// What aya said.
         #[source]
         source: MapError,
     },
     #[error("loading the eBPF object: {0}")]
+    /// The object could not be loaded for another reason.
     Load(String),
 }
 

@@ -10,6 +10,7 @@ use crate::mode::Mode;
 #[derive(Debug, Parser)]
 #[command(name = "nprot", version, about)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -27,6 +28,7 @@ pub enum Command {
     Mode {
         /// disabled, audit or block.
         mode: Mode,
+        /// Where the daemon is, and how to print its answer.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -40,6 +42,7 @@ pub enum Command {
         /// How long: e.g. 90s, 30m, 24h, 7d.
         #[arg(long = "for", value_name = "DURATION", default_value = "24h")]
         duration: String,
+        /// Where the daemon is, and how to print its answer.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -105,6 +108,7 @@ pub struct RunArgs {
     pub force_clsact: bool,
 }
 
+/// `nprot replay`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// Capture file (pcap or pcapng); `-` reads standard input.
@@ -146,8 +150,10 @@ pub enum IndicatorCommand {
         /// Allowed, Audit, Warn or Block.
         #[arg(long)]
         action: String,
+        /// The indicator's id (derived from its type and value when not given).
         #[arg(long)]
         id: Option<String>,
+        /// A title for events and lists.
         #[arg(long)]
         title: Option<String>,
         /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
@@ -157,13 +163,16 @@ pub enum IndicatorCommand {
         /// path (`/usr/bin/curl`).
         #[arg(long)]
         process: Option<String>,
+        /// Where the daemon is, and how to print its answer.
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Remove run-time indicators by id.
     Remove {
+        /// Ids of the indicators to remove.
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Where the daemon is, and how to print its answer.
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -172,10 +181,12 @@ pub enum IndicatorCommand {
     /// Import an indicator file (all entries or none): JSON, Defender CSV (`.csv`), or a
     /// plain list / hosts file (anything else) whose entries get `--list-action`.
     Import {
+        /// The indicator file.
         file: PathBuf,
         /// Action for the entries of a plain list.
         #[arg(long, default_value = "Block")]
         list_action: String,
+        /// Where the daemon is, and how to print its answer.
         #[command(flatten)]
         client: ClientArgs,
     },

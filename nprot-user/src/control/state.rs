@@ -23,16 +23,28 @@ pub const STATE_FILE: &str = "state.json";
 #[derive(Debug, Error)]
 pub enum StateError {
     #[error("{path}: {source}")]
+    /// The file could not be read or written.
     Io {
+        /// The state file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     #[error("{path}: not valid state: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Indicators {
+    /// The file is not state nprot wrote.
+    Invalid {
+        /// The state file.
         path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    #[error("{path}: {source}")]
+    /// The indicators the state holds are not valid.
+    Indicators {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with them.
         #[source]
         source: IndicatorError,
     },

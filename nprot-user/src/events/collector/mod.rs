@@ -100,6 +100,7 @@ pub enum Transport {
 /// How a [`CollectorSink`] reaches its collector.
 #[derive(Debug, Clone)]
 pub struct CollectorConfig {
+    /// TCP or UDP.
     pub transport: Transport,
     /// `host:port`; resolved at every connect (TCP) or until it resolves (UDP).
     pub address: String,
@@ -113,6 +114,7 @@ pub struct CollectorConfig {
     pub max_chunk: usize,
     /// First wait after a failed connect; doubled after each failure up to `backoff_max`.
     pub backoff_min: Duration,
+    /// The longest wait between connect attempts.
     pub backoff_max: Duration,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
