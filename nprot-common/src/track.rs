@@ -187,10 +187,22 @@ pub fn syn_on_entry<H: Host>(
 /// A new entry is in the table: it is counted, and data its SYN carried is captured.
 #[inline(always)]
 pub fn flow_started<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
+    count_new(host, flow);
+    syn_payload(host, seg, flow);
+}
+
+/// Counts a new flow entry (and, with a local socket, a locally opened one).
+#[inline(always)]
+pub fn count_new<H: Host>(host: &mut H, flow: &FlowState) {
     host.bump(stat::FLOWS_NEW);
     if flow.socket_cookie != 0 {
         host.bump(stat::FLOWS_NEW_LOCAL);
     }
+}
+
+/// Captures the data a SYN carries (TCP Fast Open), like a first client segment.
+#[inline(always)]
+pub fn syn_payload<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
     if seg.payload_len == 0 || flow.inspect != Inspect::Capturing as u8 {
         return;
     }
@@ -375,10 +387,7 @@ fn restart_confirmed<H: Host>(host: &mut H, key: &FlowKey, flow: &mut FlowState)
     }
     *flow = state;
     host.drop_verdict(key);
-    host.bump(stat::FLOWS_NEW);
-    if flow.socket_cookie != 0 {
-        host.bump(stat::FLOWS_NEW_LOCAL);
-    }
+    count_new(host, flow);
 }
 
 /// Applies [`Verdict::Continue`]: what is held goes, inspection goes on after

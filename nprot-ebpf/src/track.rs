@@ -135,9 +135,16 @@ pub fn track<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> i3
             track::syn_on_entry(&mut host, seg, key, src_is_lo, old, state);
         } else if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_err() {
             bump(stat::FLOW_INSERT_FAILED);
-        } else if let Some(flow) = FLOWS.get_ptr_mut(key) {
-            // SAFETY: a pointer into the map value, valid for this program run.
-            track::flow_started(&mut host, seg, unsafe { &mut *flow });
+        } else {
+            // Counted from the inserted value: the entry may already be gone again (LRU
+            // eviction by another CPU), and the flow must still be counted.
+            track::count_new(&mut host, &state);
+            if seg.payload_len != 0
+                && let Some(flow) = FLOWS.get_ptr_mut(key)
+            {
+                // SAFETY: a pointer into the map value, valid for this program run.
+                track::syn_payload(&mut host, seg, unsafe { &mut *flow });
+            }
         }
         return PASS;
     }
