@@ -88,6 +88,8 @@ pub mod off {
     pub const IPV6_EXT_LEN: usize = 1;
     /// IPv6 fragment header: offset and flags.
     pub const IPV6_FRAG_OFFSET: usize = 2;
+    /// UDP: source and destination ports.
+    pub const UDP_SPORT: usize = 0;
     /// UDP: destination port.
     pub const UDP_DPORT: usize = 2;
     /// UDP: length.
@@ -254,6 +256,14 @@ pub fn udp_len_ok(ulen: u16, ip_payload: u32, family: u8) -> bool {
         return family == crate::FAMILY_V6;
     }
     usize::from(ulen) >= UDP_HLEN && u32::from(ulen) <= ip_payload
+}
+
+/// Payload bytes of a UDP datagram whose length field [`udp_len_ok`] accepted: what the
+/// field says (a receiver trims the IP payload to it), or the IP payload for a jumbogram.
+#[inline(always)]
+pub fn udp_payload_len(ulen: u16, ip_payload: u32) -> u32 {
+    let len = if ulen == 0 { ip_payload } else { u32::from(ulen) };
+    len.saturating_sub(UDP_HLEN as u32)
 }
 
 /// Length of a VXLAN header (RFC 7348) from its flags byte: [`VXLAN_HLEN`], if the I flag

@@ -8,6 +8,7 @@
 pub mod encap;
 pub mod lifecycle;
 pub mod names;
+pub mod quic;
 pub mod track;
 
 /// Address family of a flow: IPv4.
@@ -41,13 +42,18 @@ pub const MAX_PENDING_VERDICTS: u32 = 65_536;
 /// An IP address as read off the wire: network byte order, IPv4 in the first word.
 pub type RawAddr = [u32; 4];
 
-/// A TCP flow oriented client → server, as seen on the wire.
+/// Transport of a flow: TCP (`IPPROTO_TCP`).
+pub const PROTO_TCP: u8 = 6;
+/// Transport of a flow: UDP (`IPPROTO_UDP`), tracked for QUIC.
+pub const PROTO_UDP: u8 = 17;
+
+/// A flow oriented client → server, as seen on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowTuple {
-    /// Address of the side that sent the SYN.
+    /// Address of the side that sent the SYN (or the first QUIC Initial).
     pub client_addr: RawAddr,
-    /// Address of the side that answered the SYN.
+    /// Address of the side that answered it.
     pub server_addr: RawAddr,
     /// Client port, host byte order.
     pub client_port: u16,
@@ -55,8 +61,10 @@ pub struct FlowTuple {
     pub server_port: u16,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
     /// Padding, zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 
 /// Key of the kernel flow map: the two endpoints of a flow in a canonical order.
@@ -77,8 +85,10 @@ pub struct FlowKey {
     pub hi_port: u16,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`]: a TCP and a UDP flow on the same ports are two flows.
+    pub proto: u8,
     /// Padding, zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
 }
 
 impl FlowKey {
@@ -87,6 +97,7 @@ impl FlowKey {
     #[inline(always)]
     pub fn canonical(
         family: u8,
+        proto: u8,
         a_addr: &RawAddr,
         a_port: u16,
         b_addr: &RawAddr,
@@ -100,7 +111,8 @@ impl FlowKey {
                 lo_port: a_port,
                 hi_port: b_port,
                 family,
-                _pad: [0; 3],
+                proto,
+                _pad: [0; 2],
             }
         } else {
             FlowKey {
@@ -109,7 +121,8 @@ impl FlowKey {
                 lo_port: b_port,
                 hi_port: a_port,
                 family,
-                _pad: [0; 3],
+                proto,
+                _pad: [0; 2],
             }
         };
         (key, a_is_lo)
@@ -122,6 +135,7 @@ impl FlowTuple {
     pub fn key(&self) -> FlowKey {
         FlowKey::canonical(
             self.family,
+            self.proto,
             &self.client_addr,
             self.client_port,
             &self.server_addr,
@@ -150,7 +164,8 @@ fn endpoint_le(a: &RawAddr, a_port: u16, b: &RawAddr, b_port: u16) -> bool {
     a_port <= b_port
 }
 
-/// TCP handshake progress of a flow, as tracked by the kernel.
+/// TCP handshake progress of a flow, as tracked by the kernel. A QUIC flow uses two of
+/// them: `SynSent` until the server's first datagram, then `Established`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcpPhase {
@@ -271,7 +286,7 @@ pub const FLOW_RESTART_CLIENT_LO: u8 = 1 << 6;
 
 /// Per-flow state in the kernel LRU map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
     /// Monotonic ns of the SYN.
     pub first_ns: u64,
@@ -314,6 +329,12 @@ pub struct FlowState {
     pub restart_seq: u32,
     /// Padding, zero.
     pub _pad: u32,
+    /// QUIC flows: the first 8 bytes of the Destination Connection ID of the client's
+    /// first Initial ([`quic::conn_id`]), which the Initial keys come from.
+    pub quic_dcid: u64,
+    /// QUIC flows: the first 8 bytes of the Source Connection ID the server last sent in a
+    /// long header: the client's later Initials are addressed to it.
+    pub quic_scid: u64,
 }
 
 /// Kind of a ring-buffer record.
@@ -395,6 +416,17 @@ pub struct PayloadRecord {
     pub data: [u8; CAPTURE_SEG_MAX],
 }
 
+/// A UDP datagram as the TC program that parsed it hands it to the datagram program it
+/// tail-calls (through the per-CPU `DATAGRAM_PACKET` map: a tail call keeps the CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DatagramPacket {
+    /// The datagram's fields.
+    pub seg: track::Segment,
+    /// Where its UDP payload starts in the packet.
+    pub payload_off: u32,
+}
+
 /// Sockets whose owner the connect hooks remember at once (LRU map keyed by socket cookie).
 pub const MAX_SOCKET_OWNERS: u32 = 65_536;
 
@@ -448,8 +480,10 @@ pub struct SensorConfig {
     pub capture: u8,
     /// 1: hold server→client payload back while a flow's verdict is pending (block mode).
     pub hold: u8,
+    /// What is done with QUIC ([`quic::QuicMode`] as u8).
+    pub quic: u8,
     /// Padding, zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// Client payload bytes captured per flow at most.
     pub capture_flow_max: u32,
     /// A flow whose verdict takes longer than this after its first client payload is
@@ -470,7 +504,8 @@ impl Default for SensorConfig {
         SensorConfig {
             capture: 1,
             hold: 0,
-            _pad: [0; 2],
+            quic: quic::QuicMode::Inspect as u8,
+            _pad: 0,
             capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
             verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
             requeue_ns: REQUEUE_NS_DEFAULT,
@@ -541,8 +576,26 @@ pub mod stat {
     /// Packets with more extension headers or tunnels than the walk reads
     /// (`nprot_common::encap` bounds): not tracked.
     pub const HEADERS_TOO_DEEP: u32 = 25;
+    /// QUIC flows opened by a client Initial (UDP; not in [`FLOWS_NEW`]).
+    pub const QUIC_FLOWS: u32 = 26;
+    /// QUIC flows replaced by a new connection on their 4-tuple: a client Initial to a
+    /// connection ID the flow did not use.
+    pub const QUIC_RESTARTS: u32 = 27;
+    /// QUIC long-header packets that neither opened nor joined a flow: no entry and not
+    /// a client Initial of at least 1200 bytes (a connection begun before the sensor), or
+    /// no room in the flow table.
+    pub const QUIC_NOT_TRACKED: u32 = 28;
+    /// QUIC flows given a block verdict.
+    pub const QUIC_BLOCKED: u32 = 29;
+    /// Datagrams of blocked QUIC flows dropped (both directions).
+    pub const QUIC_DROPPED: u32 = 30;
+    /// Client Initials dropped because `quic = "block"`: the client falls back to TCP.
+    pub const QUIC_REFUSED: u32 = 31;
+    /// UDP datagrams not tracked because the datagram program could not be tail-called
+    /// (its slot empty: should stay 0).
+    pub const DATAGRAM_TAIL_CALLS_FAILED: u32 = 32;
     /// Number of counters.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 33;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -571,6 +624,13 @@ pub mod stat {
         "scratch_missing",
         "tcp_fragments",
         "headers_too_deep",
+        "quic_flows",
+        "quic_restarts",
+        "quic_not_tracked",
+        "quic_blocked",
+        "quic_dropped",
+        "quic_refused",
+        "datagram_tail_calls_failed",
     ];
 }
 
@@ -587,7 +647,7 @@ mod pod {
     // padding; any bit pattern is valid.
     unsafe impl aya::Pod for FlowTuple {}
     // SAFETY: repr(C), only integer fields (enums are stored as u8), explicit `_pad`, no
-    // implicit padding (104 bytes, align 8); any bit pattern is valid.
+    // implicit padding (120 bytes, align 8); any bit pattern is valid.
     unsafe impl aya::Pod for FlowState {}
     // SAFETY: repr(C), a `FlowTuple` and integer fields with explicit `_pad`/`_pad2`, no
     // implicit padding (88 bytes, align 8); any bit pattern is valid.
@@ -606,7 +666,7 @@ mod pod {
     const _: () = {
         assert!(size_of::<FlowKey>() == 40);
         assert!(size_of::<FlowTuple>() == 40);
-        assert!(size_of::<FlowState>() == 104);
+        assert!(size_of::<FlowState>() == 120);
         assert!(size_of::<RecordHeader>() == 88);
         assert!(size_of::<SensorConfig>() == 32);
         assert!(size_of::<VerdictEntry>() == 8);
@@ -622,8 +682,8 @@ mod tests {
     fn canonical_key_is_direction_independent() {
         let a = [0x0100_12c6, 0, 0, 0];
         let b = [0x0200_12c6, 0, 0, 0];
-        let (k1, a_lo) = FlowKey::canonical(FAMILY_V4, &a, 40000, &b, 443);
-        let (k2, b_lo) = FlowKey::canonical(FAMILY_V4, &b, 443, &a, 40000);
+        let (k1, a_lo) = FlowKey::canonical(FAMILY_V4, PROTO_TCP, &a, 40000, &b, 443);
+        let (k2, b_lo) = FlowKey::canonical(FAMILY_V4, PROTO_TCP, &b, 443, &a, 40000);
         assert_eq!(k1, k2);
         assert_ne!(a_lo, b_lo);
     }
@@ -631,7 +691,7 @@ mod tests {
     #[test]
     fn same_address_orders_by_port() {
         let a = [7, 0, 0, 0];
-        let (k, a_lo) = FlowKey::canonical(FAMILY_V4, &a, 9000, &a, 80);
+        let (k, a_lo) = FlowKey::canonical(FAMILY_V4, PROTO_TCP, &a, 9000, &a, 80);
         assert!(!a_lo);
         assert_eq!((k.lo_port, k.hi_port), (80, 9000));
     }

@@ -27,6 +27,13 @@ pub const LAST_CONNECT: &str = "LAST_CONNECT";
 /// Per-CPU array of `u64` counters of the connect hooks, indexed by [`crate::owner_stat`].
 pub const OWNER_STATS: &str = "OWNER_STATS";
 
+/// Program array of the two datagram programs, at [`datagram_slot`].
+pub const DATAGRAMS: &str = "DATAGRAMS";
+
+/// Per-CPU array of one [`crate::DatagramPacket`]: the parsed datagram a TC program hands
+/// to the datagram program it tail-calls.
+pub const DATAGRAM_PACKET: &str = "DATAGRAM_PACKET";
+
 /// TC classifier, egress of an interface with an Ethernet header.
 pub const PROG_ETH_EGRESS: &str = "nprot_eth_egress";
 /// TC classifier, ingress of an interface with an Ethernet header.
@@ -39,3 +46,22 @@ pub const PROG_L3_INGRESS: &str = "nprot_l3_ingress";
 pub const PROG_CONNECT4: &str = "nprot_connect4";
 /// cgroup sock_addr hook on IPv6 `connect(2)`.
 pub const PROG_CONNECT6: &str = "nprot_connect6";
+/// Datagram program (UDP, QUIC) tail-called by the egress TC programs.
+pub const PROG_EGRESS_UDP: &str = "nprot_egress_udp";
+/// Datagram program tail-called by the ingress TC programs.
+pub const PROG_INGRESS_UDP: &str = "nprot_ingress_udp";
+
+/// Slots of [`DATAGRAMS`].
+pub const DATAGRAM_SLOTS: u32 = 2;
+
+/// The [`DATAGRAMS`] slot of the datagram program for a direction.
+#[inline(always)]
+pub const fn datagram_slot(egress: bool) -> u32 {
+    if egress { 0 } else { 1 }
+}
+
+/// The datagram programs and their slots.
+pub const DATAGRAM_PROGRAMS: [(&str, u32); 2] = [
+    (PROG_EGRESS_UDP, datagram_slot(true)),
+    (PROG_INGRESS_UDP, datagram_slot(false)),
+];

@@ -22,11 +22,15 @@ use crate::{
 };
 
 /// The fields of a TCP segment the tracker reads, in host byte order (addresses as on
-/// the wire, [`RawAddr`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// the wire, [`RawAddr`]). A UDP datagram (QUIC, [`crate::quic`]) is one too, with
+/// `proto` [`PROTO_UDP`](crate::PROTO_UDP), no flags and no sequence numbers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Segment {
     /// [`FAMILY_V4`](crate::FAMILY_V4) or [`FAMILY_V6`](crate::FAMILY_V6).
     pub family: u8,
+    /// [`PROTO_TCP`](crate::PROTO_TCP) or [`PROTO_UDP`](crate::PROTO_UDP).
+    pub proto: u8,
     /// TCP header flags.
     pub flags: u8,
     /// Source port.
@@ -51,7 +55,14 @@ impl Segment {
     /// The flow map key of this segment, and whether its source is the key's `lo` end.
     #[inline(always)]
     pub fn key(&self) -> (FlowKey, bool) {
-        FlowKey::canonical(self.family, &self.src, self.sport, &self.dst, self.dport)
+        FlowKey::canonical(
+            self.family,
+            self.proto,
+            &self.src,
+            self.sport,
+            &self.dst,
+            self.dport,
+        )
     }
 
     /// A SYN without ACK: the opening of a connection.
@@ -74,7 +85,8 @@ impl Segment {
             client_port,
             server_port,
             family: self.family,
-            _pad: [0; 3],
+            proto: self.proto,
+            _pad: [0; 2],
         }
     }
 }
@@ -93,6 +105,9 @@ pub enum Action {
         /// The packet may be requeued rather than dropped.
         requeue: bool,
     },
+    /// The packet is dropped: a datagram of a blocked QUIC flow, or a QUIC Initial that
+    /// `quic = "block"` refuses. Never returned for TCP.
+    Drop,
 }
 
 /// Where the tracker runs: the kernel's maps and helpers, or replay's tables.
@@ -408,7 +423,7 @@ fn continue_inspection(flow: &mut FlowState, decided_seq: u32, now: u64) {
 /// Server payload of a flow still under inspection is held back while the verdict is
 /// pending, up to the verdict timeout (then the flow fails open).
 #[inline(always)]
-fn hold<H: Host>(host: &mut H, flow: &mut FlowState) -> Action {
+pub(crate) fn hold<H: Host>(host: &mut H, flow: &mut FlowState) -> Action {
     if flow.payload_ns == 0 {
         // Nothing awaits a decision on a continued flow: the proxy's answer passes.
         if flow.flags & FLOW_CONTINUED != 0 {
@@ -474,7 +489,7 @@ fn handshake<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState, from_cl
 /// Captures client payload, bounded per segment ([`CAPTURE_SEG_MAX`]) and per flow
 /// (`capture_flow_max`).
 #[inline(always)]
-fn capture<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
+pub(crate) fn capture<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
     let flow_max = match host.config() {
         Some(cfg) => cfg.capture_flow_max,
         None => return,
@@ -571,7 +586,7 @@ pub fn fill_header(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -599,6 +614,7 @@ mod tests {
     fn the_tuple_is_oriented_client_to_server_either_way() {
         let seg = Segment {
             family: crate::FAMILY_V4,
+            proto: crate::PROTO_TCP,
             flags: TCP_ACK,
             sport: 443,
             dport: 40000,
@@ -621,13 +637,13 @@ mod tests {
 
     /// A host with one pending verdict slot, counters and the records it was asked for.
     #[derive(Default)]
-    struct Fake {
-        config: SensorConfig,
-        now: u64,
-        counters: [u64; stat::COUNT as usize],
-        verdict: Option<VerdictEntry>,
-        emitted: [Option<RecordKind>; 4],
-        captured: u32,
+    pub(crate) struct Fake {
+        pub(crate) config: SensorConfig,
+        pub(crate) now: u64,
+        pub(crate) counters: [u64; stat::COUNT as usize],
+        pub(crate) verdict: Option<VerdictEntry>,
+        pub(crate) emitted: [Option<RecordKind>; 4],
+        pub(crate) captured: u32,
     }
 
     impl Host for Fake {
@@ -690,6 +706,7 @@ mod tests {
         };
         Segment {
             family: crate::FAMILY_V4,
+            proto: crate::PROTO_TCP,
             flags,
             sport,
             dport,

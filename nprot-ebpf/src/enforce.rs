@@ -18,6 +18,10 @@ use crate::{maps::bump, parse::Packet};
 /// Let the packet continue: the next TCX program or the stack decides.
 pub const PASS: i32 = TC_ACT_UNSPEC;
 
+/// Drop the packet: a datagram of a blocked QUIC flow (nothing can be forged that a QUIC
+/// endpoint would take as a close).
+pub const DROP: i32 = TC_ACT_SHOT;
+
 /// Holds back server payload whose flow awaits its verdict. On ingress within the
 /// requeue window (`requeue`) it is first requeued into the device's backlog (it comes
 /// back through this program a moment later), so a verdict that arrives within the

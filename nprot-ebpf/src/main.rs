@@ -28,9 +28,14 @@ mod track;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{macros::classifier, programs::TcContext};
-    use nprot_common::encap::ETH_HLEN;
+    use nprot_common::{PROTO_UDP, encap::ETH_HLEN, names::datagram_slot, stat};
 
-    use crate::{enforce::PASS, parse::parse, track::track};
+    use crate::{
+        enforce::PASS,
+        maps::{DATAGRAM_PACKET, DATAGRAMS, bump},
+        parse::{Packet, parse},
+        track::{datagram, segment},
+    };
 
     #[classifier]
     pub fn nprot_eth_egress(ctx: TcContext) -> i32 {
@@ -52,13 +57,52 @@ mod programs {
         handle::<0>(&ctx, false)
     }
 
+    #[classifier]
+    pub fn nprot_egress_udp(ctx: TcContext) -> i32 {
+        handle_datagram(&ctx, true)
+    }
+
+    #[classifier]
+    pub fn nprot_ingress_udp(ctx: TcContext) -> i32 {
+        handle_datagram(&ctx, false)
+    }
+
     #[inline(always)]
     fn handle<const L2: usize>(ctx: &TcContext, egress: bool) -> i32 {
         // Whatever happens while looking, the packet passes: tracking must never drop.
         match parse::<L2>(ctx) {
-            Some(pkt) => track::<L2>(ctx, &pkt, egress),
+            Some(pkt) if pkt.seg.proto == PROTO_UDP => {
+                // The datagram path has a program (and a stack) of its own, which finds
+                // the parsed datagram in this CPU's slot.
+                let Some(slot) = DATAGRAM_PACKET.get_ptr_mut(0) else {
+                    return PASS;
+                };
+                // SAFETY: a per-CPU slot; programs run with migration disabled, and the
+                // tail call keeps the CPU.
+                unsafe {
+                    (*slot).seg = pkt.seg;
+                    (*slot).payload_off = pkt.payload_off;
+                }
+                // SAFETY: the context is this program's; on success the call does not return.
+                let _ = unsafe { DATAGRAMS.tail_call(ctx, datagram_slot(egress)) };
+                bump(stat::DATAGRAM_TAIL_CALLS_FAILED);
+                PASS
+            }
+            Some(pkt) => segment::<L2>(ctx, &pkt, egress),
             None => PASS,
         }
+    }
+
+    /// A datagram program: the packet was parsed as UDP by the program that tail-called
+    /// it, which left it in `DATAGRAM_PACKET` (parsing again here would cost the verifier
+    /// every parse path times the datagram steps).
+    #[inline(always)]
+    fn handle_datagram(ctx: &TcContext, egress: bool) -> i32 {
+        let Some(parsed) = DATAGRAM_PACKET.get(0) else {
+            return PASS;
+        };
+        let pkt = Packet::datagram(parsed.seg, parsed.payload_off);
+        datagram(ctx, &pkt, egress)
     }
 
     #[panic_handler]

@@ -3,16 +3,25 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use nprot_common::{
-    FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord,
-    SensorConfig, SocketOwner, VerdictEntry, owner_stat, stat,
+    DatagramPacket, FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord,
+    SensorConfig, SocketOwner, VerdictEntry, names, owner_stat, stat,
 };
 
 /// Every TCP flow seen since its SYN.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// The datagram programs the TCP ones tail-call for UDP, indexed by
+/// `nprot_common::names::datagram_slot` (filled by the daemon at load).
+#[map]
+pub static DATAGRAMS: ProgramArray = ProgramArray::with_max_entries(names::DATAGRAM_SLOTS, 0);
+
+/// The datagram a TC program parsed, for the datagram program it tail-calls.
+#[map]
+pub static DATAGRAM_PACKET: PerCpuArray<DatagramPacket> = PerCpuArray::with_max_entries(1, 0);
 
 /// Decisions written by the daemon, consumed (and removed) by the next packet of the flow.
 #[map]

@@ -10,14 +10,16 @@ use nprot_common::{
         IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT, MAX_TUNNELS, MAX_VLAN_TAGS, PPPOE_HLEN, UDP_HLEN,
         VLAN_HLEN, VXLAN_PORT, off,
     },
-    lifecycle, stat,
+    PROTO_TCP, PROTO_UDP, lifecycle,
+    quic::{self, LONG_HEADER_PROBE},
+    stat,
     track::Segment,
 };
 
 use crate::maps::bump;
 
-/// A TCP/IP packet: what the tracker reads ([`Segment`]) and where its headers are, for
-/// capture and for rewriting it into a reset.
+/// A TCP/IP packet or a UDP datagram: what the tracker reads ([`Segment`]) and where its
+/// headers are, for capture and for rewriting it into a reset.
 pub struct Packet {
     /// The fields the flow rules read.
     pub seg: Segment,
@@ -33,6 +35,23 @@ pub struct Packet {
     pub l3_off: u32,
     pub l4_off: u32,
     pub payload_off: u32,
+}
+
+impl Packet {
+    /// A datagram handed over by a tail call: what the datagram path reads of it.
+    #[inline(always)]
+    pub fn datagram(seg: Segment, payload_off: u32) -> Packet {
+        Packet {
+            seg,
+            seq_raw: 0,
+            ack_raw: 0,
+            doff_byte: 0,
+            tunneled: false,
+            l3_off: 0,
+            l4_off: 0,
+            payload_off,
+        }
+    }
 }
 
 /// An IP header, as [`parse_ip`] reads it.
@@ -175,6 +194,14 @@ pub fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
             ip = Some(hdr);
             break;
         }
+        if hdr.proto == IPPROTO_UDP {
+            let dport = u16::from_be(ctx.load(hdr.l4_off + off::UDP_DPORT).ok()?);
+            if dport != VXLAN_PORT && dport != GENEVE_PORT {
+                // A datagram, not a tunnel: QUIC, maybe.
+                ip = Some(hdr);
+                break;
+            }
+        }
         if depth == MAX_TUNNELS {
             if hdr.proto == IPPROTO_GRE || hdr.proto == IPPROTO_UDP {
                 bump(stat::HEADERS_TOO_DEEP);
@@ -220,6 +247,9 @@ pub fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
         }
     }
     let ip = ip?;
+    if ip.proto == IPPROTO_UDP {
+        return datagram(ctx, &ip, off, tunneled);
+    }
     let l4_off = ip.l4_off;
     let ports: [u16; 2] = ctx.load(l4_off + off::TCP_PORTS).ok()?;
     let seq_ack: [u32; 2] = ctx.load(l4_off + off::TCP_SEQ).ok()?;
@@ -229,6 +259,7 @@ pub fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
     Some(Packet {
         seg: Segment {
             family: ip.family,
+            proto: PROTO_TCP,
             flags: doff_flags[1],
             sport: u16::from_be(ports[0]),
             dport: u16::from_be(ports[1]),
@@ -247,4 +278,66 @@ pub fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
         l4_off: l4_off as u32,
         payload_off: l4_off as u32 + doff,
     })
+}
+
+/// A UDP datagram: its ports and length (its QUIC header is read by [`quic_header`], in
+/// the datagram path's own stack frame).
+#[inline(always)]
+fn datagram(ctx: &TcContext, ip: &IpHeader, l3_off: usize, tunneled: bool) -> Option<Packet> {
+    let l4_off = ip.l4_off;
+    let ports: [u16; 2] = ctx.load(l4_off + off::UDP_SPORT).ok()?;
+    let ulen = u16::from_be(ctx.load(l4_off + off::UDP_LEN).ok()?);
+    if !encap::udp_len_ok(ulen, ip.payload_len, ip.family) {
+        return None;
+    }
+    let payload_off = l4_off + UDP_HLEN;
+    Some(Packet {
+        seg: Segment {
+            family: ip.family,
+            proto: PROTO_UDP,
+            flags: 0,
+            sport: u16::from_be(ports[0]),
+            dport: u16::from_be(ports[1]),
+            src: ip.src,
+            dst: ip.dst,
+            seq: 0,
+            ack: 0,
+            data_seq: 0,
+            payload_len: encap::udp_payload_len(ulen, ip.payload_len),
+        },
+        seq_raw: 0,
+        ack_raw: 0,
+        doff_byte: 0,
+        tunneled,
+        l3_off: l3_off as u32,
+        l4_off: l4_off as u32,
+        payload_off: payload_off as u32,
+    })
+}
+
+/// What the tracker reads of a QUIC header at `at` ([`quic::read_long`]); zero where the
+/// datagram is too short.
+#[inline(always)]
+pub fn quic_header(ctx: &TcContext, at: usize) -> quic::Header {
+    let Ok(first) = ctx.load::<u8>(at) else {
+        return quic::Header::default();
+    };
+    let short = quic::Header {
+        first,
+        ..quic::Header::default()
+    };
+    if !short.is_long() {
+        return short;
+    }
+    let Ok(probe) = ctx.load::<[u8; LONG_HEADER_PROBE]>(at) else {
+        return short;
+    };
+    let (mut hdr, scid_at) = quic::read_long(&probe);
+    if let Some(scid_at) = scid_at
+        && let Ok(len) = ctx.load::<u8>(at + scid_at)
+        && let Ok(scid) = ctx.load::<[u8; 8]>(at + scid_at + 1)
+    {
+        hdr.scid = quic::conn_id(scid, len);
+    }
+    hdr
 }

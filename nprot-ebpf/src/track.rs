@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nprot_common::{
-    FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig, Verdict,
-    VerdictEntry, stat,
+    FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig,
+    Verdict, VerdictEntry, quic, stat,
     track::{self, Action, Host, Segment},
 };
 
@@ -16,7 +16,7 @@ use crate::{
     capture,
     enforce::{self, PASS},
     maps::{CONFIG, FLOWS, VERDICTS, bump},
-    parse::Packet,
+    parse::{self, Packet},
 };
 
 /// The tracker's view of one program run on one packet.
@@ -113,20 +113,26 @@ impl Tc<'_> {
     }
 }
 
-/// Tracks one TCP packet and says what becomes of it.
+/// The host of one packet's run.
 #[inline(always)]
-pub fn track<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
-    let seg = &pkt.seg;
-    let (key, src_is_lo) = seg.key();
-    let key = &key;
-    let mut host = Tc {
+fn host<'a>(ctx: &'a TcContext, pkt: &'a Packet, egress: bool) -> Tc<'a> {
+    Tc {
         ctx,
         pkt,
         egress,
         // SAFETY: a helper without arguments.
         now: unsafe { bpf_ktime_get_ns() },
-    };
+    }
+}
 
+/// Tracks one TCP segment with the steps of `nprot_common::track` and says what becomes
+/// of it.
+#[inline(always)]
+pub fn segment<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
+    let seg = &pkt.seg;
+    let (key, src_is_lo) = seg.key();
+    let key = &key;
+    let mut host = host(ctx, pkt, egress);
     if seg.is_syn() {
         let state = track::syn_state(&host, seg, src_is_lo);
         if let Some(old) = FLOWS.get_ptr_mut(key) {
@@ -166,5 +172,41 @@ pub fn track<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> i3
         Action::Pass => PASS,
         Action::Reset => enforce::reset::<L2>(ctx, pkt, egress),
         Action::Hold { requeue } => enforce::hold(ctx, requeue),
+        Action::Drop => enforce::DROP,
+    }
+}
+
+/// Tracks one UDP datagram with the QUIC steps of `nprot_common::quic` and says what
+/// becomes of it. Run by the datagram programs, which the TCP ones tail-call: each has
+/// the whole 512-byte stack, which the two paths together would exceed.
+#[inline(always)]
+pub fn datagram(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
+    let seg = &pkt.seg;
+    let (key, src_is_lo) = seg.key();
+    let key = &key;
+    let host = &mut host(ctx, pkt, egress);
+    let hdr = &parse::quic_header(ctx, pkt.payload_off as usize);
+    let action = if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map value, valid for this program run.
+        quic::step(host, seg, hdr, key, src_is_lo, unsafe { &mut *flow })
+    } else {
+        let (action, state) = quic::unknown(host, seg, hdr, src_is_lo);
+        if let Some(state) = state {
+            if FLOWS.insert(key, &state, BPF_NOEXIST as u64).is_err() {
+                bump(stat::QUIC_NOT_TRACKED);
+            } else if let Some(flow) = FLOWS.get_ptr_mut(key) {
+                // SAFETY: a pointer into the map value, valid for this program run.
+                quic::started(host, seg, unsafe { &mut *flow });
+            } else {
+                // Evicted at once by another CPU: counted as opened, not captured.
+                bump(stat::QUIC_FLOWS);
+            }
+        }
+        action
+    };
+    match action {
+        Action::Hold { requeue } => enforce::hold(host.ctx, requeue),
+        Action::Drop | Action::Reset => enforce::DROP,
+        Action::Pass => PASS,
     }
 }

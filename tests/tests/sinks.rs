@@ -60,6 +60,7 @@ impl Stream {
                 client: ("198.18.0.1".parse().unwrap(), 40000),
                 server: ("198.18.0.2".parse().unwrap(), 443),
                 direction: Direction::Outbound,
+                transport: nprot::events::Transport::Tcp,
             },
             fanout: Fanout::new(vec![Box::new(sink) as Box<dyn Sink>]),
             handle,

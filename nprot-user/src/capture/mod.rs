@@ -21,7 +21,7 @@ use std::{
 
 use aya::{
     BtfError, Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
     pin::PinError,
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
@@ -202,10 +202,48 @@ impl Sensor {
             attached: Vec::new(),
         };
         sensor.configure(config)?;
+        sensor.load_datagram_programs()?;
         for (interface, kind) in kinds {
             sensor.attach(&interface, kind, tcx)?;
         }
         Ok(sensor)
+    }
+
+    /// Loads the datagram programs and puts them where the TC programs tail-call them for
+    /// UDP (`DATAGRAMS`). They are never attached themselves.
+    fn load_datagram_programs(&mut self) -> Result<(), CaptureError> {
+        let mut fds = Vec::with_capacity(names::DATAGRAM_PROGRAMS.len());
+        for (name, slot) in names::DATAGRAM_PROGRAMS {
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::Missing("a datagram program"))?
+                .try_into()
+                .map_err(|e: ProgramError| CaptureError::Load(chain(&e)))?;
+            program.load().map_err(|e| CaptureError::Rejected {
+                program: name.to_owned(),
+                reason: rejection(name, &e),
+            })?;
+            let fd = program
+                .fd()
+                .map_err(|e| CaptureError::Load(chain(&e)))?
+                .try_clone()
+                .map_err(|e| CaptureError::Load(format!("{name}: {e}")))?;
+            fds.push((slot, fd));
+        }
+        let map = self
+            .ebpf
+            .map_mut(names::DATAGRAMS)
+            .ok_or(CaptureError::Missing(names::DATAGRAMS))?;
+        let map_error = |source| CaptureError::Map {
+            map: names::DATAGRAMS,
+            source,
+        };
+        let mut slots = ProgramArray::try_from(map).map_err(map_error)?;
+        for (slot, fd) in &fds {
+            slots.set(*slot, fd, 0).map_err(map_error)?;
+        }
+        Ok(())
     }
 
     fn attach(&mut self, interface: &str, kind: LinkKind, tcx: bool) -> Result<(), CaptureError> {
@@ -631,7 +669,8 @@ mod tests {
         programs::CgroupSockAddrAttachType,
     };
     use nprot_common::{
-        FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord,
+        DatagramPacket, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS,
+        PayloadRecord,
     };
 
     use super::*;
@@ -725,6 +764,20 @@ mod tests {
                 value: size_of::<u64>(),
                 max_entries: Some(owner_stat::COUNT),
             },
+            Want {
+                name: names::DATAGRAMS,
+                kind: BPF_MAP_TYPE_PROG_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<u32>(),
+                max_entries: Some(names::DATAGRAM_SLOTS),
+            },
+            Want {
+                name: names::DATAGRAM_PACKET,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<DatagramPacket>(),
+                max_entries: Some(1),
+            },
         ];
         for w in &want {
             let map = obj
@@ -775,7 +828,8 @@ mod tests {
         };
         let classifiers = [LinkKind::Ethernet, LinkKind::L3]
             .into_iter()
-            .flat_map(|kind| kind.programs().map(|(name, _)| name));
+            .flat_map(|kind| kind.programs().map(|(name, _)| name))
+            .chain(names::DATAGRAM_PROGRAMS.map(|(name, _)| name));
         for name in classifiers {
             assert!(
                 matches!(section(name), ProgramSection::SchedClassifier),
@@ -803,6 +857,6 @@ mod tests {
             "{:?}",
             section(names::PROG_CONNECT6)
         );
-        assert_eq!(obj.programs.len(), 6, "{:?}", obj.programs.keys());
+        assert_eq!(obj.programs.len(), 8, "{:?}", obj.programs.keys());
     }
 }

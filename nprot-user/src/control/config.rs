@@ -17,6 +17,7 @@ use serde::{
     Deserialize, Deserializer,
     de::{self, MapAccess, Visitor, value::MapAccessDeserializer},
 };
+use nprot_common::quic::QuicMode;
 use toml::de::{DeTable, DeValue};
 
 use crate::{
@@ -82,10 +83,40 @@ pub struct Config {
     /// (over 64 KiB, or not all captured): `allow` or `block`.
     #[serde(deserialize_with = "de_oversized")]
     pub oversized: OversizedAction,
+    /// What is done with QUIC: `inspect` (judge its ClientHellos, the default), `block`
+    /// (drop every client Initial so that clients fall back to TCP) or `off` (UDP is not
+    /// tracked at all).
+    #[serde(deserialize_with = "de_quic")]
+    pub quic: QuicMode,
 }
 
 fn de_oversized<'de, D: Deserializer<'de>>(d: D) -> Result<OversizedAction, D::Error> {
     String::deserialize(d)?.parse().map_err(de::Error::custom)
+}
+
+fn de_quic<'de, D: Deserializer<'de>>(d: D) -> Result<QuicMode, D::Error> {
+    parse_quic(&String::deserialize(d)?).map_err(de::Error::custom)
+}
+
+/// The `quic` setting from its config spelling.
+pub fn parse_quic(s: &str) -> Result<QuicMode, String> {
+    match s {
+        "inspect" => Ok(QuicMode::Inspect),
+        "block" => Ok(QuicMode::Block),
+        "off" => Ok(QuicMode::Off),
+        other => Err(format!(
+            "{other:?} is none of \"inspect\", \"block\" and \"off\""
+        )),
+    }
+}
+
+/// The config spelling of a `quic` setting.
+pub fn quic_str(mode: QuicMode) -> &'static str {
+    match mode {
+        QuicMode::Inspect => "inspect",
+        QuicMode::Block => "block",
+        QuicMode::Off => "off",
+    }
 }
 
 /// Where the `connect4`/`connect6` hooks of process attribution attach.
@@ -147,6 +178,7 @@ impl Default for Config {
             process_cgroup: ProcessCgroup::Auto,
             process_cache: crate::capture::attribution::PROCESS_CACHE_MAX,
             oversized: OversizedAction::Allow,
+            quic: QuicMode::Inspect,
         }
     }
 }

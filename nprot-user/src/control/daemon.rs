@@ -11,7 +11,9 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
-use nprot_common::{CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, VerdictEntry, stat};
+use nprot_common::{
+    CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, VerdictEntry, quic::QuicMode, stat,
+};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -30,13 +32,13 @@ use crate::{
         cli::RunArgs,
         config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
         protocol::{
-            AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, RemovedReply,
+            AddedReply, BypassReply, FlowAccount, QuicAccount, InterfaceStatus, ModeReply, RemovedReply,
             Request, Response, RunReport, StatusReply,
         },
         sdnotify, socket,
         state::State,
     },
-    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, VerdictTarget},
+    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
     events::{
         EventFactory,
         collector::{CollectorConfig, CollectorSink, Transport},
@@ -105,6 +107,8 @@ pub struct RunOptions {
     pub process_cache: usize,
     /// What block mode does with a request head that cannot be judged in full.
     pub oversized: OversizedAction,
+    /// What is done with QUIC.
+    pub quic: QuicMode,
 }
 
 impl RunOptions {
@@ -174,6 +178,7 @@ impl RunOptions {
             process_cgroup: args.process_cgroup.unwrap_or(config.process_cgroup),
             process_cache: config.process_cache,
             oversized: config.oversized,
+            quic: config.quic,
         })
     }
 }
@@ -254,6 +259,24 @@ impl FlowAccount {
     }
 }
 
+impl QuicAccount {
+    fn new(kernel: &[u64; stat::COUNT as usize], pipeline: &PipelineStats) -> Self {
+        let k = |i: u32| kernel[i as usize];
+        QuicAccount {
+            flows: k(stat::QUIC_FLOWS),
+            restarts: k(stat::QUIC_RESTARTS),
+            not_tracked: k(stat::QUIC_NOT_TRACKED),
+            inspected: pipeline.quic_inspected,
+            invalid: pipeline.quic_invalid,
+            gave_up: pipeline.quic_gave_up,
+            overflows: pipeline.quic_overflows,
+            blocked: k(stat::QUIC_BLOCKED),
+            dropped: k(stat::QUIC_DROPPED),
+            refused: k(stat::QUIC_REFUSED),
+        }
+    }
+}
+
 /// The live sensor takes verdicts into its kernel map.
 impl VerdictTarget for Sensor {
     fn set_verdict(&mut self, key: &FlowKey, verdict: VerdictEntry) -> anyhow::Result<()> {
@@ -320,6 +343,7 @@ fn kernel_config(mode: Mode, opts: &RunOptions) -> SensorConfig {
         capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
         verdict_timeout_ns: opts.verdict_timeout.as_nanos() as u64,
         flow_idle_timeout_ns: opts.flow_idle_timeout.as_nanos() as u64,
+        quic: opts.quic as u8,
         ..SensorConfig::default()
     }
 }
@@ -634,6 +658,9 @@ impl<K: Kernel> Daemon<K> {
             flows: kernel
                 .map(|k| FlowAccount::new(&k, self.sensor.stale_verdict_count(), hook.map(|h| h.0)))
                 .unwrap_or_default(),
+            quic: kernel
+                .map(|k| QuicAccount::new(&k, &self.pipeline.stats()))
+                .unwrap_or_default(),
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped(),
             sinks: self.fanout.sink_stats(),
@@ -907,6 +934,7 @@ impl<K: Kernel> Daemon<K> {
                 opts.config_mode = fresh.config_mode;
                 opts.proxies = fresh.proxies;
                 opts.oversized = fresh.oversized;
+                opts.quic = fresh.quic;
             }
             let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
             let merged = self.state.merged(files)?;
@@ -924,15 +952,21 @@ impl<K: Kernel> Daemon<K> {
                 self.pipeline.set_known_proxies(opts.proxies.clone());
                 self.pipeline.set_oversized(opts.oversized);
                 let mode = opts.mode.or(self.state.mode).unwrap_or(opts.config_mode);
+                let quic_changed = opts.quic != self.opts.quic;
                 self.opts = opts;
-                if mode != self.mode {
+                if mode != self.mode || quic_changed {
                     match self.sensor.set_config(kernel_config(mode, &self.opts)) {
                         Ok(()) => {
-                            self.mode = mode;
-                            self.pipeline.set_mode(mode);
-                            info!("mode set to {mode} by the config");
+                            if mode != self.mode {
+                                self.mode = mode;
+                                self.pipeline.set_mode(mode);
+                                info!("mode set to {mode} by the config");
+                            }
+                            if quic_changed {
+                                info!("quic set to {}", config::quic_str(self.opts.quic));
+                            }
                         }
-                        Err(e) => warn!("mode from the config not applied: {e}"),
+                        Err(e) => warn!("mode or quic from the config not applied: {e}"),
                     }
                 }
             }
@@ -993,6 +1027,8 @@ impl Daemon {
                 "flows: {}",
                 serde_json::to_string(&flows).unwrap_or_default()
             );
+            let quic = QuicAccount::new(&k, &self.pipeline.stats());
+            info!("quic: {}", serde_json::to_string(&quic).unwrap_or_default());
         }
     }
 }

@@ -236,6 +236,9 @@ pub struct RunReport {
     pub decode_errors: u64,
     /// Where every connection went.
     pub flows: FlowAccount,
+    /// Where every QUIC flow went.
+    #[serde(default)]
+    pub quic: QuicAccount,
     /// Process attribution; absent when it is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<AttributionReport>,
@@ -254,6 +257,34 @@ pub struct SinkReport {
     /// The sink's own counters (they differ by kind of sink), `null` if it has none.
     #[serde(default)]
     pub stats: Value,
+}
+
+/// Where every QUIC flow went. Every flow the kernel opened (`flows`, restarts included)
+/// is, once its Initials reached the daemon, `inspected`, `invalid`, `gave_up` or an
+/// `overflow`; `not_tracked` are QUIC packets the kernel could not give a flow, `refused`
+/// client Initials dropped by `quic = "block"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicAccount {
+    /// QUIC flows the kernel opened on a client Initial.
+    pub flows: u64,
+    /// Of those, flows started again by a new connection on their 4-tuple.
+    pub restarts: u64,
+    /// Long-header packets that neither opened nor joined a flow.
+    pub not_tracked: u64,
+    /// ClientHellos read from Initials and judged.
+    pub inspected: u64,
+    /// Flows whose datagrams were no valid Initials.
+    pub invalid: u64,
+    /// Flows whose Initials ended before a whole ClientHello.
+    pub gave_up: u64,
+    /// Flows not read because the daemon's table was full.
+    pub overflows: u64,
+    /// Flows blocked.
+    pub blocked: u64,
+    /// Datagrams of blocked flows dropped.
+    pub dropped: u64,
+    /// Client Initials dropped by `quic = "block"`.
+    pub refused: u64,
 }
 
 /// Where every connection went: tracked, or counted as not tracked or not reported.
@@ -387,6 +418,7 @@ mod tests {
             sinks: serde_json::json!([{"sink": "stdout", "written": 9, "dropped": 0, "stats": null}]),
             decode_errors: 0,
             flows: FlowAccount::default(),
+            quic: QuicAccount::default(),
             attribution: None,
         };
         let value = serde_json::to_value(&report).unwrap();

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use nprot_common::{FlowKey, RecordKind, Verdict, VerdictEntry};
+use nprot_common::{FlowKey, PROTO_UDP, RecordKind, Verdict, VerdictEntry};
 
 use crate::{
     capture::attribution::ProcessSource,
@@ -18,14 +18,16 @@ use crate::{
             ParseOutcome, Parsed,
             http::{self, Body, HttpRequest},
             parse_client_payload,
+            quic::QuicVersion,
             tls::ClientHelloInfo,
         },
+        quic::{QuicFlows, Step},
         reassembly::{Reassembler, Stream},
         verdict::{Enforcement, Outcome, outcome},
     },
     events::{
         ActionType, Direction, Event, EventFactory, FlowEnds, HttpSeen, OversizedFields,
-        Protection, ProxyFields, TlsSeen, monotonic_ns,
+        Protection, ProxyFields, TlsSeen, Transport, monotonic_ns,
     },
     histogram::Histogram,
     mode::Mode,
@@ -85,6 +87,20 @@ pub struct PipelineStats {
     pub heads_not_captured: u64,
     /// Capture budgets renewed for a long request head still incomplete.
     pub budget_renewals: u64,
+    /// ClientHellos read from QUIC Initials and judged (also in `tls_inspected`).
+    pub quic_inspected: u64,
+    /// QUIC flows whose client datagrams were no valid Initials (garbled, truncated,
+    /// replayed with other keys, an unknown version, a frame an Initial may not carry):
+    /// inspection ended, the flow allowed.
+    pub quic_invalid: u64,
+    /// QUIC flows whose Initials ended (budget spent, or idle) before a whole
+    /// ClientHello (also in `gave_up`).
+    pub quic_gave_up: u64,
+    /// QUIC flows not read because their table was full: allowed unjudged.
+    pub quic_overflows: u64,
+    /// Datagrams of QUIC connections already decided, captured before the kernel picked
+    /// the verdict up.
+    pub quic_late: u64,
 }
 
 /// What block mode does with a request head that cannot be judged in full (config key
@@ -187,6 +203,8 @@ struct Judged<'p> {
     depth: u32,
     /// A request head judged by its start only.
     unfinished: Option<Unfinished>,
+    /// The QUIC version of a ClientHello read from QUIC Initials.
+    quic_version: Option<QuicVersion>,
 }
 
 /// A request head that cannot be judged in full, and why.
@@ -473,6 +491,8 @@ pub struct Pipeline {
     /// the time: segments the kernel captured before it picked the verdict up are still
     /// in the ring, and must not start a stream whose verdict would replace it.
     decided: HashMap<FlowKey, (u32, u64)>,
+    /// QUIC flows whose Initials are read.
+    quic: QuicFlows,
 }
 
 /// Decided flows remembered at once at most.
@@ -517,6 +537,7 @@ impl Pipeline {
             oversized: OversizedAction::default(),
             renew_after: (capture_budget / 4).max(1),
             decided: HashMap::new(),
+            quic: QuicFlows::default(),
         }
     }
 
@@ -584,6 +605,7 @@ impl Pipeline {
             reassembly_overflows: self.reassembly.overflows,
             // A stream replaced by a new connection on its four-tuple ended undecided.
             gave_up: self.stats.gave_up + self.reassembly.superseded,
+            quic_overflows: self.quic.overflows,
             ..self.stats
         }
     }
@@ -610,6 +632,9 @@ impl Pipeline {
                 self.events.push(ev);
             }
             RecordKind::Closed => self.closed(&rec.tuple.key(), rec.ts_ns),
+            RecordKind::Payload if rec.tuple.proto == PROTO_UDP => {
+                self.on_datagram(rec, ends, verdicts);
+            }
             RecordKind::Payload => self.on_payload(rec, ends, verdicts),
         }
         if self.events.len() > first
@@ -765,6 +790,59 @@ impl Pipeline {
         }
     }
 
+    /// A client datagram of a QUIC flow: its Initials are read until the ClientHello,
+    /// which is judged as over TCP.
+    fn on_datagram(
+        &mut self,
+        rec: &Record<'_>,
+        ends: FlowEnds,
+        verdicts: &mut dyn VerdictTarget,
+    ) {
+        self.wake_latency
+            .record(monotonic_ns().saturating_sub(rec.ts_ns));
+        let key = rec.tuple.key();
+        let (version, info) = match self.quic.push(key, rec.ts_ns, rec.payload) {
+            Step::Hello { version, info } => (version, info),
+            Step::Late => {
+                self.stats.quic_late += 1;
+                return;
+            }
+            Step::NeedMore if !rec.budget_spent => return,
+            Step::NeedMore => {
+                self.stats.gave_up += 1;
+                self.stats.quic_gave_up += 1;
+                self.quic.decide(&key, Verdict::Allow.into());
+                return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
+            }
+            Step::Overflow => {
+                return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
+            }
+            Step::Invalid(why) => {
+                log::debug!("flow {}: QUIC not inspected: {why}", describe(&ends));
+                self.stats.quic_invalid += 1;
+                self.quic.decide(&key, Verdict::Allow.into());
+                return self.deliver(rec, &ends, &key, Verdict::Allow.into(), verdicts);
+            }
+        };
+        let policy = Arc::clone(&self.policy);
+        let item = Item {
+            phase: Phase::First,
+            parsed: Parsed::Tls(info),
+            depth: 0,
+            unfinished: None,
+        };
+        let mut judged = self.judge(&policy, rec, &ends, item);
+        judged.quic_version = Some(version);
+        let verdict = if judged.outcome.verdict == Verdict::Block {
+            Verdict::Block
+        } else {
+            Verdict::Allow
+        };
+        self.quic.decide(&key, verdict.into());
+        self.deliver(rec, &ends, &key, verdict.into(), verdicts);
+        self.log_judged(rec, &ends, &judged);
+    }
+
     /// Hands the verdict to the kernel; the hot path ends here.
     fn deliver(
         &mut self,
@@ -847,6 +925,7 @@ impl Pipeline {
             proxy,
             depth,
             unfinished,
+            quic_version: None,
         }
     }
 
@@ -892,8 +971,12 @@ impl Pipeline {
         let event = match &item.parsed {
             Parsed::Tls(hello) => {
                 self.stats.tls_inspected += 1;
-                self.factory
-                    .tls(rec.ts_ns, ends, tls_seen(hello), item.proxy.clone())
+                let mut seen = tls_seen(hello);
+                if let Some(version) = item.quic_version {
+                    self.stats.quic_inspected += 1;
+                    seen.quic_version = Some(version.as_str());
+                }
+                self.factory.tls(rec.ts_ns, ends, seen, item.proxy.clone())
             }
             Parsed::Http(req) => {
                 self.stats.http_inspected += 1;
@@ -977,6 +1060,9 @@ impl Pipeline {
         self.stats.gave_up += gave_up;
         self.decided
             .retain(|_, &mut (_, at)| now_ns.saturating_sub(at) < DECIDED_KEEP_NS);
+        let quic_gave_up = self.quic.expire(now_ns, idle_ns);
+        self.stats.gave_up += quic_gave_up;
+        self.stats.quic_gave_up += quic_gave_up;
         n
     }
 
@@ -1000,6 +1086,11 @@ fn flow_ends(rec: &Record<'_>, local: Option<&HashSet<IpAddr>>) -> FlowEnds {
         client: (ip_addr(t.family, &t.client_addr), t.client_port),
         server: (server, t.server_port),
         direction,
+        transport: if t.proto == PROTO_UDP {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        },
     }
 }
 
@@ -1015,6 +1106,7 @@ fn tls_seen(hello: &ClientHelloInfo) -> TlsSeen {
         alpn: hello.alpn.clone(),
         tls_version: hello.tls_version,
         ech: hello.ech,
+        quic_version: None,
     }
 }
 
@@ -1076,7 +1168,8 @@ mod tests {
             client_port: 40000,
             server_port: 8080,
             family,
-            _pad: [0; 3],
+            proto: nprot_common::PROTO_TCP,
+            _pad: [0; 2],
         }
     }
 
@@ -1904,7 +1997,8 @@ mod direction_tests {
                 client_port: 40000,
                 server_port: 443,
                 family,
-                _pad: [0; 3],
+                proto: nprot_common::PROTO_TCP,
+            _pad: [0; 2],
             },
             ts_ns: 0,
             outbound: false,

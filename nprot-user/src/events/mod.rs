@@ -106,6 +106,9 @@ pub enum AdditionalFields {
         tls_version: &'static str,
         /// An encrypted_client_hello extension was present.
         ech: bool,
+        /// The QUIC version (`v1`, `v2`) of a ClientHello read from QUIC Initials.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        quic_version: Option<&'static str>,
         /// Which side opened the flow.
         direction: Direction,
         /// What the flow says about a forward proxy.
@@ -231,8 +234,28 @@ pub struct FlowColumns {
     pub remote_ip: IpAddr,
     /// Port of the far end.
     pub remote_port: u16,
-    /// Always `Tcp`.
+    /// `Tcp`, or `Udp` for QUIC.
     pub protocol: &'static str,
+}
+
+/// The transport of a flow, as events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP (QUIC).
+    Udp,
+}
+
+impl Transport {
+    /// The `Protocol` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "Tcp",
+            Transport::Udp => "Udp",
+        }
+    }
 }
 
 /// A flow as events describe it: both ends, and which one is local.
@@ -244,6 +267,8 @@ pub struct FlowEnds {
     pub server: (IpAddr, u16),
     /// Which side of the guarded interface the client is on.
     pub direction: Direction,
+    /// TCP, or UDP for QUIC.
+    pub transport: Transport,
 }
 
 impl FlowEnds {
@@ -315,7 +340,7 @@ impl EventFactory {
                 local_port,
                 remote_ip,
                 remote_port,
-                protocol: "Tcp",
+                protocol: flow.transport.as_str(),
             }),
             process: None,
             remote_url,
@@ -346,6 +371,7 @@ impl EventFactory {
             alpn: hello.alpn,
             tls_version: hello.tls_version,
             ech: hello.ech,
+            quic_version: hello.quic_version,
             direction: flow.direction,
             proxy,
         };
@@ -422,6 +448,8 @@ pub struct TlsSeen {
     pub tls_version: &'static str,
     /// An encrypted_client_hello extension was present.
     pub ech: bool,
+    /// The QUIC version, for a ClientHello read from QUIC Initials.
+    pub quic_version: Option<&'static str>,
 }
 
 /// What a request head showed, for `HttpConnectionInspected`.
@@ -566,6 +594,7 @@ mod tests {
             client: ("198.18.0.1".parse().unwrap(), 40000),
             server: ("198.18.0.2".parse().unwrap(), 443),
             direction: Direction::Outbound,
+            transport: Transport::Tcp,
         };
         let ev = f.connection(ActionType::ConnectionSuccess, 5_000, &flow);
         let json = serde_json::to_value(&ev).unwrap();
@@ -588,6 +617,7 @@ mod tests {
             client: ("2001:db8:1::9".parse().unwrap(), 50000),
             server: ("2001:db8:1::1".parse().unwrap(), 80),
             direction: Direction::Inbound,
+            transport: Transport::Tcp,
         };
         let ev = f.connection(ActionType::ConnectionSuccess, 0, &flow);
         let flow = ev.flow.unwrap();

@@ -319,6 +319,7 @@ mod tests {
             client: ("198.18.0.1".parse().unwrap(), 40000),
             server: ("198.18.0.2".parse().unwrap(), 443),
             direction: Direction::Outbound,
+            transport: crate::events::Transport::Tcp,
         };
         (0..n)
             .map(|_| f.connection(ActionType::ConnectionSuccess, 0, &flow))

@@ -32,6 +32,7 @@ use std::{
 
 use anyhow::Context as _;
 use log::warn;
+use nprot_common::PROTO_UDP;
 
 use self::{
     packet::{Skipped, decode},
@@ -75,7 +76,10 @@ pub struct Summary {
     pub tcp_segments: u64,
     /// Of those, segments found inside an encapsulation (PPPoE, GRE, VXLAN, GENEVE).
     pub tunnelled: u64,
-    /// Frames without a TCP segment, by reason: `packets = tcp_segments + skipped.total()`.
+    /// Frames that held a UDP datagram (not a tunnel's) the tracker looked at, for QUIC.
+    pub udp_datagrams: u64,
+    /// Frames without either, by reason:
+    /// `packets = tcp_segments + udp_datagrams + skipped.total()`.
     pub skipped: Skipped,
     /// Events written.
     pub events: u64,
@@ -90,15 +94,18 @@ impl fmt::Display for Summary {
         let p = &self.pipeline;
         write!(
             f,
-            "nprot replay: {} packets ({} TCP, {} tunnelled), {} flows, {} events \
-             (tls={} http={} blocked={} audited={} not_recognised={} gave_up={}), \
-             skipped: {}",
+            "nprot replay: {} packets ({} TCP, {} tunnelled), {} UDP, {} flows, {} QUIC \
+             flows, {} events (tls={} quic={} http={} blocked={} audited={} \
+             not_recognised={} gave_up={}), skipped: {}",
             self.packets,
             self.tcp_segments,
             self.tunnelled,
+            self.udp_datagrams,
             self.tracker.flows_new,
+            self.tracker.quic_flows,
             self.events,
             p.tls_inspected,
+            p.quic_inspected,
             p.http_inspected,
             p.blocked,
             p.audited,
@@ -131,6 +138,7 @@ pub struct Replay {
     packets: u64,
     tcp_segments: u64,
     tunnelled: u64,
+    udp_datagrams: u64,
     skipped: Skipped,
     next_housekeeping_ns: u64,
 }
@@ -144,6 +152,7 @@ impl Replay {
             packets: 0,
             tcp_segments: 0,
             tunnelled: 0,
+            udp_datagrams: 0,
             skipped: Skipped::default(),
             next_housekeeping_ns: 0,
         }
@@ -153,7 +162,12 @@ impl Replay {
     pub fn feed(&mut self, frame: &Frame<'_>) {
         self.packets += 1;
         let seg = match decode(frame.link, frame.data) {
+            Ok(decoded) if decoded.segment.tcp.proto == PROTO_UDP => {
+                self.udp_datagrams += 1;
+                decoded.segment
+            }
             Ok(decoded) => {
+                self.tcp_segments += 1;
                 if decoded.tunnels > 0 {
                     self.tunnelled += 1;
                 }
@@ -161,7 +175,6 @@ impl Replay {
             }
             Err(why) => return self.skipped.count(why),
         };
-        self.tcp_segments += 1;
         if frame.ts_ns >= self.next_housekeeping_ns {
             self.pipeline
                 .expire(frame.ts_ns, STREAM_IDLE.as_nanos() as u64);
@@ -184,6 +197,7 @@ impl Replay {
             packets: self.packets,
             tcp_segments: self.tcp_segments,
             tunnelled: self.tunnelled,
+            udp_datagrams: self.udp_datagrams,
             skipped: self.skipped,
             events: 0,
             tracker: self.tracker.stats(),
@@ -515,9 +529,15 @@ mod tests {
     fn frames_without_tcp_are_counted_by_reason() {
         let syn = Conv::new("198.18.9.1", 1, "198.18.9.2", 80).syn();
         let arp = ethernet_with(&[], 0x0806, &[0; 28]);
+        // A TCP header taken for UDP: its "length" is the sequence number's top half.
         let udp = {
             let mut p = syn.clone();
             p[9] = 17;
+            ethernet(&[], &p)
+        };
+        let icmp = {
+            let mut p = syn.clone();
+            p[9] = 1;
             ethernet(&[], &p)
         };
         let later_fragment = {
@@ -548,6 +568,7 @@ mod tests {
         let frames = [
             &arp,
             &udp,
+            &icmp,
             &later_fragment,
             &later_fragment6,
             &snapped,
@@ -560,7 +581,7 @@ mod tests {
         let (events, summary, result) = replay_bytes(&file, Mode::Audit);
         result.unwrap();
         assert!(events.is_empty());
-        assert_eq!((summary.packets, summary.tcp_segments), (8, 1));
+        assert_eq!((summary.packets, summary.tcp_segments), (9, 1));
         assert_eq!(
             summary.skipped,
             Skipped {
@@ -568,7 +589,7 @@ mod tests {
                 not_tcp: 1,
                 fragments: 2,
                 truncated: 1,
-                malformed: 1,
+                malformed: 2,
                 too_deep: 1,
             }
         );
@@ -582,12 +603,15 @@ mod tests {
         }
         .to_string();
         assert!(
-            line.starts_with("nprot replay: 8 packets (1 TCP, 0 tunnelled), 1 flows, 0 events"),
+            line.starts_with(
+                "nprot replay: 9 packets (1 TCP, 0 tunnelled), 0 UDP, 1 flows, 0 QUIC flows, \
+                 0 events"
+            ),
             "{line}"
         );
         assert!(
             line.ends_with(
-                "skipped: not_ip=1 not_tcp=1 fragments=2 truncated=1 malformed=1 too_deep=1"
+                "skipped: not_ip=1 not_tcp=1 fragments=2 truncated=1 malformed=2 too_deep=1"
             ),
             "{line}"
         );

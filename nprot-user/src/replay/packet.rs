@@ -25,7 +25,7 @@ use std::fmt;
 /// TCP flags, as the kernel programs name them.
 pub use nprot_common::lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use nprot_common::{
-    FAMILY_V4, FAMILY_V6, RawAddr,
+    FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, RawAddr,
     encap::{
         self, ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, GENEVE_PORT, IPPROTO_GRE, IPPROTO_TCP, IPPROTO_UDP,
         Ipv6Next, MAX_IPV6_EXT, UDP_HLEN, VXLAN_HLEN, VXLAN_PORT, off,
@@ -35,8 +35,8 @@ use nprot_common::{
 
 use super::link::{self, Depth, IpVersion, Layer, LinkType, be16, bytes, rest};
 
-/// A TCP segment as the kernel program sees it: the fields the tracker reads, and the
-/// payload bytes the capture holds.
+/// A TCP segment (or a UDP datagram, `tcp.proto` says) as the kernel program sees it: the
+/// fields the tracker reads, and the payload bytes the capture holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment<'a> {
     /// The fields the flow rules read (`nprot_common::track`).
@@ -169,6 +169,7 @@ fn decode_layer(mut layer: Layer<'_>) -> Result<Decoded<'_>, Skip> {
 
 /// What an IP packet carries.
 enum Transport<'a> {
+    /// A TCP segment or a UDP datagram.
     Tcp(Segment<'a>),
     /// The payload of a GRE, VXLAN or GENEVE header.
     Tunnel(Layer<'a>),
@@ -195,7 +196,7 @@ fn transport(version: IpVersion, ip: &[u8]) -> Result<Transport<'_>, Skip> {
     match net.proto {
         IPPROTO_TCP => tcp(&net).map(Transport::Tcp),
         IPPROTO_GRE => gre(net.l4).map(Transport::Tunnel),
-        IPPROTO_UDP => udp(&net).map(Transport::Tunnel),
+        IPPROTO_UDP => udp(&net),
         _ => Err(Skip::NotTcp),
     }
 }
@@ -300,6 +301,7 @@ fn tcp<'a>(net: &Network<'a>) -> Result<Segment<'a>, Skip> {
     Ok(Segment {
         tcp: track::Segment {
             family: net.family,
+            proto: PROTO_TCP,
             flags,
             sport: be16(&tcp, off::TCP_PORTS)?,
             dport: be16(&tcp, off::TCP_PORTS + 2)?,
@@ -315,28 +317,40 @@ fn tcp<'a>(net: &Network<'a>) -> Result<Segment<'a>, Skip> {
     })
 }
 
-/// A UDP datagram: VXLAN or GENEVE by destination port, anything else is not TCP. Like
-/// the kernel program, what the tunnel carries is read by its own headers' lengths, not
-/// cut at the UDP length.
-fn udp<'a>(net: &Network<'a>) -> Result<Layer<'a>, Skip> {
+/// A UDP datagram: VXLAN or GENEVE by destination port, anything else a datagram for the
+/// QUIC tracker (the kernel program's split). Like the kernel program, what a tunnel
+/// carries is read by its own headers' lengths, not cut at the UDP length.
+fn udp<'a>(net: &Network<'a>) -> Result<Transport<'a>, Skip> {
     let dport = be16(net.l4, off::UDP_DPORT)?;
-    if dport != VXLAN_PORT && dport != GENEVE_PORT {
-        return Err(Skip::NotTcp);
-    }
     let ulen = be16(net.l4, off::UDP_LEN)?;
-    if !encap::udp_len_ok(
-        ulen,
-        u32::try_from(net.l4_len).unwrap_or(u32::MAX),
-        net.family,
-    ) {
+    let ip_payload = u32::try_from(net.l4_len).unwrap_or(u32::MAX);
+    if !encap::udp_len_ok(ulen, ip_payload, net.family) {
         return Err(Skip::Malformed);
     }
     let payload = rest(net.l4, UDP_HLEN)?;
     if dport == VXLAN_PORT {
-        vxlan(payload)
-    } else {
-        geneve(payload)
+        return vxlan(payload).map(Transport::Tunnel);
     }
+    if dport == GENEVE_PORT {
+        return geneve(payload).map(Transport::Tunnel);
+    }
+    let payload_len = encap::udp_payload_len(ulen, ip_payload);
+    Ok(Transport::Tcp(Segment {
+        tcp: track::Segment {
+            family: net.family,
+            proto: PROTO_UDP,
+            flags: 0,
+            sport: be16(net.l4, off::UDP_SPORT)?,
+            dport,
+            src: net.src,
+            dst: net.dst,
+            seq: 0,
+            ack: 0,
+            data_seq: 0,
+            payload_len,
+        },
+        payload: payload.get(..payload_len as usize).unwrap_or(payload),
+    }))
 }
 
 /// A VXLAN header (RFC 7348): flags with I (valid VNI) set, VNI, then an Ethernet frame.
@@ -994,8 +1008,8 @@ mod tests {
         pkt[6] = 0x20; // More Fragments on the first fragment: still read
         pkt[7] = 0;
         assert!(tcp_segment(IpVersion::V4, &pkt).is_some());
-        pkt[9] = 17; // UDP, not to a tunnel port
-        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::NotTcp));
+        pkt[9] = 17; // UDP, whose length field is the TCP sequence number's top half
+        assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::Malformed));
         pkt[9] = 1; // ICMP
         assert_eq!(decode(LinkType::RawIp, &pkt), Err(Skip::NotTcp));
     }
@@ -1277,10 +1291,14 @@ mod tests {
         let mut jumbo = vxlan(true, &ethernet(&[], &inner6));
         jumbo[44..46].copy_from_slice(&0u16.to_be_bytes());
         assert!(decode(LinkType::RawIp, &jumbo).is_ok());
-        // VXLAN to another port is only UDP.
+        // VXLAN to another port is only a datagram.
         let mut other = vx.clone();
         other[22..24].copy_from_slice(&4790u16.to_be_bytes());
-        assert_eq!(decode(LinkType::RawIp, &other), Err(Skip::NotTcp));
+        let datagram = decode(LinkType::RawIp, &other).expect("a UDP datagram");
+        assert_eq!(
+            (datagram.segment.tcp.proto, datagram.tunnels),
+            (PROTO_UDP, 0)
+        );
 
         let gv = geneve(false, 3, 0x6558, &ethernet(&[], &inner));
         assert!(decode(LinkType::RawIp, &gv).is_ok());

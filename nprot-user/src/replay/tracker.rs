@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use nprot_common::{
     CAPTURE_FLOW_MAX_DEFAULT, FLOW_CLIENT_IS_LO, FLOW_IDLE_TIMEOUT_NS_DEFAULT, FLOW_SYN_EGRESS,
     FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, REQUEUE_NS_DEFAULT, RecordHeader,
-    RecordKind, SensorConfig, VERDICT_TIMEOUT_NS_DEFAULT, Verdict, VerdictEntry, stat,
+    RecordKind, SensorConfig, VERDICT_TIMEOUT_NS_DEFAULT, Verdict, VerdictEntry, PROTO_UDP,
+    quic::{self, QuicMode},
+    stat,
     track::{self, Action, Host},
 };
 
@@ -39,6 +41,8 @@ pub struct TrackerConfig {
     pub verdict_timeout_ns: u64,
     /// A flow idle this long is retired on its next packet.
     pub flow_idle_timeout_ns: u64,
+    /// What is done with QUIC (`quic = ...`).
+    pub quic: QuicMode,
 }
 
 impl TrackerConfig {
@@ -50,6 +54,7 @@ impl TrackerConfig {
             capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
             verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
             flow_idle_timeout_ns: FLOW_IDLE_TIMEOUT_NS_DEFAULT,
+            quic: QuicMode::Inspect,
         }
     }
 
@@ -62,6 +67,7 @@ impl TrackerConfig {
             verdict_timeout_ns: self.verdict_timeout_ns,
             requeue_ns: REQUEUE_NS_DEFAULT,
             flow_idle_timeout_ns: self.flow_idle_timeout_ns,
+            quic: self.quic as u8,
             ..SensorConfig::default()
         }
     }
@@ -105,6 +111,18 @@ pub struct TrackerStats {
     pub flows_expired: u64,
     /// Flows seen to end (FIN or RST).
     pub flows_closed: u64,
+    /// QUIC flows opened by a client Initial.
+    pub quic_flows: u64,
+    /// QUIC flows started again by a new connection on their 4-tuple.
+    pub quic_restarts: u64,
+    /// QUIC long headers that neither opened nor joined a flow.
+    pub quic_not_tracked: u64,
+    /// QUIC flows blocked.
+    pub quic_blocked: u64,
+    /// Datagrams of blocked QUIC flows the kernel would have dropped.
+    pub quic_dropped: u64,
+    /// Client Initials the kernel would have dropped under `quic = "block"`.
+    pub quic_refused: u64,
 }
 
 /// At most two records come out of one packet (a handshake or close record, then payload).
@@ -284,6 +302,12 @@ impl Tracker {
             flows_midstream: c(stat::FLOWS_MIDSTREAM),
             flows_expired: c(stat::FLOWS_EXPIRED),
             flows_closed: c(stat::FLOWS_CLOSED),
+            quic_flows: c(stat::QUIC_FLOWS),
+            quic_restarts: c(stat::QUIC_RESTARTS),
+            quic_not_tracked: c(stat::QUIC_NOT_TRACKED),
+            quic_blocked: c(stat::QUIC_BLOCKED),
+            quic_dropped: c(stat::QUIC_DROPPED),
+            quic_refused: c(stat::QUIC_REFUSED),
         }
     }
 
@@ -312,6 +336,23 @@ impl Tracker {
             payload: seg.payload,
             now: ts_ns,
         };
+        if tcp.proto == PROTO_UDP {
+            let hdr = quic::header(seg.payload);
+            let action = if let Some(flow) = flows.get_mut(&key) {
+                quic::step(&mut host, tcp, &hdr, &key, src_is_lo, flow)
+            } else {
+                let (action, state) = quic::unknown(&mut host, tcp, &hdr, src_is_lo);
+                if let Some(state) = state {
+                    let flow = insert(flows, *max_flows, flows_evicted, key, state);
+                    quic::started(&mut host, tcp, flow);
+                }
+                action
+            };
+            if let Action::Hold { .. } = action {
+                host.bump(stat::HELD_PACKETS);
+            }
+            return host.out;
+        }
         if tcp.is_syn() {
             let state = track::syn_state(&host, tcp, src_is_lo);
             if let Some(old) = flows.get_mut(&key) {
@@ -332,7 +373,7 @@ impl Tracker {
         match track::step(&mut host, tcp, &key, src_is_lo, flow) {
             // What the kernel does to the packet changes nothing replay reports; the
             // step counted it.
-            Action::Pass | Action::Reset => {}
+            Action::Pass | Action::Reset | Action::Drop => {}
             Action::Hold { .. } => host.bump(stat::HELD_PACKETS),
         }
         host.out

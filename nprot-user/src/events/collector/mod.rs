@@ -545,6 +545,7 @@ mod tests {
             client: ("198.18.0.1".parse().unwrap(), 40000),
             server: ("198.18.0.2".parse().unwrap(), 443),
             direction: Direction::Outbound,
+            transport: crate::events::Transport::Tcp,
         };
         let mut events: Vec<_> = (0..5)
             .map(|_| f.connection(ActionType::ConnectionSuccess, 0, &flow))
