@@ -9,6 +9,7 @@
 //! Parsers never panic on network input and never allocate more than a small bound.
 
 pub mod http;
+pub mod quic;
 pub mod tls;
 
 /// ClientHello builder for tests and benchmarks (not part of the API).

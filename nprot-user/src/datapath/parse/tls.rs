@@ -57,6 +57,26 @@ pub fn parse_client_hello(buf: &[u8]) -> ParseOutcome {
     }
 }
 
+/// Parse a bare ClientHello handshake message (4-byte handshake header included, no TLS
+/// record layer), as QUIC carries it in CRYPTO frames (RFC 9001 §4).
+///
+/// Gives the same [`ClientHelloInfo`] as [`parse_client_hello`] over TCP, except that
+/// `length` counts the message itself (header included). Returns `NeedMore` while `msg`
+/// is a valid prefix of a ClientHello; bytes after the message are ignored.
+pub fn parse_handshake_message(msg: &[u8]) -> ParseOutcome {
+    match check_handshake_prefix(msg, &[]) {
+        Ok(Some(total)) => match msg.get(..total) {
+            Some(message) => match parse_message(message, total) {
+                Ok(info) => ParseOutcome::Complete(Parsed::Tls(info)),
+                Err(why) => ParseOutcome::NotRecognised(why),
+            },
+            None => ParseOutcome::NeedMore,
+        },
+        Ok(None) | Err(Stop::NeedMore) => ParseOutcome::NeedMore,
+        Err(Stop::Bad(why)) => ParseOutcome::NotRecognised(why),
+    }
+}
+
 /// Why reassembly stopped before a whole handshake message was available.
 enum Stop {
     NeedMore,
@@ -311,6 +331,53 @@ mod tests {
             );
         }
         complete(buf)
+    }
+
+    #[test]
+    fn bare_handshake_message_parses_like_records() {
+        let builder = ClientHelloBuilder::new()
+            .sni("Quic.Example")
+            .alpn(&["h3"])
+            .tls13()
+            .grease()
+            .key_share(X25519_MLKEM768, 1216)
+            .max_fragment(300);
+        let msg = builder.handshake();
+        let over_tcp = complete(&builder.build());
+        let ParseOutcome::Complete(Parsed::Tls(bare)) = parse_handshake_message(&msg) else {
+            panic!("bare ClientHello not parsed");
+        };
+        assert_eq!(bare.length, msg.len());
+        assert_eq!(
+            ClientHelloInfo {
+                length: over_tcp.length,
+                ..bare.clone()
+            },
+            over_tcp
+        );
+        assert_eq!(bare.server_name.as_deref(), Some("quic.example"));
+        // Trailing bytes are ignored, every prefix needs more.
+        let mut longer = msg.clone();
+        longer.extend_from_slice(&[0; 7]);
+        assert_eq!(
+            parse_handshake_message(&longer),
+            ParseOutcome::Complete(Parsed::Tls(bare))
+        );
+        for cut in [0, 1, 4, 5, msg.len() / 2, msg.len() - 1] {
+            assert_eq!(
+                parse_handshake_message(&msg[..cut]),
+                ParseOutcome::NeedMore,
+                "{cut}"
+            );
+        }
+        assert!(matches!(
+            parse_handshake_message(&[0x02, 0, 0, 1, 3]),
+            ParseOutcome::NotRecognised(_)
+        ));
+        assert!(matches!(
+            parse_handshake_message(&[0x01, 0, 0, 2, 3, 3]),
+            ParseOutcome::NotRecognised(_)
+        ));
     }
 
     #[test]
