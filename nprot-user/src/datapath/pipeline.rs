@@ -1204,6 +1204,62 @@ mod tests {
         pipeline_with(r#"{"indicators": []}"#, Mode::Block)
     }
 
+    /// A client datagram of a QUIC flow from 198.18.0.1:40000 to 198.18.0.2:443.
+    fn datagram(payload: &[u8]) -> Record<'_> {
+        let mut rec = record(RecordKind::Payload, 0, payload);
+        rec.tuple.proto = nprot_common::PROTO_UDP;
+        rec.tuple.server_port = 443;
+        rec
+    }
+
+    /// Chromium's two Initial datagrams, ClientHello scattered over both, are judged
+    /// once: a blocked name gets a Block and events with `Protocol` `Udp`.
+    #[test]
+    fn a_quic_client_hello_over_two_datagrams_is_judged_like_tls() {
+        use crate::datapath::parse::quic::testdata::{
+            chromium_client_hello, chromium_like_datagrams,
+        };
+        let mut p = pipeline_with(
+            r#"{"indicators": [{"id": "q", "type": "DomainName", "value": "quic.test", "action": "Block"}]}"#,
+            Mode::Block,
+        );
+        let mut v = Verdicts::default();
+        let hello = chromium_client_hello("quic.test");
+        let datagrams = chromium_like_datagrams(QuicVersion::V1, &[7; 8], &hello);
+        assert_eq!(datagrams.len(), 2);
+        p.on_record(&datagram(&datagrams[0]), &mut v);
+        assert!(v.0.is_empty(), "half a ClientHello decides nothing");
+        p.on_record(&datagram(&datagrams[1]), &mut v);
+        assert_eq!(v.0.len(), 1);
+        assert_eq!(v.0[0].0.proto, nprot_common::PROTO_UDP);
+        assert_eq!(v.0[0].1, Verdict::Block);
+        let e = json(&p, 0);
+        assert_eq!(e["ActionType"], "SslConnectionInspected");
+        assert_eq!(e["Protocol"], "Udp");
+        assert_eq!(e["AdditionalFields"]["server_name"], "quic.test");
+        assert_eq!(e["AdditionalFields"]["quic_version"], "v1");
+        assert_eq!(e["AdditionalFields"]["alpn"][0], "h3");
+        assert_eq!(json(&p, 1)["ActionType"], "ExploitGuardNetworkProtectionBlocked");
+        // A retransmission of the first datagram, captured before the verdict applied.
+        p.on_record(&datagram(&datagrams[0]), &mut v);
+        assert_eq!(v.0.len(), 1, "the same connection is not judged again");
+        let s = p.stats();
+        assert_eq!((s.quic_inspected, s.tls_inspected, s.quic_late), (1, 1, 1));
+    }
+
+    /// A datagram that is no Initial ends inspection of its flow, counted, allowed.
+    #[test]
+    fn a_datagram_that_is_no_initial_is_counted_and_allowed() {
+        let mut p = pipeline();
+        let mut v = Verdicts::default();
+        let mut junk = vec![0xc0, 0, 0, 0, 1, 8];
+        junk.resize(1200, 0x55);
+        p.on_record(&datagram(&junk), &mut v);
+        assert_eq!(v.0.iter().map(|(_, v)| *v).collect::<Vec<_>>(), [Verdict::Allow]);
+        assert_eq!(p.stats().quic_invalid, 1);
+        assert!(p.events.is_empty());
+    }
+
     const INDICATORS: &str = r#"{"indicators": [
         {"id": "b", "type": "Url", "value": "http://a.example/x", "action": "Block", "title": "no x"},
         {"id": "a", "type": "DomainName", "value": "a.example", "action": "Audit"}

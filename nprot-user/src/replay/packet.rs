@@ -1297,7 +1297,7 @@ mod tests {
         let datagram = decode(LinkType::RawIp, &other).expect("a UDP datagram");
         assert_eq!(
             (datagram.segment.tcp.proto, datagram.tunnels),
-            (PROTO_UDP, 0)
+            (nprot_common::PROTO_UDP, 0)
         );
 
         let gv = geneve(false, 3, 0x6558, &ethernet(&[], &inner));
