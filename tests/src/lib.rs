@@ -32,6 +32,7 @@ pub mod netns;
 pub mod nginx;
 pub mod process;
 pub mod proxy;
+pub mod quic;
 pub mod recorder;
 pub mod rsyslog;
 pub mod sensor;

@@ -1,5 +1,5 @@
-//! nginx in the server namespace: TLS vhosts `good.example` and `bad.example` on 443 and
-//! 8443, plain HTTP on 80 and 8080, IPv4 and IPv6.
+//! nginx in the server namespace: TLS vhosts `good.example`, `bad.example` and
+//! `quic.example` on 443 and 8443, plain HTTP on 80 and 8080, IPv4 and IPv6.
 
 use std::{
     fmt::Write as _,
@@ -19,8 +19,11 @@ use crate::{
 
 /// Path of the Debian nginx binary.
 pub const NGINX_BIN: &str = "/usr/sbin/nginx";
+/// The name the QUIC tests serve over both HTTP/3 ([`crate::quic::QuicServer`], UDP) and
+/// nginx (TCP), with the same certificate: the TCP side of a browser's fallback.
+pub const QUIC_HOST: &str = "quic.example";
 /// The TLS virtual hosts, each with its own self-signed certificate.
-pub const TLS_HOSTS: [&str; 2] = ["good.example", "bad.example"];
+pub const TLS_HOSTS: [&str; 3] = ["good.example", "bad.example", QUIC_HOST];
 /// Ports nginx serves TLS on.
 pub const TLS_PORTS: [u16; 2] = [443, 8443];
 /// Ports nginx serves plain HTTP on.
@@ -102,6 +105,17 @@ impl Nginx {
         Ok(nginx)
     }
 
+    /// The directory holding the certificates: `<host>.crt` and `<host>.key` for each of
+    /// [`TLS_HOSTS`].
+    pub fn cert_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// nginx's access log (one line per request), empty if there is none yet.
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.dir.join("logs/access.log")).unwrap_or_default()
+    }
+
     /// nginx's error log and stderr, for failure messages.
     pub fn logs(&self) -> String {
         let read = |p: &str| fs::read_to_string(self.dir.join(p)).unwrap_or_default();
@@ -133,21 +147,29 @@ impl Drop for Nginx {
 /// Makes `<host>.crt` and `<host>.key` in `dir`: a self-signed P-256 certificate whose
 /// subject alternative name is `host`.
 fn make_cert(dir: &Path, host: &str) -> Result<()> {
+    make_cert_for(dir, host, &[host])
+}
+
+/// Makes `<stem>.crt` and `<stem>.key` in `dir`: a self-signed P-256 certificate (valid
+/// two days) for every name of `names` (subject alternative names; the first is the CN).
+pub fn make_cert_for(dir: &Path, stem: &str, names: &[&str]) -> Result<()> {
+    let cn = names.first().copied().unwrap_or(stem);
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
     run_ok(
         Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec"])
             .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
             .args(["-days", "2", "-subj"])
-            .arg(format!("/CN={host}"))
+            .arg(format!("/CN={cn}"))
             .arg("-addext")
-            .arg(format!("subjectAltName=DNS:{host}"))
+            .arg(format!("subjectAltName={}", sans.join(",")))
             .arg("-keyout")
-            .arg(dir.join(format!("{host}.key")))
+            .arg(dir.join(format!("{stem}.key")))
             .arg("-out")
-            .arg(dir.join(format!("{host}.crt"))),
+            .arg(dir.join(format!("{stem}.crt"))),
         Duration::from_secs(10),
     )
-    .with_context(|| format!("cannot make a certificate for {host}"))?;
+    .with_context(|| format!("cannot make a certificate for {names:?}"))?;
     Ok(())
 }
 

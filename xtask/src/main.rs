@@ -32,7 +32,21 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",       // systemd-analyze verify on the unit
     "python3-scapy", // hand-built frames: evasion and encapsulations the kernel has no device for
     "nftables",      // keeps a namespace's own stack quiet under hand-built TCP conversations
+    // The QUIC tests: a real browser's HTTP/3 (headless, in the client namespace); the
+    // distribution's build, since nothing else can be fetched.
+    "chromium",
+    "python3-pip", // installs aioquic (below) for Debian's python3
 ];
+
+/// PyPI packages of the QUIC tests (HTTP/3 client and server, Initial decryption), pinned.
+const PIP_PACKAGES: &[&str] = &["aioquic==1.7.2"];
+
+/// Where [`PIP_PACKAGES`] are installed (`pip --target`), for Debian's `/usr/bin/python3`:
+/// the tests put it on `PYTHONPATH`. A directory of its own rather than
+/// `--break-system-packages`: aioquic needs newer `cryptography` and `pyOpenSSL` than
+/// Debian's, which would otherwise shadow them for every other python3 user (scapy).
+/// Must match `tests/src/quic.rs`.
+const PIP_TARGET: &str = "/usr/local/lib/nprot-tests/python";
 
 /// What the Debian package must contain (`dpkg-deb -c` paths).
 const DEB_CONTENTS: &[&str] = &[
@@ -200,7 +214,8 @@ fn output(cmd: &mut Command) -> Result<String> {
 
 fn setup(root: &Path) -> Result<()> {
     setup_toolchain(root)?;
-    setup_apt()
+    setup_apt()?;
+    setup_pip()
 }
 
 /// rust-src for nightly and a bpf-linker built against nightly's own libLLVM.
@@ -308,6 +323,33 @@ fn setup_apt() -> Result<()> {
         let _ = fs::remove_file(policy);
     }
     result
+}
+
+/// [`PIP_PACKAGES`] into [`PIP_TARGET`] with Debian's python3, unless each already
+/// imports from there at its pinned version.
+fn setup_pip() -> Result<()> {
+    let python = "/usr/bin/python3";
+    let missing: Vec<&str> = PIP_PACKAGES
+        .iter()
+        .copied()
+        .filter(|spec| {
+            let (name, version) = spec.split_once("==").unwrap_or((spec, ""));
+            let check = format!(
+                "import importlib.metadata as m, sys; sys.exit(m.version('{name}') != '{version}')"
+            );
+            !Command::new(python)
+                .args(["-c", &check])
+                .env("PYTHONPATH", PIP_TARGET)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new(python)
+        .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target", PIP_TARGET])
+        .args(&missing))
 }
 
 fn euid() -> u32 {
