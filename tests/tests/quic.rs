@@ -1,0 +1,155 @@
+//! QUIC: the sensor reads HTTP/3 ClientHellos out of QUIC Initials, from real clients
+//! (aioquic, Chromium) to a real aioquic HTTP/3 server, and in block mode a blocked name
+//! gets no answer over UDP. `quic = "block"` refuses QUIC altogether.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use nprot_tests::{
+    BLOCKED, Env,
+    events::ev,
+    indicators::indicator,
+    quic::{ClientOpts, QuicReply, QuicServer, QuicVersion, ServerOpts, marker, quic_get},
+    wait_event,
+};
+use serde_json::Value;
+
+const ALLOWED: &str = "quic.example";
+const BLOCKED_NAME: &str = "blocked.quic.example";
+const AUDITED: &str = "ExploitGuardNetworkProtectionAudited";
+
+/// The environment, an HTTP/3 server for both names, and the sensor with `args` and a
+/// Block on [`BLOCKED_NAME`] in `mode`.
+fn start(mode: &str, args: &[&str]) -> (Env, QuicServer) {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let server = QuicServer::start(
+        &env.topo.server_ns,
+        &[env.topo.server_ip(false), env.topo.server_ip(true)],
+        env.dir(),
+        &[ALLOWED, BLOCKED_NAME],
+        &ServerOpts::default(),
+    )
+    .expect("HTTP/3 server");
+    env.enforce(mode, &[indicator("q", "DomainName", BLOCKED_NAME, "Block")], args)
+        .expect("sensor");
+    (env, server)
+}
+
+fn get(env: &Env, name: &str, v6: bool, opts: &ClientOpts) -> QuicReply {
+    quic_get(&env.topo.client_ns, env.topo.server_ip(v6), name, opts).expect("quic client")
+}
+
+fn quick() -> ClientOpts {
+    ClientOpts {
+        timeout: Duration::from_secs(3),
+        ..ClientOpts::default()
+    }
+}
+
+fn ssl_udp_for(name: &'static str) -> impl Fn(&Value) -> bool {
+    move |e: &Value| {
+        ev::is(e, "SslConnectionInspected")
+            && e["Protocol"] == "Udp"
+            && e["AdditionalFields"]["server_name"] == name
+    }
+}
+
+#[test]
+fn an_allowed_http3_request_is_inspected_and_answered() {
+    let (env, server) = start("block", &[]);
+    for v6 in [false, true] {
+        let reply = get(&env, ALLOWED, v6, &quick()).response().expect("an answer");
+        assert_eq!(reply.status, 200);
+        assert!(reply.body.contains(&marker(ALLOWED)), "{}", reply.body);
+    }
+    let e = wait_event(&env, "the QUIC ClientHello", ssl_udp_for(ALLOWED));
+    let f = &e["AdditionalFields"];
+    assert_eq!(f["quic_version"], "v1", "{e}");
+    assert_eq!(f["alpn"][0], "h3", "{e}");
+    assert_eq!(e["RemotePort"], 443, "{e}");
+    let success = wait_event(&env, "the QUIC connection's success", |e| {
+        ev::is(e, "ConnectionSuccess") && e["Protocol"] == "Udp"
+    });
+    assert_eq!(success["RemotePort"], 443, "{success}");
+    assert!(
+        server.requests().unwrap().iter().all(|r| r.authority == ALLOWED),
+        "only the allowed name was asked for"
+    );
+    let stats = env.stats().unwrap();
+    let quic = &stats["quic"];
+    assert!(quic["flows"].as_u64() >= Some(2), "{stats}");
+    assert_eq!(quic["inspected"], quic["flows"], "{stats}");
+    assert_eq!(quic["blocked"], 0, "{stats}");
+}
+
+#[test]
+fn a_blocked_name_gets_no_answer_over_quic() {
+    let (env, server) = start("block", &[]);
+    for version in [None, Some(QuicVersion::V2)] {
+        let opts = ClientOpts {
+            version,
+            ..quick()
+        };
+        match get(&env, BLOCKED_NAME, false, &opts) {
+            QuicReply::NoAnswer(_) => {}
+            other => panic!("a blocked name answered ({version:?}): {other:?}"),
+        }
+    }
+    let blocked = wait_event(&env, "the Blocked event", |e| {
+        ev::is(e, BLOCKED) && e["RemoteUrl"] == BLOCKED_NAME
+    });
+    assert_eq!(blocked["Protocol"], "Udp", "{blocked}");
+    let v2 = wait_event(&env, "the v2 ClientHello", |e| {
+        ssl_udp_for(BLOCKED_NAME)(e) && e["AdditionalFields"]["quic_version"] == "v2"
+    });
+    assert_eq!(v2["AdditionalFields"]["alpn"][0], "h3", "{v2}");
+    // The server never got the request: its answer (and so the handshake) was held,
+    // then dropped.
+    assert!(
+        server.requests().unwrap().is_empty(),
+        "{:?}",
+        server.requests()
+    );
+    let stats = env.stats().unwrap();
+    assert!(stats["quic"]["blocked"].as_u64() >= Some(2), "{stats}");
+    assert!(stats["quic"]["dropped"].as_u64() >= Some(2), "{stats}");
+    // An allowed name still goes through afterwards.
+    let reply = get(&env, ALLOWED, false, &quick()).response().expect("an answer");
+    assert_eq!(reply.status, 200);
+}
+
+#[test]
+fn audit_mode_logs_a_blocked_name_and_lets_it_through() {
+    let (env, server) = start("audit", &[]);
+    let reply = get(&env, BLOCKED_NAME, false, &quick())
+        .response()
+        .expect("audit mode answers");
+    assert_eq!(reply.status, 200);
+    let audited = wait_event(&env, "the audited Block", |e| ev::is(e, AUDITED));
+    assert_eq!(audited["RemoteUrl"], BLOCKED_NAME, "{audited}");
+    assert_eq!(server.requests().unwrap().len(), 1);
+}
+
+#[test]
+fn quic_block_refuses_every_initial() {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let _server = QuicServer::start(
+        &env.topo.server_ns,
+        &[env.topo.server_ip(false)],
+        env.dir(),
+        &[ALLOWED],
+        &ServerOpts::default(),
+    )
+    .expect("HTTP/3 server");
+    let config = env.dir().join("nprot.toml");
+    std::fs::write(&config, "mode = \"block\"\nquic = \"block\"\n").unwrap();
+    env.start_sensor(&["--config", &config.to_string_lossy()])
+        .expect("sensor");
+    match get(&env, ALLOWED, false, &quick()) {
+        QuicReply::NoAnswer(_) => {}
+        other => panic!("QUIC went through with quic = block: {other:?}"),
+    }
+    let stats = env.stats().unwrap();
+    assert!(stats["quic"]["refused"].as_u64() >= Some(1), "{stats}");
+    assert_eq!(stats["quic"]["flows"], 0, "{stats}");
+}
