@@ -262,7 +262,11 @@ pub fn udp_len_ok(ulen: u16, ip_payload: u32, family: u8) -> bool {
 /// field says (a receiver trims the IP payload to it), or the IP payload for a jumbogram.
 #[inline(always)]
 pub fn udp_payload_len(ulen: u16, ip_payload: u32) -> u32 {
-    let len = if ulen == 0 { ip_payload } else { u32::from(ulen) };
+    let len = if ulen == 0 {
+        ip_payload
+    } else {
+        u32::from(ulen)
+    };
     len.saturating_sub(UDP_HLEN as u32)
 }
 

@@ -348,10 +348,7 @@ pub fn step<H: Host>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        FAMILY_V4, PROTO_UDP, SensorConfig, VerdictEntry,
-        track::tests::Fake,
-    };
+    use crate::{FAMILY_V4, PROTO_UDP, SensorConfig, VerdictEntry, track::tests::Fake};
 
     fn dgram(from_client: bool, payload_len: u32) -> Segment {
         let (c, s) = ([1, 0, 0, 0], [2, 0, 0, 0]);
@@ -423,7 +420,13 @@ mod tests {
             0xc1, 0, 0, 0, 1, 0, 8, 0xf0, 0x67, 0xa5, 0x50, 0x2a, 0x42, 0x62, 0xb5, 0,
         ]);
         assert_eq!(header(&srv).scid, 0xf067_a550_2a42_62b5);
-        assert_eq!(header(&[0x40, 1, 2]), Header { first: 0x40, ..Header::default() });
+        assert_eq!(
+            header(&[0x40, 1, 2]),
+            Header {
+                first: 0x40,
+                ..Header::default()
+            }
+        );
         let mut bad = pkt;
         bad[5] = 21;
         assert!(!header(&bad).is_initial());
@@ -503,7 +506,14 @@ mod tests {
         // The client retrying its Initial (same DCID) stays blocked.
         let retry = dgram(true, 1250);
         assert_eq!(
-            step(&mut host, &retry, &initial(VERSION_1, 7), &key, lo, &mut flow),
+            step(
+                &mut host,
+                &retry,
+                &initial(VERSION_1, 7),
+                &key,
+                lo,
+                &mut flow
+            ),
             Action::Drop
         );
         assert_eq!(host.counters[stat::QUIC_BLOCKED as usize], 1);
@@ -532,7 +542,14 @@ mod tests {
 
         let ack = dgram(true, 1200);
         assert_eq!(
-            step(&mut host, &ack, &initial(VERSION_1, 99), &key, lo, &mut flow),
+            step(
+                &mut host,
+                &ack,
+                &initial(VERSION_1, 99),
+                &key,
+                lo,
+                &mut flow
+            ),
             Action::Pass
         );
         assert_eq!(flow.inspect, Inspect::Done as u8, "same connection");
@@ -540,7 +557,14 @@ mod tests {
 
         let captured = host.captured;
         assert_eq!(
-            step(&mut host, &ack, &initial(VERSION_1, 1234), &key, lo, &mut flow),
+            step(
+                &mut host,
+                &ack,
+                &initial(VERSION_1, 1234),
+                &key,
+                lo,
+                &mut flow
+            ),
             Action::Pass
         );
         assert_eq!(host.counters[stat::QUIC_RESTARTS as usize], 1);

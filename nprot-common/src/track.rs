@@ -636,7 +636,6 @@ pub(crate) mod tests {
     }
 
     /// A host with one pending verdict slot, counters and the records it was asked for.
-    #[derive(Default)]
     pub(crate) struct Fake {
         pub(crate) config: SensorConfig,
         pub(crate) now: u64,
@@ -644,6 +643,19 @@ pub(crate) mod tests {
         pub(crate) verdict: Option<VerdictEntry>,
         pub(crate) emitted: [Option<RecordKind>; 4],
         pub(crate) captured: u32,
+    }
+
+    impl Default for Fake {
+        fn default() -> Fake {
+            Fake {
+                config: SensorConfig::default(),
+                now: 0,
+                counters: [0; stat::COUNT as usize],
+                verdict: None,
+                emitted: [None; 4],
+                captured: 0,
+            }
+        }
     }
 
     impl Host for Fake {

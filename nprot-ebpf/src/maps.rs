@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use nprot_common::{
-    DatagramPacket, FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS, PayloadRecord,
-    SensorConfig, SocketOwner, VerdictEntry, names, owner_stat, stat,
+    DatagramPacket, FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS,
+    PayloadRecord, SensorConfig, SocketOwner, VerdictEntry, names, owner_stat, stat,
 };
 
 /// Every TCP flow seen since its SYN.

@@ -4,13 +4,13 @@
 
 use aya_ebpf::programs::TcContext;
 use nprot_common::{
-    FAMILY_V4, FAMILY_V6, RawAddr,
+    FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, RawAddr,
     encap::{
         self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_P_PPP_SES, ETH_P_TEB, GENEVE_PORT, IPPROTO_GRE,
         IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT, MAX_TUNNELS, MAX_VLAN_TAGS, PPPOE_HLEN, UDP_HLEN,
         VLAN_HLEN, VXLAN_PORT, off,
     },
-    PROTO_TCP, PROTO_UDP, lifecycle,
+    lifecycle,
     quic::{self, LONG_HEADER_PROBE},
     stat,
     track::Segment,

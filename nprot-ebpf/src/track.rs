@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nprot_common::{
-    FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig,
-    Verdict, VerdictEntry, quic, stat,
+    FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig, Verdict,
+    VerdictEntry, quic, stat,
     track::{self, Action, Host, Segment},
 };
 

@@ -155,7 +155,7 @@ mod tests {
                 server_port: 443,
                 family,
                 proto: nprot_common::PROTO_TCP,
-            _pad: [0; 2],
+                _pad: [0; 2],
             },
             len: 3,
             kind: RecordKind::Payload as u8,

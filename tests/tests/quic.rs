@@ -30,8 +30,12 @@ fn start(mode: &str, args: &[&str]) -> (Env, QuicServer) {
         &ServerOpts::default(),
     )
     .expect("HTTP/3 server");
-    env.enforce(mode, &[indicator("q", "DomainName", BLOCKED_NAME, "Block")], args)
-        .expect("sensor");
+    env.enforce(
+        mode,
+        &[indicator("q", "DomainName", BLOCKED_NAME, "Block")],
+        args,
+    )
+    .expect("sensor");
     (env, server)
 }
 
@@ -58,7 +62,9 @@ fn ssl_udp_for(name: &'static str) -> impl Fn(&Value) -> bool {
 fn an_allowed_http3_request_is_inspected_and_answered() {
     let (env, server) = start("block", &[]);
     for v6 in [false, true] {
-        let reply = get(&env, ALLOWED, v6, &quick()).response().expect("an answer");
+        let reply = get(&env, ALLOWED, v6, &quick())
+            .response()
+            .expect("an answer");
         assert_eq!(reply.status, 200);
         assert!(reply.body.contains(&marker(ALLOWED)), "{}", reply.body);
     }
@@ -72,7 +78,11 @@ fn an_allowed_http3_request_is_inspected_and_answered() {
     });
     assert_eq!(success["RemotePort"], 443, "{success}");
     assert!(
-        server.requests().unwrap().iter().all(|r| r.authority == ALLOWED),
+        server
+            .requests()
+            .unwrap()
+            .iter()
+            .all(|r| r.authority == ALLOWED),
         "only the allowed name was asked for"
     );
     let stats = env.stats().unwrap();
@@ -86,10 +96,7 @@ fn an_allowed_http3_request_is_inspected_and_answered() {
 fn a_blocked_name_gets_no_answer_over_quic() {
     let (env, server) = start("block", &[]);
     for version in [None, Some(QuicVersion::V2)] {
-        let opts = ClientOpts {
-            version,
-            ..quick()
-        };
+        let opts = ClientOpts { version, ..quick() };
         match get(&env, BLOCKED_NAME, false, &opts) {
             QuicReply::NoAnswer(_) => {}
             other => panic!("a blocked name answered ({version:?}): {other:?}"),
@@ -114,7 +121,9 @@ fn a_blocked_name_gets_no_answer_over_quic() {
     assert!(stats["quic"]["blocked"].as_u64() >= Some(2), "{stats}");
     assert!(stats["quic"]["dropped"].as_u64() >= Some(2), "{stats}");
     // An allowed name still goes through afterwards.
-    let reply = get(&env, ALLOWED, false, &quick()).response().expect("an answer");
+    let reply = get(&env, ALLOWED, false, &quick())
+        .response()
+        .expect("an answer");
     assert_eq!(reply.status, 200);
 }
 

@@ -13,11 +13,11 @@ use std::{
     str::FromStr,
 };
 
+use nprot_common::quic::QuicMode;
 use serde::{
     Deserialize, Deserializer,
     de::{self, MapAccess, Visitor, value::MapAccessDeserializer},
 };
-use nprot_common::quic::QuicMode;
 use toml::de::{DeTable, DeValue};
 
 use crate::{

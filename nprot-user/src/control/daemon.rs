@@ -32,8 +32,8 @@ use crate::{
         cli::RunArgs,
         config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
         protocol::{
-            AddedReply, BypassReply, FlowAccount, QuicAccount, InterfaceStatus, ModeReply, RemovedReply,
-            Request, Response, RunReport, StatusReply,
+            AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, QuicAccount,
+            RemovedReply, Request, Response, RunReport, StatusReply,
         },
         sdnotify, socket,
         state::State,

@@ -792,12 +792,7 @@ impl Pipeline {
 
     /// A client datagram of a QUIC flow: its Initials are read until the ClientHello,
     /// which is judged as over TCP.
-    fn on_datagram(
-        &mut self,
-        rec: &Record<'_>,
-        ends: FlowEnds,
-        verdicts: &mut dyn VerdictTarget,
-    ) {
+    fn on_datagram(&mut self, rec: &Record<'_>, ends: FlowEnds, verdicts: &mut dyn VerdictTarget) {
         self.wake_latency
             .record(monotonic_ns().saturating_sub(rec.ts_ns));
         let key = rec.tuple.key();
@@ -1207,7 +1202,7 @@ mod tests {
     /// A client datagram of a QUIC flow from 198.18.0.1:40000 to 198.18.0.2:443.
     fn datagram(payload: &[u8]) -> Record<'_> {
         let mut rec = record(RecordKind::Payload, 0, payload);
-        rec.tuple.proto = nprot_common::PROTO_UDP;
+        rec.tuple.proto = PROTO_UDP;
         rec.tuple.server_port = 443;
         rec
     }
@@ -1231,7 +1226,7 @@ mod tests {
         assert!(v.0.is_empty(), "half a ClientHello decides nothing");
         p.on_record(&datagram(&datagrams[1]), &mut v);
         assert_eq!(v.0.len(), 1);
-        assert_eq!(v.0[0].0.proto, nprot_common::PROTO_UDP);
+        assert_eq!(v.0[0].0.proto, PROTO_UDP);
         assert_eq!(v.0[0].1, Verdict::Block);
         let e = json(&p, 0);
         assert_eq!(e["ActionType"], "SslConnectionInspected");
@@ -1239,7 +1234,10 @@ mod tests {
         assert_eq!(e["AdditionalFields"]["server_name"], "quic.test");
         assert_eq!(e["AdditionalFields"]["quic_version"], "v1");
         assert_eq!(e["AdditionalFields"]["alpn"][0], "h3");
-        assert_eq!(json(&p, 1)["ActionType"], "ExploitGuardNetworkProtectionBlocked");
+        assert_eq!(
+            json(&p, 1)["ActionType"],
+            "ExploitGuardNetworkProtectionBlocked"
+        );
         // A retransmission of the first datagram, captured before the verdict applied.
         p.on_record(&datagram(&datagrams[0]), &mut v);
         assert_eq!(v.0.len(), 1, "the same connection is not judged again");
@@ -1255,7 +1253,10 @@ mod tests {
         let mut junk = vec![0xc0, 0, 0, 0, 1, 8];
         junk.resize(1200, 0x55);
         p.on_record(&datagram(&junk), &mut v);
-        assert_eq!(v.0.iter().map(|(_, v)| *v).collect::<Vec<_>>(), [Verdict::Allow]);
+        assert_eq!(
+            v.0.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            [Verdict::Allow]
+        );
         assert_eq!(p.stats().quic_invalid, 1);
         assert!(p.events.is_empty());
     }
@@ -2054,7 +2055,7 @@ mod direction_tests {
                 server_port: 443,
                 family,
                 proto: nprot_common::PROTO_TCP,
-            _pad: [0; 2],
+                _pad: [0; 2],
             },
             ts_ns: 0,
             outbound: false,

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use nprot_common::{
     CAPTURE_FLOW_MAX_DEFAULT, FLOW_CLIENT_IS_LO, FLOW_IDLE_TIMEOUT_NS_DEFAULT, FLOW_SYN_EGRESS,
-    FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, REQUEUE_NS_DEFAULT, RecordHeader,
-    RecordKind, SensorConfig, VERDICT_TIMEOUT_NS_DEFAULT, Verdict, VerdictEntry, PROTO_UDP,
+    FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, PROTO_UDP, REQUEUE_NS_DEFAULT,
+    RecordHeader, RecordKind, SensorConfig, VERDICT_TIMEOUT_NS_DEFAULT, Verdict, VerdictEntry,
     quic::{self, QuicMode},
     stat,
     track::{self, Action, Host},
