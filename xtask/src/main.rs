@@ -348,7 +348,15 @@ fn setup_pip() -> Result<()> {
         return Ok(());
     }
     run(Command::new(python)
-        .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target", PIP_TARGET])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--upgrade",
+            "--target",
+            PIP_TARGET,
+        ])
         .args(&missing))
 }
 
