@@ -13,7 +13,9 @@
 
 import argparse
 import asyncio
+import contextlib
 import json
+import socket
 import ssl
 import sys
 import time
@@ -22,6 +24,7 @@ from aioquic.asyncio import QuicConnectionProtocol, connect
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent
 from aioquic.quic.packet import QuicProtocolVersion
 
@@ -80,8 +83,28 @@ def configuration(args) -> QuicConfiguration:
     return config
 
 
-async def one(args, request: bool) -> dict:
-    async with connect(
+@contextlib.asynccontextmanager
+async def connect_fast(addr: str, port: int, *, configuration, create_protocol):
+    """aioquic's connect() without waiting out the closing period on the way out (the
+    CONNECTION_CLOSE is still sent): for the bench, where that wait is most of the time."""
+    loop = asyncio.get_running_loop()
+    info = (await loop.getaddrinfo(addr, port, type=socket.SOCK_DGRAM))[0]
+    sock = socket.socket(info[0], socket.SOCK_DGRAM)
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: create_protocol(QuicConnection(configuration=configuration)), sock=sock
+    )
+    try:
+        protocol.connect(info[4])
+        await protocol.wait_connected()
+        yield protocol
+    finally:
+        protocol.close()
+        transport.close()
+
+
+async def one(args, request: bool, fast: bool = False) -> dict:
+    opener = connect_fast if fast else connect
+    async with opener(
         args.addr, args.port, configuration=configuration(args), create_protocol=Http3Client
     ) as client:
         version = client._quic._version
@@ -131,7 +154,7 @@ async def main() -> int:
     start = time.monotonic()
     for _ in range(args.count):
         try:
-            await asyncio.wait_for(one(args, not args.handshake_only), args.timeout)
+            await asyncio.wait_for(one(args, not args.handshake_only, True), args.timeout)
             ok += 1
         except Exception as e:  # noqa: BLE001 - counted and reported
             failed += 1
