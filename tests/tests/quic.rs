@@ -3,13 +3,20 @@
 //! gets no answer over UDP. `quic = "block"` refuses QUIC altogether.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::time::Duration;
+use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use nprot_tests::{
-    BLOCKED, Env,
+    BLOCKED, ClientServer, Env,
     events::ev,
+    frames::Tcpdump,
     indicators::indicator,
-    quic::{ClientOpts, QuicReply, QuicServer, QuicVersion, ServerOpts, marker, quic_get},
+    nginx::QUIC_HOST,
+    process::run_with_timeout,
+    quic::{
+        ChromiumOpts, ClientOpts, QuicReply, QuicServer, QuicVersion, ServerOpts, chromium_load,
+        marker, quic_get,
+    },
+    sensor::sensor_binary,
     wait_event,
 };
 use serde_json::Value;
@@ -161,4 +168,105 @@ fn quic_block_refuses_every_initial() {
     let stats = env.stats().unwrap();
     assert!(stats["quic"]["refused"].as_u64() >= Some(1), "{stats}");
     assert_eq!(stats["quic"]["flows"], 0, "{stats}");
+}
+
+/// The SNIs of the `SslConnectionInspected` events over UDP in `events`.
+fn quic_snis(events: &[Value]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter(|e| ev::is(e, "SslConnectionInspected") && e["Protocol"] == "Udp")
+        .filter_map(|e| e["AdditionalFields"]["server_name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Chromium, forced to HTTP/3: an allowed page loads over QUIC and is reported; a blocked
+/// one does not load (no answer over QUIC, and no TCP fallback when forced) and is
+/// reported Blocked. A recording of both loads, replayed, names the same SNIs.
+#[test]
+fn chromium_loads_an_allowed_page_over_http3_and_not_a_blocked_one() {
+    const CHROMIUM_BLOCKED: &str = "blocked.quic.example";
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let nginx = env.nginx.as_ref().expect("nginx");
+    let server = QuicServer::start(
+        env.server_ns(),
+        &[env.server_ip(false)],
+        nginx.cert_dir(),
+        &[QUIC_HOST],
+        &ServerOpts::default(),
+    )
+    .expect("HTTP/3 server");
+    let indicators = [indicator("q", "DomainName", CHROMIUM_BLOCKED, "Block")];
+    env.enforce("block", &indicators, &[]).expect("sensor");
+    let pcap = env.dir().join("chromium.pcap");
+    let mut dump = Tcpdump::start(
+        env.client_ns(),
+        &pcap,
+        &["-i", &env.topo.client_if, "udp", "port", "443"],
+    )
+    .expect("tcpdump");
+    let opts = ChromiumOpts {
+        force_quic: true,
+        spki: vec![server.cert.spki.clone()],
+        timeout: Duration::from_secs(25),
+        ..ChromiumOpts::default()
+    };
+    let load = |name: &str| {
+        chromium_load(env.client_ns(), env.server_ip(false), name, env.dir(), &opts)
+            .expect("chromium")
+    };
+
+    let allowed = load(QUIC_HOST);
+    assert!(allowed.has(&marker(QUIC_HOST)), "{allowed:?}");
+    wait_event(&env, "Chromium's QUIC ClientHello", ssl_udp_for(QUIC_HOST));
+
+    let blocked = load(CHROMIUM_BLOCKED);
+    assert!(!blocked.dom.contains("<p id=\"proto\">"), "{blocked:?}");
+    assert!(blocked.net_error().is_some(), "{}", blocked.stderr);
+    let event = wait_event(&env, "the Blocked event", |e| {
+        ev::is(e, BLOCKED) && e["RemoteUrl"] == CHROMIUM_BLOCKED
+    });
+    assert_eq!(event["Protocol"], "Udp", "{event}");
+    let asked: Vec<String> = server
+        .requests()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.authority)
+        .collect();
+    assert!(
+        asked.iter().all(|a| a == QUIC_HOST) && !asked.is_empty(),
+        "{asked:?}"
+    );
+    dump.stop().expect("tcpdump stop");
+
+    let live = quic_snis(&env.events().events().expect("events"));
+    assert_eq!(
+        live,
+        [QUIC_HOST.to_owned(), CHROMIUM_BLOCKED.to_owned()].into(),
+        "live"
+    );
+    let file = nprot_tests::indicators::write_file(env.dir(), "replay.json", &indicators)
+        .expect("indicators");
+    let out = run_with_timeout(
+        Command::new(sensor_binary().unwrap())
+            .arg("replay")
+            .arg(&pcap)
+            .arg("--indicators")
+            .arg(&file)
+            .args(["--mode", "block"]),
+        Duration::from_secs(30),
+    )
+    .expect("nprot replay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(quic_snis(&replayed), live, "replay: {stderr}");
+    assert!(
+        replayed
+            .iter()
+            .any(|e| ev::is(e, BLOCKED) && e["RemoteUrl"] == CHROMIUM_BLOCKED),
+        "{stderr}"
+    );
 }
