@@ -270,3 +270,51 @@ fn chromium_loads_an_allowed_page_over_http3_and_not_a_blocked_one() {
         "{stderr}"
     );
 }
+
+/// `quic = "block"`: Chromium forced to HTTP/3 gets nowhere (its Initials are dropped and
+/// counted, the server never asked), and the same page loads over TCP, where it is
+/// inspected. (Chromium forced to QUIC never falls back by itself, and unforced it only
+/// takes QUIC from an Alt-Svc with a publicly trusted certificate: see tests/README.md.)
+#[test]
+fn quic_block_leaves_chromium_the_tcp_path() {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let nginx = env.nginx.as_ref().expect("nginx");
+    let server = QuicServer::start(
+        env.server_ns(),
+        &[env.server_ip(false)],
+        nginx.cert_dir(),
+        &[QUIC_HOST],
+        &ServerOpts::default(),
+    )
+    .expect("HTTP/3 server");
+    let config = env.dir().join("nprot.toml");
+    std::fs::write(&config, "mode = \"block\"\nquic = \"block\"\n").unwrap();
+    env.start_sensor(&["--config", &config.to_string_lossy()])
+        .expect("sensor");
+    let mut opts = ChromiumOpts {
+        force_quic: true,
+        spki: vec![server.cert.spki.clone()],
+        timeout: Duration::from_secs(25),
+        ..ChromiumOpts::default()
+    };
+    let load = |opts: &ChromiumOpts| {
+        chromium_load(env.client_ns(), env.server_ip(false), QUIC_HOST, env.dir(), opts)
+            .expect("chromium")
+    };
+    let forced = load(&opts);
+    assert!(!forced.has(&marker(QUIC_HOST)), "{forced:?}");
+    assert!(server.requests().unwrap().is_empty());
+    let stats = env.stats().unwrap();
+    assert!(stats["quic"]["refused"].as_u64() >= Some(1), "{stats}");
+
+    opts.force_quic = false;
+    let over_tcp = load(&opts);
+    assert!(over_tcp.net_error().is_none(), "{}", over_tcp.stderr);
+    assert!(!over_tcp.dom.is_empty(), "{over_tcp:?}");
+    let e = wait_event(&env, "the TLS ClientHello over TCP", |e| {
+        ev::is(e, "SslConnectionInspected")
+            && e["Protocol"] == "Tcp"
+            && e["AdditionalFields"]["server_name"] == QUIC_HOST
+    });
+    assert_eq!(e["RemotePort"], 443, "{e}");
+}
