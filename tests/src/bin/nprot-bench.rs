@@ -5,7 +5,9 @@
 //! Figures: bulk throughput, new connections per second (HTTP request + close and TLS
 //! ClientHello + close) with 10^6 indicators in block mode, verdict latency percentiles
 //! from the sensor's own histogram, indicator-set scale (load time, daemon RSS, match
-//! cost), and ring-buffer drops, held packets and fail-open releases during the flood.
+//! cost), ring-buffer drops, held packets and fail-open releases during the flood, new
+//! QUIC connections per second (aioquic HTTP/3 GET) and the daemon's decrypt-and-parse
+//! time of a Chromium-like QUIC ClientHello (two Initial datagrams).
 //! Run through `cargo xtask bench [--quick]`, which builds in release first.
 // A test harness: a failed unwrap is a failed test.
 #![allow(
@@ -31,8 +33,19 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nprot::policy::{Policy, Subject, load_file};
-use nprot_tests::{Env, HelloSpec, client_hello, netns::in_netns};
+use nprot::{
+    datapath::parse::quic::{
+        InitialReader, QuicOutcome, QuicVersion,
+        testdata::{chromium_client_hello, chromium_like_datagrams},
+    },
+    policy::{Policy, Subject, load_file},
+};
+use nprot_tests::{
+    Env, HelloSpec, client_hello,
+    netns::in_netns,
+    nginx::QUIC_HOST,
+    quic::{ClientOpts, QuicServer, ServerOpts, quic_bench},
+};
 use serde_json::{Value, json};
 
 /// How long each measurement runs.
@@ -41,6 +54,8 @@ struct Plan {
     flood: Duration,
     repeats: usize,
     indicators: usize,
+    /// HTTP/3 connections per QUIC measurement.
+    quic_connections: u32,
 }
 
 const FULL: Plan = Plan {
@@ -48,6 +63,7 @@ const FULL: Plan = Plan {
     flood: Duration::from_secs(4),
     repeats: 2,
     indicators: 1_000_000,
+    quic_connections: 100,
 };
 
 /// CI's quick mode: every figure, small numbers.
@@ -56,6 +72,7 @@ const QUICK: Plan = Plan {
     flood: Duration::from_secs(1),
     repeats: 1,
     indicators: 20_000,
+    quic_connections: 15,
 };
 
 fn main() -> Result<()> {
@@ -86,18 +103,29 @@ fn run(plan: &Plan) -> Result<Value> {
     let _iperf = start_iperf_server(&env)?;
 
     let scale = indicator_scale(&indicators)?;
+    let quic_initial_us = quic_initial_us();
+    let nginx = env.nginx.as_ref().context("nginx")?;
+    let _quic_server = QuicServer::start(
+        &env.topo.server_ns,
+        &[env.topo.server_ip(false)],
+        nginx.cert_dir(),
+        &[QUIC_HOST],
+        &ServerOpts::default(),
+    )?;
 
     // Alternate baseline and guarded runs so that drift hits both alike.
     let mut bulk = (Vec::new(), Vec::new());
     let mut http = (Vec::new(), Vec::new());
     let mut tls = (Vec::new(), Vec::new());
     let mut kept = (Vec::new(), Vec::new());
+    let mut quic = (Vec::new(), Vec::new());
     let mut sensor_runs = Vec::new();
     for round in 0..plan.repeats {
         bulk.0.push(iperf(&env, plan.bulk)?);
         http.0.push(flood(&env, Flood::Http, plan.flood)?.0);
         tls.0.push(flood(&env, Flood::Tls, plan.flood)?.0);
         kept.0.push(keep_alive(&env, plan.flood)?);
+        quic.0.push(quic_conn_per_s(&env, plan.quic_connections)?);
 
         let stats = dir.join(format!("stats-{round}.json"));
         let ind = indicators.to_string_lossy().into_owned();
@@ -117,6 +145,7 @@ fn run(plan: &Plan) -> Result<Value> {
         http.1.push(http_rate);
         tls.1.push(tls_rate);
         kept.1.push(keep_alive(&env, plan.flood)?);
+        quic.1.push(quic_conn_per_s(&env, plan.quic_connections)?);
         let mut sensor = env.sensor.take().context("sensor vanished")?;
         let status = sensor.stop(Duration::from_secs(10))?;
         if !status.success() {
@@ -153,6 +182,12 @@ fn run(plan: &Plan) -> Result<Value> {
             "baseline": median(&kept.0), "guarded": median(&kept.1),
             "ratio": median(&kept.1) / median(&kept.0), "target": 0.95,
         },
+        "quic_conn_per_s": {
+            "baseline": median(&quic.0), "guarded": median(&quic.1),
+            "ratio": median(&quic.1) / median(&quic.0), "target": 0.90,
+        },
+        "quic_initial_us": { "per_client_hello": quic_initial_us, "target": 10.0 },
+        "quic": report["quic"].clone(),
         "verdict_latency_us": report["verdict_latency"].clone(),
         "indicators": {
             "count": report["indicators"].clone(),
@@ -245,6 +280,46 @@ fn indicator_scale(path: &Path) -> Result<Scale> {
         bail!("no benchmark lookup matched: the indicator set is not what the bench expects");
     }
     Ok(Scale { load_ms, match_ns })
+}
+
+/// Microseconds the daemon takes to read a Chromium-like ClientHello out of its two QUIC
+/// Initial datagrams (keys, header protection, AEAD, CRYPTO reassembly, TLS parse):
+/// the median of 21 batches of 200, measured in this process.
+fn quic_initial_us() -> f64 {
+    let hello = chromium_client_hello("bench.quic.example");
+    let datagrams = chromium_like_datagrams(QuicVersion::V1, &[0x42; 8], &hello);
+    let mut batches: Vec<f64> = (0..21)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..200 {
+                let mut reader = InitialReader::new();
+                let mut outcome = QuicOutcome::NeedMore;
+                for d in &datagrams {
+                    outcome = reader.push(d);
+                }
+                assert!(matches!(outcome, QuicOutcome::ClientHello { .. }));
+            }
+            started.elapsed().as_secs_f64() * 1e6 / 200.0
+        })
+        .collect();
+    batches.sort_by(f64::total_cmp);
+    batches[batches.len() / 2]
+}
+
+/// New HTTP/3 connections per second (aioquic: handshake, one GET, close, in sequence).
+fn quic_conn_per_s(env: &Env, count: u32) -> Result<f64> {
+    let run = quic_bench(
+        &env.topo.client_ns,
+        env.topo.server_ip(false),
+        QUIC_HOST,
+        count,
+        false,
+        &ClientOpts::default(),
+    )?;
+    if run.ok == 0 || run.elapsed.is_zero() {
+        bail!("no HTTP/3 connection succeeded: {run:?}");
+    }
+    Ok(run.ok as f64 / run.elapsed.as_secs_f64())
 }
 
 /// Room for a connection flood: reuse of TIME_WAIT ports, a wide port range.
@@ -494,6 +569,11 @@ fn print_table(r: &Value) {
             "keepalive_req_per_s",
             "/s",
         ),
+        (
+            "new QUIC connections, HTTP/3 GET (aioquic)",
+            "quic_conn_per_s",
+            "/s",
+        ),
     ] {
         let f = &r[key];
         println!(
@@ -518,6 +598,12 @@ fn print_table(r: &Value) {
         i["sensor_rss_mib"]["peak"],
         i["match_ns"].as_f64().unwrap_or(f64::NAN)
     );
+    let q = &r["quic"];
+    println!(
+        "QUIC: ClientHello from two Initials decrypted and parsed in {:.2} µs (target ≤ 10); last run: {} flows, {} inspected, {} invalid, {} gave up",
+        r["quic_initial_us"]["per_client_hello"].as_f64().unwrap_or(f64::NAN),
+        q["flows"], q["inspected"], q["invalid"], q["gave_up"]
+    );
     let f = &r["flood"];
     println!(
         "during the guarded runs: {} flows, ring-buffer drops {}, held packets {}, fail-open {}, gave up {}",
@@ -536,6 +622,8 @@ fn check_complete(r: &Value) -> Result<()> {
         "/http_conn_per_s/ratio",
         "/tls_conn_per_s/ratio",
         "/keepalive_req_per_s/ratio",
+        "/quic_conn_per_s/ratio",
+        "/quic_initial_us/per_client_hello",
         "/verdict_latency_us/p99_us",
         "/indicators/sensor_load_ms",
         "/indicators/sensor_rss_mib/peak",
