@@ -349,6 +349,8 @@ fn flipped_and_truncated_initials_never_panic() {
 /// so they must not drift. `NPROT_WRITE_QUIC_VECTORS=1` rewrites the file.
 #[test]
 fn chromium_like_vector_is_stable() {
+    use std::fmt::Write as _;
+
     let dgs = chromium_like_datagrams(
         QuicVersion::V1,
         &[0x5a; 8],
@@ -357,7 +359,10 @@ fn chromium_like_vector_is_stable() {
     let text: String = dgs
         .iter()
         .map(|d| {
-            let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = d.iter().fold(String::new(), |mut out, b| {
+                let _ = write!(out, "{b:02x}");
+                out
+            });
             let lines: Vec<&str> = hex
                 .as_bytes()
                 .chunks(64)
