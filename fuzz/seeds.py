@@ -95,6 +95,18 @@ def records(handshake, sizes):
     return out
 
 
+def hex_file(name):
+    """Datagrams of a hex vector under nprot-user/src/datapath/parse/quic/vectors/ (one
+    per paragraph)."""
+    path = CORPUS.parent.parent / "nprot-user/src/datapath/parse/quic/vectors" / name
+    return [bytes.fromhex("".join(p.split())) for p in path.read_text().split("\n\n")]
+
+
+def datagrams(dgs):
+    """The quic_initial input format: each datagram prefixed by its u16 length."""
+    return b"".join(struct.pack(">H", len(d)) + d for d in dgs)
+
+
 def write(target, name, data):
     d = CORPUS / target
     d.mkdir(parents=True, exist_ok=True)
@@ -128,6 +140,19 @@ def main():
     body = b"\x03\x00" + bytes(32) + b"\x00" + b"\x00\x02\x00\x2f" + b"\x01\x00"
     write("tls_client_hello", "no-extensions.bin",
           records(b"\x01" + struct.pack(">I", len(body))[1:] + body, []))
+
+    # QUIC client Initials: the RFC 9001 and RFC 9369 samples (one datagram each), and
+    # a Chromium-like ClientHello over two datagrams (written by the unit test
+    # chromium_like_vector_is_stable), in order, reversed and duplicated.
+    v1 = hex_file("rfc9001-a2-client-initial.hex")
+    v2 = hex_file("rfc9369-a2-client-initial.hex")
+    chromium = hex_file("chromium-like-v1-2-datagrams.hex")
+    write("quic_initial", "rfc9001-a2.bin", datagrams(v1))
+    write("quic_initial", "rfc9369-a2.bin", datagrams(v2))
+    write("quic_initial", "chromium-2-datagrams.bin", datagrams(chromium))
+    write("quic_initial", "chromium-reversed-dup.bin",
+          datagrams([chromium[1], chromium[1], chromium[0]]))
+    write("quic_initial", "coalesced-v1-v1.bin", datagrams([v1[0] + v1[0]]))
 
     for name, text in {
         "get.txt": "GET /hello?x=1 HTTP/1.1\r\nHost: good.example\r\nUser-Agent: curl/8.14.1\r\nAccept: */*\r\n\r\n",

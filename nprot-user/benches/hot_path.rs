@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the verdict hot path's user-space steps: ClientHello and HTTP
-//! parsing, and policy matching at 10^6 indicators (`cargo bench -p nprot-user`).
+//! Micro-benchmarks of the verdict hot path's user-space steps: ClientHello, QUIC Initial
+//! and HTTP parsing, and policy matching at 10^6 indicators (`cargo bench -p nprot-user`).
 // A test harness: a failed unwrap is a failed test.
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +15,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use nprot::{
     datapath::parse::{
         parse_client_payload,
+        quic::{
+            InitialReader, QuicOutcome, QuicVersion,
+            testdata::{chromium_client_hello, chromium_like_datagrams},
+        },
         testdata::{ClientHelloBuilder, X25519, X25519_MLKEM768},
     },
     policy::{Action, Indicator, IndicatorType, Indicators, Policy, Subject},
@@ -44,6 +48,24 @@ fn parsers(c: &mut Criterion) {
     });
     c.bench_function("parse HTTP GET", |b| {
         b.iter(|| parse_client_payload(black_box(&http)));
+    });
+}
+
+/// A Chromium-like post-quantum ClientHello (~1.9 KB) over two QUIC Initial datagrams:
+/// key derivation, header protection, AES-128-GCM, CRYPTO reassembly and TLS parsing.
+fn quic(c: &mut Criterion) {
+    let hello = chromium_client_hello("www.example.com");
+    let datagrams = chromium_like_datagrams(QuicVersion::V1, &[0x5a; 8], &hello);
+    c.bench_function("quic_initial_decrypt_parse", |b| {
+        b.iter(|| {
+            let mut reader = InitialReader::new();
+            let mut outcome = QuicOutcome::NeedMore;
+            for d in &datagrams {
+                outcome = reader.push(black_box(d));
+            }
+            assert!(matches!(outcome, QuicOutcome::ClientHello { .. }));
+            outcome
+        });
     });
 }
 
@@ -93,5 +115,5 @@ fn matcher(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parsers, matcher);
+criterion_group!(benches, parsers, quic, matcher);
 criterion_main!(benches);

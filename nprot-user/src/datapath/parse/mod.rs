@@ -7,6 +7,9 @@
 //! Every parser is incremental in the simplest way: the caller passes all in-order bytes
 //! captured so far and calls again with a longer buffer after [`ParseOutcome::NeedMore`].
 //! Parsers never panic on network input and never allocate more than a small bound.
+//!
+//! [`quic`] reads the ClientHello from a QUIC client's Initial packets (UDP), datagram by
+//! datagram, with a per-flow [`quic::InitialReader`].
 
 pub mod http;
 pub mod quic;

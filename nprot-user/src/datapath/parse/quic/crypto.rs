@@ -41,21 +41,38 @@ impl CryptoStream {
             self.data.resize(end, 0);
             self.filled.resize(end, false);
         }
-        let slots = self
-            .data
-            .get_mut(start..end)
-            .into_iter()
-            .flatten()
-            .zip(self.filled.get_mut(start..end).into_iter().flatten());
-        for ((slot, seen), &b) in slots.zip(bytes) {
-            if !*seen {
-                *slot = b;
-                *seen = true;
+        // Copy each run of bytes not yet received at once.
+        let mut at = start;
+        while at < end {
+            let seen = self.filled.get(at..end).unwrap_or_default();
+            at += seen.iter().take_while(|&&f| f).count();
+            let gap = self
+                .filled
+                .get(at..end)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|&&f| !f)
+                .count();
+            if gap == 0 {
+                break;
             }
+            let from = bytes.get(at - start..at - start + gap);
+            let to = self.data.get_mut(at..at + gap);
+            if let (Some(from), Some(to)) = (from, to) {
+                to.copy_from_slice(from);
+            }
+            if let Some(flags) = self.filled.get_mut(at..at + gap) {
+                flags.fill(true);
+            }
+            at += gap;
         }
-        while self.filled.get(self.contiguous) == Some(&true) {
-            self.contiguous += 1;
-        }
+        self.contiguous += self
+            .filled
+            .get(self.contiguous..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&f| f)
+            .count();
         Ok(())
     }
 

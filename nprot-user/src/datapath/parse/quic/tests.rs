@@ -343,3 +343,44 @@ fn flipped_and_truncated_initials_never_panic() {
         );
     }
 }
+
+/// The two datagrams of [`chromium_like_datagrams`] for "www.example.com" (v1, DCID
+/// 5a×8), kept as hex for the fuzz seeds (`fuzz/seeds.py`): the builder is deterministic,
+/// so they must not drift. `NPROT_WRITE_QUIC_VECTORS=1` rewrites the file.
+#[test]
+fn chromium_like_vector_is_stable() {
+    use std::fmt::Write as _;
+
+    let dgs = chromium_like_datagrams(
+        QuicVersion::V1,
+        &[0x5a; 8],
+        &chromium_client_hello("www.example.com"),
+    );
+    let text: String = dgs
+        .iter()
+        .map(|d| {
+            let hex = d.iter().fold(String::new(), |mut out, b| {
+                let _ = write!(out, "{b:02x}");
+                out
+            });
+            let lines: Vec<&str> = hex
+                .as_bytes()
+                .chunks(64)
+                .map(|l| std::str::from_utf8(l).unwrap())
+                .collect();
+            lines.join("\n") + "\n"
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/datapath/parse/quic/vectors/chromium-like-v1-2-datagrams.hex"
+    );
+    if std::env::var_os("NPROT_WRITE_QUIC_VECTORS").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(path).unwrap(), text);
+    let parsed: Vec<Vec<u8>> = text.split("\n\n").map(unhex).collect();
+    assert_eq!(parsed, dgs);
+    hello(&feed(&parsed));
+}
