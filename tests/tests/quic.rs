@@ -175,7 +175,11 @@ fn quic_snis(events: &[Value]) -> BTreeSet<String> {
     events
         .iter()
         .filter(|e| ev::is(e, "SslConnectionInspected") && e["Protocol"] == "Udp")
-        .filter_map(|e| e["AdditionalFields"]["server_name"].as_str().map(str::to_owned))
+        .filter_map(|e| {
+            e["AdditionalFields"]["server_name"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -211,8 +215,14 @@ fn chromium_loads_an_allowed_page_over_http3_and_not_a_blocked_one() {
         ..ChromiumOpts::default()
     };
     let load = |name: &str| {
-        chromium_load(env.client_ns(), env.server_ip(false), name, env.dir(), &opts)
-            .expect("chromium")
+        chromium_load(
+            env.client_ns(),
+            env.server_ip(false),
+            name,
+            env.dir(),
+            &opts,
+        )
+        .expect("chromium")
     };
 
     let allowed = load(QUIC_HOST);
@@ -298,8 +308,14 @@ fn quic_block_leaves_chromium_the_tcp_path() {
         ..ChromiumOpts::default()
     };
     let load = |opts: &ChromiumOpts| {
-        chromium_load(env.client_ns(), env.server_ip(false), QUIC_HOST, env.dir(), opts)
-            .expect("chromium")
+        chromium_load(
+            env.client_ns(),
+            env.server_ip(false),
+            QUIC_HOST,
+            env.dir(),
+            opts,
+        )
+        .expect("chromium")
     };
     let forced = load(&opts);
     assert!(!forced.has(&marker(QUIC_HOST)), "{forced:?}");

@@ -525,6 +525,64 @@ mod tests {
         assert_eq!(summary_of(&events), expected("bad.example", true));
     }
 
+    /// A UDP datagram from `src:sport` to `dst:dport`, as an Ethernet frame.
+    fn udp_frame(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut udp = sport.to_be_bytes().to_vec();
+        udp.extend_from_slice(&dport.to_be_bytes());
+        udp.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(payload);
+        let ip = packet::build::ip(src.parse().unwrap(), dst.parse().unwrap(), 17, &udp);
+        ethernet(&[], &ip)
+    }
+
+    /// A QUIC flow in a capture goes through the same kernel steps and pipeline as live:
+    /// its two Initials make one judged ClientHello, the block drops what follows.
+    #[test]
+    fn a_quic_client_hello_in_a_capture_is_judged_and_its_flow_dropped() {
+        use crate::datapath::parse::quic::{
+            QuicVersion,
+            testdata::{chromium_client_hello, chromium_like_datagrams},
+        };
+        let hello = chromium_client_hello("bad.example");
+        let initials = chromium_like_datagrams(QuicVersion::V2, &[9; 8], &hello);
+        let (c, s) = ("198.18.9.1", "198.18.9.2");
+        let mut answer = vec![0xd0, 0x6b, 0x33, 0x43, 0xcf, 0, 8];
+        answer.resize(1200, 0x11);
+        let frames = [
+            udp_frame(c, 50000, s, 443, &initials[0]),
+            udp_frame(c, 50000, s, 443, &initials[1]),
+            udp_frame(s, 443, c, 50000, &answer),
+            udp_frame(c, 50000, s, 443, &[0x40, 1, 2, 3]),
+            udp_frame(c, 50001, s, 53, b"not quic"),
+        ];
+        let records: Vec<(u32, u32, &[u8])> = frames.iter().map(|f| (T, 0, f.as_slice())).collect();
+        let (events, summary, result) =
+            replay_bytes(&pcap(Order::Le, false, 1, &records), Mode::Block);
+        result.unwrap();
+        let ssl: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["ActionType"] == "SslConnectionInspected")
+            .collect();
+        assert_eq!(ssl.len(), 1, "{events:?}");
+        assert_eq!(ssl[0]["Protocol"], "Udp");
+        assert_eq!(ssl[0]["AdditionalFields"]["quic_version"], "v2");
+        assert!(
+            events
+                .iter()
+                .any(|e| e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"),
+            "{events:?}"
+        );
+        assert_eq!((summary.udp_datagrams, summary.tcp_segments), (5, 0));
+        let t = summary.tracker;
+        assert_eq!((t.quic_flows, t.quic_blocked, t.flows_new), (1, 1, 0));
+        assert_eq!(
+            t.quic_dropped, 2,
+            "the server's answer and the client's next packet"
+        );
+        assert_eq!(summary.pipeline.quic_inspected, 1);
+    }
+
     #[test]
     fn frames_without_tcp_are_counted_by_reason() {
         let syn = Conv::new("198.18.9.1", 1, "198.18.9.2", 80).syn();

@@ -601,8 +601,13 @@ fn print_table(r: &Value) {
     let q = &r["quic"];
     println!(
         "QUIC: ClientHello from two Initials decrypted and parsed in {:.2} µs (target ≤ 10); last run: {} flows, {} inspected, {} invalid, {} gave up",
-        r["quic_initial_us"]["per_client_hello"].as_f64().unwrap_or(f64::NAN),
-        q["flows"], q["inspected"], q["invalid"], q["gave_up"]
+        r["quic_initial_us"]["per_client_hello"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        q["flows"],
+        q["inspected"],
+        q["invalid"],
+        q["gave_up"]
     );
     let f = &r["flood"];
     println!(
