@@ -373,6 +373,19 @@ impl Env {
         }
         serde_json::from_slice(&out.stdout).context("nprot stats --json printed no JSON")
     }
+
+    /// Awaits `nprot stats` counters that satisfy `pred` (asked every 20 ms, within
+    /// `timeout`); returns the last stats either way, for the caller's assertions.
+    pub fn wait_stats(&self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Result<Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let stats = self.stats()?;
+            if pred(&stats) || std::time::Instant::now() >= deadline {
+                return Ok(stats);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Env {

@@ -334,3 +334,110 @@ fn quic_block_leaves_chromium_the_tcp_path() {
     });
     assert_eq!(e["RemotePort"], 443, "{e}");
 }
+
+/// A server that first answers with a Retry: the client's second Initial (new DCID, new
+/// keys, the ClientHello again) belongs to the same flow, which is judged once.
+#[test]
+fn a_retry_keeps_one_judged_flow() {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let server = QuicServer::start(
+        &env.topo.server_ns,
+        &[env.topo.server_ip(false)],
+        env.dir(),
+        &[ALLOWED, BLOCKED_NAME],
+        &ServerOpts {
+            retry: true,
+            ..ServerOpts::default()
+        },
+    )
+    .expect("HTTP/3 server");
+    env.enforce(
+        "block",
+        &[indicator("q", "DomainName", BLOCKED_NAME, "Block")],
+        &[],
+    )
+    .expect("sensor");
+    let reply = get(&env, ALLOWED, false, &quick())
+        .response()
+        .expect("an answer");
+    assert_eq!(reply.status, 200);
+    match get(&env, BLOCKED_NAME, false, &quick()) {
+        QuicReply::NoAnswer(_) => {}
+        other => panic!("a blocked name answered after a Retry: {other:?}"),
+    }
+    wait_event(&env, "the Blocked event", |e| {
+        ev::is(e, BLOCKED) && e["RemoteUrl"] == BLOCKED_NAME
+    });
+    let inspected: Vec<Value> = env
+        .events()
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| ssl_udp_for(ALLOWED)(e))
+        .collect();
+    assert_eq!(inspected.len(), 1, "{inspected:?}");
+    assert_eq!(server.requests().unwrap().len(), 1);
+}
+
+/// Sends `count` datagrams of garbage dressed as v1 client Initials (and a version
+/// negotiation, a v1 Retry, an unknown version and a truncated header) from the client
+/// namespace: the daemon counts each flow invalid and keeps running.
+const GARBAGE_PY: &str = r#"
+import os, socket, sys
+dst, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+def send(payload):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.sendto(payload, (dst, port))
+    s.close()
+for i in range(count):
+    dcid = os.urandom(8)
+    body = bytes([0xc3]) + (1).to_bytes(4, "big") + bytes([8]) + dcid + bytes([0, 0])
+    # Length varint claiming more than there is, then noise.
+    body += bytes([0x7f, 0xff]) + os.urandom(1250 - len(body) - 2)
+    send(body)
+send(bytes([0xc0]) + bytes(4) + bytes([8]) + os.urandom(8) + bytes([0]) + os.urandom(1200))
+send(bytes([0xf0]) + (1).to_bytes(4, "big") + bytes([8]) + os.urandom(1220))
+send(bytes([0xc0]) + bytes.fromhex("0a0a0a0a") + bytes([8]) + os.urandom(1220))
+send(bytes([0xc0, 0, 0, 0, 1, 30]) + os.urandom(1220))
+print("sent")
+"#;
+
+#[test]
+fn garbled_initials_are_counted_and_never_stop_the_sensor() {
+    let (env, _server) = start("block", &[]);
+    let out = nprot_tests::netns::netns_cmd(&env.topo.client_ns, nprot_tests::clients::python3())
+        .args(["-c", GARBAGE_PY])
+        .arg(env.topo.server_ip(false).to_string())
+        .args(["443", "20"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = env
+        .wait_stats(
+            |s| s["quic"]["invalid"].as_u64() >= Some(20),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let quic = &stats["quic"];
+    assert_eq!(quic["invalid"], 20, "{stats}");
+    // Only the 20 dressed as v1 Initials opened flows; the rest are not Initials a
+    // server takes (the version negotiation, the Retry, the unknown version, the
+    // connection ID too long).
+    assert_eq!(quic["flows"], 20, "{stats}");
+    assert_eq!(quic["inspected"], 0, "{stats}");
+    // Still inspecting.
+    let reply = get(&env, ALLOWED, false, &quick())
+        .response()
+        .expect("an answer");
+    assert_eq!(reply.status, 200);
+    wait_event(
+        &env,
+        "the ClientHello after the garbage",
+        ssl_udp_for(ALLOWED),
+    );
+}

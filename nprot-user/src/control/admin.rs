@@ -117,6 +117,7 @@ fn human_stats(out: &mut dyn Write, (d, sinks): &(RunReport, Vec<SinkReport>)) -
     // Every counter by name, in name order.
     let sections = [
         ("flows", serde_json::to_value(&d.flows)),
+        ("quic", serde_json::to_value(d.quic)),
         ("pipeline", serde_json::to_value(d.pipeline)),
         ("kernel", serde_json::to_value(&d.kernel)),
     ];
