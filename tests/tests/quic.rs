@@ -441,3 +441,60 @@ fn garbled_initials_are_counted_and_never_stop_the_sensor() {
         ssl_udp_for(ALLOWED),
     );
 }
+
+/// A gateway guarding its client side: forwarded QUIC flows are judged and a blocked
+/// name's datagrams are dropped in the router, over IPv4 and IPv6.
+#[test]
+fn a_gateway_judges_forwarded_quic() {
+    let mut env = nprot_tests::GatewayEnv::start_without_sensor().expect("gateway environment");
+    let server = QuicServer::start(
+        &env.net.server_ns,
+        &[env.server_ip(false), env.server_ip(true)],
+        env.dir(),
+        &[ALLOWED, BLOCKED_NAME],
+        &ServerOpts::default(),
+    )
+    .expect("HTTP/3 server");
+    let guarded = env.net.router_client_if.clone();
+    env.enforce(
+        "block",
+        &[indicator("q", "DomainName", BLOCKED_NAME, "Block")],
+        &[&guarded],
+        &[],
+    )
+    .expect("sensor in the router");
+    for v6 in [false, true] {
+        let addr = env.server_ip(v6);
+        let reply = quic_get(&env.net.client_ns, addr, ALLOWED, &quick())
+            .unwrap()
+            .response()
+            .expect("an answer through the router");
+        assert_eq!(reply.status, 200);
+        match quic_get(&env.net.client_ns, addr, BLOCKED_NAME, &quick()).unwrap() {
+            QuicReply::NoAnswer(_) => {}
+            other => panic!("a blocked name answered through the router: {other:?}"),
+        }
+    }
+    let events = env.events();
+    let blocked = events
+        .wait_for(
+            |e| {
+                ev::is(e, BLOCKED)
+                    && e["RemoteUrl"] == BLOCKED_NAME
+                    && e["RemoteIP"] == env.server_ip(true).to_string()
+            },
+            Duration::from_secs(5),
+        )
+        .expect("the Blocked event over IPv6");
+    assert_eq!(
+        blocked["AdditionalFields"]["direction"], "Forwarded",
+        "{blocked}"
+    );
+    let asked: Vec<String> = server
+        .requests()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.authority)
+        .collect();
+    assert_eq!(asked, [ALLOWED, ALLOWED], "{asked:?}");
+}
