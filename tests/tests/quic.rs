@@ -498,3 +498,44 @@ fn a_gateway_judges_forwarded_quic() {
         .collect();
     assert_eq!(asked, [ALLOWED, ALLOWED], "{asked:?}");
 }
+
+/// An L3-only device (TUN, packets start at the IP header): QUIC over it is judged and a
+/// blocked name dropped, as on Ethernet.
+#[test]
+fn quic_over_an_l3_only_device_is_judged() {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let tun = env.start_tunnel().expect("TUN tunnel");
+    let server = QuicServer::start(
+        &env.topo.server_ns,
+        &[tun.server_ip()],
+        env.dir(),
+        &[ALLOWED, BLOCKED_NAME],
+        &ServerOpts::default(),
+    )
+    .expect("HTTP/3 server on the tunnel address");
+    env.enforce_on(
+        "block",
+        &[indicator("q", "DomainName", BLOCKED_NAME, "Block")],
+        &[&tun.client_dev],
+        &[],
+    )
+    .expect("sensor on the tunnel");
+    let reply = quic_get(&tun.client_ns, tun.server_ip(), ALLOWED, &quick())
+        .unwrap()
+        .response()
+        .expect("an answer over the tunnel");
+    assert_eq!(reply.status, 200);
+    wait_event(
+        &env,
+        "the ClientHello over the tunnel",
+        ssl_udp_for(ALLOWED),
+    );
+    match quic_get(&tun.client_ns, tun.server_ip(), BLOCKED_NAME, &quick()).unwrap() {
+        QuicReply::NoAnswer(_) => {}
+        other => panic!("a blocked name answered over the tunnel: {other:?}"),
+    }
+    wait_event(&env, "the Blocked event over the tunnel", |e| {
+        ev::is(e, BLOCKED) && e["RemoteUrl"] == BLOCKED_NAME
+    });
+    assert_eq!(server.requests().unwrap().len(), 1);
+}
