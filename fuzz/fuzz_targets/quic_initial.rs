@@ -30,9 +30,16 @@ fuzz_target!(|data: &[u8]| {
     }
     if let QuicOutcome::ClientHello { version, info } = &last {
         assert_eq!(reader.version(), Some(*version));
-        assert!(info.length >= 4 && info.length <= 64 * 1024 + 4, "length {}", info.length);
+        assert!(
+            info.length >= 4 && info.length <= 64 * 1024 + 4,
+            "length {}",
+            info.length
+        );
         if let Some(name) = &info.server_name {
-            assert!(name.len() <= 253 && !name.ends_with('.'), "server_name {name:?}");
+            assert!(
+                name.len() <= 253 && !name.ends_with('.'),
+                "server_name {name:?}"
+            );
         }
         for d in &datagrams {
             let _ = reader.same_connection(d);

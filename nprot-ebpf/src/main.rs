@@ -84,7 +84,7 @@ mod programs {
                     (*slot).payload_off = pkt.payload_off;
                 }
                 // SAFETY: the context is this program's; on success the call does not return.
-                let _ = unsafe { DATAGRAMS.tail_call(ctx, datagram_slot(egress)) };
+                unsafe { DATAGRAMS.tail_call(ctx, datagram_slot(egress)) };
                 bump(stat::DATAGRAM_TAIL_CALLS_FAILED);
                 PASS
             }

@@ -192,7 +192,7 @@ pub fn datagram(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
     } else {
         let (action, state) = quic::unknown(host, seg, hdr, src_is_lo);
         if let Some(state) = state {
-            if FLOWS.insert(key, &state, BPF_NOEXIST as u64).is_err() {
+            if FLOWS.insert(key, state, BPF_NOEXIST as u64).is_err() {
                 bump(stat::QUIC_NOT_TRACKED);
             } else if let Some(flow) = FLOWS.get_ptr_mut(key) {
                 // SAFETY: a pointer into the map value, valid for this program run.
