@@ -290,14 +290,7 @@ pub fn step<H: Host>(
         flow.flags |= crate::FLOW_MIDSTREAM;
         host.bump(stat::QUIC_NOT_TRACKED);
     }
-    flow.last_ns = now;
-    if from_client {
-        flow.c2s_packets = flow.c2s_packets.wrapping_add(1);
-        flow.c2s_bytes = flow.c2s_bytes.wrapping_add(u64::from(seg.payload_len));
-    } else {
-        flow.s2c_packets = flow.s2c_packets.wrapping_add(1);
-        flow.s2c_bytes = flow.s2c_bytes.wrapping_add(u64::from(seg.payload_len));
-    }
+    track::count_packet(flow, seg, from_client, now);
 
     if flow.verdict == Verdict::Block as u8 {
         host.bump(stat::QUIC_DROPPED);
@@ -316,13 +309,7 @@ pub fn step<H: Host>(
     if flow.inspect != Inspect::Capturing as u8 || !host.on_flow_interface(flow) {
         return Action::Pass;
     }
-    let pending = if flow.payload_ns != 0 {
-        host.take_verdict(key)
-    } else {
-        None
-    };
-    if let Some(entry) = pending {
-        host.bump(stat::VERDICTS_APPLIED);
+    if let Some(entry) = track::pending_verdict(host, key, flow) {
         flow.inspect = Inspect::Done as u8;
         if entry.verdict == Verdict::Block as u8 {
             flow.verdict = Verdict::Block as u8;

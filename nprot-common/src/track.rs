@@ -283,16 +283,7 @@ pub fn step<H: Host>(
         }
     }
     let from_client = src_is_lo == (flow.flags & FLOW_CLIENT_IS_LO != 0);
-    flow.last_ns = now;
-    // Flow counters are statistics: a lost increment when egress and ingress race on two
-    // CPUs costs nothing that matters (the bpfel target has no 64-bit atomics in core).
-    if from_client {
-        flow.c2s_packets = flow.c2s_packets.wrapping_add(1);
-        flow.c2s_bytes = flow.c2s_bytes.wrapping_add(u64::from(seg.payload_len));
-    } else {
-        flow.s2c_packets = flow.s2c_packets.wrapping_add(1);
-        flow.s2c_bytes = flow.s2c_bytes.wrapping_add(u64::from(seg.payload_len));
-    }
+    count_packet(flow, seg, from_client, now);
 
     if flow.verdict == Verdict::Block as u8 {
         return reset(host, seg);
@@ -317,16 +308,7 @@ pub fn step<H: Host>(
     if flow.inspect != Inspect::Capturing as u8 || !host.on_flow_interface(flow) {
         return Action::Pass;
     }
-    // A verdict answers captured bytes, which start the verdict clock: with nothing
-    // awaiting one (a kept-alive connection between requests) there is none to look up,
-    // and such a connection costs about what the fast path does.
-    let pending = if flow.payload_ns != 0 {
-        host.take_verdict(key)
-    } else {
-        None
-    };
-    if let Some(entry) = pending {
-        host.bump(stat::VERDICTS_APPLIED);
+    if let Some(entry) = pending_verdict(host, key, flow) {
         if entry.verdict == Verdict::Continue as u8 {
             continue_inspection(flow, entry.decided_seq, now);
         } else {
@@ -362,6 +344,39 @@ pub fn step<H: Host>(
         Action::Pass
     } else {
         hold(host, flow)
+    }
+}
+
+/// The daemon's verdict for a flow awaiting one, taken (and counted) if it is there. A
+/// verdict answers captured bytes, which start the verdict clock: with nothing awaiting
+/// one (a kept-alive connection between requests) there is none to look up, and such a
+/// flow costs about what the fast path does.
+#[inline(always)]
+pub(crate) fn pending_verdict<H: Host>(
+    host: &mut H,
+    key: &FlowKey,
+    flow: &FlowState,
+) -> Option<VerdictEntry> {
+    if flow.payload_ns == 0 {
+        return None;
+    }
+    let entry = host.take_verdict(key)?;
+    host.bump(stat::VERDICTS_APPLIED);
+    Some(entry)
+}
+
+/// Counts a packet on its flow and notes when it was seen. Flow counters are statistics:
+/// a lost increment when egress and ingress race on two CPUs costs nothing that matters
+/// (the bpfel target has no 64-bit atomics in core).
+#[inline(always)]
+pub(crate) fn count_packet(flow: &mut FlowState, seg: &Segment, from_client: bool, now: u64) {
+    flow.last_ns = now;
+    if from_client {
+        flow.c2s_packets = flow.c2s_packets.wrapping_add(1);
+        flow.c2s_bytes = flow.c2s_bytes.wrapping_add(u64::from(seg.payload_len));
+    } else {
+        flow.s2c_packets = flow.s2c_packets.wrapping_add(1);
+        flow.s2c_bytes = flow.s2c_bytes.wrapping_add(u64::from(seg.payload_len));
     }
 }
 

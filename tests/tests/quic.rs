@@ -21,29 +21,46 @@ use nprot_tests::{
 };
 use serde_json::Value;
 
-const ALLOWED: &str = "quic.example";
+const ALLOWED: &str = QUIC_HOST;
 const BLOCKED_NAME: &str = "blocked.quic.example";
 const AUDITED: &str = "ExploitGuardNetworkProtectionAudited";
 
-/// The environment, an HTTP/3 server for both names, and the sensor with `args` and a
-/// Block on [`BLOCKED_NAME`] in `mode`.
-fn start(mode: &str, args: &[&str]) -> (Env, QuicServer) {
-    let mut env = Env::start_without_sensor().expect("test environment");
+/// The environment (no sensor yet) and an HTTP/3 server on both server addresses with
+/// `opts`, serving nginx's certificate of [`QUIC_HOST`] (which Chromium pins) for it and
+/// every other name.
+fn with_server(opts: &ServerOpts) -> (Env, QuicServer) {
+    let env = Env::start_without_sensor().expect("test environment");
+    let nginx = env.nginx.as_ref().expect("nginx");
     let server = QuicServer::start(
-        &env.topo.server_ns,
-        &[env.topo.server_ip(false), env.topo.server_ip(true)],
-        env.dir(),
-        &[ALLOWED, BLOCKED_NAME],
-        &ServerOpts::default(),
+        env.server_ns(),
+        &[env.server_ip(false), env.server_ip(true)],
+        nginx.cert_dir(),
+        &[QUIC_HOST],
+        opts,
     )
     .expect("HTTP/3 server");
-    env.enforce(
-        mode,
-        &[indicator("q", "DomainName", BLOCKED_NAME, "Block")],
-        args,
-    )
-    .expect("sensor");
     (env, server)
+}
+
+/// A Block on [`BLOCKED_NAME`].
+fn block_blocked_name() -> Value {
+    indicator("q", "DomainName", BLOCKED_NAME, "Block")
+}
+
+/// [`with_server`], and the sensor in `mode` with `args` and [`block_blocked_name`].
+fn start(mode: &str, args: &[&str]) -> (Env, QuicServer) {
+    let (mut env, server) = with_server(&ServerOpts::default());
+    env.enforce(mode, &[block_blocked_name()], args)
+        .expect("sensor");
+    (env, server)
+}
+
+/// Starts the sensor with a config file of `text`.
+fn start_with_config(env: &mut Env, text: &str) {
+    let config = env.dir().join("nprot.toml");
+    std::fs::write(&config, text).expect("config");
+    env.start_sensor(&["--config", &config.to_string_lossy()])
+        .expect("sensor");
 }
 
 fn get(env: &Env, name: &str, v6: bool, opts: &ClientOpts) -> QuicReply {
@@ -148,19 +165,8 @@ fn audit_mode_logs_a_blocked_name_and_lets_it_through() {
 
 #[test]
 fn quic_block_refuses_every_initial() {
-    let mut env = Env::start_without_sensor().expect("test environment");
-    let _server = QuicServer::start(
-        &env.topo.server_ns,
-        &[env.topo.server_ip(false)],
-        env.dir(),
-        &[ALLOWED],
-        &ServerOpts::default(),
-    )
-    .expect("HTTP/3 server");
-    let config = env.dir().join("nprot.toml");
-    std::fs::write(&config, "mode = \"block\"\nquic = \"block\"\n").unwrap();
-    env.start_sensor(&["--config", &config.to_string_lossy()])
-        .expect("sensor");
+    let (mut env, _server) = with_server(&ServerOpts::default());
+    start_with_config(&mut env, "mode = \"block\"\nquic = \"block\"\n");
     match get(&env, ALLOWED, false, &quick()) {
         QuicReply::NoAnswer(_) => {}
         other => panic!("QUIC went through with quic = block: {other:?}"),
@@ -168,6 +174,16 @@ fn quic_block_refuses_every_initial() {
     let stats = env.stats().unwrap();
     assert!(stats["quic"]["refused"].as_u64() >= Some(1), "{stats}");
     assert_eq!(stats["quic"]["flows"], 0, "{stats}");
+}
+
+/// Chromium forced to HTTP/3, pinning `server`'s certificate.
+fn chromium_opts(server: &QuicServer) -> ChromiumOpts {
+    ChromiumOpts {
+        force_quic: true,
+        spki: vec![server.cert.spki.clone()],
+        timeout: Duration::from_secs(25),
+        ..ChromiumOpts::default()
+    }
 }
 
 /// The SNIs of the `SslConnectionInspected` events over UDP in `events`.
@@ -188,18 +204,9 @@ fn quic_snis(events: &[Value]) -> BTreeSet<String> {
 /// reported Blocked. A recording of both loads, replayed, names the same SNIs.
 #[test]
 fn chromium_loads_an_allowed_page_over_http3_and_not_a_blocked_one() {
-    const CHROMIUM_BLOCKED: &str = "blocked.quic.example";
-    let mut env = Env::start_without_sensor().expect("test environment");
-    let nginx = env.nginx.as_ref().expect("nginx");
-    let server = QuicServer::start(
-        env.server_ns(),
-        &[env.server_ip(false)],
-        nginx.cert_dir(),
-        &[QUIC_HOST],
-        &ServerOpts::default(),
-    )
-    .expect("HTTP/3 server");
-    let indicators = [indicator("q", "DomainName", CHROMIUM_BLOCKED, "Block")];
+    const CHROMIUM_BLOCKED: &str = BLOCKED_NAME;
+    let (mut env, server) = with_server(&ServerOpts::default());
+    let indicators = [block_blocked_name()];
     env.enforce("block", &indicators, &[]).expect("sensor");
     let pcap = env.dir().join("chromium.pcap");
     let mut dump = Tcpdump::start(
@@ -208,12 +215,7 @@ fn chromium_loads_an_allowed_page_over_http3_and_not_a_blocked_one() {
         &["-i", &env.topo.client_if, "udp", "port", "443"],
     )
     .expect("tcpdump");
-    let opts = ChromiumOpts {
-        force_quic: true,
-        spki: vec![server.cert.spki.clone()],
-        timeout: Duration::from_secs(25),
-        ..ChromiumOpts::default()
-    };
+    let opts = chromium_opts(&server);
     let load = |name: &str| {
         chromium_load(
             env.client_ns(),
@@ -287,26 +289,9 @@ fn chromium_loads_an_allowed_page_over_http3_and_not_a_blocked_one() {
 /// takes QUIC from an Alt-Svc with a publicly trusted certificate: see tests/README.md.)
 #[test]
 fn quic_block_leaves_chromium_the_tcp_path() {
-    let mut env = Env::start_without_sensor().expect("test environment");
-    let nginx = env.nginx.as_ref().expect("nginx");
-    let server = QuicServer::start(
-        env.server_ns(),
-        &[env.server_ip(false)],
-        nginx.cert_dir(),
-        &[QUIC_HOST],
-        &ServerOpts::default(),
-    )
-    .expect("HTTP/3 server");
-    let config = env.dir().join("nprot.toml");
-    std::fs::write(&config, "mode = \"block\"\nquic = \"block\"\n").unwrap();
-    env.start_sensor(&["--config", &config.to_string_lossy()])
-        .expect("sensor");
-    let mut opts = ChromiumOpts {
-        force_quic: true,
-        spki: vec![server.cert.spki.clone()],
-        timeout: Duration::from_secs(25),
-        ..ChromiumOpts::default()
-    };
+    let (mut env, server) = with_server(&ServerOpts::default());
+    start_with_config(&mut env, "mode = \"block\"\nquic = \"block\"\n");
+    let mut opts = chromium_opts(&server);
     let load = |opts: &ChromiumOpts| {
         chromium_load(
             env.client_ns(),
@@ -339,24 +324,12 @@ fn quic_block_leaves_chromium_the_tcp_path() {
 /// keys, the ClientHello again) belongs to the same flow, which is judged once.
 #[test]
 fn a_retry_keeps_one_judged_flow() {
-    let mut env = Env::start_without_sensor().expect("test environment");
-    let server = QuicServer::start(
-        &env.topo.server_ns,
-        &[env.topo.server_ip(false)],
-        env.dir(),
-        &[ALLOWED, BLOCKED_NAME],
-        &ServerOpts {
-            retry: true,
-            ..ServerOpts::default()
-        },
-    )
-    .expect("HTTP/3 server");
-    env.enforce(
-        "block",
-        &[indicator("q", "DomainName", BLOCKED_NAME, "Block")],
-        &[],
-    )
-    .expect("sensor");
+    let (mut env, server) = with_server(&ServerOpts {
+        retry: true,
+        ..ServerOpts::default()
+    });
+    env.enforce("block", &[block_blocked_name()], &[])
+        .expect("sensor");
     let reply = get(&env, ALLOWED, false, &quick())
         .response()
         .expect("an answer");
@@ -456,13 +429,8 @@ fn a_gateway_judges_forwarded_quic() {
     )
     .expect("HTTP/3 server");
     let guarded = env.net.router_client_if.clone();
-    env.enforce(
-        "block",
-        &[indicator("q", "DomainName", BLOCKED_NAME, "Block")],
-        &[&guarded],
-        &[],
-    )
-    .expect("sensor in the router");
+    env.enforce("block", &[block_blocked_name()], &[&guarded], &[])
+        .expect("sensor in the router");
     for v6 in [false, true] {
         let addr = env.server_ip(v6);
         let reply = quic_get(&env.net.client_ns, addr, ALLOWED, &quick())
@@ -513,13 +481,8 @@ fn quic_over_an_l3_only_device_is_judged() {
         &ServerOpts::default(),
     )
     .expect("HTTP/3 server on the tunnel address");
-    env.enforce_on(
-        "block",
-        &[indicator("q", "DomainName", BLOCKED_NAME, "Block")],
-        &[&tun.client_dev],
-        &[],
-    )
-    .expect("sensor on the tunnel");
+    env.enforce_on("block", &[block_blocked_name()], &[&tun.client_dev], &[])
+        .expect("sensor on the tunnel");
     let reply = quic_get(&tun.client_ns, tun.server_ip(), ALLOWED, &quick())
         .unwrap()
         .response()
