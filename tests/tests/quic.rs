@@ -232,6 +232,11 @@ fn chromium_loads_an_allowed_page_over_http3_and_not_a_blocked_one() {
     wait_event(&env, "Chromium's QUIC ClientHello", ssl_udp_for(QUIC_HOST));
 
     let blocked = load(CHROMIUM_BLOCKED);
+    eprintln!(
+        "Chromium, blocked over QUIC: {:?} after {:?}",
+        blocked.net_error(),
+        blocked.elapsed
+    );
     assert!(!blocked.dom.contains("<p id=\"proto\">"), "{blocked:?}");
     assert!(blocked.net_error().is_some(), "{}", blocked.stderr);
     let event = wait_event(&env, "the Blocked event", |e| {
@@ -303,6 +308,11 @@ fn quic_block_leaves_chromium_the_tcp_path() {
         .expect("chromium")
     };
     let forced = load(&opts);
+    eprintln!(
+        "Chromium, QUIC refused: {:?} after {:?}",
+        forced.net_error(),
+        forced.elapsed
+    );
     assert!(!forced.has(&marker(QUIC_HOST)), "{forced:?}");
     assert!(server.requests().unwrap().is_empty());
     let stats = env.stats().unwrap();
