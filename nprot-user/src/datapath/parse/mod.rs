@@ -11,6 +11,7 @@
 //! [`quic`] reads the ClientHello from a QUIC client's Initial packets (UDP), datagram by
 //! datagram, with a per-flow [`quic::InitialReader`].
 
+pub mod dns;
 pub mod http;
 pub mod quic;
 pub mod tls;
