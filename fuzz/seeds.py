@@ -107,6 +107,26 @@ def datagrams(dgs):
     return b"".join(struct.pack(">H", len(d)) + d for d in dgs)
 
 
+def dns_name(name):
+    """A DNS name on the wire, uncompressed ("" or "." for the root)."""
+    labels = [l for l in name.split(".") if l]
+    return b"".join(bytes([len(l)]) + l.encode() for l in labels) + b"\0"
+
+
+def dns_rr(owner, rtype, ttl, rdata, rclass=1):
+    """A resource record; owner is wire bytes (a name or a compression pointer)."""
+    return owner + struct.pack(">HHIH", rtype, rclass, ttl, len(rdata)) + rdata
+
+
+def dns_message(ident, flags, question, answers=(), authority=(), additional=()):
+    """A DNS message: one question (name, type), then the sections' records as bytes."""
+    qname, qtype = question
+    return (struct.pack(">HHHHHH", ident, flags, 1, len(answers), len(authority),
+                        len(additional))
+            + dns_name(qname) + struct.pack(">HH", qtype, 1)
+            + b"".join(answers) + b"".join(authority) + b"".join(additional))
+
+
 def write(target, name, data):
     d = CORPUS / target
     d.mkdir(parents=True, exist_ok=True)
@@ -153,6 +173,33 @@ def main():
     write("quic_initial", "chromium-reversed-dup.bin",
           datagrams([chromium[1], chromium[1], chromium[0]]))
     write("quic_initial", "coalesced-v1-v1.bin", datagrams([v1[0] + v1[0]]))
+
+    # DNS messages (the dns_message target): a query, responses a resolver sends, with
+    # the answers' owners compressed to the question name (0xc00c).
+    q = b"\xc0\x0c"
+    opt = dns_rr(b"\0", 41, 0, b"", rclass=1232)
+    write("dns_message", "query-a.bin", dns_message(0x1234, 0x0100, ("www.example.test", 1),
+                                                    additional=[opt]))
+    cdn = dns_name("cdn.example.test")
+    write("dns_message", "cname-chain-a.bin", dns_message(
+        0x1234, 0x8180, ("www.example.test", 1),
+        [dns_rr(q, 5, 300, cdn), dns_rr(b"\xc0\x2e", 1, 600, bytes([198, 18, 5, 5]))]))
+    write("dns_message", "aaaa.bin", dns_message(
+        0x2345, 0x8180, ("v6.example.test", 28),
+        [dns_rr(q, 28, 60, bytes.fromhex("20010db8000000000000000000000005"))], additional=[opt]))
+    # HTTPS: priority 1, target ".", alpn h3,h2, ipv4hint, ech (a stub ECHConfigList).
+    params = (struct.pack(">HH", 1, 6) + b"\x02h3\x02h2"
+              + struct.pack(">HH", 4, 4) + bytes([198, 18, 5, 6])
+              + struct.pack(">HH", 5, 6) + b"\x00\x04\xfe\x0d\x00\x00")
+    write("dns_message", "https-ech.bin", dns_message(
+        0x3456, 0x8180, ("svc.example.test", 65),
+        [dns_rr(q, 65, 60, struct.pack(">H", 1) + b"\0" + params)]))
+    soa = (dns_name("ns.example.test") + dns_name("hostmaster.example.test")
+           + struct.pack(">IIIII", 1, 3600, 600, 86400, 60))
+    write("dns_message", "nxdomain-soa.bin", dns_message(
+        0x4567, 0x8183, ("nope.example.test", 1),
+        authority=[dns_rr(b"\xc0\x11", 6, 60, soa)], additional=[opt]))
+    write("dns_message", "truncated-tc.bin", dns_message(0x5678, 0x8380, ("big.example.test", 16)))
 
     for name, text in {
         "get.txt": "GET /hello?x=1 HTTP/1.1\r\nHost: good.example\r\nUser-Agent: curl/8.14.1\r\nAccept: */*\r\n\r\n",

@@ -560,3 +560,23 @@ fn labels_over_63_bytes_are_malformed() {
     m.extend_from_slice(&[0, 0x00, 0x01, 0x00, 0x01]);
     assert!(matches!(parse_message(&m), Err(DnsError::Malformed(_))));
 }
+
+/// Bytes that are not letters, digits or hyphens stay escaped, a dot inside a label too,
+/// so the text is never taken for another name (found by the fuzz target: a label ending
+/// in a dot).
+#[test]
+fn odd_label_bytes_are_escaped() {
+    for (labels, text) in [
+        (&[&b"a.b"[..], b"test"][..], r"a\.b.test"),
+        (&[&b"a."[..]][..], r"a\."),
+        (&[&b"A\0z"[..]][..], r"a\000z"),
+    ] {
+        let mut m = header(1, 0, 0, 0);
+        for l in labels {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l);
+        }
+        m.extend_from_slice(&[0, 0x00, 0x01, 0x00, 0x01]);
+        assert_eq!(parse_message(&m).unwrap().query.unwrap().name, text);
+    }
+}
