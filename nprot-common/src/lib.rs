@@ -5,6 +5,7 @@
 //! byte for byte. Changing a layout here changes both sides at once.
 #![no_std]
 
+pub mod dns;
 pub mod encap;
 pub mod lifecycle;
 pub mod names;
@@ -370,6 +371,9 @@ pub const RECORD_EGRESS: u8 = 1 << 0;
 pub const RECORD_TRUNCATED: u8 = 1 << 1;
 /// `RecordHeader::flags`: the flow's capture budget is spent; no more payload follows.
 pub const RECORD_BUDGET_SPENT: u8 = 1 << 2;
+/// `RecordHeader::flags`: the payload was sent by the server (a DNS response); every
+/// other payload record is the client's.
+pub const RECORD_FROM_SERVER: u8 = 1 << 3;
 
 /// Header of every ring-buffer record; payload records are followed by `len` bytes.
 #[repr(C)]
@@ -594,8 +598,13 @@ pub mod stat {
     /// UDP datagrams not tracked because the datagram program could not be tail-called
     /// (its slot empty: should stay 0).
     pub const DATAGRAM_TAIL_CALLS_FAILED: u32 = 32;
+    /// DNS messages (UDP port 53, queries and responses) copied to the ring buffer.
+    pub const DNS_CAPTURED: u32 = 33;
+    /// DNS messages longer than [`crate::dns::DNS_CAPTURE_MAX`]: copied cut, marked
+    /// truncated (the daemon counts what it cannot parse).
+    pub const DNS_TRUNCATED: u32 = 34;
     /// Number of counters.
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 35;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -631,6 +640,8 @@ pub mod stat {
         "quic_dropped",
         "quic_refused",
         "datagram_tail_calls_failed",
+        "dns_captured",
+        "dns_truncated",
     ];
 }
 

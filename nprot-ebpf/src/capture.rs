@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nprot_common::{
-    CAPTURE_SEG_MAX, FlowState, PayloadRecord, RecordHeader, RecordKind, stat,
+    CAPTURE_SEG_MAX, FlowState, PayloadRecord, RECORD_FROM_SERVER, RecordHeader, RecordKind, stat,
     track::{self, Segment},
 };
 
@@ -37,8 +37,8 @@ pub fn emit(seg: &Segment, flow: &FlowState, from_client: bool, kind: RecordKind
     }
 }
 
-/// Sends the first `len` payload bytes of the packet as a payload record; true if it went
-/// out.
+/// Sends the first `len` payload bytes of the packet as a payload record (the client's,
+/// unless `flags` has `RECORD_FROM_SERVER`); true if it went out.
 #[inline(always)]
 pub fn payload(
     ctx: &TcContext,
@@ -78,7 +78,15 @@ pub fn payload(
     if ret != 0 {
         return false;
     }
-    track::fill_header(&mut rec.header, seg, flow, true, RecordKind::Payload, now);
+    let from_client = flags & RECORD_FROM_SERVER == 0;
+    track::fill_header(
+        &mut rec.header,
+        seg,
+        flow,
+        from_client,
+        RecordKind::Payload,
+        now,
+    );
     rec.header.len = len;
     rec.header.flags |= flags;
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use nprot_common::{
     FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig, Verdict,
-    VerdictEntry, quic, stat,
+    VerdictEntry, dns, quic, stat,
     track::{self, Action, Host, Segment},
 };
 
@@ -185,6 +185,10 @@ pub fn datagram(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
     let (key, src_is_lo) = seg.key();
     let key = &key;
     let host = &mut host(ctx, pkt, egress);
+    if dns::is_dns(seg) {
+        dns::step(host, seg, src_is_lo);
+        return PASS;
+    }
     let hdr = &parse::quic_header(ctx, pkt.payload_off as usize);
     let action = if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map value, valid for this program run.

@@ -36,6 +36,10 @@ const APT_PACKAGES: &[&str] = &[
     // distribution's build, since nothing else can be fetched.
     "chromium",
     "python3-pip", // installs aioquic (below) for Debian's python3
+    // The DNS tests: a real resolver in the server namespace (the binary only, no
+    // service) and dig as a client.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// PyPI packages of the QUIC tests (HTTP/3 client and server, Initial decryption), pinned.

@@ -9,13 +9,14 @@ use std::{
     sync::Arc,
 };
 
-use nprot_common::{FlowKey, PROTO_UDP, RecordKind, Verdict, VerdictEntry};
+use nprot_common::{FlowKey, PROTO_UDP, RecordKind, Verdict, VerdictEntry, dns::DNS_PORT};
 
 use crate::{
     capture::attribution::ProcessSource,
     datapath::{
+        names::{Client, NameCache},
         parse::{
-            ParseOutcome, Parsed,
+            ParseOutcome, Parsed, dns,
             http::{self, Body, HttpRequest},
             parse_client_payload,
             quic::QuicVersion,
@@ -26,7 +27,7 @@ use crate::{
         verdict::{Enforcement, Outcome, outcome},
     },
     events::{
-        ActionType, Direction, Event, EventFactory, FlowEnds, HttpSeen, OversizedFields,
+        ActionType, Direction, DnsSeen, Event, EventFactory, FlowEnds, HttpSeen, OversizedFields,
         Protection, ProxyFields, TlsSeen, Transport, monotonic_ns,
     },
     histogram::Histogram,
@@ -101,6 +102,17 @@ pub struct PipelineStats {
     /// Datagrams of QUIC connections already decided, captured before the kernel picked
     /// the verdict up.
     pub quic_late: u64,
+    /// DNS queries read.
+    pub dns_queries: u64,
+    /// DNS responses read (each a `DnsConnectionInspected` event).
+    pub dns_responses: u64,
+    /// DNS messages that did not parse (malformed, cut by the capture bound, compression
+    /// loops, too many records): not reported.
+    pub dns_malformed: u64,
+    /// DNS queries whose response never came (or was not seen) within 5 s.
+    pub dns_unanswered: u64,
+    /// Connection events that carry a name from DNS (`dns_name`).
+    pub dns_named_flows: u64,
 }
 
 /// What block mode does with a request head that cannot be judged in full (config key
@@ -493,7 +505,17 @@ pub struct Pipeline {
     decided: HashMap<FlowKey, (u32, u64)>,
     /// QUIC flows whose Initials are read.
     quic: QuicFlows,
+    /// DNS queries awaiting their response: (flow, message id) → when asked.
+    dns_pending: HashMap<(FlowKey, u16), u64>,
+    /// Names clients resolved, by (client, address).
+    names: NameCache,
 }
+
+/// DNS queries remembered at once at most.
+const MAX_DNS_PENDING: usize = 65_536;
+
+/// How long a DNS query waits for its response before it counts as unanswered.
+const DNS_ANSWER_NS: u64 = 5_000_000_000;
 
 /// Decided flows remembered at once at most.
 const MAX_DECIDED_FLOWS: usize = 65_536;
@@ -538,6 +560,8 @@ impl Pipeline {
             renew_after: (capture_budget / 4).max(1),
             decided: HashMap::new(),
             quic: QuicFlows::default(),
+            dns_pending: HashMap::new(),
+            names: NameCache::default(),
         }
     }
 
@@ -619,19 +643,14 @@ impl Pipeline {
             // A stream left by an earlier connection on this four-tuple is replaced when
             // the new one's first bytes come (the reassembler tells them apart by their
             // first sequence number), not here: with Fast Open they come first.
-            RecordKind::Established => {
-                let ev = self
-                    .factory
-                    .connection(ActionType::ConnectionSuccess, rec.ts_ns, &ends);
-                self.events.push(ev);
-            }
-            RecordKind::Failed => {
-                let ev = self
-                    .factory
-                    .connection(ActionType::ConnectionFailed, rec.ts_ns, &ends);
-                self.events.push(ev);
-            }
+            RecordKind::Established => self.connection(ActionType::ConnectionSuccess, rec, &ends),
+            RecordKind::Failed => self.connection(ActionType::ConnectionFailed, rec, &ends),
             RecordKind::Closed => self.closed(&rec.tuple.key(), rec.ts_ns),
+            RecordKind::Payload
+                if rec.tuple.proto == PROTO_UDP && rec.tuple.server_port == DNS_PORT =>
+            {
+                self.on_dns(rec, &ends);
+            }
             RecordKind::Payload if rec.tuple.proto == PROTO_UDP => {
                 self.on_datagram(rec, ends, verdicts);
             }
@@ -788,6 +807,53 @@ impl Pipeline {
         for item in &judged {
             self.log_judged(rec, &ends, item);
         }
+    }
+
+    /// A connection event, with the name the client resolved the server from, if any.
+    fn connection(&mut self, action: ActionType, rec: &Record<'_>, ends: &FlowEnds) {
+        let name = self.names.name(client_of(ends), ends.server.0, rec.ts_ns);
+        if name.is_some() {
+            self.stats.dns_named_flows += 1;
+        }
+        let ev = self.factory.connection_named(action, rec.ts_ns, ends, name);
+        self.events.push(ev);
+    }
+
+    /// A DNS message: a query is remembered, a response reported with its query and its
+    /// addresses noted for the flows that follow.
+    fn on_dns(&mut self, rec: &Record<'_>, ends: &FlowEnds) {
+        let msg = match dns::parse_message(rec.payload) {
+            Ok(msg) if msg.response == rec.from_server => msg,
+            Ok(_) => {
+                self.stats.dns_malformed += 1;
+                return;
+            }
+            Err(e) => {
+                log::debug!("flow {}: DNS message not read: {e}", describe(ends));
+                self.stats.dns_malformed += 1;
+                return;
+            }
+        };
+        let key = (rec.tuple.key(), msg.id);
+        if !msg.response {
+            self.stats.dns_queries += 1;
+            if self.dns_pending.len() < MAX_DNS_PENDING || self.dns_pending.contains_key(&key) {
+                self.dns_pending.insert(key, rec.ts_ns);
+            } else {
+                self.stats.dns_unanswered += 1;
+            }
+            return;
+        }
+        self.stats.dns_responses += 1;
+        self.dns_pending.remove(&key);
+        if let Some(q) = &msg.query {
+            for (addr, ttl) in dns::resolved_addresses(&msg) {
+                self.names
+                    .insert(client_of(ends), addr, &q.name, ttl, rec.ts_ns);
+            }
+        }
+        let ev = self.factory.dns(rec.ts_ns, ends, dns_seen(&msg));
+        self.events.push(ev);
     }
 
     /// A client datagram of a QUIC flow: its Initials are read until the ClientHello,
@@ -1055,6 +1121,10 @@ impl Pipeline {
         self.stats.gave_up += gave_up;
         self.decided
             .retain(|_, &mut (_, at)| now_ns.saturating_sub(at) < DECIDED_KEEP_NS);
+        let before = self.dns_pending.len();
+        self.dns_pending
+            .retain(|_, &mut at| now_ns.saturating_sub(at) < DNS_ANSWER_NS);
+        self.stats.dns_unanswered += (before - self.dns_pending.len()) as u64;
         let quic_gave_up = self.quic.expire(now_ns, idle_ns);
         self.stats.gave_up += quic_gave_up;
         self.stats.quic_gave_up += quic_gave_up;
@@ -1102,6 +1172,56 @@ fn tls_seen(hello: &ClientHelloInfo) -> TlsSeen {
         tls_version: hello.tls_version,
         ech: hello.ech,
         quic_version: None,
+    }
+}
+
+/// Who a flow's client is, for the name cache: this host for outbound flows, else its
+/// address.
+fn client_of(ends: &FlowEnds) -> Client {
+    if ends.direction == Direction::Outbound {
+        Client::Local
+    } else {
+        Client::Addr(ends.client.0)
+    }
+}
+
+/// What events report of a DNS response.
+fn dns_seen(msg: &dns::DnsMessage) -> DnsSeen {
+    let answers = msg
+        .answers
+        .iter()
+        .map(|a| match &a.data {
+            dns::AnswerData::Addr(ip) => ip.to_string(),
+            dns::AnswerData::Cname(target) => format!("CNAME {target}"),
+            dns::AnswerData::Svcb {
+                priority,
+                target,
+                alpn,
+                ech,
+            } => {
+                let mut text = format!("{} {priority} {target}", a.rtype);
+                if !alpn.is_empty() {
+                    text.push_str(" alpn=");
+                    text.push_str(&alpn.join(","));
+                }
+                if *ech {
+                    text.push_str(" ech");
+                }
+                text
+            }
+            dns::AnswerData::Other(_) => a.rtype.to_string(),
+        })
+        .collect();
+    DnsSeen {
+        query: msg.query.as_ref().map(|q| q.name.clone()),
+        qtype: msg.query.as_ref().map(|q| q.qtype.to_string()),
+        rcode: msg.rcode.to_string(),
+        answers,
+        ttl: msg.min_ttl,
+        ech_config: msg
+            .answers
+            .iter()
+            .any(|a| matches!(a.data, dns::AnswerData::Svcb { ech: true, .. })),
     }
 }
 
@@ -1180,6 +1300,7 @@ mod tests {
             payload,
             truncated: false,
             budget_spent: false,
+            from_server: false,
             socket_cookie: 0,
             ifindex: 1,
         }
@@ -2065,6 +2186,7 @@ mod direction_tests {
             payload: b"",
             truncated: false,
             budget_spent: false,
+            from_server: false,
             socket_cookie: 0,
             ifindex: 1,
         }

@@ -42,6 +42,8 @@ pub enum ActionType {
     ExploitGuardNetworkProtectionAudited,
     /// The operator bypassed a Warn indicator for a while (`nprot bypass`).
     NetworkProtectionUserBypassEvent,
+    /// A DNS response (with its query) was parsed.
+    DnsConnectionInspected,
 }
 
 impl ActionType {
@@ -94,6 +96,31 @@ pub enum AdditionalFields {
     /// TCP-level events.
     Connection {
         /// Which side opened the flow.
+        direction: Direction,
+        /// The name the client resolved the server's address from, seen in DNS (the flow
+        /// itself names nothing yet).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dns_name: Option<String>,
+        /// `dns_name` (and `RemoteUrl`) come from a DNS answer, not from the flow.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        dns_derived: bool,
+    },
+    /// `DnsConnectionInspected`.
+    Dns {
+        /// The name asked for.
+        query: Option<String>,
+        /// Its type (`A`, `AAAA`, `HTTPS`, …).
+        qtype: Option<String>,
+        /// The response code (`NOERROR`, `NXDOMAIN`, …).
+        rcode: String,
+        /// The answer records, one string each: an address, `CNAME target`, or
+        /// `HTTPS priority target alpn=… ech`.
+        answers: Vec<String>,
+        /// The smallest TTL of the answers, in seconds.
+        ttl: Option<u32>,
+        /// An HTTPS/SVCB answer carries an `ech` parameter (ECH configuration).
+        ech_config: bool,
+        /// Which side asked.
         direction: Direction,
     },
     /// `SslConnectionInspected`.
@@ -351,10 +378,45 @@ impl EventFactory {
 
     /// `ConnectionSuccess` / `ConnectionFailed`.
     pub fn connection(&mut self, action_type: ActionType, ts_ns: u64, flow: &FlowEnds) -> Event {
+        self.connection_named(action_type, ts_ns, flow, None)
+    }
+
+    /// `ConnectionSuccess` / `ConnectionFailed` of a flow whose server address its client
+    /// resolved from `dns_name`: the name is the event's `RemoteUrl` too, marked derived.
+    pub fn connection_named(
+        &mut self,
+        action_type: ActionType,
+        ts_ns: u64,
+        flow: &FlowEnds,
+        dns_name: Option<&str>,
+    ) -> Event {
         let fields = AdditionalFields::Connection {
             direction: flow.direction,
+            dns_name: dns_name.map(str::to_owned),
+            dns_derived: dns_name.is_some(),
         };
-        self.event(action_type, ts_ns, flow, None, fields)
+        self.event(
+            action_type,
+            ts_ns,
+            flow,
+            dns_name.map(str::to_owned),
+            fields,
+        )
+    }
+
+    /// `DnsConnectionInspected`; `RemoteUrl` is the name asked for.
+    pub fn dns(&mut self, ts_ns: u64, flow: &FlowEnds, seen: DnsSeen) -> Event {
+        let url = seen.query.clone();
+        let fields = AdditionalFields::Dns {
+            query: seen.query,
+            qtype: seen.qtype,
+            rcode: seen.rcode,
+            answers: seen.answers,
+            ttl: seen.ttl,
+            ech_config: seen.ech_config,
+            direction: flow.direction,
+        };
+        self.event(ActionType::DnsConnectionInspected, ts_ns, flow, url, fields)
     }
 
     /// `SslConnectionInspected`; `RemoteUrl` is the SNI.
@@ -450,6 +512,23 @@ pub struct TlsSeen {
     pub ech: bool,
     /// The QUIC version, for a ClientHello read from QUIC Initials.
     pub quic_version: Option<&'static str>,
+}
+
+/// What a DNS response showed, for `DnsConnectionInspected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSeen {
+    /// The name asked for.
+    pub query: Option<String>,
+    /// Its type.
+    pub qtype: Option<String>,
+    /// The response code.
+    pub rcode: String,
+    /// The answer records as text.
+    pub answers: Vec<String>,
+    /// The smallest TTL of the answers.
+    pub ttl: Option<u32>,
+    /// An HTTPS/SVCB answer carries an ECH configuration.
+    pub ech_config: bool,
 }
 
 /// What a request head showed, for `HttpConnectionInspected`.

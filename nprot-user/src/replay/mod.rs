@@ -583,6 +583,49 @@ mod tests {
         assert_eq!(summary.pipeline.quic_inspected, 1);
     }
 
+    /// A DNS query and its response in a capture: one `DnsConnectionInspected`, and the
+    /// TCP flow that follows to the answer carries the name.
+    #[test]
+    fn a_dns_lookup_in_a_capture_is_reported_and_names_the_next_flow() {
+        let question = [1, b'a', 4, b't', b'e', b's', b't', 0, 0, 1, 0, 1];
+        let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend_from_slice(&question);
+        let mut answer = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        answer.extend_from_slice(&question);
+        answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 198, 18, 9, 2]);
+        let (c, s) = ("198.18.9.1", "198.18.9.2");
+        let mut frames = vec![
+            udp_frame(c, 50000, "198.18.9.53", 53, &query),
+            udp_frame("198.18.9.53", 53, c, 50000, &answer),
+        ];
+        let tcp = Conv::new(c, 41000, s, 22);
+        frames.extend(tcp.handshake().iter().map(|p| ethernet(&[], p)));
+        let records: Vec<(u32, u32, &[u8])> = frames.iter().map(|f| (T, 0, f.as_slice())).collect();
+        let (events, summary, result) =
+            replay_bytes(&pcap(Order::Le, false, 1, &records), Mode::Audit);
+        result.unwrap();
+        let dns: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["ActionType"] == "DnsConnectionInspected")
+            .collect();
+        assert_eq!(dns.len(), 1, "{events:?}");
+        assert_eq!(dns[0]["AdditionalFields"]["query"], "a.test");
+        assert_eq!(dns[0]["AdditionalFields"]["answers"][0], "198.18.9.2");
+        let success = events
+            .iter()
+            .find(|e| e["ActionType"] == "ConnectionSuccess")
+            .expect("the TCP flow");
+        assert_eq!(
+            success["AdditionalFields"]["dns_name"], "a.test",
+            "{success}"
+        );
+        assert_eq!(summary.tracker.flows_new, 1);
+        assert_eq!(
+            (summary.pipeline.dns_queries, summary.pipeline.dns_responses),
+            (1, 1)
+        );
+    }
+
     #[test]
     fn frames_without_tcp_are_counted_by_reason() {
         let syn = Conv::new("198.18.9.1", 1, "198.18.9.2", 80).syn();

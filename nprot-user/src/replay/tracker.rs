@@ -17,8 +17,9 @@ use std::collections::HashMap;
 
 use nprot_common::{
     CAPTURE_FLOW_MAX_DEFAULT, FLOW_CLIENT_IS_LO, FLOW_IDLE_TIMEOUT_NS_DEFAULT, FLOW_SYN_EGRESS,
-    FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, PROTO_UDP, REQUEUE_NS_DEFAULT,
-    RecordHeader, RecordKind, SensorConfig, VERDICT_TIMEOUT_NS_DEFAULT, Verdict, VerdictEntry,
+    FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, PROTO_UDP, RECORD_FROM_SERVER,
+    REQUEUE_NS_DEFAULT, RecordHeader, RecordKind, SensorConfig, VERDICT_TIMEOUT_NS_DEFAULT,
+    Verdict, VerdictEntry, dns,
     quic::{self, QuicMode},
     stat,
     track::{self, Action, Host},
@@ -232,10 +233,11 @@ impl Host for Replay<'_, '_> {
         let Some(payload) = self.payload.get(..len as usize) else {
             return false;
         };
+        let from_client = flags & RECORD_FROM_SERVER == 0;
         let rec = record(
             seg,
             flow,
-            true,
+            from_client,
             RecordKind::Payload,
             self.now,
             payload,
@@ -336,6 +338,10 @@ impl Tracker {
             payload: seg.payload,
             now: ts_ns,
         };
+        if tcp.proto == PROTO_UDP && dns::is_dns(tcp) {
+            dns::step(&mut host, tcp, src_is_lo);
+            return host.out;
+        }
         if tcp.proto == PROTO_UDP {
             let hdr = quic::header(seg.payload);
             let action = if let Some(flow) = flows.get_mut(&key) {
