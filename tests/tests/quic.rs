@@ -176,6 +176,16 @@ fn quic_block_refuses_every_initial() {
     assert_eq!(stats["quic"]["flows"], 0, "{stats}");
 }
 
+/// The `:authority` of every request the server got, in order.
+fn authorities(server: &QuicServer) -> Vec<String> {
+    server
+        .requests()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.authority)
+        .collect()
+}
+
 /// Chromium forced to HTTP/3, pinning `server`'s certificate.
 fn chromium_opts(server: &QuicServer) -> ChromiumOpts {
     ChromiumOpts {
@@ -243,12 +253,7 @@ fn chromium_loads_an_allowed_page_over_http3_and_not_a_blocked_one() {
         ev::is(e, BLOCKED) && e["RemoteUrl"] == CHROMIUM_BLOCKED
     });
     assert_eq!(event["Protocol"], "Udp", "{event}");
-    let asked: Vec<String> = server
-        .requests()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.authority)
-        .collect();
+    let asked = authorities(&server);
     assert!(
         asked.iter().all(|a| a == QUIC_HOST) && !asked.is_empty(),
         "{asked:?}"
@@ -468,12 +473,7 @@ fn a_gateway_judges_forwarded_quic() {
         blocked["AdditionalFields"]["direction"], "Forwarded",
         "{blocked}"
     );
-    let asked: Vec<String> = server
-        .requests()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.authority)
-        .collect();
+    let asked = authorities(&server);
     assert_eq!(asked, [ALLOWED, ALLOWED], "{asked:?}");
 }
 

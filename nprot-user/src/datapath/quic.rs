@@ -107,14 +107,4 @@ impl QuicFlows {
         });
         gave_up
     }
-
-    /// Flows in the table.
-    pub fn len(&self) -> usize {
-        self.flows.len()
-    }
-
-    /// No flow in the table.
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
-    }
 }

@@ -47,11 +47,6 @@ fn packet_type(version: QuicVersion, first: u8) -> PacketType {
     }
 }
 
-/// Whether the first byte `first` of a `version` long header is an Initial packet's.
-pub(super) fn is_initial(version: QuicVersion, first: u8) -> bool {
-    packet_type(version, first) == PacketType::Initial
-}
-
 /// The 2 type bits of an Initial packet in `version`, in place in the first byte.
 #[cfg(any(test, feature = "testdata"))]
 pub(super) fn initial_type_bits(version: QuicVersion) -> u8 {

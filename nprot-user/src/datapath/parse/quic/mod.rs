@@ -148,14 +148,10 @@ pub enum QuicOutcome {
 }
 
 /// Cheap check of a flow's first client datagram: a long header with the fixed bit, a
-/// version this module reads and the Initial packet type. Nothing is decrypted.
+/// version this module reads and the Initial packet type. Nothing is decrypted. The
+/// kernel's rule ([`nprot_common::quic::Header::is_initial`]), so that both agree.
 pub fn looks_like_client_initial(datagram: &[u8]) -> bool {
-    let Some(&[first, a, b, c, d]) = datagram.first_chunk::<5>() else {
-        return false;
-    };
-    first & 0xc0 == 0xc0
-        && QuicVersion::from_wire(u32::from_be_bytes([a, b, c, d]))
-            .is_some_and(|version| initial::is_initial(version, first))
+    nprot_common::quic::header(datagram).is_initial()
 }
 
 /// The keys of one connection's client Initial packets.
