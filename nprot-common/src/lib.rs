@@ -596,7 +596,7 @@ pub mod stat {
     /// Client Initials dropped because `quic = "block"`: the client falls back to TCP.
     pub const QUIC_REFUSED: u32 = 31;
     /// UDP datagrams not tracked because the datagram program could not be tail-called
-    /// (its slot empty: should stay 0).
+    /// (its slot empty) or the parsed datagram not handed over: should stay 0.
     pub const DATAGRAM_TAIL_CALLS_FAILED: u32 = 32;
     /// DNS messages (UDP port 53, queries and responses) copied to the ring buffer.
     pub const DNS_CAPTURED: u32 = 33;

@@ -75,6 +75,7 @@ mod programs {
                 // The datagram path has a program (and a stack) of its own, which finds
                 // the parsed datagram in this CPU's slot.
                 let Some(slot) = DATAGRAM_PACKET.get_ptr_mut(0) else {
+                    bump(stat::DATAGRAM_TAIL_CALLS_FAILED);
                     return PASS;
                 };
                 // SAFETY: a per-CPU slot; programs run with migration disabled, and the
@@ -99,6 +100,7 @@ mod programs {
     #[inline(always)]
     fn handle_datagram(ctx: &TcContext, egress: bool) -> i32 {
         let Some(parsed) = DATAGRAM_PACKET.get(0) else {
+            bump(stat::DATAGRAM_TAIL_CALLS_FAILED);
             return PASS;
         };
         let pkt = Packet::datagram(parsed.seg, parsed.payload_off);

@@ -202,8 +202,8 @@ pub fn datagram(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
                 // SAFETY: a pointer into the map value, valid for this program run.
                 quic::started(host, seg, unsafe { &mut *flow });
             } else {
-                // Evicted at once by another CPU: counted as opened, not captured.
-                bump(stat::QUIC_FLOWS);
+                // Evicted at once by another CPU: nothing of it reaches the daemon.
+                bump(stat::QUIC_NOT_TRACKED);
             }
         }
         action
