@@ -193,3 +193,53 @@ pub fn dig(ns: &str, server: IpAddr, name: &str, qtype: &str) -> Result<DigResul
         query_time,
     })
 }
+
+/// `dig +tcp @server name qtype` from the namespace `ns`: the lookup over TCP.
+pub fn dig_tcp(ns: &str, server: IpAddr, name: &str, qtype: &str) -> Result<DigResult> {
+    let out = run_with_timeout(
+        netns_cmd(ns, "dig")
+            .args(["+tcp", "+time=2", "+tries=1", "+short"])
+            .arg(format!("@{server}"))
+            .args([name, qtype]),
+        Duration::from_secs(10),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(DigResult {
+        status: if out.status.success() {
+            "OK".to_owned()
+        } else {
+            format!("failed ({}): {text}", out.status)
+        },
+        answers: text.lines().map(str::to_owned).collect(),
+        query_time: Duration::MAX,
+    })
+}
+
+/// The namespace's resolver for programs run with `ip netns exec` (which bind-mounts
+/// `/etc/netns/NS/resolv.conf` over `/etc/resolv.conf`), removed on drop.
+pub struct NamespaceResolver {
+    dir: PathBuf,
+}
+
+impl NamespaceResolver {
+    /// Makes `addr` the resolver of programs run in `ns`.
+    pub fn set(ns: &str, addr: IpAddr) -> Result<NamespaceResolver> {
+        let dir = Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let guard = NamespaceResolver { dir };
+        std::fs::write(
+            guard.dir.join("resolv.conf"),
+            format!("nameserver {addr}\noptions timeout:2 attempts:1\n"),
+        )
+        .context("cannot write the namespace's resolv.conf")?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NamespaceResolver {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("nprot-tests cleanup: {}: {e}", self.dir.display());
+        }
+    }
+}

@@ -439,6 +439,9 @@ pub struct ChromiumOpts {
     pub timeout: Duration,
     /// More flags.
     pub extra: Vec<String>,
+    /// Resolve names with the namespace's resolver (`/etc/netns/NS/resolv.conf`, see
+    /// [`crate::dns::NamespaceResolver`]) instead of mapping the name to the address.
+    pub system_resolver: bool,
 }
 
 impl Default for ChromiumOpts {
@@ -448,6 +451,7 @@ impl Default for ChromiumOpts {
             spki: Vec::new(),
             timeout: Duration::from_secs(30),
             extra: Vec::new(),
+            system_resolver: false,
         }
     }
 }
@@ -505,7 +509,9 @@ pub fn chromium_args(addr: IpAddr, name: &str, profile: &Path, opts: &ChromiumOp
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
     };
-    args.push(format!("--host-resolver-rules=MAP {name} {target}"));
+    if !opts.system_resolver {
+        args.push(format!("--host-resolver-rules=MAP {name} {target}"));
+    }
     if opts.force_quic {
         args.push(format!("--origin-to-force-quic-on={name}:443"));
     }

@@ -7,8 +7,10 @@ use std::net::IpAddr;
 
 use nprot_tests::{
     ClientServer, Env,
-    dns::{Dnsmasq, Record, dig},
+    dns::{Dnsmasq, NamespaceResolver, Record, dig, dig_tcp},
     events::ev,
+    indicators::{indicator, write_file},
+    quic::{ChromiumOpts, chromium_load},
     wait_event,
 };
 use serde_json::Value;
@@ -25,7 +27,51 @@ const HTTPS_PLAIN: &[u8] = &[0, 1, 0, 0, 1, 0, 3, 2, b'h', b'2'];
 /// The environment with the sensor (audit mode) and dnsmasq on the server's IPv4
 /// address serving a few names that point at the server.
 fn start() -> (Env, Dnsmasq) {
-    let mut env = Env::start_without_sensor().expect("test environment");
+    let (mut env, resolver) = start_resolver();
+    env.start_sensor(&["--mode", "audit"]).expect("sensor");
+    (env, resolver)
+}
+
+/// The sensor in block mode with `config` (TOML) and Block indicators on `blocked`.
+fn start_blocking(config: &str, blocked: &[&str]) -> (Env, Dnsmasq) {
+    let (mut env, resolver) = start_resolver();
+    let indicators: Vec<Value> = blocked
+        .iter()
+        .enumerate()
+        .map(|(i, name)| indicator(&format!("b{i}"), "DomainName", name, "Block"))
+        .collect();
+    let file = write_file(env.dir(), "indicators.json", &indicators).expect("indicators");
+    let conf = env.dir().join("nprot.toml");
+    std::fs::write(&conf, format!("mode = \"block\"\n{config}")).expect("config");
+    env.start_sensor(&[
+        "--config",
+        &conf.to_string_lossy(),
+        "--indicators",
+        &file.to_string_lossy(),
+    ])
+    .expect("sensor");
+    (env, resolver)
+}
+
+/// An ECHConfigList (RFC 9849 §4) of one X25519 configuration with `public_name`.
+fn ech_config_list(public_name: &str) -> Vec<u8> {
+    let mut c = vec![1, 0x00, 0x20, 0x00, 0x20];
+    c.extend_from_slice(&[0x5a; 32]);
+    c.extend_from_slice(&[0x00, 0x04, 0x00, 0x01, 0x00, 0x01, 0]);
+    c.push(public_name.len() as u8);
+    c.extend_from_slice(public_name.as_bytes());
+    c.extend_from_slice(&[0, 0]);
+    let mut config = vec![0xfe, 0x0d];
+    config.extend_from_slice(&(c.len() as u16).to_be_bytes());
+    config.extend_from_slice(&c);
+    let mut list = (config.len() as u16).to_be_bytes().to_vec();
+    list.extend_from_slice(&config);
+    list
+}
+
+/// dnsmasq on the server's IPv4 address, the sensor not started yet.
+fn start_resolver() -> (Env, Dnsmasq) {
+    let env = Env::start_without_sensor().expect("test environment");
     let server = env.server_ip(false);
     let records = [
         Record::Host {
@@ -52,9 +98,35 @@ fn start() -> (Env, Dnsmasq) {
             rtype: 65,
             rdata: HTTPS_PLAIN.to_vec(),
         },
+        Record::Host {
+            name: "plain.example.test".into(),
+            addrs: vec![server],
+            ttl: 60,
+        },
+        Record::Host {
+            name: "secret.example.test".into(),
+            addrs: vec![server],
+            ttl: 60,
+        },
+        Record::Raw {
+            name: "secret.example.test".into(),
+            rtype: 65,
+            rdata: {
+                // priority 1, target ".", ech = the list.
+                let list = ech_config_list("cover.example.test");
+                let mut rdata = vec![0, 1, 0, 0, 5];
+                rdata.extend_from_slice(&(list.len() as u16).to_be_bytes());
+                rdata.extend_from_slice(&list);
+                rdata
+            },
+        },
+        Record::Host {
+            name: "www.blocked.example.test".into(),
+            addrs: vec![server],
+            ttl: 60,
+        },
     ];
     let resolver = Dnsmasq::start(env.server_ns(), server, &records, env.dir()).expect("dnsmasq");
-    env.start_sensor(&["--mode", "audit"]).expect("sensor");
     (env, resolver)
 }
 
@@ -185,4 +257,179 @@ fn connect(env: &Env, addr: IpAddr, port: u16) {
         "connect to {addr}:{port}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A server on port 2222 (both families) that answers an SSH client's banner with one of
+/// its own and closes: client-first, as `ssh` sends its banner at once.
+fn banner_server(env: &Env) -> std::process::Child {
+    let child = nprot_tests::netns::netns_cmd(env.server_ns(), nprot_tests::clients::python3())
+        .args([
+            "-c",
+            r"
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(('::', 2222))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.settimeout(3)
+    try:
+        c.recv(256)
+        c.sendall(b'SSH-2.0-nprot-test\r\n')
+        c.recv(4096)
+    except OSError:
+        pass
+    c.close()
+",
+        ])
+        .spawn()
+        .expect("python3 server");
+    nprot_tests::netns::wait_tcp_ready_in(
+        env.server_ns(),
+        &[std::net::SocketAddr::new(env.server_ip(false), 2222)],
+        std::time::Duration::from_secs(5),
+    )
+    .expect("banner server ready");
+    child
+}
+
+/// `ssh` from the client namespace to `name` (resolved by the namespace's resolver) on
+/// port 2222; its stderr.
+fn ssh(env: &Env, name: &str) -> String {
+    let out = nprot_tests::netns::netns_cmd(env.client_ns(), "ssh")
+        .args([
+            "-4",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+            "-p",
+            "2222",
+        ])
+        .arg(format!("nobody@{name}"))
+        .arg("true")
+        .output()
+        .expect("ssh");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `ssh` to a name resolved a moment before, by a protocol no parser knows: with
+/// `dns_names = "enforce"` a Block on the name resets it; with `log` it only carries
+/// the name.
+#[test]
+fn an_ssh_flow_is_judged_by_its_dns_name_only_with_enforce() {
+    for (setting, blocked) in [("enforce", true), ("log", false)] {
+        let (env, resolver) = start_blocking(
+            &format!("dns_names = \"{setting}\"\n"),
+            &["ssh.example.test"],
+        );
+        let _resolv = NamespaceResolver::set(env.client_ns(), resolver.addr).unwrap();
+        let mut server = banner_server(&env);
+        let stderr = ssh(&env, "ssh.example.test");
+        let _ = server.kill();
+        let _ = server.wait();
+        let stats = env.stats().unwrap();
+        let p = &stats["pipeline"];
+        assert!(p["unnamed_judged"].as_u64() >= Some(1), "{setting}: {stats}");
+        if blocked {
+            assert!(stderr.contains("reset"), "{setting}: ssh said {stderr}");
+            let e = wait_event(&env, "the block", |e| {
+                ev::is(e, "ExploitGuardNetworkProtectionBlocked")
+                    && e["RemoteUrl"] == "ssh.example.test"
+            });
+            assert_eq!(e["AdditionalFields"]["IndicatorId"], "b0", "{e}");
+            assert_eq!(e["RemotePort"], 2222, "{e}");
+            assert_eq!(p["dns_name_judged"], 1, "{stats}");
+        } else {
+            assert!(!stderr.contains("reset"), "{setting}: ssh said {stderr}");
+            assert!(stderr.contains("nprot-test") || stderr.contains("closed"), "{stderr}");
+            assert_eq!(p["blocked"], 0, "{setting}: {stats}");
+            let e = wait_event(&env, "the named connection", |e| {
+                ev::is(e, "ConnectionSuccess") && e["RemotePort"] == 2222
+            });
+            assert_eq!(e["AdditionalFields"]["dns_name"], "ssh.example.test", "{e}");
+        }
+    }
+}
+
+/// DNS over TCP (`dig +tcp`): each query is reported with `Protocol` `Tcp`, and a
+/// blocked name resets the lookup's connection at once.
+#[test]
+fn dns_over_tcp_is_reported_and_a_blocked_lookup_reset() {
+    let (env, resolver) = start_blocking("", &["blocked.example.test"]);
+    let ns = env.client_ns();
+    let ok = dig_tcp(ns, resolver.addr, "cdn.example.test", "A").unwrap();
+    assert_eq!(ok.status, "OK", "{ok:?}");
+    assert_eq!(ok.answers, [resolver.addr.to_string()], "{ok:?}");
+    let e = wait_event(&env, "the TCP lookup", |e| {
+        dns_for("cdn.example.test", "A")(e) && e["Protocol"] == "Tcp"
+    });
+    assert!(e["AdditionalFields"]["rcode"].is_null(), "{e}");
+    let started = std::time::Instant::now();
+    let blocked = dig_tcp(ns, resolver.addr, "www.blocked.example.test", "A").unwrap();
+    let took = started.elapsed();
+    assert!(blocked.status.contains("connection reset"), "{blocked:?}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    let e = wait_event(&env, "the blocked TCP lookup", |e| {
+        ev::is(e, "ExploitGuardNetworkProtectionBlocked")
+            && e["RemoteUrl"] == "www.blocked.example.test"
+    });
+    assert_eq!(e["Protocol"], "Tcp", "{e}");
+    let stats = env.stats().unwrap();
+    assert_eq!(stats["pipeline"]["dns_tcp_queries"], 2, "{stats}");
+}
+
+/// Chromium sends an ECH extension to every site (GREASE): to a plain site `ech` is
+/// `grease_or_real`; to a name whose HTTPS record the client fetched with an ECH
+/// configuration it is `real`, and `ech = "block"` resets only that one.
+#[test]
+fn chromium_ech_is_real_only_with_evidence_and_only_real_ech_is_blocked() {
+    let (env, resolver) = start_blocking("ech = \"block\"\n", &[]);
+    let ns = env.client_ns();
+    let _resolv = NamespaceResolver::set(ns, resolver.addr).unwrap();
+    let opts = ChromiumOpts {
+        force_quic: false,
+        system_resolver: true,
+        timeout: std::time::Duration::from_secs(20),
+        ..ChromiumOpts::default()
+    };
+    let server = env.server_ip(false);
+    chromium_load(ns, server, "plain.example.test", env.dir(), &opts).unwrap();
+    let plain = wait_event(&env, "Chromium's ClientHello to the plain site", |e| {
+        ev::is(e, "SslConnectionInspected") && e["RemoteUrl"] == "plain.example.test"
+    });
+    assert_eq!(plain["AdditionalFields"]["ech"], "grease_or_real", "{plain}");
+
+    let https = dig(ns, resolver.addr, "secret.example.test", "HTTPS").unwrap();
+    assert_eq!(https.status, "NOERROR", "{https:?}");
+    wait_event(&env, "the HTTPS record", dns_for("secret.example.test", "HTTPS"));
+    chromium_load(ns, server, "secret.example.test", env.dir(), &opts).unwrap();
+    let secret = wait_event(&env, "Chromium's ClientHello to the ECH site", |e| {
+        ev::is(e, "SslConnectionInspected") && e["AdditionalFields"]["ech"] == "real"
+    });
+    let f = &secret["AdditionalFields"];
+    assert_eq!(f["ech_evidence"], "dns_https_record", "{secret}");
+    assert_eq!(f["dns_name"], "secret.example.test", "{secret}");
+    let blocked = wait_event(&env, "the ECH block", |e| {
+        ev::is(e, "ExploitGuardNetworkProtectionBlocked")
+    });
+    assert_eq!(
+        blocked["AdditionalFields"]["ResponseCategory"], "EncryptedClientHello",
+        "{blocked}"
+    );
+    let events = env.events().events().unwrap();
+    let blocks = events
+        .iter()
+        .filter(|e| ev::is(e, "ExploitGuardNetworkProtectionBlocked"))
+        .filter(|e| e["RemoteUrl"] == "plain.example.test")
+        .count();
+    assert_eq!(blocks, 0, "the plain site was not blocked");
+    let stats = env.stats().unwrap();
+    assert!(stats["pipeline"]["ech_blocked"].as_u64() >= Some(1), "{stats}");
 }

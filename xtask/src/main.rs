@@ -40,6 +40,7 @@ const APT_PACKAGES: &[&str] = &[
     // service) and dig as a client.
     "dnsmasq-base",
     "bind9-dnsutils",
+    "openssh-client", // ssh, a protocol that names nothing: judged by its DNS name
 ];
 
 /// PyPI packages of the QUIC tests (HTTP/3 client and server, Initial decryption), pinned.

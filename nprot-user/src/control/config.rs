@@ -21,7 +21,10 @@ use serde::{
 use toml::de::{DeTable, DeValue};
 
 use crate::{
-    datapath::pipeline::{KnownProxy, OversizedAction},
+    datapath::{
+        names::{DnsNames, EchAction, NameSettings},
+        pipeline::{KnownProxy, OversizedAction},
+    },
     mode::Mode,
     policy::Action,
 };
@@ -88,6 +91,47 @@ pub struct Config {
     /// tracked at all).
     #[serde(deserialize_with = "de_quic")]
     pub quic: QuicMode,
+    /// Whether Domain indicators apply to a flow that names nothing on the wire through
+    /// the name its client resolved in DNS: `log` (report `dns_name` only, the default)
+    /// or `enforce`.
+    #[serde(deserialize_with = "de_from_str")]
+    pub dns_names: DnsNames,
+    /// What block mode does with a flow known to use real Encrypted ClientHello:
+    /// `allow` (report it, the default) or `block`.
+    #[serde(deserialize_with = "de_from_str")]
+    pub ech: EchAction,
+    /// Outer (public) names known to front ECH: a ClientHello with an ECH extension
+    /// showing one of these is real ECH.
+    #[serde(deserialize_with = "de_ech_public_names")]
+    pub ech_public_names: Vec<String>,
+}
+
+fn de_from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    String::deserialize(d)?.parse().map_err(de::Error::custom)
+}
+
+fn de_ech_public_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    names
+        .into_iter()
+        .map(|n| {
+            let name = n.trim_end_matches('.').to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if valid {
+                Ok(name)
+            } else {
+                Err(de::Error::custom(format!("{n:?} is not a DNS name")))
+            }
+        })
+        .collect()
 }
 
 fn de_oversized<'de, D: Deserializer<'de>>(d: D) -> Result<OversizedAction, D::Error> {
@@ -116,6 +160,17 @@ pub fn quic_str(mode: QuicMode) -> &'static str {
         QuicMode::Inspect => "inspect",
         QuicMode::Block => "block",
         QuicMode::Off => "off",
+    }
+}
+
+impl Config {
+    /// The name settings (`dns_names`, `ech`, `ech_public_names`).
+    pub fn name_settings(&self) -> NameSettings {
+        NameSettings {
+            dns_names: self.dns_names,
+            ech: self.ech,
+            ech_public_names: self.ech_public_names.iter().cloned().collect(),
+        }
     }
 }
 
@@ -179,6 +234,9 @@ impl Default for Config {
             process_cache: crate::capture::attribution::PROCESS_CACHE_MAX,
             oversized: OversizedAction::Allow,
             quic: QuicMode::Inspect,
+            dns_names: DnsNames::Log,
+            ech: EchAction::Allow,
+            ech_public_names: Vec::new(),
         }
     }
 }

@@ -38,7 +38,10 @@ use crate::{
         sdnotify, socket,
         state::State,
     },
-    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
+    datapath::{
+        names::NameSettings,
+        pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
+    },
     events::{
         EventFactory,
         collector::{CollectorConfig, CollectorSink, Transport},
@@ -109,6 +112,8 @@ pub struct RunOptions {
     pub oversized: OversizedAction,
     /// What is done with QUIC.
     pub quic: QuicMode,
+    /// What names from DNS and ECH evidence may decide.
+    pub names: NameSettings,
 }
 
 impl RunOptions {
@@ -157,6 +162,7 @@ impl RunOptions {
         };
         let mut device_groups = config.device_groups.clone();
         device_groups.extend(args.device_groups);
+        let names = config.name_settings();
         Ok(RunOptions {
             interfaces,
             events: merged_events(&config, args.events.as_deref()),
@@ -179,6 +185,7 @@ impl RunOptions {
             process_cache: config.process_cache,
             oversized: config.oversized,
             quic: config.quic,
+            names,
         })
     }
 }
@@ -505,6 +512,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     pipeline.set_known_proxies(opts.proxies.clone());
     pipeline.set_flow_idle_timeout(opts.flow_idle_timeout.as_nanos() as u64);
     pipeline.set_oversized(opts.oversized);
+    pipeline.set_name_settings(opts.names.clone());
     let attribution = start_attribution(&mut sensor, &mut pipeline, &opts);
     let guarded: Vec<String> = sensor
         .attached
@@ -958,6 +966,7 @@ impl<K: Kernel> Daemon<K> {
                 self.pipeline.set_policy(Arc::new(policy));
                 self.pipeline.set_known_proxies(opts.proxies.clone());
                 self.pipeline.set_oversized(opts.oversized);
+                self.pipeline.set_name_settings(opts.names.clone());
                 let mode = opts.mode.or(self.state.mode).unwrap_or(opts.config_mode);
                 let quic_changed = opts.quic != self.opts.quic;
                 self.opts = opts;

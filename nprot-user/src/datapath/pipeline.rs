@@ -9,12 +9,14 @@ use std::{
     sync::Arc,
 };
 
-use nprot_common::{FlowKey, PROTO_UDP, RecordKind, Verdict, VerdictEntry, dns::DNS_PORT};
+use nprot_common::{
+    FlowKey, PROTO_TCP, PROTO_UDP, RecordKind, Verdict, VerdictEntry, dns::DNS_PORT,
+};
 
 use crate::{
     capture::attribution::ProcessSource,
     datapath::{
-        names::{Client, NameCache},
+        names::{Client, DnsNames, Ech, EchAction, EchEvidence, NameCache, NameSettings},
         parse::{
             ParseOutcome, Parsed, dns,
             http::{self, Body, HttpRequest},
@@ -113,6 +115,20 @@ pub struct PipelineStats {
     pub dns_unanswered: u64,
     /// Connection events that carry a name from DNS (`dns_name`).
     pub dns_named_flows: u64,
+    /// DNS queries read from TCP flows to port 53 (each a `DnsConnectionInspected`).
+    pub dns_tcp_queries: u64,
+    /// Flows whose first bytes are neither TLS, HTTP nor DNS, judged by their address
+    /// (and, with `dns_names = "enforce"`, by the name their client resolved).
+    pub unnamed_judged: u64,
+    /// Flows judged by a name from DNS (`dns_names = "enforce"`; nothing on the wire).
+    pub dns_name_judged: u64,
+    /// ClientHellos with an encrypted_client_hello extension and nothing to say it is
+    /// real (`ech` = `grease_or_real`).
+    pub ech_grease_or_real: u64,
+    /// ClientHellos whose ECH is known to be real (`ech` = `real`).
+    pub ech_real: u64,
+    /// Flows reset for real ECH (`ech = "block"`, block mode).
+    pub ech_blocked: u64,
 }
 
 /// What block mode does with a request head that cannot be judged in full (config key
@@ -181,7 +197,9 @@ impl Inspection {
     /// True while bytes of `stream` await a decision; false for a kept-alive
     /// connection whose requests so far are all decided.
     fn awaits(&self, stream: &Stream) -> bool {
-        matches!(self.phase, Phase::First) || !stream.contiguous().is_empty()
+        matches!(self.phase, Phase::First)
+            || matches!(self.phase, Phase::Dns) && self.requests == 0
+            || !stream.contiguous().is_empty()
     }
 }
 
@@ -190,6 +208,8 @@ impl Inspection {
 enum Phase {
     /// Its first bytes.
     First,
+    /// At the next DNS message of a TCP flow to port 53.
+    Dns,
     /// After an allowed CONNECT: the first bytes inside the tunnel.
     Tunnel(Arc<ConnectTarget>),
     /// Between requests on a kept-alive HTTP/1.x connection (to a server or a proxy).
@@ -217,6 +237,13 @@ struct Judged<'p> {
     unfinished: Option<Unfinished>,
     /// The QUIC version of a ClientHello read from QUIC Initials.
     quic_version: Option<QuicVersion>,
+    /// What the ClientHello says of ECH, and why `Real`.
+    ech: (Ech, Option<EchEvidence>),
+    /// The name the client resolved the server from, where the wire names none (or
+    /// hides it behind real ECH).
+    dns_name: Option<String>,
+    /// Reset (or, in audit mode, audited) by `ech = "block"`.
+    ech_policy: bool,
 }
 
 /// A request head that cannot be judged in full, and why.
@@ -275,8 +302,10 @@ pub const MAX_BODY_SKIP: u64 = 1 << 30;
 /// first bytes are inspected, and a ClientHello or what a tunnel starts with ends
 /// inspection.
 fn next_phase(phase: &Phase, parsed: &Parsed) -> Next {
-    let Parsed::Http(req) = parsed else {
-        return Next::Done;
+    let req = match parsed {
+        Parsed::Http(req) => req,
+        Parsed::Dns(query) => return Next::Phase(Phase::Dns, query.frame_len),
+        Parsed::Tls(_) => return Next::Done,
     };
     if let Phase::Tunnel(_) = phase {
         return Next::Done;
@@ -340,7 +369,7 @@ fn http_head(phase: &Phase, buf: &[u8]) -> bool {
         Phase::First | Phase::Tunnel(_) => {
             matches!(http::match_method(buf), http::MethodMatch::Method(_))
         }
-        Phase::Chunked => false,
+        Phase::Chunked | Phase::Dns => false,
     }
 }
 
@@ -372,6 +401,7 @@ fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) ->
                 http::ChunkStep::Bad(_) => break Some(End::RequestsGaveUp),
                 http::ChunkStep::NeedMore => ParseOutcome::NeedMore,
             },
+            Phase::Dns => dns::parse_tcp_query(buf),
             Phase::Requests => http::parse_http_request(buf),
             Phase::First | Phase::Tunnel(_) => parse_client_payload(buf),
         };
@@ -399,7 +429,7 @@ fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) ->
         match outcome {
             ParseOutcome::Complete(parsed) => {
                 let next = next_phase(&inspection.phase, &parsed);
-                if let Parsed::Http(_) = parsed {
+                if let Parsed::Http(_) | Parsed::Dns(_) = parsed {
                     inspection.requests = inspection.requests.saturating_add(1);
                 }
                 items.push(Item {
@@ -419,7 +449,10 @@ fn walk(stream: &mut Stream, inspection: &mut Inspection, budget_spent: bool) ->
                 }
             }
             ParseOutcome::NotRecognised(why) => {
-                let first = items.is_empty() && matches!(inspection.phase, Phase::First);
+                // Not DNS on port 53 is as unknown as any other protocol.
+                let first = items.is_empty()
+                    && (matches!(inspection.phase, Phase::First)
+                        || matches!(inspection.phase, Phase::Dns) && inspection.requests == 0);
                 break Some(End::NotRecognised { why, first });
             }
             ParseOutcome::Oversized => {
@@ -509,6 +542,8 @@ pub struct Pipeline {
     dns_pending: HashMap<(FlowKey, u16), u64>,
     /// Names clients resolved, by (client, address).
     names: NameCache,
+    /// What names from DNS and ECH evidence may decide.
+    name_settings: NameSettings,
 }
 
 /// DNS queries remembered at once at most.
@@ -562,7 +597,13 @@ impl Pipeline {
             quic: QuicFlows::default(),
             dns_pending: HashMap::new(),
             names: NameCache::default(),
+            name_settings: NameSettings::default(),
         }
+    }
+
+    /// Sets `dns_names`, `ech` and `ech_public_names`.
+    pub fn set_name_settings(&mut self, settings: NameSettings) {
+        self.name_settings = settings;
     }
 
     /// Sets what block mode does with request heads that cannot be judged in full.
@@ -701,9 +742,14 @@ impl Pipeline {
         {
             return;
         }
+        let dns_over_tcp = rec.tuple.proto == PROTO_TCP && rec.tuple.server_port == DNS_PORT;
         let meta = || Inspection {
             last_ns: rec.ts_ns,
-            phase: Phase::First,
+            phase: if dns_over_tcp {
+                Phase::Dns
+            } else {
+                Phase::First
+            },
             requests: 0,
             since_continue: 0,
             cut_at: None,
@@ -760,9 +806,14 @@ impl Pipeline {
                 break;
             }
         }
-        let blocked = judged
-            .last()
-            .is_some_and(|j| j.outcome.verdict == Verdict::Block);
+        // First bytes no parser knows name nothing: the flow is judged by where it goes.
+        let unnamed_blocked = judged.is_empty()
+            && matches!(walked.end, Some(End::NotRecognised { first: true, .. }))
+            && self.judge_unnamed(rec, &ends) == Verdict::Block;
+        let blocked = unnamed_blocked
+            || judged
+                .last()
+                .is_some_and(|j| j.outcome.verdict == Verdict::Block);
         let verdict = match (&walked.end, blocked) {
             (_, true) => VerdictEntry::new(Verdict::Block),
             (Some(_), false) => VerdictEntry::new(Verdict::Allow),
@@ -847,9 +898,22 @@ impl Pipeline {
         self.stats.dns_responses += 1;
         self.dns_pending.remove(&key);
         if let Some(q) = &msg.query {
+            let client = client_of(ends);
             for (addr, ttl) in dns::resolved_addresses(&msg) {
-                self.names
-                    .insert(client_of(ends), addr, &q.name, ttl, rec.ts_ns);
+                self.names.insert(client, addr, &q.name, ttl, rec.ts_ns);
+            }
+            // An ECH configuration: this client's flows to the name (and to its public
+            // names) will carry real ECH.
+            for a in &msg.answers {
+                if let dns::AnswerData::Svcb {
+                    ech: true,
+                    ech_public_names,
+                    ..
+                } = &a.data
+                {
+                    self.names
+                        .insert_ech(client, &a.name, ech_public_names, a.ttl, rec.ts_ns);
+                }
             }
         }
         let ev = self.factory.dns(rec.ts_ns, ends, dns_seen(&msg));
@@ -941,6 +1005,38 @@ impl Pipeline {
             depth,
             unfinished,
         } = item;
+        let client = client_of(ends);
+        let ech = match &parsed {
+            Parsed::Tls(hello) if hello.ech => {
+                let evidence = self.names.ech_evidence(
+                    client,
+                    ends.server.0,
+                    hello.server_name.as_deref(),
+                    &self.name_settings,
+                    rec.ts_ns,
+                );
+                let ech = if evidence.is_some() {
+                    Ech::Real
+                } else {
+                    Ech::GreaseOrReal
+                };
+                (ech, evidence)
+            }
+            _ => (Ech::None, None),
+        };
+        // The name the client resolved the server from, where the wire names none or
+        // real ECH hides it. A name on the wire always wins.
+        let wire_named = match &parsed {
+            Parsed::Tls(hello) => hello.server_name.is_some(),
+            Parsed::Http(req) => req.host.is_some(),
+            Parsed::Dns(_) => true,
+        };
+        let dns_name = (!wire_named || ech.0 == Ech::Real)
+            .then(|| self.names.name(client, ends.server.0, rec.ts_ns))
+            .flatten()
+            .map(str::to_owned);
+        let by_dns_name =
+            self.name_settings.dns_names == DnsNames::Enforce && !wire_named && dns_name.is_some();
         // A request that names no host (HTTP/0.9, a Host-less HTTP/1.0 one) goes to the
         // server's address, as its RemoteUrl says: URL indicators written with it match.
         let server_host;
@@ -955,6 +1051,13 @@ impl Pipeline {
                 };
                 (Some(host), (!req.connect).then_some(req.path.as_str()))
             }
+            Parsed::Dns(query) => (query.message.query.as_ref().map(|q| q.name.as_str()), None),
+        };
+        let host = if by_dns_name {
+            self.stats.dns_name_judged += 1;
+            dns_name.as_deref()
+        } else {
+            host
         };
         // Indicators are about destinations: the server's address, whichever side it is on.
         let subject = Subject {
@@ -964,19 +1067,29 @@ impl Pipeline {
         };
         // Judged at the packet's time, so that replay of an old capture sees the expiries
         // as they were then.
-        // Only a process-scoped indicator makes the decision depend on the process.
-        let process = if policy.has_process_scopes() {
-            self.process_of(rec, ends, true)
+        let now = self.factory.wall(rec.ts_ns);
+        let decision = if let Parsed::Dns(_) = &parsed {
+            policy.decide_lookup(ends.server.0, host.unwrap_or_default(), now)
         } else {
-            None
+            // Only a process-scoped indicator makes the decision depend on the process.
+            let process = if policy.has_process_scopes() {
+                self.process_of(rec, ends, true)
+            } else {
+                None
+            };
+            policy.decide_for(&subject, process.as_deref(), now)
         };
-        let decision =
-            policy.decide_for(&subject, process.as_deref(), self.factory.wall(rec.ts_ns));
         let mut outcome = outcome(&decision, self.mode);
         if unfinished.is_some()
             && self.mode == Mode::Block
             && self.oversized == OversizedAction::Block
         {
+            outcome.verdict = Verdict::Block;
+        }
+        // Real ECH hides where the flow goes; `ech = "block"` stops it (never on a mere
+        // extension: every Chromium sends a GREASE one).
+        let ech_policy = ech.0 == Ech::Real && self.name_settings.ech == EchAction::Block;
+        if ech_policy && self.mode == Mode::Block {
             outcome.verdict = Verdict::Block;
         }
         let proxy = self.proxy_fields(ends, &phase, &parsed);
@@ -987,6 +1100,66 @@ impl Pipeline {
             depth,
             unfinished,
             quic_version: None,
+            ech,
+            dns_name,
+            ech_policy,
+        }
+    }
+
+    /// Judges a flow whose first bytes are neither TLS, HTTP nor DNS: by its server's
+    /// address, and with `dns_names = "enforce"` by the name its client resolved that
+    /// address from. Logs what matched; returns the verdict.
+    fn judge_unnamed(&mut self, rec: &Record<'_>, ends: &FlowEnds) -> Verdict {
+        self.stats.unnamed_judged += 1;
+        let name = self
+            .names
+            .name(client_of(ends), ends.server.0, rec.ts_ns)
+            .map(str::to_owned);
+        let enforce = self.name_settings.dns_names == DnsNames::Enforce;
+        if enforce && name.is_some() {
+            self.stats.dns_name_judged += 1;
+        }
+        let subject = Subject {
+            ip: ends.server.0,
+            host: name.as_deref().filter(|_| enforce),
+            http_path: None,
+        };
+        let policy = Arc::clone(&self.policy);
+        let process = if policy.has_process_scopes() {
+            self.process_of(rec, ends, true)
+        } else {
+            None
+        };
+        let decision =
+            policy.decide_for(&subject, process.as_deref(), self.factory.wall(rec.ts_ns));
+        let outcome = outcome(&decision, self.mode);
+        self.log_enforcements(rec, ends, name, &outcome);
+        outcome.verdict
+    }
+
+    /// The protection events of an outcome (and its counts).
+    fn log_enforcements(
+        &mut self,
+        rec: &Record<'_>,
+        ends: &FlowEnds,
+        remote_url: Option<String>,
+        outcome: &Outcome<'_>,
+    ) {
+        for enforcement in &outcome.enforcements {
+            if enforcement.is_audit {
+                self.stats.audited += 1;
+            }
+            let ev = self.factory.protection(
+                rec.ts_ns,
+                ends,
+                remote_url.clone(),
+                protection(enforcement),
+                self.mode,
+            );
+            self.events.push(ev);
+        }
+        if outcome.verdict == Verdict::Block {
+            self.stats.blocked += 1;
         }
     }
 
@@ -997,7 +1170,7 @@ impl Pipeline {
         let via_proxy = match (phase, parsed) {
             (Phase::Tunnel(_), _) => true,
             (_, Parsed::Http(req)) => req.connect || req.absolute,
-            (_, Parsed::Tls(_)) => false,
+            (_, Parsed::Tls(_) | Parsed::Dns(_)) => false,
         };
         if !via_proxy {
             return ProxyFields::default();
@@ -1018,6 +1191,7 @@ impl Pipeline {
             let named = match parsed {
                 Parsed::Tls(hello) => hello.server_name.as_deref(),
                 Parsed::Http(req) => req.host.as_deref(),
+                Parsed::Dns(_) => None,
             };
             fields.fronting = match (named, connect.host.as_deref()) {
                 (Some(named), Some(host)) => !same_host(named, host),
@@ -1027,12 +1201,23 @@ impl Pipeline {
         fields
     }
 
-    /// Builds the events of a judged ClientHello or request, after its verdict went out.
+    /// Builds the events of a judged ClientHello, request or DNS query, after its
+    /// verdict went out.
     fn log_judged(&mut self, rec: &Record<'_>, ends: &FlowEnds, item: &Judged<'_>) {
+        if item.dns_name.is_some() {
+            self.stats.dns_named_flows += 1;
+        }
         let event = match &item.parsed {
             Parsed::Tls(hello) => {
                 self.stats.tls_inspected += 1;
+                match item.ech.0 {
+                    Ech::None => {}
+                    Ech::GreaseOrReal => self.stats.ech_grease_or_real += 1,
+                    Ech::Real => self.stats.ech_real += 1,
+                }
                 let mut seen = tls_seen(hello);
+                (seen.ech, seen.ech_evidence) = item.ech;
+                seen.dns_name.clone_from(&item.dns_name);
                 if let Some(version) = item.quic_version {
                     self.stats.quic_inspected += 1;
                     seen.quic_version = Some(version.as_str());
@@ -1060,14 +1245,20 @@ impl Pipeline {
                         reset: item.outcome.verdict == Verdict::Block,
                     }
                 });
+                let mut seen = http_seen(req, ends);
+                seen.dns_name.clone_from(&item.dns_name);
                 self.factory.http(
                     rec.ts_ns,
                     ends,
-                    http_seen(req, ends),
+                    seen,
                     item.proxy.clone(),
                     item.depth,
                     oversized,
                 )
+            }
+            Parsed::Dns(query) => {
+                self.stats.dns_tcp_queries += 1;
+                self.factory.dns(rec.ts_ns, ends, dns_seen(&query.message))
             }
         };
         if item.proxy.proxy {
@@ -1078,21 +1269,26 @@ impl Pipeline {
         }
         let remote_url = event.remote_url.clone();
         self.events.push(event);
-        for enforcement in &item.outcome.enforcements {
-            if enforcement.is_audit {
+        self.log_enforcements(rec, ends, remote_url.clone(), &item.outcome);
+        if item.ech_policy {
+            let blocked = self.mode == Mode::Block;
+            if blocked {
+                self.stats.ech_blocked += 1;
+            } else {
                 self.stats.audited += 1;
             }
+            let outer = match &item.parsed {
+                Parsed::Tls(hello) => hello.server_name.clone(),
+                _ => None,
+            };
             let ev = self.factory.protection(
                 rec.ts_ns,
                 ends,
-                remote_url.clone(),
-                protection(enforcement),
+                remote_url,
+                ech_protection(outer, !blocked),
                 self.mode,
             );
             self.events.push(ev);
-        }
-        if item.outcome.verdict == Verdict::Block {
-            self.stats.blocked += 1;
         }
     }
 
@@ -1170,7 +1366,13 @@ fn tls_seen(hello: &ClientHelloInfo) -> TlsSeen {
         server_name: hello.server_name.clone(),
         alpn: hello.alpn.clone(),
         tls_version: hello.tls_version,
-        ech: hello.ech,
+        ech: if hello.ech {
+            Ech::GreaseOrReal
+        } else {
+            Ech::None
+        },
+        ech_evidence: None,
+        dns_name: None,
         quic_version: None,
     }
 }
@@ -1198,6 +1400,7 @@ fn dns_seen(msg: &dns::DnsMessage) -> DnsSeen {
                 target,
                 alpn,
                 ech,
+                ech_public_names,
             } => {
                 let mut text = format!("{} {priority} {target}", a.rtype);
                 if !alpn.is_empty() {
@@ -1207,6 +1410,10 @@ fn dns_seen(msg: &dns::DnsMessage) -> DnsSeen {
                 if *ech {
                     text.push_str(" ech");
                 }
+                if !ech_public_names.is_empty() {
+                    text.push('=');
+                    text.push_str(&ech_public_names.join(","));
+                }
                 text
             }
             dns::AnswerData::Other(_) => a.rtype.to_string(),
@@ -1215,7 +1422,7 @@ fn dns_seen(msg: &dns::DnsMessage) -> DnsSeen {
     DnsSeen {
         query: msg.query.as_ref().map(|q| q.name.clone()),
         qtype: msg.query.as_ref().map(|q| q.qtype.to_string()),
-        rcode: msg.rcode.to_string(),
+        rcode: msg.response.then(|| msg.rcode.to_string()),
         answers,
         ttl: msg.min_ttl,
         ech_config: msg
@@ -1234,6 +1441,20 @@ fn http_seen(req: &HttpRequest, ends: &FlowEnds) -> HttpSeen {
         uri: req.uri.clone(),
         user_agent: req.user_agent.clone(),
         url: req.url_at(SocketAddr::from(ends.server)),
+        dns_name: None,
+    }
+}
+
+/// What events report of a flow stopped by `ech = "block"` (no indicator decides it: the
+/// setting stands in for one, with the outer name as its value).
+fn ech_protection(outer_name: Option<String>, is_audit: bool) -> Protection {
+    Protection {
+        response_category: "EncryptedClientHello",
+        indicator_id: "ech".to_owned(),
+        indicator_value: outer_name.unwrap_or_default(),
+        action: "Block",
+        display_name: Some("real Encrypted ClientHello (ech = \"block\")".to_owned()),
+        is_audit,
     }
 }
 
@@ -1241,6 +1462,7 @@ fn http_seen(req: &HttpRequest, ends: &FlowEnds) -> HttpSeen {
 fn protection(enforcement: &Enforcement<'_>) -> Protection {
     let ind = enforcement.indicator;
     Protection {
+        response_category: "CustomBlockList",
         indicator_id: ind.id().to_owned(),
         indicator_value: ind.value().to_owned(),
         action: ind.action().as_str(),
@@ -1283,7 +1505,7 @@ mod tests {
             client_port: 40000,
             server_port: 8080,
             family,
-            proto: nprot_common::PROTO_TCP,
+            proto: PROTO_TCP,
             _pad: [0; 2],
         }
     }
@@ -2156,7 +2378,7 @@ mod tests {
 mod direction_tests {
     use std::collections::HashSet;
 
-    use nprot_common::{FlowTuple, RecordKind};
+    use nprot_common::{FlowTuple, PROTO_TCP, RecordKind};
 
     use super::flow_ends;
     use crate::{
@@ -2175,7 +2397,7 @@ mod direction_tests {
                 client_port: 40000,
                 server_port: 443,
                 family,
-                proto: nprot_common::PROTO_TCP,
+                proto: PROTO_TCP,
                 _pad: [0; 2],
             },
             ts_ns: 0,
@@ -2213,3 +2435,7 @@ mod direction_tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_names_tests.rs"]
+mod names_tests;

@@ -75,7 +75,8 @@ pub enum AdditionalFields {
     /// `ExploitGuardNetworkProtectionBlocked` / `…Audited`, named as Defender names them.
     #[serde(rename_all = "PascalCase")]
     NetworkProtection {
-        /// Where the indicator comes from; always `CustomBlockList` (operator indicators).
+        /// What decided: `CustomBlockList` (an operator's indicator), or
+        /// `EncryptedClientHello` (the `ech = "block"` setting).
         response_category: &'static str,
         /// Audited rather than blocked.
         is_audit: bool,
@@ -111,8 +112,9 @@ pub enum AdditionalFields {
         query: Option<String>,
         /// Its type (`A`, `AAAA`, `HTTPS`, …).
         qtype: Option<String>,
-        /// The response code (`NOERROR`, `NXDOMAIN`, …).
-        rcode: String,
+        /// The response code (`NOERROR`, `NXDOMAIN`, …); null for a query whose answer
+        /// is not seen (DNS over TCP: only the client's bytes are captured).
+        rcode: Option<String>,
         /// The answer records, one string each: an address, `CNAME target`, or
         /// `HTTPS priority target alpn=… ech`.
         answers: Vec<String>,
@@ -131,8 +133,20 @@ pub enum AdditionalFields {
         alpn: Vec<String>,
         /// The highest version offered.
         tls_version: &'static str,
-        /// An encrypted_client_hello extension was present.
-        ech: bool,
+        /// Encrypted ClientHello: `none`, `grease_or_real` (an extension, perhaps
+        /// GREASE: the SNI is taken as the name) or `real` (with evidence, then the SNI
+        /// is only an outer name).
+        ech: Ech,
+        /// What says the ECH is real (`dns_https_record` or `ech_public_names`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ech_evidence: Option<&'static str>,
+        /// The name the client resolved the server's address from, when the flow names
+        /// none on the wire or hides it (real ECH).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dns_name: Option<String>,
+        /// `dns_name` comes from a DNS answer.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        dns_derived: bool,
         /// The QUIC version (`v1`, `v2`) of a ClientHello read from QUIC Initials.
         #[serde(skip_serializing_if = "Option::is_none")]
         quic_version: Option<&'static str>,
@@ -164,6 +178,13 @@ pub enum AdditionalFields {
         uri: String,
         /// The User-Agent header.
         user_agent: Option<String>,
+        /// The name the client resolved the server's address from, for a request that
+        /// names no host.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dns_name: Option<String>,
+        /// `dns_name` comes from a DNS answer.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        dns_derived: bool,
         /// Which side opened the flow.
         direction: Direction,
         /// The request's number on its connection, from 1 (Zeek's `trans_depth`).
@@ -433,6 +454,9 @@ impl EventFactory {
             alpn: hello.alpn,
             tls_version: hello.tls_version,
             ech: hello.ech,
+            ech_evidence: hello.ech_evidence.map(EchEvidence::as_str),
+            dns_derived: hello.dns_name.is_some(),
+            dns_name: hello.dns_name,
             quic_version: hello.quic_version,
             direction: flow.direction,
             proxy,
@@ -455,6 +479,8 @@ impl EventFactory {
             host: req.host,
             uri: req.uri,
             user_agent: req.user_agent,
+            dns_derived: req.dns_name.is_some(),
+            dns_name: req.dns_name,
             direction: flow.direction,
             trans_depth,
             proxy,
@@ -486,7 +512,7 @@ impl EventFactory {
             ActionType::ExploitGuardNetworkProtectionBlocked
         };
         let fields = AdditionalFields::NetworkProtection {
-            response_category: "CustomBlockList",
+            response_category: protection.response_category,
             is_audit: protection.is_audit,
             indicator_id: protection.indicator_id,
             indicator_value: protection.indicator_value,
@@ -499,6 +525,40 @@ impl EventFactory {
     }
 }
 
+/// What a ClientHello says about Encrypted ClientHello, as events report it (`ech`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ech {
+    /// No encrypted_client_hello extension.
+    None,
+    /// The extension is there, but nothing says it is more than GREASE (RFC 9849 §6.2:
+    /// clients send a fake one to every server): the SNI seen is taken as the name.
+    GreaseOrReal,
+    /// The extension is there and the sensor has evidence that it is real: the SNI is
+    /// an outer name, the real one is hidden.
+    Real,
+}
+
+/// Why a ClientHello's ECH is taken as real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchEvidence {
+    /// The client resolved the server's name with an HTTPS record carrying an ECH
+    /// configuration, or one whose public name is the SNI.
+    Dns,
+    /// The SNI is one of the config's `ech_public_names`.
+    Config,
+}
+
+impl EchEvidence {
+    /// The `ech_evidence` of events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EchEvidence::Dns => "dns_https_record",
+            EchEvidence::Config => "ech_public_names",
+        }
+    }
+}
+
 /// What a ClientHello showed, for `SslConnectionInspected`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSeen {
@@ -508,8 +568,12 @@ pub struct TlsSeen {
     pub alpn: Vec<String>,
     /// The highest version offered.
     pub tls_version: &'static str,
-    /// An encrypted_client_hello extension was present.
-    pub ech: bool,
+    /// Encrypted ClientHello, as far as the sensor can tell.
+    pub ech: Ech,
+    /// Why `ech` is `Real`.
+    pub ech_evidence: Option<EchEvidence>,
+    /// The name the client resolved the server from, if the SNI is missing or hidden.
+    pub dns_name: Option<String>,
     /// The QUIC version, for a ClientHello read from QUIC Initials.
     pub quic_version: Option<&'static str>,
 }
@@ -521,8 +585,8 @@ pub struct DnsSeen {
     pub query: Option<String>,
     /// Its type.
     pub qtype: Option<String>,
-    /// The response code.
-    pub rcode: String,
+    /// The response code (None: the answer is not seen).
+    pub rcode: Option<String>,
     /// The answer records as text.
     pub answers: Vec<String>,
     /// The smallest TTL of the answers.
@@ -544,11 +608,16 @@ pub struct HttpSeen {
     pub user_agent: Option<String>,
     /// The full URL (`RemoteUrl`), or the CONNECT authority.
     pub url: String,
+    /// The name the client resolved the server from, if the request names no host.
+    pub dns_name: Option<String>,
 }
 
 /// The indicator behind a protection event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protection {
+    /// What decided: `CustomBlockList` for an indicator, `EncryptedClientHello` for the
+    /// `ech = "block"` setting.
+    pub response_category: &'static str,
     /// The indicator's id.
     pub indicator_id: String,
     /// The indicator's value.

@@ -502,6 +502,29 @@ impl Policy {
         }
         self.match_ip(&mut m, ip);
 
+        self.decision(m)
+    }
+
+    /// A DNS lookup of `name` sent to the resolver at `resolver`: Domain indicators match
+    /// the name, IP indicators the resolver. URL indicators never match a lookup: a
+    /// blocked URL is a path on its host, not the host.
+    pub fn decide_lookup(&self, resolver: IpAddr, name: &str, now: SystemTime) -> Decision<'_> {
+        let mut m = Matcher {
+            set: &self.set,
+            process: None,
+            now: Timestamp::from_system_time(now),
+            best: None,
+            audits: Vec::new(),
+        };
+        if let Some(Host::Name(host)) = normalise_host(name) {
+            self.match_domains(&mut m, host);
+        }
+        self.match_ip(&mut m, resolver.to_canonical());
+        self.decision(m)
+    }
+
+    /// What the matches collected in `m` decide.
+    fn decision(&self, mut m: Matcher<'_>) -> Decision<'_> {
         m.audits
             .sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         Decision {
@@ -687,6 +710,30 @@ mod tests {
     )]
     fn some(s: &str) -> Option<String> {
         Some(s.to_string())
+    }
+
+    #[test]
+    fn a_lookup_matches_domains_and_the_resolver_never_urls() {
+        let p = policy(&[
+            ("d", "DomainName", "example.com", "Block"),
+            ("a", "DomainName", "ok.example.com", "Allowed"),
+            ("u", "Url", "http://url-only.test/path", "Block"),
+            ("r", "IpAddress", "198.18.9.9", "Block"),
+        ]);
+        let lookup = |resolver: &str, name: &str| {
+            p.decide_lookup(resolver.parse().unwrap(), name, now())
+                .winner
+                .map(|w| w.id().to_string())
+        };
+        assert_eq!(lookup("203.0.113.7", "www.Example.com."), some("d"));
+        assert_eq!(lookup("203.0.113.7", "ok.example.com"), some("a"));
+        assert_eq!(lookup("203.0.113.7", "url-only.test"), None);
+        assert_eq!(lookup("198.18.9.9", "other.test"), some("r"));
+        assert_eq!(
+            lookup("203.0.113.7", "198.18.9.9"),
+            None,
+            "a literal is no name"
+        );
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub enum AnswerData {
         alpn: Vec<String>,
         /// Whether an `ech` SvcParam (key 5, an ECHConfigList) is present.
         ech: bool,
+        /// The public names (outer SNIs) of its ECH configurations that could be read.
+        ech_public_names: Vec<String>,
     },
     /// Any other type: its code.
     Other(u16),
@@ -206,6 +208,40 @@ pub fn parse_message(bytes: &[u8]) -> Result<DnsMessage, DnsError> {
         min_ttl: answers.iter().map(|a| a.ttl).min(),
         answers,
     })
+}
+
+/// A DNS query sent over TCP (RFC 1035 §4.2.2: each message behind a 2-byte length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpQuery {
+    /// The query.
+    pub message: DnsMessage,
+    /// Bytes of the stream it took, its length prefix included.
+    pub frame_len: usize,
+}
+
+/// Reads the next length-prefixed DNS message of a client's TCP stream to port 53.
+///
+/// Port 53 rather than content decides that a TCP flow is DNS, as for UDP: a DNS
+/// message has no marker to detect it by.
+pub fn parse_tcp_query(buf: &[u8]) -> super::ParseOutcome {
+    use super::{ParseOutcome, Parsed};
+    let Some(len) = buf
+        .get(..2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    else {
+        return ParseOutcome::NeedMore;
+    };
+    let Some(body) = buf.get(2..2 + len) else {
+        return ParseOutcome::NeedMore;
+    };
+    match parse_message(body) {
+        Ok(message) if !message.response => ParseOutcome::Complete(Parsed::Dns(TcpQuery {
+            message,
+            frame_len: 2 + len,
+        })),
+        Ok(_) => ParseOutcome::NotRecognised("a DNS response from the client"),
+        Err(_) => ParseOutcome::NotRecognised("malformed DNS message over TCP"),
+    }
 }
 
 /// The addresses a response's CNAME chain resolves the question name to, each with the
@@ -313,9 +349,12 @@ fn answer_data(data: &RData, rtype: RecordType) -> AnswerData {
 fn svcb_data(s: &SVCB) -> AnswerData {
     let mut alpn = Vec::new();
     let mut ech = false;
+    let mut ech_public_names = Vec::new();
     for (key, value) in &s.svc_params {
-        if let SvcParamValue::Alpn(ids) = value {
-            alpn.extend(ids.0.iter().cloned());
+        match value {
+            SvcParamValue::Alpn(ids) => alpn.extend(ids.0.iter().cloned()),
+            SvcParamValue::EchConfigList(list) => ech_public_names.extend(public_names(&list.0)),
+            _ => {}
         }
         if matches!(key, SvcParamKey::EchConfigList) {
             ech = true;
@@ -326,7 +365,60 @@ fn svcb_data(s: &SVCB) -> AnswerData {
         target: name_text(&s.target_name),
         alpn,
         ech,
+        ech_public_names,
     }
+}
+
+/// The ECHConfig version this reads (RFC 9849 §4); configurations of other versions are
+/// skipped by their length, as clients do.
+const ECH_VERSION: u16 = 0xfe0d;
+
+/// The `public_name` of every version-`0xfe0d` configuration of an ECHConfigList
+/// (RFC 9849 §4: `u16` list length, then `u16` version, `u16` length, contents). No
+/// maintained crate exposes this (rustls keeps its ECHConfig parser private), and the
+/// walk is a few length-prefixed fields; what does not parse yields nothing.
+pub fn public_names(list: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    let Some(body) = prefixed16(list).map(|(body, _)| body) else {
+        return names;
+    };
+    let mut rest = body;
+    while rest.len() >= 4 {
+        let version = u16::from_be_bytes([rest[0], rest[1]]);
+        let Some((contents, after)) = prefixed16(&rest[2..]) else {
+            break;
+        };
+        if version == ECH_VERSION
+            && let Some(name) = config_public_name(contents)
+        {
+            names.push(name);
+        }
+        rest = after;
+    }
+    names
+}
+
+/// The public name of one ECHConfigContents: `HpkeKeyConfig` (config id, KEM id, public
+/// key, cipher suites), maximum name length, then the name.
+fn config_public_name(c: &[u8]) -> Option<String> {
+    let after_ids = c.get(3..)?;
+    let (_key, rest) = prefixed16(after_ids)?;
+    let (_suites, rest) = prefixed16(rest)?;
+    let len = usize::from(*rest.get(1)?);
+    let name = rest.get(2..2 + len)?;
+    let text = std::str::from_utf8(name).ok()?;
+    let valid = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    valid.then(|| text.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// A `u16`-length-prefixed field and what follows it.
+fn prefixed16(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::from(u16::from_be_bytes([*b.first()?, *b.get(1)?]));
+    let body = b.get(2..2 + len)?;
+    Some((body, &b[2 + len..]))
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub enum Parsed {
     Tls(tls::ClientHelloInfo),
     /// An HTTP/1.x request head.
     Http(http::HttpRequest),
+    /// A DNS query over TCP (a flow to port 53).
+    Dns(dns::TcpQuery),
 }
 
 /// Result of parsing the in-order client bytes captured so far.

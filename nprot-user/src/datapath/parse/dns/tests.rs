@@ -341,6 +341,7 @@ fn https_record_with_and_without_ech() {
             target: ".".to_owned(),
             alpn: vec!["h3".to_owned(), "h2".to_owned()],
             ech: true,
+            ech_public_names: vec![],
         }
     );
 
@@ -361,6 +362,7 @@ fn https_record_with_and_without_ech() {
             target: "pool.example.test".to_owned(),
             alpn: vec!["h2".to_owned()],
             ech: false,
+            ech_public_names: vec![],
         }
     );
 
@@ -378,6 +380,67 @@ fn https_record_with_and_without_ech() {
     assert!(matches!(
         &m.answers[0].data,
         AnswerData::Svcb { ech: true, alpn, .. } if alpn == &["dot"]
+    ));
+}
+
+/// An ECHConfigList of one X25519/HKDF-SHA256/AES-128-GCM configuration (RFC 9849 §4).
+fn ech_config_list(version: u16, public_name: &str) -> Vec<u8> {
+    let mut contents = vec![7, 0x00, 0x20]; // config_id, kem_id = X25519
+    contents.extend_from_slice(&32u16.to_be_bytes());
+    contents.extend_from_slice(&[0x42; 32]);
+    contents.extend_from_slice(&[0x00, 0x04, 0x00, 0x01, 0x00, 0x01]);
+    contents.push(0); // maximum_name_length
+    contents.push(public_name.len() as u8);
+    contents.extend_from_slice(public_name.as_bytes());
+    contents.extend_from_slice(&[0x00, 0x00]); // no extensions
+    let mut config = version.to_be_bytes().to_vec();
+    config.extend_from_slice(&(contents.len() as u16).to_be_bytes());
+    config.extend_from_slice(&contents);
+    let mut list = (config.len() as u16).to_be_bytes().to_vec();
+    list.extend_from_slice(&config);
+    list
+}
+
+#[test]
+fn ech_public_names_are_read_from_the_config_list() {
+    assert_eq!(
+        public_names(&ech_config_list(0xfe0d, "Cover.Example.")),
+        ["cover.example"]
+    );
+    // Another version is skipped; two configurations give two names.
+    let mut two = ech_config_list(0xfe0d, "a.example");
+    let other = ech_config_list(0xfe0a, "old.example");
+    let b = ech_config_list(0xfe0d, "b.example");
+    let mut body = two.split_off(2);
+    body.extend_from_slice(&other[2..]);
+    body.extend_from_slice(&b[2..]);
+    let mut list = (body.len() as u16).to_be_bytes().to_vec();
+    list.extend_from_slice(&body);
+    assert_eq!(public_names(&list), ["a.example", "b.example"]);
+    // Every cut and a bad name give what could be read, never a panic.
+    let full = ech_config_list(0xfe0d, "cover.example");
+    for n in 0..full.len() {
+        assert!(public_names(&full[..n]).is_empty(), "cut at {n}");
+    }
+    assert!(public_names(&ech_config_list(0xfe0d, "bad name")).is_empty());
+    // In an HTTPS answer.
+    let params = vec![(
+        SvcParamKey::EchConfigList,
+        SvcParamValue::EchConfigList(EchConfigList(full)),
+    )];
+    let m = parse_message(&wire(&response(
+        "secret.example.test.",
+        RecordType::HTTPS,
+        vec![rec(
+            "secret.example.test.",
+            60,
+            RData::HTTPS(HTTPS(SVCB::new(1, name("."), params))),
+        )],
+    )))
+    .unwrap();
+    assert!(matches!(
+        &m.answers[0].data,
+        AnswerData::Svcb { ech: true, ech_public_names, .. } if ech_public_names == &["cover.example"]
     ));
 }
 
