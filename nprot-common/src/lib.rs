@@ -350,6 +350,9 @@ pub enum RecordKind {
     Payload = 3,
     /// The flow was closed by FIN or RST.
     Closed = 4,
+    /// The server sent payload before its client did: no client bytes will name the
+    /// flow first, so the daemon judges it by its address (its bytes are held meanwhile).
+    ServerFirst = 5,
 }
 
 impl RecordKind {
@@ -360,6 +363,7 @@ impl RecordKind {
             2 => Some(RecordKind::Failed),
             3 => Some(RecordKind::Payload),
             4 => Some(RecordKind::Closed),
+            5 => Some(RecordKind::ServerFirst),
             _ => None,
         }
     }
@@ -603,8 +607,11 @@ pub mod stat {
     /// DNS messages longer than [`crate::dns::DNS_CAPTURE_MAX`]: copied cut, marked
     /// truncated (the daemon counts what it cannot parse).
     pub const DNS_TRUNCATED: u32 = 34;
+    /// TCP flows whose server sent payload before the client did: judged by the daemon
+    /// from a `ServerFirst` record (by address and DNS name), the server's bytes held.
+    pub const FLOWS_SERVER_FIRST: u32 = 35;
     /// Number of counters.
-    pub const COUNT: u32 = 35;
+    pub const COUNT: u32 = 36;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -642,6 +649,7 @@ pub mod stat {
         "datagram_tail_calls_failed",
         "dns_captured",
         "dns_truncated",
+        "flows_server_first",
     ];
 }
 

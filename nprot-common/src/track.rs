@@ -342,9 +342,23 @@ pub fn step<H: Host>(
         }
         capture(host, seg, flow);
         Action::Pass
+    } else if flow.payload_ns == 0 && flow.flags & FLOW_CONTINUED == 0 {
+        server_first(host, seg, flow)
     } else {
         hold(host, flow)
     }
+}
+
+/// The server spoke before its client (SMTP, FTP; SSH when its banner wins the race):
+/// no client bytes will name the flow first, so the daemon judges it by where it goes
+/// from a [`RecordKind::ServerFirst`] record, and the server's bytes are held meanwhile
+/// as they are for a request.
+#[inline(always)]
+fn server_first<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) -> Action {
+    host.bump(stat::FLOWS_SERVER_FIRST);
+    flow.payload_ns = host.now();
+    host.emit(seg, flow, false, RecordKind::ServerFirst);
+    hold(host, flow)
 }
 
 /// The daemon's verdict for a flow awaiting one, taken (and counted) if it is there. A
@@ -444,7 +458,8 @@ pub(crate) fn hold<H: Host>(host: &mut H, flow: &mut FlowState) -> Action {
         if flow.flags & FLOW_CONTINUED != 0 {
             return Action::Pass;
         }
-        // The server spoke first: not a client-first protocol nprot can judge.
+        // A TCP server that speaks first is judged (`server_first`); a datagram flow's
+        // entry starts with its client's bytes, so only an odd one gets here: let it go.
         flow.inspect = Inspect::Done as u8;
         flow.verdict = Verdict::Allow as u8;
         return Action::Pass;
@@ -799,6 +814,51 @@ pub(crate) mod tests {
             Action::Reset
         );
         assert_eq!(host.counters[stat::RESET_PACKETS as usize], 2);
+    }
+
+    /// A server that speaks first (an SSH or SMTP banner) has its bytes held and the flow
+    /// reported for judgement; an Allow releases them, and the client's bytes after it
+    /// are no longer captured.
+    #[test]
+    fn a_server_that_speaks_first_waits_for_a_verdict() {
+        let mut host = Fake {
+            config: SensorConfig {
+                hold: 1,
+                ..SensorConfig::default()
+            },
+            now: 1_000,
+            ..Fake::default()
+        };
+        let syn = seg(true, TCP_SYN, 100, 0, 0);
+        let (key, lo) = syn.key();
+        let mut flow = syn_state(&host, &syn, lo);
+        flow_started(&mut host, &syn, &mut flow);
+        let synack = seg(false, TCP_SYN | TCP_ACK, 500, 101, 0);
+        let (_, server_lo) = synack.key();
+        step(&mut host, &synack, &key, server_lo, &mut flow);
+        step(&mut host, &seg(true, TCP_ACK, 101, 501, 0), &key, lo, &mut flow);
+        let banner = seg(false, TCP_ACK, 501, 101, 20);
+        assert_eq!(
+            step(&mut host, &banner, &key, server_lo, &mut flow),
+            Action::Hold { requeue: true }
+        );
+        assert_eq!(host.emitted[1], Some(RecordKind::ServerFirst));
+        assert_eq!(host.counters[stat::FLOWS_SERVER_FIRST as usize], 1);
+        host.now += 10;
+        assert_eq!(
+            step(&mut host, &banner, &key, server_lo, &mut flow),
+            Action::Hold { requeue: true },
+            "still held, reported once"
+        );
+        assert_eq!(host.emitted[2], None);
+        host.verdict = Some(VerdictEntry::new(Verdict::Allow));
+        assert_eq!(
+            step(&mut host, &banner, &key, server_lo, &mut flow),
+            Action::Pass
+        );
+        let reply = seg(true, TCP_ACK, 101, 521, 30);
+        assert_eq!(step(&mut host, &reply, &key, lo, &mut flow), Action::Pass);
+        assert_eq!(host.captured, 0);
     }
 
     /// A SYN with a new ISN on a live flow waits for its server's SYN-ACK before the flow

@@ -55,7 +55,7 @@ fn check_ssl(env: &Env, event: &Value, sni: &str, alpn: &str) {
     check(env, event, "/AdditionalFields/server_name", sni);
     check(env, event, "/AdditionalFields/direction", "Outbound");
     check(env, event, "/AdditionalFields/tls_version", "TLS 1.3");
-    check(env, event, "/AdditionalFields/ech", false);
+    check(env, event, "/AdditionalFields/ech", "none");
     let offered = event["AdditionalFields"]["alpn"].as_array();
     assert!(
         offered.is_some_and(|a| a.iter().any(|p| p == alpn)),

@@ -259,30 +259,14 @@ fn connect(env: &Env, addr: IpAddr, port: u16) {
     );
 }
 
-/// A server on port 2222 (both families) that answers an SSH client's banner with one of
-/// its own and closes: client-first, as `ssh` sends its banner at once.
-fn banner_server(env: &Env) -> std::process::Child {
+/// A server on port 2222 (both families) that exchanges SSH banners and closes:
+/// `server_first` sends its banner before reading the client's (as sshd does), else it
+/// answers the client's.
+fn banner_server(env: &Env, server_first: bool) -> std::process::Child {
     let child = nprot_tests::netns::netns_cmd(env.server_ns(), nprot_tests::clients::python3())
         .args([
             "-c",
-            r"
-import socket
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(('::', 2222))
-s.listen(16)
-while True:
-    c, _ = s.accept()
-    c.settimeout(3)
-    try:
-        c.recv(256)
-        c.sendall(b'SSH-2.0-nprot-test\r\n')
-        c.recv(4096)
-    except OSError:
-        pass
-    c.close()
-",
+            &format!("FIRST = {}\n{SERVER}", if server_first { "True" } else { "False" }),
         ])
         .spawn()
         .expect("python3 server");
@@ -294,6 +278,29 @@ while True:
     .expect("banner server ready");
     child
 }
+
+/// The banner server's code, after `FIRST = True|False`.
+const SERVER: &str = r"
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(('::', 2222))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.settimeout(3)
+    try:
+        if FIRST:
+            c.sendall(b'SSH-2.0-nprot-test\r\n')
+        c.recv(256)
+        if not FIRST:
+            c.sendall(b'SSH-2.0-nprot-test\r\n')
+        c.recv(4096)
+    except OSError:
+        pass
+    c.close()
+";
 
 /// `ssh` from the client namespace to `name` (resolved by the namespace's resolver) on
 /// port 2222; its stderr.
@@ -319,24 +326,57 @@ fn ssh(env: &Env, name: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `ssh` to a name resolved a moment before, by a protocol no parser knows: with
-/// `dns_names = "enforce"` a Block on the name resets it; with `log` it only carries
-/// the name.
+/// A client that reads first (as an SMTP or FTP client does) from `name` (resolved by
+/// the namespace's resolver) port 2222, then answers; what went wrong, if anything.
+fn listener(env: &Env, name: &str) -> String {
+    let out = nprot_tests::netns::netns_cmd(env.client_ns(), nprot_tests::clients::python3())
+        .args([
+            "-c",
+            r"
+import socket, sys
+addr = socket.getaddrinfo(sys.argv[1], 2222, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+s = socket.create_connection(addr, 3)
+s.settimeout(3)
+try:
+    banner = s.recv(256)
+    s.sendall(b'SSH-2.0-reader\r\n')
+    print('got', banner, file=sys.stderr)
+except ConnectionResetError:
+    print('connection reset', file=sys.stderr)
+",
+            name,
+        ])
+        .output()
+        .expect("python3 client");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A flow to a name resolved a moment before, by a protocol no parser knows (`ssh`, or
+/// one whose server speaks first): with `dns_names = "enforce"` a Block on the name
+/// resets it, whichever side speaks first; with `log` it only carries the name.
 #[test]
 fn an_ssh_flow_is_judged_by_its_dns_name_only_with_enforce() {
-    for (setting, blocked) in [("enforce", true), ("log", false)] {
+    for (setting, blocked, server_first) in [
+        ("enforce", true, true),
+        ("enforce", true, false),
+        ("log", false, true),
+    ] {
         let (env, resolver) = start_blocking(
             &format!("dns_names = \"{setting}\"\n"),
             &["ssh.example.test"],
         );
         let _resolv = NamespaceResolver::set(env.client_ns(), resolver.addr).unwrap();
-        let mut server = banner_server(&env);
-        let stderr = ssh(&env, "ssh.example.test");
+        let mut server = banner_server(&env, server_first);
+        let stderr = if server_first {
+            listener(&env, "ssh.example.test")
+        } else {
+            ssh(&env, "ssh.example.test")
+        };
         let _ = server.kill();
         let _ = server.wait();
         let stats = env.stats().unwrap();
         let p = &stats["pipeline"];
-        assert!(p["unnamed_judged"].as_u64() >= Some(1), "{setting}: {stats}");
+        assert!(p["unnamed_judged"].as_u64() >= Some(1), "{setting}: {stderr}\n{stats}");
         if blocked {
             assert!(stderr.contains("reset"), "{setting}: ssh said {stderr}");
             let e = wait_event(&env, "the block", |e| {
@@ -346,6 +386,10 @@ fn an_ssh_flow_is_judged_by_its_dns_name_only_with_enforce() {
             assert_eq!(e["AdditionalFields"]["IndicatorId"], "b0", "{e}");
             assert_eq!(e["RemotePort"], 2222, "{e}");
             assert_eq!(p["dns_name_judged"], 1, "{stats}");
+            if server_first {
+                assert_eq!(p["server_first"], 1, "{stats}");
+                assert_eq!(stats["kernel"]["flows_server_first"], 1, "{stats}");
+            }
         } else {
             assert!(!stderr.contains("reset"), "{setting}: ssh said {stderr}");
             assert!(stderr.contains("nprot-test") || stderr.contains("closed"), "{stderr}");

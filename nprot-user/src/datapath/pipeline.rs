@@ -120,6 +120,9 @@ pub struct PipelineStats {
     /// Flows whose first bytes are neither TLS, HTTP nor DNS, judged by their address
     /// (and, with `dns_names = "enforce"`, by the name their client resolved).
     pub unnamed_judged: u64,
+    /// Flows whose server spoke first, judged from the kernel's `ServerFirst` record (by
+    /// address and DNS name; counted in `unnamed_judged` too).
+    pub server_first: u64,
     /// Flows judged by a name from DNS (`dns_names = "enforce"`; nothing on the wire).
     pub dns_name_judged: u64,
     /// ClientHellos with an encrypted_client_hello extension and nothing to say it is
@@ -687,6 +690,7 @@ impl Pipeline {
             RecordKind::Established => self.connection(ActionType::ConnectionSuccess, rec, &ends),
             RecordKind::Failed => self.connection(ActionType::ConnectionFailed, rec, &ends),
             RecordKind::Closed => self.closed(&rec.tuple.key(), rec.ts_ns),
+            RecordKind::ServerFirst => self.on_server_first(rec, &ends, verdicts),
             RecordKind::Payload
                 if rec.tuple.proto == PROTO_UDP && rec.tuple.server_port == DNS_PORT =>
             {
@@ -858,6 +862,20 @@ impl Pipeline {
         for item in &judged {
             self.log_judged(rec, &ends, item);
         }
+    }
+
+    /// The server spoke first: the flow is judged by its address (and DNS name) now, as
+    /// first bytes no parser knows are; the kernel holds the server's bytes meanwhile.
+    fn on_server_first(
+        &mut self,
+        rec: &Record<'_>,
+        ends: &FlowEnds,
+        verdicts: &mut dyn VerdictTarget,
+    ) {
+        self.stats.server_first += 1;
+        let verdict = self.judge_unnamed(rec, ends);
+        let key = rec.tuple.key();
+        self.deliver(rec, ends, &key, verdict.into(), verdicts);
     }
 
     /// A connection event, with the name the client resolved the server from, if any.

@@ -430,3 +430,21 @@ fn dns_over_tcp_queries_are_reported_and_judged_one_by_one() {
     );
     assert_eq!(v.0, [Verdict::Block]);
 }
+
+#[test]
+fn a_server_that_speaks_first_is_judged_by_its_address() {
+    for (rules, expect) in [
+        (&[("ip", "IpAddress", SERVER)][..], Verdict::Block),
+        (&[][..], Verdict::Allow),
+    ] {
+        let mut p = pipeline(rules, Mode::Block, NameSettings::default());
+        let mut rec = payload(PROTO_TCP, 25, &[], true);
+        rec.kind = RecordKind::ServerFirst;
+        let mut v = Verdicts::default();
+        p.on_record(&rec, &mut v);
+        assert_eq!(v.0, [expect]);
+        assert_eq!(p.stats().server_first, 1);
+        let evs = events(&mut p);
+        assert_eq!(evs.len(), usize::from(expect == Verdict::Block), "{evs:?}");
+    }
+}
