@@ -53,6 +53,7 @@ pub const RCODE_NXDOMAIN: u16 = 3;
 /// Scratch space for the start of a query (per CPU in the kernel, never on the stack):
 /// its bytes as read, then its name rewritten in place as a lowercase dotted name.
 #[repr(C)]
+#[derive(Debug)]
 pub struct QueryScratch {
     /// Bytes of `bytes` that were read from the datagram.
     pub len: u32,

@@ -38,6 +38,10 @@ pub const CAPTURE_FLOW_MAX_DEFAULT: u32 = 68 * 1024;
 /// Maximum number of flows the kernel tracks at once (LRU map).
 pub const MAX_FLOWS: u32 = 262_144;
 
+/// Maximum number of names in the kernel's `DNS_NAMES` map (blocked domains and their
+/// allowed subdomains).
+pub const MAX_DNS_NAMES: u32 = 65_536;
+
 /// Maximum number of verdicts waiting to be picked up by the kernel.
 pub const MAX_PENDING_VERDICTS: u32 = 65_536;
 

@@ -38,7 +38,10 @@ use crate::{
         sdnotify, socket,
         state::State,
     },
-    datapath::pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
+    datapath::{
+        dns_block::{DnsBlock, NameMap},
+        pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
+    },
     events::{
         EventFactory,
         collector::{CollectorConfig, CollectorSink, Transport},
@@ -344,13 +347,23 @@ fn kernel_config(mode: Mode, opts: &RunOptions) -> SensorConfig {
         verdict_timeout_ns: opts.verdict_timeout.as_nanos() as u64,
         flow_idle_timeout_ns: opts.flow_idle_timeout.as_nanos() as u64,
         quic: opts.quic as u8,
+        dns_block: u8::from(mode == Mode::Block),
         ..SensorConfig::default()
     }
 }
 
+impl NameMap for Sensor {
+    fn put(&mut self, hash: u64, value: u8) -> anyhow::Result<()> {
+        Ok(self.set_dns_name(hash, value)?)
+    }
+    fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
+        Ok(self.remove_dns_name(hash)?)
+    }
+}
+
 /// What the control handlers need of the kernel side: the live [`Sensor`], or a stand-in
-/// in tests (which run without root and without eBPF).
-trait Kernel {
+/// in tests (which run without root and without eBPF). Its [`NameMap`] is `DNS_NAMES`.
+trait Kernel: NameMap {
     /// Writes the kernel's settings (a mode change).
     fn set_config(&mut self, config: SensorConfig) -> Result<(), String>;
     /// The guarded interfaces and how each is attached.
@@ -396,6 +409,8 @@ struct Daemon<K = Sensor> {
     started: Instant,
     /// Process attribution, when the connect hooks are attached.
     attribution: Option<Attributing>,
+    /// What the kernel's DNS name map holds (DNS blocking, block mode).
+    dns_block: DnsBlock,
 }
 
 /// The running process attribution: its thread, its tables and the hooks' counters.
@@ -537,7 +552,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         housekeeping_rounds: 0,
         started: Instant::now(),
         attribution,
+        dns_block: DnsBlock::default(),
     };
+    daemon.sync_dns_names();
 
     daemon.refresh_local_addrs();
     set_realtime(daemon.opts.rt_priority);
@@ -626,6 +643,9 @@ impl Daemon {
             }
         }
         self.refresh_local_addrs();
+        if self.dns_block.due(SystemTime::now()) {
+            self.sync_dns_names();
+        }
         self.pipeline
             .expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
         if let Ok(k) = self.sensor.kernel_stats() {
@@ -743,6 +763,7 @@ impl<K: Kernel> Daemon<K> {
         self.state = next;
         self.mode = mode;
         self.pipeline.set_mode(mode);
+        self.sync_dns_names();
         info!("mode set to {mode}");
         Ok(ModeReply { mode })
     }
@@ -910,7 +931,20 @@ impl<K: Kernel> Daemon<K> {
         next.save(&self.opts.state_dir).map_err(|e| e.to_string())?;
         self.state = next;
         self.pipeline.set_policy(Arc::new(policy));
+        self.sync_dns_names();
         Ok(())
+    }
+
+    /// Writes the kernel's DNS name map for the running policy and mode (every policy
+    /// or mode change, and when an indicator in it expires).
+    fn sync_dns_names(&mut self) {
+        self.dns_block.sync(
+            &mut self.sensor,
+            self.pipeline.policy(),
+            self.mode,
+            SystemTime::now(),
+        );
+        debug!("DNS name map: {} names", self.dns_block.len());
     }
 
     /// SIGHUP: re-reads the config file (indicator sources, device groups, mode) and the
@@ -976,6 +1010,7 @@ impl<K: Kernel> Daemon<K> {
                         Err(e) => warn!("mode or quic from the config not applied: {e}"),
                     }
                 }
+                self.sync_dns_names();
             }
             Err(e) => warn!("reload refused, the running policy stays: {e:#}"),
         }
@@ -1074,6 +1109,18 @@ mod tests {
         attached: Vec<(String, &'static str)>,
         configs: Vec<SensorConfig>,
         fail: bool,
+        dns_names: HashMap<u64, u8>,
+    }
+
+    impl NameMap for FakeKernel {
+        fn put(&mut self, hash: u64, value: u8) -> anyhow::Result<()> {
+            self.dns_names.insert(hash, value);
+            Ok(())
+        }
+        fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
+            self.dns_names.remove(&hash);
+            Ok(())
+        }
     }
 
     impl Kernel for FakeKernel {
@@ -1184,6 +1231,7 @@ mod tests {
                 housekeeping_rounds: 0,
                 started: Instant::now(),
                 attribution: None,
+                dns_block: DnsBlock::default(),
             };
             Fixture {
                 daemon,

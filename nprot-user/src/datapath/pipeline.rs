@@ -14,6 +14,7 @@ use nprot_common::{FlowKey, PROTO_UDP, RecordKind, Verdict, VerdictEntry, dns::D
 use crate::{
     capture::attribution::ProcessSource,
     datapath::{
+        dns_block,
         names::{Client, NameCache},
         parse::{
             ParseOutcome, Parsed, dns,
@@ -113,6 +114,11 @@ pub struct PipelineStats {
     pub dns_unanswered: u64,
     /// Connection events that carry a name from DNS (`dns_name`).
     pub dns_named_flows: u64,
+    /// DNS queries for blocked names the kernel answered NXDOMAIN (block mode).
+    pub dns_blocked: u64,
+    /// DNS queries for names the policy blocks that the kernel let through in block
+    /// mode (inside a tunnel, not a standard query, the name map out of date or full).
+    pub dns_block_missed: u64,
 }
 
 /// What block mode does with a request head that cannot be judged in full (config key
@@ -822,6 +828,9 @@ impl Pipeline {
     /// A DNS message: a query is remembered, a response reported with its query and its
     /// addresses noted for the flows that follow.
     fn on_dns(&mut self, rec: &Record<'_>, ends: &FlowEnds) {
+        if rec.dns_forged {
+            return self.on_dns_forged(rec, ends);
+        }
         let msg = match dns::parse_message(rec.payload) {
             Ok(msg) if msg.response == rec.from_server => msg,
             Ok(_) => {
@@ -837,6 +846,7 @@ impl Pipeline {
         let key = (rec.tuple.key(), msg.id);
         if !msg.response {
             self.stats.dns_queries += 1;
+            self.dns_query_judged(rec, ends, &msg);
             if self.dns_pending.len() < MAX_DNS_PENDING || self.dns_pending.contains_key(&key) {
                 self.dns_pending.insert(key, rec.ts_ns);
             } else {
@@ -1185,6 +1195,101 @@ fn client_of(ends: &FlowEnds) -> Client {
     }
 }
 
+/// DNS blocking (issue 15): the kernel answers queries for blocked names itself
+/// (`datapath::dns_block`); here they are reported, and a query for a blocked name the
+/// kernel let through is audited or counted as missed.
+impl Pipeline {
+    /// A query the kernel answered NXDOMAIN: the protection event (Blocked, with the
+    /// indicator) and the lookup with its forged answer.
+    fn on_dns_forged(&mut self, rec: &Record<'_>, ends: &FlowEnds) {
+        self.stats.dns_queries += 1;
+        self.stats.dns_blocked += 1;
+        self.stats.blocked += 1;
+        // The kernel sends the answer it made (QR set), replay the query: either reads.
+        let msg = match dns::parse_message(rec.payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                log::debug!("flow {}: forged DNS answer not read: {e}", describe(ends));
+                self.stats.dns_malformed += 1;
+                return;
+            }
+        };
+        let Some(q) = &msg.query else {
+            self.stats.dns_malformed += 1;
+            return;
+        };
+        let mut seen = dns_seen(&msg);
+        seen.rcode = "NXDOMAIN".into();
+        seen.answers.clear();
+        seen.ttl = None;
+        seen.forged = true;
+        let event = self.factory.dns(rec.ts_ns, ends, seen);
+        let remote_url = event.remote_url.clone();
+        self.events.push(event);
+        let policy = Arc::clone(&self.policy);
+        let now = self.factory.wall(rec.ts_ns);
+        match dns_block::blocking_indicator(&policy, &q.name, now) {
+            Some(indicator) => {
+                let ev = self.factory.protection(
+                    rec.ts_ns,
+                    ends,
+                    remote_url,
+                    protection(&Enforcement {
+                        indicator,
+                        is_audit: false,
+                    }),
+                    self.mode,
+                );
+                self.events.push(ev);
+            }
+            // The policy changed since the kernel's map was written.
+            None => log::debug!(
+                "flow {}: {} answered NXDOMAIN by a name no longer blocked",
+                describe(ends),
+                q.name
+            ),
+        }
+    }
+
+    /// A query that went to the resolver: if the policy blocks its name, it is audited in
+    /// audit mode, and in block mode counted as missed (the kernel did not answer it).
+    fn dns_query_judged(&mut self, rec: &Record<'_>, ends: &FlowEnds, msg: &dns::DnsMessage) {
+        if self.mode == Mode::Disabled {
+            return;
+        }
+        let Some(q) = &msg.query else {
+            return;
+        };
+        let policy = Arc::clone(&self.policy);
+        let now = self.factory.wall(rec.ts_ns);
+        let Some(indicator) = dns_block::blocking_indicator(&policy, &q.name, now) else {
+            return;
+        };
+        if self.mode == Mode::Block {
+            self.stats.dns_block_missed += 1;
+            log::warn!(
+                "flow {}: DNS query for {} (blocked by {}) was not answered by the kernel",
+                describe(ends),
+                q.name,
+                indicator.id()
+            );
+            return;
+        }
+        self.stats.audited += 1;
+        let ev = self.factory.protection(
+            rec.ts_ns,
+            ends,
+            Some(q.name.clone()),
+            protection(&Enforcement {
+                indicator,
+                is_audit: true,
+            }),
+            self.mode,
+        );
+        self.events.push(ev);
+    }
+}
+
 /// What events report of a DNS response.
 fn dns_seen(msg: &dns::DnsMessage) -> DnsSeen {
     let answers = msg
@@ -1222,6 +1327,7 @@ fn dns_seen(msg: &dns::DnsMessage) -> DnsSeen {
             .answers
             .iter()
             .any(|a| matches!(a.data, dns::AnswerData::Svcb { ech: true, .. })),
+        forged: false,
     }
 }
 
@@ -1301,6 +1407,7 @@ mod tests {
             truncated: false,
             budget_spent: false,
             from_server: false,
+            dns_forged: false,
             socket_cookie: 0,
             ifindex: 1,
         }
@@ -2187,6 +2294,7 @@ mod direction_tests {
             truncated: false,
             budget_spent: false,
             from_server: false,
+            dns_forged: false,
             socket_cookie: 0,
             ifindex: 1,
         }
