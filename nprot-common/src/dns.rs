@@ -57,6 +57,10 @@ pub const RCODE_NXDOMAIN: u16 = 3;
 pub struct QueryScratch {
     /// Bytes of `bytes` that were read from the datagram.
     pub len: u32,
+    /// Where the next label's length byte is, while the name is read ([`spill`]).
+    pub next: u32,
+    /// Where the name ends (its root label), once read ([`spill`]).
+    pub end: u32,
     /// The datagram's first bytes.
     pub bytes: [u8; DNS_QUERY_READ],
 }
@@ -65,9 +69,29 @@ impl Default for QueryScratch {
     fn default() -> QueryScratch {
         QueryScratch {
             len: 0,
+            next: 0,
+            end: 0,
             bytes: [0; DNS_QUERY_READ],
         }
     }
+}
+
+/// Keeps a value of the name walk in the scratch map rather than in a register. The
+/// verifier tracks registers exactly and memory not at all: a label position in a
+/// register would make every iteration's state differ by it (and what follows the walk
+/// be verified once per position it could end at), which exceeds its budget. Volatile,
+/// so that LLVM keeps the round trip.
+#[inline(always)]
+fn spill(slot: &mut u32, value: u32) {
+    // SAFETY: a write through a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(slot, value) }
+}
+
+/// Reads a value [`spill`] kept.
+#[inline(always)]
+fn unspill(slot: &u32) -> u32 {
+    // SAFETY: a read through a valid reference.
+    unsafe { core::ptr::read_volatile(slot) }
 }
 
 /// The names the daemon wants answered ([`NAME_BLOCK`]) or let through ([`NAME_ALLOW`]),
@@ -171,10 +195,10 @@ fn forge<H: DnsHost>(host: &mut H, seg: &Segment) -> Answered {
     let Some(old_flags) = standard_query(query) else {
         return Answered::Skipped;
     };
-    let Some(end) = dotted_name(query) else {
+    if dotted_name(query).is_none() {
         return Answered::Skipped;
-    };
-    if name_verdict(query, end, names) != Some(NAME_BLOCK) {
+    }
+    if name_verdict(query, names) != Some(NAME_BLOCK) {
         return Answered::Skipped;
     }
     let answered = host.answer(seg, old_flags, nxdomain_flags(old_flags));
@@ -210,63 +234,75 @@ pub const fn nxdomain_flags(flags: u16) -> u16 {
 }
 
 /// Rewrites the question's name in place into a lowercase dotted name (each length byte
-/// but the first becomes a `.`): it is then `bytes[13..end]`; returns `end`. `None` for a
-/// compression pointer, a label length past what was read, a name longer than
-/// [`DNS_NAME_MAX`], or a question cut before its type and class.
+/// but the first becomes a `.`): it is then `bytes[13..end]`; returns `end` (also kept in
+/// `query.end`). `None` for a compression pointer, a label length past what was read, a
+/// name longer than [`DNS_NAME_MAX`], or a question cut before its type and class.
+///
+/// Every bound the walk compares with is read from the scratch map where it is used
+/// ([`unspill`]): a register compared with the position would differ at every exit of
+/// the loop, and the verifier would go through the rest of the program once per exit.
 #[inline(always)]
 pub fn dotted_name(query: &mut QueryScratch) -> Option<usize> {
-    let len = query.len as usize;
-    if len > DNS_QUERY_READ {
-        return None;
-    }
-    // Where the next length byte is.
-    let mut next = HEADER_LEN;
+    spill(&mut query.next, HEADER_LEN as u32);
+    spill(&mut query.end, 0);
     for i in 0..=DNS_NAME_MAX {
         let at = HEADER_LEN + i;
-        if at >= len {
+        if at >= unspill(&query.len) as usize {
             return None;
         }
         let b = query.bytes[at & (DNS_QUERY_READ - 1)];
-        if at == next {
+        if at == unspill(&query.next) as usize {
             if b == 0 {
-                // The question's type and class follow the name.
-                return if at + 5 <= len { Some(at) } else { None };
+                spill(&mut query.end, at as u32);
+                break;
             }
             // 0xc0 is a compression pointer (never in a query's question), 0x40 and 0x80
             // are not in use.
             if b > 63 {
                 return None;
             }
-            next = at + 1 + b as usize;
+            spill(&mut query.next, (at + 1 + b as usize) as u32);
             query.bytes[at & (DNS_QUERY_READ - 1)] = b'.';
         } else {
             query.bytes[at & (DNS_QUERY_READ - 1)] = name_hash::fold(b);
         }
     }
-    None
-}
-
-/// The value of the longest suffix of the dotted name `bytes[13..end]` (from
-/// [`dotted_name`]) that `names` holds: the most specific indicator decides.
-#[inline(always)]
-pub fn name_verdict<N: NameVerdicts>(query: &QueryScratch, end: usize, names: &N) -> Option<u8> {
-    let start = HEADER_LEN + 1;
-    if end <= start || end > HEADER_LEN + DNS_NAME_MAX {
+    let end = unspill(&query.end) as usize;
+    let len = unspill(&query.len) as usize;
+    // Not found within the longest name; or the question's type and class are missing.
+    if end == 0 || end > HEADER_LEN + DNS_NAME_MAX || end + 5 > len {
         return None;
     }
+    Some(end)
+}
+
+/// The value of the longest suffix of the dotted name `bytes[13..end]` that
+/// [`dotted_name`] left (`end` in `query.end`) that `names` holds: the most specific
+/// indicator decides. The walk goes over every position the longest name may take,
+/// from its end back, and skips those past this name's end, so that it has one exit.
+#[inline(always)]
+pub fn name_verdict<N: NameVerdicts>(query: &QueryScratch, names: &N) -> Option<u8> {
+    let start = HEADER_LEN + 1;
+    let last = HEADER_LEN + DNS_NAME_MAX - 1;
     let mut h = name_hash::SEED;
     let mut verdict = None;
-    for i in 0..DNS_NAME_MAX {
-        if i >= end - start {
-            break;
+    let mut seen = false;
+    for i in 0..=last - start {
+        let at = last - i;
+        if at >= unspill(&query.end) as usize {
+            continue;
         }
-        let b = query.bytes[(end - 1 - i) & (DNS_QUERY_READ - 1)];
+        seen = true;
+        let b = query.bytes[at & (DNS_QUERY_READ - 1)];
         if b == b'.'
             && let Some(v) = names.name_verdict(h)
         {
             verdict = Some(v);
         }
         h = name_hash::step(h, b);
+    }
+    if !seen {
+        return None;
     }
     if let Some(v) = names.name_verdict(h) {
         verdict = Some(v);
