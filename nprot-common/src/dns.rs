@@ -42,6 +42,9 @@ pub const NAME_BLOCK: u8 = 1;
 /// says (an allowed subdomain of a blocked domain).
 pub const NAME_ALLOW: u8 = 0;
 
+/// `QueryScratch::verdict` before a suffix is found.
+pub const NO_VERDICT: u32 = 0x100;
+
 /// Flags word bits (the header's bytes 2 and 3, big-endian).
 const QR: u16 = 0x8000;
 const OPCODE: u16 = 0x7800;
@@ -61,6 +64,8 @@ pub struct QueryScratch {
     pub next: u32,
     /// Where the name ends (its root label), once read ([`spill`]).
     pub end: u32,
+    /// The value of the longest suffix found so far, [`NO_VERDICT`] if none ([`spill`]).
+    pub verdict: u32,
     /// The datagram's first bytes.
     pub bytes: [u8; DNS_QUERY_READ],
 }
@@ -71,6 +76,7 @@ impl Default for QueryScratch {
             len: 0,
             next: 0,
             end: 0,
+            verdict: NO_VERDICT,
             bytes: [0; DNS_QUERY_READ],
         }
     }
@@ -281,33 +287,36 @@ pub fn dotted_name(query: &mut QueryScratch) -> Option<usize> {
 /// indicator decides. The walk goes over every position the longest name may take,
 /// from its end back, and skips those past this name's end, so that it has one exit.
 #[inline(always)]
-pub fn name_verdict<N: NameVerdicts>(query: &QueryScratch, names: &N) -> Option<u8> {
+pub fn name_verdict<N: NameVerdicts>(query: &mut QueryScratch, names: &N) -> Option<u8> {
     let start = HEADER_LEN + 1;
     let last = HEADER_LEN + DNS_NAME_MAX - 1;
+    if (unspill(&query.end) as usize) <= start {
+        return None;
+    }
+    spill(&mut query.verdict, NO_VERDICT);
     let mut h = name_hash::SEED;
-    let mut verdict = None;
-    let mut seen = false;
     for i in 0..=last - start {
         let at = last - i;
         if at >= unspill(&query.end) as usize {
             continue;
         }
-        seen = true;
         let b = query.bytes[at & (DNS_QUERY_READ - 1)];
         if b == b'.'
             && let Some(v) = names.name_verdict(h)
         {
-            verdict = Some(v);
+            spill(&mut query.verdict, u32::from(v));
         }
         h = name_hash::step(h, b);
     }
-    if !seen {
-        return None;
-    }
     if let Some(v) = names.name_verdict(h) {
-        verdict = Some(v);
+        return Some(v);
     }
-    verdict
+    let verdict = unspill(&query.verdict);
+    if verdict < NO_VERDICT {
+        Some(verdict as u8)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
