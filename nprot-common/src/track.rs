@@ -683,7 +683,11 @@ pub(crate) mod tests {
 
     impl crate::dns::NameVerdicts for FakeNames {
         fn name_verdict(&self, hash: u64) -> Option<u8> {
-            self.0.iter().flatten().find(|(h, _)| *h == hash).map(|(_, v)| *v)
+            self.0
+                .iter()
+                .flatten()
+                .find(|(h, _)| *h == hash)
+                .map(|(_, v)| *v)
         }
     }
 

@@ -28,7 +28,7 @@ impl NameVerdicts for KernelNames {
     #[inline(always)]
     fn name_verdict(&self, hash: u64) -> Option<u8> {
         // SAFETY: the value is copied out at once.
-        unsafe { DNS_NAMES.get(&hash) }.copied()
+        unsafe { DNS_NAMES.get(hash) }.copied()
     }
 }
 

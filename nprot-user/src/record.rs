@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nprot_common::{
-    FAMILY_V4, FlowTuple, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_DNS_FORGED, RECORD_FROM_SERVER, RECORD_TRUNCATED,
-    RawAddr, RecordHeader, RecordKind,
+    FAMILY_V4, FlowTuple, RECORD_BUDGET_SPENT, RECORD_DNS_FORGED, RECORD_EGRESS,
+    RECORD_FROM_SERVER, RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind,
 };
 use thiserror::Error;
 

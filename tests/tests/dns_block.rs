@@ -28,13 +28,12 @@ const AUDITED: &str = "ExploitGuardNetworkProtectionAudited";
 fn start(mode: &str) -> (Env, Dnsmasq) {
     let mut env = Env::start_without_sensor().expect("test environment");
     let server = env.server_ip(false);
-    let records = ["www.blocked.test", "ok.blocked.test", "fine.example.test"].map(|name| {
-        Record::Host {
+    let records =
+        ["www.blocked.test", "ok.blocked.test", "fine.example.test"].map(|name| Record::Host {
             name: name.into(),
             addrs: vec![server],
             ttl: 60,
-        }
-    });
+        });
     let resolver = Dnsmasq::start(env.server_ns(), server, &records, env.dir()).expect("dnsmasq");
     env.enforce(
         mode,
@@ -56,9 +55,7 @@ fn timed_dig(env: &Env, resolver: &Dnsmasq, name: &str) -> (nprot_tests::dns::Di
 }
 
 fn dns_for(name: &'static str) -> impl Fn(&Value) -> bool {
-    move |e: &Value| {
-        ev::is(e, "DnsConnectionInspected") && e["AdditionalFields"]["query"] == name
-    }
+    move |e: &Value| ev::is(e, "DnsConnectionInspected") && e["AdditionalFields"]["query"] == name
 }
 
 fn protection_for(action: &'static str, name: &'static str) -> impl Fn(&Value) -> bool {
@@ -101,7 +98,10 @@ fn a_blocked_name_gets_nxdomain_from_the_kernel_at_once() {
     let (ok, _) = timed_dig(&env, &resolver, "ok.blocked.test");
     assert_eq!(ok.status, "NOERROR", "{ok:?}");
     assert_eq!(ok.answers.len(), 1, "{ok:?}");
-    assert!(ok.answers[0].ends_with(&env.server_ip(false).to_string()), "{ok:?}");
+    assert!(
+        ok.answers[0].ends_with(&env.server_ip(false).to_string()),
+        "{ok:?}"
+    );
     let (fine, _) = timed_dig(&env, &resolver, "fine.example.test");
     assert_eq!(fine.status, "NOERROR", "{fine:?}");
     assert_eq!(fine.answers.len(), 1, "{fine:?}");
@@ -109,7 +109,10 @@ fn a_blocked_name_gets_nxdomain_from_the_kernel_at_once() {
     // The resolver never saw the blocked queries, and did see the others.
     let log = resolver.log_text();
     assert!(!log.contains("www.blocked.test"), "{log}");
-    assert!(!log.to_ascii_lowercase().contains("query[a] blocked.test"), "{log}");
+    assert!(
+        !log.to_ascii_lowercase().contains("query[a] blocked.test"),
+        "{log}"
+    );
     assert!(log.contains("ok.blocked.test"), "{log}");
 
     let blocked = wait_event(
@@ -153,7 +156,10 @@ fn audit_mode_gives_the_real_answer_and_an_audited_event() {
         "the Audited event",
         protection_for(AUDITED, "www.blocked.test"),
     );
-    assert_eq!(audited["AdditionalFields"]["IndicatorId"], "blk", "{audited}");
+    assert_eq!(
+        audited["AdditionalFields"]["IndicatorId"], "blk",
+        "{audited}"
+    );
     let lookup = wait_event(&env, "the real lookup", dns_for("www.blocked.test"));
     assert_eq!(lookup["AdditionalFields"]["rcode"], "NOERROR", "{lookup}");
     assert!(resolver.log_text().contains("www.blocked.test"));

@@ -360,8 +360,7 @@ impl Sensor {
     /// Removes a name from `DNS_NAMES`; one not there is no error.
     pub fn remove_dns_name(&mut self, hash: u64) -> Result<(), CaptureError> {
         match self.dns_names.remove(&hash) {
-            Ok(()) => Ok(()),
-            Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
                 Ok(())
             }

@@ -55,16 +55,18 @@ pub fn blocking_indicator<'p>(
 
 /// What `DNS_NAMES` holds under `policy` and `mode` at `now`, and when that changes next
 /// by itself (the earliest expiry of an indicator in it).
-pub fn wanted(policy: &Policy, mode: Mode, now: SystemTime) -> (HashMap<u64, u8>, Option<SystemTime>) {
+pub fn wanted(
+    policy: &Policy,
+    mode: Mode,
+    now: SystemTime,
+) -> (HashMap<u64, u8>, Option<SystemTime>) {
     let mut names = HashMap::new();
     let mut next = None::<SystemTime>;
     if mode != Mode::Block {
         return (names, next);
     }
     for ind in policy.indicators().iter() {
-        if ind.kind() != IndicatorType::DomainName
-            || ind.process().is_some()
-            || ind.is_expired(now)
+        if ind.kind() != IndicatorType::DomainName || ind.process().is_some() || ind.is_expired(now)
         {
             continue;
         }
@@ -207,7 +209,7 @@ mod tests {
             .unwrap();
             ind.id = format!("i{i}");
             if value.starts_with("soon.") {
-                ind.expiration = Some(now + Duration::from_secs(60));
+                ind.expiration = Some(now + Duration::from_mins(1));
             }
             if value.starts_with("scoped.") {
                 ind.process = Some("curl".into());
@@ -242,9 +244,7 @@ mod tests {
         assert_eq!(want.len(), 4);
         assert_eq!(due, None);
         assert!(wanted(&p, Mode::Audit, now).0.is_empty());
-        assert!(
-            blocking_indicator(&p, "www.blocked.test", now).is_some_and(|i| i.id() == "i0")
-        );
+        assert!(blocking_indicator(&p, "www.blocked.test", now).is_some_and(|i| i.id() == "i0"));
         assert!(blocking_indicator(&p, "a.ok.blocked.test", now).is_none());
     }
 

@@ -74,7 +74,6 @@ impl TrackerConfig {
             flow_idle_timeout_ns: self.flow_idle_timeout_ns,
             quic: self.quic as u8,
             dns_block: u8::from(self.dns_block),
-            ..SensorConfig::default()
         }
     }
 }
