@@ -26,8 +26,13 @@ const AUDITED: &str = "ExploitGuardNetworkProtectionAudited";
 /// `ok.blocked.test` and `fine.example.test`, and the sensor in `mode` blocking
 /// `blocked.test` (id `blk`) with `ok.blocked.test` allowed (id `ok`).
 fn start(mode: &str) -> (Env, Dnsmasq) {
+    start_on(mode, false)
+}
+
+/// [`start`] with the resolver on the server's IPv6 address if `v6`.
+fn start_on(mode: &str, v6: bool) -> (Env, Dnsmasq) {
     let mut env = Env::start_without_sensor().expect("test environment");
-    let server = env.server_ip(false);
+    let server = env.server_ip(v6);
     let records =
         ["www.blocked.test", "ok.blocked.test", "fine.example.test"].map(|name| Record::Host {
             name: name.into(),
@@ -143,6 +148,25 @@ fn a_blocked_name_gets_nxdomain_from_the_kernel_at_once() {
     assert_eq!(stats["pipeline"]["dns_blocked"], 2, "{stats}");
     assert_eq!(stats["pipeline"]["dns_block_missed"], 0, "{stats}");
     assert_eq!(stats["pipeline"]["dns_malformed"], 0, "{stats}");
+}
+
+/// Over IPv6 the UDP checksum is mandatory: the forged answer must carry a right one.
+#[test]
+fn a_blocked_name_gets_nxdomain_over_ipv6_too() {
+    let (env, resolver) = start_on("block", true);
+    let (got, wall) = timed_dig(&env, &resolver, "www.blocked.test");
+    assert_eq!(got.status, "NXDOMAIN", "{got:?}");
+    assert!(wall < Duration::from_millis(100), "took {wall:?}");
+    let (ok, _) = timed_dig(&env, &resolver, "ok.blocked.test");
+    assert_eq!(ok.status, "NOERROR", "{ok:?}");
+    assert!(!resolver.log_text().contains("www.blocked.test"));
+    wait_event(
+        &env,
+        "the Blocked event",
+        protection_for(BLOCKED, "www.blocked.test"),
+    );
+    let stats = env.stats().unwrap();
+    assert_eq!(stats["kernel"]["dns_forged"], 1, "{stats}");
 }
 
 #[test]

@@ -172,7 +172,7 @@ impl DnsBlock {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -279,5 +279,128 @@ mod tests {
         );
         block.sync(&mut map, &second, Mode::Audit, now);
         assert!(map.map.is_empty() && block.is_empty());
+    }
+
+    /// A standard query for `name` (type A, RD), as dig sends it.
+    pub(crate) fn query(name: &str) -> Vec<u8> {
+        let mut msg = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            msg.push(label.len() as u8);
+            msg.extend_from_slice(label.as_bytes());
+        }
+        msg.extend_from_slice(&[0, 0, 1, 0, 1]);
+        msg
+    }
+
+    struct NoVerdicts;
+
+    impl crate::datapath::pipeline::VerdictTarget for NoVerdicts {
+        fn set_verdict(
+            &mut self,
+            _key: &nprot_common::FlowKey,
+            _verdict: nprot_common::VerdictEntry,
+        ) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pipeline(mode: Mode) -> crate::datapath::pipeline::Pipeline {
+        let loaded = crate::policy::load_json(
+            r#"{"indicators": [
+                {"id": "blk", "type": "DomainName", "value": "blocked.test", "action": "Block"},
+                {"id": "ok", "type": "DomainName", "value": "ok.blocked.test", "action": "Allowed"}
+            ]}"#,
+        )
+        .unwrap();
+        crate::datapath::pipeline::Pipeline::new(
+            crate::events::EventFactory::new(
+                "h",
+                "d",
+                crate::events::Clock::anchored(std::time::UNIX_EPOCH),
+            ),
+            4096,
+            std::sync::Arc::new(Policy::new(loaded.indicators, &[])),
+            mode,
+        )
+    }
+
+    fn record(payload: &[u8], forged: bool) -> crate::record::Record<'_> {
+        let (family, client_addr) = crate::record::raw_addr("198.18.0.1".parse().unwrap());
+        let (_, server_addr) = crate::record::raw_addr("198.18.0.2".parse().unwrap());
+        crate::record::Record {
+            kind: nprot_common::RecordKind::Payload,
+            tuple: nprot_common::FlowTuple {
+                client_addr,
+                server_addr,
+                client_port: 40000,
+                server_port: 53,
+                family,
+                proto: nprot_common::PROTO_UDP,
+                _pad: [0; 2],
+            },
+            ts_ns: 1_000,
+            outbound: true,
+            seq: 0,
+            client_data_seq: 0,
+            stream_seq: 0,
+            payload,
+            truncated: false,
+            budget_spent: false,
+            from_server: false,
+            dns_forged: forged,
+            socket_cookie: 0,
+            ifindex: 1,
+        }
+    }
+
+    fn events(p: &crate::datapath::pipeline::Pipeline) -> Vec<serde_json::Value> {
+        p.events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_forged_query_is_reported_blocked_with_its_indicator_and_its_nxdomain() {
+        let mut p = pipeline(Mode::Block);
+        // The kernel sends its answer: the query with QR, RA and NXDOMAIN set.
+        let mut answer = query("www.blocked.test");
+        answer[2..4].copy_from_slice(&0x8183u16.to_be_bytes());
+        p.on_record(&record(&answer, true), &mut NoVerdicts);
+        // Replay sends the query itself.
+        p.on_record(&record(&query("x.blocked.test"), true), &mut NoVerdicts);
+        let ev = events(&p);
+        assert_eq!(ev.len(), 4, "{ev:?}");
+        assert_eq!(ev[0]["ActionType"], "DnsConnectionInspected");
+        assert_eq!(ev[0]["AdditionalFields"]["rcode"], "NXDOMAIN");
+        assert_eq!(ev[0]["AdditionalFields"]["forged"], true);
+        assert_eq!(ev[0]["Protocol"], "Udp");
+        assert_eq!(ev[1]["ActionType"], "ExploitGuardNetworkProtectionBlocked");
+        assert_eq!(ev[1]["AdditionalFields"]["IndicatorId"], "blk");
+        assert_eq!(ev[1]["RemoteUrl"], "www.blocked.test");
+        assert_eq!(ev[1]["Protocol"], "Udp");
+        assert_eq!(ev[3]["RemoteUrl"], "x.blocked.test");
+        let s = p.stats();
+        assert_eq!(
+            (s.dns_blocked, s.dns_block_missed, s.dns_malformed),
+            (2, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_blocked_name_the_kernel_let_through_is_audited_or_missed() {
+        let mut p = pipeline(Mode::Audit);
+        p.on_record(&record(&query("www.blocked.test"), false), &mut NoVerdicts);
+        p.on_record(&record(&query("ok.blocked.test"), false), &mut NoVerdicts);
+        let ev = events(&p);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0]["ActionType"], "ExploitGuardNetworkProtectionAudited");
+        assert_eq!(ev[0]["AdditionalFields"]["IndicatorId"], "blk");
+        assert_eq!(p.stats().audited, 1);
+
+        let mut p = pipeline(Mode::Block);
+        p.on_record(&record(&query("www.blocked.test"), false), &mut NoVerdicts);
+        assert!(p.events.is_empty());
+        assert_eq!(p.stats().dns_block_missed, 1);
     }
 }

@@ -558,6 +558,42 @@ mod tests {
         Conv::new("198.18.0.1", 40000, "198.18.0.2", 80)
     }
 
+    /// In block mode replay counts the queries the kernel would answer NXDOMAIN, and the
+    /// pipeline reports them blocked; an allowed subdomain goes to the resolver.
+    #[test]
+    fn blocked_dns_queries_are_counted_as_forged() {
+        let indicators = r#"{"indicators": [
+            {"id": "blk", "type": "DomainName", "value": "blocked.test", "action": "Block"},
+            {"id": "ok", "type": "DomainName", "value": "ok.blocked.test", "action": "Allowed"}
+        ]}"#;
+        let query = crate::datapath::dns_block::tests::query;
+        for (mode, forged) in [(Mode::Block, 1), (Mode::Audit, 0)] {
+            let mut run = Run::new(mode, indicators);
+            run.feed(&crate::replay::packet::build::udp(
+                false,
+                53,
+                &query("www.blocked.test"),
+            ));
+            run.feed(&crate::replay::packet::build::udp(
+                false,
+                53,
+                &query("ok.blocked.test"),
+            ));
+            assert_eq!(run.stats().dns_forged, forged, "{mode}");
+            let actions = run.actions();
+            let protection = if mode == Mode::Block {
+                ActionType::ExploitGuardNetworkProtectionBlocked
+            } else {
+                ActionType::ExploitGuardNetworkProtectionAudited
+            };
+            assert!(
+                actions.contains(&(protection, Some("www.blocked.test".into()))),
+                "{actions:?}"
+            );
+            assert_eq!(run.replay.summary().pipeline.dns_blocked, forged);
+        }
+    }
+
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n";
 
     #[test]
