@@ -136,6 +136,16 @@ fn a_blocked_name_gets_nxdomain_from_the_kernel_at_once() {
     let real = wait_event(&env, "the allowed lookup", dns_for("ok.blocked.test"));
     assert_eq!(real["AdditionalFields"]["rcode"], "NOERROR", "{real}");
     assert!(real["AdditionalFields"].get("forged").is_none(), "{real}");
+    // The forged answer passes the ingress hook on its way to the socket: it is not
+    // reported a second time as a response.
+    let lookups = env
+        .events()
+        .events()
+        .unwrap()
+        .into_iter()
+        .filter(|e| dns_for("www.blocked.test")(e))
+        .count();
+    assert_eq!(lookups, 1, "{}", env.events().dump());
 
     let stats = env
         .wait_stats(

@@ -367,6 +367,10 @@ pub(crate) mod tests {
         let mut answer = query("www.blocked.test");
         answer[2..4].copy_from_slice(&0x8183u16.to_be_bytes());
         p.on_record(&record(&answer, true), &mut NoVerdicts);
+        // The answer comes back through a hook: not reported again.
+        let mut back = record(&answer, false);
+        back.from_server = true;
+        p.on_record(&back, &mut NoVerdicts);
         // Replay sends the query itself.
         p.on_record(&record(&query("x.blocked.test"), true), &mut NoVerdicts);
         let ev = events(&p);

@@ -513,6 +513,9 @@ pub struct Pipeline {
     quic: QuicFlows,
     /// DNS queries awaiting their response: (flow, message id) → when asked.
     dns_pending: HashMap<(FlowKey, u16), u64>,
+    /// Queries the kernel answered NXDOMAIN: (flow, message id) → when. The answer passes
+    /// a hook on its way back and is copied as a response; it is not reported again.
+    dns_forged: HashMap<(FlowKey, u16), u64>,
     /// Names clients resolved, by (client, address).
     names: NameCache,
 }
@@ -567,6 +570,7 @@ impl Pipeline {
             decided: HashMap::new(),
             quic: QuicFlows::default(),
             dns_pending: HashMap::new(),
+            dns_forged: HashMap::new(),
             names: NameCache::default(),
         }
     }
@@ -854,6 +858,9 @@ impl Pipeline {
             }
             return;
         }
+        if self.dns_forged.remove(&key).is_some() {
+            return;
+        }
         self.stats.dns_responses += 1;
         self.dns_pending.remove(&key);
         if let Some(q) = &msg.query {
@@ -1135,6 +1142,8 @@ impl Pipeline {
         self.dns_pending
             .retain(|_, &mut at| now_ns.saturating_sub(at) < DNS_ANSWER_NS);
         self.stats.dns_unanswered += (before - self.dns_pending.len()) as u64;
+        self.dns_forged
+            .retain(|_, &mut at| now_ns.saturating_sub(at) < DNS_ANSWER_NS);
         let quic_gave_up = self.quic.expire(now_ns, idle_ns);
         self.stats.gave_up += quic_gave_up;
         self.stats.quic_gave_up += quic_gave_up;
@@ -1218,6 +1227,9 @@ impl Pipeline {
             self.stats.dns_malformed += 1;
             return;
         };
+        if self.dns_forged.len() < MAX_DNS_PENDING {
+            self.dns_forged.insert((rec.tuple.key(), msg.id), rec.ts_ns);
+        }
         let mut seen = dns_seen(&msg);
         seen.rcode = "NXDOMAIN".into();
         seen.answers.clear();
