@@ -11,7 +11,7 @@ use std::{
 };
 
 use nprot_tests::{
-    BLOCKED, ClientServer, Env,
+    BLOCKED, ClientServer, Env, GatewayEnv,
     dns::{Dnsmasq, Record, dig},
     events::ev,
     indicators::indicator,
@@ -177,6 +177,57 @@ fn a_blocked_name_gets_nxdomain_over_ipv6_too() {
     );
     let stats = env.stats().unwrap();
     assert_eq!(stats["kernel"]["dns_forged"], 1, "{stats}");
+}
+
+/// A gateway guarding its client side answers a forwarded client's query itself: the
+/// answer goes back out of the interface the query came in on, over IPv4 and IPv6.
+#[test]
+fn a_gateway_answers_a_forwarded_clients_blocked_query() {
+    let mut env = GatewayEnv::start_without_sensor().expect("gateway environment");
+    let mut resolvers = Vec::new();
+    for v6 in [false, true] {
+        let server = env.server_ip(v6);
+        let records = [Record::Host {
+            name: "www.blocked.test".into(),
+            addrs: vec![server],
+            ttl: 60,
+        }];
+        let dir = env.dir().join(if v6 { "v6" } else { "v4" });
+        std::fs::create_dir_all(&dir).unwrap();
+        resolvers
+            .push(Dnsmasq::start(&env.net.server_ns, server, &records, &dir).expect("dnsmasq"));
+    }
+    let guarded = env.net.router_client_if.clone();
+    env.enforce(
+        "block",
+        &[indicator("blk", "DomainName", "blocked.test", "Block")],
+        &[&guarded],
+        &[],
+    )
+    .expect("sensor in the router");
+    for resolver in &resolvers {
+        let started = Instant::now();
+        let got = dig(&env.net.client_ns, resolver.addr, "www.blocked.test", "A").unwrap();
+        let wall = started.elapsed();
+        assert_eq!(got.status, "NXDOMAIN", "{got:?} from {}", resolver.addr);
+        assert!(wall < Duration::from_millis(100), "took {wall:?}");
+        assert!(!resolver.log_text().contains("www.blocked.test"));
+        let other = dig(
+            &env.net.client_ns,
+            resolver.addr,
+            "other.blocked-not.test",
+            "A",
+        )
+        .unwrap();
+        assert_eq!(other.status, "NXDOMAIN", "{other:?}");
+        assert!(resolver.log_text().contains("other.blocked-not.test"));
+    }
+    env.events()
+        .wait_for(
+            |e| ev::is(e, BLOCKED) && e["RemoteUrl"] == "www.blocked.test",
+            Duration::from_secs(5),
+        )
+        .unwrap();
 }
 
 #[test]
