@@ -1340,6 +1340,36 @@ mod tests {
         assert_eq!((written.capture, written.hold), (0, 0));
     }
 
+    /// The kernel's DNS name map follows the mode and every policy change.
+    #[test]
+    fn the_dns_name_map_follows_mode_and_policy() {
+        use nprot_common::name_hash::hash_name;
+        let mut f = Fixture::new("dns-names");
+        assert!(f.daemon.sensor.dns_names.is_empty(), "audit mode: empty");
+        let _: ModeReply = f.ok(Request::Mode {
+            mode: "block".into(),
+        });
+        assert_eq!(f.daemon.sensor.configs.last().unwrap().dns_block, 1);
+        let names = &f.daemon.sensor.dns_names;
+        assert_eq!(names.get(&hash_name("blocked.example")), Some(&1));
+        assert_eq!(names.get(&hash_name("warned.example")), Some(&1));
+        let _: Value = f.ok(add(json!([
+            {"id": "a1", "type": "DomainName", "value": "ok.blocked.example", "action": "Allowed"}
+        ])));
+        assert_eq!(
+            f.daemon
+                .sensor
+                .dns_names
+                .get(&hash_name("ok.blocked.example")),
+            Some(&0)
+        );
+        let _: ModeReply = f.ok(Request::Mode {
+            mode: "audit".into(),
+        });
+        assert_eq!(f.daemon.sensor.configs.last().unwrap().dns_block, 0);
+        assert!(f.daemon.sensor.dns_names.is_empty());
+    }
+
     #[test]
     fn a_bad_mode_changes_nothing() {
         let mut f = Fixture::new("bad-mode");

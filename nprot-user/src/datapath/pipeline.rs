@@ -1279,11 +1279,20 @@ impl Pipeline {
         };
         if self.mode == Mode::Block {
             self.stats.dns_block_missed += 1;
-            log::warn!(
-                "flow {}: DNS query for {} (blocked by {}) was not answered by the kernel",
+            // Warned at the 1st, 2nd, 4th, … miss: a tunnel full of them must not flood.
+            let level = if self.stats.dns_block_missed.is_power_of_two() {
+                log::Level::Warn
+            } else {
+                log::Level::Debug
+            };
+            log::log!(
+                level,
+                "flow {}: DNS query for {} (blocked by {}) was not answered by the kernel \
+                 ({} so far, dns_block_missed)",
                 describe(ends),
                 q.name,
-                indicator.id()
+                indicator.id(),
+                self.stats.dns_block_missed
             );
             return;
         }
