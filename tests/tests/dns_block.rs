@@ -14,7 +14,7 @@ use nprot_tests::{
     BLOCKED, ClientServer, Env, GatewayEnv,
     dns::{Dnsmasq, Record, dig},
     events::ev,
-    indicators::indicator,
+    indicators::{indicator, with},
     sensor::{control_socket_for, sensor_binary},
     wait_event,
 };
@@ -158,6 +158,49 @@ fn a_blocked_name_gets_nxdomain_from_the_kernel_at_once() {
     assert_eq!(stats["pipeline"]["dns_blocked"], 2, "{stats}");
     assert_eq!(stats["pipeline"]["dns_block_missed"], 0, "{stats}");
     assert_eq!(stats["pipeline"]["dns_malformed"], 0, "{stats}");
+}
+
+/// An indicator that expires leaves the kernel's name map by itself (housekeeping sees
+/// the expiry): the name resolves again.
+#[test]
+fn an_expired_indicator_stops_blocking_the_name() {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let server = env.server_ip(false);
+    let records = [Record::Host {
+        name: "soon.test".into(),
+        addrs: vec![server],
+        ttl: 60,
+    }];
+    let resolver = Dnsmasq::start(env.server_ns(), server, &records, env.dir()).expect("dnsmasq");
+    let until = std::time::SystemTime::now() + Duration::from_secs(3);
+    env.enforce(
+        "block",
+        &[with(
+            indicator("soon", "DomainName", "soon.test", "Block"),
+            "expiration",
+            nprot::time::format(until),
+        )],
+        &[],
+    )
+    .expect("sensor");
+    let (got, _) = timed_dig(&env, &resolver, "soon.test");
+    assert_eq!(got.status, "NXDOMAIN", "{got:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, _) = timed_dig(&env, &resolver, "soon.test");
+        if got.status == "NOERROR" {
+            assert!(
+                std::time::SystemTime::now() >= until,
+                "{got:?} before the expiry"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still blocked after its expiry: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Over IPv6 the UDP checksum is mandatory: the forged answer must carry a right one.
