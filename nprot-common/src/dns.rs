@@ -239,8 +239,8 @@ pub const fn nxdomain_flags(flags: u16) -> u16 {
     QR | (flags & (OPCODE | RD)) | RA | RCODE_NXDOMAIN
 }
 
-/// Rewrites the question's name in place into a lowercase dotted name (each length byte
-/// but the first becomes a `.`): it is then `bytes[13..end]`; returns `end` (also kept in
+/// Rewrites the question's name in place into a dotted name (each length byte but the
+/// first becomes a `.`; case is left to the hash, which folds it): it is then `bytes[13..end]`; returns `end` (also kept in
 /// `query.end`). `None` for a compression pointer, a label length past what was read, a
 /// name longer than [`DNS_NAME_MAX`], or a question cut before its type and class.
 ///
@@ -269,8 +269,6 @@ pub fn dotted_name(query: &mut QueryScratch) -> Option<usize> {
             }
             spill(&mut query.next, (at + 1 + b as usize) as u32);
             query.bytes[at & (DNS_QUERY_READ - 1)] = b'.';
-        } else {
-            query.bytes[at & (DNS_QUERY_READ - 1)] = name_hash::fold(b);
         }
     }
     let end = unspill(&query.end) as usize;
@@ -510,7 +508,7 @@ mod tests {
         scratch.len = (at + 5) as u32;
         let end = dotted_name(&mut scratch).expect("255 bytes");
         assert_eq!(end, HEADER_LEN + 254);
-        assert_eq!(&scratch.bytes[13..16], b"a.a");
+        assert_eq!(&scratch.bytes[13..16], b"A.A");
         let mut scratch = QueryScratch::default();
         let mut at = HEADER_LEN;
         for _ in 0..128 {

@@ -93,7 +93,7 @@ fn a_blocked_name_gets_nxdomain_from_the_kernel_at_once() {
         got.query_time
     );
     assert!(wall < Duration::from_millis(100), "took {wall:?}");
-    assert!(got.query_time < Duration::from_millis(10), "{got:?}");
+    assert!(got.query_time < Duration::from_millis(50), "{got:?}");
 
     // The name itself, in another case, too.
     let (got, _) = timed_dig(&env, &resolver, "Blocked.TEST");
