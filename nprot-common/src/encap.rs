@@ -94,6 +94,8 @@ pub mod off {
     pub const UDP_DPORT: usize = 2;
     /// UDP: length.
     pub const UDP_LEN: usize = 4;
+    /// UDP: checksum.
+    pub const UDP_CSUM: usize = 6;
     /// GRE: the protocol type.
     pub const GRE_PROTO: usize = 2;
     /// GENEVE: the protocol type.

@@ -8,6 +8,7 @@
 pub mod dns;
 pub mod encap;
 pub mod lifecycle;
+pub mod name_hash;
 pub mod names;
 pub mod quic;
 pub mod track;
@@ -36,6 +37,10 @@ pub const CAPTURE_FLOW_MAX_DEFAULT: u32 = 68 * 1024;
 
 /// Maximum number of flows the kernel tracks at once (LRU map).
 pub const MAX_FLOWS: u32 = 262_144;
+
+/// Maximum number of names in the kernel's `DNS_NAMES` map (blocked domains and their
+/// allowed subdomains).
+pub const MAX_DNS_NAMES: u32 = 65_536;
 
 /// Maximum number of verdicts waiting to be picked up by the kernel.
 pub const MAX_PENDING_VERDICTS: u32 = 65_536;
@@ -378,6 +383,11 @@ pub const RECORD_BUDGET_SPENT: u8 = 1 << 2;
 /// `RecordHeader::flags`: the payload was sent by the server (a DNS response); every
 /// other payload record is the client's.
 pub const RECORD_FROM_SERVER: u8 = 1 << 3;
+/// `RecordHeader::flags`: a DNS query whose name is blocked, answered by the kernel
+/// with NXDOMAIN (it never reached the resolver). The payload is the answer the
+/// kernel sent back in place of the query (the query with QR and RCODE set); replay
+/// copies the query itself.
+pub const RECORD_DNS_FORGED: u8 = 1 << 4;
 
 /// Header of every ring-buffer record; payload records are followed by `len` bytes.
 #[repr(C)]
@@ -433,6 +443,17 @@ pub struct DatagramPacket {
     pub seg: track::Segment,
     /// Where its UDP payload starts in the packet.
     pub payload_off: u32,
+    /// Where its (innermost) IP header starts.
+    pub l3_off: u32,
+    /// Where its UDP header starts.
+    pub l4_off: u32,
+    /// Bytes of the link-layer header of the hook's device: 14 on Ethernet, 0 on an
+    /// L3 device.
+    pub l2_len: u8,
+    /// 1 if it came through a tunnel (GRE, VXLAN, GENEVE).
+    pub tunneled: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 2],
 }
 
 /// Sockets whose owner the connect hooks remember at once (LRU map keyed by socket cookie).
@@ -490,8 +511,9 @@ pub struct SensorConfig {
     pub hold: u8,
     /// What is done with QUIC ([`quic::QuicMode`] as u8).
     pub quic: u8,
-    /// Padding, zero.
-    pub _pad: u8,
+    /// 1: a DNS query for a name `DNS_NAMES` says to block is answered with NXDOMAIN
+    /// by the kernel ([`dns::step`]); set by the daemon in block mode only.
+    pub dns_block: u8,
     /// Client payload bytes captured per flow at most.
     pub capture_flow_max: u32,
     /// A flow whose verdict takes longer than this after its first client payload is
@@ -513,7 +535,7 @@ impl Default for SensorConfig {
             capture: 1,
             hold: 0,
             quic: quic::QuicMode::Inspect as u8,
-            _pad: 0,
+            dns_block: 0,
             capture_flow_max: CAPTURE_FLOW_MAX_DEFAULT,
             verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
             requeue_ns: REQUEUE_NS_DEFAULT,
@@ -607,11 +629,17 @@ pub mod stat {
     /// DNS messages longer than [`crate::dns::DNS_CAPTURE_MAX`]: copied cut, marked
     /// truncated (the daemon counts what it cannot parse).
     pub const DNS_TRUNCATED: u32 = 34;
+    /// DNS queries for a blocked name answered by the kernel with NXDOMAIN (block mode).
+    pub const DNS_FORGED: u32 = 35;
+    /// DNS queries for a blocked name the kernel could not answer and let pass: inside
+    /// a tunnel or behind VLAN/PPPoE headers, or the rewrite or redirect failed (the
+    /// daemon still sees the query and reports the block as missed).
+    pub const DNS_FORGE_SKIPPED: u32 = 36;
     /// TCP flows whose server sent payload before the client did: judged by the daemon
     /// from a `ServerFirst` record (by address and DNS name), the server's bytes held.
-    pub const FLOWS_SERVER_FIRST: u32 = 35;
+    pub const FLOWS_SERVER_FIRST: u32 = 37;
     /// Number of counters.
-    pub const COUNT: u32 = 36;
+    pub const COUNT: u32 = 38;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -649,6 +677,8 @@ pub mod stat {
         "datagram_tail_calls_failed",
         "dns_captured",
         "dns_truncated",
+        "dns_forged",
+        "dns_forge_skipped",
         "flows_server_first",
     ];
 }

@@ -26,6 +26,13 @@ pub const CONNECTS: &str = "CONNECTS";
 pub const LAST_CONNECT: &str = "LAST_CONNECT";
 /// Per-CPU array of `u64` counters of the connect hooks, indexed by [`crate::owner_stat`].
 pub const OWNER_STATS: &str = "OWNER_STATS";
+/// Hash: [`crate::name_hash::hash_name`] of a DNS name (`u64`) → `u8`
+/// ([`crate::dns::NAME_BLOCK`] or [`crate::dns::NAME_ALLOW`]), written by the daemon in
+/// block mode.
+pub const DNS_NAMES: &str = "DNS_NAMES";
+/// Per-CPU array of one [`crate::dns::QueryScratch`]: the start of a DNS query, where its
+/// name is read (kernel-only).
+pub const DNS_QUERY: &str = "DNS_QUERY";
 
 /// Program array of the two datagram programs, at [`datagram_slot`].
 pub const DATAGRAMS: &str = "DATAGRAMS";

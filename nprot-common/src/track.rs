@@ -108,6 +108,10 @@ pub enum Action {
     /// The packet is dropped: a datagram of a blocked QUIC flow, or a QUIC Initial that
     /// `quic = "block"` refuses. Never returned for TCP.
     Drop,
+    /// The packet was answered: rewritten into the answer (a forged NXDOMAIN for a DNS
+    /// query of a blocked name, [`crate::dns::step`]), it goes back to its sender, and
+    /// nothing of it goes on. Never returned for TCP or QUIC.
+    Answer,
 }
 
 /// Where the tracker runs: the kernel's maps and helpers, or replay's tables.
@@ -673,6 +677,53 @@ pub(crate) mod tests {
         pub(crate) verdict: Option<VerdictEntry>,
         pub(crate) emitted: [Option<RecordKind>; 4],
         pub(crate) captured: u32,
+        /// The flags of the last payload record.
+        pub(crate) captured_flags: u8,
+        /// The datagram's payload (DNS steps), and its length.
+        pub(crate) payload: [u8; 128],
+        pub(crate) payload_len: usize,
+        pub(crate) scratch: crate::dns::QueryScratch,
+        /// `DNS_NAMES`.
+        pub(crate) names: FakeNames,
+        /// The flags words of the last answer sent, and how many were.
+        pub(crate) answered: Option<(u16, u16)>,
+        pub(crate) answers: u32,
+        /// What `answer` says.
+        pub(crate) answer_result: crate::dns::Answered,
+    }
+
+    /// Up to four `DNS_NAMES` entries.
+    #[derive(Default)]
+    pub(crate) struct FakeNames(pub(crate) [Option<(u64, u8)>; 4]);
+
+    impl crate::dns::NameVerdicts for FakeNames {
+        fn name_verdict(&self, hash: u64) -> Option<u8> {
+            self.0
+                .iter()
+                .flatten()
+                .find(|(h, _)| *h == hash)
+                .map(|(_, v)| *v)
+        }
+    }
+
+    impl crate::dns::DnsHost for Fake {
+        type Names = FakeNames;
+        fn dns_query(
+            &mut self,
+            _seg: &Segment,
+        ) -> Option<(&mut crate::dns::QueryScratch, &FakeNames)> {
+            let n = self.payload_len.min(crate::dns::DNS_QUERY_READ);
+            self.scratch.bytes[..n].copy_from_slice(&self.payload[..n]);
+            self.scratch.len = n as u32;
+            Some((&mut self.scratch, &self.names))
+        }
+        fn answer(&mut self, _seg: &Segment, old: u16, new: u16) -> crate::dns::Answered {
+            if self.answer_result == crate::dns::Answered::Sent {
+                self.answered = Some((old, new));
+                self.answers += 1;
+            }
+            self.answer_result
+        }
     }
 
     impl Default for Fake {
@@ -684,6 +735,14 @@ pub(crate) mod tests {
                 verdict: None,
                 emitted: [None; 4],
                 captured: 0,
+                captured_flags: 0,
+                payload: [0; 128],
+                payload_len: 0,
+                scratch: crate::dns::QueryScratch::default(),
+                names: FakeNames::default(),
+                answered: None,
+                answers: 0,
+                answer_result: crate::dns::Answered::Sent,
             }
         }
     }
@@ -733,8 +792,9 @@ pub(crate) mod tests {
                 *slot = Some(kind);
             }
         }
-        fn capture(&mut self, _seg: &Segment, _flow: &FlowState, len: u32, _flags: u8) -> bool {
+        fn capture(&mut self, _seg: &Segment, _flow: &FlowState, len: u32, flags: u8) -> bool {
             self.captured += len;
+            self.captured_flags = flags;
             true
         }
     }
@@ -836,7 +896,13 @@ pub(crate) mod tests {
         let synack = seg(false, TCP_SYN | TCP_ACK, 500, 101, 0);
         let (_, server_lo) = synack.key();
         step(&mut host, &synack, &key, server_lo, &mut flow);
-        step(&mut host, &seg(true, TCP_ACK, 101, 501, 0), &key, lo, &mut flow);
+        step(
+            &mut host,
+            &seg(true, TCP_ACK, 101, 501, 0),
+            &key,
+            lo,
+            &mut flow,
+        );
         let banner = seg(false, TCP_ACK, 501, 101, 20);
         assert_eq!(
             step(&mut host, &banner, &key, server_lo, &mut flow),

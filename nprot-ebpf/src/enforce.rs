@@ -2,12 +2,13 @@
 //! pending, and a blocked flow's packets rewritten into resets.
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_redirect,
     programs::TcContext,
 };
 use nprot_common::{
     FAMILY_V4,
+    dns::Answered,
     encap::{ETH_HLEN, off},
     lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stat,
@@ -150,5 +151,76 @@ fn set_flags(ctx: &TcContext, pkt: &Packet, flags: u8) -> Result<(), i64> {
     let new = u16::from_ne_bytes([pkt.doff_byte, flags]);
     ctx.store(l4 + off::TCP_FLAGS, &flags, 0)?;
     ctx.l4_csum_replace(l4 + off::TCP_CSUM, old as u64, new as u64, 2)?;
+    Ok(())
+}
+
+/// Turns a DNS query into its answer in place and sends it back: the header's flags
+/// word becomes `new_flags` (from `old_flags`, both host order), addresses, ports and
+/// (on Ethernet) MAC addresses are swapped, and the packet is redirected to the device
+/// it is on: to its ingress from an egress hook (a query of this host goes back to its
+/// socket), out again from an ingress hook (a forwarded client's query on a gateway).
+/// Only the flags word changes the UDP checksum (the swaps keep the one's-complement
+/// sum); a zero IPv4 UDP checksum stays zero, and a locally made packet whose checksum
+/// is still to be completed (CHECKSUM_PARTIAL) is left to the helper.
+///
+/// A query inside a tunnel or behind VLAN/PPPoE headers is not answered (`Skipped`).
+#[inline(always)]
+pub fn answer_dns(
+    ctx: &TcContext,
+    pkt: &Packet,
+    egress: bool,
+    old_flags: u16,
+    new_flags: u16,
+) -> Answered {
+    if pkt.tunneled || pkt.l3_off != u32::from(pkt.l2_len) {
+        return Answered::Skipped;
+    }
+    let flags_at = pkt.payload_off as usize + 2;
+    if ctx.store(flags_at, &new_flags.to_be(), 0).is_err() {
+        return Answered::Skipped;
+    }
+    // From here on the packet is changed: a failure leaves neither query nor answer.
+    if forge_rest(ctx, pkt, old_flags, new_flags).is_err() {
+        return Answered::Broken;
+    }
+    // SAFETY: the skb pointer is the program's context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let flags = if egress { BPF_F_INGRESS as u64 } else { 0 };
+    // SAFETY: a helper taking plain values.
+    if unsafe { bpf_redirect(ifindex, flags) } != TC_ACT_REDIRECT as i64 {
+        return Answered::Broken;
+    }
+    Answered::Sent
+}
+
+#[inline(always)]
+fn forge_rest(ctx: &TcContext, pkt: &Packet, old_flags: u16, new_flags: u16) -> Result<(), i64> {
+    let l4 = pkt.l4_off as usize;
+    ctx.l4_csum_replace(
+        l4 + off::UDP_CSUM,
+        u64::from(old_flags.to_be()),
+        u64::from(new_flags.to_be()),
+        2 | BPF_F_MARK_MANGLED_0 as u64,
+    )?;
+    if pkt.l2_len as usize == ETH_HLEN {
+        let macs: [u8; 12] = ctx.load(0)?;
+        let mut swapped = [0u8; 12];
+        swapped[..6].copy_from_slice(&macs[6..]);
+        swapped[6..].copy_from_slice(&macs[..6]);
+        ctx.store(0, &swapped, 0)?;
+    }
+    let seg = &pkt.seg;
+    let l3 = pkt.l3_off as usize;
+    if seg.family == FAMILY_V4 {
+        ctx.store(l3 + off::IPV4_SADDR, &[seg.dst[0], seg.src[0]], 0)?;
+    } else {
+        ctx.store(l3 + off::IPV6_SADDR, &seg.dst, 0)?;
+        ctx.store(l3 + off::IPV6_DADDR, &seg.src, 0)?;
+    }
+    ctx.store(
+        l4 + off::UDP_SPORT,
+        &[seg.dport.to_be(), seg.sport.to_be()],
+        0,
+    )?;
     Ok(())
 }

@@ -80,10 +80,7 @@ mod programs {
                 };
                 // SAFETY: a per-CPU slot; programs run with migration disabled, and the
                 // tail call keeps the CPU.
-                unsafe {
-                    (*slot).seg = pkt.seg;
-                    (*slot).payload_off = pkt.payload_off;
-                }
+                pkt.handover(unsafe { &mut *slot });
                 // SAFETY: the context is this program's; on success the call does not return.
                 unsafe { DATAGRAMS.tail_call(ctx, datagram_slot(egress)) };
                 bump(stat::DATAGRAM_TAIL_CALLS_FAILED);
@@ -103,7 +100,7 @@ mod programs {
             bump(stat::DATAGRAM_TAIL_CALLS_FAILED);
             return PASS;
         };
-        let pkt = Packet::datagram(parsed.seg, parsed.payload_off);
+        let pkt = Packet::datagram(parsed);
         datagram(ctx, &pkt, egress)
     }
 

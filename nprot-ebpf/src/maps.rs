@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use nprot_common::{
-    DatagramPacket, FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS,
-    PayloadRecord, SensorConfig, SocketOwner, VerdictEntry, names, owner_stat, stat,
+    DatagramPacket, FlowKey, FlowState, MAX_DNS_NAMES, MAX_FLOWS, MAX_PENDING_VERDICTS,
+    MAX_SOCKET_OWNERS, PayloadRecord, SensorConfig, SocketOwner, VerdictEntry, dns::QueryScratch,
+    names, owner_stat, stat,
 };
 
 /// Every TCP flow seen since its SYN.
@@ -35,6 +36,15 @@ pub static RECORDS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 /// Sensor settings (index 0), written by the daemon before attaching.
 #[map]
 pub static CONFIG: Array<SensorConfig> = Array::with_max_entries(1, 0);
+
+/// DNS names to answer NXDOMAIN (1) or let through (0), by `nprot_common::name_hash`,
+/// written by the daemon in block mode.
+#[map]
+pub static DNS_NAMES: HashMap<u64, u8> = HashMap::with_max_entries(MAX_DNS_NAMES, 0);
+
+/// Per-CPU scratch space where a DNS query's name is read (not the datagram stack).
+#[map]
+pub static DNS_QUERY: PerCpuArray<QueryScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `nprot_common::stat`.
 #[map]

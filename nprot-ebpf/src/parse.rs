@@ -4,7 +4,7 @@
 
 use aya_ebpf::programs::TcContext;
 use nprot_common::{
-    FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, RawAddr,
+    DatagramPacket, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, RawAddr,
     encap::{
         self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ETH_P_PPP_SES, ETH_P_TEB, GENEVE_PORT, IPPROTO_GRE,
         IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT, MAX_TUNNELS, MAX_VLAN_TAGS, PPPOE_HLEN, UDP_HLEN,
@@ -31,6 +31,8 @@ pub struct Packet {
     /// The segment came through a tunnel (GRE, VXLAN, GENEVE): it cannot be rewritten
     /// into a reset for its peers, so a blocked flow's packets are dropped instead.
     pub tunneled: bool,
+    /// Bytes of the hook device's link-layer header (the program's `L2`).
+    pub l2_len: u8,
     /// Where the (innermost) IP header starts.
     pub l3_off: u32,
     pub l4_off: u32,
@@ -40,17 +42,30 @@ pub struct Packet {
 impl Packet {
     /// A datagram handed over by a tail call: what the datagram path reads of it.
     #[inline(always)]
-    pub fn datagram(seg: Segment, payload_off: u32) -> Packet {
+    pub fn datagram(parsed: &DatagramPacket) -> Packet {
         Packet {
-            seg,
+            seg: parsed.seg,
             seq_raw: 0,
             ack_raw: 0,
             doff_byte: 0,
-            tunneled: false,
-            l3_off: 0,
-            l4_off: 0,
-            payload_off,
+            tunneled: parsed.tunneled != 0,
+            l2_len: parsed.l2_len,
+            l3_off: parsed.l3_off,
+            l4_off: parsed.l4_off,
+            payload_off: parsed.payload_off,
         }
+    }
+
+    /// What the datagram program needs of this datagram.
+    #[inline(always)]
+    pub fn handover(&self, slot: &mut DatagramPacket) {
+        slot.seg = self.seg;
+        slot.payload_off = self.payload_off;
+        slot.l3_off = self.l3_off;
+        slot.l4_off = self.l4_off;
+        slot.l2_len = self.l2_len;
+        slot.tunneled = u8::from(self.tunneled);
+        slot._pad = [0; 2];
     }
 }
 
@@ -248,7 +263,7 @@ pub fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
     }
     let ip = ip?;
     if ip.proto == IPPROTO_UDP {
-        return datagram(ctx, &ip, off, tunneled);
+        return datagram(ctx, &ip, L2 as u8, off, tunneled);
     }
     let l4_off = ip.l4_off;
     let ports: [u16; 2] = ctx.load(l4_off + off::TCP_PORTS).ok()?;
@@ -274,6 +289,7 @@ pub fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
         ack_raw: seq_ack[1],
         doff_byte: doff_flags[0],
         tunneled,
+        l2_len: L2 as u8,
         l3_off: off as u32,
         l4_off: l4_off as u32,
         payload_off: l4_off as u32 + doff,
@@ -283,7 +299,13 @@ pub fn parse<const L2: usize>(ctx: &TcContext) -> Option<Packet> {
 /// A UDP datagram: its ports and length (its QUIC header is read by [`quic_header`], in
 /// the datagram path's own stack frame).
 #[inline(always)]
-fn datagram(ctx: &TcContext, ip: &IpHeader, l3_off: usize, tunneled: bool) -> Option<Packet> {
+fn datagram(
+    ctx: &TcContext,
+    ip: &IpHeader,
+    l2_len: u8,
+    l3_off: usize,
+    tunneled: bool,
+) -> Option<Packet> {
     let l4_off = ip.l4_off;
     let ports: [u16; 2] = ctx.load(l4_off + off::UDP_SPORT).ok()?;
     let ulen = u16::from_be(ctx.load(l4_off + off::UDP_LEN).ok()?);
@@ -309,6 +331,7 @@ fn datagram(ctx: &TcContext, ip: &IpHeader, l3_off: usize, tunneled: bool) -> Op
         ack_raw: 0,
         doff_byte: 0,
         tunneled,
+        l2_len,
         l3_off: l3_off as u32,
         l4_off: l4_off as u32,
         payload_off: payload_off as u32,

@@ -2,22 +2,77 @@
 //! `nprot_common::track`, the code replay runs too, over the kernel's maps and helpers.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    bindings::{BPF_NOEXIST, TC_ACT_REDIRECT},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use nprot_common::{
     FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig, Verdict,
-    VerdictEntry, dns, quic, stat,
+    VerdictEntry,
+    dns::{self, Answered, DNS_QUERY_READ, DnsHost, NameVerdicts, QueryScratch},
+    quic, stat,
     track::{self, Action, Host, Segment},
 };
 
 use crate::{
     capture,
     enforce::{self, PASS},
-    maps::{CONFIG, FLOWS, VERDICTS, bump},
+    maps::{CONFIG, DNS_NAMES, DNS_QUERY, FLOWS, VERDICTS, bump},
     parse::{self, Packet},
 };
+
+/// The kernel's `DNS_NAMES` map, as the DNS step reads it.
+struct KernelNames;
+
+impl NameVerdicts for KernelNames {
+    #[inline(always)]
+    fn name_verdict(&self, hash: u64) -> Option<u8> {
+        // SAFETY: the value is copied out at once.
+        unsafe { DNS_NAMES.get(hash) }.copied()
+    }
+}
+
+impl DnsHost for Tc<'_> {
+    type Names = KernelNames;
+
+    #[inline(always)]
+    fn dns_query(&mut self, seg: &Segment) -> Option<(&mut QueryScratch, &KernelNames)> {
+        let scratch = DNS_QUERY.get_ptr_mut(0)?;
+        // SAFETY: a per-CPU slot; programs run with migration disabled, so no other user.
+        let scratch = unsafe { &mut *scratch };
+        let len = if seg.payload_len > DNS_QUERY_READ as u32 {
+            DNS_QUERY_READ as u32
+        } else {
+            seg.payload_len
+        };
+        // As in `capture::payload`: hidden from LLVM so that the check stays for the
+        // verifier, on the register the helper gets.
+        // SAFETY: reads a local.
+        let len = unsafe { core::ptr::read_volatile(&len) };
+        if len == 0 || len > DNS_QUERY_READ as u32 {
+            return None;
+        }
+        // SAFETY: the destination holds DNS_QUERY_READ bytes and `len` is at most that.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.ctx.skb.skb.cast(),
+                self.pkt.payload_off,
+                scratch.bytes.as_mut_ptr().cast(),
+                len,
+            )
+        };
+        if ret != 0 {
+            return None;
+        }
+        scratch.len = len;
+        Some((scratch, &KernelNames))
+    }
+
+    #[inline(always)]
+    fn answer(&mut self, _seg: &Segment, old_flags: u16, new_flags: u16) -> Answered {
+        enforce::answer_dns(self.ctx, self.pkt, self.egress, old_flags, new_flags)
+    }
+}
 
 /// The tracker's view of one program run on one packet.
 struct Tc<'a> {
@@ -173,6 +228,7 @@ pub fn segment<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> 
         Action::Reset => enforce::reset::<L2>(ctx, pkt, egress),
         Action::Hold { requeue } => enforce::hold(ctx, requeue),
         Action::Drop => enforce::DROP,
+        Action::Answer => PASS,
     }
 }
 
@@ -186,8 +242,11 @@ pub fn datagram(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
     let key = &key;
     let host = &mut host(ctx, pkt, egress);
     if dns::is_dns(seg) {
-        dns::step(host, seg, src_is_lo);
-        return PASS;
+        return match dns::step(host, seg, src_is_lo) {
+            Action::Answer => TC_ACT_REDIRECT,
+            Action::Drop => enforce::DROP,
+            _ => PASS,
+        };
     }
     let hdr = &parse::quic_header(ctx, pkt.payload_off as usize);
     let action = if let Some(flow) = FLOWS.get_ptr_mut(key) {
@@ -211,6 +270,6 @@ pub fn datagram(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
     match action {
         Action::Hold { requeue } => enforce::hold(host.ctx, requeue),
         Action::Drop | Action::Reset => enforce::DROP,
-        Action::Pass => PASS,
+        Action::Pass | Action::Answer => PASS,
     }
 }

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nprot_common::{
-    FAMILY_V4, FlowTuple, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_FROM_SERVER, RECORD_TRUNCATED,
-    RawAddr, RecordHeader, RecordKind,
+    FAMILY_V4, FlowTuple, RECORD_BUDGET_SPENT, RECORD_DNS_FORGED, RECORD_EGRESS,
+    RECORD_FROM_SERVER, RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind,
 };
 use thiserror::Error;
 
@@ -34,6 +34,9 @@ pub struct Record<'a> {
     pub budget_spent: bool,
     /// The payload is the server's (a DNS response), not the client's.
     pub from_server: bool,
+    /// A DNS query the kernel answered with NXDOMAIN (block mode): the payload is that
+    /// answer (the query in replay).
+    pub dns_forged: bool,
     /// Socket cookie of the local socket, 0 if unknown.
     pub socket_cookie: u64,
     /// Interface the flow was first seen on.
@@ -97,6 +100,7 @@ impl<'a> Record<'a> {
             truncated: hdr.flags & RECORD_TRUNCATED != 0,
             budget_spent: hdr.flags & RECORD_BUDGET_SPENT != 0,
             from_server: hdr.flags & RECORD_FROM_SERVER != 0,
+            dns_forged: hdr.flags & RECORD_DNS_FORGED != 0,
             socket_cookie: hdr.socket_cookie,
             ifindex: hdr.ifindex,
         }

@@ -225,7 +225,8 @@ impl NamespaceResolver {
     /// Makes `addr` the resolver of programs run in `ns`.
     pub fn set(ns: &str, addr: IpAddr) -> Result<NamespaceResolver> {
         let dir = Path::new("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let guard = NamespaceResolver { dir };
         std::fs::write(
             guard.dir.join("resolv.conf"),

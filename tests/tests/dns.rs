@@ -266,7 +266,10 @@ fn banner_server(env: &Env, server_first: bool) -> std::process::Child {
     let child = nprot_tests::netns::netns_cmd(env.server_ns(), nprot_tests::clients::python3())
         .args([
             "-c",
-            &format!("FIRST = {}\n{SERVER}", if server_first { "True" } else { "False" }),
+            &format!(
+                "FIRST = {}\n{SERVER}",
+                if server_first { "True" } else { "False" }
+            ),
         ])
         .spawn()
         .expect("python3 server");
@@ -302,8 +305,8 @@ while True:
     c.close()
 ";
 
-/// `ssh` from the client namespace to `name` (resolved by the namespace's resolver) on
-/// port 2222; its stderr.
+/// `ssh` from the client namespace to `name` (an address, or a name the namespace
+/// resolves) on port 2222; its stderr.
 fn ssh(env: &Env, name: &str) -> String {
     let out = nprot_tests::netns::netns_cmd(env.client_ns(), "ssh")
         .args([
@@ -326,8 +329,8 @@ fn ssh(env: &Env, name: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A client that reads first (as an SMTP or FTP client does) from `name` (resolved by
-/// the namespace's resolver) port 2222, then answers; what went wrong, if anything.
+/// A client that reads first (as an SMTP or FTP client does) from `name` (an address, or
+/// a name the namespace resolves) port 2222, then answers; what went wrong, if anything.
 fn listener(env: &Env, name: &str) -> String {
     let out = nprot_tests::netns::netns_cmd(env.client_ns(), nprot_tests::clients::python3())
         .args([
@@ -351,9 +354,10 @@ except ConnectionResetError:
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A flow to a name resolved a moment before, by a protocol no parser knows (`ssh`, or
-/// one whose server speaks first): with `dns_names = "enforce"` a Block on the name
-/// resets it, whichever side speaks first; with `log` it only carries the name.
+/// A flow to a name its client resolved before the name was blocked (the client keeps
+/// the address; a fresh lookup now gets NXDOMAIN from the kernel), by a protocol no parser
+/// knows (`ssh`, or one whose server speaks first): with `dns_names = "enforce"` the
+/// Block resets it, whichever side speaks first; with `log` it only carries the name.
 #[test]
 fn an_ssh_flow_is_judged_by_its_dns_name_only_with_enforce() {
     for (setting, blocked, server_first) in [
@@ -361,45 +365,92 @@ fn an_ssh_flow_is_judged_by_its_dns_name_only_with_enforce() {
         ("enforce", true, false),
         ("log", false, true),
     ] {
-        let (env, resolver) = start_blocking(
-            &format!("dns_names = \"{setting}\"\n"),
-            &["ssh.example.test"],
-        );
-        let _resolv = NamespaceResolver::set(env.client_ns(), resolver.addr).unwrap();
+        let (env, resolver) = start_blocking(&format!("dns_names = \"{setting}\"\n"), &[]);
+        let ns = env.client_ns();
+        let a = dig(ns, resolver.addr, "ssh.example.test", "A").unwrap();
+        assert_eq!(a.status, "NOERROR", "{a:?}");
+        wait_event(&env, "the lookup", dns_for("ssh.example.test", "A"));
+        add_block(&env, "b0", "ssh.example.test");
+        let again = dig(ns, resolver.addr, "ssh.example.test", "A").unwrap();
+        assert_eq!(again.status, "NXDOMAIN", "blocked from now on: {again:?}");
+        let target = env.server_ip(false).to_string();
         let mut server = banner_server(&env, server_first);
         let stderr = if server_first {
-            listener(&env, "ssh.example.test")
+            listener(&env, &target)
         } else {
-            ssh(&env, "ssh.example.test")
+            ssh(&env, &target)
         };
         let _ = server.kill();
         let _ = server.wait();
         let stats = env.stats().unwrap();
         let p = &stats["pipeline"];
-        assert!(p["unnamed_judged"].as_u64() >= Some(1), "{setting}: {stderr}\n{stats}");
+        assert!(
+            p["unnamed_judged"].as_u64() >= Some(1),
+            "{setting}: {stderr}\n{stats}"
+        );
         if blocked {
-            assert!(stderr.contains("reset"), "{setting}: ssh said {stderr}");
+            assert!(
+                stderr.contains("reset"),
+                "{setting}: the client said {stderr}"
+            );
             let e = wait_event(&env, "the block", |e| {
                 ev::is(e, "ExploitGuardNetworkProtectionBlocked")
                     && e["RemoteUrl"] == "ssh.example.test"
+                    && e["RemotePort"] == 2222
             });
             assert_eq!(e["AdditionalFields"]["IndicatorId"], "b0", "{e}");
-            assert_eq!(e["RemotePort"], 2222, "{e}");
             assert_eq!(p["dns_name_judged"], 1, "{stats}");
             if server_first {
                 assert_eq!(p["server_first"], 1, "{stats}");
                 assert_eq!(stats["kernel"]["flows_server_first"], 1, "{stats}");
             }
         } else {
-            assert!(!stderr.contains("reset"), "{setting}: ssh said {stderr}");
-            assert!(stderr.contains("nprot-test") || stderr.contains("closed"), "{stderr}");
-            assert_eq!(p["blocked"], 0, "{setting}: {stats}");
+            assert!(
+                !stderr.contains("reset"),
+                "{setting}: the client said {stderr}"
+            );
+            assert!(stderr.contains("nprot-test"), "{stderr}");
             let e = wait_event(&env, "the named connection", |e| {
                 ev::is(e, "ConnectionSuccess") && e["RemotePort"] == 2222
             });
             assert_eq!(e["AdditionalFields"]["dns_name"], "ssh.example.test", "{e}");
+            let tcp_blocks = env
+                .events()
+                .events()
+                .unwrap()
+                .iter()
+                .filter(|e| ev::is(e, "ExploitGuardNetworkProtectionBlocked"))
+                .filter(|e| e["Protocol"] == "Tcp")
+                .count();
+            assert_eq!(tcp_blocks, 0, "log only: no TCP flow blocked");
         }
     }
+}
+
+/// `nprot indicator add` of a Block on `name` through the sensor's control socket.
+fn add_block(env: &Env, id: &str, name: &str) {
+    let out = std::process::Command::new(nprot_tests::sensor::sensor_binary().unwrap())
+        .args([
+            "indicator",
+            "add",
+            "--type",
+            "DomainName",
+            "--value",
+            name,
+            "--action",
+            "Block",
+            "--id",
+            id,
+            "--socket",
+        ])
+        .arg(nprot_tests::sensor::control_socket_for(env.events().path()))
+        .output()
+        .expect("nprot indicator add");
+    assert!(
+        out.status.success(),
+        "nprot indicator add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// DNS over TCP (`dig +tcp`): each query is reported with `Protocol` `Tcp`, and a
@@ -448,11 +499,18 @@ fn chromium_ech_is_real_only_with_evidence_and_only_real_ech_is_blocked() {
     let plain = wait_event(&env, "Chromium's ClientHello to the plain site", |e| {
         ev::is(e, "SslConnectionInspected") && e["RemoteUrl"] == "plain.example.test"
     });
-    assert_eq!(plain["AdditionalFields"]["ech"], "grease_or_real", "{plain}");
+    assert_eq!(
+        plain["AdditionalFields"]["ech"], "grease_or_real",
+        "{plain}"
+    );
 
     let https = dig(ns, resolver.addr, "secret.example.test", "HTTPS").unwrap();
     assert_eq!(https.status, "NOERROR", "{https:?}");
-    wait_event(&env, "the HTTPS record", dns_for("secret.example.test", "HTTPS"));
+    wait_event(
+        &env,
+        "the HTTPS record",
+        dns_for("secret.example.test", "HTTPS"),
+    );
     chromium_load(ns, server, "secret.example.test", env.dir(), &opts).unwrap();
     let secret = wait_event(&env, "Chromium's ClientHello to the ECH site", |e| {
         ev::is(e, "SslConnectionInspected") && e["AdditionalFields"]["ech"] == "real"
@@ -475,5 +533,8 @@ fn chromium_ech_is_real_only_with_evidence_and_only_real_ech_is_blocked() {
         .count();
     assert_eq!(blocks, 0, "the plain site was not blocked");
     let stats = env.stats().unwrap();
-    assert!(stats["pipeline"]["ech_blocked"].as_u64() >= Some(1), "{stats}");
+    assert!(
+        stats["pipeline"]["ech_blocked"].as_u64() >= Some(1),
+        "{stats}"
+    );
 }

@@ -147,6 +147,8 @@ pub struct Sensor {
     // Field order matters for drop: maps first, then the object that owns the links.
     records: Option<RingBuf<MapData>>,
     verdicts: HashMap<MapData, FlowKey, VerdictEntry>,
+    /// Names the kernel answers NXDOMAIN (block mode).
+    dns_names: HashMap<MapData, u64, u8>,
     /// When each verdict in the map was written (see [`Sensor::sweep_stale_verdicts`]).
     verdicts_written: std::collections::HashMap<FlowKey, Instant>,
     /// Verdicts removed because their flow sent nothing more to pick them up.
@@ -194,6 +196,7 @@ impl Sensor {
         let mut sensor = Sensor {
             records: Some(take_map(&mut ebpf, names::RECORDS)?),
             verdicts: take_map(&mut ebpf, names::VERDICTS)?,
+            dns_names: take_map(&mut ebpf, names::DNS_NAMES)?,
             verdicts_written: std::collections::HashMap::new(),
             stale_verdicts: 0,
             stats: take_map(&mut ebpf, names::STATS)?,
@@ -342,6 +345,30 @@ impl Sensor {
             })?;
         self.verdicts_written.insert(*key, Instant::now());
         Ok(())
+    }
+
+    /// Sets a name's entry in the kernel's `DNS_NAMES` map (`nprot_common::dns`).
+    pub fn set_dns_name(&mut self, hash: u64, value: u8) -> Result<(), CaptureError> {
+        self.dns_names
+            .insert(hash, value, 0)
+            .map_err(|source| CaptureError::Map {
+                map: names::DNS_NAMES,
+                source,
+            })
+    }
+
+    /// Removes a name from `DNS_NAMES`; one not there is no error.
+    pub fn remove_dns_name(&mut self, hash: u64) -> Result<(), CaptureError> {
+        match self.dns_names.remove(&hash) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            Err(source) => Err(CaptureError::Map {
+                map: names::DNS_NAMES,
+                source,
+            }),
+        }
     }
 
     /// Removes the verdicts written more than `max_age` ago and still in
@@ -669,8 +696,8 @@ mod tests {
         programs::CgroupSockAddrAttachType,
     };
     use nprot_common::{
-        DatagramPacket, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, MAX_SOCKET_OWNERS,
-        PayloadRecord,
+        DatagramPacket, FlowState, MAX_DNS_NAMES, MAX_FLOWS, MAX_PENDING_VERDICTS,
+        MAX_SOCKET_OWNERS, PayloadRecord,
     };
 
     use super::*;
@@ -776,6 +803,20 @@ mod tests {
                 kind: BPF_MAP_TYPE_PERCPU_ARRAY,
                 key: size_of::<u32>(),
                 value: size_of::<DatagramPacket>(),
+                max_entries: Some(1),
+            },
+            Want {
+                name: names::DNS_NAMES,
+                kind: BPF_MAP_TYPE_HASH,
+                key: size_of::<u64>(),
+                value: size_of::<u8>(),
+                max_entries: Some(MAX_DNS_NAMES),
+            },
+            Want {
+                name: names::DNS_QUERY,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<nprot_common::dns::QueryScratch>(),
                 max_entries: Some(1),
             },
         ];

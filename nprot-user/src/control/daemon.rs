@@ -39,6 +39,7 @@ use crate::{
         state::State,
     },
     datapath::{
+        dns_block::{DnsBlock, NameMap},
         names::NameSettings,
         pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
     },
@@ -351,13 +352,23 @@ fn kernel_config(mode: Mode, opts: &RunOptions) -> SensorConfig {
         verdict_timeout_ns: opts.verdict_timeout.as_nanos() as u64,
         flow_idle_timeout_ns: opts.flow_idle_timeout.as_nanos() as u64,
         quic: opts.quic as u8,
+        dns_block: u8::from(mode == Mode::Block),
         ..SensorConfig::default()
     }
 }
 
+impl NameMap for Sensor {
+    fn put(&mut self, hash: u64, value: u8) -> anyhow::Result<()> {
+        Ok(self.set_dns_name(hash, value)?)
+    }
+    fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
+        Ok(self.remove_dns_name(hash)?)
+    }
+}
+
 /// What the control handlers need of the kernel side: the live [`Sensor`], or a stand-in
-/// in tests (which run without root and without eBPF).
-trait Kernel {
+/// in tests (which run without root and without eBPF). Its [`NameMap`] is `DNS_NAMES`.
+trait Kernel: NameMap {
     /// Writes the kernel's settings (a mode change).
     fn set_config(&mut self, config: SensorConfig) -> Result<(), String>;
     /// The guarded interfaces and how each is attached.
@@ -403,6 +414,8 @@ struct Daemon<K = Sensor> {
     started: Instant,
     /// Process attribution, when the connect hooks are attached.
     attribution: Option<Attributing>,
+    /// What the kernel's DNS name map holds (DNS blocking, block mode).
+    dns_block: DnsBlock,
 }
 
 /// The running process attribution: its thread, its tables and the hooks' counters.
@@ -545,7 +558,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         housekeeping_rounds: 0,
         started: Instant::now(),
         attribution,
+        dns_block: DnsBlock::default(),
     };
+    daemon.sync_dns_names();
 
     daemon.refresh_local_addrs();
     set_realtime(daemon.opts.rt_priority);
@@ -634,6 +649,9 @@ impl Daemon {
             }
         }
         self.refresh_local_addrs();
+        if self.dns_block.due(SystemTime::now()) {
+            self.sync_dns_names();
+        }
         self.pipeline
             .expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
         if let Ok(k) = self.sensor.kernel_stats() {
@@ -751,6 +769,7 @@ impl<K: Kernel> Daemon<K> {
         self.state = next;
         self.mode = mode;
         self.pipeline.set_mode(mode);
+        self.sync_dns_names();
         info!("mode set to {mode}");
         Ok(ModeReply { mode })
     }
@@ -918,7 +937,20 @@ impl<K: Kernel> Daemon<K> {
         next.save(&self.opts.state_dir).map_err(|e| e.to_string())?;
         self.state = next;
         self.pipeline.set_policy(Arc::new(policy));
+        self.sync_dns_names();
         Ok(())
+    }
+
+    /// Writes the kernel's DNS name map for the running policy and mode (every policy
+    /// or mode change, and when an indicator in it expires).
+    fn sync_dns_names(&mut self) {
+        self.dns_block.sync(
+            &mut self.sensor,
+            self.pipeline.policy(),
+            self.mode,
+            SystemTime::now(),
+        );
+        debug!("DNS name map: {} names", self.dns_block.len());
     }
 
     /// SIGHUP: re-reads the config file (indicator sources, device groups, mode) and the
@@ -985,6 +1017,7 @@ impl<K: Kernel> Daemon<K> {
                         Err(e) => warn!("mode or quic from the config not applied: {e}"),
                     }
                 }
+                self.sync_dns_names();
             }
             Err(e) => warn!("reload refused, the running policy stays: {e:#}"),
         }
@@ -1083,6 +1116,18 @@ mod tests {
         attached: Vec<(String, &'static str)>,
         configs: Vec<SensorConfig>,
         fail: bool,
+        dns_names: HashMap<u64, u8>,
+    }
+
+    impl NameMap for FakeKernel {
+        fn put(&mut self, hash: u64, value: u8) -> anyhow::Result<()> {
+            self.dns_names.insert(hash, value);
+            Ok(())
+        }
+        fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
+            self.dns_names.remove(&hash);
+            Ok(())
+        }
     }
 
     impl Kernel for FakeKernel {
@@ -1193,6 +1238,7 @@ mod tests {
                 housekeeping_rounds: 0,
                 started: Instant::now(),
                 attribution: None,
+                dns_block: DnsBlock::default(),
             };
             Fixture {
                 daemon,
@@ -1299,6 +1345,36 @@ mod tests {
         });
         let written = f.daemon.sensor.configs.last().unwrap();
         assert_eq!((written.capture, written.hold), (0, 0));
+    }
+
+    /// The kernel's DNS name map follows the mode and every policy change.
+    #[test]
+    fn the_dns_name_map_follows_mode_and_policy() {
+        use nprot_common::name_hash::hash_name;
+        let mut f = Fixture::new("dns-names");
+        assert!(f.daemon.sensor.dns_names.is_empty(), "audit mode: empty");
+        let _: ModeReply = f.ok(Request::Mode {
+            mode: "block".into(),
+        });
+        assert_eq!(f.daemon.sensor.configs.last().unwrap().dns_block, 1);
+        let names = &f.daemon.sensor.dns_names;
+        assert_eq!(names.get(&hash_name("blocked.example")), Some(&1));
+        assert_eq!(names.get(&hash_name("warned.example")), Some(&1));
+        let _: Value = f.ok(add(json!([
+            {"id": "a1", "type": "DomainName", "value": "ok.blocked.example", "action": "Allowed"}
+        ])));
+        assert_eq!(
+            f.daemon
+                .sensor
+                .dns_names
+                .get(&hash_name("ok.blocked.example")),
+            Some(&0)
+        );
+        let _: ModeReply = f.ok(Request::Mode {
+            mode: "audit".into(),
+        });
+        assert_eq!(f.daemon.sensor.configs.last().unwrap().dns_block, 0);
+        assert!(f.daemon.sensor.dns_names.is_empty());
     }
 
     #[test]

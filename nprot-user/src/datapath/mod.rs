@@ -4,6 +4,7 @@
 //! [`pipeline`] matches them against the policy and turns the decision into a
 //! [`verdict`] and events.
 
+pub mod dns_block;
 pub mod names;
 pub mod parse;
 pub mod pipeline;

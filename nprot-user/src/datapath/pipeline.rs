@@ -16,6 +16,7 @@ use nprot_common::{
 use crate::{
     capture::attribution::ProcessSource,
     datapath::{
+        dns_block,
         names::{Client, DnsNames, Ech, EchAction, EchEvidence, NameCache, NameSettings},
         parse::{
             ParseOutcome, Parsed, dns,
@@ -132,6 +133,11 @@ pub struct PipelineStats {
     pub ech_real: u64,
     /// Flows reset for real ECH (`ech = "block"`, block mode).
     pub ech_blocked: u64,
+    /// DNS queries for blocked names the kernel answered NXDOMAIN (block mode).
+    pub dns_blocked: u64,
+    /// DNS queries for names the policy blocks that the kernel let through in block
+    /// mode (inside a tunnel, not a standard query, the name map out of date or full).
+    pub dns_block_missed: u64,
 }
 
 /// What block mode does with a request head that cannot be judged in full (config key
@@ -543,6 +549,9 @@ pub struct Pipeline {
     quic: QuicFlows,
     /// DNS queries awaiting their response: (flow, message id) → when asked.
     dns_pending: HashMap<(FlowKey, u16), u64>,
+    /// Queries the kernel answered NXDOMAIN: (flow, message id) → when. The answer passes
+    /// a hook on its way back and is copied as a response; it is not reported again.
+    dns_forged: HashMap<(FlowKey, u16), u64>,
     /// Names clients resolved, by (client, address).
     names: NameCache,
     /// What names from DNS and ECH evidence may decide.
@@ -599,6 +608,7 @@ impl Pipeline {
             decided: HashMap::new(),
             quic: QuicFlows::default(),
             dns_pending: HashMap::new(),
+            dns_forged: HashMap::new(),
             names: NameCache::default(),
             name_settings: NameSettings::default(),
         }
@@ -891,6 +901,9 @@ impl Pipeline {
     /// A DNS message: a query is remembered, a response reported with its query and its
     /// addresses noted for the flows that follow.
     fn on_dns(&mut self, rec: &Record<'_>, ends: &FlowEnds) {
+        if rec.dns_forged {
+            return self.on_dns_forged(rec, ends);
+        }
         let msg = match dns::parse_message(rec.payload) {
             Ok(msg) if msg.response == rec.from_server => msg,
             Ok(_) => {
@@ -906,11 +919,15 @@ impl Pipeline {
         let key = (rec.tuple.key(), msg.id);
         if !msg.response {
             self.stats.dns_queries += 1;
+            self.dns_query_judged(rec, ends, &msg);
             if self.dns_pending.len() < MAX_DNS_PENDING || self.dns_pending.contains_key(&key) {
                 self.dns_pending.insert(key, rec.ts_ns);
             } else {
                 self.stats.dns_unanswered += 1;
             }
+            return;
+        }
+        if self.dns_forged.remove(&key).is_some() {
             return;
         }
         self.stats.dns_responses += 1;
@@ -1151,7 +1168,7 @@ impl Pipeline {
         let decision =
             policy.decide_for(&subject, process.as_deref(), self.factory.wall(rec.ts_ns));
         let outcome = outcome(&decision, self.mode);
-        self.log_enforcements(rec, ends, name, &outcome);
+        self.log_enforcements(rec, ends, name.as_deref(), &outcome);
         outcome.verdict
     }
 
@@ -1160,7 +1177,7 @@ impl Pipeline {
         &mut self,
         rec: &Record<'_>,
         ends: &FlowEnds,
-        remote_url: Option<String>,
+        remote_url: Option<&str>,
         outcome: &Outcome<'_>,
     ) {
         for enforcement in &outcome.enforcements {
@@ -1170,7 +1187,7 @@ impl Pipeline {
             let ev = self.factory.protection(
                 rec.ts_ns,
                 ends,
-                remote_url.clone(),
+                remote_url.map(str::to_owned),
                 protection(enforcement),
                 self.mode,
             );
@@ -1287,7 +1304,7 @@ impl Pipeline {
         }
         let remote_url = event.remote_url.clone();
         self.events.push(event);
-        self.log_enforcements(rec, ends, remote_url.clone(), &item.outcome);
+        self.log_enforcements(rec, ends, remote_url.as_deref(), &item.outcome);
         if item.ech_policy {
             let blocked = self.mode == Mode::Block;
             if blocked {
@@ -1339,6 +1356,8 @@ impl Pipeline {
         self.dns_pending
             .retain(|_, &mut at| now_ns.saturating_sub(at) < DNS_ANSWER_NS);
         self.stats.dns_unanswered += (before - self.dns_pending.len()) as u64;
+        self.dns_forged
+            .retain(|_, &mut at| now_ns.saturating_sub(at) < DNS_ANSWER_NS);
         let quic_gave_up = self.quic.expire(now_ns, idle_ns);
         self.stats.gave_up += quic_gave_up;
         self.stats.quic_gave_up += quic_gave_up;
@@ -1405,6 +1424,113 @@ fn client_of(ends: &FlowEnds) -> Client {
     }
 }
 
+/// DNS blocking (issue 15): the kernel answers queries for blocked names itself
+/// (`datapath::dns_block`); here they are reported, and a query for a blocked name the
+/// kernel let through is audited or counted as missed.
+impl Pipeline {
+    /// A query the kernel answered NXDOMAIN: the protection event (Blocked, with the
+    /// indicator) and the lookup with its forged answer.
+    fn on_dns_forged(&mut self, rec: &Record<'_>, ends: &FlowEnds) {
+        self.stats.dns_queries += 1;
+        self.stats.dns_blocked += 1;
+        self.stats.blocked += 1;
+        // The kernel sends the answer it made (QR set), replay the query: either reads.
+        let msg = match dns::parse_message(rec.payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                log::debug!("flow {}: forged DNS answer not read: {e}", describe(ends));
+                self.stats.dns_malformed += 1;
+                return;
+            }
+        };
+        let Some(q) = &msg.query else {
+            self.stats.dns_malformed += 1;
+            return;
+        };
+        if self.dns_forged.len() < MAX_DNS_PENDING {
+            self.dns_forged.insert((rec.tuple.key(), msg.id), rec.ts_ns);
+        }
+        let mut seen = dns_seen(&msg);
+        seen.rcode = Some("NXDOMAIN".to_owned());
+        seen.answers.clear();
+        seen.ttl = None;
+        seen.forged = true;
+        let event = self.factory.dns(rec.ts_ns, ends, seen);
+        let remote_url = event.remote_url.clone();
+        self.events.push(event);
+        let policy = Arc::clone(&self.policy);
+        let now = self.factory.wall(rec.ts_ns);
+        match dns_block::blocking_indicator(&policy, &q.name, now) {
+            Some(indicator) => {
+                let ev = self.factory.protection(
+                    rec.ts_ns,
+                    ends,
+                    remote_url,
+                    protection(&Enforcement {
+                        indicator,
+                        is_audit: false,
+                    }),
+                    self.mode,
+                );
+                self.events.push(ev);
+            }
+            // The policy changed since the kernel's map was written.
+            None => log::debug!(
+                "flow {}: {} answered NXDOMAIN by a name no longer blocked",
+                describe(ends),
+                q.name
+            ),
+        }
+    }
+
+    /// A query that went to the resolver: if the policy blocks its name, it is audited in
+    /// audit mode, and in block mode counted as missed (the kernel did not answer it).
+    fn dns_query_judged(&mut self, rec: &Record<'_>, ends: &FlowEnds, msg: &dns::DnsMessage) {
+        if self.mode == Mode::Disabled {
+            return;
+        }
+        let Some(q) = &msg.query else {
+            return;
+        };
+        let policy = Arc::clone(&self.policy);
+        let now = self.factory.wall(rec.ts_ns);
+        let Some(indicator) = dns_block::blocking_indicator(&policy, &q.name, now) else {
+            return;
+        };
+        if self.mode == Mode::Block {
+            self.stats.dns_block_missed += 1;
+            // Warned at the 1st, 2nd, 4th, … miss: a tunnel full of them must not flood.
+            let level = if self.stats.dns_block_missed.is_power_of_two() {
+                log::Level::Warn
+            } else {
+                log::Level::Debug
+            };
+            log::log!(
+                level,
+                "flow {}: DNS query for {} (blocked by {}) was not answered by the kernel \
+                 ({} so far, dns_block_missed)",
+                describe(ends),
+                q.name,
+                indicator.id(),
+                self.stats.dns_block_missed
+            );
+            return;
+        }
+        self.stats.audited += 1;
+        let ev = self.factory.protection(
+            rec.ts_ns,
+            ends,
+            Some(q.name.clone()),
+            protection(&Enforcement {
+                indicator,
+                is_audit: true,
+            }),
+            self.mode,
+        );
+        self.events.push(ev);
+    }
+}
+
 /// What events report of a DNS response.
 fn dns_seen(msg: &dns::DnsMessage) -> DnsSeen {
     let answers = msg
@@ -1447,6 +1573,7 @@ fn dns_seen(msg: &dns::DnsMessage) -> DnsSeen {
             .answers
             .iter()
             .any(|a| matches!(a.data, dns::AnswerData::Svcb { ech: true, .. })),
+        forged: false,
     }
 }
 
@@ -1541,6 +1668,7 @@ mod tests {
             truncated: false,
             budget_spent: false,
             from_server: false,
+            dns_forged: false,
             socket_cookie: 0,
             ifindex: 1,
         }
@@ -2427,6 +2555,7 @@ mod direction_tests {
             truncated: false,
             budget_spent: false,
             from_server: false,
+            dns_forged: false,
             socket_cookie: 0,
             ifindex: 1,
         }

@@ -122,6 +122,10 @@ pub enum AdditionalFields {
         ttl: Option<u32>,
         /// An HTTPS/SVCB answer carries an `ech` parameter (ECH configuration).
         ech_config: bool,
+        /// The answer was forged by the sensor (NXDOMAIN for a blocked name, block
+        /// mode): the resolver was never asked.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        forged: bool,
         /// Which side asked.
         direction: Direction,
     },
@@ -435,6 +439,7 @@ impl EventFactory {
             answers: seen.answers,
             ttl: seen.ttl,
             ech_config: seen.ech_config,
+            forged: seen.forged,
             direction: flow.direction,
         };
         self.event(ActionType::DnsConnectionInspected, ts_ns, flow, url, fields)
@@ -593,6 +598,8 @@ pub struct DnsSeen {
     pub ttl: Option<u32>,
     /// An HTTPS/SVCB answer carries an ECH configuration.
     pub ech_config: bool,
+    /// The sensor answered (NXDOMAIN), not the resolver.
+    pub forged: bool,
 }
 
 /// What a request head showed, for `HttpConnectionInspected`.

@@ -20,6 +20,8 @@ use std::{
     time::SystemTime,
 };
 
+use nprot_common::name_hash;
+
 use super::{
     indicator::{Action, IndicatorType},
     store::{IndicatorRef, Indicators},
@@ -101,12 +103,11 @@ fn step(h: u64, b: u8) -> u64 {
     (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
 }
 
-/// Key of a domain: FNV-1a over its lower-cased bytes from last to first, so that the
-/// keys of all suffixes of a host come out of one pass over it.
+/// Key of a domain: [`name_hash`] (FNV-1a over its case-folded bytes from last to
+/// first), so that the keys of all suffixes of a host come out of one pass over it, and
+/// the kernel's walks (DNS queries) find the same keys.
 fn domain_key(d: &str) -> u64 {
-    d.bytes()
-        .rev()
-        .fold(FNV_OFFSET, |h, b| step(h, b.to_ascii_lowercase()))
+    name_hash::hash_name(d)
 }
 
 /// Key of a URL host: FNV-1a over its lower-cased bytes.
@@ -581,9 +582,9 @@ impl Policy {
 
     fn match_domains(&self, m: &mut Matcher<'_>, host: &str) {
         let b = host.as_bytes();
-        let mut h = FNV_OFFSET;
+        let mut h = name_hash::SEED;
         for i in (0..b.len()).rev() {
-            h = step(h, b[i].to_ascii_lowercase());
+            h = name_hash::step(h, b[i]);
             if i > 0 && b[i - 1] != b'.' {
                 continue;
             }

@@ -146,8 +146,13 @@ pub struct Replay {
 impl Replay {
     /// A replay producing events with `factory`, deciding by `policy` under `mode`.
     pub fn new(factory: EventFactory, policy: Arc<Policy>, mode: Mode) -> Replay {
+        let mut tracker = Tracker::new(TrackerConfig::for_mode(mode));
+        // The kernel's DNS name map as the daemon would write it now.
+        let (names, _) =
+            crate::datapath::dns_block::wanted(&policy, mode, std::time::SystemTime::now());
+        tracker.set_dns_names(names);
         Replay {
-            tracker: Tracker::new(TrackerConfig::for_mode(mode)),
+            tracker,
             pipeline: Pipeline::new(factory, STREAM_LIMIT, policy, mode),
             packets: 0,
             tcp_segments: 0,

@@ -19,7 +19,8 @@ use nprot_common::{
     CAPTURE_FLOW_MAX_DEFAULT, FLOW_CLIENT_IS_LO, FLOW_IDLE_TIMEOUT_NS_DEFAULT, FLOW_SYN_EGRESS,
     FlowKey, FlowState, MAX_FLOWS, MAX_PENDING_VERDICTS, PROTO_UDP, RECORD_FROM_SERVER,
     REQUEUE_NS_DEFAULT, RecordHeader, RecordKind, SensorConfig, VERDICT_TIMEOUT_NS_DEFAULT,
-    Verdict, VerdictEntry, dns,
+    Verdict, VerdictEntry,
+    dns::{self, Answered, DNS_QUERY_READ, DnsHost, NameVerdicts, QueryScratch},
     quic::{self, QuicMode},
     stat,
     track::{self, Action, Host},
@@ -44,6 +45,8 @@ pub struct TrackerConfig {
     pub flow_idle_timeout_ns: u64,
     /// What is done with QUIC (`quic = ...`).
     pub quic: QuicMode,
+    /// Answer DNS queries for blocked names (block mode; see [`Tracker::set_dns_names`]).
+    pub dns_block: bool,
 }
 
 impl TrackerConfig {
@@ -56,6 +59,7 @@ impl TrackerConfig {
             verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
             flow_idle_timeout_ns: FLOW_IDLE_TIMEOUT_NS_DEFAULT,
             quic: QuicMode::Inspect,
+            dns_block: mode == Mode::Block,
         }
     }
 
@@ -69,7 +73,7 @@ impl TrackerConfig {
             requeue_ns: REQUEUE_NS_DEFAULT,
             flow_idle_timeout_ns: self.flow_idle_timeout_ns,
             quic: self.quic as u8,
-            ..SensorConfig::default()
+            dns_block: u8::from(self.dns_block),
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct TrackerStats {
     pub quic_dropped: u64,
     /// Client Initials the kernel would have dropped under `quic = "block"`.
     pub quic_refused: u64,
+    /// DNS queries for blocked names the kernel would have answered NXDOMAIN.
+    pub dns_forged: u64,
 }
 
 /// At most two records come out of one packet (a handshake or close record, then payload).
@@ -159,10 +165,24 @@ pub struct Tracker {
     /// Indexed by `nprot_common::stat`, as the kernel's `STATS`.
     counters: [u64; stat::COUNT as usize],
     flows_evicted: u64,
+    dns_names: DnsNames,
+    query: QueryScratch,
+}
+
+/// The kernel's `DNS_NAMES` map, in replay.
+#[derive(Debug, Default)]
+pub struct DnsNames(pub HashMap<u64, u8>);
+
+impl NameVerdicts for DnsNames {
+    fn name_verdict(&self, hash: u64) -> Option<u8> {
+        self.0.get(&hash).copied()
+    }
 }
 
 /// The tracker's view of one segment: everything but the flow table.
 struct Replay<'t, 'a> {
+    dns_names: &'t DnsNames,
+    query: &'t mut QueryScratch,
     config: &'t SensorConfig,
     pending: &'t mut HashMap<FlowKey, VerdictEntry>,
     counters: &'t mut [u64; stat::COUNT as usize],
@@ -248,6 +268,26 @@ impl Host for Replay<'_, '_> {
     }
 }
 
+impl DnsHost for Replay<'_, '_> {
+    type Names = DnsNames;
+
+    fn dns_query(&mut self, seg: &track::Segment) -> Option<(&mut QueryScratch, &DnsNames)> {
+        let n = self
+            .payload
+            .len()
+            .min(DNS_QUERY_READ)
+            .min(seg.payload_len as usize);
+        self.query.bytes[..n].copy_from_slice(&self.payload[..n]);
+        self.query.len = u32::try_from(n).unwrap_or(0);
+        Some((self.query, self.dns_names))
+    }
+
+    /// Replay sends nothing: what the kernel would answer is counted (`dns_forged`).
+    fn answer(&mut self, _seg: &track::Segment, _old: u16, _new: u16) -> Answered {
+        Answered::Sent
+    }
+}
+
 /// The record the kernel would send, with the header it would fill.
 fn record<'a>(
     seg: &track::Segment,
@@ -280,7 +320,15 @@ impl Tracker {
             max_flows: max_flows.max(1),
             counters: [0; stat::COUNT as usize],
             flows_evicted: 0,
+            dns_names: DnsNames::default(),
+            query: QueryScratch::default(),
         }
+    }
+
+    /// The names the kernel's `DNS_NAMES` map would hold (the daemon's
+    /// `datapath::dns_block`).
+    pub fn set_dns_names(&mut self, names: HashMap<u64, u8>) {
+        self.dns_names = DnsNames(names);
     }
 
     /// What the tracker did so far.
@@ -310,6 +358,7 @@ impl Tracker {
             quic_blocked: c(stat::QUIC_BLOCKED),
             quic_dropped: c(stat::QUIC_DROPPED),
             quic_refused: c(stat::QUIC_REFUSED),
+            dns_forged: c(stat::DNS_FORGED),
         }
     }
 
@@ -329,8 +378,12 @@ impl Tracker {
             counters,
             max_flows,
             flows_evicted,
+            dns_names,
+            query,
         } = self;
         let mut host = Replay {
+            dns_names,
+            query,
             config,
             pending,
             counters,
@@ -339,6 +392,8 @@ impl Tracker {
             now: ts_ns,
         };
         if tcp.proto == PROTO_UDP && dns::is_dns(tcp) {
+            // An answered query goes no further than the kernel: nothing to replay of it
+            // but its record and the count.
             dns::step(&mut host, tcp, src_is_lo);
             return host.out;
         }
@@ -379,7 +434,7 @@ impl Tracker {
         match track::step(&mut host, tcp, &key, src_is_lo, flow) {
             // What the kernel does to the packet changes nothing replay reports; the
             // step counted it.
-            Action::Pass | Action::Reset | Action::Drop => {}
+            Action::Pass | Action::Reset | Action::Drop | Action::Answer => {}
             Action::Hold { .. } => host.bump(stat::HELD_PACKETS),
         }
         host.out
@@ -501,6 +556,42 @@ mod tests {
 
     fn conv() -> Conv {
         Conv::new("198.18.0.1", 40000, "198.18.0.2", 80)
+    }
+
+    /// In block mode replay counts the queries the kernel would answer NXDOMAIN, and the
+    /// pipeline reports them blocked; an allowed subdomain goes to the resolver.
+    #[test]
+    fn blocked_dns_queries_are_counted_as_forged() {
+        let indicators = r#"{"indicators": [
+            {"id": "blk", "type": "DomainName", "value": "blocked.test", "action": "Block"},
+            {"id": "ok", "type": "DomainName", "value": "ok.blocked.test", "action": "Allowed"}
+        ]}"#;
+        let query = crate::datapath::dns_block::tests::query;
+        for (mode, forged) in [(Mode::Block, 1), (Mode::Audit, 0)] {
+            let mut run = Run::new(mode, indicators);
+            run.feed(&crate::replay::packet::build::udp(
+                false,
+                53,
+                &query("www.blocked.test"),
+            ));
+            run.feed(&crate::replay::packet::build::udp(
+                false,
+                53,
+                &query("ok.blocked.test"),
+            ));
+            assert_eq!(run.stats().dns_forged, forged, "{mode}");
+            let actions = run.actions();
+            let protection = if mode == Mode::Block {
+                ActionType::ExploitGuardNetworkProtectionBlocked
+            } else {
+                ActionType::ExploitGuardNetworkProtectionAudited
+            };
+            assert!(
+                actions.contains(&(protection, Some("www.blocked.test".into()))),
+                "{actions:?}"
+            );
+            assert_eq!(run.replay.summary().pipeline.dns_blocked, forged);
+        }
     }
 
     const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n";
