@@ -821,18 +821,37 @@ pub(crate) mod tests {
         }
     }
 
-    /// SYN, SYN-ACK, ACK, a request, then the server's answer: held until the verdict,
-    /// which blocks, and from then on every packet but a reset becomes resets.
-    #[test]
-    fn a_flow_is_established_captured_held_and_reset_once_blocked() {
-        let mut host = Fake {
+    /// A host that holds server bytes while a verdict is pending (block mode).
+    fn holding_host() -> Fake {
+        Fake {
             config: SensorConfig {
                 hold: 1,
                 ..SensorConfig::default()
             },
             now: 1_000,
             ..Fake::default()
-        };
+        }
+    }
+
+    /// A flow through its handshake on `host`: its key, which side is lower as seen from
+    /// the client and from the server, and its entry.
+    fn established(host: &mut Fake) -> (FlowKey, bool, bool, FlowState) {
+        let syn = seg(true, TCP_SYN, 100, 0, 0);
+        let (key, lo) = syn.key();
+        let mut flow = syn_state(host, &syn, lo);
+        flow_started(host, &syn, &mut flow);
+        let synack = seg(false, TCP_SYN | TCP_ACK, 500, 101, 0);
+        let (_, server_lo) = synack.key();
+        step(host, &synack, &key, server_lo, &mut flow);
+        step(host, &seg(true, TCP_ACK, 101, 501, 0), &key, lo, &mut flow);
+        (key, lo, server_lo, flow)
+    }
+
+    /// SYN, SYN-ACK, ACK, a request, then the server's answer: held until the verdict,
+    /// which blocks, and from then on every packet but a reset becomes resets.
+    #[test]
+    fn a_flow_is_established_captured_held_and_reset_once_blocked() {
+        let mut host = holding_host();
         let syn = seg(true, TCP_SYN, 100, 0, 0);
         let (key, lo) = syn.key();
         let mut flow = syn_state(&host, &syn, lo);
@@ -881,28 +900,8 @@ pub(crate) mod tests {
     /// are no longer captured.
     #[test]
     fn a_server_that_speaks_first_waits_for_a_verdict() {
-        let mut host = Fake {
-            config: SensorConfig {
-                hold: 1,
-                ..SensorConfig::default()
-            },
-            now: 1_000,
-            ..Fake::default()
-        };
-        let syn = seg(true, TCP_SYN, 100, 0, 0);
-        let (key, lo) = syn.key();
-        let mut flow = syn_state(&host, &syn, lo);
-        flow_started(&mut host, &syn, &mut flow);
-        let synack = seg(false, TCP_SYN | TCP_ACK, 500, 101, 0);
-        let (_, server_lo) = synack.key();
-        step(&mut host, &synack, &key, server_lo, &mut flow);
-        step(
-            &mut host,
-            &seg(true, TCP_ACK, 101, 501, 0),
-            &key,
-            lo,
-            &mut flow,
-        );
+        let mut host = holding_host();
+        let (key, lo, server_lo, mut flow) = established(&mut host);
         let banner = seg(false, TCP_ACK, 501, 101, 20);
         assert_eq!(
             step(&mut host, &banner, &key, server_lo, &mut flow),

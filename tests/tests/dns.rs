@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use nprot::datapath::parse::testdata::ech_config_list;
 use nprot_tests::{
     ClientServer, Env,
     dns::{Dnsmasq, NamespaceResolver, Record, dig, dig_tcp},
@@ -53,22 +54,6 @@ fn start_blocking(config: &str, blocked: &[&str]) -> (Env, Dnsmasq) {
     (env, resolver)
 }
 
-/// An ECHConfigList (RFC 9849 §4) of one X25519 configuration with `public_name`.
-fn ech_config_list(public_name: &str) -> Vec<u8> {
-    let mut c = vec![1, 0x00, 0x20, 0x00, 0x20];
-    c.extend_from_slice(&[0x5a; 32]);
-    c.extend_from_slice(&[0x00, 0x04, 0x00, 0x01, 0x00, 0x01, 0]);
-    c.push(public_name.len() as u8);
-    c.extend_from_slice(public_name.as_bytes());
-    c.extend_from_slice(&[0, 0]);
-    let mut config = vec![0xfe, 0x0d];
-    config.extend_from_slice(&(c.len() as u16).to_be_bytes());
-    config.extend_from_slice(&c);
-    let mut list = (config.len() as u16).to_be_bytes().to_vec();
-    list.extend_from_slice(&config);
-    list
-}
-
 /// dnsmasq on the server's IPv4 address, the sensor not started yet.
 fn start_resolver() -> (Env, Dnsmasq) {
     let env = Env::start_without_sensor().expect("test environment");
@@ -113,7 +98,7 @@ fn start_resolver() -> (Env, Dnsmasq) {
             rtype: 65,
             rdata: {
                 // priority 1, target ".", ech = the list.
-                let list = ech_config_list("cover.example.test");
+                let list = ech_config_list(0xfe0d, "cover.example.test");
                 let mut rdata = vec![0, 1, 0, 0, 5];
                 rdata.extend_from_slice(&(list.len() as u16).to_be_bytes());
                 rdata.extend_from_slice(&list);

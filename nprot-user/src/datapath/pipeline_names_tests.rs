@@ -20,7 +20,7 @@ use super::{Pipeline, VerdictTarget};
 use crate::{
     datapath::{
         names::{DnsNames, EchAction, NameSettings},
-        parse::testdata::ClientHelloBuilder,
+        parse::testdata::{ClientHelloBuilder, ech_config_list},
     },
     events::{Clock, EventFactory},
     mode::Mode,
@@ -244,22 +244,6 @@ fn a_name_on_the_wire_wins_over_the_one_from_dns() {
     assert_eq!(evs[0]["AdditionalFields"]["dns_derived"], true);
 }
 
-/// An ECHConfigList with one configuration whose public name is `public`.
-fn ech_config(public: &str) -> Vec<u8> {
-    let mut c = vec![1, 0x00, 0x20, 0x00, 0x20];
-    c.extend_from_slice(&[9; 32]);
-    c.extend_from_slice(&[0x00, 0x04, 0x00, 0x01, 0x00, 0x01, 0]);
-    c.push(public.len() as u8);
-    c.extend_from_slice(public.as_bytes());
-    c.extend_from_slice(&[0, 0]);
-    let mut config = vec![0xfe, 0x0d];
-    config.extend_from_slice(&(c.len() as u16).to_be_bytes());
-    config.extend_from_slice(&c);
-    let mut list = (config.len() as u16).to_be_bytes().to_vec();
-    list.extend_from_slice(&config);
-    list
-}
-
 fn ech_hello(p: &mut Pipeline, sni: &str) -> (Vec<Verdict>, Vec<Value>) {
     let hello = ClientHelloBuilder::new().sni(sni).ech(200).build();
     let mut v = Verdicts::default();
@@ -294,7 +278,7 @@ fn ech_is_real_only_with_evidence_and_only_real_ech_is_blocked() {
         name("."),
         vec![(
             SvcParamKey::EchConfigList,
-            SvcParamValue::EchConfigList(EchConfigList(ech_config("cover.test"))),
+            SvcParamValue::EchConfigList(EchConfigList(ech_config_list(0xfe0d, "cover.test"))),
         )],
     )));
     for (mode, verdict, last) in [

@@ -237,3 +237,25 @@ impl ClientHelloBuilder {
         out
     }
 }
+
+/// An ECHConfigList (RFC 9849 §4) of one X25519 / HKDF-SHA256 / AES-128-GCM configuration
+/// of `version` (0xfe0d is RFC 9849's) whose public name is `public_name`, as an HTTPS
+/// record's `ech` parameter carries it.
+pub fn ech_config_list(version: u16, public_name: &str) -> Vec<u8> {
+    let mut contents = vec![7, 0x00, 0x20]; // config_id, kem_id = X25519
+    contents.extend_from_slice(&32u16.to_be_bytes());
+    contents.extend_from_slice(&[0x42; 32]);
+    contents.extend_from_slice(&[0x00, 0x04, 0x00, 0x01, 0x00, 0x01]);
+    contents.push(0); // maximum_name_length
+    contents.push(u8::try_from(public_name.len()).expect("a public name fits a byte"));
+    contents.extend_from_slice(public_name.as_bytes());
+    contents.extend_from_slice(&[0x00, 0x00]); // no extensions
+    let mut config = version.to_be_bytes().to_vec();
+    let len = u16::try_from(contents.len()).expect("a configuration fits 64 KiB");
+    config.extend_from_slice(&len.to_be_bytes());
+    config.extend_from_slice(&contents);
+    let len = u16::try_from(config.len()).expect("a list fits 64 KiB");
+    let mut list = len.to_be_bytes().to_vec();
+    list.extend_from_slice(&config);
+    list
+}

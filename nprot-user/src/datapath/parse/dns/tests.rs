@@ -12,6 +12,7 @@ use hickory_proto::{
 };
 
 use super::*;
+use crate::datapath::parse::testdata::ech_config_list;
 
 fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
@@ -381,24 +382,6 @@ fn https_record_with_and_without_ech() {
         &m.answers[0].data,
         AnswerData::Svcb { ech: true, alpn, .. } if alpn == &["dot"]
     ));
-}
-
-/// An ECHConfigList of one X25519/HKDF-SHA256/AES-128-GCM configuration (RFC 9849 §4).
-fn ech_config_list(version: u16, public_name: &str) -> Vec<u8> {
-    let mut contents = vec![7, 0x00, 0x20]; // config_id, kem_id = X25519
-    contents.extend_from_slice(&32u16.to_be_bytes());
-    contents.extend_from_slice(&[0x42; 32]);
-    contents.extend_from_slice(&[0x00, 0x04, 0x00, 0x01, 0x00, 0x01]);
-    contents.push(0); // maximum_name_length
-    contents.push(public_name.len() as u8);
-    contents.extend_from_slice(public_name.as_bytes());
-    contents.extend_from_slice(&[0x00, 0x00]); // no extensions
-    let mut config = version.to_be_bytes().to_vec();
-    config.extend_from_slice(&(contents.len() as u16).to_be_bytes());
-    config.extend_from_slice(&contents);
-    let mut list = (config.len() as u16).to_be_bytes().to_vec();
-    list.extend_from_slice(&config);
-    list
 }
 
 #[test]
