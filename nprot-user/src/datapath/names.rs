@@ -181,6 +181,11 @@ impl NameCache {
         settings: &NameSettings,
         now_ns: u64,
     ) -> Option<EchEvidence> {
+        // The common case, on every ClientHello with a (GREASE) extension before its
+        // verdict: no evidence of any kind is known, so nothing to allocate or look up.
+        if self.ech.is_empty() && settings.ech_public_names.is_empty() {
+            return None;
+        }
         let sni = sni.map(|s| s.trim_end_matches('.').to_ascii_lowercase());
         if let Some(sni) = &sni
             && settings.ech_public_names.contains(sni)
