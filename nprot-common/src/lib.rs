@@ -5,11 +5,16 @@
 //! byte for byte. Changing a layout here changes both sides at once.
 #![no_std]
 
+// The user-space side (summaries the daemon builds, tests) allocates.
+#[cfg(any(test, feature = "user"))]
+extern crate std;
+
 pub mod dns;
 pub mod encap;
 pub mod lifecycle;
 pub mod name_hash;
 pub mod names;
+pub mod prefilter;
 pub mod quic;
 pub mod track;
 
@@ -289,6 +294,10 @@ pub const FLOW_MIDSTREAM: u8 = 1 << 4;
 pub const FLOW_RESTART_PENDING: u8 = 1 << 5;
 /// `FlowState::flags`: the client of the deferred SYN is the `lo` endpoint of the key.
 pub const FLOW_RESTART_CLIENT_LO: u8 = 1 << 6;
+/// `FlowState::flags`: the kernel pre-filter found that nothing in force can match the
+/// client bytes awaiting a verdict ([`prefilter`]): server payload passes at once, up to
+/// `prefilter_end_seq`; the daemon's verdict is still applied when it comes.
+pub const FLOW_PREALLOWED: u8 = 1 << 7;
 
 /// Per-flow state in the kernel LRU map.
 #[repr(C)]
@@ -333,8 +342,9 @@ pub struct FlowState {
     pub restart_cookie: u64,
     /// Sequence number of a deferred SYN.
     pub restart_seq: u32,
-    /// Padding, zero.
-    pub _pad: u32,
+    /// With [`FLOW_PREALLOWED`]: the end of the client bytes the pre-filter judged (the
+    /// ClientHello's record, the request head); client bytes past it end the pre-allowance.
+    pub prefilter_end_seq: u32,
     /// QUIC flows: the first 8 bytes of the Destination Connection ID of the client's
     /// first Initial ([`quic::conn_id`]), which the Initial keys come from.
     pub quic_dcid: u64,
@@ -388,6 +398,12 @@ pub const RECORD_FROM_SERVER: u8 = 1 << 3;
 /// kernel sent back in place of the query (the query with QR and RCODE set); replay
 /// copies the query itself.
 pub const RECORD_DNS_FORGED: u8 = 1 << 4;
+/// `RecordHeader::flags`: the kernel pre-filter let the flow go on without waiting for
+/// this record's verdict: the name and the address can match nothing in force.
+pub const RECORD_PREALLOWED: u8 = 1 << 5;
+/// `RecordHeader::flags`: the kernel pre-filter read a name or address that may match
+/// (the summary is a superset): the flow waits for the daemon.
+pub const RECORD_CANDIDATE: u8 = 1 << 6;
 
 /// Header of every ring-buffer record; payload records are followed by `len` bytes.
 #[repr(C)]
@@ -527,6 +543,11 @@ pub struct SensorConfig {
     /// taken up again as mid-stream ([`FLOW_MIDSTREAM`]) and counted
     /// ([`stat::FLOWS_EXPIRED`]). Blocked flows never expire.
     pub flow_idle_timeout_ns: u64,
+    /// `prefilter::CONFIG_*` bits: whether the kernel pre-filter runs, which of the two
+    /// summary buffers is in force, and whether ECH makes a ClientHello a candidate.
+    pub prefilter: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 7],
 }
 
 impl Default for SensorConfig {
@@ -540,6 +561,8 @@ impl Default for SensorConfig {
             verdict_timeout_ns: VERDICT_TIMEOUT_NS_DEFAULT,
             requeue_ns: REQUEUE_NS_DEFAULT,
             flow_idle_timeout_ns: FLOW_IDLE_TIMEOUT_NS_DEFAULT,
+            prefilter: 0,
+            _pad: [0; 7],
         }
     }
 }
@@ -638,8 +661,20 @@ pub mod stat {
     /// TCP flows whose server sent payload before the client did: judged by the daemon
     /// from a `ServerFirst` record (by address and DNS name), the server's bytes held.
     pub const FLOWS_SERVER_FIRST: u32 = 37;
+    /// Client bytes awaiting a verdict that the kernel pre-filter let go on at once: their
+    /// name (TLS SNI or HTTP Host in the first segment) and address match nothing in force.
+    pub const PREFILTER_ALLOWED: u32 = 38;
+    /// Client bytes whose name or address may match (a possible hit of the summary): they
+    /// wait for the daemon, which counts those that matched nothing as false positives.
+    pub const PREFILTER_CANDIDATES: u32 = 39;
+    /// Client bytes the pre-filter could not judge (no name in the first segment, a proxy
+    /// request, an IP literal, a cut or odd ClientHello): they wait for the daemon.
+    pub const PREFILTER_UNDECIDED: u32 = 40;
+    /// Pre-filter program not tail-called (slot empty, packet not handed over): the bytes
+    /// were captured unjudged (also counted undecided). Should stay 0.
+    pub const PREFILTER_TAIL_CALLS_FAILED: u32 = 41;
     /// Number of counters.
-    pub const COUNT: u32 = 38;
+    pub const COUNT: u32 = 42;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -680,6 +715,10 @@ pub mod stat {
         "dns_forged",
         "dns_forge_skipped",
         "flows_server_first",
+        "prefilter_allowed",
+        "prefilter_candidates",
+        "prefilter_undecided",
+        "prefilter_tail_calls_failed",
     ];
 }
 
@@ -702,8 +741,10 @@ mod pod {
     // implicit padding (88 bytes, align 8); any bit pattern is valid.
     unsafe impl aya::Pod for RecordHeader {}
     // SAFETY: repr(C), only integer fields with explicit `_pad`, no implicit padding
-    // (32 bytes, align 8); any bit pattern is valid.
+    // (40 bytes, align 8); any bit pattern is valid.
     unsafe impl aya::Pod for SensorConfig {}
+    // SAFETY: repr(C), four u64, no padding (32 bytes); any bit pattern is valid.
+    unsafe impl aya::Pod for crate::prefilter::Lengths {}
     // SAFETY: repr(C), `verdict` is a raw u8 (decoded by `Verdict::from_raw`), explicit
     // `_pad`, no implicit padding (8 bytes); any bit pattern is valid.
     unsafe impl aya::Pod for VerdictEntry {}
@@ -717,7 +758,7 @@ mod pod {
         assert!(size_of::<FlowTuple>() == 40);
         assert!(size_of::<FlowState>() == 120);
         assert!(size_of::<RecordHeader>() == 88);
-        assert!(size_of::<SensorConfig>() == 32);
+        assert!(size_of::<SensorConfig>() == 40);
         assert!(size_of::<VerdictEntry>() == 8);
         assert!(size_of::<SocketOwner>() == 48);
     };

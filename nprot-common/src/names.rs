@@ -34,11 +34,12 @@ pub const DNS_NAMES: &str = "DNS_NAMES";
 /// name is read (kernel-only).
 pub const DNS_QUERY: &str = "DNS_QUERY";
 
-/// Program array of the two datagram programs, at [`datagram_slot`].
-pub const DATAGRAMS: &str = "DATAGRAMS";
+/// Program array of the programs the TC programs tail-call: the datagram programs at
+/// [`datagram_slot`], the pre-filter programs at [`prefilter_slot`].
+pub const TAIL_CALLS: &str = "TAIL_CALLS";
 
-/// Per-CPU array of one [`crate::DatagramPacket`]: the parsed datagram a TC program hands
-/// to the datagram program it tail-calls.
+/// Per-CPU array of one [`crate::DatagramPacket`]: the parsed packet a TC program hands
+/// to the program it tail-calls (a datagram, or a client segment to pre-filter).
 pub const DATAGRAM_PACKET: &str = "DATAGRAM_PACKET";
 
 /// TC classifier, egress of an interface with an Ethernet header.
@@ -58,17 +59,40 @@ pub const PROG_EGRESS_UDP: &str = "nprot_egress_udp";
 /// Datagram program tail-called by the ingress TC programs.
 pub const PROG_INGRESS_UDP: &str = "nprot_ingress_udp";
 
-/// Slots of [`DATAGRAMS`].
-pub const DATAGRAM_SLOTS: u32 = 2;
+/// Pre-filter program (`prefilter::judge` on a client segment) tail-called by the egress
+/// TC programs.
+pub const PROG_EGRESS_PREFILTER: &str = "nprot_egress_prefilter";
+/// Pre-filter program tail-called by the ingress TC programs.
+pub const PROG_INGRESS_PREFILTER: &str = "nprot_ingress_prefilter";
 
-/// The [`DATAGRAMS`] slot of the datagram program for a direction.
+/// Slots of [`TAIL_CALLS`].
+pub const TAIL_CALL_SLOTS: u32 = 4;
+
+/// The [`TAIL_CALLS`] slot of the datagram program for a direction.
 #[inline(always)]
 pub const fn datagram_slot(egress: bool) -> u32 {
     if egress { 0 } else { 1 }
 }
 
-/// The datagram programs and their slots.
-pub const DATAGRAM_PROGRAMS: [(&str, u32); 2] = [
+/// The [`TAIL_CALLS`] slot of the pre-filter program for a direction.
+#[inline(always)]
+pub const fn prefilter_slot(egress: bool) -> u32 {
+    if egress { 2 } else { 3 }
+}
+
+/// The tail-called programs and their slots.
+pub const TAIL_CALLED_PROGRAMS: [(&str, u32); 4] = [
     (PROG_EGRESS_UDP, datagram_slot(true)),
     (PROG_INGRESS_UDP, datagram_slot(false)),
+    (PROG_EGRESS_PREFILTER, prefilter_slot(true)),
+    (PROG_INGRESS_PREFILTER, prefilter_slot(false)),
 ];
+
+/// Array of `2 × prefilter::BLOCKS` [`crate::prefilter::Block`]s: the pre-filter's two
+/// summary buffers (Bloom filter blocks), the one in force named by `SensorConfig`.
+pub const PREFILTER_BLOOM: &str = "PREFILTER_BLOOM";
+/// Array of two [`crate::prefilter::Lengths`]: the prefix lengths of each buffer's IP
+/// indicators.
+pub const PREFILTER_LENGTHS: &str = "PREFILTER_LENGTHS";
+/// Per-CPU array of one [`crate::prefilter::Walk`] (kernel-only).
+pub const PREFILTER_WALK: &str = "PREFILTER_WALK";

@@ -14,10 +14,11 @@
 
 use crate::{
     CAPTURE_SEG_MAX, FLOW_CLIENT_IS_LO, FLOW_CLOSE_REPORTED, FLOW_CONTINUED, FLOW_MIDSTREAM,
-    FLOW_RESTART_CLIENT_LO, FLOW_RESTART_PENDING, FLOW_SYN_EGRESS, FlowKey, FlowState, FlowTuple,
-    Inspect, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr, RecordHeader,
-    RecordKind, SensorConfig, TcpPhase, Verdict, VerdictEntry,
+    FLOW_PREALLOWED, FLOW_RESTART_CLIENT_LO, FLOW_RESTART_PENDING, FLOW_SYN_EGRESS, FlowKey,
+    FlowState, FlowTuple, Inspect, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr,
+    RecordHeader, RecordKind, SensorConfig, TcpPhase, Verdict, VerdictEntry,
     lifecycle::{self, SynStep, TCP_ACK, TCP_RST, TCP_SYN},
+    prefilter::{self, Judgement},
     seq_after, stat,
 };
 
@@ -112,6 +113,10 @@ pub enum Action {
     /// query of a blocked name, [`crate::dns::step`]), it goes back to its sender, and
     /// nothing of it goes on. Never returned for TCP or QUIC.
     Answer,
+    /// Client bytes that start what awaits a verdict, with the kernel pre-filter on: the
+    /// TC program hands the packet to the pre-filter program, which captures and judges
+    /// them ([`prefiltered`]). Never returned with the pre-filter off.
+    Prefilter,
 }
 
 /// Where the tracker runs: the kernel's maps and helpers, or replay's tables.
@@ -142,6 +147,19 @@ pub trait Host {
     /// Sends a payload record of the first `len` payload bytes, with `RECORD_*` `flags`
     /// added; true if it went out (the host counts what it loses).
     fn capture(&mut self, seg: &Segment, flow: &FlowState, len: u32, flags: u8) -> bool;
+    /// As [`Host::capture`], judging the bytes with the kernel pre-filter
+    /// ([`prefilter::judge`]) and marking the record with the outcome; `None` if the
+    /// record did not go out. A host without a summary judges nothing.
+    fn capture_judged(
+        &mut self,
+        seg: &Segment,
+        flow: &FlowState,
+        len: u32,
+        flags: u8,
+    ) -> Option<Judgement> {
+        self.capture(seg, flow, len, flags)
+            .then_some(Judgement::UNDECIDED)
+    }
 }
 
 /// The entry a SYN opens.
@@ -335,14 +353,20 @@ pub fn step<H: Host>(
         return Action::Pass;
     }
     if from_client {
+        let end = seg.data_seq.wrapping_add(seg.payload_len);
         // Bytes the daemon already decided (a request body it skips) need nothing.
-        if flow.flags & FLOW_CONTINUED != 0
-            && !seq_after(seg.data_seq.wrapping_add(seg.payload_len), flow.decided_seq)
-        {
+        if flow.flags & FLOW_CONTINUED != 0 && !seq_after(end, flow.decided_seq) {
             return Action::Pass;
+        }
+        // Bytes past what the pre-filter judged (a second request) wait for the daemon.
+        if flow.flags & FLOW_PREALLOWED != 0 && seq_after(end, flow.prefilter_end_seq) {
+            flow.flags &= !FLOW_PREALLOWED;
         }
         if flow.payload_ns == 0 {
             flow.payload_ns = now;
+            if matches!(host.config(), Some(cfg) if cfg.prefilter & prefilter::CONFIG_ON != 0) {
+                return Action::Prefilter;
+            }
         }
         capture(host, seg, flow);
         Action::Pass
@@ -444,6 +468,7 @@ fn restart_confirmed<H: Host>(host: &mut H, key: &FlowKey, flow: &mut FlowState)
 #[inline(always)]
 fn continue_inspection(flow: &mut FlowState, decided_seq: u32, now: u64) {
     flow.flags |= FLOW_CONTINUED;
+    flow.flags &= !FLOW_PREALLOWED;
     flow.decided_seq = decided_seq;
     flow.captured = 0;
     flow.payload_ns = if seq_after(flow.capture_end_seq, decided_seq) {
@@ -466,6 +491,10 @@ pub(crate) fn hold<H: Host>(host: &mut H, flow: &mut FlowState) -> Action {
         // entry starts with its client's bytes, so only an odd one gets here: let it go.
         flow.inspect = Inspect::Done as u8;
         flow.verdict = Verdict::Allow as u8;
+        return Action::Pass;
+    }
+    // Nothing in force can match what awaits the verdict: the answer need not wait.
+    if flow.flags & FLOW_PREALLOWED != 0 {
         return Action::Pass;
     }
     let (hold, verdict_timeout_ns, requeue_ns) = match host.config() {
@@ -524,24 +553,64 @@ fn handshake<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState, from_cl
 /// (`capture_flow_max`).
 #[inline(always)]
 pub(crate) fn capture<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
-    let flow_max = match host.config() {
-        Some(cfg) => cfg.capture_flow_max,
-        None => return,
+    if let Some(len) = capture_bounds(host, seg, flow)
+        && host.capture(seg, flow, len.0, len.1)
+    {
+        captured(host, seg, flow, len.0);
+    }
+}
+
+/// What [`Action::Prefilter`] asked for, in the pre-filter program: the client bytes are
+/// captured and judged, and the flow is pre-allowed if nothing can match them. Every
+/// judgement is counted once: allowed, candidate or undecided.
+#[inline(always)]
+pub fn prefiltered<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
+    let judgement = match capture_bounds(host, seg, flow) {
+        Some((len, flags)) => match host.capture_judged(seg, flow, len, flags) {
+            Some(j) => {
+                captured(host, seg, flow, len);
+                j
+            }
+            None => Judgement::UNDECIDED,
+        },
+        None => Judgement::UNDECIDED,
     };
-    let Some((len, flags)) =
-        capture_len(seg.payload_len, host.available(), flow.captured, flow_max)
-    else {
-        return;
-    };
+    match judgement.outcome {
+        prefilter::ALLOWED => {
+            flow.flags |= FLOW_PREALLOWED;
+            flow.prefilter_end_seq = seg.data_seq.wrapping_add(judgement.covered);
+            host.bump(stat::PREFILTER_ALLOWED);
+        }
+        prefilter::CANDIDATE => host.bump(stat::PREFILTER_CANDIDATES),
+        _ => host.bump(stat::PREFILTER_UNDECIDED),
+    }
+}
+
+/// [`Action::Prefilter`] where the pre-filter program could not run: the bytes are
+/// captured unjudged, and counted undecided.
+#[inline(always)]
+pub fn unjudged<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState) {
+    capture(host, seg, flow);
+    host.bump(stat::PREFILTER_UNDECIDED);
+}
+
+/// How much of the segment [`capture`] takes, and the record's flags; counts the cuts.
+#[inline(always)]
+fn capture_bounds<H: Host>(host: &mut H, seg: &Segment, flow: &FlowState) -> Option<(u32, u8)> {
+    let flow_max = host.config()?.capture_flow_max;
+    let (len, flags) = capture_len(seg.payload_len, host.available(), flow.captured, flow_max)?;
     if flags & RECORD_TRUNCATED != 0 {
         host.bump(stat::SEGMENTS_TRUNCATED);
     }
     if flags & RECORD_BUDGET_SPENT != 0 {
         host.bump(stat::FLOW_BUDGET_SPENT);
     }
-    if len == 0 || !host.capture(seg, flow, len, flags) {
-        return;
-    }
+    if len == 0 { None } else { Some((len, flags)) }
+}
+
+/// Notes `len` bytes of the segment as captured.
+#[inline(always)]
+fn captured<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState, len: u32) {
     flow.captured += len;
     let end = seg.data_seq.wrapping_add(seg.payload_len);
     if seq_after(end, flow.capture_end_seq) {

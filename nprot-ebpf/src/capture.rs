@@ -9,13 +9,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use nprot_common::{
-    CAPTURE_SEG_MAX, FlowState, PayloadRecord, RECORD_FROM_SERVER, RecordHeader, RecordKind, stat,
+    CAPTURE_SEG_MAX, FlowState, PayloadRecord, RECORD_CANDIDATE, RECORD_FROM_SERVER,
+    RECORD_PREALLOWED, RecordHeader, RecordKind,
+    prefilter::{self as nprot_prefilter, Judgement},
+    stat,
     track::{self, Segment},
 };
 
 use crate::{
     maps::{RECORDS, SCRATCH, bump},
     parse::Packet,
+    prefilter,
 };
 
 /// Reports a connection-level record. These are not urgent: they wake nobody and are read
@@ -49,12 +53,48 @@ pub fn payload(
     flags: u8,
     now: u64,
 ) -> bool {
+    match load(ctx, pkt, len) {
+        Some((rec, len)) => send(rec, seg, flow, len, flags, now),
+        None => false,
+    }
+}
+
+/// As [`payload`], judging the bytes with the pre-filter before they go out (the record
+/// says how: `RECORD_PREALLOWED`, `RECORD_CANDIDATE`); `None` if the record did not go out.
+#[inline(always)]
+pub fn payload_judged(
+    ctx: &TcContext,
+    pkt: &Packet,
+    seg: &Segment,
+    flow: &FlowState,
+    len: u32,
+    flags: u8,
+    now: u64,
+) -> Option<Judgement> {
+    let (rec, len) = load(ctx, pkt, len)?;
+    let (judgement, flags, len) = prefilter::judge_record(rec, len, seg, flags);
+    // Bounded again for the verifier: it came back through memory.
+    if len == 0 || len > CAPTURE_SEG_MAX as u32 {
+        return None;
+    }
+    let flags = flags
+        | match judgement.outcome {
+            nprot_prefilter::ALLOWED => RECORD_PREALLOWED,
+            nprot_prefilter::CANDIDATE => RECORD_CANDIDATE,
+            _ => 0,
+        };
+    send(rec, seg, flow, len, flags, now).then_some(judgement)
+}
+
+/// Copies the first `len` payload bytes of the packet into this CPU's record scratch.
+#[inline(always)]
+fn load(ctx: &TcContext, pkt: &Packet, len: u32) -> Option<(&'static mut PayloadRecord, u32)> {
     // SAFETY: a helper without arguments. Programs run with migration disabled: this
     // CPU's slot has no other user now.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(rec) = SCRATCH.get_ptr_mut(cpu) else {
         bump(stat::SCRATCH_MISSING);
-        return false;
+        return None;
     };
     // SAFETY: a pointer into the map value, valid for this program run.
     let rec = unsafe { &mut *rec };
@@ -64,7 +104,7 @@ pub fn payload(
     // SAFETY: reads a local.
     let len = unsafe { core::ptr::read_volatile(&len) };
     if len == 0 || len > CAPTURE_SEG_MAX as u32 {
-        return false;
+        return None;
     }
     // SAFETY: the destination holds CAPTURE_SEG_MAX bytes and `len` is at most that.
     let ret = unsafe {
@@ -76,8 +116,21 @@ pub fn payload(
         )
     };
     if ret != 0 {
-        return false;
+        return None;
     }
+    Some((rec, len))
+}
+
+/// Sends the record `load` assembled, `len` payload bytes of it; true if it went out.
+#[inline(always)]
+fn send(
+    rec: &mut PayloadRecord,
+    seg: &Segment,
+    flow: &FlowState,
+    len: u32,
+    flags: u8,
+    now: u64,
+) -> bool {
     let from_client = flags & RECORD_FROM_SERVER == 0;
     track::fill_header(
         &mut rec.header,

@@ -23,6 +23,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod prefilter;
+#[cfg(target_arch = "bpf")]
 mod track;
 
 #[cfg(target_arch = "bpf")]
@@ -32,7 +34,7 @@ mod programs {
 
     use crate::{
         enforce::PASS,
-        maps::{DATAGRAM_PACKET, DATAGRAMS, bump},
+        maps::{DATAGRAM_PACKET, TAIL_CALLS, bump},
         parse::{Packet, parse},
         track::{datagram, segment},
     };
@@ -67,6 +69,16 @@ mod programs {
         handle_datagram(&ctx, false)
     }
 
+    #[classifier]
+    pub fn nprot_egress_prefilter(ctx: TcContext) -> i32 {
+        handle_prefilter(&ctx, true)
+    }
+
+    #[classifier]
+    pub fn nprot_ingress_prefilter(ctx: TcContext) -> i32 {
+        handle_prefilter(&ctx, false)
+    }
+
     #[inline(always)]
     fn handle<const L2: usize>(ctx: &TcContext, egress: bool) -> i32 {
         // Whatever happens while looking, the packet passes: tracking must never drop.
@@ -82,7 +94,7 @@ mod programs {
                 // tail call keeps the CPU.
                 pkt.handover(unsafe { &mut *slot });
                 // SAFETY: the context is this program's; on success the call does not return.
-                unsafe { DATAGRAMS.tail_call(ctx, datagram_slot(egress)) };
+                unsafe { TAIL_CALLS.tail_call(ctx, datagram_slot(egress)) };
                 bump(stat::DATAGRAM_TAIL_CALLS_FAILED);
                 PASS
             }
@@ -102,6 +114,18 @@ mod programs {
         };
         let pkt = Packet::datagram(parsed);
         datagram(ctx, &pkt, egress)
+    }
+
+    /// A pre-filter program: the TC program that tail-called it left the client segment
+    /// in `DATAGRAM_PACKET` ([`crate::track::segment`], `Action::Prefilter`).
+    #[inline(always)]
+    fn handle_prefilter(ctx: &TcContext, egress: bool) -> i32 {
+        let Some(parsed) = DATAGRAM_PACKET.get(0) else {
+            bump(stat::PREFILTER_TAIL_CALLS_FAILED);
+            return PASS;
+        };
+        let pkt = Packet::datagram(parsed);
+        crate::prefilter::segment(ctx, &pkt, egress)
     }
 
     #[panic_handler]

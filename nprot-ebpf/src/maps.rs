@@ -7,20 +7,35 @@ use aya_ebpf::{
 };
 use nprot_common::{
     DatagramPacket, FlowKey, FlowState, MAX_DNS_NAMES, MAX_FLOWS, MAX_PENDING_VERDICTS,
-    MAX_SOCKET_OWNERS, PayloadRecord, SensorConfig, SocketOwner, VerdictEntry, dns::QueryScratch,
-    names, owner_stat, stat,
+    MAX_SOCKET_OWNERS, PayloadRecord, SensorConfig, SocketOwner, VerdictEntry,
+    dns::QueryScratch,
+    names, owner_stat,
+    prefilter::{self, Block, Lengths, Walk},
+    stat,
 };
 
 /// Every TCP flow seen since its SYN.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
-/// The datagram programs the TCP ones tail-call for UDP, indexed by
-/// `nprot_common::names::datagram_slot` (filled by the daemon at load).
+/// The programs the TC ones tail-call: for UDP (`nprot_common::names::datagram_slot`) and
+/// to pre-filter client bytes (`prefilter_slot`); filled by the daemon at load.
 #[map]
-pub static DATAGRAMS: ProgramArray = ProgramArray::with_max_entries(names::DATAGRAM_SLOTS, 0);
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_CALL_SLOTS, 0);
 
-/// The datagram a TC program parsed, for the datagram program it tail-calls.
+/// The pre-filter's two summary buffers (`nprot_common::prefilter`).
+#[map]
+pub static PREFILTER_BLOOM: Array<Block> = Array::with_max_entries(2 * prefilter::BLOCKS, 0);
+
+/// The prefix lengths of the IP indicators of each summary buffer.
+#[map]
+pub static PREFILTER_LENGTHS: Array<Lengths> = Array::with_max_entries(2, 0);
+
+/// Per-CPU positions of the pre-filter's walks (not the program stack).
+#[map]
+pub static PREFILTER_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// The packet a TC program parsed, for the program it tail-calls.
 #[map]
 pub static DATAGRAM_PACKET: PerCpuArray<DatagramPacket> = PerCpuArray::with_max_entries(1, 0);
 

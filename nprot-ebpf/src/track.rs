@@ -10,6 +10,8 @@ use nprot_common::{
     FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig, Verdict,
     VerdictEntry,
     dns::{self, Answered, DNS_QUERY_READ, DnsHost, NameVerdicts, QueryScratch},
+    names::prefilter_slot,
+    prefilter::Judgement,
     quic, stat,
     track::{self, Action, Host, Segment},
 };
@@ -17,12 +19,12 @@ use nprot_common::{
 use crate::{
     capture,
     enforce::{self, PASS},
-    maps::{CONFIG, DNS_NAMES, DNS_QUERY, FLOWS, VERDICTS, bump},
+    maps::{CONFIG, DATAGRAM_PACKET, DNS_NAMES, DNS_QUERY, FLOWS, TAIL_CALLS, VERDICTS, bump},
     parse::{self, Packet},
 };
 
 /// The kernel's `DNS_NAMES` map, as the DNS step reads it.
-struct KernelNames;
+pub struct KernelNames;
 
 impl NameVerdicts for KernelNames {
     #[inline(always)]
@@ -75,7 +77,7 @@ impl DnsHost for Tc<'_> {
 }
 
 /// The tracker's view of one program run on one packet.
-struct Tc<'a> {
+pub struct Tc<'a> {
     ctx: &'a TcContext,
     pkt: &'a Packet,
     egress: bool,
@@ -158,6 +160,17 @@ impl Host for Tc<'_> {
     fn capture(&mut self, seg: &Segment, flow: &FlowState, len: u32, flags: u8) -> bool {
         capture::payload(self.ctx, self.pkt, seg, flow, len, flags, self.now)
     }
+
+    #[inline(always)]
+    fn capture_judged(
+        &mut self,
+        seg: &Segment,
+        flow: &FlowState,
+        len: u32,
+        flags: u8,
+    ) -> Option<Judgement> {
+        capture::payload_judged(self.ctx, self.pkt, seg, flow, len, flags, self.now)
+    }
 }
 
 impl Tc<'_> {
@@ -170,7 +183,7 @@ impl Tc<'_> {
 
 /// The host of one packet's run.
 #[inline(always)]
-fn host<'a>(ctx: &'a TcContext, pkt: &'a Packet, egress: bool) -> Tc<'a> {
+pub fn host<'a>(ctx: &'a TcContext, pkt: &'a Packet, egress: bool) -> Tc<'a> {
     Tc {
         ctx,
         pkt,
@@ -229,6 +242,21 @@ pub fn segment<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> 
         Action::Hold { requeue } => enforce::hold(ctx, requeue),
         Action::Drop => enforce::DROP,
         Action::Answer => PASS,
+        Action::Prefilter => {
+            // The pre-filter has a program (and a stack) of its own, which finds the
+            // packet in this CPU's slot and the flow in `FLOWS`.
+            if let Some(slot) = DATAGRAM_PACKET.get_ptr_mut(0) {
+                // SAFETY: a per-CPU slot; programs run with migration disabled, and the
+                // tail call keeps the CPU.
+                pkt.handover(unsafe { &mut *slot });
+                // SAFETY: the context is this program's; on success the call does not
+                // return.
+                unsafe { TAIL_CALLS.tail_call(ctx, prefilter_slot(egress)) };
+            }
+            bump(stat::PREFILTER_TAIL_CALLS_FAILED);
+            track::unjudged(&mut host, seg, flow);
+            PASS
+        }
     }
 }
 
@@ -270,6 +298,6 @@ pub fn datagram(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
     match action {
         Action::Hold { requeue } => enforce::hold(host.ctx, requeue),
         Action::Drop | Action::Reset => enforce::DROP,
-        Action::Pass | Action::Answer => PASS,
+        Action::Pass | Action::Answer | Action::Prefilter => PASS,
     }
 }

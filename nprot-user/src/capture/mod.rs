@@ -212,15 +212,15 @@ impl Sensor {
         Ok(sensor)
     }
 
-    /// Loads the datagram programs and puts them where the TC programs tail-call them for
-    /// UDP (`DATAGRAMS`). They are never attached themselves.
+    /// Loads the tail-called programs (datagrams, pre-filter) and puts them where the TC
+    /// programs tail-call them (`TAIL_CALLS`). They are never attached themselves.
     fn load_datagram_programs(&mut self) -> Result<(), CaptureError> {
-        let mut fds = Vec::with_capacity(names::DATAGRAM_PROGRAMS.len());
-        for (name, slot) in names::DATAGRAM_PROGRAMS {
+        let mut fds = Vec::with_capacity(names::TAIL_CALLED_PROGRAMS.len());
+        for (name, slot) in names::TAIL_CALLED_PROGRAMS {
             let program: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)
-                .ok_or(CaptureError::Missing("a datagram program"))?
+                .ok_or(CaptureError::Missing("a tail-called program"))?
                 .try_into()
                 .map_err(|e: ProgramError| CaptureError::Load(chain(&e)))?;
             program.load().map_err(|e| CaptureError::Rejected {
@@ -236,10 +236,10 @@ impl Sensor {
         }
         let map = self
             .ebpf
-            .map_mut(names::DATAGRAMS)
-            .ok_or(CaptureError::Missing(names::DATAGRAMS))?;
+            .map_mut(names::TAIL_CALLS)
+            .ok_or(CaptureError::Missing(names::TAIL_CALLS))?;
         let map_error = |source| CaptureError::Map {
-            map: names::DATAGRAMS,
+            map: names::TAIL_CALLS,
             source,
         };
         let mut slots = ProgramArray::try_from(map).map_err(map_error)?;
@@ -697,7 +697,7 @@ mod tests {
     };
     use nprot_common::{
         DatagramPacket, FlowState, MAX_DNS_NAMES, MAX_FLOWS, MAX_PENDING_VERDICTS,
-        MAX_SOCKET_OWNERS, PayloadRecord,
+        MAX_SOCKET_OWNERS, PayloadRecord, prefilter,
     };
 
     use super::*;
@@ -792,11 +792,11 @@ mod tests {
                 max_entries: Some(owner_stat::COUNT),
             },
             Want {
-                name: names::DATAGRAMS,
+                name: names::TAIL_CALLS,
                 kind: BPF_MAP_TYPE_PROG_ARRAY,
                 key: size_of::<u32>(),
                 value: size_of::<u32>(),
-                max_entries: Some(names::DATAGRAM_SLOTS),
+                max_entries: Some(names::TAIL_CALL_SLOTS),
             },
             Want {
                 name: names::DATAGRAM_PACKET,
@@ -811,6 +811,27 @@ mod tests {
                 key: size_of::<u64>(),
                 value: size_of::<u8>(),
                 max_entries: Some(MAX_DNS_NAMES),
+            },
+            Want {
+                name: names::PREFILTER_BLOOM,
+                kind: BPF_MAP_TYPE_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<prefilter::Block>(),
+                max_entries: Some(2 * prefilter::BLOCKS),
+            },
+            Want {
+                name: names::PREFILTER_LENGTHS,
+                kind: BPF_MAP_TYPE_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<prefilter::Lengths>(),
+                max_entries: Some(2),
+            },
+            Want {
+                name: names::PREFILTER_WALK,
+                kind: BPF_MAP_TYPE_PERCPU_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<prefilter::Walk>(),
+                max_entries: Some(1),
             },
             Want {
                 name: names::DNS_QUERY,
@@ -870,7 +891,7 @@ mod tests {
         let classifiers = [LinkKind::Ethernet, LinkKind::L3]
             .into_iter()
             .flat_map(|kind| kind.programs().map(|(name, _)| name))
-            .chain(names::DATAGRAM_PROGRAMS.map(|(name, _)| name));
+            .chain(names::TAIL_CALLED_PROGRAMS.map(|(name, _)| name));
         for name in classifiers {
             assert!(
                 matches!(section(name), ProgramSection::SchedClassifier),
@@ -898,6 +919,6 @@ mod tests {
             "{:?}",
             section(names::PROG_CONNECT6)
         );
-        assert_eq!(obj.programs.len(), 8, "{:?}", obj.programs.keys());
+        assert_eq!(obj.programs.len(), 10, "{:?}", obj.programs.keys());
     }
 }

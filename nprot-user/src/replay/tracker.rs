@@ -74,6 +74,8 @@ impl TrackerConfig {
             flow_idle_timeout_ns: self.flow_idle_timeout_ns,
             quic: self.quic as u8,
             dns_block: u8::from(self.dns_block),
+            // Replay has no summary of the policy: everything waits for the pipeline.
+            ..SensorConfig::default()
         }
     }
 }
@@ -436,6 +438,9 @@ impl Tracker {
             // step counted it.
             Action::Pass | Action::Reset | Action::Drop | Action::Answer => {}
             Action::Hold { .. } => host.bump(stat::HELD_PACKETS),
+            // Replay's config never turns the pre-filter on; if it did, the bytes would be
+            // captured as the pre-filter program does, and judged undecided.
+            Action::Prefilter => track::prefiltered(&mut host, tcp, flow),
         }
         host.out
     }
