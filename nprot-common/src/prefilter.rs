@@ -17,9 +17,10 @@
 //! the host's tests; every walk keeps its positions in [`Walk`] (map memory, see
 //! `dns::spill` for why) and has a single exit.
 
-use crate::{CAPTURE_SEG_MAX, FAMILY_V4, RawAddr, name_hash};
 #[cfg(feature = "user")]
 use std::{vec, vec::Vec};
+
+use crate::{CAPTURE_SEG_MAX, FAMILY_V4, RawAddr, name_hash};
 
 /// `SensorConfig::prefilter`: the pre-filter runs (block mode, a summary loaded).
 pub const CONFIG_ON: u8 = 1 << 0;
@@ -554,8 +555,9 @@ impl Filter {
 
 #[cfg(all(test, feature = "user"))]
 mod tests {
-    use super::*;
     use std::{boxed::Box, format, string::String};
+
+    use super::*;
 
     /// A filter of names and IPv4 addresses.
     fn summary(names: &[&str], addrs: &[RawAddr]) -> Filter {
