@@ -124,7 +124,7 @@ pub const fn bit_of(m: u64, j: u32) -> u32 {
 pub fn insert(block: &mut Block, m: u64) {
     for j in 0..PROBES {
         let bit = bit_of(m, j) as usize;
-        block[bit / 64 & (BLOCK_WORDS - 1)] |= 1 << (bit % 64);
+        block[(bit / 64) & (BLOCK_WORDS - 1)] |= 1 << (bit % 64);
     }
 }
 
@@ -236,6 +236,20 @@ fn spill(slot: &mut u32, value: u32) {
 /// See `dns::unspill`.
 #[inline(always)]
 fn unspill(slot: &u32) -> u32 {
+    // SAFETY: a read through a valid reference.
+    unsafe { core::ptr::read_volatile(slot) }
+}
+
+/// [`spill`] for the walked hash.
+#[inline(always)]
+fn spill_hash(slot: &mut u64, value: u64) {
+    // SAFETY: a write through a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(slot, value) }
+}
+
+/// [`unspill`] for the walked hash.
+#[inline(always)]
+fn unspill_hash(slot: &u64) -> u64 {
     // SAFETY: a read through a valid reference.
     unsafe { core::ptr::read_volatile(slot) }
 }
@@ -456,24 +470,20 @@ fn judgeable_name(d: &[u8; CAPTURE_SEG_MAX], walk: &Walk) -> bool {
 #[inline(always)]
 fn name_may_match<S: Summary>(d: &[u8; CAPTURE_SEG_MAX], walk: &mut Walk, summary: &S) -> bool {
     spill(&mut walk.hit, 0);
-    // SAFETY: a write through a valid, exclusive reference (as `spill`).
-    unsafe { core::ptr::write_volatile(&mut walk.hash, name_hash::SEED) };
+    spill_hash(&mut walk.hash, name_hash::SEED);
     for i in 0..NAME_MAX {
         let at = unspill(&walk.name_start) as usize + (NAME_MAX - 1 - i);
         if at >= unspill(&walk.name_end) as usize {
             continue;
         }
         let b = byte(d, at) as u8;
-        // SAFETY: a read through a valid reference (as `unspill`).
-        let h = unsafe { core::ptr::read_volatile(&walk.hash) };
+        let h = unspill_hash(&walk.hash);
         if b == b'.' && summary.may_hold(h) {
             spill(&mut walk.hit, 1);
         }
-        // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(&mut walk.hash, name_hash::step(h, b)) };
+        spill_hash(&mut walk.hash, name_hash::step(h, b));
     }
-    // SAFETY: as above.
-    let h = unsafe { core::ptr::read_volatile(&walk.hash) };
+    let h = unspill_hash(&walk.hash);
     summary.may_hold(h) || unspill(&walk.hit) != 0
 }
 
@@ -555,7 +565,7 @@ impl Filter {
 
 #[cfg(all(test, feature = "user"))]
 mod tests {
-    use std::{boxed::Box, format, string::String};
+    use std::{boxed::Box, format, string::String, vec};
 
     use super::*;
 
@@ -574,9 +584,10 @@ mod tests {
     const SERVER: RawAddr = [0x0200_12c6, 0, 0, 0];
 
     fn judged(bytes: &[u8], s: &Filter, ech: bool) -> Judgement {
-        let mut d = Box::new([0u8; CAPTURE_SEG_MAX]);
         // Stale bytes past the end must not count.
-        d.fill(b'x');
+        let Ok(mut d) = Box::<[u8; CAPTURE_SEG_MAX]>::try_from(vec![b'x'; CAPTURE_SEG_MAX]) else {
+            return Judgement::UNDECIDED;
+        };
         d[..bytes.len()].copy_from_slice(bytes);
         let mut walk = Walk::default();
         judge(
