@@ -20,7 +20,11 @@
 #[cfg(feature = "user")]
 use std::{vec, vec::Vec};
 
-use crate::{CAPTURE_SEG_MAX, FAMILY_V4, RawAddr, name_hash};
+use crate::{
+    CAPTURE_SEG_MAX, FAMILY_V4, RawAddr,
+    dns::{spill, unspill},
+    name_hash,
+};
 
 /// `SensorConfig::prefilter`: the pre-filter runs (block mode, a summary loaded).
 pub const CONFIG_ON: u8 = 1 << 0;
@@ -224,20 +228,6 @@ impl Judgement {
         outcome: UNDECIDED,
         covered: 0,
     };
-}
-
-/// See `dns::spill`.
-#[inline(always)]
-fn spill(slot: &mut u32, value: u32) {
-    // SAFETY: a write through a valid, exclusive reference.
-    unsafe { core::ptr::write_volatile(slot, value) }
-}
-
-/// See `dns::unspill`.
-#[inline(always)]
-fn unspill(slot: &u32) -> u32 {
-    // SAFETY: a read through a valid reference.
-    unsafe { core::ptr::read_volatile(slot) }
 }
 
 /// [`spill`] for the walked hash.
