@@ -92,7 +92,7 @@ pub fn segment(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
     let seg = &pkt.seg;
     let (key, _) = seg.key();
     let mut host = host(ctx, pkt, egress);
-    match FLOWS.get_ptr_mut(&key) {
+    match FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map value, valid for this program run.
         Some(flow) => track::prefiltered(&mut host, seg, unsafe { &mut *flow }),
         // Evicted since the TC program's step: nothing is captured, and nothing waits.
