@@ -88,14 +88,14 @@ impl Default for QueryScratch {
 /// be verified once per position it could end at), which exceeds its budget. Volatile,
 /// so that LLVM keeps the round trip.
 #[inline(always)]
-pub(crate) fn spill(slot: &mut u32, value: u32) {
+pub(crate) fn spill<T: Copy>(slot: &mut T, value: T) {
     // SAFETY: a write through a valid, exclusive reference.
     unsafe { core::ptr::write_volatile(slot, value) }
 }
 
 /// Reads a value [`spill`] kept.
 #[inline(always)]
-pub(crate) fn unspill(slot: &u32) -> u32 {
+pub(crate) fn unspill<T: Copy>(slot: &T) -> T {
     // SAFETY: a read through a valid reference.
     unsafe { core::ptr::read_volatile(slot) }
 }

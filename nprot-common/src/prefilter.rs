@@ -230,20 +230,6 @@ impl Judgement {
     };
 }
 
-/// [`spill`] for the walked hash.
-#[inline(always)]
-fn spill_hash(slot: &mut u64, value: u64) {
-    // SAFETY: a write through a valid, exclusive reference.
-    unsafe { core::ptr::write_volatile(slot, value) }
-}
-
-/// [`unspill`] for the walked hash.
-#[inline(always)]
-fn unspill_hash(slot: &u64) -> u64 {
-    // SAFETY: a read through a valid reference.
-    unsafe { core::ptr::read_volatile(slot) }
-}
-
 #[inline(always)]
 fn byte(d: &[u8; CAPTURE_SEG_MAX], at: usize) -> usize {
     d[at & MASK] as usize
@@ -460,20 +446,20 @@ fn judgeable_name(d: &[u8; CAPTURE_SEG_MAX], walk: &Walk) -> bool {
 #[inline(always)]
 fn name_may_match<S: Summary>(d: &[u8; CAPTURE_SEG_MAX], walk: &mut Walk, summary: &S) -> bool {
     spill(&mut walk.hit, 0);
-    spill_hash(&mut walk.hash, name_hash::SEED);
+    spill(&mut walk.hash, name_hash::SEED);
     for i in 0..NAME_MAX {
         let at = unspill(&walk.name_start) as usize + (NAME_MAX - 1 - i);
         if at >= unspill(&walk.name_end) as usize {
             continue;
         }
         let b = byte(d, at) as u8;
-        let h = unspill_hash(&walk.hash);
+        let h = unspill(&walk.hash);
         if b == b'.' && summary.may_hold(h) {
             spill(&mut walk.hit, 1);
         }
-        spill_hash(&mut walk.hash, name_hash::step(h, b));
+        spill(&mut walk.hash, name_hash::step(h, b));
     }
-    let h = unspill_hash(&walk.hash);
+    let h = unspill(&walk.hash);
     summary.may_hold(h) || unspill(&walk.hit) != 0
 }
 

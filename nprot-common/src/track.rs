@@ -759,6 +759,8 @@ pub(crate) mod tests {
         pub(crate) answers: u32,
         /// What `answer` says.
         pub(crate) answer_result: crate::dns::Answered,
+        /// What the pre-filter says of captured bytes (`capture_judged`).
+        pub(crate) judgement: Judgement,
     }
 
     /// Up to four `DNS_NAMES` entries.
@@ -812,6 +814,7 @@ pub(crate) mod tests {
                 answered: None,
                 answers: 0,
                 answer_result: crate::dns::Answered::Sent,
+                judgement: Judgement::UNDECIDED,
             }
         }
     }
@@ -865,6 +868,16 @@ pub(crate) mod tests {
             self.captured += len;
             self.captured_flags = flags;
             true
+        }
+        fn capture_judged(
+            &mut self,
+            seg: &Segment,
+            flow: &FlowState,
+            len: u32,
+            flags: u8,
+        ) -> Option<Judgement> {
+            self.capture(seg, flow, len, flags)
+                .then_some(self.judgement)
         }
     }
 
@@ -962,6 +975,99 @@ pub(crate) mod tests {
             Action::Reset
         );
         assert_eq!(host.counters[stat::RESET_PACKETS as usize], 2);
+    }
+
+    /// With the pre-filter on, the first client bytes go to the pre-filter program; when
+    /// it allows them the answer passes at once, until the client sends past what was
+    /// judged; a candidate's answer is held as before.
+    #[test]
+    fn prefiltered_bytes_let_the_answer_pass_until_the_client_sends_more() {
+        for (outcome, counter) in [
+            (prefilter::ALLOWED, stat::PREFILTER_ALLOWED),
+            (prefilter::CANDIDATE, stat::PREFILTER_CANDIDATES),
+        ] {
+            let mut host = holding_host();
+            host.config.prefilter = prefilter::CONFIG_ON;
+            host.judgement = Judgement {
+                outcome,
+                covered: 40,
+            };
+            let (key, lo, server_lo, mut flow) = established(&mut host);
+            let request = seg(true, TCP_ACK, 101, 501, 40);
+            assert_eq!(
+                step(&mut host, &request, &key, lo, &mut flow),
+                Action::Prefilter
+            );
+            assert_eq!(host.captured, 0, "the pre-filter program captures");
+            prefiltered(&mut host, &request, &mut flow);
+            assert_eq!(host.captured, 40);
+            assert_eq!(host.counters[counter as usize], 1);
+            host.now += 10;
+            let answer = seg(false, TCP_ACK, 501, 141, 300);
+            let held = Action::Hold { requeue: true };
+            let first = step(&mut host, &answer, &key, server_lo, &mut flow);
+            if outcome == prefilter::ALLOWED {
+                assert_eq!(first, Action::Pass);
+                assert_eq!(flow.prefilter_end_seq, 141);
+                // A second request before the verdict: judged by nobody yet.
+                let more = seg(true, TCP_ACK, 141, 801, 20);
+                assert_eq!(step(&mut host, &more, &key, lo, &mut flow), Action::Pass);
+                assert_eq!(host.captured, 60);
+                assert_eq!(flow.flags & FLOW_PREALLOWED, 0);
+                assert_eq!(step(&mut host, &answer, &key, server_lo, &mut flow), held);
+            } else {
+                assert_eq!(first, held);
+            }
+        }
+        // Bytes the pre-filter could not judge, or the record lost: undecided, held.
+        let mut host = holding_host();
+        host.config.prefilter = prefilter::CONFIG_ON;
+        let (key, lo, server_lo, mut flow) = established(&mut host);
+        let request = seg(true, TCP_ACK, 101, 501, 40);
+        assert_eq!(
+            step(&mut host, &request, &key, lo, &mut flow),
+            Action::Prefilter
+        );
+        prefiltered(&mut host, &request, &mut flow);
+        assert_eq!(host.counters[stat::PREFILTER_UNDECIDED as usize], 1);
+        let answer = seg(false, TCP_ACK, 501, 141, 300);
+        assert_eq!(
+            step(&mut host, &answer, &key, server_lo, &mut flow),
+            Action::Hold { requeue: true }
+        );
+    }
+
+    /// A pre-allowed flow's Continue verdict ends the pre-allowance: the next request is
+    /// pre-filtered again.
+    #[test]
+    fn a_continue_verdict_sends_the_next_request_to_the_prefilter_again() {
+        let mut host = holding_host();
+        host.config.prefilter = prefilter::CONFIG_ON;
+        host.judgement = Judgement {
+            outcome: prefilter::ALLOWED,
+            covered: 40,
+        };
+        let (key, lo, server_lo, mut flow) = established(&mut host);
+        let request = seg(true, TCP_ACK, 101, 501, 40);
+        assert_eq!(
+            step(&mut host, &request, &key, lo, &mut flow),
+            Action::Prefilter
+        );
+        prefiltered(&mut host, &request, &mut flow);
+        let mut cont = VerdictEntry::new(Verdict::Continue);
+        cont.decided_seq = 141;
+        host.verdict = Some(cont);
+        let answer = seg(false, TCP_ACK, 501, 141, 300);
+        assert_eq!(
+            step(&mut host, &answer, &key, server_lo, &mut flow),
+            Action::Pass
+        );
+        assert_eq!(flow.flags & FLOW_PREALLOWED, 0);
+        let next = seg(true, TCP_ACK, 141, 801, 40);
+        assert_eq!(
+            step(&mut host, &next, &key, lo, &mut flow),
+            Action::Prefilter
+        );
     }
 
     /// A server that speaks first (an SSH or SMTP banner) has its bytes held and the flow
