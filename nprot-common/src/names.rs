@@ -35,7 +35,7 @@ pub const DNS_NAMES: &str = "DNS_NAMES";
 pub const DNS_QUERY: &str = "DNS_QUERY";
 
 /// Program array of the programs the TC programs tail-call: the datagram programs at
-/// [`datagram_slot`], the pre-filter programs at [`prefilter_slot`].
+/// [`datagram_slot`], the pre-filter program at [`PREFILTER_SLOT`].
 pub const TAIL_CALLS: &str = "TAIL_CALLS";
 
 /// Per-CPU array of one [`crate::DatagramPacket`]: the parsed packet a TC program hands
@@ -59,14 +59,15 @@ pub const PROG_EGRESS_UDP: &str = "nprot_egress_udp";
 /// Datagram program tail-called by the ingress TC programs.
 pub const PROG_INGRESS_UDP: &str = "nprot_ingress_udp";
 
-/// Pre-filter program (`prefilter::judge` on a client segment) tail-called by the egress
-/// TC programs.
-pub const PROG_EGRESS_PREFILTER: &str = "nprot_egress_prefilter";
-/// Pre-filter program tail-called by the ingress TC programs.
-pub const PROG_INGRESS_PREFILTER: &str = "nprot_ingress_prefilter";
+/// Pre-filter program (`prefilter::judge` on a client segment) tail-called by the TC
+/// programs of both directions: it only captures and judges, which no direction changes.
+pub const PROG_PREFILTER: &str = "nprot_prefilter";
 
 /// Slots of [`TAIL_CALLS`].
-pub const TAIL_CALL_SLOTS: u32 = 4;
+pub const TAIL_CALL_SLOTS: u32 = 3;
+
+/// The [`TAIL_CALLS`] slot of the pre-filter program.
+pub const PREFILTER_SLOT: u32 = 2;
 
 /// The [`TAIL_CALLS`] slot of the datagram program for a direction.
 #[inline(always)]
@@ -74,18 +75,19 @@ pub const fn datagram_slot(egress: bool) -> u32 {
     if egress { 0 } else { 1 }
 }
 
-/// The [`TAIL_CALLS`] slot of the pre-filter program for a direction.
-#[inline(always)]
-pub const fn prefilter_slot(egress: bool) -> u32 {
-    if egress { 2 } else { 3 }
-}
-
-/// The tail-called programs and their slots.
-pub const TAIL_CALLED_PROGRAMS: [(&str, u32); 4] = [
+/// The datagram programs and their slots, loaded at start.
+pub const DATAGRAM_PROGRAMS: [(&str, u32); 2] = [
     (PROG_EGRESS_UDP, datagram_slot(true)),
     (PROG_INGRESS_UDP, datagram_slot(false)),
-    (PROG_EGRESS_PREFILTER, prefilter_slot(true)),
-    (PROG_INGRESS_PREFILTER, prefilter_slot(false)),
+];
+
+/// Every tail-called program and its slot. The pre-filter program is not loaded at start:
+/// verifying it takes about 1.8 s, and the daemon does not switch the pre-filter on yet; it
+/// must be in its slot before `SensorConfig::prefilter` gets `CONFIG_ON`.
+pub const TAIL_CALLED_PROGRAMS: [(&str, u32); 3] = [
+    DATAGRAM_PROGRAMS[0],
+    DATAGRAM_PROGRAMS[1],
+    (PROG_PREFILTER, PREFILTER_SLOT),
 ];
 
 /// Array of `2 × prefilter::BLOCKS` [`crate::prefilter::Block`]s: the pre-filter's two

@@ -70,13 +70,8 @@ mod programs {
     }
 
     #[classifier]
-    pub fn nprot_egress_prefilter(ctx: TcContext) -> i32 {
-        handle_prefilter(&ctx, true)
-    }
-
-    #[classifier]
-    pub fn nprot_ingress_prefilter(ctx: TcContext) -> i32 {
-        handle_prefilter(&ctx, false)
+    pub fn nprot_prefilter(ctx: TcContext) -> i32 {
+        handle_prefilter(&ctx)
     }
 
     #[inline(always)]
@@ -119,13 +114,13 @@ mod programs {
     /// A pre-filter program: the TC program that tail-called it left the client segment
     /// in `DATAGRAM_PACKET` ([`crate::track::segment`], `Action::Prefilter`).
     #[inline(always)]
-    fn handle_prefilter(ctx: &TcContext, egress: bool) -> i32 {
+    fn handle_prefilter(ctx: &TcContext) -> i32 {
         let Some(parsed) = DATAGRAM_PACKET.get(0) else {
             bump(stat::PREFILTER_TAIL_CALLS_FAILED);
             return PASS;
         };
         let pkt = Packet::datagram(parsed);
-        crate::prefilter::segment(ctx, &pkt, egress)
+        crate::prefilter::segment(ctx, &pkt)
     }
 
     #[panic_handler]

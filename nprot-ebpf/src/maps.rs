@@ -19,7 +19,7 @@ use nprot_common::{
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
 /// The programs the TC ones tail-call: for UDP (`nprot_common::names::datagram_slot`) and
-/// to pre-filter client bytes (`prefilter_slot`); filled by the daemon at load.
+/// to pre-filter client bytes (`PREFILTER_SLOT`); filled by the daemon.
 #[map]
 pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_CALL_SLOTS, 0);
 

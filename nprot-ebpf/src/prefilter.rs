@@ -88,10 +88,12 @@ pub fn judge_record(
 /// ([`track::Action::Prefilter`]): its flow is looked up again and its bytes captured
 /// and judged.
 #[inline(always)]
-pub fn segment(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
+pub fn segment(ctx: &TcContext, pkt: &Packet) -> i32 {
     let seg = &pkt.seg;
     let (key, _) = seg.key();
-    let mut host = host(ctx, pkt, egress);
+    // The direction only matters to holding and to new entries, neither of which the
+    // capture and judgement take: one program serves both.
+    let mut host = host(ctx, pkt, false);
     match FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map value, valid for this program run.
         Some(flow) => track::prefiltered(&mut host, seg, unsafe { &mut *flow }),

@@ -10,7 +10,7 @@ use nprot_common::{
     FLOW_CLIENT_IS_LO, FLOW_SYN_EGRESS, FlowKey, FlowState, RecordKind, SensorConfig, Verdict,
     VerdictEntry,
     dns::{self, Answered, DNS_QUERY_READ, DnsHost, NameVerdicts, QueryScratch},
-    names::prefilter_slot,
+    names::PREFILTER_SLOT,
     prefilter::Judgement,
     quic, stat,
     track::{self, Action, Host, Segment},
@@ -251,7 +251,7 @@ pub fn segment<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> 
                 pkt.handover(unsafe { &mut *slot });
                 // SAFETY: the context is this program's; on success the call does not
                 // return.
-                unsafe { TAIL_CALLS.tail_call(ctx, prefilter_slot(egress)) };
+                unsafe { TAIL_CALLS.tail_call(ctx, PREFILTER_SLOT) };
             }
             bump(stat::PREFILTER_TAIL_CALLS_FAILED);
             track::unjudged(&mut host, seg, flow);

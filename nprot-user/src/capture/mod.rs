@@ -212,11 +212,23 @@ impl Sensor {
         Ok(sensor)
     }
 
-    /// Loads the tail-called programs (datagrams, pre-filter) and puts them where the TC
-    /// programs tail-call them (`TAIL_CALLS`). They are never attached themselves.
+    /// Loads the datagram programs and puts them where the TC programs tail-call them
+    /// (`TAIL_CALLS`). They are never attached themselves. The pre-filter program is not
+    /// loaded here ([`Sensor::load_prefilter`]).
     fn load_datagram_programs(&mut self) -> Result<(), CaptureError> {
-        let mut fds = Vec::with_capacity(names::TAIL_CALLED_PROGRAMS.len());
-        for (name, slot) in names::TAIL_CALLED_PROGRAMS {
+        self.load_tail_called(&names::DATAGRAM_PROGRAMS)
+    }
+
+    /// Loads the pre-filter program into its slot: needed before the pre-filter is switched
+    /// on (`SensorConfig::prefilter`), and not before, as verifying it takes about 1.8 s.
+    pub fn load_prefilter(&mut self) -> Result<(), CaptureError> {
+        self.load_tail_called(&[(names::PROG_PREFILTER, names::PREFILTER_SLOT)])
+    }
+
+    /// Loads `programs` and puts each in its `TAIL_CALLS` slot.
+    fn load_tail_called(&mut self, programs: &[(&'static str, u32)]) -> Result<(), CaptureError> {
+        let mut fds = Vec::with_capacity(programs.len());
+        for &(name, slot) in programs {
             let program: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)
@@ -919,6 +931,6 @@ mod tests {
             "{:?}",
             section(names::PROG_CONNECT6)
         );
-        assert_eq!(obj.programs.len(), 10, "{:?}", obj.programs.keys());
+        assert_eq!(obj.programs.len(), 9, "{:?}", obj.programs.keys());
     }
 }
