@@ -68,8 +68,9 @@ impl Lengths {
         }
     }
 
+    /// Whether an IP indicator of `family` with `len` bits was added.
     #[inline(always)]
-    fn has(&self, family: u8, len: u32) -> bool {
+    pub fn has(&self, family: u8, len: u32) -> bool {
         let word = if family == FAMILY_V4 {
             self.v4
         } else {

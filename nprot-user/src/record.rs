@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use nprot_common::{
-    FAMILY_V4, FlowTuple, RECORD_BUDGET_SPENT, RECORD_DNS_FORGED, RECORD_EGRESS,
-    RECORD_FROM_SERVER, RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind,
+    FAMILY_V4, FlowTuple, RECORD_BUDGET_SPENT, RECORD_CANDIDATE, RECORD_DNS_FORGED, RECORD_EGRESS,
+    RECORD_FROM_SERVER, RECORD_PREALLOWED, RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind,
 };
 use thiserror::Error;
 
@@ -41,6 +41,20 @@ pub struct Record<'a> {
     pub socket_cookie: u64,
     /// Interface the flow was first seen on.
     pub ifindex: u32,
+    /// What the kernel pre-filter made of these bytes.
+    pub prefilter: Prefiltered,
+}
+
+/// What the kernel pre-filter made of a record's client bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Prefiltered {
+    /// Not judged (the pre-filter is off, or these are not first bytes), or undecided.
+    #[default]
+    No,
+    /// Nothing in force could match: the flow went on without waiting for the verdict.
+    Allowed,
+    /// Something may match: the flow waits for the verdict.
+    Candidate,
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -103,6 +117,13 @@ impl<'a> Record<'a> {
             dns_forged: hdr.flags & RECORD_DNS_FORGED != 0,
             socket_cookie: hdr.socket_cookie,
             ifindex: hdr.ifindex,
+            prefilter: if hdr.flags & RECORD_PREALLOWED != 0 {
+                Prefiltered::Allowed
+            } else if hdr.flags & RECORD_CANDIDATE != 0 {
+                Prefiltered::Candidate
+            } else {
+                Prefiltered::No
+            },
         }
     }
 }

@@ -32,7 +32,11 @@ use aya::{
     util::KernelVersion,
 };
 use log::{debug, info, warn};
-use nprot_common::{FlowKey, SensorConfig, SocketOwner, VerdictEntry, names, owner_stat, stat};
+use nprot_common::{
+    FlowKey, SensorConfig, SocketOwner, VerdictEntry, names, owner_stat,
+    prefilter::{self, Filter},
+    stat,
+};
 use thiserror::Error;
 
 /// The compiled eBPF object, built by `build.rs` with aya-build.
@@ -336,6 +340,33 @@ impl Sensor {
             map: names::CONFIG,
             source,
         })
+    }
+
+    /// Writes `filter` into buffer `buffer` (0 or 1) of the pre-filter's summary: the one
+    /// not in force, so that no flow is judged by half a summary.
+    pub fn write_prefilter(&mut self, buffer: u8, filter: &Filter) -> Result<(), CaptureError> {
+        let map_error = |map| move |source| CaptureError::Map { map, source };
+        let base = u32::from(buffer) * prefilter::BLOCKS;
+        let map = self
+            .ebpf
+            .map_mut(names::PREFILTER_BLOOM)
+            .ok_or(CaptureError::Missing(names::PREFILTER_BLOOM))?;
+        let mut bloom: Array<_, prefilter::Block> =
+            Array::try_from(map).map_err(map_error(names::PREFILTER_BLOOM))?;
+        for (i, block) in (0..prefilter::BLOCKS).zip(&filter.blocks) {
+            bloom
+                .set(base + i, block, 0)
+                .map_err(map_error(names::PREFILTER_BLOOM))?;
+        }
+        let map = self
+            .ebpf
+            .map_mut(names::PREFILTER_LENGTHS)
+            .ok_or(CaptureError::Missing(names::PREFILTER_LENGTHS))?;
+        let mut lengths: Array<_, prefilter::Lengths> =
+            Array::try_from(map).map_err(map_error(names::PREFILTER_LENGTHS))?;
+        lengths
+            .set(u32::from(buffer), filter.lengths, 0)
+            .map_err(map_error(names::PREFILTER_LENGTHS))
     }
 
     /// Hands the ring buffer of records to the reader; callable once.

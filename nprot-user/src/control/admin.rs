@@ -118,6 +118,7 @@ fn human_stats(out: &mut dyn Write, (d, sinks): &(RunReport, Vec<SinkReport>)) -
     let sections = [
         ("flows", serde_json::to_value(&d.flows)),
         ("quic", serde_json::to_value(d.quic)),
+        ("prefilter", serde_json::to_value(&d.prefilter)),
         ("pipeline", serde_json::to_value(d.pipeline)),
         ("kernel", serde_json::to_value(&d.kernel)),
     ];

@@ -104,6 +104,20 @@ pub struct Config {
     /// showing one of these is real ECH.
     #[serde(deserialize_with = "de_ech_public_names")]
     pub ech_public_names: Vec<String>,
+    /// Whether block mode lets the kernel pass a flow at once whose name and address
+    /// can match no indicator (the kernel pre-filter): `on` (the default) or `off`.
+    #[serde(deserialize_with = "de_on_off")]
+    pub prefilter: bool,
+}
+
+fn de_on_off<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(de::Error::custom(format!(
+            "{other:?} is neither \"on\" nor \"off\""
+        ))),
+    }
 }
 
 fn de_from_str<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -237,6 +251,7 @@ impl Default for Config {
             dns_names: DnsNames::Log,
             ech: EchAction::Allow,
             ech_public_names: Vec::new(),
+            prefilter: true,
         }
     }
 }

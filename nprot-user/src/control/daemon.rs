@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
 use nprot_common::{
-    CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, VerdictEntry, quic::QuicMode, stat,
+    CAPTURE_FLOW_MAX_DEFAULT, FlowKey, SensorConfig, VerdictEntry, prefilter::Filter,
+    quic::QuicMode, stat,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -40,8 +41,9 @@ use crate::{
     },
     datapath::{
         dns_block::{DnsBlock, NameMap},
-        names::NameSettings,
+        names::{DnsNames, EchAction, NameSettings},
         pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
+        prefilter::{Prefilter, SummaryTarget},
     },
     events::{
         EventFactory,
@@ -115,6 +117,8 @@ pub struct RunOptions {
     pub quic: QuicMode,
     /// What names from DNS and ECH evidence may decide.
     pub names: NameSettings,
+    /// Block mode pre-filters flows in the kernel.
+    pub prefilter: bool,
 }
 
 impl RunOptions {
@@ -187,6 +191,7 @@ impl RunOptions {
             oversized: config.oversized,
             quic: config.quic,
             names,
+            prefilter: config.prefilter,
         })
     }
 }
@@ -343,8 +348,9 @@ fn set_realtime(priority: u8) {
     }
 }
 
-/// The kernel settings for a mode.
-fn kernel_config(mode: Mode, opts: &RunOptions) -> SensorConfig {
+/// The kernel settings for a mode, with `prefilter` (the pre-filter's bits, block mode
+/// only: [`Prefilter::bits`]).
+fn kernel_config(mode: Mode, opts: &RunOptions, prefilter: u8) -> SensorConfig {
     SensorConfig {
         capture: u8::from(mode != Mode::Disabled),
         hold: u8::from(mode == Mode::Block),
@@ -353,6 +359,7 @@ fn kernel_config(mode: Mode, opts: &RunOptions) -> SensorConfig {
         flow_idle_timeout_ns: opts.flow_idle_timeout.as_nanos() as u64,
         quic: opts.quic as u8,
         dns_block: u8::from(mode == Mode::Block),
+        prefilter: if mode == Mode::Block { prefilter } else { 0 },
         ..SensorConfig::default()
     }
 }
@@ -366,9 +373,19 @@ impl NameMap for Sensor {
     }
 }
 
+impl SummaryTarget for Sensor {
+    fn load_prefilter(&mut self) -> Result<(), String> {
+        Sensor::load_prefilter(self).map_err(|e| e.to_string())
+    }
+    fn write_prefilter(&mut self, buffer: u8, filter: &Filter) -> Result<(), String> {
+        Sensor::write_prefilter(self, buffer, filter).map_err(|e| e.to_string())
+    }
+}
+
 /// What the control handlers need of the kernel side: the live [`Sensor`], or a stand-in
-/// in tests (which run without root and without eBPF). Its [`NameMap`] is `DNS_NAMES`.
-trait Kernel: NameMap {
+/// in tests (which run without root and without eBPF). Its [`NameMap`] is `DNS_NAMES`,
+/// its [`SummaryTarget`] the pre-filter's maps.
+trait Kernel: NameMap + SummaryTarget {
     /// Writes the kernel's settings (a mode change).
     fn set_config(&mut self, config: SensorConfig) -> Result<(), String>;
     /// The guarded interfaces and how each is attached.
@@ -416,6 +433,8 @@ struct Daemon<K = Sensor> {
     attribution: Option<Attributing>,
     /// What the kernel's DNS name map holds (DNS blocking, block mode).
     dns_block: DnsBlock,
+    /// What the kernel pre-filter's summary holds (block mode).
+    prefilter: Prefilter,
 }
 
 /// The running process attribution: its thread, its tables and the hooks' counters.
@@ -511,7 +530,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     } else {
         TcAttach::Auto
     };
-    let mut sensor = Sensor::start(&opts.interfaces, kernel_config(mode, &opts), attach)?;
+    let mut sensor = Sensor::start(&opts.interfaces, kernel_config(mode, &opts, 0), attach)?;
     let ring = sensor.take_records().context("ring buffer already taken")?;
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut ring: AsyncFd<RingBuf<MapData>> =
@@ -559,8 +578,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         started: Instant::now(),
         attribution,
         dns_block: DnsBlock::default(),
+        prefilter: Prefilter::default(),
     };
-    daemon.sync_dns_names();
+    daemon.sync_summaries();
 
     daemon.refresh_local_addrs();
     set_realtime(daemon.opts.rt_priority);
@@ -649,8 +669,9 @@ impl Daemon {
             }
         }
         self.refresh_local_addrs();
-        if self.dns_block.due(SystemTime::now()) {
-            self.sync_dns_names();
+        let now = SystemTime::now();
+        if self.dns_block.due(now) || self.prefilter.due(now) {
+            self.sync_summaries();
         }
         self.pipeline
             .expire(monotonic_ns(), STREAM_IDLE.as_nanos() as u64);
@@ -687,6 +708,7 @@ impl<K: Kernel> Daemon<K> {
             quic: kernel
                 .map(|k| QuicAccount::new(&k, &self.pipeline.stats()))
                 .unwrap_or_default(),
+            prefilter: self.prefilter.report.clone(),
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped(),
             sinks: self.fanout.sink_stats(),
@@ -759,9 +781,12 @@ impl<K: Kernel> Daemon<K> {
         next.mode = Some(mode);
         // The kernel first: a mode it refuses must not come back from the state file at
         // the next start. If saving fails, the kernel goes back to the running mode.
-        self.sensor.set_config(kernel_config(mode, &self.opts))?;
+        let bits = self.prefilter.bits();
+        self.sensor
+            .set_config(kernel_config(mode, &self.opts, bits))?;
         if let Err(e) = next.save(&self.opts.state_dir) {
-            if let Err(back) = self.sensor.set_config(kernel_config(self.mode, &self.opts)) {
+            let config = kernel_config(self.mode, &self.opts, bits);
+            if let Err(back) = self.sensor.set_config(config) {
                 warn!("mode {mode} not saved, and the kernel keeps it: {back}");
             }
             return Err(e.to_string());
@@ -769,7 +794,7 @@ impl<K: Kernel> Daemon<K> {
         self.state = next;
         self.mode = mode;
         self.pipeline.set_mode(mode);
-        self.sync_dns_names();
+        self.sync_summaries();
         info!("mode set to {mode}");
         Ok(ModeReply { mode })
     }
@@ -937,8 +962,65 @@ impl<K: Kernel> Daemon<K> {
         next.save(&self.opts.state_dir).map_err(|e| e.to_string())?;
         self.state = next;
         self.pipeline.set_policy(Arc::new(policy));
-        self.sync_dns_names();
+        self.sync_summaries();
         Ok(())
+    }
+
+    /// Brings what the kernel holds of the policy (the DNS name map, the pre-filter's
+    /// summary) to the running policy and mode: on every policy or mode change, and when
+    /// an indicator in either expires. Both are done before the change is answered.
+    fn sync_summaries(&mut self) {
+        self.sync_dns_names();
+        self.sync_prefilter();
+    }
+
+    /// Writes the pre-filter's summary of the running policy into the buffer not in
+    /// force, then points the kernel at it (block mode, `prefilter = "on"`); otherwise
+    /// switches the pre-filter off. A summary that cannot be written switches it off too:
+    /// a stale one never stays in force.
+    fn sync_prefilter(&mut self) {
+        if self.mode != Mode::Block || !self.opts.prefilter {
+            if self.prefilter.bits() != 0 {
+                self.prefilter.off(false);
+                if let Err(e) = self
+                    .sensor
+                    .set_config(kernel_config(self.mode, &self.opts, 0))
+                {
+                    warn!("cannot switch the kernel pre-filter off: {e}");
+                }
+            }
+            return;
+        }
+        let names = &self.opts.names;
+        let ech = names.ech == EchAction::Block || names.dns_names == DnsNames::Enforce;
+        let now = SystemTime::now();
+        let result = self
+            .prefilter
+            .stage(&mut self.sensor, self.pipeline.policy(), ech, now)
+            .and_then(|(buffer, bits)| {
+                let config = kernel_config(self.mode, &self.opts, bits);
+                self.sensor.set_config(config).map(|()| buffer)
+            });
+        match result {
+            Ok(buffer) => {
+                self.prefilter.in_force(buffer);
+                let r = &self.prefilter.report;
+                debug!(
+                    "kernel pre-filter: {} indicators in buffer {buffer} ({:.1} ms)",
+                    r.keys, r.rebuild_ms
+                );
+            }
+            Err(e) => {
+                warn!("kernel pre-filter switched off, every flow waits for the daemon: {e}");
+                self.prefilter.off(true);
+                if let Err(e) = self
+                    .sensor
+                    .set_config(kernel_config(self.mode, &self.opts, 0))
+                {
+                    warn!("cannot switch the kernel pre-filter off: {e}");
+                }
+            }
+        }
     }
 
     /// Writes the kernel's DNS name map for the running policy and mode (every policy
@@ -982,6 +1064,7 @@ impl<K: Kernel> Daemon<K> {
                 opts.proxies = fresh.proxies;
                 opts.oversized = fresh.oversized;
                 opts.quic = fresh.quic;
+                opts.prefilter = fresh.prefilter;
             }
             let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
             let merged = self.state.merged(files)?;
@@ -1003,7 +1086,8 @@ impl<K: Kernel> Daemon<K> {
                 let quic_changed = opts.quic != self.opts.quic;
                 self.opts = opts;
                 if mode != self.mode || quic_changed {
-                    match self.sensor.set_config(kernel_config(mode, &self.opts)) {
+                    let config = kernel_config(mode, &self.opts, self.prefilter.bits());
+                    match self.sensor.set_config(config) {
                         Ok(()) => {
                             if mode != self.mode {
                                 self.mode = mode;
@@ -1017,7 +1101,7 @@ impl<K: Kernel> Daemon<K> {
                         Err(e) => warn!("mode or quic from the config not applied: {e}"),
                     }
                 }
-                self.sync_dns_names();
+                self.sync_summaries();
             }
             Err(e) => warn!("reload refused, the running policy stays: {e:#}"),
         }
@@ -1117,6 +1201,8 @@ mod tests {
         configs: Vec<SensorConfig>,
         fail: bool,
         dns_names: HashMap<u64, u8>,
+        /// Pre-filter summaries written: (buffer, filter).
+        summaries: Vec<(u8, Filter)>,
     }
 
     impl NameMap for FakeKernel {
@@ -1126,6 +1212,16 @@ mod tests {
         }
         fn remove(&mut self, hash: u64) -> anyhow::Result<()> {
             self.dns_names.remove(&hash);
+            Ok(())
+        }
+    }
+
+    impl SummaryTarget for FakeKernel {
+        fn load_prefilter(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn write_prefilter(&mut self, buffer: u8, filter: &Filter) -> Result<(), String> {
+            self.summaries.push((buffer, filter.clone()));
             Ok(())
         }
     }
@@ -1239,6 +1335,7 @@ mod tests {
                 started: Instant::now(),
                 attribution: None,
                 dns_block: DnsBlock::default(),
+                prefilter: Prefilter::default(),
             };
             Fixture {
                 daemon,
@@ -1375,6 +1472,61 @@ mod tests {
         });
         assert_eq!(f.daemon.sensor.configs.last().unwrap().dns_block, 0);
         assert!(f.daemon.sensor.dns_names.is_empty());
+    }
+
+    #[test]
+    fn the_prefilter_summary_is_in_force_before_a_change_is_answered() {
+        use nprot_common::{name_hash::hash_name, prefilter};
+        let mut f = Fixture::new("prefilter");
+        assert!(
+            f.daemon.sensor.summaries.is_empty(),
+            "audit mode: no summary"
+        );
+        let _: ModeReply = f.ok(Request::Mode {
+            mode: "block".into(),
+        });
+        // The config in force points at the buffer last written, and that one holds the
+        // policy: after each change, before its answer.
+        let in_force = |f: &Fixture| {
+            let bits = f.daemon.sensor.configs.last().unwrap().prefilter;
+            assert_ne!(bits & prefilter::CONFIG_ON, 0);
+            let buffer = u8::from(bits & prefilter::CONFIG_BUFFER_1 != 0);
+            let (written, filter) = f.daemon.sensor.summaries.last().unwrap().clone();
+            assert_eq!(
+                written, buffer,
+                "the config points at the buffer just written"
+            );
+            filter
+        };
+        let filter = in_force(&f);
+        assert!(filter.may_hold(hash_name("blocked.example")));
+        assert!(!filter.may_hold(hash_name("new.example")));
+        let _: Value = f.ok(add(json!([
+            {"id": "n1", "type": "DomainName", "value": "new.example", "action": "Block"}
+        ])));
+        let filter = in_force(&f);
+        assert!(filter.may_hold(hash_name("new.example")));
+        let (first, second) = (
+            f.daemon.sensor.summaries[0].0,
+            f.daemon.sensor.summaries[1].0,
+        );
+        assert_ne!(
+            first, second,
+            "a change is written into the buffer not in force"
+        );
+        let _: Value = f.ok(Request::IndicatorRemove {
+            ids: vec!["n1".into()],
+        });
+        assert!(!in_force(&f).may_hold(hash_name("new.example")));
+        let report: RunReport = f.ok(Request::Stats);
+        assert!(report.prefilter.enabled);
+        assert_eq!(report.prefilter.rebuilds, 3);
+        let _: ModeReply = f.ok(Request::Mode {
+            mode: "audit".into(),
+        });
+        assert_eq!(f.daemon.sensor.configs.last().unwrap().prefilter, 0);
+        let report: RunReport = f.ok(Request::Stats);
+        assert!(!report.prefilter.enabled);
     }
 
     #[test]

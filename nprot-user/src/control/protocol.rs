@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     capture::attribution::AttributionReport,
-    datapath::pipeline::PipelineStats,
+    datapath::{pipeline::PipelineStats, prefilter::PrefilterReport},
     histogram::LatencySummary,
     mode::Mode,
     policy::{Action, IndicatorType},
@@ -239,6 +239,9 @@ pub struct RunReport {
     /// Where every QUIC flow went.
     #[serde(default)]
     pub quic: QuicAccount,
+    /// The kernel pre-filter's summary (its judgements are `kernel.prefilter_*`).
+    #[serde(default)]
+    pub prefilter: PrefilterReport,
     /// Process attribution; absent when it is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<AttributionReport>,
@@ -419,6 +422,7 @@ mod tests {
             decode_errors: 0,
             flows: FlowAccount::default(),
             quic: QuicAccount::default(),
+            prefilter: PrefilterReport::default(),
             attribution: None,
         };
         let value = serde_json::to_value(&report).unwrap();

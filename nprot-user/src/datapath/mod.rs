@@ -8,6 +8,7 @@ pub mod dns_block;
 pub mod names;
 pub mod parse;
 pub mod pipeline;
+pub mod prefilter;
 pub mod quic;
 pub mod reassembly;
 pub mod verdict;

@@ -35,9 +35,9 @@ use crate::{
     },
     histogram::Histogram,
     mode::Mode,
-    policy::{Policy, matcher::Subject},
+    policy::{Action, Policy, matcher::Subject},
     process::{ProcessColumns, ProcessInfo},
-    record::{Record, ip_addr},
+    record::{Prefiltered, Record, ip_addr},
 };
 
 /// Where the pipeline's decisions go: the kernel verdict map, or nowhere in replay.
@@ -138,6 +138,13 @@ pub struct PipelineStats {
     /// DNS queries for names the policy blocks that the kernel let through in block
     /// mode (inside a tunnel, not a standard query, the name map out of date or full).
     pub dns_block_missed: u64,
+    /// Flows the kernel pre-filter sent here as possible matches that matched no
+    /// indicator: the summary's false positives (ECH candidates not counted).
+    pub prefilter_false_positives: u64,
+    /// Flows the kernel pre-filter let go on that the policy blocks: a summary out of
+    /// step with the policy. Always 0 unless something is wrong; the verdict still
+    /// resets what follows.
+    pub prefilter_misses: u64,
 }
 
 /// What block mode does with a request head that cannot be judged in full (config key
@@ -253,6 +260,8 @@ struct Judged<'p> {
     dns_name: Option<String>,
     /// Reset (or, in audit mode, audited) by `ech = "block"`.
     ech_policy: bool,
+    /// An indicator other than an Allow one matched (the policy's own decision).
+    matched: bool,
 }
 
 /// A request head that cannot be judged in full, and why.
@@ -828,6 +837,7 @@ impl Pipeline {
             || judged
                 .last()
                 .is_some_and(|j| j.outcome.verdict == Verdict::Block);
+        self.count_prefiltered(rec, &ends, &judged, blocked);
         let verdict = match (&walked.end, blocked) {
             (_, true) => VerdictEntry::new(Verdict::Block),
             (Some(_), false) => VerdictEntry::new(Verdict::Allow),
@@ -1114,6 +1124,10 @@ impl Pipeline {
             };
             policy.decide_for(&subject, process.as_deref(), now)
         };
+        let matched = decision
+            .winner
+            .is_some_and(|w| w.action() != Action::Allowed)
+            || !decision.audits.is_empty();
         let mut outcome = outcome(&decision, self.mode);
         if unfinished.is_some()
             && self.mode == Mode::Block
@@ -1138,6 +1152,31 @@ impl Pipeline {
             ech,
             dns_name,
             ech_policy,
+            matched,
+        }
+    }
+
+    /// Checks the kernel pre-filter's judgement of `rec` against the policy's: counts
+    /// its false positives, and (loudly) any flow it let go on that the policy blocks.
+    fn count_prefiltered(
+        &mut self,
+        rec: &Record<'_>,
+        ends: &FlowEnds,
+        judged: &[Judged<'_>],
+        blocked: bool,
+    ) {
+        match rec.prefilter {
+            Prefiltered::Allowed if blocked => {
+                self.stats.prefilter_misses += 1;
+                log::warn!(
+                    "flow {}: pre-allowed by the kernel but blocked by the policy",
+                    describe(ends)
+                );
+            }
+            Prefiltered::Candidate if !judged.iter().any(|j| j.matched || j.ech.0 != Ech::None) => {
+                self.stats.prefilter_false_positives += 1;
+            }
+            _ => {}
         }
     }
 
@@ -1671,6 +1710,7 @@ mod tests {
             dns_forged: false,
             socket_cookie: 0,
             ifindex: 1,
+            prefilter: Default::default(),
         }
     }
 
@@ -2558,6 +2598,7 @@ mod direction_tests {
             dns_forged: false,
             socket_cookie: 0,
             ifindex: 1,
+            prefilter: Default::default(),
         }
     }
 

@@ -69,6 +69,7 @@ fn payload(proto: u8, port: u16, bytes: &[u8], from_server: bool) -> Record<'_> 
         from_server,
         socket_cookie: 0,
         ifindex: 1,
+        prefilter: Default::default(),
         dns_forged: false,
     }
 }
