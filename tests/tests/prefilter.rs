@@ -1,14 +1,26 @@
-//! The kernel pre-filter program (issue 16). The daemon does not switch the pre-filter on
-//! yet and so does not load the program at start; this keeps it under the kernel's
-//! verifier, whose instruction budget its walks are written against (see
-//! `nprot_common::prefilter`): a change that makes it unloadable fails here.
+//! The kernel pre-filter (issue 16): in block mode the kernel reads the SNI or Host of a
+//! flow's first segment and lets the flow go on at once when nothing in force can match
+//! it. These tests hold it to being a superset: every kind of indicator that matches is
+//! still blocked with no response byte, a change is in force for the very next flow, an
+//! expired indicator lets its name be pre-allowed again, and what the kernel cannot read
+//! in one segment goes to the daemon. Each would fail with a pre-filter that pre-allowed
+//! too much (a block missed) or nothing at all (`prefilter_allowed` stays 0).
 //!
 //! Run as root: `cargo xtask test` (or `cargo test -p nprot-tests --test prefilter`).
 // A test harness: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::{Duration, SystemTime};
+
 use nprot::capture::{Sensor, TcAttach};
 use nprot_common::SensorConfig;
+use nprot_tests::{
+    ClientServer as _, CurlRun, EVENT_TIMEOUT, Env, ExchangeEnd, HelloSpec, Value, assert_reset,
+    client_hello,
+    indicators::{indicator, with},
+    nginx::BODY_GOOD,
+    sensor::{control_socket_for, sensor_binary},
+};
 
 #[test]
 fn the_prefilter_program_passes_the_verifier_and_takes_its_slot() {
@@ -18,4 +30,257 @@ fn the_prefilter_program_passes_the_verifier_and_takes_its_slot() {
     sensor
         .load_prefilter()
         .expect("the verifier accepts the pre-filter program");
+}
+
+/// A counter of `nprot stats` (`section.name`), 0 if absent.
+fn counter(stats: &Value, section: &str, name: &str) -> u64 {
+    stats[section][name].as_u64().unwrap_or(0)
+}
+
+/// Waits until the kernel has counted `n` pre-filter judgements of `kind` (`allowed`,
+/// `candidates`, `undecided`) in all; returns the stats.
+fn wait_judged(env: &Env, kind: &str, n: u64) -> Value {
+    let name = format!("prefilter_{kind}");
+    env.wait_stats(|s| counter(s, "kernel", &name) >= n, EVENT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{name} never reached {n}: {e:#}\n{}", env.diagnostics()))
+}
+
+#[track_caller]
+fn assert_ok(env: &Env, what: &str, r: &CurlRun) {
+    assert!(
+        r.exit_code == Some(0) && r.http_code == 200 && r.body.trim() == BODY_GOOD,
+        "{what}: expected 200 with {BODY_GOOD:?}; got {r:?}\n{}",
+        env.diagnostics()
+    );
+}
+
+/// A stats snapshot, with the summary in force and no pre-allowed flow the policy blocks.
+fn stats(env: &Env) -> Value {
+    let s = env.stats().expect("nprot stats");
+    assert_eq!(s["prefilter"]["enabled"], true, "{s}");
+    assert_eq!(counter(&s, "pipeline", "prefilter_misses"), 0, "{s}");
+    s
+}
+
+/// Every kind of name indicator that matches is a candidate, never pre-allowed: the
+/// flow is reset with no response byte. A name nothing matches is decided in the kernel.
+#[test]
+fn names_that_match_are_never_pre_allowed() {
+    let env = Env::start_enforcing(
+        "block",
+        &[
+            indicator("exact", "DomainName", "bad.example", "Block"),
+            indicator("parent", "DomainName", "parent.example", "Block"),
+            indicator("url", "Url", "http://url.example/good", "Block"),
+            with(
+                indicator("scoped", "DomainName", "scoped.example", "Block"),
+                "process",
+                "curl",
+            ),
+            indicator("warned", "DomainName", "warned.example", "Warn"),
+        ],
+        &[],
+    )
+    .expect("sensor enforcing");
+    let before = stats(&env);
+    assert_eq!(before["prefilter"]["keys"], 5, "{before}");
+
+    let good = env
+        .curl_https_any("good.example", 443, false, "/good")
+        .unwrap();
+    assert_ok(&env, "https://good.example", &good);
+    let s = wait_judged(&env, "allowed", 1);
+    assert_eq!(counter(&s, "kernel", "prefilter_candidates"), 0, "{s}");
+
+    let blocked: [(&str, CurlRun); 5] = [
+        (
+            "bad.example (exact)",
+            env.curl_https_any("bad.example", 443, false, "/good")
+                .unwrap(),
+        ),
+        (
+            "www.parent.example (parent)",
+            env.curl_https_any("www.parent.example", 443, false, "/good")
+                .unwrap(),
+        ),
+        (
+            "url.example/good (URL)",
+            env.curl_http_any("url.example", 80, false, "/good", &[])
+                .unwrap(),
+        ),
+        (
+            "scoped.example (curl only)",
+            env.curl_https_any("scoped.example", 443, false, "/good")
+                .unwrap(),
+        ),
+        (
+            "warned.example (Warn)",
+            env.curl_https_any("warned.example", 443, true, "/good")
+                .unwrap(),
+        ),
+    ];
+    for (what, run) in &blocked {
+        assert_reset(what, run, || env.diagnostics());
+    }
+    let s = wait_judged(&env, "candidates", 5);
+    assert_eq!(counter(&s, "kernel", "prefilter_allowed"), 1, "{s}");
+    assert_eq!(
+        counter(&s, "pipeline", "prefilter_false_positives"),
+        0,
+        "{s}"
+    );
+    stats(&env);
+}
+
+/// IP and CIDR indicators: the server's address makes its flow a candidate whatever
+/// name it carries.
+#[test]
+fn addresses_that_match_are_never_pre_allowed() {
+    let mut env = Env::start_without_sensor().expect("test environment");
+    let v4 = env.server_ip(false).to_string();
+    let std::net::IpAddr::V6(v6) = env.server_ip(true) else {
+        panic!("no IPv6 server address");
+    };
+    let s = v6.segments();
+    let v6_net = format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]);
+    env.enforce(
+        "block",
+        &[
+            indicator("ip", "IpAddress", &v4, "Block"),
+            indicator("cidr", "IpAddress", &v6_net, "Block"),
+        ],
+        &[],
+    )
+    .expect("sensor enforcing");
+    for v6 in [false, true] {
+        let r = env
+            .curl_https_any("good.example", 443, v6, "/good")
+            .unwrap();
+        assert_reset(
+            &format!("good.example over IPv{}", if v6 { 6 } else { 4 }),
+            &r,
+            || env.diagnostics(),
+        );
+    }
+    let s = wait_judged(&env, "candidates", 2);
+    assert_eq!(counter(&s, "kernel", "prefilter_allowed"), 0, "{s}");
+    stats(&env);
+}
+
+/// A name added with the CLI is blocked on the next flow; removed, it is pre-allowed
+/// again.
+#[test]
+fn a_change_is_in_force_for_the_very_next_flow() {
+    let env = Env::start_enforcing("block", &[], &[]).expect("sensor enforcing");
+    let first = env
+        .curl_https_any("good.example", 443, false, "/good")
+        .unwrap();
+    assert_ok(&env, "good.example before the change", &first);
+    wait_judged(&env, "allowed", 1);
+
+    let socket = control_socket_for(env.events().path());
+    let nprot = |args: &[&str]| {
+        let out = std::process::Command::new(sensor_binary().unwrap())
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nprot {args:?}: {out:?}");
+    };
+    nprot(&[
+        "indicator",
+        "add",
+        "--type",
+        "DomainName",
+        "--value",
+        "good.example",
+        "--action",
+        "Block",
+        "--id",
+        "cli",
+    ]);
+    let next = env
+        .curl_https_any("good.example", 443, false, "/good")
+        .unwrap();
+    assert_reset("good.example right after the CLI added it", &next, || {
+        env.diagnostics()
+    });
+
+    nprot(&["indicator", "remove", "cli"]);
+    let after = env
+        .curl_https_any("good.example", 443, false, "/good")
+        .unwrap();
+    assert_ok(&env, "good.example after its removal", &after);
+    let s = wait_judged(&env, "allowed", 2);
+    assert_eq!(counter(&s, "kernel", "prefilter_candidates"), 1, "{s}");
+    assert_eq!(s["prefilter"]["rebuilds"], 3, "{s}");
+}
+
+/// An indicator that expires leaves the summary by itself (housekeeping sees it): its
+/// name is pre-allowed again.
+#[test]
+fn an_expired_indicator_is_pre_allowed_again() {
+    let until = SystemTime::now() + Duration::from_secs(6);
+    let env = Env::start_enforcing(
+        "block",
+        &[with(
+            indicator("soon", "DomainName", "good.example", "Block"),
+            "expiration",
+            nprot::time::format(until),
+        )],
+        &[],
+    )
+    .expect("sensor enforcing");
+    let r = env
+        .curl_https_any("good.example", 443, false, "/good")
+        .unwrap();
+    assert!(
+        SystemTime::now() < until,
+        "the test machine is too slow for this test"
+    );
+    assert_reset("good.example before its expiry", &r, || env.diagnostics());
+    let s = env
+        .wait_stats(|s| s["prefilter"]["rebuilds"] == 2, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("no rebuild at the expiry: {e:#}\n{}", env.diagnostics()));
+    assert_eq!(s["prefilter"]["keys"], 0, "{s}");
+    assert!(SystemTime::now() >= until);
+    let r = env
+        .curl_https_any("good.example", 443, false, "/good")
+        .unwrap();
+    assert_ok(&env, "good.example after its expiry", &r);
+    wait_judged(&env, "allowed", 1);
+}
+
+/// A ClientHello whose SNI is in its second segment cannot be judged in the kernel: the
+/// flow waits for the daemon, which blocks it.
+#[test]
+fn an_sni_in_the_second_segment_goes_to_the_daemon() {
+    let env = Env::start_enforcing(
+        "block",
+        &[indicator("exact", "DomainName", "bad.example", "Block")],
+        &[],
+    )
+    .expect("sensor enforcing");
+    let hello = client_hello(&HelloSpec::new("bad.example"));
+    let b = &hello.bytes;
+    let cut = hello.sni_extension;
+    let r = env
+        .exchange(
+            443,
+            false,
+            &[&b[..cut], &b[cut..]],
+            Duration::from_millis(50),
+            Duration::from_secs(3),
+            u64::MAX,
+        )
+        .expect("send a split ClientHello");
+    assert!(
+        r.received == 0 && matches!(r.end, ExchangeEnd::Reset | ExchangeEnd::Eof),
+        "expected a reset with no byte received: {r:?}\n{}",
+        env.diagnostics()
+    );
+    let s = wait_judged(&env, "undecided", 1);
+    assert_eq!(counter(&s, "kernel", "prefilter_allowed"), 0, "{s}");
+    assert!(counter(&s, "pipeline", "blocked") >= 1, "{s}");
 }

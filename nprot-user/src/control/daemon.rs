@@ -551,18 +551,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         .iter()
         .map(|(i, m)| format!("{i} ({m})"))
         .collect();
-    info!(
-        "nprot ready: guarding {} in {mode} mode; control socket {}",
-        guarded.join(", "),
-        opts.control_socket.display()
-    );
-    // The programs are attached and the control socket is up.
-    let status = format!("guarding {} in {mode} mode", guarded.join(", "));
-    notify(&format!("READY=1\nSTATUS={status}"));
-    let watchdog = sdnotify::watchdog_interval();
-    if let Some(every) = watchdog {
-        info!("systemd watchdog: WATCHDOG=1 every {every:?}");
-    }
     let mut daemon = Daemon {
         opts,
         sensor,
@@ -581,6 +569,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         prefilter: Prefilter::default(),
     };
     daemon.sync_summaries();
+    // Ready once the kernel holds what it needs of the policy (DNS names, the
+    // pre-filter's summary).
+    info!(
+        "nprot ready: guarding {} in {} mode; control socket {}",
+        guarded.join(", "),
+        daemon.mode,
+        daemon.opts.control_socket.display()
+    );
+    // The programs are attached and the control socket is up.
+    let status = format!("guarding {} in {} mode", guarded.join(", "), daemon.mode);
+    notify(&format!("READY=1\nSTATUS={status}"));
+    let watchdog = sdnotify::watchdog_interval();
+    if let Some(every) = watchdog {
+        info!("systemd watchdog: WATCHDOG=1 every {every:?}");
+    }
 
     daemon.refresh_local_addrs();
     set_realtime(daemon.opts.rt_priority);

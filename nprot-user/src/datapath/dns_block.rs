@@ -349,7 +349,7 @@ pub(crate) mod tests {
             dns_forged: forged,
             socket_cookie: 0,
             ifindex: 1,
-            prefilter: Default::default(),
+            prefilter: crate::record::Prefiltered::No,
         }
     }
 

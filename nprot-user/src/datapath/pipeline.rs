@@ -1710,7 +1710,7 @@ mod tests {
             dns_forged: false,
             socket_cookie: 0,
             ifindex: 1,
-            prefilter: Default::default(),
+            prefilter: Prefiltered::No,
         }
     }
 
@@ -2598,7 +2598,7 @@ mod direction_tests {
             dns_forged: false,
             socket_cookie: 0,
             ifindex: 1,
-            prefilter: Default::default(),
+            prefilter: crate::record::Prefiltered::No,
         }
     }
 

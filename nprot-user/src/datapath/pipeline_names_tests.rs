@@ -69,7 +69,7 @@ fn payload(proto: u8, port: u16, bytes: &[u8], from_server: bool) -> Record<'_> 
         from_server,
         socket_cookie: 0,
         ifindex: 1,
-        prefilter: Default::default(),
+        prefilter: crate::record::Prefiltered::No,
         dns_forged: false,
     }
 }

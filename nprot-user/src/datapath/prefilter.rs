@@ -208,7 +208,7 @@ mod tests {
     fn every_indicator_but_allowed_and_expired_ones_is_summarised() {
         let now = SystemTime::now();
         let past = now - Duration::from_secs(1);
-        let later = now + Duration::from_secs(60);
+        let later = now + Duration::from_mins(1);
         let p = policy(&[
             (
                 IndicatorType::DomainName,
