@@ -82,7 +82,7 @@ pub const DATAGRAM_PROGRAMS: [(&str, u32); 2] = [
 ];
 
 /// Every tail-called program and its slot. The pre-filter program is not loaded at start:
-/// verifying it takes about 1.8 s, and the daemon does not switch the pre-filter on yet; it
+/// verifying it takes up to 1.8 s, so the daemon loads it when block mode first needs it; it
 /// must be in its slot before `SensorConfig::prefilter` gets `CONFIG_ON`.
 pub const TAIL_CALLED_PROGRAMS: [(&str, u32); 3] = [
     DATAGRAM_PROGRAMS[0],
@@ -98,3 +98,13 @@ pub const PREFILTER_BLOOM: &str = "PREFILTER_BLOOM";
 pub const PREFILTER_LENGTHS: &str = "PREFILTER_LENGTHS";
 /// Per-CPU array of one [`crate::prefilter::Walk`] (kernel-only).
 pub const PREFILTER_WALK: &str = "PREFILTER_WALK";
+
+/// A test program, never loaded by the daemon: run with `BPF_PROG_TEST_RUN` on a packet
+/// whose bytes after the Ethernet header are client bytes, it judges them with
+/// `prefilter::judge` and a summary that records in [`HASH_TEST`] every key asked.
+pub const PROG_HASH_TEST: &str = "nprot_hash_test";
+/// Array of `1 + HASH_TEST_KEYS` u64: in slot 0 how many keys [`PROG_HASH_TEST`] was asked
+/// (the test resets it), then the keys in order.
+pub const HASH_TEST: &str = "HASH_TEST";
+/// Keys [`HASH_TEST`] keeps: more than the labels of the longest name.
+pub const HASH_TEST_KEYS: u32 = 128;

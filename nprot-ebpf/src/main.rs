@@ -74,6 +74,13 @@ mod programs {
         handle_prefilter(&ctx)
     }
 
+    /// Test only, never attached or tail-called: `BPF_PROG_TEST_RUN` runs it to compare
+    /// the kernel's name hashing with user space's (`crate::prefilter::hash_test`).
+    #[classifier]
+    pub fn nprot_hash_test(ctx: TcContext) -> i32 {
+        crate::prefilter::hash_test(&ctx)
+    }
+
     #[inline(always)]
     fn handle<const L2: usize>(ctx: &TcContext, egress: bool) -> i32 {
         // Whatever happens while looking, the packet passes: tracking must never drop.

@@ -35,6 +35,10 @@ pub static PREFILTER_LENGTHS: Array<Lengths> = Array::with_max_entries(2, 0);
 #[map]
 pub static PREFILTER_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
+/// What the test program `nprot_hash_test` was asked (`nprot_common::names::HASH_TEST`).
+#[map]
+pub static HASH_TEST: Array<u64> = Array::with_max_entries(1 + names::HASH_TEST_KEYS, 0);
+
 /// The packet a TC program parsed, for the program it tail-calls.
 #[map]
 pub static DATAGRAM_PACKET: PerCpuArray<DatagramPacket> = PerCpuArray::with_max_entries(1, 0);

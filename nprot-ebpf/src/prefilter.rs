@@ -1,9 +1,14 @@
 //! The kernel pre-filter's side of the kernel: the summary the daemon loads (`PREFILTER_*`
 //! maps) as `nprot_common::prefilter::judge` asks it, and the pre-filter program's run.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    helpers::{bpf_get_smp_processor_id, bpf_skb_load_bytes},
+    programs::TcContext,
+};
 use nprot_common::{
-    PayloadRecord,
+    CAPTURE_SEG_MAX, FAMILY_V4, PayloadRecord,
+    encap::ETH_HLEN,
+    names,
     prefilter::{self, BLOCKS, Judgement, Lengths, Summary},
     stat,
     track::{self, Segment},
@@ -11,7 +16,9 @@ use nprot_common::{
 
 use crate::{
     enforce::PASS,
-    maps::{CONFIG, FLOWS, PREFILTER_BLOOM, PREFILTER_LENGTHS, PREFILTER_WALK, bump},
+    maps::{
+        CONFIG, FLOWS, HASH_TEST, PREFILTER_BLOOM, PREFILTER_LENGTHS, PREFILTER_WALK, SCRATCH, bump,
+    },
     parse::Packet,
     track::host,
 };
@@ -101,4 +108,66 @@ pub fn segment(ctx: &TcContext, pkt: &Packet) -> i32 {
         None => bump(stat::PREFILTER_UNDECIDED),
     }
     PASS
+}
+
+/// A summary that holds nothing and records every key it is asked in `HASH_TEST`.
+struct Recording;
+
+impl Summary for Recording {
+    #[inline(always)]
+    fn may_hold(&self, key: u64) -> bool {
+        if let Some(count) = HASH_TEST.get_ptr_mut(0) {
+            // SAFETY: pointers into the map's values, valid for this program run; the test
+            // runs one program at a time.
+            unsafe {
+                let n = *count;
+                if n < u64::from(names::HASH_TEST_KEYS) {
+                    if let Some(slot) = HASH_TEST.get_ptr_mut(1 + n as u32) {
+                        *slot = key;
+                    }
+                    *count = n + 1;
+                }
+            }
+        }
+        false
+    }
+
+    #[inline(always)]
+    fn lengths(&self) -> Lengths {
+        Lengths::default()
+    }
+}
+
+/// The test program's run: the packet's bytes after the Ethernet header, judged as a
+/// client's first bytes by [`prefilter::judge`] with [`Recording`]; returns the outcome.
+#[inline(always)]
+pub fn hash_test(ctx: &TcContext) -> i32 {
+    let len = ctx.len().saturating_sub(ETH_HLEN as u32);
+    // SAFETY: reads a local (volatile: the check below stays on the helper's register).
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    // SAFETY: a helper without arguments; programs run with migration disabled.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let (Some(rec), Some(walk)) = (SCRATCH.get_ptr_mut(cpu), PREFILTER_WALK.get_ptr_mut(0)) else {
+        return 0;
+    };
+    if len == 0 || len > CAPTURE_SEG_MAX as u32 {
+        return 0;
+    }
+    // SAFETY: pointers into map values, valid for this program run (the test runs one
+    // program at a time).
+    let (rec, walk) = unsafe { (&mut *rec, &mut *walk) };
+    // SAFETY: the destination holds CAPTURE_SEG_MAX bytes and `len` is at most that.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            ETH_HLEN as u32,
+            rec.data.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    if ret != 0 {
+        return 0;
+    }
+    let judgement = prefilter::judge(&rec.data, len, walk, &Recording, false, FAMILY_V4, &[0; 4]);
+    i32::from(judgement.outcome)
 }

@@ -10,10 +10,23 @@
 // A test harness: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, SystemTime};
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::{Duration, SystemTime},
+};
 
-use nprot::capture::{Sensor, TcAttach};
-use nprot_common::SensorConfig;
+use aya::{
+    EbpfLoader,
+    maps::Array,
+    programs::{ProgramFd, SchedClassifier},
+};
+use nprot::capture::{EBPF_OBJECT, Sensor, TcAttach};
+use nprot_common::{
+    SensorConfig,
+    name_hash::for_each_suffix,
+    names::{HASH_TEST, HASH_TEST_KEYS, PROG_HASH_TEST, SCRATCH},
+    prefilter::ALLOWED,
+};
 use nprot_tests::{
     ClientServer as _, CurlRun, EVENT_TIMEOUT, Env, ExchangeEnd, HelloSpec, Value, assert_reset,
     client_hello,
@@ -283,4 +296,135 @@ fn an_sni_in_the_second_segment_goes_to_the_daemon() {
     let s = wait_judged(&env, "undecided", 1);
     assert_eq!(counter(&s, "kernel", "prefilter_allowed"), 0, "{s}");
     assert!(counter(&s, "pipeline", "blocked") >= 1, "{s}");
+}
+
+/// The part of `union bpf_attr` that `BPF_PROG_TEST_RUN` reads (linux/bpf.h); libc and
+/// aya have no binding for it.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// Runs `prog` once on `packet`; returns its return value.
+fn test_run(prog: &ProgramFd, packet: &[u8]) -> std::io::Result<u32> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_fd().as_raw_fd() as u32,
+        data_size_in: packet.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is a valid BPF_PROG_TEST_RUN attribute whose data pointer and size
+    // describe `packet`, which outlives the call; the kernel writes only into `attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &raw mut attr,
+            size_of::<TestRunAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(attr.retval)
+}
+
+/// A random DNS name of 1 to 253 bytes: labels of 1 to 63 letters, digits and hyphens in
+/// both cases, ending in a letter (a name ending in a digit is taken for an IP literal).
+fn random_name(state: &mut u64) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-";
+    let mut next = |n: u64| {
+        // xorshift64: reproducible, and no crate for it.
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state % n
+    };
+    let target = 1 + next(253) as usize;
+    let mut name = Vec::with_capacity(target);
+    while name.len() < target {
+        if !name.is_empty() {
+            name.push(b'.');
+        }
+        let label = (1 + next(63) as usize).min(253 - name.len().min(252));
+        for _ in 0..label {
+            name.push(CHARS[next(CHARS.len() as u64) as usize]);
+        }
+        if name.len() >= 251 {
+            break;
+        }
+    }
+    name.truncate(253);
+    while name.last().is_some_and(|b| !b.is_ascii_alphabetic()) {
+        name.pop();
+    }
+    if name.is_empty() {
+        name.push(b'x');
+    }
+    String::from_utf8(name).unwrap()
+}
+
+/// The same 10^5 random names hash identically in the kernel (the pre-filter's walk over a
+/// ClientHello's SNI, run by `BPF_PROG_TEST_RUN`) and in user space (`name_hash`, as the
+/// daemon's matcher and summary take it): every label suffix, in the same order.
+#[test]
+fn names_hash_the_same_in_the_kernel_and_in_user_space() {
+    nprot_tests::require_root().unwrap();
+    let cpus = aya::util::nr_cpus().unwrap() as u32;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(SCRATCH, cpus)
+        .load(EBPF_OBJECT)
+        .unwrap();
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(PROG_HASH_TEST)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    prog.load().unwrap();
+    let fd = prog.fd().unwrap().try_clone().unwrap();
+    let mut keys: Array<_, u64> = Array::try_from(ebpf.take_map(HASH_TEST).unwrap()).unwrap();
+
+    let mut state = 0x9e37_79b9_7f4a_7c15;
+    let mut packet = Vec::new();
+    let mut probes = 0usize;
+    for i in 0..100_000 {
+        let name = random_name(&mut state);
+        let hello = client_hello(&HelloSpec::new(&name));
+        packet.clear();
+        // An Ethernet header of an experimental type: the kernel passes the rest as is.
+        packet.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x88, 0xb5]);
+        packet.extend_from_slice(&hello.bytes);
+        keys.set(0, 0, 0).unwrap();
+        let outcome = test_run(&fd, &packet).unwrap();
+        assert_eq!(outcome, u32::from(ALLOWED), "name {i} {name:?}: not judged");
+        let mut want = Vec::new();
+        for_each_suffix(&name, |h, _| want.push(h));
+        let count = keys.get(&0, 0).unwrap();
+        assert!(count <= u64::from(HASH_TEST_KEYS));
+        let got: Vec<u64> = (1..=count as u32)
+            .map(|k| keys.get(&k, 0).unwrap())
+            .collect();
+        assert_eq!(got, want, "name {i} {name:?}");
+        probes += got.len();
+    }
+    eprintln!("10^5 names, {probes} suffix hashes: kernel and user space agree");
 }

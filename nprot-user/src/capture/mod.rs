@@ -39,8 +39,9 @@ use nprot_common::{
 };
 use thiserror::Error;
 
-/// The compiled eBPF object, built by `build.rs` with aya-build.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nprot"));
+/// The compiled eBPF object, built by `build.rs` with aya-build (public for the tests that
+/// load its test program).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nprot"));
 
 /// Why the sensor could not start capturing.
 #[derive(Debug, Error)]
@@ -934,7 +935,8 @@ mod tests {
         let classifiers = [LinkKind::Ethernet, LinkKind::L3]
             .into_iter()
             .flat_map(|kind| kind.programs().map(|(name, _)| name))
-            .chain(names::TAIL_CALLED_PROGRAMS.map(|(name, _)| name));
+            .chain(names::TAIL_CALLED_PROGRAMS.map(|(name, _)| name))
+            .chain([names::PROG_HASH_TEST]);
         for name in classifiers {
             assert!(
                 matches!(section(name), ProgramSection::SchedClassifier),
@@ -962,6 +964,6 @@ mod tests {
             "{:?}",
             section(names::PROG_CONNECT6)
         );
-        assert_eq!(obj.programs.len(), 9, "{:?}", obj.programs.keys());
+        assert_eq!(obj.programs.len(), 10, "{:?}", obj.programs.keys());
     }
 }
