@@ -878,6 +878,13 @@ mod tests {
                 max_entries: Some(1),
             },
             Want {
+                name: names::HASH_TEST,
+                kind: BPF_MAP_TYPE_ARRAY,
+                key: size_of::<u32>(),
+                value: size_of::<u64>(),
+                max_entries: Some(1 + names::HASH_TEST_KEYS),
+            },
+            Want {
                 name: names::DNS_QUERY,
                 kind: BPF_MAP_TYPE_PERCPU_ARRAY,
                 key: size_of::<u32>(),
