@@ -328,46 +328,34 @@ impl Sensor {
 
     /// Writes new sensor-wide settings (mode changes); they apply from the next flow.
     pub fn configure(&mut self, config: SensorConfig) -> Result<(), CaptureError> {
-        let map = self
-            .ebpf
-            .map_mut(names::CONFIG)
-            .ok_or(CaptureError::Missing(names::CONFIG))?;
-        let mut cfg: Array<_, SensorConfig> =
-            Array::try_from(map).map_err(|source| CaptureError::Map {
-                map: names::CONFIG,
-                source,
-            })?;
-        cfg.set(0, config, 0).map_err(|source| CaptureError::Map {
-            map: names::CONFIG,
-            source,
-        })
+        self.write_array(names::CONFIG, [(0, &config)])
     }
 
     /// Writes `filter` into buffer `buffer` (0 or 1) of the pre-filter's summary: the one
     /// not in force, so that no flow is judged by half a summary.
     pub fn write_prefilter(&mut self, buffer: u8, filter: &Filter) -> Result<(), CaptureError> {
-        let map_error = |map| move |source| CaptureError::Map { map, source };
         let base = u32::from(buffer) * prefilter::BLOCKS;
-        let map = self
-            .ebpf
-            .map_mut(names::PREFILTER_BLOOM)
-            .ok_or(CaptureError::Missing(names::PREFILTER_BLOOM))?;
-        let mut bloom: Array<_, prefilter::Block> =
-            Array::try_from(map).map_err(map_error(names::PREFILTER_BLOOM))?;
-        for (i, block) in (0..prefilter::BLOCKS).zip(&filter.blocks) {
-            bloom
-                .set(base + i, block, 0)
-                .map_err(map_error(names::PREFILTER_BLOOM))?;
+        let blocks = (base..base + prefilter::BLOCKS).zip(&filter.blocks);
+        self.write_array(names::PREFILTER_BLOOM, blocks)?;
+        self.write_array(
+            names::PREFILTER_LENGTHS,
+            [(u32::from(buffer), &filter.lengths)],
+        )
+    }
+
+    /// Writes `values` at their indexes of the array map `name`.
+    fn write_array<'v, T: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        values: impl IntoIterator<Item = (u32, &'v T)>,
+    ) -> Result<(), CaptureError> {
+        let map_error = |source| CaptureError::Map { map: name, source };
+        let map = self.ebpf.map_mut(name).ok_or(CaptureError::Missing(name))?;
+        let mut array: Array<_, T> = Array::try_from(map).map_err(map_error)?;
+        for (index, value) in values {
+            array.set(index, value, 0).map_err(map_error)?;
         }
-        let map = self
-            .ebpf
-            .map_mut(names::PREFILTER_LENGTHS)
-            .ok_or(CaptureError::Missing(names::PREFILTER_LENGTHS))?;
-        let mut lengths: Array<_, prefilter::Lengths> =
-            Array::try_from(map).map_err(map_error(names::PREFILTER_LENGTHS))?;
-        lengths
-            .set(u32::from(buffer), filter.lengths, 0)
-            .map_err(map_error(names::PREFILTER_LENGTHS))
+        Ok(())
     }
 
     /// Hands the ring buffer of records to the reader; callable once.

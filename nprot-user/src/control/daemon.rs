@@ -984,13 +984,7 @@ impl<K: Kernel> Daemon<K> {
     fn sync_prefilter(&mut self) {
         if self.mode != Mode::Block || !self.opts.prefilter {
             if self.prefilter.bits() != 0 {
-                self.prefilter.off(false);
-                if let Err(e) = self
-                    .sensor
-                    .set_config(kernel_config(self.mode, &self.opts, 0))
-                {
-                    warn!("cannot switch the kernel pre-filter off: {e}");
-                }
+                self.prefilter_off(false);
             }
             return;
         }
@@ -1015,14 +1009,19 @@ impl<K: Kernel> Daemon<K> {
             }
             Err(e) => {
                 warn!("kernel pre-filter switched off, every flow waits for the daemon: {e}");
-                self.prefilter.off(true);
-                if let Err(e) = self
-                    .sensor
-                    .set_config(kernel_config(self.mode, &self.opts, 0))
-                {
-                    warn!("cannot switch the kernel pre-filter off: {e}");
-                }
+                self.prefilter_off(true);
             }
+        }
+    }
+
+    /// Clears the pre-filter's bits in the kernel (after an error, counted, if `error`).
+    fn prefilter_off(&mut self, error: bool) {
+        self.prefilter.off(error);
+        if let Err(e) = self
+            .sensor
+            .set_config(kernel_config(self.mode, &self.opts, 0))
+        {
+            warn!("cannot switch the kernel pre-filter off: {e}");
         }
     }
 

@@ -102,19 +102,7 @@ pub struct Prefilter {
 impl Prefilter {
     /// The `SensorConfig::prefilter` bits for what is in force.
     pub fn bits(&self) -> u8 {
-        match self.in_force {
-            None => 0,
-            Some(buffer) => {
-                let mut bits = prefilter::CONFIG_ON;
-                if buffer == 1 {
-                    bits |= prefilter::CONFIG_BUFFER_1;
-                }
-                if self.ech_candidate {
-                    bits |= prefilter::CONFIG_ECH_CANDIDATE;
-                }
-                bits
-            }
-        }
+        config_bits(self.in_force, self.ech_candidate)
     }
 
     /// An indicator in the summary has expired since it was written.
@@ -150,12 +138,7 @@ impl Prefilter {
         self.report.rebuilds += 1;
         self.report.rebuild_ms = started.elapsed().as_secs_f64() * 1e3;
         self.report.summary_bytes = summary_bytes();
-        let staged = Prefilter {
-            in_force: Some(next),
-            ech_candidate,
-            ..Prefilter::default()
-        };
-        Ok((next, staged.bits()))
+        Ok((next, config_bits(Some(next), ech_candidate)))
     }
 
     /// The buffer `stage` wrote is in force (its bits are written).
@@ -172,6 +155,21 @@ impl Prefilter {
             self.report.errors += 1;
         }
     }
+}
+
+/// The `SensorConfig::prefilter` bits with `buffer` in force (`None`: off).
+fn config_bits(buffer: Option<u8>, ech_candidate: bool) -> u8 {
+    let Some(buffer) = buffer else {
+        return 0;
+    };
+    let mut bits = prefilter::CONFIG_ON;
+    if buffer == 1 {
+        bits |= prefilter::CONFIG_BUFFER_1;
+    }
+    if ech_candidate {
+        bits |= prefilter::CONFIG_ECH_CANDIDATE;
+    }
+    bits
 }
 
 /// The kernel memory of the summary maps: two buffers of [`prefilter::BLOCKS`] blocks,
