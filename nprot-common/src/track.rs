@@ -359,8 +359,11 @@ pub fn step<H: Host>(
             return Action::Pass;
         }
         // Bytes past what the pre-filter judged (a second request) wait for the daemon.
+        // The verdict clock starts with them: the pre-allowed bytes waited for nothing,
+        // and their record may not even be read yet (it woke nobody).
         if flow.flags & FLOW_PREALLOWED != 0 && seq_after(end, flow.prefilter_end_seq) {
             flow.flags &= !FLOW_PREALLOWED;
+            flow.payload_ns = now;
         }
         if flow.payload_ns == 0 {
             flow.payload_ns = now;
@@ -1009,7 +1012,9 @@ pub(crate) mod tests {
             if outcome == prefilter::ALLOWED {
                 assert_eq!(first, Action::Pass);
                 assert_eq!(flow.prefilter_end_seq, 141);
-                // A second request before the verdict: judged by nobody yet.
+                // A second request before the verdict, long after the first: judged by
+                // nobody yet, and its answer waits from its own time (requeued).
+                host.now += 2 * host.config.requeue_ns + 1;
                 let more = seg(true, TCP_ACK, 141, 801, 20);
                 assert_eq!(step(&mut host, &more, &key, lo, &mut flow), Action::Pass);
                 assert_eq!(host.captured, 60);

@@ -151,7 +151,10 @@ fn send(
     let bytes =
         unsafe { core::slice::from_raw_parts((rec as *const PayloadRecord).cast::<u8>(), total) };
     // Payload is what a verdict waits for: always wake the reader (an adaptive wake-up
-    // would be skipped while unwoken connection records are still unread).
+    // would be skipped while unwoken connection records are still unread). A pre-allowed
+    // flow's record too, although nothing waits for it: left for the periodic drain,
+    // such records pile up ahead of the next one a verdict does wait for, which then
+    // waits for all of them (measured in docs/decisions.md).
     if RECORDS
         .output::<[u8]>(bytes, BPF_RB_FORCE_WAKEUP as u64)
         .is_ok()

@@ -41,6 +41,7 @@ const APT_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "bind9-dnsutils",
     "openssh-client", // ssh, a protocol that names nothing: judged by its DNS name
+    "iptables",       // the bench's side-by-side: `-m string` rules, as an admin would write them
 ];
 
 /// PyPI packages of the QUIC tests (HTTP/3 client and server, Initial decryption), pinned.

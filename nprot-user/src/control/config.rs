@@ -108,6 +108,53 @@ pub struct Config {
     /// can match no indicator (the kernel pre-filter): `on` (the default) or `off`.
     #[serde(deserialize_with = "de_on_off")]
     pub prefilter: bool,
+    /// How the verdict loop waits for records: `wait` (sleep until the ring buffer
+    /// wakes it), `busy` (poll it without sleeping, on a core of its own) or `auto`
+    /// (the default: `busy` only with at least [`RingPoll::BUSY_MIN_CPUS`] CPUs).
+    #[serde(deserialize_with = "de_from_str")]
+    pub ring_poll: RingPoll,
+}
+
+/// How the verdict loop waits for ring-buffer records (`ring_poll`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingPoll {
+    /// `busy` with at least [`RingPoll::BUSY_MIN_CPUS`] CPUs online, else `wait`.
+    Auto,
+    /// Sleep in epoll until the kernel wakes the loop.
+    Wait,
+    /// Poll the ring without sleeping: no wake-up on the verdict path, one core spent.
+    Busy,
+}
+
+impl RingPoll {
+    /// Fewest online CPUs for which `auto` busy-polls: with two, a spinning verdict
+    /// loop takes half of the machine from the traffic it guards (measured in
+    /// docs/decisions.md).
+    pub const BUSY_MIN_CPUS: usize = 4;
+
+    /// Whether the loop busy-polls on a host with `cpus` CPUs.
+    pub fn busy(self, cpus: usize) -> bool {
+        match self {
+            RingPoll::Auto => cpus >= Self::BUSY_MIN_CPUS,
+            RingPoll::Wait => false,
+            RingPoll::Busy => true,
+        }
+    }
+}
+
+impl FromStr for RingPoll {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(RingPoll::Auto),
+            "wait" => Ok(RingPoll::Wait),
+            "busy" => Ok(RingPoll::Busy),
+            other => Err(format!(
+                "{other:?} is not a ring_poll: \"auto\", \"wait\" or \"busy\""
+            )),
+        }
+    }
 }
 
 fn de_on_off<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -252,6 +299,7 @@ impl Default for Config {
             ech: EchAction::Allow,
             ech_public_names: Vec::new(),
             prefilter: true,
+            ring_poll: RingPoll::Auto,
         }
     }
 }
@@ -1110,6 +1158,21 @@ protocol = "udp"
             let e = err(text);
             assert!(e.starts_with(want), "{text:?}:\n got  {e}\n want {want}");
         }
+    }
+
+    #[test]
+    fn ring_poll_busy_polls_only_where_asked_or_with_cores_to_spare() {
+        assert_eq!(Config::default().ring_poll, RingPoll::Auto);
+        assert!(!RingPoll::Auto.busy(2));
+        assert!(RingPoll::Auto.busy(RingPoll::BUSY_MIN_CPUS));
+        assert!(RingPoll::Busy.busy(1));
+        assert!(!RingPoll::Wait.busy(64));
+        let Ok(c) = Config::parse("ring_poll = \"busy\"\n") else {
+            panic!("ring_poll = busy rejected");
+        };
+        assert_eq!(c.ring_poll, RingPoll::Busy);
+        let e = err("ring_poll = \"spin\"\n");
+        assert!(e.contains("\"spin\" is not a ring_poll"), "{e}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::{
     },
     control::{
         cli::RunArgs,
-        config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
+        config::{self, Config, EventsConfig, ProcessCgroup, Protocol, RingPoll},
         protocol::{
             AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, QuicAccount,
             RemovedReply, Request, Response, RunReport, StatusReply,
@@ -119,9 +119,17 @@ pub struct RunOptions {
     pub names: NameSettings,
     /// Block mode pre-filters flows in the kernel.
     pub prefilter: bool,
+    /// How the verdict loop waits for records.
+    pub ring_poll: RingPoll,
 }
 
 impl RunOptions {
+    /// Whether the verdict loop busy-polls the ring buffer on this host (`ring_poll`).
+    pub fn busy_poll(&self) -> bool {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        self.ring_poll.busy(cpus)
+    }
+
     /// Lays the flags of `nprot run` over the config file (`--config`, else the default
     /// path if it exists, else built-in defaults).
     pub fn from_args(args: RunArgs) -> anyhow::Result<RunOptions> {
@@ -192,6 +200,7 @@ impl RunOptions {
             quic: config.quic,
             names,
             prefilter: config.prefilter,
+            ring_poll: config.ring_poll,
         })
     }
 }
@@ -586,16 +595,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
 
     daemon.refresh_local_addrs();
-    set_realtime(daemon.opts.rt_priority);
+    let busy = daemon.opts.busy_poll();
+    if busy {
+        // A spinning SCHED_FIFO thread would starve whatever shares its core.
+        info!("the verdict loop busy-polls the ring buffer, at normal priority");
+    } else {
+        set_realtime(daemon.opts.rt_priority);
+    }
     let mut tick = interval(DRAIN);
     let mut ticks = 0u32;
     let mut last_watchdog = Instant::now();
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
+            guard = ring.readable_mut(), if !busy => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 daemon.drain(guard.get_inner_mut());
                 guard.clear_ready();
+            }
+            // Busy polling: drain, then yield, which lets the runtime poll its other
+            // sources (socket, signals, timers) without sleeping, and come straight back.
+            () = tokio::task::yield_now(), if busy => {
+                daemon.drain(ring.get_mut());
             }
             _ = tick.tick() => {
                 daemon.drain(ring.get_mut());
@@ -712,6 +732,7 @@ impl<K: Kernel> Daemon<K> {
                 .map(|k| QuicAccount::new(&k, &self.pipeline.stats()))
                 .unwrap_or_default(),
             prefilter: self.prefilter.report.clone(),
+            busy_poll: self.opts.busy_poll(),
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped(),
             sinks: self.fanout.sink_stats(),

@@ -242,6 +242,9 @@ pub struct RunReport {
     /// The kernel pre-filter's summary (its judgements are `kernel.prefilter_*`).
     #[serde(default)]
     pub prefilter: PrefilterReport,
+    /// Whether the verdict loop busy-polls the ring buffer (`ring_poll`).
+    #[serde(default)]
+    pub busy_poll: bool,
     /// Process attribution; absent when it is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<AttributionReport>,
@@ -423,6 +426,7 @@ mod tests {
             flows: FlowAccount::default(),
             quic: QuicAccount::default(),
             prefilter: PrefilterReport::default(),
+            busy_poll: false,
             attribution: None,
         };
         let value = serde_json::to_value(&report).unwrap();

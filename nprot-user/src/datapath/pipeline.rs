@@ -755,8 +755,12 @@ impl Pipeline {
     }
 
     fn on_payload(&mut self, rec: &Record<'_>, ends: FlowEnds, verdicts: &mut dyn VerdictTarget) {
-        self.wake_latency
-            .record(monotonic_ns().saturating_sub(rec.ts_ns));
+        // A pre-allowed flow's record wakes nobody and is read with the next drain: no
+        // one waited for it, and the latency figures are those of verdicts waited for.
+        if rec.prefilter != Prefiltered::Allowed {
+            self.wake_latency
+                .record(monotonic_ns().saturating_sub(rec.ts_ns));
+        }
         let key = rec.tuple.key();
         if self
             .decided
@@ -1023,6 +1027,7 @@ impl Pipeline {
         verdicts: &mut dyn VerdictTarget,
     ) {
         match verdicts.set_verdict(key, verdict) {
+            Ok(()) if rec.prefilter == Prefiltered::Allowed => {}
             Ok(()) => self
                 .verdict_latency
                 .record(monotonic_ns().saturating_sub(rec.ts_ns)),

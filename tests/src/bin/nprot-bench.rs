@@ -7,7 +7,10 @@
 //! from the sensor's own histogram, indicator-set scale (load time, daemon RSS, match
 //! cost), ring-buffer drops, held packets and fail-open releases during the flood, new
 //! QUIC connections per second (aioquic HTTP/3 GET) and the daemon's decrypt-and-parse
-//! time of a Chromium-like QUIC ClientHello (two Initial datagrams).
+//! time of a Chromium-like QUIC ClientHello (two Initial datagrams); the kernel
+//! pre-filter (share decided in the kernel, summary size and rebuild time, floods with 1 %
+//! blocked), daemon-decided verdicts with and without busy polling, and K `iptables -m
+//! string` rules side by side.
 //! Run through `cargo xtask bench [--quick]`, which builds in release first.
 // A test harness: a failed unwrap is a failed test.
 #![allow(
@@ -19,6 +22,7 @@
 )]
 
 use std::{
+    fmt::Write as _,
     fs,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -56,14 +60,17 @@ struct Plan {
     indicators: usize,
     /// HTTP/3 connections per QUIC measurement.
     quic_connections: u32,
+    /// `iptables -m string` rules of the side-by-side alternative.
+    string_rules: usize,
 }
 
 const FULL: Plan = Plan {
     bulk: Duration::from_secs(4),
     flood: Duration::from_secs(4),
-    repeats: 2,
+    repeats: 3,
     indicators: 1_000_000,
     quic_connections: 100,
+    string_rules: 1000,
 };
 
 /// CI's quick mode: every figure, small numbers.
@@ -73,7 +80,17 @@ const QUICK: Plan = Plan {
     repeats: 1,
     indicators: 20_000,
     quic_connections: 15,
+    string_rules: 1000,
 };
+
+/// The one name of the indicator set the benchmark's traffic does match (a Block):
+/// one connection in [`BLOCKED_EVERY`] of the mixed floods asks for it.
+const BLOCKED_NAME: &str = "blocked.bench.example";
+const BLOCKED_EVERY: u64 = 100;
+
+/// Sensor variants whose every flow the daemon decides (`prefilter = "off"`): how the
+/// verdict loop waits for records, as `ring_poll` says.
+const DAEMON_VARIANTS: [&str; 2] = ["wait", "busy"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -112,6 +129,7 @@ fn run(plan: &Plan) -> Result<Value> {
         &[QUIC_HOST],
         &ServerOpts::default(),
     )?;
+    let ind = indicators.to_string_lossy().into_owned();
 
     // Alternate baseline and guarded runs so that drift hits both alike.
     let mut bulk = (Vec::new(), Vec::new());
@@ -119,80 +137,154 @@ fn run(plan: &Plan) -> Result<Value> {
     let mut tls = (Vec::new(), Vec::new());
     let mut kept = (Vec::new(), Vec::new());
     let mut quic = (Vec::new(), Vec::new());
+    let mut mixed = (Vec::new(), Vec::new());
+    let mut strings = (Vec::new(), Vec::new());
+    let mut shares = Vec::new();
     let mut sensor_runs = Vec::new();
+    let mut daemon_runs: Vec<Vec<Value>> = vec![Vec::new(); DAEMON_VARIANTS.len()];
+    let mut blocked_answered = 0;
     for round in 0..plan.repeats {
         bulk.0.push(iperf(&env, plan.bulk)?);
-        http.0.push(flood(&env, Flood::Http, plan.flood)?.0);
-        tls.0.push(flood(&env, Flood::Tls, plan.flood)?.0);
+        http.0
+            .push(flood(&env, Flood::Http, plan.flood, None)?.rate);
+        tls.0.push(flood(&env, Flood::Tls, plan.flood, None)?.rate);
         kept.0.push(keep_alive(&env, plan.flood)?);
         quic.0.push(quic_conn_per_s(&env, plan.quic_connections)?);
-
-        let stats = dir.join(format!("stats-{round}.json"));
-        let ind = indicators.to_string_lossy().into_owned();
-        let stats_arg = stats.to_string_lossy().into_owned();
-        env.start_sensor(&[
-            "--mode",
-            "block",
-            "--indicators",
-            &ind,
-            "--stats",
-            &stats_arg,
-        ])?;
-        let rss = sensor_rss(&env)?;
-        bulk.1.push(iperf(&env, plan.bulk)?);
-        let (http_rate, http_made) = flood(&env, Flood::Http, plan.flood)?;
-        let (tls_rate, tls_made) = flood(&env, Flood::Tls, plan.flood)?;
-        http.1.push(http_rate);
-        tls.1.push(tls_rate);
-        kept.1.push(keep_alive(&env, plan.flood)?);
-        quic.1.push(quic_conn_per_s(&env, plan.quic_connections)?);
-        let mut sensor = env.sensor.take().context("sensor vanished")?;
-        let status = sensor.stop(Duration::from_secs(10))?;
-        if !status.success() {
-            bail!("sensor exited with {status}: {}", sensor.stderr().text());
+        {
+            let _rules = StringRules::install(&env, plan.string_rules)?;
+            strings
+                .0
+                .push(flood(&env, Flood::Http, plan.flood, None)?.rate);
+            strings
+                .1
+                .push(flood(&env, Flood::Tls, plan.flood, None)?.rate);
         }
-        let report: Value = serde_json::from_slice(
-            &fs::read(&stats).with_context(|| format!("sensor wrote no {}", stats.display()))?,
-        )?;
-        sensor_runs.push(json!({
-            "rss_mib": rss,
-            "report": report,
-            "flood_connections": http_made + tls_made,
-        }));
+
+        // The sensor as shipped: block mode, the pre-filter on.
+        let stats = dir.join(format!("stats-{round}.json"));
+        let (run, report) = guarded(&mut env, &stats, &["--indicators", &ind], |env| {
+            let rss = sensor_rss(env)?;
+            let bulk = iperf(env, plan.bulk)?;
+            // The kernel's share is read over the no-match floods alone.
+            let before = env.stats()?;
+            let cpu = sensor_cpu_s(env)?;
+            let progs = ProgStats::start()?;
+            let h = flood(env, Flood::Http, plan.flood, None)?;
+            let progs = progs.finish()?;
+            let cpu_http = sensor_cpu_s(env)? - cpu;
+            let t = flood(env, Flood::Tls, plan.flood, None)?;
+            let share = kernel_share(&before, &env.stats()?);
+            let kept = keep_alive(env, plan.flood)?;
+            let quic = quic_conn_per_s(env, plan.quic_connections)?;
+            let mh = flood(env, Flood::Http, plan.flood, Some(BLOCKED_EVERY))?;
+            let mt = flood(env, Flood::Tls, plan.flood, Some(BLOCKED_EVERY))?;
+            Ok(json!({
+                "rss_mib": rss, "bulk": bulk, "http": h.rate, "tls": t.rate,
+                "kept": kept, "quic": quic, "kernel_share": share,
+                "daemon_cpu_us_per_http_flow": cpu_http * 1e6 / h.made.max(1) as f64,
+                "kernel_us_per_http_flow": progs.run_ns as f64 / 1e3 / h.made.max(1) as f64,
+                "kernel_ns_per_packet": progs.run_ns as f64 / progs.runs.max(1) as f64,
+                "mixed_http": mh.rate, "mixed_tls": mt.rate,
+                "blocked": mh.blocked + mt.blocked,
+                "blocked_answered": mh.blocked_answered + mt.blocked_answered,
+                "flood_connections": h.made + t.made + mh.made + mt.made,
+            }))
+        })?;
+        let f = |k: &str| run[k].as_f64().unwrap_or(f64::NAN);
+        bulk.1.push(f("bulk"));
+        http.1.push(f("http"));
+        tls.1.push(f("tls"));
+        kept.1.push(f("kept"));
+        quic.1.push(f("quic"));
+        mixed.0.push(f("mixed_http"));
+        mixed.1.push(f("mixed_tls"));
+        shares.push(f("kernel_share"));
+        blocked_answered += run["blocked_answered"].as_u64().unwrap_or(0);
+        sensor_runs.push(json!({ "run": run, "report": report }));
+
+        // Every flow decided by the daemon: how long the verdict takes, sleeping or
+        // busy-polling between records.
+        for (i, poll) in DAEMON_VARIANTS.iter().enumerate() {
+            let config = dir.join(format!("daemon-{poll}.toml"));
+            fs::write(
+                &config,
+                format!("prefilter = \"off\"\nring_poll = \"{poll}\"\n"),
+            )?;
+            let config = config.to_string_lossy().into_owned();
+            let stats = dir.join(format!("stats-{poll}-{round}.json"));
+            let args = ["--indicators", &ind, "--config", &config];
+            let (run, report) = guarded(&mut env, &stats, &args, |env| {
+                let h = flood(env, Flood::Http, plan.flood, None)?;
+                let t = flood(env, Flood::Tls, plan.flood, None)?;
+                Ok(json!({ "http": h.rate, "tls": t.rate }))
+            })?;
+            if report["busy_poll"].as_bool() != Some(*poll == "busy") {
+                bail!("ring_poll = {poll:?} not in force: {}", report["busy_poll"]);
+            }
+            daemon_runs[i].push(json!({
+                "http": run["http"], "tls": run["tls"],
+                "verdict_latency": report["verdict_latency"],
+                "wake_latency": report["wake_latency"],
+            }));
+        }
     }
 
     let last = sensor_runs.last().context("no sensor run")?;
     let report = &last["report"];
     let flows = report["kernel"]["flows_new"].as_f64().unwrap_or(0.0);
+    let ratio = |guarded: &[f64], base: &[f64], target: f64| {
+        json!({
+            "baseline": median(base), "guarded": median(guarded),
+            "ratio": median(guarded) / median(base), "target": target,
+        })
+    };
+    let daemon_decided: Vec<Value> = DAEMON_VARIANTS
+        .iter()
+        .zip(&daemon_runs)
+        .map(|(poll, runs)| {
+            let pick = |pointer: &str| -> Vec<f64> {
+                runs.iter()
+                    .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+                    .collect()
+            };
+            json!({
+                "ring_poll": poll,
+                "http": ratio(&pick("/http"), &http.0, 0.90),
+                "tls": ratio(&pick("/tls"), &tls.0, 0.90),
+                "verdict_p50_us": median(&pick("/verdict_latency/p50_us")),
+                "verdict_p99_us": median(&pick("/verdict_latency/p99_us")),
+                "wake_p50_us": median(&pick("/wake_latency/p50_us")),
+                "wake_p99_us": median(&pick("/wake_latency/p99_us")),
+            })
+        })
+        .collect();
     Ok(json!({
         "quick": plan.indicators != FULL.indicators,
-        "throughput_gbit": {
-            "baseline": median(&bulk.0), "guarded": median(&bulk.1),
-            "ratio": median(&bulk.1) / median(&bulk.0), "target": 0.97,
+        "rounds": plan.repeats,
+        "throughput_gbit": ratio(&bulk.1, &bulk.0, 0.97),
+        "http_conn_per_s": ratio(&http.1, &http.0, 0.97),
+        "tls_conn_per_s": ratio(&tls.1, &tls.0, 0.97),
+        "keepalive_req_per_s": ratio(&kept.1, &kept.0, 0.95),
+        "quic_conn_per_s": ratio(&quic.1, &quic.0, 0.90),
+        // Connections/s of the allowed flows while 1 in BLOCKED_EVERY is blocked.
+        "mixed_http_conn_per_s": ratio(&mixed.0, &http.0, 0.95),
+        "mixed_tls_conn_per_s": ratio(&mixed.1, &tls.0, 0.95),
+        "blocked_answered": blocked_answered,
+        "iptables_string": {
+            "rules": plan.string_rules,
+            "http": ratio(&strings.0, &http.0, 0.0),
+            "tls": ratio(&strings.1, &tls.0, 0.0),
         },
-        "http_conn_per_s": {
-            "baseline": median(&http.0), "guarded": median(&http.1),
-            "ratio": median(&http.1) / median(&http.0), "target": 0.90,
-        },
-        "tls_conn_per_s": {
-            "baseline": median(&tls.0), "guarded": median(&tls.1),
-            "ratio": median(&tls.1) / median(&tls.0), "target": 0.90,
-        },
-        "keepalive_req_per_s": {
-            "baseline": median(&kept.0), "guarded": median(&kept.1),
-            "ratio": median(&kept.1) / median(&kept.0), "target": 0.95,
-        },
-        "quic_conn_per_s": {
-            "baseline": median(&quic.0), "guarded": median(&quic.1),
-            "ratio": median(&quic.1) / median(&quic.0), "target": 0.90,
-        },
+        "kernel_share": { "median": median(&shares), "target": 0.99 },
+        "daemon_decided": daemon_decided,
+        "prefilter": report["prefilter"].clone(),
         "quic_initial_us": { "per_client_hello": quic_initial_us, "target": 10.0 },
         "quic": report["quic"].clone(),
         "verdict_latency_us": report["verdict_latency"].clone(),
         "indicators": {
             "count": report["indicators"].clone(),
             "sensor_load_ms": report["indicator_load_ms"].clone(),
-            "sensor_rss_mib": last["rss_mib"].clone(),
+            "sensor_rss_mib": last["run"]["rss_mib"].clone(),
             "in_process_load_ms": scale.load_ms,
             "match_ns": scale.match_ns,
         },
@@ -200,7 +292,7 @@ fn run(plan: &Plan) -> Result<Value> {
             "flows": flows,
             // Every connection of the floods must be tracked or counted as not tracked
             // (iperf's few connections come on top).
-            "connections": last["flood_connections"].clone(),
+            "connections": last["run"]["flood_connections"].clone(),
             "tracked": report["flows"]["tracked"].clone(),
             "not_tracked": report["flows"]["not_tracked"].clone(),
             "records_lost": report["flows"]["records_lost"].clone(),
@@ -215,15 +307,100 @@ fn run(plan: &Plan) -> Result<Value> {
     }))
 }
 
+/// Starts the sensor in block mode with `args`, runs `body` against it, stops it and
+/// returns what `body` measured with the sensor's exit report (`--stats`).
+fn guarded(
+    env: &mut Env,
+    stats: &Path,
+    args: &[&str],
+    body: impl FnOnce(&Env) -> Result<Value>,
+) -> Result<(Value, Value)> {
+    let stats_arg = stats.to_string_lossy().into_owned();
+    let mut all = vec!["--mode", "block", "--stats", &stats_arg];
+    all.extend_from_slice(args);
+    env.start_sensor(&all)?;
+    let measured = body(env);
+    let mut sensor = env.sensor.take().context("sensor vanished")?;
+    let status = sensor.stop(Duration::from_secs(10))?;
+    let measured = measured?;
+    if !status.success() {
+        bail!("sensor exited with {status}: {}", sensor.stderr().text());
+    }
+    let report: Value = serde_json::from_slice(
+        &fs::read(stats).with_context(|| format!("sensor wrote no {}", stats.display()))?,
+    )?;
+    Ok((measured, report))
+}
+
+/// The share of flows the kernel decided between two `nprot stats`: pre-allowed of
+/// every flow whose first payload the pre-filter read.
+fn kernel_share(before: &Value, after: &Value) -> f64 {
+    let delta = |name: &str| {
+        let at = |s: &Value| s["kernel"][name].as_f64().unwrap_or(0.0);
+        at(after) - at(before)
+    };
+    let allowed = delta("prefilter_allowed");
+    allowed / (allowed + delta("prefilter_candidates") + delta("prefilter_undecided"))
+}
+
+/// `K` iptables rules in the client namespace that reset a connection whose packets
+/// contain a name (`-m string --algo bm`), installed with `iptables-restore`: what an
+/// admin writes without a proxy. Removed on drop.
+struct StringRules<'a>(&'a Env);
+
+impl<'a> StringRules<'a> {
+    fn install(env: &'a Env, k: usize) -> Result<StringRules<'a>> {
+        let mut rules = String::from("*filter\n:OUTPUT ACCEPT [0:0]\n");
+        for i in 0..k {
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                rules,
+                "-A OUTPUT -p tcp -m string --algo bm --string \"d{}.bench-blocked.example\" -j REJECT --reject-with tcp-reset",
+                i * 10
+            );
+        }
+        rules.push_str("COMMIT\n");
+        let mut child = env
+            .topo
+            .client_cmd("iptables-restore")
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("cannot run iptables-restore (cargo xtask setup installs iptables)")?;
+        child
+            .stdin
+            .take()
+            .context("iptables-restore stdin")?
+            .write_all(rules.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("iptables-restore refused {k} string rules");
+        }
+        Ok(StringRules(env))
+    }
+}
+
+impl Drop for StringRules<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .topo
+            .client_cmd("iptables")
+            .args(["-F", "OUTPUT"])
+            .status();
+    }
+}
+
 /// Indicators that never match the benchmark's own traffic: 60 % domains, 20 % IPv4
-/// addresses and blocks, 10 % IPv6, 10 % URLs, all outside the test prefixes.
+/// addresses and blocks, 10 % IPv6, 10 % URLs, all outside the test prefixes; and
+/// [`BLOCKED_NAME`], which only the mixed floods ask for.
 fn write_indicators(path: &Path, n: usize) -> Result<()> {
     let mut f = std::io::BufWriter::new(fs::File::create(path)?);
     f.write_all(b"{\"indicators\":[\n")?;
+    write!(
+        f,
+        "{{\"id\":\"blocked\",\"type\":\"DomainName\",\"value\":\"{BLOCKED_NAME}\",\"action\":\"Block\"}}"
+    )?;
     for i in 0..n {
-        if i > 0 {
-            f.write_all(b",\n")?;
-        }
+        f.write_all(b",\n")?;
         let (kind, value) = match i % 10 {
             0..=5 => ("DomainName", format!("d{i}.bench-blocked.example")),
             6 => (
@@ -389,33 +566,61 @@ enum Flood {
     Tls,
 }
 
-/// New connections per second from two client threads in the client namespace, and
-/// how many were made.
-fn flood(env: &Env, kind: Flood, duration: Duration) -> Result<(f64, u64)> {
+/// What a flood did.
+struct FloodRun {
+    /// Allowed connections per second.
+    rate: f64,
+    /// Connections made, allowed and blocked.
+    made: u64,
+    /// Connections that asked for [`BLOCKED_NAME`].
+    blocked: u64,
+    /// Of which got response bytes (must be none).
+    blocked_answered: u64,
+}
+
+/// New connections per second from two client threads in the client namespace; with
+/// `blocked_every`, one connection in that many asks for [`BLOCKED_NAME`] instead and
+/// must be reset before any answer.
+fn flood(
+    env: &Env,
+    kind: Flood,
+    duration: Duration,
+    blocked_every: Option<u64>,
+) -> Result<FloodRun> {
     let server = env.server_ip(false);
-    let (addr, request) = match kind {
-        Flood::Http => (
-            SocketAddr::new(server, 80),
-            b"GET / HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n".to_vec(),
-        ),
-        Flood::Tls => (
-            SocketAddr::new(server, 443),
-            client_hello(&HelloSpec::new("good.example")).bytes,
-        ),
+    let request = |name: &str| match kind {
+        Flood::Http => {
+            format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").into_bytes()
+        }
+        Flood::Tls => client_hello(&HelloSpec::new(name)).bytes,
     };
+    let addr = SocketAddr::new(server, if matches!(kind, Flood::Http) { 80 } else { 443 });
+    let (good, bad) = (request("good.example"), request(BLOCKED_NAME));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let blocked = Arc::new(AtomicU64::new(0));
+    let answered = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            let (ns, request) = (env.topo.client_ns.clone(), request.clone());
+            let (ns, good, bad) = (env.topo.client_ns.clone(), good.clone(), bad.clone());
             let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+            let (blocked, answered) = (blocked.clone(), answered.clone());
             thread::spawn(move || {
                 in_netns(&ns, || {
                     let mut buf = [0u8; 16 * 1024];
+                    let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        match one_connection(addr, &request, &mut buf) {
+                        n += 1;
+                        if blocked_every.is_some_and(|every| n.is_multiple_of(every)) {
+                            blocked.fetch_add(1, Ordering::Relaxed);
+                            if one_connection(addr, &bad, &mut buf).is_ok() {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            continue;
+                        }
+                        match one_connection(addr, &good, &mut buf) {
                             Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                             Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                         };
@@ -436,7 +641,13 @@ fn flood(env: &Env, kind: Flood, duration: Duration) -> Result<(f64, u64)> {
     if failed > done / 100 {
         bail!("{failed} of {} connections failed", done + failed);
     }
-    Ok((done as f64 / elapsed, done + failed))
+    let blocked = blocked.load(Ordering::Relaxed);
+    Ok(FloodRun {
+        rate: done as f64 / elapsed,
+        made: done + failed + blocked,
+        blocked,
+        blocked_answered: answered.load(Ordering::Relaxed),
+    })
 }
 
 /// HTTP requests per second over kept-alive connections (two client threads, one
@@ -521,6 +732,79 @@ fn one_connection(addr: SocketAddr, request: &[u8], buf: &mut [u8]) -> std::io::
     Ok(())
 }
 
+/// Run time of the sensor's eBPF programs over a measurement (`kernel.bpf_stats_enabled`
+/// while it lasts).
+struct ProgStats {
+    before: (u64, u64),
+}
+
+/// What [`ProgStats`] measured: nanoseconds in the programs, and program runs.
+struct ProgRuns {
+    run_ns: u64,
+    runs: u64,
+}
+
+impl ProgStats {
+    fn start() -> Result<ProgStats> {
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+        Ok(ProgStats {
+            before: Self::read()?,
+        })
+    }
+
+    fn finish(self) -> Result<ProgRuns> {
+        let after = Self::read();
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+        let after = after?;
+        Ok(ProgRuns {
+            run_ns: after.0.saturating_sub(self.before.0),
+            runs: after.1.saturating_sub(self.before.1),
+        })
+    }
+
+    /// Summed `run_time_ns` and `run_cnt` of every loaded `nprot_*` program.
+    fn read() -> Result<(u64, u64)> {
+        let out = std::process::Command::new("bpftool")
+            .args(["prog", "show", "--json"])
+            .output()
+            .context("running bpftool")?;
+        let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+        Ok(progs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("nprot_")))
+            .fold((0, 0), |(ns, n), p| {
+                (
+                    ns + p["run_time_ns"].as_u64().unwrap_or(0),
+                    n + p["run_cnt"].as_u64().unwrap_or(0),
+                )
+            }))
+    }
+}
+
+/// CPU time (user + system) the running sensor has used, in seconds.
+fn sensor_cpu_s(env: &Env) -> Result<f64> {
+    let pid = env
+        .sensor
+        .as_ref()
+        .and_then(nprot_tests::Sensor::pid)
+        .context("sensor not running")?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and
+    // 13th of them, in clock ticks.
+    let rest = stat.rsplit_once(')').context("odd /proc/PID/stat")?.1;
+    let ticks: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks.iter().sum::<f64>() / hz)
+}
+
 /// Resident and peak memory of the running sensor, in MiB.
 fn sensor_rss(env: &Env) -> Result<Value> {
     let pid = env
@@ -574,8 +858,52 @@ fn print_table(r: &Value) {
             "quic_conn_per_s",
             "/s",
         ),
+        (
+            "HTTP, 1 % blocked: allowed connections",
+            "mixed_http_conn_per_s",
+            "/s",
+        ),
+        (
+            "TLS, 1 % blocked: allowed connections",
+            "mixed_tls_conn_per_s",
+            "/s",
+        ),
+        (
+            "iptables -m string (K rules), HTTP",
+            "/iptables_string/http",
+            "/s",
+        ),
+        (
+            "iptables -m string (K rules), TLS",
+            "/iptables_string/tls",
+            "/s",
+        ),
+        (
+            "daemon decides all (ring_poll wait), HTTP",
+            "/daemon_decided/0/http",
+            "/s",
+        ),
+        (
+            "daemon decides all (ring_poll wait), TLS",
+            "/daemon_decided/0/tls",
+            "/s",
+        ),
+        (
+            "daemon decides all (ring_poll busy), HTTP",
+            "/daemon_decided/1/http",
+            "/s",
+        ),
+        (
+            "daemon decides all (ring_poll busy), TLS",
+            "/daemon_decided/1/tls",
+            "/s",
+        ),
     ] {
-        let f = &r[key];
+        let f = if key.starts_with('/') {
+            r.pointer(key).unwrap_or(&Value::Null)
+        } else {
+            &r[key]
+        };
         println!(
             "{:<44} {:>12.2} {:>12.2} {:>8.3} {:>8}  {unit}",
             name,
@@ -583,6 +911,43 @@ fn print_table(r: &Value) {
             f["guarded"].as_f64().unwrap_or(f64::NAN),
             f["ratio"].as_f64().unwrap_or(f64::NAN),
             format!("≥{}", f["target"]),
+        );
+    }
+    println!(
+        "(median of {} alternating rounds; iptables rows: K = {}, no sensor, no target)",
+        r["rounds"], r["iptables_string"]["rules"]
+    );
+    let k = &r["kernel_share"];
+    let p = &r["prefilter"];
+    println!(
+        "kernel pre-filter: {:.2} % of no-match flows decided in the kernel (target ≥ 99 %); summary {} keys, {:.1} MiB in the kernel (target ≤ 16), rebuilt in {} ms (target ≤ 1000)",
+        k["median"].as_f64().unwrap_or(f64::NAN) * 100.0,
+        p["keys"],
+        p["summary_bytes"].as_f64().unwrap_or(f64::NAN) / 1_048_576.0,
+        p["rebuild_ms"],
+    );
+    let run = &r["runs"][r["runs"]
+        .as_array()
+        .map_or(0, |a| a.len().saturating_sub(1))]["run"];
+    let num = |k: &str| run[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "cost of a pre-allowed HTTP flow (last run): daemon CPU {:.1} µs, eBPF programs {:.1} µs ({:.0} ns per run)",
+        num("daemon_cpu_us_per_http_flow"),
+        num("kernel_us_per_http_flow"),
+        num("kernel_ns_per_packet"),
+    );
+    println!(
+        "blocked flows of the mixed floods answered with response bytes: {} (target 0)",
+        r["blocked_answered"]
+    );
+    for d in r["daemon_decided"].as_array().into_iter().flatten() {
+        println!(
+            "daemon-decided verdicts, ring_poll {}: verdict p50 {:.1} µs, p99 {:.1} µs (target ≤ 100); wake-up p50 {:.1} µs, p99 {:.1} µs",
+            d["ring_poll"].as_str().unwrap_or("?"),
+            d["verdict_p50_us"].as_f64().unwrap_or(f64::NAN),
+            d["verdict_p99_us"].as_f64().unwrap_or(f64::NAN),
+            d["wake_p50_us"].as_f64().unwrap_or(f64::NAN),
+            d["wake_p99_us"].as_f64().unwrap_or(f64::NAN),
         );
     }
     let l = &r["verdict_latency_us"];
@@ -628,6 +993,15 @@ fn check_complete(r: &Value) -> Result<()> {
         "/tls_conn_per_s/ratio",
         "/keepalive_req_per_s/ratio",
         "/quic_conn_per_s/ratio",
+        "/mixed_http_conn_per_s/ratio",
+        "/mixed_tls_conn_per_s/ratio",
+        "/iptables_string/http/ratio",
+        "/iptables_string/tls/ratio",
+        "/kernel_share/median",
+        "/prefilter/summary_bytes",
+        "/prefilter/rebuild_ms",
+        "/daemon_decided/0/verdict_p99_us",
+        "/daemon_decided/1/verdict_p99_us",
         "/quic_initial_us/per_client_hello",
         "/verdict_latency_us/p99_us",
         "/indicators/sensor_load_ms",
@@ -660,6 +1034,13 @@ fn check_complete(r: &Value) -> Result<()> {
         _ => bail!(
             "flood connections not all accounted for: made {made:?}, tracked + not tracked {accounted:?}"
         ),
+    }
+    // A blocked flow must never deliver response bytes, at any speed.
+    if r["blocked_answered"].as_u64() != Some(0) {
+        bail!(
+            "blocked flows answered with response bytes: {}",
+            r["blocked_answered"]
+        );
     }
     if r.pointer("/verdict_latency_us/count")
         .and_then(Value::as_u64)
