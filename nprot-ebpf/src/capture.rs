@@ -151,14 +151,16 @@ fn send(
     let bytes =
         unsafe { core::slice::from_raw_parts((rec as *const PayloadRecord).cast::<u8>(), total) };
     // Payload is what a verdict waits for: always wake the reader (an adaptive wake-up
-    // would be skipped while unwoken connection records are still unread). A pre-allowed
-    // flow's record too, although nothing waits for it: left for the periodic drain,
-    // such records pile up ahead of the next one a verdict does wait for, which then
-    // waits for all of them (measured in docs/decisions.md).
-    if RECORDS
-        .output::<[u8]>(bytes, BPF_RB_FORCE_WAKEUP as u64)
-        .is_ok()
-    {
+    // would be skipped while unwoken connection records are still unread). Unless the
+    // pre-filter let the flow go on: nothing waits, and the record is read with the next
+    // one that wakes the reader (which the daemon's backlog lets go first) or by the
+    // periodic drain, sparing a wake-up per flow.
+    let wake = if flags & RECORD_PREALLOWED != 0 {
+        BPF_RB_NO_WAKEUP
+    } else {
+        BPF_RB_FORCE_WAKEUP
+    };
+    if RECORDS.output::<[u8]>(bytes, u64::from(wake)).is_ok() {
         true
     } else {
         bump(stat::RINGBUF_DROPS);

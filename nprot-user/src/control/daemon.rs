@@ -40,6 +40,7 @@ use crate::{
         state::State,
     },
     datapath::{
+        backlog::{self, BACKLOG_CHUNK, Backlog},
         dns_block::{DnsBlock, NameMap},
         names::{DnsNames, EchAction, NameSettings},
         pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
@@ -357,6 +358,13 @@ fn set_realtime(priority: u8) {
     }
 }
 
+/// Feeds a record put off in the backlog through the pipeline (it decoded once already).
+fn handle_put_off(pipeline: &mut Pipeline, verdicts: &mut dyn VerdictTarget, bytes: &[u8]) {
+    if let Ok(rec) = Record::decode(bytes) {
+        pipeline.on_record(&rec, verdicts);
+    }
+}
+
 /// The kernel settings for a mode, with `prefilter` (the pre-filter's bits, block mode
 /// only: [`Prefilter::bits`]).
 fn kernel_config(mode: Mode, opts: &RunOptions, prefilter: u8) -> SensorConfig {
@@ -444,6 +452,8 @@ struct Daemon<K = Sensor> {
     dns_block: DnsBlock,
     /// What the kernel pre-filter's summary holds (block mode).
     prefilter: Prefilter,
+    /// Records put off behind those a verdict waits for.
+    backlog: Backlog,
 }
 
 /// The running process attribution: its thread, its tables and the hooks' counters.
@@ -576,6 +586,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         attribution,
         dns_block: DnsBlock::default(),
         prefilter: Prefilter::default(),
+        backlog: Backlog::default(),
     };
     daemon.sync_summaries();
     // Ready once the kernel holds what it needs of the policy (DNS names, the
@@ -662,18 +673,46 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 }
 
 impl Daemon {
-    /// Feeds every record in the ring through the pipeline and publishes the events.
+    /// Feeds every record in the ring through the pipeline and publishes the events:
+    /// those a verdict waits for at once, the others (put off in the backlog) in chunks
+    /// between looks at the ring, each flow's records in ring order.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
-            match Record::decode(&item) {
-                Ok(rec) => self.pipeline.on_record(&rec, &mut self.sensor),
-                Err(e) => {
-                    self.decode_errors += 1;
-                    warn!("undecodable ring-buffer record: {e}");
+        loop {
+            while let Some(item) = ring.next() {
+                match Record::decode(&item) {
+                    Ok(rec) => {
+                        let key = rec.tuple.key();
+                        if backlog::awaited(&rec) {
+                            self.flush_flow(&key);
+                            self.pipeline.on_record(&rec, &mut self.sensor);
+                        } else {
+                            self.backlog.push(key, &item);
+                        }
+                    }
+                    Err(e) => {
+                        self.decode_errors += 1;
+                        warn!("undecodable ring-buffer record: {e}");
+                    }
                 }
+            }
+            let (pipeline, sensor) = (&mut self.pipeline, &mut self.sensor);
+            let more = self.backlog.handle_oldest(BACKLOG_CHUNK, |bytes| {
+                handle_put_off(pipeline, sensor, bytes);
+            });
+            if !more {
+                break;
             }
         }
         self.fanout.publish(&mut self.pipeline.events);
+    }
+
+    /// Handles the records of flow `key` put off, before one of its own that is awaited.
+    fn flush_flow(&mut self, key: &FlowKey) {
+        if self.backlog.holds(key) {
+            let (pipeline, sensor) = (&mut self.pipeline, &mut self.sensor);
+            self.backlog
+                .flush_flow(key, |bytes| handle_put_off(pipeline, sensor, bytes));
+        }
     }
 
     fn refresh_local_addrs(&mut self) {
@@ -1359,6 +1398,7 @@ mod tests {
                 attribution: None,
                 dns_block: DnsBlock::default(),
                 prefilter: Prefilter::default(),
+                backlog: Backlog::default(),
             };
             Fixture {
                 daemon,

@@ -2,8 +2,10 @@
 //! bytes of the [`record`](crate::record)s capture hands in (for QUIC, [`quic`] collects
 //! each flow's Initials), [`parse`] reads TLS and HTTP heads and QUIC Initials, and
 //! [`pipeline`] matches them against the policy and turns the decision into a
-//! [`verdict`] and events.
+//! [`verdict`] and events. [`backlog`] decides the order records are handled in: those a
+//! verdict waits for first.
 
+pub mod backlog;
 pub mod dns_block;
 pub mod names;
 pub mod parse;
