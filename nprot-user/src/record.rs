@@ -77,6 +77,13 @@ pub enum RecordError {
 }
 
 impl<'a> Record<'a> {
+    /// Whether a verdict may wait for this record: payload the kernel did not pre-allow
+    /// (the kernel wakes the daemon for exactly these). The latency figures count only
+    /// these, and the daemon handles them before anything put off.
+    pub fn awaited(&self) -> bool {
+        self.kind == RecordKind::Payload && self.prefilter != Prefiltered::Allowed
+    }
+
     /// Decodes one ring-buffer record.
     pub fn decode(bytes: &'a [u8]) -> Result<Record<'a>, RecordError> {
         let hdr_len = size_of::<RecordHeader>();

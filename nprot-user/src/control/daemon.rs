@@ -31,7 +31,7 @@ use crate::{
     },
     control::{
         cli::RunArgs,
-        config::{self, Config, EventsConfig, ProcessCgroup, Protocol, RingPoll},
+        config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
         protocol::{
             AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, QuicAccount,
             RemovedReply, Request, Response, RunReport, StatusReply,
@@ -40,7 +40,7 @@ use crate::{
         state::State,
     },
     datapath::{
-        backlog::{self, BACKLOG_CHUNK, Backlog},
+        backlog::{BACKLOG_CHUNK, Backlog},
         dns_block::{DnsBlock, NameMap},
         names::{DnsNames, EchAction, NameSettings},
         pipeline::{KnownProxy, OversizedAction, Pipeline, PipelineStats, VerdictTarget},
@@ -120,17 +120,12 @@ pub struct RunOptions {
     pub names: NameSettings,
     /// Block mode pre-filters flows in the kernel.
     pub prefilter: bool,
-    /// How the verdict loop waits for records.
-    pub ring_poll: RingPoll,
+    /// Whether the verdict loop busy-polls the ring buffer: `ring_poll` resolved for this
+    /// host's CPUs at start (it is not reloaded).
+    pub busy_poll: bool,
 }
 
 impl RunOptions {
-    /// Whether the verdict loop busy-polls the ring buffer on this host (`ring_poll`).
-    pub fn busy_poll(&self) -> bool {
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        self.ring_poll.busy(cpus)
-    }
-
     /// Lays the flags of `nprot run` over the config file (`--config`, else the default
     /// path if it exists, else built-in defaults).
     pub fn from_args(args: RunArgs) -> anyhow::Result<RunOptions> {
@@ -201,7 +196,9 @@ impl RunOptions {
             quic: config.quic,
             names,
             prefilter: config.prefilter,
-            ring_poll: config.ring_poll,
+            busy_poll: config
+                .ring_poll
+                .busy(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)),
         })
     }
 }
@@ -358,10 +355,20 @@ fn set_realtime(priority: u8) {
     }
 }
 
-/// Feeds a record put off in the backlog through the pipeline (it decoded once already).
-fn handle_put_off(pipeline: &mut Pipeline, verdicts: &mut dyn VerdictTarget, bytes: &[u8]) {
-    if let Ok(rec) = Record::decode(bytes) {
-        pipeline.on_record(&rec, verdicts);
+/// Feeds a record put off in the backlog through the pipeline. It decoded when it was put
+/// off; should it not now, it is counted with the undecodable ones.
+fn handle_put_off(
+    pipeline: &mut Pipeline,
+    verdicts: &mut dyn VerdictTarget,
+    decode_errors: &mut u64,
+    bytes: &[u8],
+) {
+    match Record::decode(bytes) {
+        Ok(rec) => pipeline.on_record(&rec, verdicts),
+        Err(e) => {
+            *decode_errors += 1;
+            warn!("undecodable ring-buffer record: {e}");
+        }
     }
 }
 
@@ -606,7 +613,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
 
     daemon.refresh_local_addrs();
-    let busy = daemon.opts.busy_poll();
+    let busy = daemon.opts.busy_poll;
     if busy {
         // A spinning SCHED_FIFO thread would starve whatever shares its core.
         info!("the verdict loop busy-polls the ring buffer, at normal priority");
@@ -681,12 +688,15 @@ impl Daemon {
             while let Some(item) = ring.next() {
                 match Record::decode(&item) {
                     Ok(rec) => {
-                        let key = rec.tuple.key();
-                        if backlog::awaited(&rec) {
-                            self.flush_flow(&key);
+                        let (pipeline, sensor) = (&mut self.pipeline, &mut self.sensor);
+                        let decode_errors = &mut self.decode_errors;
+                        let first =
+                            self.backlog
+                                .admit(rec.tuple.key(), rec.awaited(), &item, |b| {
+                                    handle_put_off(pipeline, sensor, decode_errors, b);
+                                });
+                        if first {
                             self.pipeline.on_record(&rec, &mut self.sensor);
-                        } else {
-                            self.backlog.push(key, &item);
                         }
                     }
                     Err(e) => {
@@ -696,23 +706,15 @@ impl Daemon {
                 }
             }
             let (pipeline, sensor) = (&mut self.pipeline, &mut self.sensor);
-            let more = self.backlog.handle_oldest(BACKLOG_CHUNK, |bytes| {
-                handle_put_off(pipeline, sensor, bytes);
+            let decode_errors = &mut self.decode_errors;
+            let more = self.backlog.handle_oldest(BACKLOG_CHUNK, |b| {
+                handle_put_off(pipeline, sensor, decode_errors, b);
             });
             if !more {
                 break;
             }
         }
         self.fanout.publish(&mut self.pipeline.events);
-    }
-
-    /// Handles the records of flow `key` put off, before one of its own that is awaited.
-    fn flush_flow(&mut self, key: &FlowKey) {
-        if self.backlog.holds(key) {
-            let (pipeline, sensor) = (&mut self.pipeline, &mut self.sensor);
-            self.backlog
-                .flush_flow(key, |bytes| handle_put_off(pipeline, sensor, bytes));
-        }
     }
 
     fn refresh_local_addrs(&mut self) {
@@ -771,7 +773,7 @@ impl<K: Kernel> Daemon<K> {
                 .map(|k| QuicAccount::new(&k, &self.pipeline.stats()))
                 .unwrap_or_default(),
             prefilter: self.prefilter.report.clone(),
-            busy_poll: self.opts.busy_poll(),
+            busy_poll: self.opts.busy_poll,
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped(),
             sinks: self.fanout.sink_stats(),

@@ -757,7 +757,7 @@ impl Pipeline {
     fn on_payload(&mut self, rec: &Record<'_>, ends: FlowEnds, verdicts: &mut dyn VerdictTarget) {
         // A pre-allowed flow's record wakes nobody and is read with the next drain: no
         // one waited for it, and the latency figures are those of verdicts waited for.
-        if rec.prefilter != Prefiltered::Allowed {
+        if rec.awaited() {
             self.wake_latency
                 .record(monotonic_ns().saturating_sub(rec.ts_ns));
         }
@@ -1027,7 +1027,7 @@ impl Pipeline {
         verdicts: &mut dyn VerdictTarget,
     ) {
         match verdicts.set_verdict(key, verdict) {
-            Ok(()) if rec.prefilter == Prefiltered::Allowed => {}
+            Ok(()) if !rec.awaited() => {}
             Ok(()) => self
                 .verdict_latency
                 .record(monotonic_ns().saturating_sub(rec.ts_ns)),

@@ -783,35 +783,37 @@ impl ProgStats {
     }
 }
 
-/// CPU time (user + system) the running sensor has used, in seconds.
-fn sensor_cpu_s(env: &Env) -> Result<f64> {
-    let pid = env
-        .sensor
+/// The running sensor's process id.
+fn sensor_pid(env: &Env) -> Result<u32> {
+    env.sensor
         .as_ref()
         .and_then(nprot_tests::Sensor::pid)
-        .context("sensor not running")?;
+        .context("sensor not running")
+}
+
+/// CPU time (user + system) the running sensor has used, in seconds.
+fn sensor_cpu_s(env: &Env) -> Result<f64> {
+    let pid = sensor_pid(env)?;
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command's closing parenthesis; utime and stime are the 12th and
     // 13th of them, in clock ticks.
     let rest = stat.rsplit_once(')').context("odd /proc/PID/stat")?.1;
-    let ticks: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|t| t.parse().ok())
-        .collect();
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut tick = || -> Result<f64> {
+        fields
+            .next()
+            .and_then(|t| t.parse().ok())
+            .context("no utime/stime in /proc/PID/stat")
+    };
+    let ticks = tick()? + tick()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks.iter().sum::<f64>() / hz)
+    Ok(ticks / hz)
 }
 
 /// Resident and peak memory of the running sensor, in MiB.
 fn sensor_rss(env: &Env) -> Result<Value> {
-    let pid = env
-        .sensor
-        .as_ref()
-        .and_then(nprot_tests::Sensor::pid)
-        .context("sensor not running")?;
+    let pid = sensor_pid(env)?;
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> Option<f64> {
         status
