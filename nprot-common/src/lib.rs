@@ -508,6 +508,12 @@ pub mod owner_stat {
     pub const COUNT: u32 = 2;
 }
 
+/// Records nobody waits for (connection records, pre-allowed payload) wake the daemon
+/// only each time the unread records grow past a multiple of this many bytes: it then
+/// never has more than about this much to take out of the ring before the record a
+/// verdict waits for, and at idle it sleeps until its periodic drain.
+pub const RECORDS_WAKE_BYTES: u64 = 32 * 1024;
+
 /// Default window in which held packets are requeued rather than dropped.
 pub const REQUEUE_NS_DEFAULT: u64 = 2_000_000;
 

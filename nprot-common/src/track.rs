@@ -358,16 +358,21 @@ pub fn step<H: Host>(
         if flow.flags & FLOW_CONTINUED != 0 && !seq_after(end, flow.decided_seq) {
             return Action::Pass;
         }
-        // Bytes past what the pre-filter judged (a second request) wait for the daemon.
-        // The verdict clock starts with them: the pre-allowed bytes waited for nothing,
-        // and their record may not even be read yet (it woke nobody).
+        // Bytes past what the pre-filter judged wait for the daemon. The verdict clock
+        // starts with them: the pre-allowed bytes waited for nothing, and their record
+        // may not even be read yet (it woke nobody). Unless they start right where the
+        // judged bytes end (the next request on a kept-alive connection, sent before
+        // the daemon's Continue for the last one): those are judged afresh.
         if flow.flags & FLOW_PREALLOWED != 0 && seq_after(end, flow.prefilter_end_seq) {
             flow.flags &= !FLOW_PREALLOWED;
             flow.payload_ns = now;
+            if seg.data_seq == flow.prefilter_end_seq && prefilter_on(host) {
+                return Action::Prefilter;
+            }
         }
         if flow.payload_ns == 0 {
             flow.payload_ns = now;
-            if matches!(host.config(), Some(cfg) if cfg.prefilter & prefilter::CONFIG_ON != 0) {
+            if prefilter_on(host) {
                 return Action::Prefilter;
             }
         }
@@ -378,6 +383,12 @@ pub fn step<H: Host>(
     } else {
         hold(host, flow)
     }
+}
+
+/// The daemon asked for client bytes awaiting a verdict to be pre-filtered.
+#[inline(always)]
+fn prefilter_on<H: Host>(host: &H) -> bool {
+    matches!(host.config(), Some(cfg) if cfg.prefilter & prefilter::CONFIG_ON != 0)
 }
 
 /// The server spoke before its client (SMTP, FTP; SSH when its banner wins the race):
@@ -467,11 +478,18 @@ fn restart_confirmed<H: Host>(host: &mut H, key: &FlowKey, flow: &mut FlowState)
 
 /// Applies [`Verdict::Continue`]: what is held goes, inspection goes on after
 /// `decided_seq` with a fresh capture budget, and the verdict clock restarts only if
-/// client bytes past it were captured already (a pipelined request).
+/// client bytes past it were captured already (a pipelined request). Those stay
+/// pre-allowed if the pre-filter allowed every one of them (kept-alive requests judged
+/// in the kernel while the daemon's Continue for an earlier one was on its way).
 #[inline(always)]
 fn continue_inspection(flow: &mut FlowState, decided_seq: u32, now: u64) {
+    let still_preallowed = flow.flags & FLOW_PREALLOWED != 0
+        && seq_after(flow.prefilter_end_seq, decided_seq)
+        && !seq_after(flow.capture_end_seq, flow.prefilter_end_seq);
     flow.flags |= FLOW_CONTINUED;
-    flow.flags &= !FLOW_PREALLOWED;
+    if !still_preallowed {
+        flow.flags &= !FLOW_PREALLOWED;
+    }
     flow.decided_seq = decided_seq;
     flow.captured = 0;
     flow.payload_ns = if seq_after(flow.capture_end_seq, decided_seq) {
@@ -1012,12 +1030,13 @@ pub(crate) mod tests {
             if outcome == prefilter::ALLOWED {
                 assert_eq!(first, Action::Pass);
                 assert_eq!(flow.prefilter_end_seq, 141);
-                // A second request before the verdict, long after the first: judged by
-                // nobody yet, and its answer waits from its own time (requeued).
+                // Bytes past the judged ones, long after them, in a segment that does
+                // not start where they end (a retransmission with more): judged by
+                // nobody yet, and their answer waits from their own time (requeued).
                 host.now += 2 * host.config.requeue_ns + 1;
-                let more = seg(true, TCP_ACK, 141, 801, 20);
+                let more = seg(true, TCP_ACK, 131, 801, 30);
                 assert_eq!(step(&mut host, &more, &key, lo, &mut flow), Action::Pass);
-                assert_eq!(host.captured, 60);
+                assert_eq!(host.captured, 70);
                 assert_eq!(flow.flags & FLOW_PREALLOWED, 0);
                 assert_eq!(step(&mut host, &answer, &key, server_lo, &mut flow), held);
             } else {
@@ -1073,6 +1092,71 @@ pub(crate) mod tests {
             step(&mut host, &next, &key, lo, &mut flow),
             Action::Prefilter
         );
+    }
+
+    /// The next request on a kept-alive connection, sent before the daemon's Continue for
+    /// the last one, is pre-filtered where it starts: allowed, its answer passes, and the
+    /// late Continue for the first request does not take that back; a candidate's answer
+    /// is held.
+    #[test]
+    fn a_kept_alive_request_is_prefiltered_before_the_last_ones_continue() {
+        for (outcome, held) in [(prefilter::ALLOWED, false), (prefilter::CANDIDATE, true)] {
+            let mut host = holding_host();
+            host.config.prefilter = prefilter::CONFIG_ON;
+            host.judgement = Judgement {
+                outcome: prefilter::ALLOWED,
+                covered: 40,
+            };
+            let (key, lo, server_lo, mut flow) = established(&mut host);
+            let first = seg(true, TCP_ACK, 101, 501, 40);
+            assert_eq!(
+                step(&mut host, &first, &key, lo, &mut flow),
+                Action::Prefilter
+            );
+            prefiltered(&mut host, &first, &mut flow);
+            let answer = seg(false, TCP_ACK, 501, 141, 300);
+            assert_eq!(
+                step(&mut host, &answer, &key, server_lo, &mut flow),
+                Action::Pass
+            );
+
+            host.now += 2 * host.config.requeue_ns + 1;
+            host.judgement.outcome = outcome;
+            let second = seg(true, TCP_ACK, 141, 801, 40);
+            assert_eq!(
+                step(&mut host, &second, &key, lo, &mut flow),
+                Action::Prefilter
+            );
+            assert_eq!(flow.payload_ns, host.now, "its own verdict clock");
+            prefiltered(&mut host, &second, &mut flow);
+            assert_eq!(host.captured, 80);
+            // The daemon's Continue for the first request comes late.
+            let mut cont = VerdictEntry::new(Verdict::Continue);
+            cont.decided_seq = 141;
+            host.verdict = Some(cont);
+            let answer = seg(false, TCP_ACK, 801, 181, 300);
+            let expect = if held {
+                Action::Hold { requeue: true }
+            } else {
+                Action::Pass
+            };
+            assert_eq!(step(&mut host, &answer, &key, server_lo, &mut flow), expect);
+            assert_eq!(
+                flow.flags & FLOW_PREALLOWED != 0,
+                !held,
+                "a Continue before the pre-allowed bytes leaves them pre-allowed"
+            );
+            // Its own Continue ends the pre-allowance: the third request starts afresh.
+            let mut cont = VerdictEntry::new(Verdict::Continue);
+            cont.decided_seq = 181;
+            host.verdict = Some(cont);
+            assert_eq!(
+                step(&mut host, &answer, &key, server_lo, &mut flow),
+                Action::Pass
+            );
+            assert_eq!(flow.flags & FLOW_PREALLOWED, 0);
+            assert_eq!(flow.payload_ns, 0);
+        }
     }
 
     /// A server that speaks first (an SSH or SMTP banner) has its bytes held and the flow

@@ -4,13 +4,13 @@
 use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use nprot_common::{
     CAPTURE_SEG_MAX, FlowState, PayloadRecord, RECORD_CANDIDATE, RECORD_FROM_SERVER,
-    RECORD_PREALLOWED, RecordHeader, RecordKind,
+    RECORD_PREALLOWED, RECORDS_WAKE_BYTES, RecordHeader, RecordKind,
     prefilter::{self as nprot_prefilter, Judgement},
     stat,
     track::{self, Segment},
@@ -22,17 +22,36 @@ use crate::{
     prefilter,
 };
 
-/// Reports a connection-level record. These are not urgent: they wake nobody and are read
-/// with the next payload record or by the daemon's periodic drain, which saves a wake-up
-/// per record on the verdict loop.
+/// The wake-up flag of a record of `len` bytes nobody waits for: none, unless it takes the
+/// unread records past a multiple of [`RECORDS_WAKE_BYTES`]. Otherwise such records are
+/// read with the next one that wakes the daemon, which must first take all of them out
+/// of the ring: a flood of them between two periodic drains would delay that one's verdict
+/// by milliseconds. A multiple rather than one threshold, so that a crossing missed in a
+/// race between CPUs is made up by the next.
+#[inline(always)]
+fn unurgent_wake(len: usize) -> u64 {
+    let unread = RECORDS.query(u64::from(BPF_RB_AVAIL_DATA));
+    // The ring's own 8-byte header comes on top of the record.
+    let after = unread + len as u64 + 8;
+    if unread / RECORDS_WAKE_BYTES != after / RECORDS_WAKE_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
+/// Reports a connection-level record. These are not urgent: they wake nobody (see
+/// [`unurgent_wake`]) and are read with the next payload record or by the daemon's
+/// periodic drain, which saves a wake-up per record on the verdict loop.
 #[inline(always)]
 pub fn emit(seg: &Segment, flow: &FlowState, from_client: bool, kind: RecordKind, now: u64) {
+    let wake = unurgent_wake(size_of::<RecordHeader>());
     match RECORDS.reserve::<RecordHeader>(0) {
         Some(mut entry) => {
             // SAFETY: fill_header writes every field of the reserved record.
             let hdr = unsafe { &mut *entry.as_mut_ptr() };
             track::fill_header(hdr, seg, flow, from_client, kind, now);
-            entry.submit(BPF_RB_NO_WAKEUP as u64);
+            entry.submit(wake);
         }
         None => {
             bump(stat::RINGBUF_DROPS);
@@ -154,13 +173,13 @@ fn send(
     // would be skipped while unwoken connection records are still unread). Unless the
     // pre-filter let the flow go on: nothing waits, and the record is read with the next
     // one that wakes the reader (which the daemon's backlog lets go first) or by the
-    // periodic drain, sparing a wake-up per flow.
+    // periodic drain, sparing a wake-up per flow ([`unurgent_wake`]).
     let wake = if flags & RECORD_PREALLOWED != 0 {
-        BPF_RB_NO_WAKEUP
+        unurgent_wake(total)
     } else {
-        BPF_RB_FORCE_WAKEUP
+        u64::from(BPF_RB_FORCE_WAKEUP)
     };
-    if RECORDS.output::<[u8]>(bytes, u64::from(wake)).is_ok() {
+    if RECORDS.output::<[u8]>(bytes, wake).is_ok() {
         true
     } else {
         bump(stat::RINGBUF_DROPS);

@@ -298,6 +298,75 @@ fn an_sni_in_the_second_segment_goes_to_the_daemon() {
     assert!(counter(&s, "pipeline", "blocked") >= 1, "{s}");
 }
 
+/// Python's http.client on one kept-alive connection: `KEPT` requests for good.example,
+/// then one for bad.example; prints what each got.
+const KEPT_ALIVE_PY: &str = r#"
+import http.client, json, sys
+c = http.client.HTTPConnection(sys.argv[1], 80, timeout=5)
+out = []
+for host in ["good.example"] * int(sys.argv[2]) + ["bad.example"]:
+    try:
+        c.request("GET", "/good", headers={"Host": host})
+        r = c.getresponse()
+        out.append([host, r.status, r.read().decode()])
+    except (ConnectionResetError, http.client.RemoteDisconnected) as e:
+        out.append([host, "reset", type(e).__name__])
+        break
+print(json.dumps(out))
+"#;
+
+/// Requests after the first on a kept-alive connection, each sent as soon as the last
+/// answer came (before the daemon's Continue for it), are judged in the kernel too: all
+/// pre-allowed, each still reported; a blocked name on the same connection is a
+/// candidate and reset with no response byte. Without the pre-filter starting again at a
+/// request's end, only the first request would count as pre-allowed.
+#[test]
+fn kept_alive_requests_are_each_judged_in_the_kernel() {
+    const KEPT: u64 = 20;
+    let env = Env::start_enforcing(
+        "block",
+        &[indicator("exact", "DomainName", "bad.example", "Block")],
+        &[],
+    )
+    .expect("sensor enforcing");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &env.topo.client_ns])
+        .arg(nprot_tests::clients::python3())
+        .args(["-c", KEPT_ALIVE_PY])
+        .arg(env.server_ip(false).to_string())
+        .arg(KEPT.to_string())
+        .output()
+        .expect("python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    for i in 0..KEPT as usize {
+        assert_eq!(
+            v[i][1],
+            200,
+            "request {}: {v}\n{}",
+            i + 1,
+            env.diagnostics()
+        );
+        assert_eq!(v[i][2].as_str().map(str::trim), Some(BODY_GOOD), "{v}");
+    }
+    assert_eq!(v[KEPT as usize][1], "reset", "{v}\n{}", env.diagnostics());
+    let s = wait_judged(&env, "candidates", 1);
+    assert_eq!(counter(&s, "kernel", "prefilter_allowed"), KEPT, "{s}");
+    assert_eq!(counter(&s, "kernel", "prefilter_undecided"), 0, "{s}");
+    for depth in 1..=KEPT {
+        nprot_tests::wait_event(&env, &format!("request {depth} reported"), |e| {
+            nprot_tests::ev::is(e, "HttpConnectionInspected")
+                && e["AdditionalFields"]["trans_depth"] == depth
+                && e["AdditionalFields"]["host"] == "good.example"
+        });
+    }
+    nprot_tests::wait_event(&env, "bad.example blocked", |e| {
+        nprot_tests::ev::is(e, nprot_tests::BLOCKED) && e["RemoteUrl"] == "http://bad.example/good"
+    });
+    stats(&env);
+}
+
 /// The part of `union bpf_attr` that `BPF_PROG_TEST_RUN` reads (linux/bpf.h); libc and
 /// aya have no binding for it.
 #[repr(C)]

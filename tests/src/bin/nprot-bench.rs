@@ -174,10 +174,14 @@ fn run(plan: &Plan) -> Result<Value> {
             let cpu_http = sensor_cpu_s(env)? - cpu;
             let t = flood(env, Flood::Tls, plan.flood, None)?;
             let share = kernel_share(&before, &env.stats()?);
+            let before = env.stats()?;
             let kept = keep_alive(env, plan.flood)?;
+            let kept_requeued = kernel_delta(&before, &env.stats()?, "requeued");
             let quic = quic_conn_per_s(env, plan.quic_connections)?;
+            let before = env.stats()?;
             let mh = flood(env, Flood::Http, plan.flood, Some(BLOCKED_EVERY))?;
             let mt = flood(env, Flood::Tls, plan.flood, Some(BLOCKED_EVERY))?;
+            let after = env.stats()?;
             Ok(json!({
                 "rss_mib": rss, "bulk": bulk, "http": h.rate, "tls": t.rate,
                 "kept": kept, "quic": quic, "kernel_share": share,
@@ -186,6 +190,10 @@ fn run(plan: &Plan) -> Result<Value> {
                 "kernel_ns_per_packet": progs.run_ns as f64 / progs.runs.max(1) as f64,
                 "mixed_http": mh.rate, "mixed_tls": mt.rate,
                 "blocked": mh.blocked + mt.blocked,
+                "blocked_max_ms": mh.blocked_max_ms.max(mt.blocked_max_ms),
+                "kept_requeued": kept_requeued,
+                "mixed_requeued": kernel_delta(&before, &after, "requeued"),
+                "mixed_held_dropped": kernel_delta(&before, &after, "held_packets"),
                 "blocked_answered": mh.blocked_answered + mt.blocked_answered,
                 "flood_connections": h.made + t.made + mh.made + mt.made,
             }))
@@ -332,13 +340,16 @@ fn guarded(
     Ok((measured, report))
 }
 
+/// How much a kernel counter grew between two `nprot stats`.
+fn kernel_delta(before: &Value, after: &Value, name: &str) -> f64 {
+    let at = |s: &Value| s["kernel"][name].as_f64().unwrap_or(0.0);
+    at(after) - at(before)
+}
+
 /// The share of flows the kernel decided between two `nprot stats`: pre-allowed of
 /// every flow whose first payload the pre-filter read.
 fn kernel_share(before: &Value, after: &Value) -> f64 {
-    let delta = |name: &str| {
-        let at = |s: &Value| s["kernel"][name].as_f64().unwrap_or(0.0);
-        at(after) - at(before)
-    };
+    let delta = |name: &str| kernel_delta(before, after, name);
     let allowed = delta("prefilter_allowed");
     allowed / (allowed + delta("prefilter_candidates") + delta("prefilter_undecided"))
 }
@@ -576,6 +587,8 @@ struct FloodRun {
     blocked: u64,
     /// Of which got response bytes (must be none).
     blocked_answered: u64,
+    /// How long the slowest blocked connection took to end, in ms.
+    blocked_max_ms: f64,
 }
 
 /// New connections per second from two client threads in the client namespace; with
@@ -600,6 +613,7 @@ fn flood(
     let failed = Arc::new(AtomicU64::new(0));
     let blocked = Arc::new(AtomicU64::new(0));
     let answered = Arc::new(AtomicU64::new(0));
+    let slowest_us = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers: Vec<_> = (0..2)
@@ -607,6 +621,7 @@ fn flood(
             let (ns, good, bad) = (env.topo.client_ns.clone(), good.clone(), bad.clone());
             let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
             let (blocked, answered) = (blocked.clone(), answered.clone());
+            let slowest_us = slowest_us.clone();
             thread::spawn(move || {
                 in_netns(&ns, || {
                     let mut buf = [0u8; 16 * 1024];
@@ -615,9 +630,12 @@ fn flood(
                         n += 1;
                         if blocked_every.is_some_and(|every| n.is_multiple_of(every)) {
                             blocked.fetch_add(1, Ordering::Relaxed);
+                            let t = Instant::now();
                             if one_connection(addr, &bad, &mut buf).is_ok() {
                                 answered.fetch_add(1, Ordering::Relaxed);
                             }
+                            let us = t.elapsed().as_micros() as u64;
+                            slowest_us.fetch_max(us, Ordering::Relaxed);
                             continue;
                         }
                         match one_connection(addr, &good, &mut buf) {
@@ -647,6 +665,7 @@ fn flood(
         made: done + failed + blocked,
         blocked,
         blocked_answered: answered.load(Ordering::Relaxed),
+        blocked_max_ms: slowest_us.load(Ordering::Relaxed) as f64 / 1e3,
     })
 }
 
@@ -939,8 +958,12 @@ fn print_table(r: &Value) {
         num("kernel_ns_per_packet"),
     );
     println!(
-        "blocked flows of the mixed floods answered with response bytes: {} (target 0)",
-        r["blocked_answered"]
+        "blocked flows of the mixed floods answered with response bytes: {} (target 0); slowest reset {:.1} ms; held answers requeued {} / dropped {} (mixed floods), requeued {} (kept-alive)",
+        r["blocked_answered"],
+        num("blocked_max_ms"),
+        num("mixed_requeued"),
+        num("mixed_held_dropped"),
+        num("kept_requeued"),
     );
     for d in r["daemon_decided"].as_array().into_iter().flatten() {
         println!(
