@@ -8,6 +8,7 @@ use nprot::{
         admin,
         cli::{Cli, Command},
         daemon::{self, RunOptions},
+        fleet,
     },
     replay::{self, ReplayOptions},
 };
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
             duration,
             client,
         } => admin::bypass(&client, &target, &duration),
+        Command::Fleet(args) => fleet::operator::run(&args),
         Command::Replay(args) => replay::run(&ReplayOptions {
             file: args.file,
             indicators: args.indicators,

@@ -26,6 +26,7 @@ pub mod bulk;
 pub mod clients;
 pub mod dns;
 pub mod events;
+pub mod fleet;
 pub mod frames;
 pub mod gateway;
 pub mod indicators;
@@ -73,6 +74,12 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number no other test world of this process has: for tests that build several
+/// [`netns::Topology`]s of their own (the fleet's).
+pub fn next_test_number() -> u32 {
+    COUNTER.fetch_add(1, Ordering::SeqCst) + 1
+}
 static STALE_CLEANUP: Once = Once::new();
 
 /// Fails unless the process runs as root.

@@ -49,6 +49,131 @@ pub enum Command {
     /// Replay a capture file (pcap or pcapng, e.g. from `tcpdump -w`) through the same
     /// inspection and policy, printing the events as JSON lines on stdout.
     Replay(ReplayArgs),
+    /// Manage the fleet's policy in NATS JetStream, and see every sensor's state.
+    Fleet(FleetArgs),
+}
+
+/// `nprot fleet …`: where the NATS servers are, and as whom.
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// A config file whose `[fleet]` says where the servers are and as whom.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A NATS server URL (repeat for several); replaces the config's `fleet.servers`.
+    #[arg(long = "server", value_name = "URL")]
+    pub servers: Vec<String>,
+    /// NATS user (with `--password`).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// NATS password; also read from `NPROT_FLEET_PASSWORD`.
+    #[arg(long, env = "NPROT_FLEET_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A NATS credentials file.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Print answers as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+/// `nprot fleet …` commands.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Create the policy and status buckets and the events stream where missing.
+    Init {
+        /// Copies of each kept in the cluster (1, 3 or 5).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+    /// Manage the fleet's indicators.
+    #[command(subcommand)]
+    Indicator(FleetIndicatorCommand),
+    /// Set the mode of a device group's sensors (or of every sensor: `all`).
+    Mode {
+        /// disabled, audit or block; `none` removes the group's mode.
+        mode: String,
+        /// The device group.
+        #[arg(long, default_value = "all")]
+        group: String,
+    },
+    /// Print the nats-server `authorization` user entry for a sensor: it may read the
+    /// policy and write only its own heartbeat and events (no server is contacted).
+    SensorUser {
+        /// The sensor's `fleet.device`.
+        #[arg(long)]
+        device: String,
+        /// Its password.
+        #[arg(long, env = "NPROT_SENSOR_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+    /// Print the events in the fleet's stream, oldest first, one JSON line each.
+    Events {
+        /// Only this sensor's.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Every sensor's last heartbeat, the policy revision it applied, its mode and
+    /// counters, and which are behind.
+    Status {
+        /// Heartbeats older than this many seconds count as stale.
+        #[arg(long, default_value_t = 10)]
+        stale_s: u64,
+    },
+}
+
+/// `nprot fleet indicator …`.
+#[derive(Debug, Subcommand)]
+pub enum FleetIndicatorCommand {
+    /// Add (or replace, by id) one indicator for a device group.
+    Add {
+        /// IpAddress, DomainName or Url.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: String,
+        /// The address, CIDR, domain or URL.
+        #[arg(long)]
+        value: String,
+        /// Allowed, Audit, Warn or Block.
+        #[arg(long)]
+        action: String,
+        /// The indicator's id (derived from its type and value when not given).
+        #[arg(long)]
+        id: Option<String>,
+        /// A title for events and lists.
+        #[arg(long)]
+        title: Option<String>,
+        /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expiration: Option<String>,
+        /// The device group (`all`: every sensor).
+        #[arg(long, default_value = "all")]
+        group: String,
+    },
+    /// Remove indicators by id.
+    Remove {
+        /// Ids of the indicators to remove.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// The device group.
+        #[arg(long, default_value = "all")]
+        group: String,
+    },
+    /// List the fleet's indicators (every group, or one).
+    List {
+        /// Only this device group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Import an indicator file (all entries or none: each is checked first).
+    Import {
+        /// The indicator file (JSON or Defender CSV).
+        file: PathBuf,
+        /// The device group.
+        #[arg(long, default_value = "all")]
+        group: String,
+    },
 }
 
 /// Arguments of `nprot run`.

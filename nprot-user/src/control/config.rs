@@ -113,6 +113,9 @@ pub struct Config {
     /// (the default: `busy` only with at least [`RingPoll::BUSY_MIN_CPUS`] CPUs).
     #[serde(deserialize_with = "de_from_str")]
     pub ring_poll: RingPoll,
+    /// The fleet (`[fleet]`, docs/fleet.md): policy from NATS JetStream, heartbeats and
+    /// events to it. None: a sensor on its own.
+    pub fleet: Option<crate::control::fleet::FleetConfig>,
 }
 
 /// How the verdict loop waits for ring-buffer records (`ring_poll`).
@@ -300,6 +303,7 @@ impl Default for Config {
             ech_public_names: Vec::new(),
             prefilter: true,
             ring_poll: RingPoll::Auto,
+            fleet: None,
         }
     }
 }
@@ -500,6 +504,14 @@ impl Config {
         if let Some(f) = &mut self.events.file {
             fix(f);
         }
+        if let Some(fleet) = &mut self.fleet {
+            for p in [&mut fleet.credentials, &mut fleet.nkey, &mut fleet.tls_ca]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
     }
 
     /// The indicator files with the action their plain-list entries get.
@@ -520,6 +532,12 @@ impl Config {
                 Some("events.stdout".into()),
                 "false, but there is no events.file and no [[events.collector]]: events would go nowhere".into(),
             ));
+        }
+        if let Some(fleet) = &self.fleet
+            && let Err(message) = fleet.validate()
+        {
+            let span = lookup(doc, &["fleet"]);
+            return Err(invalid(text, span, Some("fleet".into()), message));
         }
         Ok(())
     }

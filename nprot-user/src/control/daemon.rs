@@ -32,6 +32,11 @@ use crate::{
     control::{
         cli::RunArgs,
         config::{self, Config, EventsConfig, ProcessCgroup, Protocol},
+        fleet::{
+            FleetConfig,
+            bucket::{EVENTS_SUBJECT, FleetPolicy},
+            sensor::{SensorLink, Update},
+        },
         protocol::{
             AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, QuicAccount,
             RemovedReply, Request, Response, RunReport, StatusReply,
@@ -49,14 +54,17 @@ use crate::{
     events::{
         EventFactory,
         collector::{CollectorConfig, CollectorSink, Transport},
-        monotonic_ns, rfc3339_micros,
+        monotonic_ns,
+        outbox::{Outbox, OutboxSink},
+        rfc3339_micros,
         rotate::RotatingFileSink,
         sink::{Fanout, FileSink, Sink, StdoutSink},
     },
     histogram::LatencySummary,
     mode::Mode,
     policy::{
-        self, Action, Indicator, IndicatorType, Indicators, Policy, Subject, Target, load_json,
+        self, Action, Indicator, IndicatorError, IndicatorType, Indicators, Policy, Subject,
+        Target, load_json,
     },
     record::Record,
 };
@@ -123,6 +131,8 @@ pub struct RunOptions {
     /// Whether the verdict loop busy-polls the ring buffer: `ring_poll` resolved for this
     /// host's CPUs at start (it is not reloaded).
     pub busy_poll: bool,
+    /// `[fleet]`, read at start only.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl RunOptions {
@@ -199,6 +209,7 @@ impl RunOptions {
             busy_poll: config
                 .ring_poll
                 .busy(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)),
+            fleet: config.fleet.clone(),
         })
     }
 }
@@ -461,6 +472,12 @@ struct Daemon<K = Sensor> {
     prefilter: Prefilter,
     /// Records put off behind those a verdict waits for.
     backlog: Backlog,
+    /// The fleet policy in force (empty without `[fleet]`).
+    fleet: FleetPolicy,
+    /// The running link to the fleet.
+    fleet_link: Option<SensorLink>,
+    /// Refused fleet keys already logged, with their reason.
+    fleet_reported: HashMap<String, String>,
 }
 
 /// The running process attribution: its thread, its tables and the hooks' counters.
@@ -529,7 +546,25 @@ fn start_attribution(
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Sinks first: collector senders are threads, and must be spawned before this thread
     // goes SCHED_FIFO (threads inherit the policy).
-    let sinks = build_sinks(&opts.events)?;
+    let mut sinks = build_sinks(&opts.events)?;
+    // The fleet's thread too, and its events go to the stream through an outbox.
+    let fleet_link = match &opts.fleet {
+        Some(config) => {
+            let outbox = Outbox::new(config.event_buffer);
+            sinks.push(Box::new(OutboxSink::new(
+                outbox.clone(),
+                format!("fleet stream {EVENTS_SUBJECT}.{}", config.device_name()),
+            )));
+            let link = SensorLink::start(config.clone(), Some(outbox))?;
+            info!(
+                "fleet: device {} at {}",
+                link.device(),
+                config.servers.join(", ")
+            );
+            Some(link)
+        }
+        None => None,
+    };
     for sink in &sinks {
         info!("events to {}", sink.describe());
     }
@@ -537,10 +572,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     // Bad indicator files or state stop the start: no sensor with half a policy.
     let state = State::load(&opts.state_dir)?;
-    let mode = opts.mode.or(state.mode).unwrap_or(opts.config_mode);
+    // The fleet policy last applied: enforced from the start, NATS or not.
+    let mut fleet = FleetPolicy::load(&opts.state_dir, &opts.device_groups)?;
+    if !fleet.is_empty() {
+        info!(
+            "fleet: {} keys of revision {} from {}",
+            fleet.len(),
+            fleet.revision(),
+            opts.state_dir.display()
+        );
+    }
+    let mode = effective_mode(&opts, &state, &fleet);
     let load_started = Instant::now();
     let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
-    let policy = Policy::new(state.merged(files)?, &opts.device_groups);
+    let policy = Policy::new(compose(&state, files, &mut fleet)?, &opts.device_groups);
     let indicator_load = load_started.elapsed();
 
     // Signals first: a SIGTERM during start-up must still detach cleanly.
@@ -594,8 +639,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         dns_block: DnsBlock::default(),
         prefilter: Prefilter::default(),
         backlog: Backlog::default(),
+        fleet,
+        fleet_link,
+        fleet_reported: HashMap::new(),
     };
     daemon.sync_summaries();
+    daemon.beat();
+    // The daemon takes the link's updates in its loop; a sensor without a fleet waits on
+    // a channel nobody sends on.
+    let (_no_fleet, no_updates) = mpsc::channel(1);
+    let mut fleet_updates = daemon.fleet_link.as_mut().map_or(no_updates, |l| {
+        std::mem::replace(&mut l.updates, mpsc::channel(1).1)
+    });
     // Ready once the kernel holds what it needs of the policy (DNS names, the
     // pre-filter's summary).
     info!(
@@ -652,6 +707,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Some((request, reply)) = calls.recv() => {
                 let _ = reply.send(daemon.handle(request));
             }
+            Some(update) = fleet_updates.recv() => daemon.apply_fleet(update),
             _ = sighup.recv() => {
                 notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_ns() / 1000));
                 daemon.reload();
@@ -667,6 +723,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // to deliver what they hold, and the totals include what they could not.
     daemon.drain(ring.get_mut());
     daemon.fanout.close();
+    if let Some(link) = &mut daemon.fleet_link {
+        let lost = link.stop(Instant::now() + Duration::from_secs(2));
+        if lost > 0 {
+            warn!("fleet: {lost} events not delivered to the stream before the stop");
+        }
+    }
     daemon.report_totals();
     if let Some(path) = daemon.opts.stats.clone() {
         let json = serde_json::to_vec_pretty(&daemon.report())?;
@@ -726,6 +788,7 @@ impl Daemon {
 
     fn housekeeping(&mut self) {
         self.housekeeping_rounds += 1;
+        self.beat();
         if self.housekeeping_rounds.is_multiple_of(VERDICT_SWEEP_EVERY) {
             let n = self.sensor.sweep_stale_verdicts(VERDICT_STALE);
             if n > 0 {
@@ -774,6 +837,14 @@ impl<K: Kernel> Daemon<K> {
                 .unwrap_or_default(),
             prefilter: self.prefilter.report.clone(),
             busy_poll: self.opts.busy_poll,
+            fleet: self.fleet_link.as_ref().map(|link| {
+                let mut v = link.stats();
+                v["revision"] = self.fleet.revision().into();
+                v["keys"] = self.fleet.len().into();
+                v["refused"] = serde_json::json!(self.fleet.refused());
+                v["mode"] = serde_json::json!(self.fleet.mode().map(|(m, k)| (m.as_str(), k)));
+                v
+            }),
             events_written: self.fanout.written,
             events_dropped: self.fanout.dropped(),
             sinks: self.fanout.sink_stats(),
@@ -842,6 +913,11 @@ impl<K: Kernel> Daemon<K> {
 
     fn set_mode(&mut self, mode: &str) -> Result<ModeReply, String> {
         let mode: Mode = mode.parse()?;
+        if let Some((_, key)) = self.fleet.mode() {
+            return Err(format!(
+                "the mode is set by the fleet ({key}): change it with `nprot fleet mode`"
+            ));
+        }
         let mut next = self.state.clone();
         next.mode = Some(mode);
         // The kernel first: a mode it refuses must not come back from the state file at
@@ -1022,9 +1098,11 @@ impl<K: Kernel> Daemon<K> {
     fn apply_state(&mut self, next: State) -> Result<(), String> {
         let mut files = self.pipeline.policy().indicators().clone();
         files.truncate(self.file_len);
-        let merged = next.merged(files).map_err(|e| e.to_string())?;
+        let mut fleet = self.fleet.clone();
+        let merged = compose(&next, files, &mut fleet).map_err(|e| e.to_string())?;
         let policy = Policy::new(merged, &self.opts.device_groups);
         next.save(&self.opts.state_dir).map_err(|e| e.to_string())?;
+        self.fleet = fleet;
         self.state = next;
         self.pipeline.set_policy(Arc::new(policy));
         self.sync_summaries();
@@ -1131,7 +1209,9 @@ impl<K: Kernel> Daemon<K> {
                 opts.prefilter = fresh.prefilter;
             }
             let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
-            let merged = self.state.merged(files)?;
+            let mut fleet = self.fleet.clone();
+            let merged = compose(&self.state, files, &mut fleet)?;
+            self.fleet = fleet;
             Ok((file_len, Policy::new(merged, &opts.device_groups)))
         })();
         match result {
@@ -1146,7 +1226,7 @@ impl<K: Kernel> Daemon<K> {
                 self.pipeline.set_known_proxies(opts.proxies.clone());
                 self.pipeline.set_oversized(opts.oversized);
                 self.pipeline.set_name_settings(opts.names.clone());
-                let mode = opts.mode.or(self.state.mode).unwrap_or(opts.config_mode);
+                let mode = effective_mode(&opts, &self.state, &self.fleet);
                 let quic_changed = opts.quic != self.opts.quic;
                 self.opts = opts;
                 if mode != self.mode || quic_changed {
@@ -1170,6 +1250,130 @@ impl<K: Kernel> Daemon<K> {
             Err(e) => warn!("reload refused, the running policy stays: {e:#}"),
         }
     }
+}
+
+impl<K: Kernel> Daemon<K> {
+    /// Applies what the fleet's bucket holds now: the policy is rebuilt and swapped, the
+    /// mode follows the fleet's, and what was applied is persisted; a refused key is
+    /// logged once per value and keeps its last good value.
+    fn apply_fleet(&mut self, update: Update) {
+        let started = Instant::now();
+        let changed = match update {
+            Update::Snapshot { changes, revision } => self.fleet.replace(&changes, revision),
+            Update::Changes(changes) => self.fleet.apply(&changes),
+        };
+        if changed {
+            let mut files = self.pipeline.policy().indicators().clone();
+            files.truncate(self.file_len);
+            let mut fleet = self.fleet.clone();
+            match compose(&self.state, files, &mut fleet) {
+                Ok(merged) => {
+                    self.fleet = fleet;
+                    let policy = Policy::new(merged, &self.opts.device_groups);
+                    self.pipeline.set_policy(Arc::new(policy));
+                }
+                Err(e) => warn!("fleet: policy not applied: {e}"),
+            }
+            let mode = effective_mode(&self.opts, &self.state, &self.fleet);
+            if mode != self.mode {
+                match self
+                    .sensor
+                    .set_config(kernel_config(mode, &self.opts, self.prefilter.bits()))
+                {
+                    Ok(()) => {
+                        self.mode = mode;
+                        self.pipeline.set_mode(mode);
+                        info!("mode set to {mode} by the fleet");
+                    }
+                    Err(e) => warn!("fleet: mode {mode} not applied: {e}"),
+                }
+            }
+            self.sync_summaries();
+            info!(
+                "fleet: revision {} applied, {} keys, {} indicators in force ({:.0?})",
+                self.fleet.revision(),
+                self.fleet.len(),
+                self.pipeline.policy().len(),
+                started.elapsed()
+            );
+        }
+        if let Err(e) = self.fleet.save(&self.opts.state_dir) {
+            warn!("fleet: cannot persist the applied policy: {e}");
+        }
+        for (key, why) in self.fleet.refused() {
+            if self.fleet_reported.get(key) != Some(why) {
+                warn!("fleet: {key} refused, its last good value stays: {why}");
+                self.fleet_reported.insert(key.clone(), why.clone());
+            }
+        }
+        let refused = self.fleet.refused();
+        self.fleet_reported.retain(|k, _| refused.contains_key(k));
+        self.beat();
+    }
+
+    /// Tells the fleet link what the next heartbeat says.
+    fn beat(&self) {
+        let Some(link) = &self.fleet_link else {
+            return;
+        };
+        let stats = self.pipeline.stats();
+        let kernel = self.sensor.counters();
+        let flows = kernel.map_or(0, |k| k[stat::FLOWS_NEW as usize]);
+        link.set_heartbeat(serde_json::json!({
+            "groups": self.opts.device_groups,
+            "revision": self.fleet.revision(),
+            "mode": self.mode.as_str(),
+            "fleet_mode": self.fleet.mode().map(|(_, k)| k),
+            "indicators": self.pipeline.policy().len(),
+            "fleet_keys": self.fleet.len(),
+            "refused": self.fleet.refused().len(),
+            "counters": {
+                "flows": flows,
+                "blocked": stats.blocked,
+                "events_written": self.fanout.written,
+                "events_dropped": self.fanout.dropped(),
+            },
+        }));
+    }
+}
+
+/// The mode in force: the fleet's, else `--mode`, else the last `nprot mode`, else the
+/// config's.
+fn effective_mode(opts: &RunOptions, state: &State, fleet: &FleetPolicy) -> Mode {
+    fleet
+        .mode()
+        .map(|(m, _)| m)
+        .or(opts.mode)
+        .or(state.mode)
+        .unwrap_or(opts.config_mode)
+}
+
+/// The policy's indicators: the files', then the run-time ones, then the fleet's. A
+/// fleet indicator whose id a local one already has is refused (by key) and left out.
+fn compose(
+    state: &State,
+    files: Indicators,
+    fleet: &mut FleetPolicy,
+) -> Result<Indicators, IndicatorError> {
+    let mut all = state.merged(files)?;
+    let mut ids: HashSet<String> = all.iter().map(|i| i.id().to_owned()).collect();
+    let mut refuse = Vec::new();
+    for (key, ind) in fleet.indicators() {
+        if !ids.insert(ind.id.clone()) {
+            refuse.push((
+                key.to_owned(),
+                format!("id {:?} is taken by another indicator", ind.id),
+            ));
+            continue;
+        }
+        if let Err(e) = all.push(ind) {
+            refuse.push((key.to_owned(), e.to_string()));
+        }
+    }
+    for (key, why) in refuse {
+        fleet.refuse(&key, why);
+    }
+    Ok(all)
 }
 
 impl Daemon {
@@ -1401,6 +1605,9 @@ mod tests {
                 dns_block: DnsBlock::default(),
                 prefilter: Prefilter::default(),
                 backlog: Backlog::default(),
+                fleet: FleetPolicy::default(),
+                fleet_link: None,
+                fleet_reported: HashMap::new(),
             };
             Fixture {
                 daemon,

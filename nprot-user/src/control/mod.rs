@@ -1,11 +1,12 @@
 //! Running the sensor: the [`daemon`] that wires capture, data path, policy and events
 //! together under its [`config`], its control [`socket`] and [`protocol`], the [`cli`] and the [`admin`]
-//! commands that talk to it, the persisted [`state`] and [`sdnotify`] for systemd.
+//! commands that talk to it, the persisted [`state`], [`sdnotify`] for systemd, and the [`fleet`] on NATS JetStream.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod protocol;
 pub mod sdnotify;
 pub mod socket;

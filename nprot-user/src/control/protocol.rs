@@ -248,6 +248,9 @@ pub struct RunReport {
     /// Process attribution; absent when it is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<AttributionReport>,
+    /// The fleet link; absent without `[fleet]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Value>,
 }
 
 /// One entry of [`RunReport::sinks`].
@@ -428,6 +431,7 @@ mod tests {
             prefilter: PrefilterReport::default(),
             busy_poll: false,
             attribution: None,
+            fleet: None,
         };
         let value = serde_json::to_value(&report).unwrap();
         assert!(value.get("attribution").is_none());

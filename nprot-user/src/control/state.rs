@@ -102,32 +102,15 @@ impl State {
         })
     }
 
-    /// Writes `dir/state.json` atomically: a temporary file, fsync, rename, fsync of the
-    /// directory. A crash leaves either the old state or the new one, never half.
+    /// Writes `dir/state.json` atomically ([`write_atomic`]).
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StateError::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         let body = json!({
             "mode": self.mode.map(Mode::as_str),
             "indicators": self.indicators,
         });
-        let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(
-            serde_json::to_string_pretty(&body)
-                .unwrap_or_default()
-                .as_bytes(),
-        )
-        .and_then(|()| file.sync_all())
-        .map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))
+        let body = serde_json::to_string_pretty(&body).unwrap_or_default();
+        write_atomic(dir, STATE_FILE, body.as_bytes())
+            .map_err(|(path, source)| StateError::Io { path, source })
     }
 
     /// Adds or replaces (by id) `new` indicators; says which ids replaced one already
@@ -169,6 +152,27 @@ impl State {
         }
         Ok(all)
     }
+}
+
+/// Writes `dir/name` atomically: a temporary file, fsync, rename, fsync of the
+/// directory. A crash leaves either the old file or the new one, never half. An error
+/// names the path it happened on.
+pub fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
+    let at = |path: &Path| {
+        let path = path.to_owned();
+        move |e| (path, e)
+    };
+    fs::create_dir_all(dir).map_err(at(dir))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = fs::File::create(&tmp).map_err(at(&tmp))?;
+    file.write_all(body)
+        .and_then(|()| file.sync_all())
+        .map_err(at(&tmp))?;
+    fs::rename(&tmp, &path).map_err(at(&path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(at(dir))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod append;
 pub mod collector;
+pub mod outbox;
 pub mod rotate;
 pub mod sink;
 
