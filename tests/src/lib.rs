@@ -27,6 +27,7 @@ pub mod clients;
 pub mod dns;
 pub mod events;
 pub mod fleet;
+pub mod fleet_scale;
 pub mod frames;
 pub mod gateway;
 pub mod indicators;

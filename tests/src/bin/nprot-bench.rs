@@ -62,7 +62,12 @@ struct Plan {
     quic_connections: u32,
     /// `iptables -m string` rules of the side-by-side alternative.
     string_rules: usize,
+    /// Changes put to the fleet's bucket while [`FLEET_WATCHERS`] watch it.
+    fleet_changes: usize,
 }
+
+/// Watchers of the fleet's policy bucket in the propagation figure.
+const FLEET_WATCHERS: usize = 1000;
 
 const FULL: Plan = Plan {
     bulk: Duration::from_secs(4),
@@ -71,6 +76,7 @@ const FULL: Plan = Plan {
     indicators: 1_000_000,
     quic_connections: 100,
     string_rules: 1000,
+    fleet_changes: 10,
 };
 
 /// CI's quick mode: every figure, small numbers.
@@ -81,6 +87,7 @@ const QUICK: Plan = Plan {
     indicators: 20_000,
     quic_connections: 15,
     string_rules: 1000,
+    fleet_changes: 3,
 };
 
 /// The one name of the indicator set the benchmark's traffic does match (a Block):
@@ -237,6 +244,13 @@ fn run(plan: &Plan) -> Result<Value> {
         }
     }
 
+    // The fleet: a change to the policy bucket reaching 1000 watchers.
+    let fleet = nprot_tests::fleet_scale::propagation(
+        &dir.join("fleet"),
+        FLEET_WATCHERS,
+        plan.fleet_changes,
+    )?;
+
     let last = sensor_runs.last().context("no sensor run")?;
     let report = &last["report"];
     let flows = report["kernel"]["flows_new"].as_f64().unwrap_or(0.0);
@@ -287,6 +301,7 @@ fn run(plan: &Plan) -> Result<Value> {
         "daemon_decided": daemon_decided,
         "prefilter": report["prefilter"].clone(),
         "quic_initial_us": { "per_client_hello": quic_initial_us, "target": 10.0 },
+        "fleet_propagation": fleet.to_json(),
         "quic": report["quic"].clone(),
         "verdict_latency_us": report["verdict_latency"].clone(),
         "indicators": {
@@ -980,6 +995,16 @@ fn print_table(r: &Value) {
         "verdict latency (capture → verdict written): p50 {} µs, p99 {} µs (target ≤ 100), p99.9 {} µs, n={}",
         l["p50_us"], l["p99_us"], l["p999_us"], l["count"]
     );
+    let fp = &r["fleet_propagation"];
+    println!(
+        "fleet: a change to the policy bucket reached {} watchers ({} changes): p50 {:.1} ms, p99 {:.1} ms (target ≤ 1000), max {:.1} ms; nats-server memory {:.1} MiB",
+        fp["watchers"],
+        fp["changes"],
+        fp["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        fp["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        fp["max_ms"].as_f64().unwrap_or(f64::NAN),
+        fp["server_mib"].as_f64().unwrap_or(f64::NAN),
+    );
     let i = &r["indicators"];
     println!(
         "indicators: {} loaded by the sensor in {} ms (target ≤ 2000), sensor RSS {} MiB (target ≤ 200), match {:.0} ns/lookup",
@@ -1035,6 +1060,8 @@ fn check_complete(r: &Value) -> Result<()> {
         "/flood/ringbuf_drops",
         "/flood/held_packets",
         "/flood/fail_open",
+        "/fleet_propagation/p99_ms",
+        "/fleet_propagation/server_mib",
     ];
     let missing: Vec<&str> = figures
         .iter()
