@@ -44,8 +44,13 @@ pub const CLIENT_PORT: u16 = 4222;
 pub const MONITOR_PORT: u16 = 8222;
 /// Node `i`'s cluster (route) port is `ROUTE_PORT + i`.
 pub const ROUTE_PORT: u16 = 6222;
-/// How long [`NatsCluster::start`] and [`NatsCluster::restart`] wait for readiness.
+/// How long [`NatsCluster::start`] waits for readiness (a fresh cluster elects its meta
+/// leader within a second here).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`NatsCluster::restart`] and [`NatsCluster::restart_all`] wait: a cluster
+/// recovering its Raft state elects with randomised election timeouts of several seconds,
+/// and split votes repeat them (a full restart of 3 nodes took 4–20 s here, once more).
+pub const RECOVERY_TIMEOUT: Duration = Duration::from_mins(1);
 /// The most nodes a cluster may have (the port ranges stay apart, the log stays readable).
 pub const MAX_NODES: usize = 32;
 
@@ -57,6 +62,8 @@ const POLL: Duration = Duration::from_millis(100);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lines of each node's log in [`NatsCluster::log_tail`].
 const TAIL_LINES: usize = 30;
+/// What nats-server logs for each `/healthz` that fails.
+const HEALTHCHECK_WARNING: &str = "Healthcheck failed";
 /// Host part of the first attached namespace's address.
 const FIRST_ATTACHED_HOST: u8 = 10;
 
@@ -333,7 +340,7 @@ jetstream {{
     }
 
     /// Starts node `i` again with the same configuration and store, and waits (at most
-    /// [`READY_TIMEOUT`]) until it and every other running node are healthy and agree on
+    /// [`RECOVERY_TIMEOUT`]) until it and every other running node are healthy and agree on
     /// a meta leader, which needs a majority of the nodes running.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.node(i)?;
@@ -345,7 +352,7 @@ jetstream {{
         let bin = nats_server_binary()?;
         self.note_in_log(i, "restarted");
         self.spawn(&bin, i)?;
-        self.wait_ready(READY_TIMEOUT)
+        self.wait_ready(RECOVERY_TIMEOUT)
             .with_context(|| format!("NATS node n{i} not ready after its restart"))?;
         Ok(())
     }
@@ -361,7 +368,7 @@ jetstream {{
                 self.spawn(&bin, i)?;
             }
         }
-        self.wait_ready(READY_TIMEOUT)
+        self.wait_ready(RECOVERY_TIMEOUT)
             .context("NATS cluster not ready after restarting its nodes")?;
         Ok(())
     }
@@ -473,8 +480,6 @@ jetstream {{
                     p.problem.clone()
                 } else if !clustered {
                     continue;
-                } else if p.leader.is_none() {
-                    "no meta leader".to_owned()
                 } else if p.leader != leader {
                     format!(
                         "sees meta leader {:?}, n{} sees {leader:?}",
@@ -504,11 +509,15 @@ jetstream {{
         }
     }
 
-    /// Probes `/healthz` and `/jsz` of each of `nodes`, from inside the namespace.
+    /// Probes `/jsz` and `/healthz` of each of `nodes`, from inside the namespace.
     fn probe(&self, nodes: &[usize]) -> Vec<Probe> {
         let addrs: Vec<SocketAddr> = nodes.iter().map(|&i| self.monitor_addr(i)).collect();
+        let clustered = self.nodes.len() > 1;
         let probed = in_netns(&self.ns, move || {
-            addrs.iter().map(|&addr| probe_node(addr)).collect()
+            addrs
+                .iter()
+                .map(|&addr| probe_node(addr, clustered))
+                .collect()
         });
         probed.unwrap_or_else(|e| {
             nodes
@@ -530,21 +539,31 @@ jetstream {{
         }
     }
 
-    /// The last lines of node `i`'s log.
+    /// The last lines of node `i`'s log, without the warnings of failed health checks.
     fn node_log_tail(&self, i: usize) -> String {
         let Some(node) = self.nodes.get(i) else {
             return String::new();
         };
-        match fs::read_to_string(&node.log) {
-            Ok(text) => {
-                let lines: Vec<&str> = text.lines().collect();
-                lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
-            }
-            Err(e) => format!("(cannot read {}: {e})", node.log.display()),
+        let text = match fs::read_to_string(&node.log) {
+            Ok(text) => text,
+            Err(e) => return format!("(cannot read {}: {e})", node.log.display()),
+        };
+        // The harness's own polling makes these; they would crowd out the rest.
+        let (polls, lines): (Vec<&str>, Vec<&str>) =
+            text.lines().partition(|l| l.contains(HEALTHCHECK_WARNING));
+        let mut tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+        if !polls.is_empty() {
+            let _ = write!(
+                tail,
+                "\n({} `{HEALTHCHECK_WARNING}` lines of the harness's polling left out)",
+                polls.len()
+            );
         }
+        tail
     }
 
-    /// The last ~30 lines of every node's log, each under a header, for failure messages.
+    /// The last ~30 lines of every node's log (failed health checks, which the harness's
+    /// polling causes, left out), each under a header, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut out = String::new();
         for (i, node) in self.nodes.iter().enumerate() {
@@ -615,26 +634,31 @@ fn leader_of(jsz: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `/healthz` and `/jsz` of the node whose monitoring listens on `addr` (call inside the
-/// namespace).
-fn probe_node(addr: SocketAddr) -> Probe {
+/// `/jsz` and then `/healthz` of the node whose monitoring listens on `addr` (call inside
+/// the namespace). In a cluster `/healthz` is asked only once the node knows a meta
+/// leader: every failed health check writes a warning to the node's log, and an election
+/// can take many polls.
+fn probe_node(addr: SocketAddr, clustered: bool) -> Probe {
     let mut probe = Probe::default();
+    match http_get(addr, "/jsz") {
+        Ok((200, body)) => match serde_json::from_str::<Value>(&body) {
+            Ok(jsz) => probe.leader = leader_of(&jsz),
+            Err(e) => probe.problem = format!("/jsz: {e}: {body:?}"),
+        },
+        Ok((status, body)) => probe.problem = format!("/jsz: HTTP {status} {}", body.trim()),
+        Err(e) => probe.problem = format!("/jsz: {e:#}"),
+    }
+    if !probe.problem.is_empty() {
+        return probe;
+    }
+    if clustered && probe.leader.is_none() {
+        probe.problem = "no meta leader".to_owned();
+        return probe;
+    }
     match http_get(addr, "/healthz") {
         Ok((200, body)) if body.contains("\"ok\"") => probe.healthy = true,
         Ok((status, body)) => probe.problem = format!("/healthz: HTTP {status} {}", body.trim()),
         Err(e) => probe.problem = format!("/healthz: {e:#}"),
-    }
-    match http_get(addr, "/jsz") {
-        Ok((200, body)) => match serde_json::from_str::<Value>(&body) {
-            Ok(jsz) => probe.leader = leader_of(&jsz),
-            Err(e) if probe.problem.is_empty() => probe.problem = format!("/jsz: {e}: {body:?}"),
-            Err(_) => {}
-        },
-        Ok((status, body)) if probe.problem.is_empty() => {
-            probe.problem = format!("/jsz: HTTP {status} {}", body.trim());
-        }
-        Err(e) if probe.problem.is_empty() => probe.problem = format!("/jsz: {e:#}"),
-        _ => {}
     }
     probe
 }

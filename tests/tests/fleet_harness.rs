@@ -16,7 +16,7 @@ use std::{
 };
 
 use nprot_tests::{
-    fleet::{NatsCluster, READY_TIMEOUT},
+    fleet::{NatsCluster, RECOVERY_TIMEOUT},
     netns, require_root,
 };
 
@@ -95,7 +95,7 @@ fn nats_cluster_survives_a_killed_node() {
     assert!(!cluster.is_running(1), "n1 still runs after kill");
     assert!(cluster.is_running(0) && cluster.is_running(2), "n0, n2 run");
     let leader = cluster
-        .wait_ready(READY_TIMEOUT)
+        .wait_ready(RECOVERY_TIMEOUT)
         .unwrap_or_else(|e| panic!("n0 and n2 have no meta leader: {e:#}"));
     assert!(
         matches!(leader.as_deref(), Some("n0" | "n2")),
@@ -124,58 +124,4 @@ fn nats_cluster_survives_a_killed_node() {
         Duration::from_secs(5),
     )
     .unwrap_or_else(|e| panic!("n1's client port after restart: {e:#}"));
-}
-
-#[test]
-fn zz_adhoc() {
-    let scratch = Scratch::new();
-    // single node with accounts
-    let t = std::time::Instant::now();
-    let mut one = NatsCluster::start(
-        &scratch.dir.join("one"),
-        1,
-        "accounts { A { jetstream: enabled, users: [ {user: a, password: b} ] } }",
-    )
-    .expect("single");
-    eprintln!(
-        "single ready {:?} leader {:?} jsz {}",
-        t.elapsed(),
-        one.meta_leader(0),
-        one.monitor(0, "/jsz").unwrap()
-    );
-    one.kill(0);
-    one.restart(0).expect("single restart");
-    drop(one);
-    // leader kill timing
-    let mut c = NatsCluster::start(
-        &scratch.dir.join("three"),
-        3,
-        "authorization { token: \"s3cret\" }",
-    )
-    .expect("three");
-    let leader = c.wait_ready(READY_TIMEOUT).unwrap().unwrap();
-    let li: usize = leader[1..].parse().unwrap();
-    let t = std::time::Instant::now();
-    c.kill(li);
-    let l2 = c.wait_ready(READY_TIMEOUT).unwrap();
-    eprintln!("leader {leader} killed; new {l2:?} after {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    c.restart(li).unwrap();
-    eprintln!("restart ready after {:?}", t.elapsed());
-    c.stop_all();
-    let t = std::time::Instant::now();
-    c.restart_all().unwrap();
-    eprintln!("restart_all ready after {:?}", t.elapsed());
-    let ip2 = c.attach(&scratch.ns).unwrap();
-    eprintln!("attached {ip2}");
-    let ns2 = c.ns.clone();
-    drop(c);
-    eprintln!(
-        "exists after drop: {}",
-        std::path::Path::new("/run/netns").join(ns2).exists()
-    );
-    // bad config
-    let e =
-        NatsCluster::start(&scratch.dir.join("bad"), 2, "authorization { nonsense [").unwrap_err();
-    eprintln!("BAD CONFIG ERROR: {e:#}");
 }

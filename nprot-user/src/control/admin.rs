@@ -163,22 +163,12 @@ pub fn mode(client: &ClientArgs, mode: Mode) -> anyhow::Result<()> {
 pub fn indicator(cmd: IndicatorCommand) -> anyhow::Result<()> {
     match cmd {
         IndicatorCommand::Add {
-            kind,
-            value,
-            action,
-            id,
-            title,
-            expiration,
+            spec,
             process,
             client,
         } => {
-            let mut ind = json!({ "type": kind, "value": value, "action": action });
-            for (key, v) in [
-                ("id", id),
-                ("title", title),
-                ("expiration", expiration),
-                ("process", process),
-            ] {
+            let mut ind = spec.to_json();
+            for (key, v) in [("id", spec.id), ("process", process)] {
                 if let Some(v) = v {
                     ind[key] = json!(v);
                 }

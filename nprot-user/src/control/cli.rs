@@ -129,24 +129,9 @@ pub enum FleetCommand {
 pub enum FleetIndicatorCommand {
     /// Add (or replace, by id) one indicator for a device group.
     Add {
-        /// IpAddress, DomainName or Url.
-        #[arg(long = "type", value_name = "TYPE")]
-        kind: String,
-        /// The address, CIDR, domain or URL.
-        #[arg(long)]
-        value: String,
-        /// Allowed, Audit, Warn or Block.
-        #[arg(long)]
-        action: String,
-        /// The indicator's id (derived from its type and value when not given).
-        #[arg(long)]
-        id: Option<String>,
-        /// A title for events and lists.
-        #[arg(long)]
-        title: Option<String>,
-        /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
-        #[arg(long)]
-        expiration: Option<String>,
+        /// The indicator.
+        #[command(flatten)]
+        spec: IndicatorSpec,
         /// The device group (`all`: every sensor).
         #[arg(long, default_value = "all")]
         group: String,
@@ -261,29 +246,52 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// The fields of an indicator that `indicator add` and `fleet indicator add` take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IndicatorSpec {
+    /// IpAddress, DomainName or Url.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: String,
+    /// The address, CIDR, domain or URL.
+    #[arg(long)]
+    pub value: String,
+    /// Allowed, Audit, Warn or Block.
+    #[arg(long)]
+    pub action: String,
+    /// The indicator's id (derived from its type and value when not given).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A title for events and lists.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
+    #[arg(long)]
+    pub expiration: Option<String>,
+}
+
+impl IndicatorSpec {
+    /// The indicator file's JSON object for these fields (without `id`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut ind = serde_json::json!({
+            "type": self.kind, "value": self.value, "action": self.action,
+        });
+        for (key, v) in [("title", &self.title), ("expiration", &self.expiration)] {
+            if let Some(v) = v {
+                ind[key] = serde_json::json!(v);
+            }
+        }
+        ind
+    }
+}
+
 /// `nprot indicator …`.
 #[derive(Debug, Subcommand)]
 pub enum IndicatorCommand {
     /// Add (or replace, by id) one indicator.
     Add {
-        /// IpAddress, DomainName or Url.
-        #[arg(long = "type", value_name = "TYPE")]
-        kind: String,
-        /// The address, CIDR, domain or URL.
-        #[arg(long)]
-        value: String,
-        /// Allowed, Audit, Warn or Block.
-        #[arg(long)]
-        action: String,
-        /// The indicator's id (derived from its type and value when not given).
-        #[arg(long)]
-        id: Option<String>,
-        /// A title for events and lists.
-        #[arg(long)]
-        title: Option<String>,
-        /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
-        #[arg(long)]
-        expiration: Option<String>,
+        /// The indicator.
+        #[command(flatten)]
+        spec: IndicatorSpec,
         /// Apply to one program only: its executable's file name (`curl`) or absolute
         /// path (`/usr/bin/curl`).
         #[arg(long)]

@@ -152,22 +152,9 @@ async fn indicator(
 ) -> anyhow::Result<()> {
     let kv = policy(js).await?;
     match cmd {
-        FleetIndicatorCommand::Add {
-            kind,
-            value,
-            action,
-            id,
-            title,
-            expiration,
-            group,
-        } => {
-            let mut ind = json!({ "type": kind, "value": value, "action": action });
-            for (k, v) in [("title", title), ("expiration", expiration)] {
-                if let Some(v) = v {
-                    ind[k] = json!(v);
-                }
-            }
-            let id = match id {
+        FleetIndicatorCommand::Add { spec, group } => {
+            let ind = spec.to_json();
+            let id = match &spec.id {
                 Some(id) => id.clone(),
                 None => derive_id(&ind, group)?,
             };
