@@ -32,7 +32,7 @@ use serde_json::Value;
 
 use crate::{
     netns::{add_namespace, delete_namespaces, in_netns, ip, netns_cmd},
-    process::{pid_alive, terminate},
+    process::terminate,
     require_root,
 };
 
@@ -652,8 +652,10 @@ fn probe_node(addr: SocketAddr, clustered: bool) -> Probe {
         return probe;
     }
     if clustered && probe.leader.is_none() {
-        probe.problem = "no meta leader".to_owned();
-        return probe;
+        return Probe {
+            problem: "no meta leader".to_owned(),
+            ..Probe::default()
+        };
     }
     match http_get(addr, "/healthz") {
         Ok((200, body)) if body.contains("\"ok\"") => probe.healthy = true,
@@ -688,51 +690,23 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-/// Deletes namespaces named like a [`NatsCluster`]'s (`np-<pid>-<n>-nats`) whose creating
-/// process no longer exists: leftovers of a killed run ([`crate::netns`]'s own clean-up
-/// knows only `-c`, `-r` and `-s`).
+/// Deletes namespaces left by killed runs, a [`NatsCluster`]'s (`np-<pid>-<n>-nats`)
+/// among them ([`crate::netns::remove_stale_namespaces`]).
 pub fn remove_stale_nats_namespaces() {
-    let Ok(entries) = fs::read_dir("/run/netns") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = stale_owner(&name) else {
-            continue;
-        };
-        if pid != std::process::id() && !pid_alive(pid) {
-            // Errors do not matter: another run may be removing it too.
-            let _ = delete_namespaces(&[&name]);
-        }
-    }
-}
-
-/// The pid in a name `np-<pid>-<n>-nats`.
-fn stale_owner(name: &str) -> Option<u32> {
-    let mut parts = name.split('-');
-    let (Some("np"), Some(pid), Some(n), Some("nats"), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
-    n.parse::<u32>().ok()?;
-    pid.parse().ok()
+    crate::netns::remove_stale_namespaces();
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
-    use super::{NatsCluster, leader_of, process_running, stale_owner};
+    use super::{NatsCluster, leader_of, process_running};
+    use crate::netns::stale_owner;
 
     #[test]
     fn stale_owner_parses_only_cluster_names() {
         assert_eq!(stale_owner("np-123-4-nats"), Some(123));
-        assert_eq!(stale_owner("np-123-4-c"), None);
+        assert_eq!(stale_owner("np-123-4-c"), Some(123));
         assert_eq!(stale_owner("np-abc-4-nats"), None);
         assert_eq!(stale_owner("np-1-x-nats"), None);
         assert_eq!(stale_owner("np-1-2-nats-d"), None);

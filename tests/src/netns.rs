@@ -317,10 +317,11 @@ pub fn remove_stale_namespaces() {
     }
 }
 
-/// The pid in a name `np-<pid>-<n>-c`, `np-<pid>-<n>-r` or `np-<pid>-<n>-s`.
-fn stale_owner(name: &str) -> Option<u32> {
+/// The pid in a name `np-<pid>-<n>-c`, `-r`, `-s` or `-nats` (a
+/// [`crate::fleet::NatsCluster`]'s).
+pub(crate) fn stale_owner(name: &str) -> Option<u32> {
     let mut parts = name.split('-');
-    let (Some("np"), Some(pid), Some(n), Some("c" | "r" | "s"), None) = (
+    let (Some("np"), Some(pid), Some(n), Some("c" | "r" | "s" | "nats"), None) = (
         parts.next(),
         parts.next(),
         parts.next(),
