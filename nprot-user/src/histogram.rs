@@ -12,6 +12,8 @@ const OCTAVES: u64 = 40;
 pub struct Histogram {
     counts: Vec<u64>,
     total: u64,
+    /// Sum of the samples, in ns.
+    sum: u128,
     /// Largest sample, in ns.
     pub max: u64,
 }
@@ -21,6 +23,7 @@ impl Default for Histogram {
         Histogram {
             counts: vec![0; (SUB_BUCKETS * OCTAVES) as usize],
             total: 0,
+            sum: 0,
             max: 0,
         }
     }
@@ -32,12 +35,40 @@ impl Histogram {
         let i = bucket(ns).min(self.counts.len() - 1);
         self.counts[i] += 1;
         self.total += 1;
+        self.sum += u128::from(ns);
         self.max = self.max.max(ns);
     }
 
     /// Number of samples.
     pub fn count(&self) -> u64 {
         self.total
+    }
+
+    /// Sum of the samples, in seconds.
+    pub fn sum_s(&self) -> f64 {
+        self.sum as f64 / 1e9
+    }
+
+    /// Samples per bucket of `bounds_ns` (ascending upper bounds), then those above the
+    /// last (bound +Inf), as Prometheus histogram buckets in seconds. A sample counts in
+    /// the first bound its whole bucket lies under (bounds are rounded to bucket edges,
+    /// ≈ 3 %).
+    pub fn buckets(&self, bounds_ns: &[u64]) -> Vec<(f64, u64)> {
+        let mut out = Vec::with_capacity(bounds_ns.len() + 1);
+        let mut i = 0;
+        for &b in bounds_ns {
+            let mut n = 0;
+            while i < self.counts.len() && upper_bound(i) <= b {
+                n += self.counts[i];
+                i += 1;
+            }
+            out.push((b as f64 / 1e9, n));
+        }
+        out.push((
+            f64::INFINITY,
+            self.counts[i.min(self.counts.len())..].iter().sum(),
+        ));
+        out
     }
 
     /// The `q`-quantile (0.0–1.0), or `None` without samples.

@@ -43,6 +43,7 @@ const APT_PACKAGES: &[&str] = &[
     "openssh-client", // ssh, a protocol that names nothing: judged by its DNS name
     "iptables",       // the bench's side-by-side: `-m string` rules, as an admin would write them
     "nats-server",    // the fleet tests: a JetStream cluster of real servers
+    "prometheus",     // promtool check metrics, on the sensor's /metrics
 ];
 
 /// PyPI packages of the QUIC tests (HTTP/3 client and server, Initial decryption), pinned.

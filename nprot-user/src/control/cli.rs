@@ -209,6 +209,10 @@ pub struct RunArgs {
     /// [config: process_cgroup, default auto].
     #[arg(long, value_name = "DIR|auto|off")]
     pub process_cgroup: Option<crate::control::config::ProcessCgroup>,
+    /// Serve `/metrics` (Prometheus text format) on ADDR, e.g. 127.0.0.1:9477
+    /// [config: metrics_listen, default none].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// On exit, write counters and verdict-latency percentiles to FILE (JSON).
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,

@@ -116,6 +116,9 @@ pub struct Config {
     /// The fleet (`[fleet]`, docs/fleet.md): policy from NATS JetStream, heartbeats and
     /// events to it. None: a sensor on its own.
     pub fleet: Option<crate::control::fleet::FleetConfig>,
+    /// Serve `/metrics` (Prometheus text format) here, e.g. `127.0.0.1:9477`; unset: no
+    /// metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How the verdict loop waits for ring-buffer records (`ring_poll`).
@@ -304,6 +307,7 @@ impl Default for Config {
             prefilter: true,
             ring_poll: RingPoll::Auto,
             fleet: None,
+            metrics_listen: None,
         }
     }
 }

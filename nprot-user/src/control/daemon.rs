@@ -37,6 +37,7 @@ use crate::{
             bucket::{EVENTS_SUBJECT, FleetPolicy},
             sensor::{SensorLink, Update},
         },
+        metrics::{Latency, MetricsServer, Snapshot},
         protocol::{
             AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, QuicAccount,
             RemovedReply, Request, Response, RunReport, StatusReply,
@@ -133,6 +134,8 @@ pub struct RunOptions {
     pub busy_poll: bool,
     /// `[fleet]`, read at start only.
     pub fleet: Option<FleetConfig>,
+    /// Where `/metrics` is served, if anywhere (read at start only).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl RunOptions {
@@ -210,6 +213,7 @@ impl RunOptions {
                 .ring_poll
                 .busy(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)),
             fleet: config.fleet.clone(),
+            metrics_listen: args.metrics_listen.or(config.metrics_listen),
         })
     }
 }
@@ -478,6 +482,8 @@ struct Daemon<K = Sensor> {
     fleet_link: Option<SensorLink>,
     /// Refused fleet keys already logged, with their reason.
     fleet_reported: HashMap<String, String>,
+    /// The `/metrics` endpoint.
+    metrics: Option<MetricsServer>,
 }
 
 /// The running process attribution: its thread, its tables and the hooks' counters.
@@ -569,6 +575,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         info!("events to {}", sink.describe());
     }
     let fanout = Fanout::new(sinks);
+    let metrics = match opts.metrics_listen {
+        Some(addr) => {
+            let server = MetricsServer::start(addr)?;
+            info!("metrics on http://{addr}/metrics");
+            Some(server)
+        }
+        None => None,
+    };
 
     // Bad indicator files or state stop the start: no sensor with half a policy.
     let state = State::load(&opts.state_dir)?;
@@ -642,8 +656,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         fleet,
         fleet_link,
         fleet_reported: HashMap::new(),
+        metrics,
     };
     daemon.sync_summaries();
+    daemon.publish_metrics();
     daemon.beat();
     // The daemon takes the link's updates in its loop; a sensor without a fleet waits on
     // a channel nobody sends on.
@@ -789,6 +805,7 @@ impl Daemon {
     fn housekeeping(&mut self) {
         self.housekeeping_rounds += 1;
         self.beat();
+        self.publish_metrics();
         if self.housekeeping_rounds.is_multiple_of(VERDICT_SWEEP_EVERY) {
             let n = self.sensor.sweep_stale_verdicts(VERDICT_STALE);
             if n > 0 {
@@ -1377,6 +1394,21 @@ fn compose(
 }
 
 impl Daemon {
+    /// Hands `/metrics` what the next scrapes show.
+    fn publish_metrics(&mut self) {
+        if self.metrics.is_none() {
+            return;
+        }
+        let snapshot = Snapshot {
+            report: serde_json::to_value(self.report()).unwrap_or_default(),
+            verdict: Latency::from(&self.pipeline.verdict_latency),
+            wake: Latency::from(&self.pipeline.wake_latency),
+        };
+        if let Some(m) = &self.metrics {
+            m.update(snapshot);
+        }
+    }
+
     fn report_totals(&self) {
         let p = self.pipeline.stats();
         info!(
@@ -1608,6 +1640,7 @@ mod tests {
                 fleet: FleetPolicy::default(),
                 fleet_link: None,
                 fleet_reported: HashMap::new(),
+                metrics: None,
             };
             Fixture {
                 daemon,

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fleet;
+pub mod metrics;
 pub mod protocol;
 pub mod sdnotify;
 pub mod socket;
