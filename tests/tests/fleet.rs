@@ -552,6 +552,52 @@ fn a_sensor_restarted_with_nats_down_keeps_its_fleet_policy() {
         ],
     );
     m.until_blocked("bad.example", Instant::now(), Duration::from_secs(2));
+    // An import for the sensor's group: every entry checked, then written.
+    let file = root.join("import.json");
+    std::fs::write(
+        &file,
+        r#"{"indicators":[{"id":"i1","type":"DomainName","value":"www.good.example","action":"Block"},
+            {"id":"i2","type":"Url","value":"http://good.example/x","action":"Block"}]}"#,
+    )
+    .unwrap();
+    let bad_file = root.join("bad-import.json");
+    std::fs::write(
+        &bad_file,
+        r#"{"indicators":[{"id":"ok","type":"DomainName","value":"x.example","action":"Block"},
+            {"id":"bad","type":"DomainName","value":"","action":"Block"}]}"#,
+    )
+    .unwrap();
+    let refused = fleet(
+        &cluster,
+        &[
+            "indicator",
+            "import",
+            &bad_file.to_string_lossy(),
+            "--group",
+            "web",
+        ],
+    );
+    assert!(!refused.status.success(), "a bad file was imported");
+    let imported = fleet_ok(
+        &cluster,
+        &[
+            "indicator",
+            "import",
+            &file.to_string_lossy(),
+            "--group",
+            "web",
+        ],
+    );
+    assert!(imported.contains("imported 2 for web"), "{imported}");
+    let listed = fleet_ok(&cluster, &["--json", "indicator", "list", "--group", "web"]);
+    assert!(
+        listed.contains("ind.web.i1")
+            && listed.contains("ind.web.i2")
+            && !listed.contains("ind.web.ok"),
+        "{listed}"
+    );
+    m.until_blocked("www.good.example", Instant::now(), Duration::from_secs(2));
+    assert!(m.passes("good.example"), "the URL indicator is for /x only");
     m.stop();
     cluster.stop_all();
     m.start();
@@ -561,7 +607,7 @@ fn a_sensor_restarted_with_nats_down_keeps_its_fleet_policy() {
         "NATS is down: {}",
         s["fleet"]
     );
-    assert_eq!(s["fleet"]["keys"], 1, "{}", s["fleet"]);
+    assert_eq!(s["fleet"]["keys"], 3, "{}", s["fleet"]);
     m.until_blocked("bad.example", Instant::now(), Duration::from_secs(1));
     assert!(m.passes("good.example"));
     drop(m);
