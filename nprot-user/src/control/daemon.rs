@@ -1275,14 +1275,15 @@ impl<K: Kernel> Daemon<K> {
     /// logged once per value and keeps its last good value.
     fn apply_fleet(&mut self, update: Update) {
         let started = Instant::now();
+        // Applied to a copy: the fleet's state changes only with the policy it makes.
+        let mut fleet = self.fleet.clone();
         let changed = match update {
-            Update::Snapshot { changes, revision } => self.fleet.replace(&changes, revision),
-            Update::Changes(changes) => self.fleet.apply(&changes),
+            Update::Snapshot { changes, revision } => fleet.replace(&changes, revision),
+            Update::Changes(changes) => fleet.apply(&changes),
         };
         if changed {
             let mut files = self.pipeline.policy().indicators().clone();
             files.truncate(self.file_len);
-            let mut fleet = self.fleet.clone();
             match compose(&self.state, files, &mut fleet) {
                 Ok(merged) => {
                     self.fleet = fleet;
@@ -1313,6 +1314,9 @@ impl<K: Kernel> Daemon<K> {
                 self.pipeline.policy().len(),
                 started.elapsed()
             );
+        } else {
+            // Nothing in force changed; the revision seen and the refusals did.
+            self.fleet = fleet;
         }
         if let Err(e) = self.fleet.save(&self.opts.state_dir) {
             warn!("fleet: cannot persist the applied policy: {e}");
@@ -1373,10 +1377,16 @@ fn compose(
     fleet: &mut FleetPolicy,
 ) -> Result<Indicators, IndicatorError> {
     let mut all = state.merged(files)?;
-    let mut ids: HashSet<String> = all.iter().map(|i| i.id().to_owned()).collect();
+    // The fleet's ids (few) checked against the local ones (up to millions) in one pass,
+    // without a set of the local ones.
+    let mut taken: HashSet<&str> = HashSet::new();
+    if !fleet.is_empty() {
+        let fleet_ids: HashSet<&str> = fleet.indicators().map(|(_, i)| i.id.as_str()).collect();
+        taken.extend(all.iter().filter_map(|i| fleet_ids.get(i.id()).copied()));
+    }
     let mut refuse = Vec::new();
     for (key, ind) in fleet.indicators() {
-        if !ids.insert(ind.id.clone()) {
+        if !taken.insert(ind.id.as_str()) {
             refuse.push((
                 key.to_owned(),
                 format!("id {:?} is taken by another indicator", ind.id),

@@ -105,7 +105,17 @@ impl Outbox {
         self.shared.1.notify_all();
     }
 
-    /// Lines dropped, and lines still queued (lost if the sensor stops now).
+    /// Gives up the lines still queued (the sensor stops): they count as dropped.
+    /// Returns how many.
+    pub fn abandon(&self) -> usize {
+        let mut s = self.lock();
+        let n = s.lines.len();
+        s.lines.clear();
+        s.dropped += n as u64;
+        n
+    }
+
+    /// Lines dropped, lines delivered, and lines still queued.
     pub fn counts(&self) -> (u64, u64, usize) {
         let s = self.lock();
         (s.dropped, s.delivered, s.lines.len())
@@ -170,5 +180,11 @@ mod tests {
         assert_eq!(got.iter().map(|l| l.seq).collect::<Vec<_>>(), [3, 4, 5]);
         assert_eq!(got[0].bytes, b"c");
         assert_eq!(outbox.counts(), (1, 1, 3));
+        assert_eq!(outbox.abandon(), 3);
+        assert_eq!(
+            outbox.counts(),
+            (4, 1, 0),
+            "abandoned lines count as dropped"
+        );
     }
 }

@@ -147,8 +147,9 @@ impl SensorLink {
         })
     }
 
-    /// Stops the thread after giving queued events until `deadline` to go out; returns
-    /// how many were still queued (lost).
+    /// Stops the thread after giving queued events until `deadline` to go out; those
+    /// still queued then are counted as dropped (the sink's `dropped`, the exit totals).
+    /// Returns how many.
     pub fn stop(&mut self, deadline: Instant) -> usize {
         if let Some(outbox) = &self.outbox {
             outbox.close();
@@ -160,7 +161,7 @@ impl SensorLink {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.outbox.as_ref().map_or(0, |o| o.counts().2)
+        self.outbox.as_ref().map_or(0, Outbox::abandon)
     }
 }
 
