@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             client,
         } => admin::bypass(&client, &target, &duration),
         Command::Fleet(args) => fleet::operator::run(&args),
+        Command::Notify { socket } => nprot::control::notify::agent::run(&socket),
         Command::Replay(args) => replay::run(&ReplayOptions {
             file: args.file,
             indicators: args.indicators,

@@ -51,6 +51,13 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Manage the fleet's policy in NATS JetStream, and see every sensor's state.
     Fleet(FleetArgs),
+    /// Desktop prompts: show this user's blocked and warned flows as desktop
+    /// notifications (run one per desktop session, as the user).
+    Notify {
+        /// The daemon's notify socket (its `notify_socket`).
+        #[arg(long, value_name = "PATH", default_value = crate::control::notify::server::DEFAULT_NOTIFY_SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 /// `nprot fleet …`: where the NATS servers are, and as whom.
