@@ -24,6 +24,7 @@ pub mod barrier;
 pub mod bpf;
 pub mod bulk;
 pub mod clients;
+pub mod desktop;
 pub mod dns;
 pub mod events;
 pub mod fleet;
