@@ -38,6 +38,8 @@ struct World {
     a: Session,
     b: Option<Session>,
     env: Env,
+    /// The sensor's config file.
+    config: PathBuf,
 }
 
 impl World {
@@ -58,24 +60,7 @@ impl World {
             ),
         )
         .expect("config");
-        let indicators = [
-            with(
-                indicator("blk", "DomainName", "bad.example", "Block"),
-                "title",
-                "no bad sites",
-            ),
-            with(
-                indicator("wrn", "DomainName", "warn.example", "Warn"),
-                "title",
-                "think twice",
-            ),
-        ];
-        env.enforce(
-            "block",
-            &indicators,
-            &["--config", &config.to_string_lossy()],
-        )
-        .expect("sensor with the notify socket");
+        enforce(&mut env, &config);
         assert!(
             socket.exists(),
             "no notify socket at {}\n{}",
@@ -85,7 +70,7 @@ impl World {
 
         let a = start_session(&env, "a", true, &socket);
         let b = with_b.then(|| start_session(&env, "b", false, &socket));
-        World { a, b, env }
+        World { a, b, env, config }
     }
 
     fn curl(&self, session: &Session, name: &str) -> CurlRun {
@@ -183,6 +168,28 @@ impl World {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Starts the sensor enforcing the tests' Block and Warn with `config`.
+fn enforce(env: &mut Env, config: &std::path::Path) {
+    let indicators = [
+        with(
+            indicator("blk", "DomainName", "bad.example", "Block"),
+            "title",
+            "no bad sites",
+        ),
+        with(
+            indicator("wrn", "DomainName", "warn.example", "Warn"),
+            "title",
+            "think twice",
+        ),
+    ];
+    env.enforce(
+        "block",
+        &indicators,
+        &["--config", &config.to_string_lossy()],
+    )
+    .expect("sensor with the notify socket");
 }
 
 /// A test user's session in the test's directory with `nprot notify` running in it,
@@ -365,4 +372,36 @@ fn allow_is_refused_when_bypasses_need_an_administrator() {
         "A's https://warn.example after the refusal",
         &w.curl(&w.a, "warn.example"),
     );
+}
+
+/// An agent outlives a restart of the daemon: it reconnects by itself, and the new
+/// daemon's prompts reach it.
+#[test]
+fn the_agent_reconnects_when_the_daemon_restarts() {
+    let mut w = World::start("user", false);
+    let log = w.a.stderr_of("nprot notify").expect("agent's stderr");
+    w.env
+        .sensor_mut()
+        .expect("sensor")
+        .stop(Duration::from_secs(5))
+        .expect("stop the sensor");
+    w.env.sensor = None;
+    assert!(
+        log.wait_for(|t| t.contains("closed the connection"), PROMPT_TIMEOUT),
+        "the agent did not see the daemon go\n{}",
+        w.diagnostics()
+    );
+    enforce(&mut w.env, &w.config);
+    // The agent's backoff is at most 30 s between tries.
+    assert!(
+        log.wait_for(
+            |t| count(t, "connected to the nprot daemon") >= 2,
+            Duration::from_secs(40)
+        ),
+        "the agent did not reconnect\n{}",
+        w.diagnostics()
+    );
+    assert_reset(&w, "A's https://bad.example", &w.curl(&w.a, "bad.example"));
+    w.wait_blocked(&w.a.user, "bad.example", "Block");
+    w.wait_notify(&w.a, "blocked: bad.example (no bad sites)");
 }

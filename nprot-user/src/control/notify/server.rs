@@ -501,3 +501,151 @@ impl Drop for NotifySink {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::{io::BufRead as _, time::Instant};
+
+    use super::*;
+
+    /// A Blocked event line of `account`'s flow to `host`, by a `action` indicator.
+    fn event(account: &str, host: &str, action: &str) -> String {
+        json!({
+            "ActionType": "ExploitGuardNetworkProtectionBlocked",
+            "RemoteIP": "192.0.2.1", "RemotePort": 443,
+            "InitiatingProcessFileName": "curl",
+            "InitiatingProcessAccountName": account,
+            "RemoteUrl": host,
+            "AdditionalFields": {
+                "IsAudit": false, "IndicatorId": "i", "IndicatorValue": host,
+                "Action": action, "DisplayName": "t"
+            }
+        })
+        .to_string()
+            + "\n"
+    }
+
+    fn temp_socket(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nprot-notify-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("run").join("notify.sock")
+    }
+
+    /// Waits (20 ms polls, 5 s at most) until `n` agents are connected.
+    fn wait_agents(sink: &NotifySink, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.shared.connected.load(Ordering::Relaxed) != n {
+            assert!(Instant::now() < deadline, "{n} agents never connected");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn an_agent_gets_its_accounts_prompts_and_may_allow_only_what_it_was_warned() {
+        let me = nix::unistd::geteuid().as_raw();
+        let Some(account) = account_of(me) else {
+            eprintln!("skipped: uid {me} has no account name");
+            return;
+        };
+        let path = temp_socket("allow");
+        let (mut server, mut sink) = NotifyServer::start(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o666);
+        // Nobody connected: lines are not even parsed, nothing is queued.
+        sink.write_batch(event(&account, "early.example", "Block").as_bytes())
+            .unwrap();
+
+        let agent = UnixStream::connect(&path).unwrap();
+        agent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut lines = BufReader::new(agent.try_clone().unwrap()).lines();
+        wait_agents(&sink, 1);
+        let batch = event("someone-else", "other.example", "Warn")
+            + r#"{"ActionType":"ConnectionSuccess"}"#
+            + "\n"
+            + &event(&account, "w.example", "Warn");
+        sink.write_batch(batch.as_bytes()).unwrap();
+        // Another account's prompt, had it been sent, would have come first.
+        let first: wire::FromDaemon =
+            serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let wire::FromDaemon::Prompt(prompt) = first else {
+            panic!("not a prompt: {first:?}");
+        };
+        assert_eq!(
+            (prompt.kind, prompt.target.as_str()),
+            (Kind::Warned, "w.example")
+        );
+
+        (&agent)
+            .write_all(b"{\"allow\":\"other.example\"}\n")
+            .unwrap();
+        let refused = lines.next().unwrap().unwrap();
+        assert!(refused.contains("was not warned to you"), "{refused}");
+
+        let daemon = thread::spawn(move || {
+            let request = server.requests.blocking_recv().unwrap();
+            let seen = (request.uid, request.account.clone(), request.target.clone());
+            request.reply.send(Ok("granted".into())).unwrap();
+            seen
+        });
+        (&agent).write_all(b"{\"allow\":\"w.example\"}\n").unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), r#"{"ok":"granted"}"#);
+        assert_eq!(
+            daemon.join().unwrap(),
+            (me, account.clone(), "w.example".to_owned())
+        );
+
+        (&agent).write_all(b"not json\n").unwrap();
+        assert!(lines.next().unwrap().unwrap().contains("bad request"));
+        let stats = sink.stats();
+        assert_eq!(
+            (
+                stats["agents"].as_u64(),
+                stats["prompts_sent"].as_u64(),
+                stats["allow_requests"].as_u64()
+            ),
+            (Some(1), Some(1), Some(1)),
+            "{stats}"
+        );
+
+        sink.finish();
+        assert!(!path.exists(), "the socket outlived the daemon");
+        // The agent sees the end of its connection.
+        assert!(lines.next().is_none_or(|l| l.is_err()));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn a_stuck_agent_costs_counted_drops_and_is_dropped() {
+        let me = nix::unistd::geteuid().as_raw();
+        let Some(account) = account_of(me) else {
+            eprintln!("skipped: uid {me} has no account name");
+            return;
+        };
+        let path = temp_socket("stuck");
+        let (_server, mut sink) = NotifyServer::start(&path).unwrap();
+        // Connected, never reading.
+        let _agent = UnixStream::connect(&path).unwrap();
+        wait_agents(&sink, 1);
+        let line = event(&account, "b.example", "Block");
+        let batch = line.repeat(20_000);
+        // The socket buffer fills, the dispatcher's write waits, the queue fills: the
+        // sink drops, counts, and never waits.
+        let started = Instant::now();
+        sink.write_batch(batch.as_bytes()).unwrap();
+        // (Waiting on a write per prompt would take hours; parsing takes milliseconds.)
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the sink waited"
+        );
+        assert!(sink.dropped() > 0, "{}", sink.stats());
+        // Then the write times out and the agent is let go.
+        wait_agents(&sink, 0);
+        drop(sink);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+}
