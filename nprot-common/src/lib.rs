@@ -237,8 +237,11 @@ impl Verdict {
 pub struct VerdictEntry {
     /// [`Verdict`] as u8.
     pub verdict: u8,
+    /// With [`Verdict::Block`]: 1 to answer the client with the page the daemon put in
+    /// `PAGES` under the flow's key (a plain-HTTP request), rather than a reset.
+    pub page: u8,
     /// Padding, zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
     /// Client sequence number up to which bytes are decided (Continue only). Client
     /// segments that end at or before it (a request body being skipped) are neither held
     /// for nor captured.
@@ -250,8 +253,17 @@ impl VerdictEntry {
     pub fn new(verdict: Verdict) -> VerdictEntry {
         VerdictEntry {
             verdict: verdict as u8,
-            _pad: [0; 3],
+            page: 0,
+            _pad: [0; 2],
             decided_seq: 0,
+        }
+    }
+
+    /// Block, answering the client with the flow's page from `PAGES`.
+    pub fn block_with_page() -> VerdictEntry {
+        VerdictEntry {
+            page: 1,
+            ..VerdictEntry::new(Verdict::Block)
         }
     }
 
@@ -259,7 +271,8 @@ impl VerdictEntry {
     pub fn continue_after(decided_seq: u32) -> VerdictEntry {
         VerdictEntry {
             verdict: Verdict::Continue as u8,
-            _pad: [0; 3],
+            page: 0,
+            _pad: [0; 2],
             decided_seq,
         }
     }
@@ -351,6 +364,66 @@ pub struct FlowState {
     /// QUIC flows: the first 8 bytes of the Source Connection ID the server last sent in a
     /// long header: the client's later Initials are addressed to it.
     pub quic_scid: u64,
+    /// TCP: the sequence number just past the last server byte let through to the client
+    /// (from the SYN-ACK on), where a forged page starts; 0 when unknown.
+    pub server_next_seq: u32,
+    /// TCP: a blocked flow's page ([`PAGE_WANTED`], [`PAGE_SENT`]), 0 for none.
+    pub page: u8,
+    /// Padding, zero.
+    pub _pad: [u8; 3],
+}
+
+/// Entries of the kernel's `PAGES` map: pages of blocked flows not yet sent.
+pub const MAX_PAGES: u32 = 1024;
+
+/// [`FlowState::page`]: the next server packet is to be turned into the page.
+pub const PAGE_WANTED: u8 = 1;
+/// [`FlowState::page`]: the page went out (with a FIN); the server was reset.
+pub const PAGE_SENT: u8 = 2;
+
+/// Largest page (HTTP response head and body) the kernel forges: one segment that fits a
+/// 1280-byte IPv6 path with a full TCP header, a multiple of 4.
+pub const PAGE_MAX: usize = 1176;
+
+/// A value of the kernel's `PAGES` map: the HTTP response a blocked flow's client gets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PageEntry {
+    /// Bytes of `bytes` in use, 1..=[`PAGE_MAX`].
+    pub len: u32,
+    /// One's-complement sum of `bytes[..len]` as 16-bit words in memory order (an odd
+    /// last byte padded with zero), folded: the page's part of the TCP checksum.
+    pub sum: u32,
+    /// The response, zero past `len`.
+    pub bytes: [u8; PAGE_MAX],
+}
+
+impl PageEntry {
+    /// The entry for `response`, or None if it is empty or longer than [`PAGE_MAX`].
+    pub fn new(response: &[u8]) -> Option<PageEntry> {
+        if response.is_empty() || response.len() > PAGE_MAX {
+            return None;
+        }
+        let mut bytes = [0u8; PAGE_MAX];
+        bytes[..response.len()].copy_from_slice(response);
+        let mut sum = 0u32;
+        for pair in bytes[..response.len().next_multiple_of(2)].chunks_exact(2) {
+            sum += u32::from(u16::from_ne_bytes([pair[0], pair[1]]));
+        }
+        Some(PageEntry {
+            len: response.len() as u32,
+            sum: fold(sum),
+            bytes,
+        })
+    }
+}
+
+/// Folds a one's-complement sum to 16 bits (kept in a u32).
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u32 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum
 }
 
 /// Kind of a ring-buffer record.
@@ -679,8 +752,14 @@ pub mod stat {
     /// Pre-filter program not tail-called (slot empty, packet not handed over): the bytes
     /// were captured unjudged (also counted undecided). Should stay 0.
     pub const PREFILTER_TAIL_CALLS_FAILED: u32 = 41;
+    /// Blocked plain-HTTP flows whose client got the forged page (or redirect) in the
+    /// server's stead.
+    pub const PAGES_SENT: u32 = 42;
+    /// Blocked flows that were to get a page and were reset instead: no page in `PAGES`,
+    /// a tunnelled segment, or a rewrite the kernel refused.
+    pub const PAGE_FAILED: u32 = 43;
     /// Number of counters.
-    pub const COUNT: u32 = 42;
+    pub const COUNT: u32 = 44;
     /// Counter names, in index order, for reports.
     pub const NAMES: [&str; COUNT as usize] = [
         "flows_new",
@@ -725,13 +804,16 @@ pub mod stat {
         "prefilter_candidates",
         "prefilter_undecided",
         "prefilter_tail_calls_failed",
+        "pages_sent",
+        "page_failed",
     ];
 }
 
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        FlowKey, FlowState, FlowTuple, RecordHeader, SensorConfig, SocketOwner, VerdictEntry,
+        FlowKey, FlowState, FlowTuple, PAGE_MAX, PageEntry, RecordHeader, SensorConfig,
+        SocketOwner, VerdictEntry,
     };
 
     // SAFETY: repr(C), only integer fields and arrays of them (`RawAddr` is `[u32; 4]`),
@@ -757,16 +839,20 @@ mod pod {
     // SAFETY: repr(C), only integer fields and a byte array, no padding at all (48 bytes,
     // align 8); any bit pattern is valid.
     unsafe impl aya::Pod for SocketOwner {}
+    // SAFETY: repr(C), two u32 and a byte array, no padding (1184 bytes, align 4); any
+    // bit pattern is valid.
+    unsafe impl aya::Pod for PageEntry {}
 
     // The sizes the comments above rely on: a field added with an implicit hole fails here.
     const _: () = {
         assert!(size_of::<FlowKey>() == 40);
         assert!(size_of::<FlowTuple>() == 40);
-        assert!(size_of::<FlowState>() == 120);
+        assert!(size_of::<FlowState>() == 128);
         assert!(size_of::<RecordHeader>() == 88);
         assert!(size_of::<SensorConfig>() == 40);
         assert!(size_of::<VerdictEntry>() == 8);
         assert!(size_of::<SocketOwner>() == 48);
+        assert!(size_of::<PageEntry>() == 8 + PAGE_MAX);
     };
 }
 

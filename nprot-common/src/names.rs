@@ -10,6 +10,8 @@
 pub const FLOWS: &str = "FLOWS";
 /// Hash: [`crate::FlowKey`] → [`crate::VerdictEntry`], decisions waiting for the kernel.
 pub const VERDICTS: &str = "VERDICTS";
+/// LRU hash: [`crate::FlowKey`] → [`crate::PageEntry`], the pages of blocked flows.
+pub const PAGES: &str = "PAGES";
 /// Ring buffer: handshake outcomes and captured client payload.
 pub const RECORDS: &str = "RECORDS";
 /// Array of one [`crate::SensorConfig`].

@@ -15,9 +15,10 @@
 use crate::{
     CAPTURE_SEG_MAX, FLOW_CLIENT_IS_LO, FLOW_CLOSE_REPORTED, FLOW_CONTINUED, FLOW_MIDSTREAM,
     FLOW_PREALLOWED, FLOW_RESTART_CLIENT_LO, FLOW_RESTART_PENDING, FLOW_SYN_EGRESS, FlowKey,
-    FlowState, FlowTuple, Inspect, RECORD_BUDGET_SPENT, RECORD_EGRESS, RECORD_TRUNCATED, RawAddr,
-    RecordHeader, RecordKind, SensorConfig, TcpPhase, Verdict, VerdictEntry,
-    lifecycle::{self, SynStep, TCP_ACK, TCP_RST, TCP_SYN},
+    FlowState, FlowTuple, Inspect, PAGE_SENT, PAGE_WANTED, RECORD_BUDGET_SPENT, RECORD_EGRESS,
+    RECORD_TRUNCATED, RawAddr, RecordHeader, RecordKind, SensorConfig, TcpPhase, Verdict,
+    VerdictEntry,
+    lifecycle::{self, SynStep, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     prefilter::{self, Judgement},
     seq_after, stat,
 };
@@ -107,7 +108,8 @@ pub enum Action {
         requeue: bool,
     },
     /// The packet is dropped: a datagram of a blocked QUIC flow, or a QUIC Initial that
-    /// `quic = "block"` refuses. Never returned for TCP.
+    /// `quic = "block"` refuses; for TCP, a packet of a flow whose page went out
+    /// ([`Action::Page`]) that must not reach the other end.
     Drop,
     /// The packet was answered: rewritten into the answer (a forged NXDOMAIN for a DNS
     /// query of a blocked name, [`crate::dns::step`]), it goes back to its sender, and
@@ -117,6 +119,15 @@ pub enum Action {
     /// TC program hands the packet to the pre-filter program, which captures and judges
     /// them ([`prefiltered`]). Never returned with the pre-filter off.
     Prefilter,
+    /// The first server packet after a block with a page: it becomes the page (from
+    /// `PAGES`), from `seq` and acknowledging `ack`, with a FIN, and a reset goes back to
+    /// the server in its stead. Reset, if the page cannot be forged.
+    Page {
+        /// Where the client expects the server's next byte.
+        seq: u32,
+        /// The client's bytes acknowledged.
+        ack: u32,
+    },
 }
 
 /// Where the tracker runs: the kernel's maps and helpers, or replay's tables.
@@ -308,7 +319,7 @@ pub fn step<H: Host>(
     count_packet(flow, seg, from_client, now);
 
     if flow.verdict == Verdict::Block as u8 {
-        return reset(host, seg);
+        return blocked(host, seg, flow, from_client);
     }
 
     // Fast path: a flow whose inspection ended and whose handshake is settled. Its close
@@ -342,7 +353,10 @@ pub fn step<H: Host>(
                 flow.phase = TcpPhase::Closed as u8;
                 host.bump(stat::FLOWS_CLOSED);
                 host.bump(stat::FLOWS_RESET);
-                return reset(host, seg);
+                if entry.page != 0 {
+                    flow.page = PAGE_WANTED;
+                }
+                return blocked(host, seg, flow, from_client);
             }
             return Action::Pass;
         }
@@ -378,10 +392,57 @@ pub fn step<H: Host>(
         }
         capture(host, seg, flow);
         Action::Pass
-    } else if flow.payload_ns == 0 && flow.flags & FLOW_CONTINUED == 0 {
-        server_first(host, seg, flow)
     } else {
-        hold(host, flow)
+        let action = if flow.payload_ns == 0 && flow.flags & FLOW_CONTINUED == 0 {
+            server_first(host, seg, flow)
+        } else {
+            hold(host, flow)
+        };
+        if action == Action::Pass {
+            let end = seg.seq.wrapping_add(seg.payload_len);
+            if flow.server_next_seq == 0 || seq_after(end, flow.server_next_seq) {
+                flow.server_next_seq = end;
+            }
+        }
+        action
+    }
+}
+
+/// A packet of a blocked flow. Without a page it becomes resets. With one, the server's
+/// next packet carries the page to the client; the client's packets go on until then
+/// (the server answers them). Once the page is out the server's packets are dropped and
+/// so are the client's bare ACKs of it, so that nothing reaches the client's socket
+/// before its application has read the page and closed: its FIN, or any data, is reset.
+#[inline(always)]
+fn blocked<H: Host>(
+    host: &mut H,
+    seg: &Segment,
+    flow: &mut FlowState,
+    from_client: bool,
+) -> Action {
+    if seg.flags & TCP_RST != 0 {
+        return Action::Pass;
+    }
+    match flow.page {
+        PAGE_WANTED if from_client => Action::Pass,
+        PAGE_WANTED => {
+            flow.page = PAGE_SENT;
+            let seq = if flow.server_next_seq != 0 {
+                flow.server_next_seq
+            } else {
+                seg.seq
+            };
+            let ack = if seq_after(flow.capture_end_seq, seg.ack) {
+                flow.capture_end_seq
+            } else {
+                seg.ack
+            };
+            Action::Page { seq, ack }
+        }
+        PAGE_SENT if !from_client || (seg.payload_len == 0 && seg.flags & TCP_FIN == 0) => {
+            Action::Drop
+        }
+        _ => reset(host, seg),
     }
 }
 
@@ -549,6 +610,7 @@ fn handshake<H: Host>(host: &mut H, seg: &Segment, flow: &mut FlowState, from_cl
             host.emit(seg, flow, from_client, RecordKind::Failed);
         } else if seg.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
             flow.phase = TcpPhase::SynAckSeen as u8;
+            flow.server_next_seq = seg.seq.wrapping_add(1);
         }
     } else if phase == TcpPhase::SynAckSeen as u8
         && from_client
@@ -948,6 +1010,70 @@ pub(crate) mod tests {
         step(host, &synack, &key, server_lo, &mut flow);
         step(host, &seg(true, TCP_ACK, 101, 501, 0), &key, lo, &mut flow);
         (key, lo, server_lo, flow)
+    }
+
+    /// A block with a page: the client's packets go on until the server's next one,
+    /// which becomes the page from where the client expects the server's next byte (past
+    /// the bytes of an earlier, allowed answer); then the server's packets and the
+    /// client's bare ACKs are dropped, and the client's FIN is reset.
+    #[test]
+    fn a_block_with_a_page_turns_the_servers_next_packet_into_it() {
+        let mut host = holding_host();
+        let (key, lo, server_lo, mut flow) = established(&mut host);
+        assert_eq!(flow.server_next_seq, 501);
+        let request = seg(true, TCP_ACK, 101, 501, 40);
+        assert_eq!(step(&mut host, &request, &key, lo, &mut flow), Action::Pass);
+        host.now += 10;
+        let answer = seg(false, TCP_ACK, 501, 141, 300);
+        assert!(matches!(
+            step(&mut host, &answer, &key, server_lo, &mut flow),
+            Action::Hold { .. }
+        ));
+        host.verdict = Some(VerdictEntry::block_with_page());
+        // The verdict comes with a client packet (its ACK of nothing): it goes on.
+        let client_ack = seg(true, TCP_ACK, 141, 501, 0);
+        assert_eq!(
+            step(&mut host, &client_ack, &key, lo, &mut flow),
+            Action::Pass
+        );
+        assert_eq!(flow.page, PAGE_WANTED);
+        // The held answer's second segment comes first: the page still starts at 501,
+        // and acknowledges the whole request although the server did not yet.
+        let later = seg(false, TCP_ACK, 801, 121, 300);
+        assert_eq!(
+            step(&mut host, &later, &key, server_lo, &mut flow),
+            Action::Page { seq: 501, ack: 141 }
+        );
+        assert_eq!(flow.page, PAGE_SENT);
+        assert_eq!(
+            step(&mut host, &answer, &key, server_lo, &mut flow),
+            Action::Drop
+        );
+        let acked = seg(true, TCP_ACK, 141, 700, 0);
+        assert_eq!(step(&mut host, &acked, &key, lo, &mut flow), Action::Drop);
+        let fin = seg(true, TCP_FIN | TCP_ACK, 141, 700, 0);
+        assert_eq!(step(&mut host, &fin, &key, lo, &mut flow), Action::Reset);
+        assert_eq!(host.counters[stat::FLOWS_RESET as usize], 1);
+    }
+
+    /// Server bytes let through move where a page would start.
+    #[test]
+    fn the_servers_next_byte_follows_what_passed() {
+        let mut host = holding_host();
+        let (key, lo, server_lo, mut flow) = established(&mut host);
+        let request = seg(true, TCP_ACK, 101, 501, 40);
+        step(&mut host, &request, &key, lo, &mut flow);
+        host.verdict = Some(VerdictEntry::continue_after(141));
+        let answer = seg(false, TCP_ACK, 501, 141, 300);
+        assert_eq!(
+            step(&mut host, &answer, &key, server_lo, &mut flow),
+            Action::Pass
+        );
+        assert_eq!(flow.server_next_seq, 801);
+        // A retransmission of older bytes does not move it back.
+        let old = seg(false, TCP_ACK, 501, 141, 100);
+        step(&mut host, &old, &key, server_lo, &mut flow);
+        assert_eq!(flow.server_next_seq, 801);
     }
 
     /// SYN, SYN-ACK, ACK, a request, then the server's answer: held until the verdict,

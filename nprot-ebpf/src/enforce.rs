@@ -2,19 +2,29 @@
 //! pending, and a blocked flow's packets rewritten into resets.
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_redirect,
+    bindings::{
+        BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
+    helpers::{bpf_csum_update, bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
     programs::TcContext,
 };
 use nprot_common::{
-    FAMILY_V4,
+    FAMILY_V4, FlowKey, PAGE_MAX, PageEntry,
     dns::Answered,
     encap::{ETH_HLEN, off},
+    fold,
     lifecycle::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stat,
 };
 
-use crate::{maps::bump, parse::Packet};
+use crate::{
+    maps::{PAGES, bump},
+    parse::Packet,
+};
+
+/// TCP's PSH flag.
+const TCP_PSH: u8 = 0x08;
 
 /// Let the packet continue: the next TCX program or the stack decides.
 pub const PASS: i32 = TC_ACT_UNSPEC;
@@ -73,6 +83,192 @@ pub fn reset<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> i3
         return TC_ACT_SHOT;
     }
     PASS
+}
+
+/// Answers a blocked plain-HTTP request with its page: a copy of this server packet
+/// goes back to the server as a reset (as [`reset`] does), and the packet itself becomes
+/// the page from `PAGES`, from `seq` and acknowledging `ack`, with PSH and FIN. Anything
+/// that keeps the page from being forged makes the packet a reset instead (counted).
+#[inline(always)]
+pub fn page<const L2: usize>(
+    ctx: &TcContext,
+    pkt: &Packet,
+    egress: bool,
+    key: &FlowKey,
+    seq: u32,
+    ack: u32,
+) -> i32 {
+    let entry = match PAGES.get_ptr(key) {
+        // SAFETY: a pointer into the map value, valid for this program run.
+        Some(entry) if !pkt.tunneled => unsafe { &*entry },
+        _ => {
+            bump(stat::PAGE_FAILED);
+            return reset::<L2>(ctx, pkt, egress);
+        }
+    };
+    if reflect_reset::<L2>(ctx, pkt, egress).is_err() {
+        bump(stat::RESET_FAILED);
+    }
+    let written = write_page(ctx, pkt, entry, seq, ack);
+    let _ = PAGES.remove(key);
+    match written {
+        Ok(()) => {
+            bump(stat::PAGES_SENT);
+            PASS
+        }
+        Err(Unchanged) => {
+            bump(stat::PAGE_FAILED);
+            if set_flags(ctx, pkt, TCP_RST | TCP_ACK).is_err() {
+                bump(stat::RESET_FAILED);
+                return TC_ACT_SHOT;
+            }
+            PASS
+        }
+        // Half rewritten: neither the server's bytes nor a page. The client's next packet
+        // is reset.
+        Err(Changed) => {
+            bump(stat::PAGE_FAILED);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// How far [`write_page`] got before a helper refused.
+enum PageError {
+    /// The packet is as it came.
+    Unchanged,
+    /// The packet is partly rewritten.
+    Changed,
+}
+use PageError::{Changed, Unchanged};
+
+/// Rewrites the packet into the page. The TCP checksum is kept by deltas, which the
+/// helpers apply for every checksum state of the skb: header words and the pseudo
+/// header's length as such; the payload's change as a sum that only a checksum already
+/// complete takes (one still to be completed, CHECKSUM_PARTIAL, is summed over the new
+/// payload later). The old payload's sum is never read: a complete checksum makes the
+/// whole segment sum to zero, so it is minus the pseudo header's and the TCP header's.
+#[inline(always)]
+fn write_page(
+    ctx: &TcContext,
+    pkt: &Packet,
+    entry: &PageEntry,
+    seq: u32,
+    ack: u32,
+) -> Result<(), PageError> {
+    let len = entry.len as usize;
+    if len == 0 || len > PAGE_MAX {
+        return Err(Unchanged);
+    }
+    let l3 = pkt.l3_off as usize;
+    let l4 = pkt.l4_off as usize;
+    let hdr_len = ((pkt.doff_byte >> 4) as usize) * 4;
+    if hdr_len < 20 {
+        return Err(Unchanged);
+    }
+    let old_tcp_len = hdr_len as u32 + pkt.seg.payload_len;
+    let new_tcp_len = (hdr_len + len) as u32;
+    // -(old payload) = pseudo header + TCP header (check included), old length.
+    let minus_old = pseudo_sum(ctx, pkt, old_tcp_len).ok_or(Unchanged)?
+        + header_sum(ctx, l4, hdr_len).ok_or(Unchanged)?;
+    let diff = fold(fold(minus_old) + entry.sum);
+    let check_before: u16 = ctx.load(l4 + off::TCP_CSUM).map_err(|_| Unchanged)?;
+    ctx.l4_csum_replace(l4 + off::TCP_CSUM, 0, u64::from(diff), 0)
+        .map_err(|_| Unchanged)?;
+    // A CHECKSUM_COMPLETE skb's sum covers the checksum field: it moved without its data.
+    let check_after: u16 = ctx.load(l4 + off::TCP_CSUM).map_err(|_| Changed)?;
+    let moved = fold(u32::from(check_after) + u32::from(!check_before));
+    // SAFETY: a helper taking the program's context and a plain value; a skb in another
+    // checksum state refuses it and is left as it is.
+    let _ = unsafe { bpf_csum_update(ctx.skb.skb, moved) };
+
+    // SAFETY: a helper taking the program's context and plain values.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (l4 + hdr_len + len) as u32, 0) } != 0 {
+        return Err(Changed);
+    }
+    let at = (l4 + hdr_len) as u32;
+    // SAFETY: `bytes` holds PAGE_MAX bytes and `len` is at most that.
+    let stored = unsafe {
+        bpf_skb_store_bytes(
+            ctx.skb.skb,
+            at,
+            entry.bytes.as_ptr().cast(),
+            len as u32,
+            u64::from(BPF_F_RECOMPUTE_CSUM),
+        )
+    };
+    if stored != 0 {
+        return Err(Changed);
+    }
+    // The IP header's length, and the pseudo header's.
+    let ip_hdr = l4 - l3;
+    if pkt.seg.family == FAMILY_V4 {
+        let old: u16 = ctx.load(l3 + off::IPV4_TOT_LEN).map_err(|_| Changed)?;
+        let new = ((ip_hdr + hdr_len + len) as u16).to_be();
+        ctx.store(l3 + off::IPV4_TOT_LEN, &new, 0)
+            .map_err(|_| Changed)?;
+        ctx.l3_csum_replace(l3 + IPV4_CSUM, u64::from(old), u64::from(new), 2)
+            .map_err(|_| Changed)?;
+    } else {
+        let new = ((ip_hdr - off::IPV6_HLEN + hdr_len + len) as u16).to_be();
+        ctx.store(l3 + off::IPV6_PLEN, &new, 0)
+            .map_err(|_| Changed)?;
+    }
+    ctx.l4_csum_replace(
+        l4 + off::TCP_CSUM,
+        u64::from((old_tcp_len as u16).to_be()),
+        u64::from((new_tcp_len as u16).to_be()),
+        u64::from(BPF_F_PSEUDO_HDR) | 2,
+    )
+    .map_err(|_| Changed)?;
+    rewrite_seq_ack(
+        ctx,
+        l4,
+        [pkt.seq_raw, pkt.ack_raw],
+        [seq.to_be(), ack.to_be()],
+    )
+    .map_err(|_| Changed)?;
+    set_flags(ctx, pkt, TCP_PSH | TCP_FIN | TCP_ACK).map_err(|_| Changed)?;
+    Ok(())
+}
+
+/// Offset of the IPv4 header checksum.
+const IPV4_CSUM: usize = 10;
+
+/// The one's-complement sum (unfolded) of the TCP pseudo header for `tcp_len` bytes of
+/// TCP, over 16-bit words in memory order, as the kernel's checksums are.
+#[inline(always)]
+fn pseudo_sum(ctx: &TcContext, pkt: &Packet, tcp_len: u32) -> Option<u32> {
+    let l3 = pkt.l3_off as usize;
+    let mut sum = u32::from(u16::from_ne_bytes([0, 6]))
+        + u32::from(u16::from_ne_bytes((tcp_len as u16).to_be_bytes()));
+    if pkt.seg.family == FAMILY_V4 {
+        let addrs: [u32; 2] = ctx.load(l3 + off::IPV4_SADDR).ok()?;
+        for w in addrs {
+            sum += (w & 0xffff) + (w >> 16);
+        }
+    } else {
+        let addrs: [u32; 8] = ctx.load(l3 + off::IPV6_SADDR).ok()?;
+        for w in addrs {
+            sum += (w & 0xffff) + (w >> 16);
+        }
+    }
+    Some(sum)
+}
+
+/// The one's-complement sum (unfolded) of the TCP header's `hdr_len` bytes, checksum
+/// field included.
+#[inline(always)]
+fn header_sum(ctx: &TcContext, l4: usize, hdr_len: usize) -> Option<u32> {
+    let mut sum = 0u32;
+    for i in 0..15 {
+        if i * 4 >= hdr_len {
+            break;
+        }
+        let w: u32 = ctx.load(l4 + i * 4).ok()?;
+        sum += (w & 0xffff) + (w >> 16);
+    }
+    Some(sum)
 }
 
 #[inline(always)]

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use nprot_common::{
-    DatagramPacket, FlowKey, FlowState, MAX_DNS_NAMES, MAX_FLOWS, MAX_PENDING_VERDICTS,
-    MAX_SOCKET_OWNERS, PayloadRecord, SensorConfig, SocketOwner, VerdictEntry,
+    DatagramPacket, FlowKey, FlowState, MAX_DNS_NAMES, MAX_FLOWS, MAX_PAGES, MAX_PENDING_VERDICTS,
+    MAX_SOCKET_OWNERS, PageEntry, PayloadRecord, SensorConfig, SocketOwner, VerdictEntry,
     dns::QueryScratch,
     names, owner_stat,
     prefilter::{self, Block, Lengths, Walk},
@@ -47,6 +47,12 @@ pub static DATAGRAM_PACKET: PerCpuArray<DatagramPacket> = PerCpuArray::with_max_
 #[map]
 pub static VERDICTS: HashMap<FlowKey, VerdictEntry> =
     HashMap::with_max_entries(MAX_PENDING_VERDICTS, 0);
+
+/// Pages for blocked plain-HTTP flows (`VerdictEntry::page`), written by the daemon with
+/// the verdict, taken by the flow's next server packet ([`crate::enforce::page`]). LRU: a
+/// page whose flow never sent another packet makes room.
+#[map]
+pub static PAGES: LruHashMap<FlowKey, PageEntry> = LruHashMap::with_max_entries(MAX_PAGES, 0);
 
 /// Handshake outcomes and captured client payload for the daemon.
 #[map]

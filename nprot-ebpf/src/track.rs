@@ -239,6 +239,7 @@ pub fn segment<const L2: usize>(ctx: &TcContext, pkt: &Packet, egress: bool) -> 
     match track::step(&mut host, seg, key, src_is_lo, flow) {
         Action::Pass => PASS,
         Action::Reset => enforce::reset::<L2>(ctx, pkt, egress),
+        Action::Page { seq, ack } => enforce::page::<L2>(ctx, pkt, egress, key, seq, ack),
         Action::Hold { requeue } => enforce::hold(ctx, requeue),
         Action::Drop => enforce::DROP,
         Action::Answer => PASS,
@@ -297,7 +298,7 @@ pub fn datagram(ctx: &TcContext, pkt: &Packet, egress: bool) -> i32 {
     };
     match action {
         Action::Hold { requeue } => enforce::hold(host.ctx, requeue),
-        Action::Drop | Action::Reset => enforce::DROP,
+        Action::Drop | Action::Reset | Action::Page { .. } => enforce::DROP,
         Action::Pass | Action::Answer | Action::Prefilter => PASS,
     }
 }

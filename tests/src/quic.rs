@@ -442,6 +442,10 @@ pub struct ChromiumOpts {
     /// Resolve names with the namespace's resolver (`/etc/netns/NS/resolv.conf`, see
     /// [`crate::dns::NamespaceResolver`]) instead of mapping the name to the address.
     pub system_resolver: bool,
+    /// Load this URL rather than `https://NAME/`.
+    pub url: Option<String>,
+    /// Write a screenshot (PNG) here instead of dumping the DOM.
+    pub screenshot: Option<PathBuf>,
 }
 
 impl Default for ChromiumOpts {
@@ -452,6 +456,8 @@ impl Default for ChromiumOpts {
             timeout: Duration::from_secs(30),
             extra: Vec::new(),
             system_resolver: false,
+            url: None,
+            screenshot: None,
         }
     }
 }
@@ -522,7 +528,13 @@ pub fn chromium_args(addr: IpAddr, name: &str, profile: &Path, opts: &ChromiumOp
         ));
     }
     args.extend(opts.extra.iter().cloned());
-    args.push("--dump-dom".to_owned());
+    match &opts.screenshot {
+        Some(png) => {
+            args.push(format!("--screenshot={}", png.display()));
+            args.push("--window-size=800,600".to_owned());
+        }
+        None => args.push("--dump-dom".to_owned()),
+    }
     args
 }
 
@@ -548,7 +560,11 @@ pub fn chromium_load(
     fs::create_dir_all(&profile).with_context(|| format!("cannot create {}", profile.display()))?;
     let mut cmd = netns_cmd(ns, CHROMIUM_BIN);
     cmd.args(chromium_args(addr, name, &profile, opts))
-        .arg(format!("https://{name}/"))
+        .arg(
+            opts.url
+                .clone()
+                .unwrap_or_else(|| format!("https://{name}/")),
+        )
         // No D-Bus session: Chromium's complaints about it are noise.
         .env("DBUS_SESSION_BUS_ADDRESS", "disabled:")
         .stdin(Stdio::null())

@@ -254,6 +254,10 @@ impl Sensor {
         if !extra_args.contains(&"--control-socket") {
             cmd.arg("--control-socket").arg(control_socket_for(events));
         }
+        // The tests of enforcement assert resets; those of the block page ask for it.
+        if !extra_args.iter().any(|a| a.starts_with("--block-page")) {
+            cmd.arg("--block-page=reset");
+        }
         cmd.arg("--events")
             .arg(events)
             .args(extra_args)

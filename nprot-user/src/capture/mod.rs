@@ -33,7 +33,7 @@ use aya::{
 };
 use log::{debug, info, warn};
 use nprot_common::{
-    FlowKey, SensorConfig, SocketOwner, VerdictEntry, names, owner_stat,
+    FlowKey, PageEntry, SensorConfig, SocketOwner, VerdictEntry, names, owner_stat,
     prefilter::{self, Filter},
     stat,
 };
@@ -152,6 +152,7 @@ pub struct Sensor {
     // Field order matters for drop: maps first, then the object that owns the links.
     records: Option<RingBuf<MapData>>,
     verdicts: HashMap<MapData, FlowKey, VerdictEntry>,
+    pages: HashMap<MapData, FlowKey, PageEntry>,
     /// Names the kernel answers NXDOMAIN (block mode).
     dns_names: HashMap<MapData, u64, u8>,
     /// When each verdict in the map was written (see [`Sensor::sweep_stale_verdicts`]).
@@ -201,6 +202,7 @@ impl Sensor {
         let mut sensor = Sensor {
             records: Some(take_map(&mut ebpf, names::RECORDS)?),
             verdicts: take_map(&mut ebpf, names::VERDICTS)?,
+            pages: take_map(&mut ebpf, names::PAGES)?,
             dns_names: take_map(&mut ebpf, names::DNS_NAMES)?,
             verdicts_written: std::collections::HashMap::new(),
             stale_verdicts: 0,
@@ -377,6 +379,16 @@ impl Sensor {
             })?;
         self.verdicts_written.insert(*key, Instant::now());
         Ok(())
+    }
+
+    /// Puts the page a blocked flow's client gets; the verdict that asks for it follows.
+    pub fn set_page(&mut self, key: &FlowKey, page: &PageEntry) -> Result<(), CaptureError> {
+        self.pages
+            .insert(key, page, 0)
+            .map_err(|source| CaptureError::Map {
+                map: names::PAGES,
+                source,
+            })
     }
 
     /// Sets a name's entry in the kernel's `DNS_NAMES` map (`nprot_common::dns`).
@@ -728,7 +740,7 @@ mod tests {
         programs::CgroupSockAddrAttachType,
     };
     use nprot_common::{
-        DatagramPacket, FlowState, MAX_DNS_NAMES, MAX_FLOWS, MAX_PENDING_VERDICTS,
+        DatagramPacket, FlowState, MAX_DNS_NAMES, MAX_FLOWS, MAX_PAGES, MAX_PENDING_VERDICTS,
         MAX_SOCKET_OWNERS, PayloadRecord, prefilter,
     };
 
@@ -765,6 +777,13 @@ mod tests {
                 key: size_of::<FlowKey>(),
                 value: size_of::<VerdictEntry>(),
                 max_entries: Some(MAX_PENDING_VERDICTS),
+            },
+            Want {
+                name: names::PAGES,
+                kind: BPF_MAP_TYPE_LRU_HASH,
+                key: size_of::<FlowKey>(),
+                value: size_of::<PageEntry>(),
+                max_entries: Some(MAX_PAGES),
             },
             Want {
                 name: names::RECORDS,

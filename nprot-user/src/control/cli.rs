@@ -220,6 +220,14 @@ pub struct RunArgs {
     /// [config: metrics_listen, default none].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What a blocked plain-HTTP request gets in block mode: `page` (a page, or a redirect
+    /// to the indicator's redirect_url) or `reset` [config: block_page, default page].
+    #[arg(long, value_name = "page|reset")]
+    pub block_page: Option<crate::control::config::BlockPage>,
+    /// Who may bypass a Warn: `admin` (nprot bypass) or `user` (also the page's Continue
+    /// link, the desktop prompt's Allow) [config: warn_bypass, default admin].
+    #[arg(long, value_name = "admin|user")]
+    pub warn_bypass: Option<crate::control::config::WarnBypass>,
     /// On exit, write counters and verdict-latency percentiles to FILE (JSON).
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,

@@ -223,8 +223,8 @@ impl RunOptions {
                 .busy(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)),
             fleet: config.fleet.clone(),
             metrics_listen: args.metrics_listen.or(config.metrics_listen),
-            block_page: config.block_page,
-            warn_bypass: config.warn_bypass,
+            block_page: args.block_page.unwrap_or(config.block_page),
+            warn_bypass: args.warn_bypass.unwrap_or(config.warn_bypass),
             notify_socket: config.notify_socket.clone(),
         })
     }
@@ -328,6 +328,10 @@ impl QuicAccount {
 impl VerdictTarget for Sensor {
     fn set_verdict(&mut self, key: &FlowKey, verdict: VerdictEntry) -> anyhow::Result<()> {
         Sensor::set_verdict(self, key, verdict).map_err(Into::into)
+    }
+
+    fn set_page(&mut self, key: &FlowKey, page: &nprot_common::PageEntry) -> anyhow::Result<()> {
+        Sensor::set_page(self, key, page).map_err(Into::into)
     }
 }
 
@@ -651,6 +655,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     pipeline.set_flow_idle_timeout(opts.flow_idle_timeout.as_nanos() as u64);
     pipeline.set_oversized(opts.oversized);
     pipeline.set_name_settings(opts.names.clone());
+    pipeline.pages.enabled = opts.block_page == config::BlockPage::Page;
+    pipeline.pages.user_bypass = opts.warn_bypass == config::WarnBypass::User;
     let attribution = start_attribution(&mut sensor, &mut pipeline, &opts);
     let guarded: Vec<String> = sensor
         .attached
@@ -799,6 +805,9 @@ impl Daemon {
                                 });
                         if first {
                             self.pipeline.on_record(&rec, &mut self.sensor);
+                            if !self.pipeline.grants.is_empty() {
+                                self.grant_continues();
+                            }
                         }
                     }
                     Err(e) => {
@@ -812,11 +821,38 @@ impl Daemon {
             let more = self.backlog.handle_oldest(BACKLOG_CHUNK, |b| {
                 handle_put_off(pipeline, sensor, decode_errors, b);
             });
+            if !self.pipeline.grants.is_empty() {
+                self.grant_continues();
+            }
             if !more {
                 break;
             }
         }
         self.fanout.publish(&mut self.pipeline.events);
+    }
+
+    /// Grants the bypasses Continue links asked for (if users may bypass), then lets the
+    /// redirects that answer the links go: the next load already passes.
+    fn grant_continues(&mut self) {
+        for granted in std::mem::take(&mut self.pipeline.grants) {
+            let by = granted
+                .account
+                .clone()
+                .unwrap_or_else(|| granted.grant.client.to_string());
+            if self.opts.warn_bypass == config::WarnBypass::User {
+                let grant = Grant {
+                    via: GrantedVia::ContinueLink,
+                    by: Some(by.clone()),
+                };
+                if let Err(e) = self.bypass(&granted.grant.target, None, grant) {
+                    info!(
+                        "Continue link of {} followed by {by}: {e}",
+                        granted.grant.target
+                    );
+                }
+            }
+            self.pipeline.deliver_granted(&granted, &mut self.sensor);
+        }
     }
 
     fn refresh_local_addrs(&mut self) {
@@ -926,7 +962,7 @@ impl<K: Kernel> Daemon<K> {
                     via: GrantedVia::Admin,
                     by: None,
                 };
-                self.bypass(&target, for_secs, grant)
+                self.bypass(&target, Some(for_secs), grant)
                     .map(|r| Response::reply(&r))
             }
             // The indicator file format, serialised straight from the policy (it may
@@ -1056,10 +1092,17 @@ impl<K: Kernel> Daemon<K> {
         Ok(same)
     }
 
-    /// `nprot bypass`: an Allowed indicator for `target` that expires after `for_secs`.
+    /// A bypass of a Warn: an Allowed indicator for `target` that expires after
+    /// `for_secs` (`nprot bypass`), or a user's, after the Warn indicator's
+    /// `bypass_duration_s` (else [`DEFAULT_BYPASS`]).
     /// Allowed beats Warn among equally specific indicators, so the warned target passes
     /// until then; a target that is blocked, not warned, cannot be bypassed.
-    fn bypass(&mut self, target: &str, for_secs: u64, grant: Grant) -> Result<BypassReply, String> {
+    fn bypass(
+        &mut self,
+        target: &str,
+        for_secs: Option<u64>,
+        grant: Grant,
+    ) -> Result<BypassReply, String> {
         let kind = if target.contains("://") {
             IndicatorType::Url
         } else if target.parse::<IpAddr>().is_ok() || target.contains('/') {
@@ -1091,8 +1134,14 @@ impl<K: Kernel> Daemon<K> {
         };
         let now = SystemTime::now();
         let policy = self.pipeline.policy();
-        let warned_by = match policy.decide(&subject, now).winner {
-            Some(w) if w.action() == Action::Warn => (w.id().to_owned(), w.value().to_owned()),
+        let (warned_by, for_secs) = match policy.decide(&subject, now).winner {
+            Some(w) if w.action() == Action::Warn => {
+                let for_secs = for_secs.unwrap_or_else(|| {
+                    w.bypass_duration_s()
+                        .map_or(DEFAULT_BYPASS.as_secs(), u64::from)
+                });
+                ((w.id().to_owned(), w.value().to_owned()), for_secs)
+            }
             Some(w) => {
                 return Err(format!(
                     "{target} is not warned but decided by {:?} indicator {}; only Warn indicators can be bypassed",
@@ -1132,8 +1181,7 @@ impl<K: Kernel> Daemon<K> {
                 via: GrantedVia::DesktopPrompt,
                 by: Some(request.account.clone()),
             };
-            let for_secs = self.bypass_duration(&request.target);
-            self.bypass(&request.target, for_secs, grant)
+            self.bypass(&request.target, None, grant)
                 .map(|r| format!("{} allowed until {}", request.target, r.until))
         } else {
             Err("bypasses need an administrator here (warn_bypass = \"admin\")".to_owned())
@@ -1145,13 +1193,6 @@ impl<K: Kernel> Daemon<K> {
             );
         }
         let _ = request.reply.send(answer);
-    }
-
-    /// How long a user's bypass of `target` lasts: the warning indicator's
-    /// `bypass_duration`, else a day.
-    fn bypass_duration(&self, target: &str) -> u64 {
-        let _ = target;
-        DEFAULT_BYPASS.as_secs()
     }
 
     fn remove_indicators(&mut self, ids: &[String]) -> Result<RemovedReply, String> {
@@ -1283,6 +1324,8 @@ impl<K: Kernel> Daemon<K> {
                 opts.oversized = fresh.oversized;
                 opts.quic = fresh.quic;
                 opts.prefilter = fresh.prefilter;
+                opts.block_page = fresh.block_page;
+                opts.warn_bypass = fresh.warn_bypass;
             }
             let (files, file_len) = load_files(&opts.indicators, &opts.device_groups)?;
             let mut fleet = self.fleet.clone();
@@ -1302,6 +1345,8 @@ impl<K: Kernel> Daemon<K> {
                 self.pipeline.set_known_proxies(opts.proxies.clone());
                 self.pipeline.set_oversized(opts.oversized);
                 self.pipeline.set_name_settings(opts.names.clone());
+                self.pipeline.pages.enabled = opts.block_page == config::BlockPage::Page;
+                self.pipeline.pages.user_bypass = opts.warn_bypass == config::WarnBypass::User;
                 let mode = effective_mode(&opts, &self.state, &self.fleet);
                 let quic_changed = opts.quic != self.opts.quic;
                 self.opts = opts;

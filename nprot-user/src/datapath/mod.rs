@@ -8,6 +8,7 @@
 pub mod backlog;
 pub mod dns_block;
 pub mod names;
+pub mod page;
 pub mod parse;
 pub mod pipeline;
 pub mod prefilter;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use nprot_common::{
-    FlowKey, PROTO_TCP, PROTO_UDP, RecordKind, Verdict, VerdictEntry, dns::DNS_PORT,
+    FlowKey, PROTO_TCP, PROTO_UDP, PageEntry, RecordKind, Verdict, VerdictEntry, dns::DNS_PORT,
 };
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     datapath::{
         dns_block,
         names::{Client, DnsNames, Ech, EchAction, EchEvidence, NameCache, NameSettings},
+        page::{Asked, ContinueGrant, Pages},
         parse::{
             ParseOutcome, Parsed, dns,
             http::{self, Body, HttpRequest},
@@ -44,6 +45,11 @@ use crate::{
 pub trait VerdictTarget {
     /// Records `verdict` for the flow `key`.
     fn set_verdict(&mut self, key: &FlowKey, verdict: VerdictEntry) -> anyhow::Result<()>;
+    /// Puts the page a blocked flow's client gets, before the verdict that asks for it
+    /// (replay and tests keep none).
+    fn set_page(&mut self, _key: &FlowKey, _page: &PageEntry) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Counters of what the pipeline did, for `nprot stats` and the exit summary.
@@ -114,6 +120,12 @@ pub struct PipelineStats {
     pub dns_malformed: u64,
     /// DNS queries whose response never came (or was not seen) within 5 s.
     pub dns_unanswered: u64,
+    /// Blocked plain-HTTP requests answered with a page or a redirect (`block_page`).
+    pub pages: u64,
+    /// Pages that could not be handed to the kernel: those flows were reset instead.
+    pub page_errors: u64,
+    /// Continue links followed: bypasses asked of the daemon.
+    pub continue_links: u64,
     /// Connection events that carry a name from DNS (`dns_name`).
     pub dns_named_flows: u64,
     /// DNS queries read from TCP flows to port 53 (each a `DnsConnectionInspected`).
@@ -565,6 +577,25 @@ pub struct Pipeline {
     names: NameCache,
     /// What names from DNS and ECH evidence may decide.
     name_settings: NameSettings,
+    /// Pages for blocked plain-HTTP requests, and the Continue links handed out.
+    pub pages: Pages,
+    /// Verdicts that wait for a bypass a Continue link asked for: the daemon grants it,
+    /// then delivers them ([`Pipeline::deliver_granted`]).
+    pub grants: Vec<Granted>,
+}
+
+/// A verdict answering a Continue link, held until its bypass is granted.
+#[derive(Debug)]
+pub struct Granted {
+    /// What the link asks.
+    pub grant: ContinueGrant,
+    /// The account of the local program that followed it, where known.
+    pub account: Option<String>,
+    key: FlowKey,
+    verdict: VerdictEntry,
+    ends: FlowEnds,
+    ts_ns: u64,
+    awaited: bool,
 }
 
 /// DNS queries remembered at once at most.
@@ -620,6 +651,8 @@ impl Pipeline {
             dns_forged: HashMap::new(),
             names: NameCache::default(),
             name_settings: NameSettings::default(),
+            pages: Pages::default(),
+            grants: Vec::new(),
         }
     }
 
@@ -842,8 +875,14 @@ impl Pipeline {
                 .last()
                 .is_some_and(|j| j.outcome.verdict == Verdict::Block);
         self.count_prefiltered(rec, &ends, &judged, blocked);
+        let mut granted = None;
         let verdict = match (&walked.end, blocked) {
-            (_, true) => VerdictEntry::new(Verdict::Block),
+            (_, true) => {
+                let (verdict, grant) =
+                    self.blocked_verdict(rec, &ends, &key, judged.last(), verdicts);
+                granted = grant;
+                verdict
+            }
             (Some(_), false) => VerdictEntry::new(Verdict::Allow),
             // Requests decided (or a body skipped), the connection goes on: release what
             // is held, and let the kernel skip what is decided.
@@ -863,7 +902,23 @@ impl Pipeline {
             // Every Continue gives the kernel a fresh budget.
             inspection.since_continue = 0;
         }
-        self.deliver(rec, &ends, &key, verdict, verdicts);
+        if let Some(grant) = granted {
+            self.stats.continue_links += 1;
+            let account = self
+                .process_of(rec, &ends, true)
+                .and_then(|p| p.account_name.as_deref().map(str::to_owned));
+            self.grants.push(Granted {
+                grant,
+                account,
+                key,
+                verdict,
+                ends,
+                ts_ns: rec.ts_ns,
+                awaited: rec.awaited(),
+            });
+        } else {
+            self.deliver(rec, &ends, &key, verdict, verdicts);
+        }
         if renew && !blocked && walked.end.is_none() {
             self.stats.budget_renewals += 1;
         }
@@ -1026,11 +1081,92 @@ impl Pipeline {
         verdict: VerdictEntry,
         verdicts: &mut dyn VerdictTarget,
     ) {
+        self.deliver_at(rec.ts_ns, rec.awaited(), ends, key, verdict, verdicts);
+    }
+
+    /// Delivers a verdict held for its Continue link's bypass, once that is granted (or
+    /// refused: the redirect goes out either way).
+    pub fn deliver_granted(&mut self, granted: &Granted, verdicts: &mut dyn VerdictTarget) {
+        let g = granted;
+        self.deliver_at(g.ts_ns, g.awaited, &g.ends, &g.key, g.verdict, verdicts);
+    }
+
+    /// The verdict of a blocked flow: with its page (`block_page`) for a plain-HTTP
+    /// request in block mode, and the bypass its Continue link asks for, if it is one.
+    fn blocked_verdict(
+        &mut self,
+        rec: &Record<'_>,
+        ends: &FlowEnds,
+        key: &FlowKey,
+        last: Option<&Judged<'_>>,
+        verdicts: &mut dyn VerdictTarget,
+    ) -> (VerdictEntry, Option<ContinueGrant>) {
+        let reset = VerdictEntry::new(Verdict::Block);
+        let Some(Judged {
+            parsed: Parsed::Http(req),
+            outcome,
+            ..
+        }) = last
+        else {
+            return (reset, None);
+        };
+        if req.connect || self.mode != Mode::Block || !self.pages.enabled {
+            return (reset, None);
+        }
+        let server_host;
+        let host = if let Some(host) = &req.host {
+            host.as_str()
+        } else {
+            server_host = ends.server.0.to_string();
+            server_host.as_str()
+        };
+        let indicator = outcome
+            .enforcements
+            .iter()
+            .find(|e| !e.is_audit)
+            .map(|e| e.indicator);
+        let warned = indicator.is_some_and(|i| i.action() == Action::Warn);
+        let wall = self.factory.wall(rec.ts_ns);
+        let Some(answer) = self.pages.answer(
+            Asked::of(req, host),
+            ends.client.0,
+            indicator,
+            warned,
+            rec.ts_ns,
+            wall,
+        ) else {
+            return (reset, None);
+        };
+        match verdicts.set_page(key, &answer.page) {
+            Ok(()) => {
+                self.stats.pages += 1;
+                (VerdictEntry::block_with_page(), answer.grant)
+            }
+            Err(e) => {
+                self.stats.page_errors += 1;
+                log::warn!(
+                    "flow {}: page not delivered, reset instead: {e:#}",
+                    describe(ends)
+                );
+                (reset, None)
+            }
+        }
+    }
+
+    fn deliver_at(
+        &mut self,
+        ts_ns: u64,
+        awaited: bool,
+        ends: &FlowEnds,
+        key: &FlowKey,
+        verdict: VerdictEntry,
+        verdicts: &mut dyn VerdictTarget,
+    ) {
         match verdicts.set_verdict(key, verdict) {
-            Ok(()) if !rec.awaited() => {}
+            Ok(()) if !awaited => {}
             Ok(()) => self
                 .verdict_latency
-                .record(monotonic_ns().saturating_sub(rec.ts_ns)),
+                .record(monotonic_ns().saturating_sub(ts_ns)),
             Err(e) => {
                 self.stats.verdict_errors += 1;
                 log::warn!("flow {}: verdict not delivered: {e:#}", describe(ends));

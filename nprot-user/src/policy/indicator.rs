@@ -247,6 +247,11 @@ pub struct Indicator {
     /// The program the indicator applies to (its executable's file name or absolute
     /// path); `None`: every flow.
     pub process: Option<String>,
+    /// Block and Warn: a blocked plain-HTTP request is redirected here (302) instead of
+    /// shown the page.
+    pub redirect_url: Option<String>,
+    /// Warn: how long a user's bypass lasts (seconds); unset, a day.
+    pub bypass_duration_s: Option<u32>,
 }
 
 impl Indicator {
@@ -280,6 +285,8 @@ impl Indicator {
             device_groups: Vec::new(),
             generate_alert: false,
             process: None,
+            redirect_url: None,
+            bypass_duration_s: None,
         })
     }
 
@@ -324,6 +331,10 @@ pub(super) struct WireOut<'a> {
     pub(super) generate_alert: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) process: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) redirect_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) bypass_duration_s: Option<u32>,
 }
 
 fn is_empty_list(v: &&[String]) -> bool {
@@ -353,6 +364,8 @@ impl Serialize for Indicator {
             device_groups: &self.device_groups,
             generate_alert: self.generate_alert,
             process: self.process.as_deref(),
+            redirect_url: self.redirect_url.as_deref(),
+            bypass_duration_s: self.bypass_duration_s,
         }
         .serialize(s)
     }

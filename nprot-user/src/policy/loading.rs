@@ -146,6 +146,10 @@ struct RawEntry<'a> {
     generate_alert: Option<bool>,
     #[serde(borrow, default)]
     process: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    redirect_url: Option<Str<'a>>,
+    #[serde(default)]
+    bypass_duration_s: Option<u32>,
 }
 
 /// Accumulates a load; errors found inside serde callbacks are parked here, since a
@@ -229,6 +233,8 @@ impl Builder {
                 device_groups: &groups,
                 generate_alert: raw.generate_alert.unwrap_or(false),
                 process: raw.process.as_ref().map(|s| &*s.0),
+                redirect_url: raw.redirect_url.as_ref().map(|s| &*s.0),
+                bypass_duration_s: raw.bypass_duration_s,
             })
             .map_err(&fail)?;
 

@@ -32,6 +32,15 @@ const F_TITLE: u8 = 4;
 const F_DESC: u8 = 8;
 const F_CANON_APPENDED: u8 = 16;
 const F_DERIVED_ID: u8 = 32;
+const F_EXTRA: u8 = 64;
+
+/// What few indicators carry, kept beside the records (by their text offset) rather than
+/// in each of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Extra {
+    redirect_url: Option<Box<str>>,
+    bypass_duration_s: Option<u32>,
+}
 
 /// One indicator in an [`Indicators`] store: 48 bytes, its text in the shared arena laid
 /// out as `id | value | [canonical, if not found inside value] | [title] | [description]`.
@@ -96,6 +105,8 @@ pub struct Indicators {
     /// Interned process scopes; `[0]` is the empty one (every process).
     processes: Vec<Box<str>>,
     process_index: HashMap<Box<str>, u32>,
+    /// [`Extra`]s of the records flagged [`F_EXTRA`], by the record's `off`.
+    extras: HashMap<usize, Extra>,
 }
 
 /// A summary: a set can hold millions of indicators.
@@ -118,6 +129,7 @@ impl Default for Indicators {
             group_index: HashMap::new(),
             processes: vec![Box::default()],
             process_index: HashMap::new(),
+            extras: HashMap::new(),
         }
     }
 }
@@ -135,6 +147,34 @@ pub(super) struct Parts<'a> {
     pub(super) device_groups: &'a [&'a str],
     pub(super) generate_alert: bool,
     pub(super) process: Option<&'a str>,
+    pub(super) redirect_url: Option<&'a str>,
+    pub(super) bypass_duration_s: Option<u32>,
+}
+
+/// Longest `redirect_url`: the 302 that carries it must fit one forged segment.
+pub const MAX_REDIRECT_URL: usize = 1024;
+
+/// A `redirect_url` must be an absolute http(s) URL that can go into a `Location` header
+/// as it is: no spaces or control characters, not too long for the forged answer.
+fn check_redirect_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_REDIRECT_URL {
+        return Err(format!(
+            "redirect_url is too long ({} bytes, at most {MAX_REDIRECT_URL})",
+            url.len()
+        ));
+    }
+    if url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "redirect_url {url:?} holds a space or a control character"
+        ));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("redirect_url {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!(
+            "redirect_url {url:?} is not an absolute http:// or https:// URL"
+        ));
+    }
+    Ok(())
 }
 
 fn text_len(what: &str, s: &str) -> Result<u16, String> {
@@ -202,6 +242,8 @@ impl Indicators {
             device_groups: &groups,
             generate_alert: indicator.generate_alert,
             process: indicator.process.as_deref(),
+            redirect_url: indicator.redirect_url.as_deref(),
+            bypass_duration_s: indicator.bypass_duration_s,
         })
         .map_err(|reason| IndicatorError::Invalid {
             value: clip(&indicator.value),
@@ -224,6 +266,9 @@ impl Indicators {
             .map(|t| text_len("description", t))
             .transpose()?
             .unwrap_or(0);
+        if let Some(url) = p.redirect_url {
+            check_redirect_url(url)?;
+        }
         let groups = self.intern_groups(p.device_groups)?;
         let process = self.intern_process(p.process)?;
 
@@ -293,6 +338,14 @@ impl Indicators {
         }
         if p.id.is_none() {
             flags |= F_DERIVED_ID;
+        }
+        if p.redirect_url.is_some() || p.bypass_duration_s.is_some() {
+            flags |= F_EXTRA;
+            let extra = Extra {
+                redirect_url: p.redirect_url.map(Box::from),
+                bypass_duration_s: p.bypass_duration_s,
+            };
+            self.extras.insert(off, extra);
         }
         let (exp_secs, exp_nanos) = p.expiration.map_or((0, NO_EXPIRY), |t| (t.secs, t.nanos));
         self.records.push(Record {
@@ -424,7 +477,9 @@ impl Indicators {
         {
             self.nets.truncate(ip.aux as usize);
         }
+        let first_gone_off = first_gone.off;
         self.records.truncate(len);
+        self.extras.retain(|off, _| *off < first_gone_off);
     }
 
     /// Drops the indicators scoped to device groups of which `device_groups` (the
@@ -604,6 +659,24 @@ impl<'a> IndicatorRef<'a> {
         (i != 0).then(|| self.set.process_scope(i))
     }
 
+    fn extra(&self) -> Option<&'a Extra> {
+        let r = self.rec();
+        if r.flags & F_EXTRA == 0 {
+            return None;
+        }
+        self.set.extras.get(&r.off)
+    }
+
+    /// Where a blocked plain-HTTP request is redirected instead of shown the page.
+    pub fn redirect_url(&self) -> Option<&'a str> {
+        self.extra().and_then(|e| e.redirect_url.as_deref())
+    }
+
+    /// How long a user's bypass of this Warn indicator lasts, if it says.
+    pub fn bypass_duration_s(&self) -> Option<u32> {
+        self.extra().and_then(|e| e.bypass_duration_s)
+    }
+
     /// An owned copy.
     pub fn to_indicator(&self) -> Indicator {
         Indicator {
@@ -619,6 +692,8 @@ impl<'a> IndicatorRef<'a> {
             device_groups: self.device_groups().to_vec(),
             generate_alert: self.generate_alert(),
             process: self.process().map(str::to_string),
+            redirect_url: self.redirect_url().map(str::to_string),
+            bypass_duration_s: self.bypass_duration_s(),
         }
     }
 }
@@ -638,6 +713,8 @@ impl Serialize for IndicatorRef<'_> {
             device_groups: self.device_groups(),
             generate_alert: self.generate_alert(),
             process: self.process(),
+            redirect_url: self.redirect_url(),
+            bypass_duration_s: self.bypass_duration_s(),
         }
         .serialize(s)
     }

@@ -436,7 +436,7 @@ impl Tracker {
         match track::step(&mut host, tcp, &key, src_is_lo, flow) {
             // What the kernel does to the packet changes nothing replay reports; the
             // step counted it.
-            Action::Pass | Action::Reset | Action::Drop | Action::Answer => {}
+            Action::Pass | Action::Reset | Action::Page { .. } | Action::Drop | Action::Answer => {}
             Action::Hold { .. } => host.bump(stat::HELD_PACKETS),
             // Replay's config never turns the pre-filter on; if it did, the bytes would be
             // captured as the pre-filter program does, and judged undecided.
