@@ -116,6 +116,35 @@ fn curl_gets_the_page_for_http_1_1_1_0_and_head_and_https_is_still_reset() {
     assert_eq!(stats["pipeline"]["pages"], 3, "{stats}");
 }
 
+/// With checksums computed by the server's stack and checked by the client's (offloads
+/// off on both veth ends), the forged page is still taken: its TCP and IP checksums are
+/// right, not merely left unchecked as the veth's offloads would let them be.
+#[test]
+fn the_page_passes_a_client_that_verifies_checksums() {
+    let env = start(&[bad_site()], &[]);
+    let ethtool = |ns: &str, dev: &str, what: &str| {
+        let out = nprot_tests::netns::netns_cmd(ns, "ethtool")
+            .args(["-K", dev, what, "off"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ethtool -K {dev} {what} off: {out:?}");
+    };
+    ethtool(&env.topo.server_ns, &env.topo.server_if, "tx");
+    ethtool(&env.topo.client_ns, &env.topo.client_if, "rx");
+    let good = env
+        .curl_http("good.example", 80, false, "/good", &[])
+        .unwrap();
+    assert!(good.body.contains(BODY_GOOD), "{}", good.body);
+    for (path, extra) in [("/", &[][..]), ("/a-longer-path?q=1", &["--http1.0"][..])] {
+        let page = env
+            .curl_http("bad.example", 80, false, path, extra)
+            .unwrap();
+        assert_eq!(page.http_code, 403, "{}", page.body);
+        assert!(page.body.contains("Bad site"), "{}", page.body);
+    }
+    assert_eq!(env.stats().unwrap()["kernel"]["pages_sent"], 2);
+}
+
 #[test]
 fn block_page_reset_keeps_the_bare_reset() {
     let env = Env::start_enforcing("block", &[bad_site()], &["--block-page=reset"]).unwrap();

@@ -49,6 +49,7 @@ const APT_PACKAGES: &[&str] = &[
     "dbus",
     "xvfb",
     "dunst",
+    "ethtool", // the block page's checksum test: checksums computed and verified in software
 ];
 
 /// PyPI packages of the QUIC tests (HTTP/3 client and server, Initial decryption), pinned.
