@@ -135,14 +135,14 @@ fn the_page_passes_a_client_that_verifies_checksums() {
         .curl_http("good.example", 80, false, "/good", &[])
         .unwrap();
     assert!(good.body.contains(BODY_GOOD), "{}", good.body);
-    for (path, extra) in [("/", &[][..]), ("/a-longer-path?q=1", &["--http1.0"][..])] {
-        let page = env
-            .curl_http("bad.example", 80, false, path, extra)
-            .unwrap();
-        assert_eq!(page.http_code, 403, "{}", page.body);
-        assert!(page.body.contains("Bad site"), "{}", page.body);
+    for v6 in [false, true] {
+        for (path, extra) in [("/", &[][..]), ("/a-longer-path?q=1", &["--http1.0"][..])] {
+            let page = env.curl_http("bad.example", 80, v6, path, extra).unwrap();
+            assert_eq!(page.http_code, 403, "{}", page.body);
+            assert!(page.body.contains("Bad site"), "{}", page.body);
+        }
     }
-    assert_eq!(env.stats().unwrap()["kernel"]["pages_sent"], 2);
+    assert_eq!(env.stats().unwrap()["kernel"]["pages_sent"], 4);
 }
 
 #[test]
