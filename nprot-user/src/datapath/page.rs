@@ -336,20 +336,16 @@ mod tests {
         }
     }
 
+    fn ask(p: &mut Pages, a: Asked<'_>, client: IpAddr, warned: bool, now: u64) -> Answer {
+        p.answer(a, client, None, warned, now, SystemTime::UNIX_EPOCH)
+            .unwrap()
+    }
+
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 2));
 
     #[test]
     fn a_block_page_names_what_and_says_how_long_it_is() {
-        let a = pages()
-            .answer(
-                asked("HTTP/1.1", "/x?<y>"),
-                CLIENT,
-                None,
-                false,
-                0,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let a = ask(&mut pages(), asked("HTTP/1.1", "/x?<y>"), CLIENT, false, 0);
         let t = text(&a.page);
         assert!(t.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{t}");
         assert!(t.contains("Connection: close\r\n"), "{t}");
@@ -367,73 +363,29 @@ mod tests {
     #[test]
     fn http_1_0_and_head_and_0_9_get_what_they_understand() {
         let mut p = pages();
-        let t = text(
-            &p.answer(
-                asked("HTTP/1.0", "/"),
-                CLIENT,
-                None,
-                false,
-                0,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap()
-            .page,
-        );
+        let t = text(&ask(&mut p, asked("HTTP/1.0", "/"), CLIENT, false, 0).page);
         assert!(t.starts_with("HTTP/1.0 403 Forbidden\r\n"), "{t}");
         let head = Asked {
             head_only: true,
             ..asked("HTTP/1.1", "/")
         };
-        let t = text(
-            &p.answer(head, CLIENT, None, false, 0, SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .page,
-        );
+        let t = text(&ask(&mut p, head, CLIENT, false, 0).page);
         assert!(t.ends_with("\r\n\r\n") && !t.contains("<html>"), "{t}");
-        let t = text(
-            &p.answer(
-                asked("HTTP/0.9", "/"),
-                CLIENT,
-                None,
-                false,
-                0,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap()
-            .page,
-        );
+        let t = text(&ask(&mut p, asked("HTTP/0.9", "/"), CLIENT, false, 0).page);
         assert!(t.starts_with("<!doctype html>"), "{t}");
     }
 
     #[test]
     fn a_long_name_is_cut_to_fit_one_segment() {
         let long = format!("/{}", "a".repeat(5000));
-        let a = pages()
-            .answer(
-                asked("HTTP/1.1", &long),
-                CLIENT,
-                None,
-                false,
-                0,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let a = ask(&mut pages(), asked("HTTP/1.1", &long), CLIENT, false, 0);
         assert!(a.page.len as usize <= PAGE_MAX);
     }
 
     #[test]
     fn a_continue_link_works_once_for_its_host_and_client() {
         let mut p = pages();
-        let warned = p
-            .answer(
-                asked("HTTP/1.1", "/start"),
-                CLIENT,
-                None,
-                true,
-                0,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let warned = ask(&mut p, asked("HTTP/1.1", "/start"), CLIENT, true, 0);
         let t = text(&warned.page);
         let link = t
             .split("href=\"")
@@ -446,27 +398,9 @@ mod tests {
         assert!(link.starts_with(CONTINUE_PATH), "{t}");
         // Another client cannot use it.
         let other: IpAddr = "198.18.0.9".parse().unwrap();
-        let a = p
-            .answer(
-                asked("HTTP/1.1", &link),
-                other,
-                None,
-                true,
-                1,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let a = ask(&mut p, asked("HTTP/1.1", &link), other, true, 1);
         assert!(a.grant.is_none());
-        let a = p
-            .answer(
-                asked("HTTP/1.1", &link),
-                CLIENT,
-                None,
-                true,
-                1,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let a = ask(&mut p, asked("HTTP/1.1", &link), CLIENT, true, 1);
         assert_eq!(
             a.grant,
             Some(ContinueGrant {
@@ -480,16 +414,7 @@ mod tests {
             "{t}"
         );
         // Once only.
-        let a = p
-            .answer(
-                asked("HTTP/1.1", &link),
-                CLIENT,
-                None,
-                true,
-                2,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let a = ask(&mut p, asked("HTTP/1.1", &link), CLIENT, true, 2);
         assert!(a.grant.is_none());
     }
 
@@ -499,18 +424,7 @@ mod tests {
             user_bypass: false,
             ..pages()
         };
-        let t = text(
-            &p.answer(
-                asked("HTTP/1.1", "/"),
-                CLIENT,
-                None,
-                true,
-                0,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap()
-            .page,
-        );
+        let t = text(&ask(&mut p, asked("HTTP/1.1", "/"), CLIENT, true, 0).page);
         assert!(
             !t.contains(CONTINUE_PATH) && t.contains("ask an administrator"),
             "{t}"
@@ -522,16 +436,13 @@ mod tests {
         let mut p = pages();
         let token = p.issue(asked("HTTP/1.1", "/"), CLIENT, 0).unwrap();
         let link = format!("{CONTINUE_PATH}{token}");
-        let a = p
-            .answer(
-                asked("HTTP/1.1", &link),
-                CLIENT,
-                None,
-                true,
-                TOKEN_LIFETIME_NS + 1,
-                SystemTime::UNIX_EPOCH,
-            )
-            .unwrap();
+        let a = ask(
+            &mut p,
+            asked("HTTP/1.1", &link),
+            CLIENT,
+            true,
+            TOKEN_LIFETIME_NS + 1,
+        );
         assert!(a.grant.is_none());
     }
 }
