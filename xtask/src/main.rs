@@ -66,6 +66,7 @@ const PIP_TARGET: &str = "/usr/local/lib/nprot-tests/python";
 const DEB_CONTENTS: &[&str] = &[
     "./usr/bin/nprot",
     "./lib/systemd/system/nprot.service",
+    "./usr/lib/systemd/user/nprot-notify.service",
     "./etc/nprot/nprot.toml",
     "./usr/share/doc/nprot/README.packaging.md",
 ];
