@@ -286,6 +286,12 @@ pub struct IndicatorSpec {
     /// RFC 3339, e.g. 2027-01-01T00:00:00Z.
     #[arg(long)]
     pub expiration: Option<String>,
+    /// Block/Warn: redirect a blocked plain-HTTP request here (302) instead of the page.
+    #[arg(long, value_name = "URL")]
+    pub redirect_url: Option<String>,
+    /// Warn: how long a user's bypass lasts, in seconds (default a day).
+    #[arg(long, value_name = "SECONDS")]
+    pub bypass_duration_s: Option<u32>,
 }
 
 impl IndicatorSpec {
@@ -294,10 +300,17 @@ impl IndicatorSpec {
         let mut ind = serde_json::json!({
             "type": self.kind, "value": self.value, "action": self.action,
         });
-        for (key, v) in [("title", &self.title), ("expiration", &self.expiration)] {
+        for (key, v) in [
+            ("title", &self.title),
+            ("expiration", &self.expiration),
+            ("redirect_url", &self.redirect_url),
+        ] {
             if let Some(v) = v {
                 ind[key] = serde_json::json!(v);
             }
+        }
+        if let Some(secs) = self.bypass_duration_s {
+            ind["bypass_duration_s"] = serde_json::json!(secs);
         }
         ind
     }

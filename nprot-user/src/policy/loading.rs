@@ -744,6 +744,40 @@ pub(crate) mod tests {
         );
     }
 
+    /// `redirect_url` and `bypass_duration_s` load, list back as written, and a
+    /// `redirect_url` that is not an absolute http(s) URL fit for a header is refused.
+    #[test]
+    fn redirect_url_and_bypass_duration_load_and_round_trip() {
+        let l = load(&[
+            r#"{"id":"r","type":"DomainName","value":"a.example","action":"Block","redirect_url":"https://portal.example/blocked?x=1"}"#,
+            r#"{"id":"w","type":"DomainName","value":"w.example","action":"Warn","bypass_duration_s":3600}"#,
+            OK,
+        ])
+        .unwrap();
+        let set = &l.indicators;
+        let (r, w) = (set.get(0).unwrap(), set.get(1).unwrap());
+        assert_eq!(r.redirect_url(), Some("https://portal.example/blocked?x=1"));
+        assert_eq!(w.bypass_duration_s(), Some(3600));
+        assert_eq!(set.get(2).unwrap().redirect_url(), None);
+        let json = serde_json::to_string(set).unwrap();
+        let again = crate::policy::load_json(&json).unwrap().indicators;
+        assert_eq!(again.get(0).unwrap().redirect_url(), r.redirect_url());
+        assert_eq!(again.get(1).unwrap().bypass_duration_s(), Some(3600));
+        assert_eq!(again.get(0).unwrap().to_indicator(), r.to_indicator());
+        for bad in [
+            "portal.example/x",
+            "ftp://portal.example/",
+            "http://portal.example/a b",
+            "http://portal.example/\\r\\nSet-Cookie: x",
+        ] {
+            let entry = format!(
+                r#"{{"type":"DomainName","value":"a.example","action":"Block","redirect_url":"{bad}"}}"#
+            );
+            let e = load(&[&entry]).unwrap_err().to_string();
+            assert!(e.contains("redirect_url"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn load_file_names_the_path() {
         let dir = std::env::temp_dir().join(format!("nprot-policy-test-{}", std::process::id()));
