@@ -760,7 +760,7 @@ pub(crate) mod tests {
         assert_eq!(w.bypass_duration_s(), Some(3600));
         assert_eq!(set.get(2).unwrap().redirect_url(), None);
         let json = serde_json::to_string(set).unwrap();
-        let again = crate::policy::load_json(&json).unwrap().indicators;
+        let again = load_json(&json).unwrap().indicators;
         assert_eq!(again.get(0).unwrap().redirect_url(), r.redirect_url());
         assert_eq!(again.get(1).unwrap().bypass_duration_s(), Some(3600));
         assert_eq!(again.get(0).unwrap().to_indicator(), r.to_indicator());
