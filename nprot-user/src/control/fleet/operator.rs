@@ -82,9 +82,25 @@ fn fleet_config(args: &FleetArgs) -> anyhow::Result<FleetConfig> {
 }
 
 async fn policy(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    js.get_key_value(POLICY_BUCKET)
-        .await
-        .with_context(|| format!("bucket {POLICY_BUCKET} (run `nprot fleet init` first)"))
+    // A cluster busy electing the stream's leader answers a lookup late (a timeout, also
+    // of kind GetBucket): asked again a few times before it counts as missing.
+    let mut attempt = 1;
+    loop {
+        match js.get_key_value(POLICY_BUCKET).await {
+            Ok(store) => return Ok(store),
+            Err(e)
+                if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket && attempt < 3 =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("bucket {POLICY_BUCKET} (run `nprot fleet init` first)")
+                });
+            }
+        }
+    }
 }
 
 async fn command(js: &jetstream::Context, args: &FleetArgs) -> anyhow::Result<()> {
