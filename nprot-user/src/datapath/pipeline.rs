@@ -122,7 +122,8 @@ pub struct PipelineStats {
     pub dns_unanswered: u64,
     /// Blocked plain-HTTP requests answered with a page or a redirect (`block_page`).
     pub pages: u64,
-    /// Pages that could not be handed to the kernel: those flows were reset instead.
+    /// Pages that could not be built or handed to the kernel: those flows were reset
+    /// instead.
     pub page_errors: u64,
     /// Continue links followed: bypasses asked of the daemon.
     pub continue_links: u64,
@@ -1135,6 +1136,8 @@ impl Pipeline {
             rec.ts_ns,
             wall,
         ) else {
+            // Pages are on (checked above): the response did not fit one segment.
+            self.stats.page_errors += 1;
             return (reset, None);
         };
         match verdicts.set_page(key, &answer.page) {
